@@ -1,0 +1,369 @@
+# Wiring and the application logic behind the protocol: start-up order (pool, LISTEN, then
+# bind), what each client event does, the single timer for deadlines and keepalive pings,
+# and graceful shutdown. Connections call in through the Hub interface of server.py.
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from notifyd import PROTOCOL_VERSION
+from notifyd.auth import Authenticator, Identity
+from notifyd.config import Settings
+from notifyd.errors import AuthError, ClientError, StoreError
+from notifyd.fanout import Router
+from notifyd.index import StreamIndex
+from notifyd.listener import Listener
+from notifyd.presence import LocalPresence
+from notifyd.protocol import (
+    Auth,
+    ClientFrame,
+    MarkAllRead,
+    MarkRead,
+    Ping,
+    PresenceQuery,
+    SyncRequest,
+    encode,
+    error_frame,
+    format_time,
+    websocket_text,
+)
+from notifyd.server import CLOSE_TOKEN, Connection, connection_factory
+from notifyd.session import State
+from notifyd.store import Store
+
+log = logging.getLogger("notifyd.app")
+
+PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see presence events
+TICK_SECONDS = 1.0
+CATCH_UP_PAGE = 10_000
+
+
+def _now_iso() -> str:
+    return format_time(dt.datetime.now(dt.UTC))
+
+
+class App:
+    """One notifyd process."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.auth = Authenticator(settings)
+        self.index: StreamIndex[Connection] = StreamIndex()
+        self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
+        self.presence = LocalPresence()
+        self.listener = Listener(settings.dsn or "", self.router.feed, self.router.catch_up,
+                                 self.router.block)
+        self.connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._unread_epoch: dict[str, int] = {}
+        self.router.on_published = self._note_published
+        self.port = 0
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """LISTEN first, then bind: nothing committed after a client is accepted is missed."""
+        await self.listener.start()
+        loop = asyncio.get_running_loop()
+        factory = connection_factory(self, loop.time)
+        if sock is not None:
+            self._server = await loop.create_server(factory, sock=sock, backlog=4096)
+        else:
+            self._server = await loop.create_server(
+                factory, self.settings.host, self.settings.port, backlog=4096,
+                reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ticker = loop.create_task(self._tick_forever(), name="notifyd-tick")
+        log.info("serving on %s:%d", self.settings.host, self.port)
+
+    @property
+    def ready(self) -> bool:
+        return self._server is not None and self._server.is_serving() and self.listener.up
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, close every connection with 1001, then release the database."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close(1001, "server going away")
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(),
+                                       timeout if timeout is not None
+                                       else self.settings.shutdown_timeout)
+            except TimeoutError:
+                log.warning("connections still open after the shutdown timeout; aborting them")
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.listener.stop()
+        await self.store.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- Hub: called by connections -----------------------------------------------------
+
+    def verify(self, token: str) -> Identity:
+        return self.auth.verify(token)
+
+    def opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+
+    def went_live(self, conn: Connection) -> None:
+        identity = conn.session.identity
+        assert identity is not None
+        streams = list(identity.streams)
+        if any(r in self.settings.presence_roles for r in identity.roles):
+            streams.append(PRESENCE_STREAM)
+        self.index.add(conn, identity.user_id, streams)
+        log.info("connection %s open for user %s", conn.session.connection_id, identity.user_id)
+        conn.send(encode("connection-confirmed", {
+            "userId": identity.user_id,
+            "roles": list(identity.roles),
+            "connectionId": conn.session.connection_id,
+            "serverTime": _now_iso(),
+            "protocolVersion": PROTOCOL_VERSION,
+        }))
+        if self.presence.connected(identity.user_id):
+            self._presence_event("presence:online", identity)
+        self.spawn(self._send_initial_state(conn, identity))
+
+    def closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        identity = conn.session.identity
+        if identity is None:
+            return
+        streams = [*identity.streams, PRESENCE_STREAM]
+        gone = self.index.remove(conn, identity.user_id, streams)
+        self.router.forget(gone)
+        for stream in gone:
+            self._unread_epoch.pop(stream, None)
+        log.info("connection %s closed for user %s (code %s)", conn.session.connection_id,
+                 identity.user_id, conn.ws.close_code)
+        if self.presence.disconnected(identity.user_id, time.time()):
+            self._presence_event("presence:offline", identity)
+
+    def http(self, route: str) -> tuple[int, str, bytes] | None:
+        text = "text/plain; charset=utf-8"
+        if route == "/healthz":
+            return 200, text, b"ok\n"
+        if route == "/readyz":
+            return (200, text, b"ready\n") if self.ready else (503, text, b"not ready\n")
+        return None
+
+    def handle(self, conn: Connection, frame: ClientFrame) -> None:
+        event, session = frame.event, conn.session
+        if session.state is State.AWAITING_AUTH:
+            if not isinstance(event, Auth):
+                self._refuse(conn, ClientError("not-authenticated"), frame.ref)
+                return
+            try:
+                identity = self.auth.verify(event.token)
+            except AuthError as exc:
+                log.info("auth frame refused: %s", exc)
+                conn.close(CLOSE_TOKEN, str(exc)[:100])
+                return
+            conn.session.authenticate(identity)
+            self.went_live(conn)
+            return
+        if isinstance(event, Ping):
+            ts = event.timestamp if event.timestamp is not None else int(time.time() * 1000)
+            conn.send(encode("pong", {"timestamp": ts}, frame.ref))
+        elif isinstance(event, SyncRequest):
+            self._start_sync(conn, event, frame.ref)
+        elif isinstance(event, MarkRead | MarkAllRead):
+            self.spawn(self._mark_read(conn, event, frame.ref))
+        elif isinstance(event, PresenceQuery):
+            self._presence_query(conn, event, frame.ref)
+        else:
+            self._refresh(conn, event, frame.ref)
+
+    # -- client events ------------------------------------------------------------------
+
+    def _refuse(self, conn: Connection, exc: ClientError, ref: str | None) -> None:
+        exc.ref = ref
+        conn.send(error_frame(exc))
+
+    def _refresh(self, conn: Connection, event: Auth, ref: str | None) -> None:
+        """A fresh token on a live connection: same user only; extends the connection."""
+        try:
+            identity = self.auth.verify(event.token)
+            conn.session.authenticate(identity)
+        except AuthError as exc:
+            self._refuse(conn, ClientError("auth-failed", str(exc)), ref)
+            return
+        except ClientError as exc:
+            self._refuse(conn, exc, ref)
+            return
+        conn.send(encode("auth:refreshed", {
+            "expiresAt": format_time(dt.datetime.fromtimestamp(identity.expires_at, dt.UTC))},
+            ref))
+
+    async def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
+        streams = list(identity.streams)
+        epoch = self._unread_epoch.get(identity.user_stream, 0)
+        try:
+            states = await self.store.stream_states(streams)
+        except StoreError as exc:
+            log.warning("reading stream state failed: %s", exc)
+            self._refuse(conn, ClientError("unavailable"), None)
+            return
+        if conn.session.state is not State.LIVE:
+            return
+        for stream in streams:
+            state = states.get(stream)
+            self.router.note_floor(stream, state.last_seq if state else 0)
+        # A live count that arrived meanwhile is at least as new as what we read.
+        if self._unread_epoch.get(identity.user_stream, 0) == epoch:
+            state = states.get(identity.user_stream)
+            conn.send(encode("notification:unread-count",
+                             {"count": state.unread if state else 0}))
+
+    def _note_published(self, kind: str, event: dict[str, Any]) -> None:
+        if "u" in event:
+            stream = event.get("s") or event["n"]["stream"]
+            if stream in self._unread_epoch or self.index.subscribers(stream):
+                self._unread_epoch[stream] = self._unread_epoch.get(stream, 0) + 1
+
+    def _start_sync(self, conn: Connection, req: SyncRequest, ref: str | None) -> None:
+        identity = conn.session.identity
+        assert identity is not None
+        allowed = identity.streams
+        for stream in req.cursors:
+            if stream not in allowed:
+                self._refuse(conn, ClientError(
+                    "forbidden", f"not subscribed to stream {stream[:80]!r}"), ref)
+                return
+        try:
+            conn.session.begin_sync(list(allowed))
+        except ClientError as exc:
+            self._refuse(conn, exc, ref)
+            return
+        self.spawn(self._sync(conn, req, ref, list(allowed)))
+
+    async def _sync(self, conn: Connection, req: SyncRequest, ref: str | None,
+                    streams: list[str]) -> None:
+        latest = [s for s in streams if s not in req.cursors]
+        try:
+            result = await self.store.sync(req.cursors, latest, req.since,
+                                           req.limit or self.settings.sync_limit)
+        except StoreError as exc:
+            log.warning("sync failed: %s", exc)
+            for frame in conn.session.abort_sync():
+                conn.write(frame)
+            self._refuse(conn, ClientError("unavailable"), ref)
+            return
+        except BaseException:
+            for frame in conn.session.abort_sync():
+                conn.write(frame)
+            raise
+        conn.send(encode("notification:sync-response", {
+            "notifications": result.notifications,
+            "cursors": result.cursors,
+            "reset": result.reset,
+            "hasMore": bool(result.has_more),
+        }, ref))
+        for frame in conn.session.finish_sync(result.cursors, result.has_more):
+            conn.write(frame)
+
+    async def _mark_read(self, conn: Connection, event: MarkRead | MarkAllRead,
+                         ref: str | None) -> None:
+        identity = conn.session.identity
+        assert identity is not None
+        ids = event.ids if isinstance(event, MarkRead) else None
+        try:
+            changed, read_at = await self.store.mark_read(identity.user_stream, ids,
+                                                          conn.session.connection_id)
+        except StoreError as exc:
+            log.warning("mark-read failed: %s", exc)
+            self._refuse(conn, ClientError("unavailable"), ref)
+            return
+        conn.send(encode("notification:read", {
+            "ids": changed, "readAt": format_time(read_at) if read_at else None}, ref))
+
+    def _presence_query(self, conn: Connection, event: PresenceQuery, ref: str | None) -> None:
+        identity = conn.session.identity
+        assert identity is not None
+        if not any(r in self.settings.presence_roles for r in identity.roles):
+            self._refuse(conn, ClientError("forbidden", "presence is not visible to your roles"),
+                         ref)
+            return
+        users = []
+        now = time.time()
+        for user_id in event.user_ids:
+            online, last_seen = self.presence.state(user_id)
+            seen = now if online else last_seen
+            users.append({
+                "userId": user_id,
+                "online": online,
+                "lastSeen": format_time(dt.datetime.fromtimestamp(seen, dt.UTC))
+                if seen is not None else None,
+            })
+        conn.send(encode("presence:state", {"users": users}, ref))
+
+    def _presence_event(self, kind: str, identity: Identity) -> None:
+        watchers = self.index.subscribers(PRESENCE_STREAM)
+        if not watchers:
+            return
+        frame = websocket_text(encode(kind, {
+            "userId": identity.user_id, "roles": list(identity.roles), "at": _now_iso()}))
+        for watcher in list(watchers):
+            watcher.write(frame)
+
+    # -- catch-up and the timer ---------------------------------------------------------
+
+    async def _catch_up_rows(self, after: dict[str, int]) -> list[tuple[str, int, bytes]]:
+        out: list[tuple[str, int, bytes]] = []
+        while after:
+            rows = await self.store.fetch_after(after, CATCH_UP_PAGE)
+            out.extend((r.stream, r.seq, r.wire) for r in rows)
+            full: dict[str, int] = {}
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r.stream] = counts.get(r.stream, 0) + 1
+                full[r.stream] = r.seq
+            after = {s: seq for s, seq in full.items() if counts[s] >= CATCH_UP_PAGE}
+        return out
+
+    async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                self.tick(loop.time(), time.time())
+            except Exception:  # pragma: no cover - a bug here must not stop the timer
+                log.exception("timer tick failed")
+
+    def tick(self, now: float, wall: float) -> None:
+        """Deadlines and keepalive for every connection, from one timer."""
+        s = self.settings
+        for conn in list(self.connections):
+            state = conn.session.state
+            if state is State.AWAITING_AUTH:
+                if now > conn.deadline:
+                    if conn.ws.state.name == "OPEN":
+                        conn.close(CLOSE_TOKEN, "authentication timeout")
+                    else:
+                        conn.abort()
+                continue
+            identity = conn.session.identity
+            if identity is not None and identity.expires_at <= wall:
+                conn.close(CLOSE_TOKEN, "token expired")
+                continue
+            if conn.ping_sent:
+                if now - conn.ping_sent > s.ping_timeout:
+                    conn.close(1011, "keepalive ping timeout")
+            elif now - conn.last_recv > s.ping_interval:
+                conn.ping(now)

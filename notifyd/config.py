@@ -1,0 +1,238 @@
+# Frozen settings, and the only reader of NOTIFYD_* variables and the TOML config file.
+# Every setting is declared once in SETTINGS (name, type, default, help); values are cast and
+# validated strictly, and a bad one raises ConfigError naming the variable.
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from notifyd.errors import ConfigError
+
+ENV_PREFIX = "NOTIFYD_"
+SUPPORTED_ALGORITHMS = frozenset(
+    {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512",
+     "PS256", "PS384", "PS512", "EdDSA"}
+)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # lower-case key in the TOML file; the variable is NOTIFYD_<KEY>
+    kind: str  # str, int, float, list, path
+    default: Any
+    help: str
+    secret: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("dsn", "str", None, "PostgreSQL URL (required by serve and migrate)", secret=True),
+    Setting("host", "str", "127.0.0.1", "listen address"),
+    Setting("port", "int", 8765, "listen port (0 picks a free one)", minimum=0, maximum=65535),
+    Setting("jwt_secret", "str", None, "HS256 secret", secret=True),
+    Setting("jwt_secret_file", "path", None, "file holding the HS256 secret"),
+    Setting("jwt_public_key_file", "path", None, "PEM public key for RS256/ES256"),
+    Setting("jwt_algorithms", "list", ("HS256",), "allow-list of JWT algorithms"),
+    Setting("jwt_audience", "str", None, "required `aud` when set"),
+    Setting("jwt_issuer", "str", None, "required `iss` when set"),
+    Setting("jwt_user_claim", "str", "sub", "claim holding the user id"),
+    Setting("jwt_roles_claim", "str", "roles", "list claim of roles (a string `role` is read too)"),
+    Setting("jwt_cookie", "str", None, "cookie that may carry the JWT (allowed Origins only)"),
+    Setting("allowed_origins", "list", None, "Origins allowed to connect; others get HTTP 403"),
+    Setting("redis_url", "str", None, "Redis URL for cluster-wide presence", secret=True),
+    Setting("presence_roles", "list", ("admin",), "roles that see presence events and may query"),
+    Setting("max_frame_bytes", "int", 65536, "largest client frame; larger ones close with 1009",
+            minimum=256, maximum=16 * 2**20),
+    Setting("auth_timeout", "float", 10.0, "seconds to wait for a first `auth` frame",
+            minimum=0.1, maximum=300),
+    Setting("ping_interval", "float", 20.0, "seconds between WebSocket keepalive pings",
+            minimum=0.1, maximum=3600),
+    Setting("ping_timeout", "float", 20.0, "seconds without any frame after a ping before closing",
+            minimum=0.1, maximum=3600),
+    Setting("sync_limit", "int", 100, "default items per stream in a sync-response",
+            minimum=1, maximum=1000),
+    Setting("max_send_buffer", "int", 1048576, "send buffer bytes before a slow client gets 4008",
+            minimum=4096, maximum=2**30),
+    Setting("shutdown_timeout", "float", 10.0, "seconds to close connections on SIGTERM",
+            minimum=0, maximum=600),
+    Setting("log_level", "str", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+)
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    dsn: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8765
+    jwt_secret: str | None = None
+    jwt_secret_file: Path | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_user_claim: str = "sub"
+    jwt_roles_claim: str = "roles"
+    jwt_cookie: str | None = None
+    allowed_origins: tuple[str, ...] | None = None
+    redis_url: str | None = None
+    presence_roles: tuple[str, ...] = ("admin",)
+    max_frame_bytes: int = 65536
+    auth_timeout: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    sync_limit: int = 100
+    max_send_buffer: int = 1048576
+    shutdown_timeout: float = 10.0
+    log_level: str = "INFO"
+    # Not settings: derived at load time.
+    jwt_public_key: str | None = dataclasses.field(default=None, repr=False)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as printed by `check-config`: secrets shown as ***."""
+        out: dict[str, Any] = {}
+        for s in SETTINGS:
+            value = getattr(self, s.key)
+            if s.secret and value is not None:
+                value = "***"
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            out[s.key] = value
+        return out
+
+
+def _cast(setting: Setting, raw: Any) -> Any:
+    name = setting.env
+    if setting.kind == "list":
+        if isinstance(raw, str):
+            items = [part.strip() for part in raw.split(",")]
+        elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+            items = [x.strip() for x in raw]
+        else:
+            raise ConfigError(name, "expected a comma-separated list")
+        items = [x for x in items if x]
+        if not items:
+            raise ConfigError(name, "must not be empty")
+        return tuple(items)
+    if setting.kind in ("int", "float"):
+        caster: Callable[[Any], Any] = int if setting.kind == "int" else float
+        if isinstance(raw, bool):
+            raise ConfigError(name, f"expected a number, got {raw!r}")
+        try:
+            value = caster(raw)
+        except (TypeError, ValueError):
+            expected = "an integer" if setting.kind == "int" else "a number"
+            raise ConfigError(name, f"expected {expected}, got {raw!r}") from None
+        if setting.minimum is not None and value < setting.minimum:
+            raise ConfigError(name, f"must be at least {setting.minimum:g}, got {value}")
+        if setting.maximum is not None and value > setting.maximum:
+            raise ConfigError(name, f"must be at most {setting.maximum:g}, got {value}")
+        return value
+    if not isinstance(raw, str):
+        raise ConfigError(name, f"expected a string, got {raw!r}")
+    if setting.kind == "path":
+        return Path(raw)
+    return raw
+
+
+def _read_file(name: str, path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(name, f"cannot read {path}: {exc.strerror}") from None
+
+
+def load(
+    environ: Mapping[str, str] | None = None, config_file: str | Path | None = None
+) -> Settings:
+    """Read the TOML file (if any), then the environment on top of it, validate, and return."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or env.get("NOTIFYD_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError("NOTIFYD_CONFIG", f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("NOTIFYD_CONFIG", f"{path} is not valid TOML: {exc}") from None
+        for key, raw in data.items():
+            setting = _BY_KEY.get(key)
+            if setting is None:
+                raise ConfigError("NOTIFYD_CONFIG", f"unknown setting {key!r} in {path}")
+            values[key] = _cast(setting, raw)
+    for setting in SETTINGS:
+        if setting.env in env and env[setting.env] != "":
+            values[setting.key] = _cast(setting, env[setting.env])
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if "jwt_secret" not in values and "jwt_secret_file" not in values and credentials:
+        candidate = Path(credentials) / "jwt_secret"
+        if candidate.exists():
+            values["jwt_secret_file"] = candidate
+    return validate(Settings(**values))
+
+
+def validate(settings: Settings) -> Settings:
+    """Check relations between settings and read key files; returns the completed settings."""
+    changes: dict[str, Any] = {}
+    algorithms = tuple(a.upper() if a.lower() != "eddsa" else "EdDSA"
+                       for a in settings.jwt_algorithms)
+    for alg in algorithms:
+        if alg.lower() == "none":
+            raise ConfigError("NOTIFYD_JWT_ALGORITHMS", "'none' is never accepted")
+        if alg not in SUPPORTED_ALGORITHMS:
+            raise ConfigError("NOTIFYD_JWT_ALGORITHMS", f"unsupported algorithm {alg!r}")
+    changes["jwt_algorithms"] = algorithms
+    if settings.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError("NOTIFYD_LOG_LEVEL", f"expected one of {', '.join(LOG_LEVELS)}")
+    changes["log_level"] = settings.log_level.upper()
+    secret = settings.jwt_secret
+    if settings.jwt_secret_file is not None:
+        if secret is not None:
+            raise ConfigError("NOTIFYD_JWT_SECRET_FILE", "set either this or NOTIFYD_JWT_SECRET")
+        secret = _read_file("NOTIFYD_JWT_SECRET_FILE", settings.jwt_secret_file)
+        if not secret:
+            raise ConfigError("NOTIFYD_JWT_SECRET_FILE", f"{settings.jwt_secret_file} is empty")
+        changes["jwt_secret"] = secret
+    hmac = any(a.startswith("HS") for a in algorithms)
+    if secret is not None and len(secret.encode()) < 32 and hmac:
+        raise ConfigError("NOTIFYD_JWT_SECRET", "must be at least 32 bytes for HMAC")
+    if settings.jwt_public_key_file is not None:
+        pem = _read_file("NOTIFYD_JWT_PUBLIC_KEY_FILE", settings.jwt_public_key_file)
+        if "PUBLIC KEY" not in pem:
+            raise ConfigError("NOTIFYD_JWT_PUBLIC_KEY_FILE", "expected a PEM public key")
+        changes["jwt_public_key"] = pem
+    if settings.port and settings.port < 0:
+        raise ConfigError("NOTIFYD_PORT", "must not be negative")
+    if settings.jwt_cookie is not None and not settings.jwt_cookie.isascii():
+        raise ConfigError("NOTIFYD_JWT_COOKIE", "must be an ASCII cookie name")
+    if settings.dsn is not None and not settings.dsn.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("NOTIFYD_DSN", "expected a postgresql:// URL")
+    return dataclasses.replace(settings, **changes)
+
+
+def require_serving(settings: Settings) -> None:
+    """What `serve` needs beyond a valid file: a database and a key for every allowed algorithm."""
+    if not settings.dsn:
+        raise ConfigError("NOTIFYD_DSN", "required")
+    if any(a.startswith("HS") for a in settings.jwt_algorithms) and not settings.jwt_secret:
+        raise ConfigError("NOTIFYD_JWT_SECRET", "required for HS* algorithms")
+    if any(not a.startswith("HS") for a in settings.jwt_algorithms) and not settings.jwt_public_key:
+        raise ConfigError("NOTIFYD_JWT_PUBLIC_KEY_FILE", "required for RS/ES/PS/EdDSA algorithms")

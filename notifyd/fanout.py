@@ -1,0 +1,191 @@
+# Turns decoded NOTIFY events into frames and writes each frame, built once, to every local
+# recipient; keeps the per-stream last seq published on this node, so catch-up after a lost
+# LISTEN connection knows where to start and never publishes an item twice.
+# Knows nothing of PostgreSQL: large rows and catch-up come through an injected Fetcher.
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import orjson
+
+from notifyd.index import StreamIndex
+from notifyd.protocol import encode, websocket_text
+from notifyd.session import Session
+
+log = logging.getLogger("notifyd.fanout")
+
+
+class Recipient(Protocol):
+    """A live connection as the router sees it (server.Connection)."""
+
+    session: Session
+
+    def write(self, frame: bytes) -> None: ...
+
+
+# (stream -> last seq) -> rows above them; id list -> rows by id
+CatchUp = Callable[[dict[str, int]], Awaitable[list[tuple[str, int, bytes]]]]
+FetchIds = Callable[[list[int]], Awaitable[dict[int, bytes]]]
+
+
+class Router:
+    """Routes events to connections. Events are processed strictly in arrival order (commit
+    order); an event that needs the database (a large row) holds back the ones behind it."""
+
+    def __init__(self, index: StreamIndex[Any], fetch_ids: FetchIds, catch_up: CatchUp) -> None:
+        self.index = index
+        self.last_seq: dict[str, int] = {}
+        self._fetch_ids = fetch_ids
+        self._catch_up = catch_up
+        self._queue: deque[dict[str, Any]] = deque()
+        self._draining: asyncio.Task[None] | None = None
+        self._blocked = True  # until the first catch_up(): the listener is not up yet
+        self.delivered = 0  # notification frames written, for metrics and the bench
+        self.on_published: Callable[[str, dict[str, Any]], None] | None = None
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def note_floor(self, stream: str, last_seq: int) -> None:
+        """A new subscriber read the stream's last seq: items up to it are theirs to sync."""
+        self.last_seq.setdefault(stream, last_seq)
+
+    def forget(self, streams: list[str]) -> None:
+        for stream in streams:
+            self.last_seq.pop(stream, None)
+
+    # -- events from the listener -------------------------------------------------------
+
+    def feed(self, payload: str) -> None:
+        """One NOTIFY payload (a JSON array of events), called from the listener callback."""
+        try:
+            events = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            log.error("undecodable NOTIFY payload dropped (%d bytes)", len(payload))
+            return
+        if not isinstance(events, list):
+            log.error("NOTIFY payload is not a list; dropped")
+            return
+        if not self._blocked and self._draining is None and not self._queue:
+            # Fast path: nothing ahead of us and nothing to fetch.
+            for i, event in enumerate(events):
+                if event.get("k") == "n" and "n" not in event:
+                    self._queue.extend(events[i:])
+                    self._start_drain()
+                    return
+                self._dispatch(event)
+            return
+        self._queue.extend(events)
+        self._start_drain()
+
+    def block(self) -> None:
+        """The LISTEN connection is down: queue events until catch_up() has run."""
+        self._blocked = True
+
+    def _start_drain(self) -> None:
+        if self._draining is None and not self._blocked:
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and not self._blocked:
+                event = self._queue[0]
+                if event.get("k") == "n" and "n" not in event:
+                    await self._resolve_large()
+                    continue
+                self._queue.popleft()
+                self._dispatch(event)
+        finally:
+            self._draining = None
+
+    async def _resolve_large(self) -> None:
+        """Fetch every by-reference row queued so far in one query, then keep the order."""
+        refs = [e["id"] for e in self._queue if e.get("k") == "n" and "n" not in e]
+        try:
+            rows = await self._fetch_ids(refs)
+        except Exception:
+            log.exception("fetching %d large rows failed; retrying", len(refs))
+            await asyncio.sleep(0.5)
+            return
+        for event in self._queue:
+            if event.get("k") == "n" and "n" not in event:
+                wire = rows.get(event["id"])
+                # A row deleted before we fetched it: its deletion event follows in the queue.
+                event["n"] = orjson.Fragment(wire) if wire is not None else None
+
+    async def catch_up(self) -> int:
+        """Called once listening (again): publish what was committed while not listening, for
+        every stream with local subscribers, then the events queued meanwhile, in order."""
+        self._blocked = True
+        while self._draining is not None:
+            await asyncio.sleep(0.005)
+        rows = await self._catch_up(dict(self.last_seq))
+        for stream, seq, wire in rows:
+            self._publish_new(stream, seq, orjson.Fragment(wire))
+        self._blocked = False
+        self._start_drain()
+        return len(rows)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        kind = event.get("k")
+        if kind == "n":
+            notification = event["n"]
+            if notification is None:
+                return
+            if isinstance(notification, orjson.Fragment):
+                stream = event["s"]
+                self._publish_new(stream, event["q"], notification)
+            else:
+                stream = notification["stream"]
+                self._publish_new(stream, notification["seq"], notification)
+            self._unread(stream, event)
+        elif kind == "r":
+            stream = event["s"]
+            if event.get("at") is not None:
+                frame = websocket_text(encode("notification:read",
+                                              {"ids": event["ids"], "readAt": event["at"]}))
+                origin = event.get("o")
+                for conn in list(self.index.subscribers(stream)):
+                    if conn.session.connection_id != origin:
+                        conn.write(frame)
+            self._unread(stream, event)
+        elif kind == "d":
+            frame = websocket_text(encode("notification:deleted",
+                                          {"id": event["id"], "stream": event["s"]}))
+            self._broadcast(event["s"], frame)
+        elif kind == "c":
+            self._unread(event["s"], event)
+        else:
+            log.error("unknown NOTIFY event kind %r dropped", kind)
+        if self.on_published is not None:
+            self.on_published(str(kind), event)
+
+    def _unread(self, stream: str, event: dict[str, Any]) -> None:
+        if not stream.startswith("user:") or "u" not in event:
+            return
+        self._broadcast(stream, websocket_text(
+            encode("notification:unread-count", {"count": max(0, event["u"])})))
+
+    def _broadcast(self, stream: str, frame: bytes) -> None:
+        for conn in list(self.index.subscribers(stream)):
+            conn.write(frame)
+
+    def _publish_new(self, stream: str, seq: int, notification: Any) -> None:
+        last = self.last_seq.get(stream)
+        if last is not None and seq <= last:
+            return  # already published (catch-up overlapping live events)
+        members = self.index.subscribers(stream)
+        if not members:
+            return
+        self.last_seq[stream] = seq
+        frame = websocket_text(encode("notification:new", {"notification": notification}))
+        for conn in list(members):
+            out = conn.session.offer(stream, seq, frame)
+            if out is not None:
+                conn.write(out)
+                self.delivered += 1

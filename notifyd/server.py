@@ -1,0 +1,252 @@
+# The network edge: one small asyncio.Protocol per TCP connection driving websockets' sans-I/O
+# ServerProtocol (no task per connection), plain HTTP GET routes on the same port, and the
+# translation of errors into frames, HTTP statuses and close codes. Application logic lives in
+# the Hub (app.py); this module never touches PostgreSQL.
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from http.cookies import CookieError, SimpleCookie
+from typing import Protocol as TypingProtocol
+from typing import cast
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import OPEN, State
+from websockets.server import ServerProtocol
+from websockets.typing import Origin
+
+from notifyd.auth import Identity
+from notifyd.config import Settings
+from notifyd.errors import AuthError, ClientError
+from notifyd.protocol import ClientFrame, decode_client_frame, error_frame, websocket_text
+from notifyd.session import Session
+from notifyd.session import State as SessionState
+
+log = logging.getLogger("notifyd.server")
+# websockets logs every open and close at INFO; notifyd logs its own lines instead.
+logging.getLogger("websockets").setLevel(logging.WARNING)
+
+CLOSE_TOKEN = 4001
+CLOSE_REVOKED = 4003
+CLOSE_SLOW = 4008
+
+
+class Hub(TypingProtocol):
+    """What a connection needs from the application (app.App)."""
+
+    settings: Settings
+
+    def verify(self, token: str) -> Identity: ...
+    def opened(self, conn: Connection) -> None: ...
+    def went_live(self, conn: Connection) -> None: ...
+    def closed(self, conn: Connection) -> None: ...
+    def handle(self, conn: Connection, frame: ClientFrame) -> None: ...
+    def http(self, route: str) -> tuple[int, str, bytes] | None: ...
+
+
+def token_from_request(request: Request, settings: Settings) -> tuple[str | None, bool]:
+    """The handshake's token and whether it came from a cookie: query, then Authorization
+    header, then the configured cookie (only when an Origin allow-list is set)."""
+    query = parse_qs(urlsplit(request.path).query)
+    if query.get("token"):
+        return query["token"][0], False
+    header = request.headers.get("Authorization")
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip(), False
+    if settings.jwt_cookie and settings.allowed_origins and "Cookie" in request.headers:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            for raw in request.headers.get_all("Cookie"):
+                jar.load(raw)
+        except CookieError:
+            return None, False
+        morsel = jar.get(settings.jwt_cookie)
+        if morsel is not None and morsel.value:
+            return morsel.value, True
+    return None, False
+
+
+class Connection(asyncio.Protocol):
+    """One client: handshake or HTTP request, then WebSocket frames in and out."""
+
+    __slots__ = ("deadline", "hub", "last_recv", "partial", "ping_sent", "session",
+                 "transport", "ws")
+
+    def __init__(self, hub: Hub, now: float) -> None:
+        self.hub = hub
+        self.transport: asyncio.Transport | None = None
+        s = hub.settings
+        origins: list[Origin | None] | None = None
+        if s.allowed_origins:
+            # No Origin at all is a native (non-browser) client, which token auth covers.
+            origins = [*(Origin(o) for o in s.allowed_origins), None]
+        self.ws = ServerProtocol(origins=origins, max_size=s.max_frame_bytes)
+        self.session = Session(uuid.uuid4().hex)
+        self.partial: bytearray | None = None
+        self.deadline = now + s.auth_timeout  # handshake, then first `auth` frame
+        self.last_recv = now
+        self.ping_sent = 0.0
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.hub.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_recv = asyncio.get_running_loop().time()
+        self.ping_sent = 0.0
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Request):
+                self._on_request(event)
+            elif isinstance(event, Frame):
+                self._on_frame(event)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session.state is not SessionState.CLOSED:
+            self.session.close()
+            self.hub.closed(self)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def write(self, frame: bytes) -> None:
+        """Write one pre-built WebSocket frame; a client whose send buffer passes the bound
+        is closed with 4008 instead of letting memory grow."""
+        transport = self.transport
+        if transport is None or self.ws.state is not OPEN:
+            return
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self.hub.settings.max_send_buffer:
+            log.warning("closing slow consumer %s (send buffer over %d bytes)",
+                        self.session.connection_id, self.hub.settings.max_send_buffer)
+            self.close(CLOSE_SLOW, "too slow: reconnect and sync")
+
+    def send(self, payload: bytes) -> None:
+        """Send one JSON frame to this connection only."""
+        self.write(websocket_text(payload))
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame and end the connection (the client need not answer)."""
+        if self.ws.state is OPEN:
+            self.ws.send_close(code, reason)
+            self._flush()
+        if self.transport is not None:
+            self.transport.close()
+        self.connection_lost(None)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def ping(self, now: float) -> None:
+        if self.ws.state is OPEN:
+            self.ws.send_ping(b"")
+            self.ping_sent = now
+            self._flush()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            else:  # EOF: the protocol is done with this connection
+                transport.close()
+        if self.ws.state is State.CLOSED and self.session.state is not SessionState.CLOSED:
+            transport.close()
+
+    # -- handshake ----------------------------------------------------------------------
+
+    def _on_request(self, request: Request) -> None:
+        ws = self.ws
+        route = urlsplit(request.path).path
+        if route != "/ws":
+            answer = self.hub.http(route) if request.method == "GET" else None
+            status, content_type, body = answer or (404, "text/plain; charset=utf-8",
+                                                    b"not found\n")
+            response = ws.reject(status, "")
+            response.body = body
+            response.headers["Content-Type"] = content_type
+            response.headers["Content-Length"] = str(len(body))
+            ws.send_response(response)
+            return
+        response = ws.accept(request)
+        if response.status_code != 101:
+            ws.send_response(response)
+            return
+        token, from_cookie = token_from_request(request, self.hub.settings)
+        identity = None
+        if token is not None:
+            if from_cookie and request.headers.get("Origin") is None:
+                # Browsers always send Origin; a cookie without one is not from an allowed page.
+                ws.send_response(ws.reject(403, "cookie authentication needs an allowed Origin\n"))
+                return
+            try:
+                identity = self.hub.verify(token)
+            except AuthError as exc:
+                log.info("handshake refused: %s", exc)
+                ws.send_response(ws.reject(401, f"{exc}\n"))
+                return
+        ws.send_response(response)
+        self._flush()  # the 101 goes out before any frame written directly to the transport
+        if identity is not None:
+            self._go_live(identity)
+
+    def _go_live(self, identity: Identity) -> None:
+        self.session.authenticate(identity)
+        self.hub.went_live(self)
+
+    # -- frames -------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if not frame.fin:
+                self.partial = bytearray(frame.data) if opcode is Opcode.TEXT else None
+                if opcode is Opcode.BINARY:
+                    self._error(ClientError("binary-not-supported"))
+                return
+            if opcode is Opcode.BINARY:
+                self._error(ClientError("binary-not-supported"))
+                return
+            self._on_text(bytes(frame.data))
+        elif opcode is Opcode.CONT:
+            if self.partial is None:
+                return  # the rest of a refused binary message
+            self.partial += frame.data
+            if frame.fin:
+                data, self.partial = bytes(self.partial), None
+                self._on_text(data)
+
+    def _on_text(self, data: bytes) -> None:
+        if self.session.state is SessionState.CLOSED:
+            return
+        try:
+            frame = decode_client_frame(data)
+        except ClientError as exc:
+            self._error(exc)
+            return
+        self.hub.handle(self, frame)
+
+    def _error(self, exc: ClientError) -> None:
+        self.send(error_frame(exc))
+
+
+def connection_factory(hub: Hub, clock: Callable[[], float]) -> Callable[[], Connection]:
+    def make() -> Connection:
+        return Connection(hub, clock())
+    return make

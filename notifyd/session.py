@@ -1,0 +1,101 @@
+# Per-connection protocol state, pure: awaiting auth -> live -> closed, the identity, and the
+# replay bookkeeping that keeps CONTRACT.md §5's order guarantee: while a sync-request runs,
+# live items of its streams are held; after the response, only those above the cursor go out.
+from __future__ import annotations
+
+import enum
+
+from notifyd.auth import Identity
+from notifyd.errors import ClientError
+
+
+class State(enum.Enum):
+    AWAITING_AUTH = "awaiting-auth"
+    LIVE = "live"
+    CLOSED = "closed"
+
+
+class Session:
+    """What the server knows of one connection; the server adapter does the I/O."""
+
+    __slots__ = ("_behind", "_cursors", "_held", "connection_id", "identity", "state")
+
+    def __init__(self, connection_id: str) -> None:
+        self.connection_id = connection_id
+        self.state = State.AWAITING_AUTH
+        self.identity: Identity | None = None
+        # stream -> last seq this connection has been given (set by a sync; dedupes live items)
+        self._cursors: dict[str, int] | None = None
+        # stream -> [(seq, frame)] held while a sync for that stream runs
+        self._held: dict[str, list[tuple[int, bytes]]] | None = None
+        # streams whose sync answered hasMore: live items wait for the next sync-request
+        self._behind: set[str] | None = None
+
+    def authenticate(self, identity: Identity) -> None:
+        if self.identity is not None and identity.user_id != self.identity.user_id:
+            raise ClientError("auth-user-mismatch")
+        self.identity = identity
+        self.state = State.LIVE
+
+    def close(self) -> None:
+        self.state = State.CLOSED
+
+    @property
+    def syncing(self) -> bool:
+        return self._held is not None
+
+    def offer(self, stream: str, seq: int, frame: bytes) -> bytes | None:
+        """A live item for `stream`: returns the frame to send now, or None (held or a dup)."""
+        if self._held is not None:
+            held = self._held.get(stream)
+            if held is not None:
+                held.append((seq, frame))
+                return None
+        if self._behind is not None and stream in self._behind:
+            return None
+        if self._cursors is not None:
+            cursor = self._cursors.get(stream)
+            if cursor is not None:
+                if seq <= cursor:
+                    return None
+                self._cursors[stream] = seq
+        return frame
+
+    def begin_sync(self, streams: list[str]) -> None:
+        if self._held is not None:
+            raise ClientError("sync-in-progress")
+        self._held = {s: [] for s in streams}
+
+    def finish_sync(self, cursors: dict[str, int], has_more: set[str]) -> list[bytes]:
+        """The sync-response went out with `cursors`; returns the held frames to send next."""
+        held, self._held = self._held or {}, None
+        if self._cursors is None:
+            self._cursors = {}
+        out: list[bytes] = []
+        for stream, items in held.items():
+            cursor = cursors.get(stream, 0)
+            if stream in has_more:
+                if self._behind is None:
+                    self._behind = set()
+                self._behind.add(stream)
+                self._cursors[stream] = cursor
+                continue
+            if self._behind is not None:
+                self._behind.discard(stream)
+            for seq, frame in sorted(items, key=lambda item: item[0]):
+                if seq > cursor:
+                    out.append(frame)
+                    cursor = seq
+            self._cursors[stream] = cursor
+        return out
+
+    def abort_sync(self) -> list[bytes]:
+        """The sync failed: live delivery goes on as before; returns the held frames."""
+        held, self._held = self._held or {}, None
+        out: list[bytes] = []
+        for stream, items in held.items():
+            for seq, frame in items:
+                sent = self.offer(stream, seq, frame)
+                if sent is not None:
+                    out.append(sent)
+        return out

@@ -1,0 +1,198 @@
+# Every SQL query the daemon runs (asyncpg only here, apart from the LISTEN connection in
+# listener.py). Rows come back as the protocol's Notification JSON, built by notifyd.to_wire()
+# in the database, so they are embedded in frames without decoding (orjson.Fragment).
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import asyncpg
+import orjson
+
+from notifyd.errors import StoreError
+
+# Connection errors and server shutdowns: the database is unavailable, not the request bad.
+_UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    last_seq: int
+    unread: int
+
+
+@dataclass(slots=True)
+class SyncResult:
+    notifications: list[orjson.Fragment] = field(default_factory=list)
+    cursors: dict[str, int] = field(default_factory=dict)
+    reset: list[str] = field(default_factory=list)
+    has_more: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    stream: str
+    seq: int
+    wire: bytes  # the Notification object as JSON
+
+
+_WIRE = "notifyd.to_wire(n)::text"
+
+
+class Store:
+    """The daemon's queries over a small asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, max_size: int = 10) -> Store:
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size,
+                                             command_timeout=30)
+        except _UNAVAILABLE as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        try:
+            await self._pool.fetchval("SELECT 1", timeout=2)
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def stream_states(self, streams: list[str]) -> dict[str, StreamState]:
+        """last_seq and unread of each stream that exists."""
+        try:
+            rows = await self._pool.fetch(
+                "SELECT stream, last_seq, unread FROM notifyd.streams WHERE stream = ANY($1)",
+                streams)
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        return {r["stream"]: StreamState(r["last_seq"], r["unread"]) for r in rows}
+
+    async def mark_read(
+        self, user_stream: str, ids: tuple[int, ...] | None, origin: str
+    ) -> tuple[list[int], dt.datetime | None]:
+        """Marks the given ids (all unread when None) of `user_stream` read. Returns the ids that
+        changed and their read time. Rows of other streams are never touched."""
+        where = "AND id = ANY($2::bigint[])" if ids is not None else ""
+        args: list[object] = [user_stream] + ([list(ids)] if ids is not None else [])
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT set_config('notifyd.origin', $1, true)", origin)
+                rows = await conn.fetch(
+                    "UPDATE notifyd.notifications SET read_at = now() "
+                    f"WHERE stream = $1 AND read_at IS NULL {where} RETURNING id, read_at",
+                    *args)
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        if not rows:
+            return [], None
+        return sorted(r["id"] for r in rows), rows[0]["read_at"]
+
+    async def fetch_after(self, after: dict[str, int], limit: int = 10000) -> list[Row]:
+        """Rows with seq above the given one per stream, in seq order within each stream."""
+        if not after:
+            return []
+        try:
+            records = await self._pool.fetch(
+                f"SELECT n.stream, n.seq, {_WIRE} AS wire "
+                "FROM unnest($1::text[], $2::bigint[]) AS a(stream, after) "
+                "CROSS JOIN LATERAL (SELECT * FROM notifyd.notifications n "
+                "  WHERE n.stream = a.stream AND n.seq > a.after ORDER BY n.seq LIMIT $3) n "
+                "ORDER BY n.stream, n.seq",
+                list(after), list(after.values()), limit)
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        return [Row(r["stream"], r["seq"], r["wire"].encode()) for r in records]
+
+    async def fetch_ids(self, ids: list[int]) -> dict[int, bytes]:
+        """Rows too large for a NOTIFY payload, by id."""
+        try:
+            records = await self._pool.fetch(
+                f"SELECT n.id, {_WIRE} AS wire FROM notifyd.notifications n "
+                "WHERE n.id = ANY($1::bigint[])", ids)
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        return {r["id"]: r["wire"].encode() for r in records}
+
+    async def sync(
+        self,
+        cursors: dict[str, int],
+        latest: list[str],
+        since: dt.datetime | None,
+        limit: int,
+    ) -> SyncResult:
+        """Answer a sync-request in one snapshot. `cursors`: streams with a cursor; `latest`:
+        streams without one (items created after `since`, else the latest `limit`)."""
+        result = SyncResult()
+        streams = [*cursors, *latest]
+        try:
+            async with self._pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True
+            ):
+                states = {
+                    r["stream"]: (r["last_seq"], r["pruned_below"])
+                    for r in await conn.fetch(
+                        "SELECT stream, last_seq, pruned_below FROM notifyd.streams "
+                        "WHERE stream = ANY($1)", streams)
+                }
+                for stream, cursor in cursors.items():
+                    last_seq, pruned_below = states.get(stream, (0, 0))
+                    if cursor > last_seq or cursor + 1 < pruned_below:
+                        result.reset.append(stream)
+                        await self._latest(conn, stream, None, limit, last_seq, result)
+                        continue
+                    rows = await conn.fetch(
+                        f"SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
+                        "WHERE n.stream = $1 AND n.seq > $2 ORDER BY n.seq LIMIT $3",
+                        stream, cursor, limit + 1)
+                    self._take(stream, rows, limit, cursor, result)
+                for stream in latest:
+                    last_seq, _ = states.get(stream, (0, 0))
+                    await self._latest(conn, stream, since, limit, last_seq, result)
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        return result
+
+    @staticmethod
+    def _take(
+        stream: str, rows: list[asyncpg.Record], limit: int, cursor: int, result: SyncResult
+    ) -> None:
+        if len(rows) > limit:
+            result.has_more.add(stream)
+            rows = rows[:limit]
+        for r in rows:
+            result.notifications.append(orjson.Fragment(r["wire"]))
+        result.cursors[stream] = rows[-1]["seq"] if rows else cursor
+
+    async def _latest(
+        self,
+        conn: asyncpg.pool.PoolConnectionProxy,
+        stream: str,
+        since: dt.datetime | None,
+        limit: int,
+        last_seq: int,
+        result: SyncResult,
+    ) -> None:
+        if since is not None:
+            rows = await conn.fetch(
+                f"SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
+                "WHERE n.stream = $1 AND n.created_at > $2 ORDER BY n.seq LIMIT $3",
+                stream, since, limit + 1)
+            if len(rows) > limit:
+                self._take(stream, rows, limit, 0, result)
+                return
+        else:
+            rows = list(reversed(await conn.fetch(
+                f"SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
+                "WHERE n.stream = $1 ORDER BY n.seq DESC LIMIT $2",
+                stream, limit)))
+        for r in rows:
+            result.notifications.append(orjson.Fragment(r["wire"]))
+        # Nothing more is missing: the client is now at the stream's head.
+        result.cursors[stream] = last_seq
