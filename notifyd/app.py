@@ -199,8 +199,7 @@ class App:
     def _refresh(self, conn: Connection, event: Auth, ref: str | None) -> None:
         """A fresh token on a live connection: same user only; extends the connection."""
         try:
-            identity = self.auth.verify(event.token)
-            conn.session.authenticate(identity)
+            identity = conn.session.authenticate(self.auth.verify(event.token))
         except AuthError as exc:
             self._refuse(conn, ClientError("auth-failed", str(exc)), ref)
             return
@@ -320,7 +319,9 @@ class App:
         frame = websocket_text(encode(kind, {
             "userId": identity.user_id, "roles": list(identity.roles), "at": _now_iso()}))
         for watcher in list(watchers):
-            watcher.write(frame)
+            watcher_identity = watcher.session.identity
+            if watcher_identity is not None and watcher_identity.user_id != identity.user_id:
+                watcher.write(frame)
 
     # -- catch-up and the timer ---------------------------------------------------------
 

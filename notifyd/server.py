@@ -178,10 +178,9 @@ class Connection(asyncio.Protocol):
             answer = self.hub.http(route) if request.method == "GET" else None
             status, content_type, body = answer or (404, "text/plain; charset=utf-8",
                                                     b"not found\n")
-            response = ws.reject(status, "")
-            response.body = body
+            response = ws.reject(status, body.decode())
+            del response.headers["Content-Type"]  # Headers is a multi-dict: replace, not add
             response.headers["Content-Type"] = content_type
-            response.headers["Content-Length"] = str(len(body))
             ws.send_response(response)
             return
         response = ws.accept(request)

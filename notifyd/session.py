@@ -3,6 +3,7 @@
 # live items of its streams are held; after the response, only those above the cursor go out.
 from __future__ import annotations
 
+import dataclasses
 import enum
 
 from notifyd.auth import Identity
@@ -31,11 +32,18 @@ class Session:
         # streams whose sync answered hasMore: live items wait for the next sync-request
         self._behind: set[str] | None = None
 
-    def authenticate(self, identity: Identity) -> None:
-        if self.identity is not None and identity.user_id != self.identity.user_id:
-            raise ClientError("auth-user-mismatch")
+    def authenticate(self, identity: Identity) -> Identity:
+        """First authentication, or a fresh token on a live connection: then only for the same
+        user, and only the expiry changes (subscriptions stay as they were at connect)."""
+        current = self.identity
+        if current is not None:
+            if identity.user_id != current.user_id:
+                raise ClientError("auth-user-mismatch")
+            identity = dataclasses.replace(current, expires_at=identity.expires_at,
+                                           issued_at=identity.issued_at)
         self.identity = identity
         self.state = State.LIVE
+        return identity
 
     def close(self) -> None:
         self.state = State.CLOSED

@@ -1,0 +1,124 @@
+# Bad input from clients: every case gets its documented error frame or close code, the
+# connection that sent it behaves as documented, and other connections are unharmed.
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from support import Daemon
+from websockets.exceptions import InvalidStatus
+
+BAD_FRAMES = [
+    ("not json at all", "invalid-json"),
+    ("[1, 2]", "invalid-frame"),
+    ('{"data": {}}', "invalid-frame"),
+    ('{"type": 5}', "invalid-frame"),
+    ('{"type": "ping", "data": []}', "invalid-frame"),
+    ('{"type": "ping", "ref": 7}', "invalid-frame"),
+    ('{"type": "ping", "ref": ""}', "invalid-frame"),
+    ('{"type": "ping", "extra": 1}', "invalid-frame"),
+    ('{"type": "nope"}', "unknown-event"),
+    ('{"type": "notification:mark-read", "data": {"ids": ["x"]}}', "invalid-data"),
+    ('{"type": "notification:mark-read", "data": {"ids": []}}', "invalid-data"),
+    ('{"type": "notification:mark-read", "data": {"ids": [true]}}', "invalid-data"),
+    ('{"type": "notification:sync-request", "data": {"limit": 0}}', "invalid-data"),
+    ('{"type": "notification:sync-request", "data": {"cursors": {"user:1": -1}}}',
+     "invalid-data"),
+    ('{"type": "notification:sync-request", "data": {"cursors": []}}', "invalid-data"),
+    ('{"type": "notification:sync-request", "data": {"since": "yesterday"}}', "invalid-data"),
+    ('{"type": "notification:sync-request", "data": {"since": "2026-01-01T00:00:00"}}',
+     "invalid-data"),
+    ('{"type": "presence:query", "data": {"userIds": [1]}}', "invalid-data"),
+    ('{"type": "ping", "data": {"timestamp": {}}}', "invalid-data"),
+    ('{"type": "auth", "data": {"token": ""}}', "invalid-data"),
+]
+
+
+@pytest.mark.parametrize(("text", "code"), BAD_FRAMES)
+async def test_bad_frame_gets_documented_error_and_connection_survives(
+    daemon: Daemon, text: str, code: str
+) -> None:
+    client = await daemon.connect("b1")
+    bystander = await daemon.connect("b2")
+    await client.ws.send(text)
+    error = await client.next_data("error")
+    assert error["code"] == code and error["message"]
+    # the same connection still works, and so does the other one
+    pong = await client.request("ping", {"timestamp": 1}, "pong")
+    assert pong["data"] == {"timestamp": 1}
+    await daemon.notify("b2", "still fine")
+    assert (await bystander.next_data("notification:new"))["notification"]["title"] == "still fine"
+
+
+async def test_error_echoes_ref(daemon: Daemon) -> None:
+    client = await daemon.connect("b3")
+    reply = await client.request("notification:mark-read", {"ids": ["x"]}, "error", ref="m-9")
+    assert reply["type"] == "error" and reply["ref"] == "m-9"
+    assert reply["data"]["code"] == "invalid-data" and "ids" in reply["data"]["message"]
+    pong = await client.request("ping", {}, "pong", ref="p-1")
+    assert isinstance(pong["data"]["timestamp"], int)
+
+
+async def test_binary_frames_are_refused_with_an_error(daemon: Daemon) -> None:
+    client = await daemon.connect("b4")
+    await client.ws.send(b"\x00\x01binary")
+    assert (await client.next_data("error"))["code"] == "binary-not-supported"
+    assert (await client.request("ping", {}, "pong"))["type"] == "pong"
+
+
+async def test_fragmented_text_message_is_reassembled(daemon: Daemon) -> None:
+    client = await daemon.connect("b5")
+    frame = orjson.dumps({"type": "ping", "data": {"timestamp": 42}, "ref": "frag"}).decode()
+    await client.ws.send([frame[:10], frame[10:20], frame[20:]])
+    pong = await client.expect("pong")
+    assert pong["data"]["timestamp"] == 42 and pong["ref"] == "frag"
+
+
+async def test_frame_over_the_size_limit_closes_with_1009(daemon: Daemon) -> None:
+    client = await daemon.connect("b6")
+    bystander = await daemon.connect("b7")
+    await client.ws.send("x" * (daemon.settings.max_frame_bytes + 1))
+    code, _ = await client.closed()
+    assert code == 1009
+    assert (await bystander.request("ping", {}, "pong"))["type"] == "pong"
+
+
+async def test_events_before_authentication_are_refused(daemon: Daemon) -> None:
+    client = await daemon.raw()  # no token: must authenticate with a first frame
+    reply = await client.request("notification:sync-request", {}, "error", ref="early")
+    assert reply["data"]["code"] == "not-authenticated"
+    await client.send("auth", {"token": daemon.token("b8")})
+    assert (await client.next_data("connection-confirmed"))["userId"] == "b8"
+
+
+async def test_plain_http_routes(daemon: Daemon) -> None:
+    async def get(path: str) -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        status = int(data.split(b" ", 2)[1])
+        return status, data.split(b"\r\n\r\n", 1)[1]
+
+    assert await get("/healthz") == (200, b"ok\n")
+    assert await get("/readyz") == (200, b"ready\n")
+    assert (await get("/nope"))[0] == 404
+    assert (await get("/ws"))[0] == 426  # a browser opening the WebSocket URL directly
+
+
+async def test_garbage_instead_of_http_is_dropped(daemon: Daemon) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
+    writer.write(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    client = await daemon.connect("b9")
+    assert (await client.request("ping", {}, "pong"))["type"] == "pong"
+
+
+async def test_wrong_path_for_websocket_is_404(daemon: Daemon) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        from websockets.asyncio.client import connect
+
+        await connect(f"ws://127.0.0.1:{daemon.app.port}/other")
+    assert info.value.response.status_code == 404

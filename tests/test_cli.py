@@ -1,0 +1,228 @@
+# The command line as users run it, in real subprocesses: migrate (also two at once),
+# check-config and exit code 2, token, serve end to end with SIGTERM, and `notifyd dev` from
+# nothing to a notification pasted into psql arriving at a WebSocket client.
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import jwt
+import pytest
+from support import (
+    ROOT,
+    SECRET,
+    Client,
+    free_port,
+    notifyd_cmd,
+    run_cli,
+    subprocess_env,
+)
+from websockets.asyncio.client import connect
+
+from notifyd.auth import issue_token
+
+
+def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("daemon not ready in time")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def test_migrate_is_idempotent_and_safe_when_two_run_at_once(fresh_db: str) -> None:
+    env = subprocess_env(NOTIFYD_DSN=fresh_db)
+    # fresh_db is cloned from a migrated template: drop the schema to start from nothing
+    subprocess.run([sys.executable, "-c",
+                    "import asyncio, asyncpg, sys\n"
+                    "async def m():\n"
+                    "    c = await asyncpg.connect(sys.argv[1])\n"
+                    "    await c.execute('DROP SCHEMA notifyd CASCADE')\n"
+                    "    await c.close()\n"
+                    "asyncio.run(m())", fresh_db], check=True)
+    procs = [subprocess.Popen(notifyd_cmd("migrate"), env=env, text=True, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    applied = sorted(out for out, _ in outs)
+    assert "up to date" in applied[1] or "applied 0" in applied[0] + applied[1]
+    assert "0001_init.sql" in "".join(applied)
+    again = run_cli("migrate", env=env)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_migrate_reports_an_unreachable_database() -> None:
+    env = subprocess_env(NOTIFYD_DSN="postgresql://nobody@127.0.0.1:1/none")
+    result = run_cli("migrate", env=env)
+    assert result.returncode == 1 and "cannot connect" in result.stderr
+
+
+def test_check_config_prints_effective_settings_with_secrets_redacted(tmp_path: Path) -> None:
+    toml = tmp_path / "notifyd.toml"
+    toml.write_text('port = 9001\nhost = "0.0.0.0"\njwt_algorithms = ["HS256"]\n')
+    env = subprocess_env(NOTIFYD_DSN="postgresql://u:pw@db/app", NOTIFYD_JWT_SECRET=SECRET,
+                         NOTIFYD_PORT="9002")
+    result = run_cli("--config", str(toml), "check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["port"] == 9002 and shown["host"] == "0.0.0.0"  # the environment wins
+    assert shown["jwt_secret"] == "***" and shown["dsn"] == "***"
+    assert SECRET not in result.stdout and "pw" not in result.stdout
+
+
+def test_secret_from_a_file_and_systemd_credentials(tmp_path: Path) -> None:
+    (tmp_path / "jwt_secret").write_text(SECRET + "\n")
+    for extra in ({"NOTIFYD_JWT_SECRET_FILE": str(tmp_path / "jwt_secret")},
+                  {"CREDENTIALS_DIRECTORY": str(tmp_path)}):
+        env = subprocess_env(NOTIFYD_DSN="postgresql://db/app", **extra)
+        result = run_cli("token", "--sub", "9", env=env)
+        assert result.returncode == 0, result.stderr
+        assert jwt.decode(result.stdout.strip(), SECRET, ["HS256"])["sub"] == "9"
+
+
+@pytest.mark.parametrize(("env", "name"), [
+    ({"NOTIFYD_PORT": "http"}, "NOTIFYD_PORT"),
+    ({"NOTIFYD_PORT": "70000"}, "NOTIFYD_PORT"),
+    ({"NOTIFYD_JWT_ALGORITHMS": "none"}, "NOTIFYD_JWT_ALGORITHMS"),
+    ({"NOTIFYD_JWT_ALGORITHMS": "HS256,XY1"}, "NOTIFYD_JWT_ALGORITHMS"),
+    ({"NOTIFYD_JWT_SECRET": "short"}, "NOTIFYD_JWT_SECRET"),
+    ({"NOTIFYD_DSN": ""}, "NOTIFYD_DSN"),
+    ({"NOTIFYD_DSN": "mysql://x"}, "NOTIFYD_DSN"),
+    ({"NOTIFYD_MAX_FRAME_BYTES": "12"}, "NOTIFYD_MAX_FRAME_BYTES"),
+    ({"NOTIFYD_LOG_LEVEL": "LOUD"}, "NOTIFYD_LOG_LEVEL"),
+    ({"NOTIFYD_JWT_ALGORITHMS": "RS256"}, "NOTIFYD_JWT_PUBLIC_KEY_FILE"),
+    ({"NOTIFYD_JWT_PUBLIC_KEY_FILE": "/nonexistent.pem"}, "NOTIFYD_JWT_PUBLIC_KEY_FILE"),
+    ({"NOTIFYD_CONFIG": "/nonexistent.toml"}, "NOTIFYD_CONFIG"),
+])
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+def test_a_wrong_setting_stops_with_exit_2_and_one_line(
+    env: dict[str, str], name: str, command: str
+) -> None:
+    base = {"NOTIFYD_DSN": "postgresql://127.0.0.1:1/x", "NOTIFYD_JWT_SECRET": SECRET}
+    base.update(env)
+    result = run_cli(command, env=subprocess_env(**base))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0], result.stderr
+    assert SECRET not in result.stderr
+
+
+def test_unknown_key_in_config_file_is_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text("prot = 1\n")
+    result = run_cli("--config", str(toml), "check-config",
+                     env=subprocess_env(NOTIFYD_JWT_SECRET=SECRET, NOTIFYD_DSN="postgresql://x/y"))
+    assert result.returncode == 2 and "prot" in result.stderr
+
+
+def test_token_command(tmp_path: Path) -> None:
+    env = subprocess_env(NOTIFYD_JWT_SECRET=SECRET)
+    result = run_cli("token", "--sub", "42", "--role", "doctor", "--role", "Admin",
+                     "--ttl", "60", env=env)
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), SECRET, ["HS256"])
+    assert claims["sub"] == "42" and claims["roles"] == ["doctor", "Admin"]
+    assert 55 <= claims["exp"] - time.time() <= 61
+    assert run_cli("token", "--sub", "1", env=subprocess_env()).returncode == 2
+
+
+async def test_serve_end_to_end_and_sigterm_closes_with_1001(fresh_db: str) -> None:
+    port = free_port()
+    env = subprocess_env(NOTIFYD_DSN=fresh_db, NOTIFYD_JWT_SECRET=SECRET,
+                         NOTIFYD_PORT=str(port), NOTIFYD_SHUTDOWN_TIMEOUT="3")
+    proc = subprocess.Popen(notifyd_cmd("serve"), env=env, text=True, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        await asyncio.to_thread(wait_ready, port, proc)
+        token = issue_token(SECRET, "s1", ["user"])
+        client = Client(await connect(f"ws://127.0.0.1:{port}/ws?token={token}"))
+        await client.expect("connection-confirmed")
+        await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-c",
+            "import asyncio, asyncpg, sys\n"
+            "async def m():\n"
+            "    c = await asyncpg.connect(sys.argv[1])\n"
+            "    await c.execute(\"SELECT notifyd.notify('s1', 't', 'from psql', 'm')\")\n"
+            "    await c.close()\n"
+            "asyncio.run(m())", fresh_db], check=True)
+        n = (await client.next_data("notification:new"))["notification"]
+        assert n["title"] == "from psql"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code, _ = await client.closed(timeout=10)
+        assert code == 1001
+        rc = await asyncio.to_thread(proc.wait, 10)
+        assert rc == 0 and time.monotonic() - started < 5
+        logs = proc.stderr.read() if proc.stderr else ""
+        lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+        assert any("open for user s1" in line["msg"] for line in lines)
+        assert token not in logs and SECRET not in logs
+    finally:
+        stop(proc)
+
+
+def test_serve_exits_1_when_the_database_is_unreachable() -> None:
+    env = subprocess_env(NOTIFYD_DSN="postgresql://nobody@127.0.0.1:1/none",
+                         NOTIFYD_JWT_SECRET=SECRET, NOTIFYD_PORT=str(free_port()))
+    result = run_cli("serve", env=env)
+    assert result.returncode == 1 and "cannot connect" in result.stderr
+
+
+async def test_dev_from_nothing_to_a_pasted_insert_arriving(tmp_path: Path) -> None:
+    port = free_port()
+    data_dir = tmp_path / "dev"
+    proc = subprocess.Popen(notifyd_cmd("dev", "--data-dir", str(data_dir), "--port", str(port)),
+                            env=subprocess_env(), text=True, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 90
+        while not any(" -c " in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            lines.append(await asyncio.to_thread(proc.stdout.readline))
+        text = "".join(lines)
+        token = re.search(r"^\s+(ey[\w-]+\.[\w-]+\.[\w-]+)\s*$", text, re.M)
+        assert token, text
+        client = Client(await connect(f"ws://127.0.0.1:{port}/ws?token={token.group(1)}"))
+        await client.expect("connection-confirmed")
+        psql_line = next(line for line in lines if " -c " in line).strip()
+        # paste it into a shell, as a person would
+        result = await asyncio.to_thread(subprocess.run, psql_line, shell=True, text=True,
+                                         capture_output=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        n = (await client.next_data("notification:new", 10))["notification"]
+        assert n["title"] == "Hello" and n["stream"] == "user:42"
+        assert shlex.split(psql_line)[0].endswith("psql")
+        await client.close()
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        assert (data_dir / "pg" / "PG_VERSION").exists() and (data_dir / "jwt-secret").exists()
+        assert os.stat(data_dir / "jwt-secret").st_mode & 0o077 == 0
+    finally:
+        stop(proc)

@@ -1,0 +1,285 @@
+# Pure units of the sans-I/O core, without sockets or a database: settings, protocol
+# decoding, authentication with a fake clock, the per-connection replay hold-back, the index,
+# presence and the router (fed NOTIFY payloads, writing to fake connections).
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+
+from notifyd import config
+from notifyd.auth import Authenticator, issue_token
+from notifyd.errors import AuthError, ClientError, ConfigError
+from notifyd.fanout import Router
+from notifyd.index import StreamIndex
+from notifyd.migrate import migrations
+from notifyd.presence import LocalPresence
+from notifyd.protocol import (
+    MarkRead,
+    Ping,
+    SyncRequest,
+    decode_client_frame,
+    format_time,
+    parse_time,
+)
+from notifyd.session import Session, State
+
+SECRET = "unit-secret-" + "z" * 40
+
+
+# -- settings ---------------------------------------------------------------------------
+
+def test_settings_defaults_and_casting() -> None:
+    s = config.load({"NOTIFYD_PORT": "9000", "NOTIFYD_JWT_ALGORITHMS": "hs256, RS256",
+                     "NOTIFYD_ALLOWED_ORIGINS": "https://a, https://b",
+                     "NOTIFYD_AUTH_TIMEOUT": "2.5"})
+    assert s.port == 9000 and s.host == "127.0.0.1"
+    assert s.jwt_algorithms == ("HS256", "RS256")
+    assert s.allowed_origins == ("https://a", "https://b") and s.auth_timeout == 2.5
+    with pytest.raises(ConfigError, match="NOTIFYD_AUTH_TIMEOUT"):
+        config.load({"NOTIFYD_AUTH_TIMEOUT": "0"})
+    with pytest.raises(ConfigError, match="NOTIFYD_ALLOWED_ORIGINS"):
+        config.load({"NOTIFYD_ALLOWED_ORIGINS": " , "})
+
+
+def test_settings_file_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('port = "x"\n')
+    with pytest.raises(ConfigError, match="NOTIFYD_PORT"):
+        config.load({}, path)
+    path.write_text("port = true\n")
+    with pytest.raises(ConfigError, match="NOTIFYD_PORT"):
+        config.load({}, path)
+    path.write_text("allowed_origins = [1]\n")
+    with pytest.raises(ConfigError, match="NOTIFYD_ALLOWED_ORIGINS"):
+        config.load({}, path)
+    path.write_text("host = 5\n")
+    with pytest.raises(ConfigError, match="NOTIFYD_HOST"):
+        config.load({}, path)
+    path.write_text("not toml [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load({}, path)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        config.load({"NOTIFYD_JWT_SECRET_FILE": str(empty)})
+    with pytest.raises(ConfigError, match="either"):
+        config.load({"NOTIFYD_JWT_SECRET_FILE": str(empty), "NOTIFYD_JWT_SECRET": SECRET})
+    not_pem = tmp_path / "k"
+    not_pem.write_text("hello")
+    with pytest.raises(ConfigError, match="PEM"):
+        config.load({"NOTIFYD_JWT_PUBLIC_KEY_FILE": str(not_pem)})
+    with pytest.raises(ConfigError, match="ASCII"):
+        config.load({"NOTIFYD_JWT_COOKIE": "sessión"})
+
+
+def test_serving_requirements() -> None:
+    with pytest.raises(ConfigError, match="NOTIFYD_DSN"):
+        config.require_serving(config.load({"NOTIFYD_JWT_SECRET": SECRET}))
+    with pytest.raises(ConfigError, match="NOTIFYD_JWT_SECRET"):
+        config.require_serving(config.load({"NOTIFYD_DSN": "postgresql://x/y"}))
+    config.require_serving(config.load({"NOTIFYD_DSN": "postgresql://x/y",
+                                        "NOTIFYD_JWT_SECRET": SECRET}))
+
+
+# -- protocol -----------------------------------------------------------------------------
+
+def test_decode_client_frames() -> None:
+    frame = decode_client_frame(b'{"type": "notification:mark-read", "data": {"ids": [3, 1, 3]},'
+                                b' "ref": "x"}')
+    assert frame.event == MarkRead((3, 1)) and frame.ref == "x"
+    sync = decode_client_frame('{"type": "notification:sync-request", "data": '
+                               '{"cursors": {"user:1": 4}, "since": "2026-01-01T10:00:00+02:00",'
+                               ' "limit": 5}}').event
+    assert isinstance(sync, SyncRequest) and sync.cursors == {"user:1": 4} and sync.limit == 5
+    assert sync.since == dt.datetime(2026, 1, 1, 8, 0, tzinfo=dt.UTC)
+    assert decode_client_frame('{"type": "ping"}').event == Ping(None)
+    with pytest.raises(ClientError) as info:
+        decode_client_frame('{"type": "what", "ref": "r9"}')
+    assert info.value.code == "unknown-event" and info.value.ref == "r9"
+    with pytest.raises(ClientError, match="not valid JSON"):
+        decode_client_frame(b"\xff\xfe")
+    with pytest.raises(ValueError, match="undocumented"):
+        ClientError("made-up")
+
+
+def test_times_round_trip() -> None:
+    t = parse_time("2026-11-23T09:41:07.123456Z")
+    assert format_time(t) == "2026-11-23T09:41:07.123456Z"
+    with pytest.raises(ValueError):
+        parse_time("2026-11-23T09:41:07")
+
+
+# -- auth ---------------------------------------------------------------------------------
+
+def test_authenticator_with_a_fake_clock() -> None:
+    now = [1_000_000.0]
+    auth = Authenticator(config.load({"NOTIFYD_JWT_SECRET": SECRET}), clock=lambda: now[0])
+    token = issue_token(SECRET, "7", ["A", "b", "a"], ttl=60, clock=lambda: now[0])
+    identity = auth.verify(token)
+    assert identity.user_id == "7" and identity.roles == ("a", "b")
+    assert identity.streams == ("user:7", "role:a", "role:b", "all")
+    now[0] += 61
+    with pytest.raises(AuthError, match="expired"):
+        auth.verify(token)
+    with pytest.raises(AuthError, match="too long"):
+        auth.verify("x" * 9000)
+    many = issue_token(SECRET, "7", [f"r{i}" for i in range(100)], clock=lambda: now[0])
+    with pytest.raises(AuthError, match="too many roles"):
+        auth.verify(many)
+    rs_only = Authenticator(config.load({"NOTIFYD_JWT_SECRET": SECRET,
+                                         "NOTIFYD_JWT_ALGORITHMS": "HS256,RS256"}))
+    with pytest.raises(AuthError, match="not allowed"):
+        rs_only.verify(issue_token(SECRET, "1", algorithm="HS384"))
+
+
+# -- session: the order guarantee ---------------------------------------------------------
+
+def live_session() -> Session:
+    s = Session("c1")
+    auth = Authenticator(config.load({"NOTIFYD_JWT_SECRET": SECRET}))
+    s.authenticate(auth.verify(issue_token(SECRET, "1")))
+    return s
+
+
+def test_session_holds_live_items_during_sync_and_drops_duplicates() -> None:
+    s = live_session()
+    assert s.state is State.LIVE
+    assert s.offer("user:1", 1, b"f1") == b"f1"  # before any sync: live as it comes
+    s.begin_sync(["user:1", "all"])
+    with pytest.raises(ClientError, match="previous"):
+        s.begin_sync(["user:1"])
+    for seq in (4, 5, 6):
+        assert s.offer("user:1", seq, f"f{seq}".encode()) is None  # held
+    assert s.offer("role:x", 9, b"other") == b"other"  # streams not in the sync flow on
+    # the response delivered up to 5: only 6 follows, then live items above it
+    assert s.finish_sync({"user:1": 5, "all": 0}, set()) == [b"f6"]
+    assert s.offer("user:1", 6, b"dup") is None
+    assert s.offer("user:1", 7, b"f7") == b"f7"
+
+
+def test_session_behind_after_has_more_and_abort() -> None:
+    s = live_session()
+    s.begin_sync(["user:1"])
+    s.offer("user:1", 10, b"f10")
+    assert s.finish_sync({"user:1": 3}, {"user:1"}) == []
+    assert s.offer("user:1", 11, b"f11") is None  # behind: the next sync brings it
+    s.begin_sync(["user:1"])
+    s.offer("user:1", 12, b"f12")
+    assert s.abort_sync() == []  # still behind after a failed sync
+    s.begin_sync(["user:1"])
+    assert s.finish_sync({"user:1": 11}, set()) == []
+    assert s.offer("user:1", 12, b"f12") == b"f12"
+
+
+def test_session_refresh_keeps_subscriptions() -> None:
+    s = live_session()
+    auth = Authenticator(config.load({"NOTIFYD_JWT_SECRET": SECRET}))
+    refreshed = s.authenticate(auth.verify(issue_token(SECRET, "1", ["admin"], ttl=9999)))
+    assert refreshed.roles == () and refreshed.expires_at > 0
+    with pytest.raises(ClientError) as info:
+        s.authenticate(auth.verify(issue_token(SECRET, "2")))
+    assert info.value.code == "auth-user-mismatch"
+
+
+# -- index and presence -------------------------------------------------------------------
+
+def test_index_tracks_streams_and_devices() -> None:
+    index: StreamIndex[str] = StreamIndex()
+    assert index.add("a", "u1", ["user:u1", "all"]) == ["user:u1", "all"]
+    assert index.add("b", "u1", ["user:u1", "all"]) == []
+    assert index.subscribers("user:u1") == {"a", "b"} and index.devices("u1") == {"a", "b"}
+    assert index.connection_count == 2 and index.user_count == 1
+    assert index.remove("a", "u1", ["user:u1", "all", "never"]) == []
+    assert index.remove("b", "u1", ["user:u1", "all"]) == ["user:u1", "all"]
+    assert not index.subscribers("all") and index.users() == [] and index.streams() == []
+
+
+def test_presence_counts_devices() -> None:
+    p = LocalPresence()
+    assert p.connected("u") and not p.connected("u")
+    assert not p.disconnected("u", 5.0) and p.state("u") == (True, None)
+    assert p.disconnected("u", 6.0) and p.state("u") == (False, 6.0)
+    assert p.state("never") == (False, None) and p.online_count == 0
+
+
+# -- router -------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class FakeConn:
+    session: Session
+    frames: list[bytes] = field(default_factory=list)
+
+    def write(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def decoded(self) -> list[dict[str, object]]:
+        out = []
+        for f in self.frames:
+            start = f.index(b"{")  # skip the WebSocket frame header
+            out.append(orjson.loads(f[start:]))
+        return out
+
+
+def wire(stream: str, seq: int, nid: int) -> dict[str, object]:
+    return {"id": nid, "stream": stream, "seq": seq, "type": "t", "title": "", "message": "",
+            "data": {}, "priority": "low", "actionUrl": None, "read": False, "readAt": None,
+            "createdAt": "2026-01-01T00:00:00.000000Z"}
+
+
+async def test_router_orders_large_rows_and_catches_up() -> None:
+    fetched: list[list[int]] = []
+
+    async def fetch_ids(ids: list[int]) -> dict[int, bytes]:
+        fetched.append(ids)
+        await asyncio.sleep(0.01)
+        return {i: orjson.dumps(wire("user:1", i, i)) for i in ids}
+
+    missed: list[int] = []  # what was committed while the listener was down
+
+    async def catch_up(after: dict[str, int]) -> list[tuple[str, int, bytes]]:
+        return [("user:1", seq, orjson.dumps(wire("user:1", seq, seq)))
+                for seq in missed if seq > after["user:1"]]
+
+    index: StreamIndex[FakeConn] = StreamIndex()
+    router = Router(index, fetch_ids, catch_up)
+    conn = FakeConn(live_session())
+    index.add(conn, "1", ["user:1", "all"])
+    router.note_floor("user:1", 0)
+    router.feed('[{"k":"n","n":' + orjson.dumps(wire("user:1", 1, 1)).decode() + ',"u":1}]')
+    assert conn.frames == []  # blocked until the listener's first catch-up
+    await router.catch_up()
+    router.feed('[{"k":"n","id":2,"s":"user:1","q":2,"u":2},'
+                '{"k":"n","n":' + orjson.dumps(wire("user:1", 3, 3)).decode() + '}]')
+    router.feed("not json")
+    router.feed('{"k":"n"}')
+    router.feed('[{"k":"?"}, {"k":"c","s":"user:1","u":0}, {"k":"d","id":1,"s":"user:1"}]')
+    await asyncio.sleep(0.05)
+    assert fetched == [[2]]
+    kinds = [(f["type"], f["data"].get("notification", {}).get("seq"))  # type: ignore[union-attr]
+             for f in conn.decoded()]
+    assert kinds == [("notification:new", 1), ("notification:unread-count", None),
+                     ("notification:new", 2), ("notification:unread-count", None),
+                     ("notification:new", 3), ("notification:unread-count", None),
+                     ("notification:deleted", None)]
+    # the LISTEN connection was lost: events queue until catch-up has published 4..8
+    router.block()
+    router.feed('[{"k":"n","n":' + orjson.dumps(wire("user:1", 9, 9)).decode() + '}]')
+    conn.frames.clear()
+    missed.extend(range(1, 9))
+    assert await router.catch_up() == 5
+    await asyncio.sleep(0.01)
+    seqs = [f["data"]["notification"]["seq"] for f in conn.decoded()]  # type: ignore[index]
+    assert seqs == [4, 5, 6, 7, 8, 9]
+    assert router.delivered == 9
+    router.forget(["user:1"])
+    assert "user:1" not in router.last_seq
+
+
+def test_migration_files_are_numbered() -> None:
+    found = migrations()
+    assert [v for v, _, _ in found] == list(range(1, len(found) + 1))

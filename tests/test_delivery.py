@@ -1,0 +1,299 @@
+# Delivery end to end on one node, real PostgreSQL and real WebSocket clients: triggers of an
+# app's own table, several devices, rollbacks, offline replay, concurrent writers, syncing
+# while writers insert, announcements, large rows, read and delete events.
+from __future__ import annotations
+
+import asyncio
+import random
+
+import asyncpg
+from support import Client, Daemon
+
+
+async def collect_new(client: Client, count: int, timeout: float = 10.0) -> list[dict]:
+    out = []
+    for _ in range(count):
+        out.append((await client.next_data("notification:new", timeout))["notification"])
+    return out
+
+
+async def test_app_trigger_delivers_to_both_doctor_devices(daemon: Daemon) -> None:
+    pool = await daemon.pool()
+    await pool.execute("""
+        CREATE TABLE appointments (id serial PRIMARY KEY, doctor_id text, patient_id text,
+                                   starts_at timestamptz);
+        CREATE FUNCTION appointment_created() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM notifyd.notify(NEW.doctor_id, 'appointment:created', 'New appointment',
+                                   'with patient ' || NEW.patient_id,
+                                   jsonb_build_object('appointmentId', NEW.id), 'high',
+                                   '/appointments/' || NEW.id);
+            PERFORM notifyd.notify(NEW.patient_id, 'appointment:created', 'Appointment booked',
+                                   'with doctor ' || NEW.doctor_id,
+                                   jsonb_build_object('appointmentId', NEW.id));
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER appointments_notify AFTER INSERT ON appointments
+            FOR EACH ROW EXECUTE FUNCTION appointment_created();
+    """)
+    phone = await daemon.connect("doc-7", ["doctor"])
+    laptop = await daemon.connect("doc-7", ["doctor"])
+    patient = await daemon.connect("pat-9", ["patient"])
+    appt = await pool.fetchval(
+        "INSERT INTO appointments (doctor_id, patient_id, starts_at) "
+        "VALUES ('doc-7', 'pat-9', now() + interval '1 day') RETURNING id")
+    for device in (phone, laptop):
+        n = (await device.next_data("notification:new"))["notification"]
+        assert n["stream"] == "user:doc-7" and n["seq"] == 1
+        assert n["data"] == {"appointmentId": appt}
+        assert n["priority"] == "high" and n["actionUrl"] == f"/appointments/{appt}"
+        assert (await device.next_data("notification:unread-count"))["count"] == 1
+    n = (await patient.next_data("notification:new"))["notification"]
+    assert n["stream"] == "user:pat-9" and n["title"] == "Appointment booked"
+    # nobody got the other's notification
+    for device in (phone, laptop, patient):
+        assert not [f for f in await device.quiet(0.2) if f["type"] == "notification:new"]
+
+
+async def test_rolled_back_insert_is_never_delivered_and_leaves_no_gap(daemon: Daemon) -> None:
+    client = await daemon.connect("u1")
+    pool = await daemon.pool()
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("SELECT notifyd.notify('u1', 'x', 'rolled back', 'm')")
+        await tx.rollback()
+    await daemon.notify("u1", "kept")
+    n = (await client.next_data("notification:new"))["notification"]
+    assert n["title"] == "kept" and n["seq"] == 1
+    assert not [f for f in await client.quiet(0.3) if f["type"] == "notification:new"]
+    assert await daemon.sql("SELECT count(*) FROM notifyd.notifications") == 1
+
+
+async def test_missed_items_replayed_once_in_order_then_live_without_gap(daemon: Daemon) -> None:
+    first = await daemon.connect("u2")
+    for i in range(3):
+        await daemon.notify("u2", f"n{i}")
+    got = await collect_new(first, 3)
+    cursor = got[-1]["seq"]
+    await first.close()
+    for i in range(3, 8):  # offline
+        await daemon.notify("u2", f"n{i}")
+    again = await daemon.connect("u2")
+    result = await again.sync({"user:u2": cursor})
+    assert [n["seq"] for n in result["notifications"]] == [4, 5, 6, 7, 8]
+    assert [n["title"] for n in result["notifications"]] == [f"n{i}" for i in range(3, 8)]
+    assert result["cursors"]["user:u2"] == 8 and result["hasMore"] is False
+    assert result["reset"] == []
+    for i in range(8, 11):
+        await daemon.notify("u2", f"n{i}")
+    live = await collect_new(again, 3)
+    assert [n["seq"] for n in live] == [9, 10, 11]
+    assert not [f for f in await again.quiet(0.3) if f["type"] == "notification:new"]
+
+
+async def test_sync_pages_with_has_more(daemon: Daemon) -> None:
+    for i in range(5):
+        await daemon.notify("u3", f"n{i}")
+    client = await daemon.connect("u3")
+    page = await client.sync({"user:u3": 0}, limit=2)
+    assert [n["seq"] for n in page["notifications"]] == [1, 2] and page["hasMore"] is True
+    await daemon.notify("u3", "live while behind")  # held back: the client is behind
+    page = await client.sync(page["cursors"], limit=2)
+    assert [n["seq"] for n in page["notifications"]] == [3, 4] and page["hasMore"] is True
+    page = await client.sync(page["cursors"], limit=10)
+    assert [n["seq"] for n in page["notifications"]] == [5, 6] and page["hasMore"] is False
+    await daemon.notify("u3", "live")
+    assert (await client.next_data("notification:new"))["notification"]["seq"] == 7
+    news = [f for f in client.seen if f["type"] == "notification:new"]
+    assert [f["data"]["notification"]["seq"] for f in news] == [7]
+
+
+async def test_sync_without_cursor_replays_latest_and_since(daemon: Daemon) -> None:
+    for i in range(4):
+        await daemon.notify("u4", f"n{i}")
+    client = await daemon.connect("u4")
+    latest = await client.sync({}, limit=2)
+    assert [n["seq"] for n in latest["notifications"]] == [3, 4]
+    assert latest["cursors"] == {"user:u4": 4, "all": 0}
+    middle = await daemon.sql("SELECT created_at FROM notifyd.notifications WHERE seq = 2")
+    since = await client.sync({}, since=middle.isoformat())
+    assert [n["seq"] for n in since["notifications"]] == [3, 4]
+
+
+async def test_sync_reset_when_cursor_is_ahead_of_the_stream(daemon: Daemon) -> None:
+    await daemon.notify("u5", "only")
+    client = await daemon.connect("u5")
+    result = await client.sync({"user:u5": 99})
+    assert result["reset"] == ["user:u5"]
+    assert [n["seq"] for n in result["notifications"]] == [1]
+    assert result["cursors"]["user:u5"] == 1
+
+
+async def test_eight_concurrent_writers_give_contiguous_seqs_in_order(daemon: Daemon) -> None:
+    client = await daemon.connect("hot")
+    pool = await daemon.pool()
+    per_writer = 25
+
+    async def writer(w: int) -> None:
+        async with pool.acquire() as conn:
+            for i in range(per_writer):
+                await conn.execute("SELECT notifyd.notify('hot', 'w', $1, 'm')", f"{w}:{i}")
+
+    await asyncio.gather(*(writer(w) for w in range(8)))
+    got = await collect_new(client, 8 * per_writer)
+    assert [n["seq"] for n in got] == list(range(1, 8 * per_writer + 1))
+    # each writer's own items keep their order too
+    for w in range(8):
+        mine = [int(n["title"].split(":")[1]) for n in got if n["title"].startswith(f"{w}:")]
+        assert mine == list(range(per_writer))
+    seqs = await pool.fetch("SELECT seq FROM notifyd.notifications ORDER BY seq")
+    assert [r["seq"] for r in seqs] == list(range(1, 8 * per_writer + 1))
+
+
+async def test_sync_while_writers_insert_gives_every_seq_once_in_order(daemon: Daemon) -> None:
+    pool = await daemon.pool()
+    for i in range(50):
+        await daemon.notify("busy", f"before {i}")
+    client = await daemon.connect("busy")
+    stop = asyncio.Event()
+    written = 50
+
+    async def writer() -> None:
+        nonlocal written
+        async with pool.acquire() as conn:
+            while not stop.is_set():
+                await conn.execute("SELECT notifyd.notify('busy', 'w', 'during', 'm')")
+                written += 1
+                await asyncio.sleep(random.random() * 0.002)
+
+    writers = [asyncio.create_task(writer()) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    result = await client.sync({"user:busy": 10}, limit=1000)
+    client.drop_backlog()  # live frames that came before the response: not part of the check
+    await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.gather(*writers)
+    seqs = [n["seq"] for n in result["notifications"]]
+    cursor = result["cursors"]["user:busy"]
+    assert seqs == list(range(11, cursor + 1))
+    # after the response: live items continue from the cursor, none missing, none twice
+    frames = client.seen
+    after = []
+    answered = False
+    for f in frames:
+        if f["type"] == "notification:sync-response":
+            answered = True
+        elif f["type"] == "notification:new" and answered:
+            after.append(f["data"]["notification"]["seq"])
+    while (after[-1] if after else cursor) < written:
+        after.append((await client.next_data("notification:new"))["notification"]["seq"])
+    assert after == list(range(cursor + 1, written + 1))
+
+
+async def test_announcements_reach_roles_and_everyone(daemon: Daemon) -> None:
+    admin = await daemon.connect("a1", ["Admin"])
+    user = await daemon.connect("u6", ["user"])
+    await daemon.sql("SELECT notifyd.notify_role('admin', 'schedule:updated', 'S', 'm')")
+    n = (await admin.next_data("notification:new"))["notification"]
+    assert n["stream"] == "role:admin" and n["seq"] == 1
+    await daemon.sql("SELECT notifyd.broadcast('system:maintenance', 'M', 'tonight')")
+    for client in (admin, user):
+        n = (await client.next_data("notification:new"))["notification"]
+        assert n["stream"] == "all" and n["type"] == "system:maintenance"
+    assert not [f for f in await user.quiet(0.2) if f["type"] == "notification:new"]
+    # announcements have no per-user read state: the unread count is unchanged
+    assert not [f for f in user.seen if f["type"] == "notification:unread-count"
+                and f["data"]["count"] != 0]
+
+
+async def test_rows_larger_than_a_notify_payload_are_delivered_in_order(daemon: Daemon) -> None:
+    client = await daemon.connect("big")
+    big = "é" * 20000  # 40 kB of UTF-8, far above NOTIFY's 8000 bytes
+    pool = await daemon.pool()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT notifyd.notify('big', 't', 'small 1', 'm')")
+        await conn.execute("SELECT notifyd.notify('big', 't', 'large', $1)", big)
+        await conn.execute("SELECT notifyd.notify('big', 't', 'small 2', 'm')")
+    await daemon.notify("big", "small 3")
+    got = await collect_new(client, 4)
+    assert [n["seq"] for n in got] == [1, 2, 3, 4]
+    assert got[1]["message"] == big
+    # a multi-row statement whose events span several payloads
+    await pool.execute(
+        "INSERT INTO notifyd.notifications (user_id, type, title, message) "
+        "SELECT 'big', 't', 'bulk ' || g, repeat('m', 300) FROM generate_series(1, 100) g")
+    bulk = await collect_new(client, 100)
+    assert [n["seq"] for n in bulk] == list(range(5, 105))
+
+
+async def test_read_by_sql_or_client_reaches_every_device(daemon: Daemon) -> None:
+    phone = await daemon.connect("r1")
+    laptop = await daemon.connect("r1")
+    ids = [await daemon.notify("r1", f"n{i}") for i in range(3)]
+    for device in (phone, laptop):
+        await collect_new(device, 3)
+    # a client marks one read: its devices are told; the caller gets the reply with its ref
+    reply = await phone.request("notification:mark-read", {"ids": [ids[0]]}, "notification:read")
+    assert reply["data"]["ids"] == [ids[0]] and reply["data"]["readAt"]
+    other = await laptop.next_data("notification:read")
+    assert other["ids"] == [ids[0]]
+    # SQL marks another read: every device hears it
+    await daemon.sql("UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", ids[1])
+    for device in (phone, laptop):
+        assert (await device.next_data("notification:read"))["ids"] == [ids[1]]
+    # mark-all-read marks the rest; the unread count ends at 0 everywhere
+    reply = await laptop.request("notification:mark-all-read", {}, "notification:read")
+    assert reply["data"]["ids"] == [ids[2]]
+    assert (await phone.next_data("notification:read"))["ids"] == [ids[2]]
+    for device in (phone, laptop):
+        counts = [f["data"]["count"] for f in device.seen + await device.quiet(0.3)
+                  if f["type"] == "notification:unread-count"]
+        assert counts[-1] == 0
+    assert await daemon.sql("SELECT unread FROM notifyd.streams WHERE stream = 'user:r1'") == 0
+    # marking again changes nothing
+    again = await phone.request("notification:mark-read", {"ids": ids}, "notification:read")
+    assert again["data"] == {"ids": [], "readAt": None}
+
+
+async def test_delete_events_and_unread_count(daemon: Daemon) -> None:
+    client = await daemon.connect("d1")
+    nid = await daemon.notify("d1", "to delete")
+    await client.next_data("notification:new")
+    assert (await client.next_data("notification:unread-count"))["count"] == 1
+    await daemon.sql("DELETE FROM notifyd.notifications WHERE id = $1", nid)
+    assert await client.next_data("notification:deleted") == {"id": nid, "stream": "user:d1"}
+    assert (await client.next_data("notification:unread-count"))["count"] == 0
+
+
+async def test_unread_count_on_connect(daemon: Daemon) -> None:
+    for i in range(3):
+        await daemon.notify("c1", f"n{i}")
+    client = await daemon.raw(f"?token={daemon.token('c1')}")
+    await client.expect("connection-confirmed")
+    assert (await client.next_data("notification:unread-count"))["count"] == 3
+
+
+async def test_sql_api_validates_its_input(daemon: Daemon) -> None:
+    pool = await daemon.pool()
+    bad = [
+        "INSERT INTO notifyd.notifications (type) VALUES ('no recipient')",
+        "INSERT INTO notifyd.notifications (user_id, role, type) VALUES ('1', 'a', 't')",
+        "SELECT notifyd.notify('1', 't', 'x', 'y', '[1]'::jsonb)",
+        "SELECT notifyd.notify('1', 't', 'x', 'y', '{}', 'urgent')",
+        "SELECT notifyd.notify('', 't', 'x', 'y')",
+        "INSERT INTO notifyd.notifications (user_id, type, stream) VALUES ('1', 't', 'user:2')",
+    ]
+    for statement in bad:
+        try:
+            await pool.execute(statement)
+        except asyncpg.CheckViolationError:
+            continue
+        raise AssertionError(f"accepted: {statement}")
+    nid = await daemon.notify("1")
+    try:
+        await pool.execute("UPDATE notifyd.notifications SET user_id = '2' WHERE id = $1", nid)
+    except asyncpg.CheckViolationError:
+        pass
+    else:
+        raise AssertionError("a notification moved to another user")
