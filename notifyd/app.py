@@ -127,7 +127,7 @@ class App:
         streams = list(identity.streams)
         if any(r in self.settings.presence_roles for r in identity.roles):
             streams.append(PRESENCE_STREAM)
-        self.index.add(conn, identity.user_id, streams)
+        self.index.add(conn, streams)
         log.info("connection %s open for user %s", conn.session.connection_id, identity.user_id)
         conn.send(encode("connection-confirmed", {
             "userId": identity.user_id,
@@ -146,7 +146,7 @@ class App:
         if identity is None:
             return
         streams = [*identity.streams, PRESENCE_STREAM]
-        gone = self.index.remove(conn, identity.user_id, streams)
+        gone = self.index.remove(conn, streams)
         self.router.forget(gone)
         for stream in gone:
             self._unread_epoch.pop(stream, None)

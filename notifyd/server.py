@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import OPEN, State
+from websockets.protocol import OPEN, SERVER, Protocol, State
 from websockets.server import ServerProtocol
 from websockets.typing import Origin
 
@@ -33,6 +33,7 @@ logging.getLogger("websockets").setLevel(logging.WARNING)
 CLOSE_TOKEN = 4001
 CLOSE_REVOKED = 4003
 CLOSE_SLOW = 4008
+MAX_REQUEST_BYTES = 16384  # handshake request line and headers; websockets refuses larger
 
 
 class Hub(TypingProtocol):
@@ -73,7 +74,7 @@ def token_from_request(request: Request, settings: Settings) -> tuple[str | None
 class Connection(asyncio.Protocol):
     """One client: handshake or HTTP request, then WebSocket frames in and out."""
 
-    __slots__ = ("deadline", "hub", "last_recv", "partial", "ping_sent", "session",
+    __slots__ = ("deadline", "hub", "last_recv", "partial", "pending", "ping_sent", "session",
                  "transport", "ws")
 
     def __init__(self, hub: Hub, now: float) -> None:
@@ -84,7 +85,10 @@ class Connection(asyncio.Protocol):
         if s.allowed_origins:
             # No Origin at all is a native (non-browser) client, which token auth covers.
             origins = [*(Origin(o) for o in s.allowed_origins), None]
-        self.ws = ServerProtocol(origins=origins, max_size=s.max_frame_bytes)
+        # ServerProtocol for the opening handshake only; after a 101 the connection switches
+        # to a frame-level Protocol (see _upgrade) so the parsed request is not kept alive.
+        self.ws: Protocol = ServerProtocol(origins=origins, max_size=s.max_frame_bytes)
+        self.pending: bytearray | None = bytearray()  # handshake bytes until the blank line
         self.session = Session(uuid.uuid4().hex)
         self.partial: bytearray | None = None
         self.deadline = now + s.auth_timeout  # handshake, then first `auth` frame
@@ -101,6 +105,23 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_recv = asyncio.get_running_loop().time()
         self.ping_sent = 0.0
+        pending = self.pending
+        if pending is not None:
+            # Feed the handshake protocol the request and nothing more; what follows the
+            # blank line (frames from a client that did not wait for the 101) comes after.
+            pending += data
+            end = pending.find(b"\r\n\r\n")
+            if end < 0 and len(pending) <= MAX_REQUEST_BYTES:
+                return
+            self.pending = None
+            cut = end + 4 if end >= 0 else len(pending)
+            self._receive(bytes(pending[:cut]))
+            data = bytes(pending[cut:])
+            if not data or self.ws.state is not OPEN:
+                return
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         ws = self.ws
         ws.receive_data(data)
         for event in ws.events_received():
@@ -111,6 +132,10 @@ class Connection(asyncio.Protocol):
         self._flush()
 
     def eof_received(self) -> bool | None:
+        if self.pending is not None:
+            self.pending = None
+            self.abort()  # closed before sending a whole request
+            return None
         self.ws.receive_eof()
         self._flush()
         return None
@@ -173,6 +198,7 @@ class Connection(asyncio.Protocol):
 
     def _on_request(self, request: Request) -> None:
         ws = self.ws
+        assert isinstance(ws, ServerProtocol)  # requests come only before the upgrade
         route = urlsplit(request.path).path
         if route != "/ws":
             answer = self.hub.http(route) if request.method == "GET" else None
@@ -202,8 +228,16 @@ class Connection(asyncio.Protocol):
                 return
         ws.send_response(response)
         self._flush()  # the 101 goes out before any frame written directly to the transport
+        self._upgrade()
         if identity is not None:
             self._go_live(identity)
+
+    def _upgrade(self) -> None:
+        """Replace the handshake protocol by a frame-level one. ServerProtocol's parser keeps
+        the parsed request (headers and all, about 2.5 kB) alive for the life of the
+        connection; the fresh Protocol starts clean. Nothing is lost: the handshake protocol
+        was fed the request and nothing after it (see data_received)."""
+        self.ws = Protocol(SERVER, state=OPEN, max_size=self.hub.settings.max_frame_bytes)
 
     def _go_live(self, identity: Identity) -> None:
         self.session.authenticate(identity)

@@ -122,3 +122,41 @@ async def test_wrong_path_for_websocket_is_404(daemon: Daemon) -> None:
 
         await connect(f"ws://127.0.0.1:{daemon.app.port}/other")
     assert info.value.response.status_code == 404
+
+
+def handshake_request(path: str) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+async def test_frame_sent_right_behind_the_request_is_not_lost(daemon: Daemon) -> None:
+    from websockets.frames import Frame, Opcode
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
+    ping = orjson.dumps({"type": "ping", "data": {"timestamp": 7}, "ref": "early"})
+    frame = Frame(Opcode.TEXT, ping).serialize(mask=True, extensions=[])
+    writer.write(handshake_request(f"/ws?token={daemon.token('p1')}") + frame)  # one write
+    data = b""
+    async with asyncio.timeout(5):
+        while b'"ref":"early"' not in data:
+            chunk = await reader.read(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 101")
+    writer.close()
+
+
+async def test_oversized_or_unfinished_handshakes_harm_nobody(daemon: Daemon) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
+    writer.write(b"GET /ws HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:40]
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    client = await daemon.connect("p2")
+    assert (await client.request("ping", {}, "pong"))["type"] == "pong"

@@ -188,15 +188,14 @@ def test_session_refresh_keeps_subscriptions() -> None:
 
 # -- index and presence -------------------------------------------------------------------
 
-def test_index_tracks_streams_and_devices() -> None:
+def test_index_tracks_streams() -> None:
     index: StreamIndex[str] = StreamIndex()
-    assert index.add("a", "u1", ["user:u1", "all"]) == ["user:u1", "all"]
-    assert index.add("b", "u1", ["user:u1", "all"]) == []
-    assert index.subscribers("user:u1") == {"a", "b"} and index.devices("u1") == {"a", "b"}
-    assert index.connection_count == 2 and index.user_count == 1
-    assert index.remove("a", "u1", ["user:u1", "all", "never"]) == []
-    assert index.remove("b", "u1", ["user:u1", "all"]) == ["user:u1", "all"]
-    assert not index.subscribers("all") and index.users() == [] and index.streams() == []
+    assert index.add("a", ["user:u1", "all"]) == ["user:u1", "all"]
+    assert index.add("b", ["user:u1", "all"]) == []
+    assert index.subscribers("user:u1") == {"a", "b"}
+    assert index.remove("a", ["user:u1", "all", "never"]) == []
+    assert index.remove("b", ["user:u1", "all"]) == ["user:u1", "all"]
+    assert not index.subscribers("all") and index.streams() == []
 
 
 def test_presence_counts_devices() -> None:
@@ -248,7 +247,7 @@ async def test_router_orders_large_rows_and_catches_up() -> None:
     index: StreamIndex[FakeConn] = StreamIndex()
     router = Router(index, fetch_ids, catch_up)
     conn = FakeConn(live_session())
-    index.add(conn, "1", ["user:1", "all"])
+    index.add(conn, ["user:1", "all"])
     router.note_floor("user:1", 0)
     router.feed('[{"k":"n","n":' + orjson.dumps(wire("user:1", 1, 1)).decode() + ',"u":1}]')
     assert conn.frames == []  # blocked until the listener's first catch-up
@@ -291,7 +290,7 @@ async def test_router_floor_never_drops_live_items() -> None:
     router = Router(index, fetch_ids, nothing_missed)
     await router.catch_up()
     conn = FakeConn(live_session())
-    index.add(conn, "1", ["user:1"])
+    index.add(conn, ["user:1"])
     # the new subscriber's state query saw seq 10 already committed; its NOTIFY comes later
     router.note_floor("user:1", 10)
     router.feed('[{"k":"n","n":' + orjson.dumps(wire("user:1", 10, 10)).decode() + '}]')
