@@ -119,6 +119,9 @@ DECLARE
     buf  text := '';
     size int  := 0;
 BEGIN
+    IF events IS NULL THEN
+        RETURN;  -- the statement changed nothing that clients hear about
+    END IF;
     FOREACH ev IN ARRAY events::text[] LOOP
         IF size > 0 AND size + octet_length(ev) + 3 > 7900 THEN
             PERFORM pg_notify('notifyd', '[' || buf || ']');
@@ -155,9 +158,7 @@ BEGIN
     FROM new_rows r
     CROSS JOIN LATERAL notifyd.to_wire(r) AS w
     JOIN notifyd.streams s ON s.stream = r.stream;
-    IF events IS NOT NULL THEN
-        PERFORM notifyd.send_events(events);
-    END IF;
+    PERFORM notifyd.send_events(events);
     RETURN NULL;
 END
 $$;
@@ -202,9 +203,7 @@ BEGIN
         GROUP BY ch.stream, ch.read_at, ch.chunk, d.unread
         ORDER BY ch.stream, ch.read_at NULLS FIRST, ch.chunk
     ) e;
-    IF events IS NOT NULL THEN
-        PERFORM notifyd.send_events(events);
-    END IF;
+    PERFORM notifyd.send_events(events);
     RETURN NULL;
 END
 $$;
@@ -236,9 +235,7 @@ BEGIN
         SELECT jsonb_build_object('k', 'c', 's', d.stream, 'u', d.unread), 2
         FROM deltas d
     ) e;
-    IF events IS NOT NULL THEN
-        PERFORM notifyd.send_events(events);
-    END IF;
+    PERFORM notifyd.send_events(events);
     RETURN NULL;
 END
 $$;
