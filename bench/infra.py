@@ -1,0 +1,379 @@
+# Bench plumbing that is no scenario: PostgreSQL (a given server or an embedded one), the daemon
+# subprocess, load-generator processes behind pipes (both ends), and /proc readings (RSS, CPU).
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import http.client
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from multiprocessing.connection import Connection as Pipe
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
+ADMIN_TIMEOUT = 60.0
+EMBEDDED_START_TIMEOUT = 180.0
+
+
+class BenchError(RuntimeError):
+    """A step of the bench failed; the message says which one and why."""
+
+
+def say(message: str) -> None:
+    """Progress line on stderr (stdout is kept for the summary)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- this process and its children ------------------------------------------------------------
+
+def raise_fd_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit; children inherit it. Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = int(Path("/proc/sys/fs/nr_open").read_text())
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return int(soft)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send `sig` to this process when its parent dies (a bench killed with -9
+    must not leave a daemon or a load generator behind). Harmless where unsupported."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- /proc -------------------------------------------------------------------------------------
+
+def rss_kb(pid: int) -> int:
+    """Resident set size (VmRSS) in KB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process, in seconds (CLK_TCK resolution, usually 10 ms)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def oncpu_seconds(pid: int) -> float:
+    """Time on CPU of all the process's threads from schedstat: nanosecond resolution."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+class CpuMeter:
+    """CPU used by a set of processes over a window, as a fraction of one core."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._start: dict[str, float] = {}
+        self._wall = 0.0
+
+    def start(self) -> None:
+        self._wall = time.monotonic()
+        self._start = {name: oncpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        wall = max(time.monotonic() - self._wall, 1e-9)
+        return {name: round((oncpu_seconds(pid) - self._start[name]) / wall, 3)
+                for name, pid in self.pids.items()}
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server URL pointing at database `name` (a socket host may be in the query)."""
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
+def _admin(dsn: str, *statements: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(dsn, timeout=30)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close(timeout=5)
+
+    asyncio.run(asyncio.wait_for(run(), ADMIN_TIMEOUT))
+
+
+@contextlib.contextmanager
+def bench_database() -> Iterator[str]:
+    """A fresh database `notifyd_bench_<pid>` on $NOTIFYD_BENCH_DSN, else on an embedded server
+    started in a temporary directory; yields its URL and removes everything afterwards."""
+    name = f"notifyd_bench_{os.getpid()}"
+    with contextlib.ExitStack() as stack:
+        server = os.environ.get("NOTIFYD_BENCH_DSN")
+        if server:
+            say(f"using the PostgreSQL server of NOTIFYD_BENCH_DSN ({_redact(server)})")
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix="notifyd-bench-pg-"))
+            tmp.chmod(0o755)  # when run as root, the embedded server runs as another user
+            stack.callback(shutil.rmtree, tmp, True)
+            say(f"starting an embedded PostgreSQL in {tmp}")
+            handle, server = _start_embedded(tmp, EMBEDDED_START_TIMEOUT)
+            stack.callback(_quietly, "stopping the embedded PostgreSQL", handle.cleanup)
+        try:
+            _admin(server, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise BenchError(f"cannot create database {name} on {_redact(server)}: "
+                             f"{exc!r}") from None
+        stack.callback(_quietly, f"dropping database {name}", _admin, server,
+                       f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        yield with_database(server, name)
+
+
+def _start_embedded(data_dir: Path, timeout: float) -> tuple[Any, str]:
+    """notifyd.devserver.start_postgres, bounded in time (it has unbounded waits inside):
+    run in a daemon thread; on Ctrl-C meanwhile, a server that still comes up is stopped."""
+    from notifyd.devserver import start_postgres
+
+    # platformdirs warns about a missing XDG_RUNTIME_DIR and copes; say nothing
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+    box: dict[str, Any] = {}
+
+    def start() -> None:
+        try:
+            box["server"] = start_postgres(data_dir)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=start, name="embedded-postgres", daemon=True)
+    thread.start()
+    try:
+        thread.join(timeout)
+    except KeyboardInterrupt:
+        thread.join(30)
+        if "server" in box:
+            _quietly("stopping the embedded PostgreSQL", box["server"][0].cleanup)
+        raise
+    if thread.is_alive():
+        raise BenchError(f"the embedded PostgreSQL did not start within {timeout:.0f} s")
+    if "error" in box:
+        raise BenchError(f"cannot start the embedded PostgreSQL: {box['error']!r}")
+    handle, dsn, _psql = box["server"]
+    return handle, dsn
+
+
+def _redact(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return urlunsplit(parts)
+
+
+def _quietly(what: str, fn: Callable[..., object], *args: Any) -> None:
+    """Clean-up step: report a failure, never raise (the other steps must still run)."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        say(f"warning: {what} failed: {exc!r}")
+
+
+def notifyd_command(*args: str) -> list[str]:
+    script = Path(sys.executable).with_name("notifyd")
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-m", "notifyd", *args]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for notifyd subprocesses: no stray NOTIFYD_* from the caller's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFYD_")}
+    env.update(extra)
+    return env
+
+
+def migrate(dsn: str) -> None:
+    result = subprocess.run(notifyd_command("migrate"), env=child_env(NOTIFYD_DSN=dsn),
+                            capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise BenchError(f"notifyd migrate exited {result.returncode}: "
+                         f"{(result.stderr or result.stdout).strip()[-2000:]}")
+    say(result.stdout.strip())
+
+
+# -- the daemon ---------------------------------------------------------------------------------
+
+class Daemon:
+    """`notifyd serve` as a subprocess in its own session (Ctrl-C reaches only the bench,
+    which stops the daemon itself), its log in a file."""
+
+    def __init__(self, dsn: str, secret: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.log_path = workdir / "notifyd.log"
+        env = child_env(NOTIFYD_DSN=dsn, NOTIFYD_JWT_SECRET=secret, NOTIFYD_HOST="127.0.0.1",
+                        NOTIFYD_PORT=str(self.port), NOTIFYD_LOG_LEVEL="WARNING")
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                notifyd_command("serve"), env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+        self.pid = self.proc.pid
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"notifyd serve exited {self.proc.returncode}:\n"
+                                 f"{self.log_tail()}")
+            if self._get("/readyz") == 200:
+                return
+            time.sleep(0.1)
+        raise BenchError(f"notifyd not ready within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def _get(self, path: str) -> int | None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().status
+        except OSError:
+            return None
+        finally:
+            conn.close()
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"notifyd exited {self.proc.returncode} during the bench:\n"
+                             f"{self.log_tail()}")
+
+    def rss_kb(self) -> int:
+        return rss_kb(self.pid)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_lines(self) -> int:
+        try:
+            return len(self.log_path.read_text(errors="replace").splitlines())
+        except OSError:
+            return 0
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            say("warning: notifyd did not stop on SIGTERM; killing it")
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+# -- load-generator processes -------------------------------------------------------------------
+
+Handler = Callable[[str, Sequence[Any]], Awaitable[Any]]
+
+
+class Worker:
+    """A load-generator process (multiprocessing, spawn context) that answers commands sent
+    over a pipe; every wait for an answer is bounded and notices a dead process."""
+
+    def __init__(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.name = name
+        self.pipe, child = ctx.Pipe()
+        self.proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+        self.proc.start()
+        child.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def send(self, command: str, *args: Any) -> None:
+        self.pipe.send((command, args))
+
+    def receive(self, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while not self.pipe.poll(0.2):
+            if not self.proc.is_alive():
+                raise BenchError(f"{self.name} died (exit code {self.proc.exitcode})")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name} gave no answer within {timeout:.0f} s")
+        status, value = self.pipe.recv()
+        if status != "ok":
+            raise BenchError(f"{self.name} failed:\n{value}")
+        return value
+
+    def call(self, command: str, *args: Any, timeout: float) -> Any:
+        self.send(command, *args)
+        return self.receive(timeout)
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            with contextlib.suppress(OSError, ValueError):
+                self.send("exit")
+            self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(3)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(3)
+        self.pipe.close()
+
+
+def worker_setup() -> None:
+    """First thing in a load-generator process: Ctrl-C is the bench's business (it stops us),
+    and we go when the bench goes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)
+
+
+async def command_loop(pipe: Pipe, handle: Handler) -> None:
+    """The worker side of the pipe: run each command, answer ("ok", value) or ("error", text).
+    Ends on "exit" or when the bench's end of the pipe closes."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            command, args = await loop.run_in_executor(None, pipe.recv)
+        except (EOFError, OSError):
+            return
+        if command == "exit":
+            return
+        try:
+            pipe.send(("ok", await handle(command, args)))
+        except Exception:
+            pipe.send(("error", traceback.format_exc()))

@@ -1,0 +1,212 @@
+# Turning raw bench measurements into figures: percentiles, the targets the figures are judged
+# against, the printed summary table and the JSON file. No processes, no I/O but the JSON.
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SATURATED = 0.90  # a load generator above this fraction of one core limits what we measure
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    label: str
+    limit: float
+    unit: str
+
+
+TARGETS = {
+    "idle_kb": Target("idle_kb", "RSS per idle connection", 6.0, "KB"),
+    "p50": Target("p50", "commit -> client p50", 0.5, "ms"),
+    "p99": Target("p99", "commit -> client p99", 2.0, "ms"),
+    "fanout_us": Target("fanout_us", "fan-out per connection", 12.0, "us"),
+}
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def distribution_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/max/mean of durations given in seconds, in milliseconds."""
+    values = sorted(s * 1000 for s in seconds)
+    if not values:
+        return {"n": 0, "p50": math.nan, "p90": math.nan, "p99": math.nan, "max": math.nan,
+                "min": math.nan, "mean": math.nan}
+    return {"n": len(values), "min": values[0], "p50": percentile(values, 50),
+            "p90": percentile(values, 90), "p99": percentile(values, 99), "max": values[-1],
+            "mean": sum(values) / len(values)}
+
+
+def saturated(cpu: dict[str, float]) -> list[str]:
+    """Names of load-generator processes above the saturation threshold."""
+    return [name for name, used in cpu.items()
+            if name.startswith("client") and used > SATURATED]
+
+
+def cores_busy(cpu: dict[str, float], cores: int) -> bool:
+    """Whether the measured processes together kept (nearly) every core busy: then wall-clock
+    figures are bounded by the shared CPU, whatever each process's own share."""
+    return sum(cpu.values()) > SATURATED * cores
+
+
+def write_json(results: dict[str, Any], path: Path, indent: int | None = 2) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=indent, default=str, allow_nan=True) + "\n")
+
+
+# -- the printed summary ------------------------------------------------------------------------
+
+def _verdict(value: float, target: Target) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return "ok" if value <= target.limit else "MISS"
+
+
+def _num(value: float, digits: int = 2) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _cpu_label(title: str, cpu: dict[str, float]) -> str:
+    return f"{title} ({' / '.join(cpu)})"
+
+
+def _cpu(cpu: dict[str, float]) -> str:
+    return " / ".join(f"{used * 100:.0f}%" for used in cpu.values())
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def section(self, title: str) -> None:
+        self.rows.append((title, "", "", ""))
+
+    def row(self, label: str, measured: str, target: str = "", verdict: str = "") -> None:
+        self.rows.append(("  " + label, measured, target, verdict))
+
+    def judged(self, label: str, value: float, unit: str, target: Target,
+               digits: int = 2) -> None:
+        self.row(label, f"{_num(value, digits)} {unit}", f"<= {target.limit:g} {target.unit}",
+                 _verdict(value, target))
+
+    def render(self) -> str:
+        head = ("metric", "measured", "target", "")
+        rows = [head, *self.rows]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = []
+        for i, (label, measured, target, verdict) in enumerate(rows):
+            if i > 0 and not measured and not target:
+                lines.append(label)
+                continue
+            lines.append(f"{label:<{widths[0]}}  {measured:>{widths[1]}}  "
+                         f"{target:<{widths[2]}}  {verdict}".rstrip())
+            if i == 0:
+                lines.append("-" * (sum(widths) + 10))
+        return "\n".join(lines)
+
+
+def summary(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    t = Table()
+    notes: list[str] = []
+
+    idle = results.get("idle_memory")
+    if idle:
+        t.section("1. idle memory (daemon RSS)")
+        for level in idle["levels"]:
+            t.row(f"RSS with {level['live']:,} connections", f"{level['rss_kb'] / 1024:,.1f} MB")
+        per_conn = list(idle["kb_per_connection"].items())
+        for i, (n, kb) in enumerate(per_conn):
+            label = f"per connection, (RSS_{int(n):,} - RSS_0) / {int(n):,}"
+            if i == len(per_conn) - 1:  # judged at the largest count: the least noisy
+                t.judged(label, kb, "KB", TARGETS["idle_kb"])
+            else:
+                t.row(label, f"{_num(kb)} KB")
+        t.row("connect rate", f"{idle['connect_rate']:,.0f} /s")
+        t.row(_cpu_label("CPU while connecting", idle["cpu"]), _cpu(idle["cpu"]))
+        if idle["saturated"]:
+            notes.append("idle memory: load generator saturated while connecting "
+                         "(does not affect RSS)")
+
+    lat = results.get("latency")
+    if lat:
+        t.section(f"2. latency ({lat['rate']:,.0f}/s for {lat['seconds']:g} s over "
+                  f"{lat['users']:,} connected users)")
+        c, i = lat["commit_to_client_ms"], lat["insert_to_client_ms"]
+        t.judged("commit -> client p50", c["p50"], "ms", TARGETS["p50"], 3)
+        t.judged("commit -> client p99", c["p99"], "ms", TARGETS["p99"], 3)
+        t.row("commit -> client max", f"{_num(c['max'], 3)} ms")
+        t.row("before insert -> client p50 / p99 / max",
+              f"{_num(i['p50'], 3)} / {_num(i['p99'], 3)} / {_num(i['max'], 3)} ms")
+        ins = lat["insert_round_trip_ms"]
+        t.row("insert round trip p50 / p99",
+              f"{_num(ins['p50'], 3)} / {_num(ins['p99'], 3)} ms")
+        t.row("sent / received / missing",
+              f"{lat['sent']:,} / {lat['received']:,} / {lat['missing']:,}")
+        t.row("duplicates / misrouted / foreign stream",
+              f"{lat['duplicates']} / {lat['misrouted']} / {lat['foreign']}")
+        t.row("achieved insert rate", f"{lat['achieved_rate']:,.0f} /s")
+        t.row(_cpu_label("CPU during the run", lat["cpu"]), _cpu(lat["cpu"]))
+        if lat["saturated"]:
+            notes.append(f"latency: load generator saturated ({', '.join(lat['saturated'])})")
+        elif lat["cores_busy"]:
+            notes.append("latency: daemon and load generators together kept every core busy")
+        if c["p50"] < 0:
+            notes.append("latency: a negative commit -> client figure means the client had "
+                         "the notification before the writer process saw its COMMIT reply "
+                         "(both leave PostgreSQL at commit; the writer's wake-up is the slower)")
+        if lat["missing"] or lat["foreign"] or lat["misrouted"]:
+            notes.append("latency: notifications missing or delivered to the wrong user")
+
+    fan = results.get("fanout")
+    if fan:
+        m = fan["median"]
+        t.section(f"3. fan-out (broadcast to {fan['connections']:,} connections, median of "
+                  f"{len(fan['runs'])})")
+        t.row("commit -> last client", f"{_num(m['last_ms'], 1)} ms")
+        t.row("commit -> first client", f"{_num(m['first_ms'], 1)} ms")
+        t.judged("per connection, wall (last - commit) / N", m["wall_us_per_conn"], "us",
+                 TARGETS["fanout_us"])
+        t.judged("per connection, daemon CPU (utime+stime) / N", m["cpu_us_per_conn"], "us",
+                 TARGETS["fanout_us"])
+        t.row("per connection, daemon on-CPU (schedstat) / N",
+              f"{_num(m['oncpu_us_per_conn'])} us")
+        t.row("  same, less the idle baseline", f"{_num(m['net_us_per_conn'])} us")
+        t.row("daemon idle CPU with all connections open",
+              f"{fan['idle_cpu_fraction'] * 100:.1f}% of a core")
+        t.row("received / expected (all runs)",
+              f"{fan['received_total']:,} / {fan['expected_total']:,}")
+        t.row(_cpu_label("CPU during broadcasts, max", fan["cpu_max"]), _cpu(fan["cpu_max"]))
+        if fan["saturated"]:
+            notes.append(f"fan-out: load generator saturated ({', '.join(fan['saturated'])}): "
+                         "the wall figures are bounded by the clients; the CPU figures are not")
+        elif fan["cores_busy"]:
+            notes.append("fan-out: daemon and load generators together kept every core busy: "
+                         "the wall figures are bounded by the shared CPU; the daemon CPU "
+                         "figures are not")
+        elif m["wall_us_per_conn"] > TARGETS["fanout_us"].limit:
+            notes.append("fan-out: the wall figure includes the clients' receive work, done on "
+                         "the same cores as the daemon's writes; the daemon CPU figure does not")
+
+    head = (f"notifyd bench ({meta['mode']}) {meta['started']}  |  {meta['cpus']} cores, "
+            f"Python {meta['python']}, websockets {meta['websockets']}, PostgreSQL "
+            f"{meta['postgres']}  |  notifyd {meta['git_head'][:10]}")
+    out = [head, "", t.render()]
+    if results.get("daemon_warnings"):
+        notes.append(f"daemon logged {len(results['daemon_warnings'])} warning line(s); "
+                     "see daemon_warnings in the JSON")
+    if notes:
+        out += ["", "notes:", *(f"  - {n}" for n in notes)]
+    return "\n".join(out)

@@ -1,0 +1,426 @@
+# The notifyd benchmark: idle memory per connection, commit-to-client latency and broadcast
+# fan-out, against a real `notifyd serve` subprocess; load from separate processes.
+"""notifyd benchmark.
+
+    python bench/run.py                   full run (10k connections; about a minute)
+    python bench/run.py --quick           smoke run for CI (2k connections; about 15 s)
+    python bench/run.py --profile         also sample the daemon with py-spy (scenarios 2, 3)
+    python bench/run.py --profile native  the same with C frames (pauses the daemon per sample)
+
+PostgreSQL: $NOTIFYD_BENCH_DSN (a server URL; a database notifyd_bench_<pid> is created on it
+and dropped afterwards), else an embedded server in a temporary directory. Results go to
+bench/results/latest.json and a summary table to stdout; progress to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import infra
+import report
+import spy
+import sql_writer
+import ws_clients
+from infra import BenchError, CpuMeter, Daemon, Worker, say
+
+HERE = Path(__file__).resolve().parent
+CORES = os.cpu_count() or 1
+CLIENT_PROCESSES = 2
+HANDSHAKES_IN_FLIGHT = 200  # across all client processes: the listen backlog is 4096
+WRITER_POOL = 4
+SETTLE_SECONDS = 1.0
+DRAIN_TIMEOUT = 10.0
+BROADCAST_TIMEOUT = 30.0
+IDLE_BASELINE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Scale:
+    idle_levels: tuple[int, ...]  # connections at each RSS reading; the first must be 0
+    latency_rate: float  # inserts per second
+    latency_seconds: float
+    broadcasts: int
+    broadcast_gap: float  # seconds between broadcasts
+
+    @property
+    def connections(self) -> int:
+        return self.idle_levels[-1]
+
+
+FULL = Scale(idle_levels=(0, 1_000, 10_000), latency_rate=1000, latency_seconds=10,
+             broadcasts=5, broadcast_gap=1.0)
+QUICK = Scale(idle_levels=(0, 200, 2_000), latency_rate=1000, latency_seconds=2,
+              broadcasts=5, broadcast_gap=0.5)
+
+
+class Bench:
+    """The three scenarios, run in order on one daemon: the connections opened for the idle
+    memory reading are the ones notified in the latency and fan-out scenarios."""
+
+    def __init__(self, daemon: Daemon, clients: list[Worker], writer: Worker, scale: Scale,
+                 profile_dir: Path | None, profile_native: bool = False) -> None:
+        self.daemon = daemon
+        self.clients = clients
+        self.writer = writer
+        self.scale = scale
+        self.profile_dir = profile_dir
+        self.profile_native = profile_native
+        self.users_of: list[list[str]] = [[] for _ in clients]  # connected users per process
+        self.meter = CpuMeter({"daemon": daemon.pid, **{c.name: c.pid for c in clients},
+                               "writer": writer.pid})
+        self.profiles: dict[str, dict[str, Any]] = {}
+        self.raw: dict[str, Any] = {}  # per-sample data, for bench/results/*.raw.json
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def connect(self, users: list[str]) -> dict[str, Any]:
+        """Open connections for `users`, dealt round-robin to the client processes."""
+        parts = [users[i::len(self.clients)] for i in range(len(self.clients))]
+        for client, part in zip(self.clients, parts, strict=True):
+            client.send("connect", part)
+        timeout = 60 + 0.02 * len(users)
+        answers = [c.receive(timeout) for c in self.clients]
+        failed = sum(a["failed"] for a in answers)
+        for i, (part, answer) in enumerate(zip(parts, answers, strict=True)):
+            if answer["failed"] == 0:
+                self.users_of[i].extend(part)
+            else:
+                live = set(answer["live_users"])
+                self.users_of[i].extend(u for u in part if u in live)
+        if failed:
+            errors = sorted({e for a in answers for e in a["errors"]})
+            say(f"warning: {failed} of {len(users)} connections failed: {errors}")
+            if failed > 0.05 * len(users):
+                raise BenchError(f"{failed} of {len(users)} connections failed: {errors}")
+        return {"opened": len(users) - failed, "failed": failed,
+                "seconds": max(a["seconds"] for a in answers)}
+
+    def live(self) -> int:
+        return sum(c.call("stats", timeout=30)["live"] for c in self.clients)
+
+    @contextlib.contextmanager
+    def profiled(self, name: str, seconds: float) -> Iterator[None]:
+        """py-spy the daemon for the body's duration when --profile was given."""
+        exe = spy.find_py_spy() if self.profile_dir is not None else None
+        if exe is None or self.profile_dir is None:
+            if self.profile_dir is not None:
+                say("py-spy not found: no profile")
+            yield
+            return
+        mode = "native" if self.profile_native else "python"
+        recording = spy.Recording(exe, self.daemon.pid, seconds,
+                                  self.profile_dir / f"profile-{name}-{mode}.txt",
+                                  native=self.profile_native)
+        try:
+            yield
+        finally:
+            try:
+                self.profiles[name] = recording.finish()
+            except Exception as exc:
+                recording.kill()
+                self.profiles[name] = {"error": repr(exc)}
+
+    # -- scenario 1 ---------------------------------------------------------------------
+
+    def idle_memory(self) -> dict[str, Any]:
+        levels: list[dict[str, Any]] = []
+        connected = 0
+        connect_seconds = 0.0
+        self.meter.start()
+        for n in self.scale.idle_levels:
+            opened: dict[str, Any] = {}
+            if n > connected:
+                say(f"idle memory: opening connections {connected:,} .. {n - 1:,}")
+                opened = self.connect([f"u{i}" for i in range(connected, n)])
+                connect_seconds += opened["seconds"]
+                connected = n
+            time.sleep(SETTLE_SECONDS)
+            self.daemon.check_alive()
+            rss = self.daemon.rss_kb()
+            live = self.live()
+            say(f"idle memory: {live:,} live connections, daemon RSS {rss / 1024:,.1f} MB")
+            levels.append({"connections": n, "live": live, "rss_kb": rss, **opened})
+        cpu = self.meter.stop()
+        base = levels[0]["rss_kb"]
+        per_conn = {str(lv["connections"]): (lv["rss_kb"] - base) / lv["live"]
+                    for lv in levels[1:] if lv["live"]}
+        return {"levels": levels, "kb_per_connection": per_conn,
+                "connect_rate": connected / connect_seconds if connect_seconds else 0.0,
+                "cpu": cpu, "saturated": report.saturated(cpu)}
+
+    # -- scenario 2 ---------------------------------------------------------------------
+
+    def latency(self) -> dict[str, Any]:
+        s = self.scale
+        users = [u for part in self.users_of for u in part]
+        owner = {u: i for i, part in enumerate(self.users_of) for u in part}
+        say(f"latency: {s.latency_rate:,.0f} inserts/s for {s.latency_seconds:g} s "
+            f"over {len(users):,} users")
+        self.meter.start()
+        with self.profiled("latency", s.latency_seconds + 1):
+            sent = self.writer.call("rate_run", users, s.latency_rate, s.latency_seconds,
+                                    os.getpid(), timeout=s.latency_seconds + 90)
+            expected = [0] * len(self.clients)
+            for user in sent["users"]:
+                expected[owner[user]] += 1
+            for client, n in zip(self.clients, expected, strict=True):
+                client.send("drain", n, DRAIN_TIMEOUT)
+            got = [c.receive(DRAIN_TIMEOUT + 30) for c in self.clients]
+        cpu = self.meter.stop()
+        self.daemon.check_alive()
+        if sent["errors"]:
+            say(f"warning: insert errors: {sent['errors']}")
+
+        by_id = {nid: (t0, t1, user) for nid, t0, t1, user
+                 in zip(sent["ids"], sent["t0"], sent["t1"], sent["users"], strict=True)}
+        counts: Counter[int] = Counter()
+        commit_to_client: list[float] = []
+        insert_to_client: list[float] = []
+        misrouted = unexpected = 0
+        for answer in got:
+            for nid, at, user in zip(answer["ids"], answer["times"], answer["users"],
+                                     strict=True):
+                counts[nid] += 1
+                origin = by_id.get(nid)
+                if origin is None:
+                    unexpected += 1
+                    continue
+                if origin[2] != user:
+                    misrouted += 1
+                if counts[nid] == 1:
+                    commit_to_client.append(at - origin[1])
+                    insert_to_client.append(at - origin[0])
+        rows = []
+        for answer in got:
+            for nid, at in zip(answer["ids"], answer["times"], strict=True):
+                if nid in by_id:
+                    t0, t1, user = by_id[nid]
+                    rows.append([nid, user, t0, t1, at])
+        self.raw["latency"] = {"columns": ["id", "user", "t_before_insert", "t_commit_returned",
+                                           "t_received"], "rows": rows}
+        round_trip = [t1 - t0 for t0, t1 in zip(sent["t0"], sent["t1"], strict=True)]
+        span = max(sent["t1"]) - min(sent["t0"]) if sent["t0"] else 0.0
+        return {
+            "users": len(users), "rate": s.latency_rate, "seconds": s.latency_seconds,
+            "planned": sent["planned"], "sent": len(by_id),
+            "received": sum(1 for nid in counts if nid in by_id),
+            "missing": sum(1 for nid in by_id if nid not in counts),
+            "duplicates": sum(n - 1 for n in counts.values() if n > 1),
+            "unexpected": unexpected, "misrouted": misrouted,
+            "foreign": sum(a["foreign"] for a in got),
+            "foreign_examples": [e for a in got for e in a["foreign_examples"]][:5],
+            "dropped": [a["dropped"] for a in got],
+            "insert_errors": sent["errors"], "unfinished_inserts": sent["unfinished"],
+            "achieved_rate": len(by_id) / span if span else 0.0,
+            "max_schedule_lag_ms": sent["max_schedule_lag_ms"],
+            "commit_to_client_ms": report.distribution_ms(commit_to_client),
+            "insert_to_client_ms": report.distribution_ms(insert_to_client),
+            "insert_round_trip_ms": report.distribution_ms(round_trip),
+            "cpu": cpu, "saturated": report.saturated(cpu),
+            "cores_busy": report.cores_busy(cpu, CORES),
+        }
+
+    # -- scenario 3 ---------------------------------------------------------------------
+
+    def fanout(self) -> dict[str, Any]:
+        s = self.scale
+        pid = self.daemon.pid
+        n = self.live()
+        before = infra.oncpu_seconds(pid)
+        time.sleep(IDLE_BASELINE_SECONDS)
+        idle_rate = (infra.oncpu_seconds(pid) - before) / IDLE_BASELINE_SECONDS
+        say(f"fan-out: {s.broadcasts} broadcasts to {n:,} connections "
+            f"(daemon idle CPU {idle_rate * 100:.1f}%)")
+        runs: list[dict[str, Any]] = []
+        seconds = s.broadcasts * (s.broadcast_gap + 0.5) + 1
+        with self.profiled("fanout", seconds):
+            for _ in range(s.broadcasts):
+                time.sleep(s.broadcast_gap)
+                runs.append(self._one_broadcast(n, idle_rate))
+        self.daemon.check_alive()
+        cpu_max = {name: max(r["cpu"][name] for r in runs) for name in runs[0]["cpu"]}
+
+        def median(key: str) -> float:
+            return float(statistics.median(r[key] for r in runs))
+
+        keys = ("last_ms", "first_ms", "wall_us_per_conn", "cpu_us_per_conn",
+                "oncpu_us_per_conn", "net_us_per_conn", "last_from_insert_ms")
+        return {"connections": n, "runs": runs, "median": {k: median(k) for k in keys},
+                "idle_cpu_fraction": idle_rate,
+                "received_total": sum(r["received"] for r in runs),
+                "expected_total": sum(r["expected"] for r in runs),
+                "cpu_max": cpu_max, "saturated": report.saturated(cpu_max),
+                "cores_busy": any(r["cores_busy"] for r in runs)}
+
+    def _one_broadcast(self, n: int, idle_rate: float) -> dict[str, Any]:
+        pid = self.daemon.pid
+        self.meter.start()
+        wall0, cpu0, on0 = time.monotonic(), infra.cpu_seconds(pid), infra.oncpu_seconds(pid)
+        sent = self.writer.call("broadcast", timeout=30)
+        for client in self.clients:
+            client.send("await_broadcast", sent["id"], BROADCAST_TIMEOUT)
+        got = [c.receive(BROADCAST_TIMEOUT + 10) for c in self.clients]
+        wall1, cpu1, on1 = time.monotonic(), infra.cpu_seconds(pid), infra.oncpu_seconds(pid)
+        cpu = self.meter.stop()
+        received = sum(a["count"] for a in got)
+        expected = sum(a["expected"] for a in got)
+        if received < expected:
+            say(f"warning: broadcast {sent['id']} reached {received} of {expected}")
+        last = max(a["last"] for a in got if a["count"]) if received else float("nan")
+        first = min(a["first"] for a in got if a["count"]) if received else float("nan")
+        oncpu = on1 - on0
+        return {
+            "id": sent["id"], "received": received, "expected": expected,
+            "last_ms": (last - sent["t1"]) * 1000, "first_ms": (first - sent["t1"]) * 1000,
+            "last_from_insert_ms": (last - sent["t0"]) * 1000,
+            "wall_us_per_conn": (last - sent["t1"]) * 1e6 / n,
+            "cpu_us_per_conn": (cpu1 - cpu0) * 1e6 / n,
+            "oncpu_us_per_conn": oncpu * 1e6 / n,
+            "net_us_per_conn": max(0.0, oncpu - idle_rate * (wall1 - wall0)) * 1e6 / n,
+            "window_ms": (wall1 - wall0) * 1000, "cpu": cpu,
+            "cores_busy": report.cores_busy(cpu, CORES),
+        }
+
+    def close_all(self) -> None:
+        for client in self.clients:
+            client.send("close")
+        for client in self.clients:
+            client.receive(60)
+
+
+# -- orchestration ------------------------------------------------------------------------------
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]:
+    results: dict[str, Any] = {"meta": {
+        "mode": "quick" if args.quick else "full",
+        "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "cpus": CORES, "python": platform.python_version(),
+        "websockets": version("websockets"), "git_head": _git_head(),
+        "postgres_source": "NOTIFYD_BENCH_DSN" if os.environ.get("NOTIFYD_BENCH_DSN")
+        else "embedded", "fd_limit": fd_limit, "client_processes": CLIENT_PROCESSES,
+        "scale": asdict(scale), "profiled": args.profile},
+        "targets": {key: asdict(target) for key, target in report.TARGETS.items()}}
+    with contextlib.ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="notifyd-bench-"))
+        stack.callback(shutil.rmtree, workdir, True)
+        dsn = stack.enter_context(infra.bench_database())
+        infra.migrate(dsn)
+        secret = secrets.token_urlsafe(48)
+        daemon = Daemon(dsn, secret, workdir)
+        stack.callback(daemon.stop)
+        say(f"notifyd serve started (pid {daemon.pid}, port {daemon.port})")
+        clients: list[Worker] = []
+        for i in range(CLIENT_PROCESSES):
+            client = Worker(f"client-{i}", ws_clients.main, daemon.url, secret,
+                            HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES)
+            stack.callback(client.stop)
+            clients.append(client)
+        writer = Worker("writer", sql_writer.main, dsn, WRITER_POOL)
+        stack.callback(writer.stop)
+        daemon.wait_ready()
+        results["meta"]["postgres"] = writer.call("open", timeout=60)["server_version"]
+
+        bench = Bench(daemon, clients, writer, scale,
+                      HERE / "results" if args.profile else None, args.profile == "native")
+        results["idle_memory"] = bench.idle_memory()
+        results["latency"] = bench.latency()
+        results["fanout"] = bench.fanout()
+        results["profiles"] = bench.profiles
+        results["raw"] = bench.raw
+        bench.close_all()
+        results["daemon_warnings"] = [line for line in daemon.log_tail(10_000).splitlines()
+                                      if line.strip()][:50]
+        results["meta"]["daemon_peak_rss_kb"] = _peak_rss(daemon.pid)
+    return results
+
+
+def _peak_rss(pid: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return None
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="scaled-down smoke run (CI)")
+    parser.add_argument("--profile", nargs="?", const="python", choices=("python", "native"),
+                        help="sample the daemon with py-spy in scenarios 2 and 3: Python "
+                             "frames without pausing it (default), or native frames too, "
+                             "which pauses it for each sample (perturbs the figures more)")
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json",
+                        help="JSON results (default bench/results/latest.json)")
+    args = parser.parse_args(argv)
+    scale = QUICK if args.quick else FULL
+
+    fd_limit = infra.raise_fd_limit()
+    needed = scale.connections + 1024
+    if fd_limit < needed:
+        say(f"the open-file limit is {fd_limit}; {needed} are needed (ulimit -Hn)")
+        return 2
+    # Interruptible even when started in the background (where SIGINT may come ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+
+    started = time.monotonic()
+    try:
+        results = run(args, scale, fd_limit)
+    except KeyboardInterrupt:
+        say("interrupted; everything has been stopped")
+        return 130
+    except BenchError as exc:
+        say(f"FAILED: {exc}")
+        return 1
+    except Exception:
+        traceback.print_exc()
+        say("FAILED (everything has been stopped)")
+        return 1
+    results["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    raw = results.pop("raw")
+    report.write_json(results, args.output)
+    report.write_json(raw, args.output.with_suffix(".raw.json"), indent=None)  # git-ignored
+    print(report.summary(results))
+    for name, profile in results["profiles"].items():
+        print()
+        print(spy.render(name, profile))
+    print(f"\n({results['meta']['seconds']:.0f} s; results in {args.output})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+# SQL load generator: one process with a small asyncpg pool (autocommit: one statement, one
+# transaction) inserting notifications on an absolute schedule, or one broadcast; records commits.
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+import asyncpg
+import infra
+import orjson
+import uvloop
+
+NOTIFY = "SELECT notifyd.notify($1, 'bench', 't', 'm', $2::jsonb)"
+BROADCAST = "SELECT notifyd.broadcast('bench', 't', 'm', $1::jsonb)"
+WARM_UP_USER = "bench-warm-up"
+
+
+class Writer:
+    def __init__(self, dsn: str, pool_size: int) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.pool: asyncpg.Pool | None = None
+
+    async def handle(self, command: str, args: Sequence[Any]) -> Any:
+        if command == "open":
+            return await self.open()
+        if command == "rate_run":
+            return await self.rate_run(*args)
+        if command == "broadcast":
+            return await self.broadcast()
+        raise ValueError(f"unknown command {command!r}")
+
+    async def open(self) -> dict[str, Any]:
+        """Connect the pool and warm every connection up (prepared statements, function
+        plans) with statements in a transaction that is rolled back: nothing is delivered."""
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=self.pool_size,
+                                              max_size=self.pool_size, timeout=30)
+        pool = self.pool
+
+        async def warm() -> None:
+            async with pool.acquire() as conn:
+                tx = conn.transaction()
+                await tx.start()
+                for _ in range(3):
+                    await conn.fetchval(NOTIFY, WARM_UP_USER, "{}")
+                    await conn.fetchval(BROADCAST, "{}")
+                await tx.rollback()
+
+        await asyncio.gather(*(warm() for _ in range(self.pool_size)))
+        version = await pool.fetchval("SHOW server_version")
+        return {"pool": self.pool_size, "server_version": version}
+
+    async def rate_run(self, users: list[str], rate: float, seconds: float,
+                       seed: int) -> dict[str, Any]:
+        """Insert rate*seconds notifications, each for a random user of `users`, the i-th
+        started at start + i/rate (open loop: a slow commit does not delay the next ones)."""
+        assert self.pool is not None
+        pool = self.pool
+        rng = random.Random(seed)
+        n = round(rate * seconds)
+        targets = [rng.choice(users) for _ in range(n)]
+        ids = [0] * n
+        t0s = [0.0] * n
+        t1s = [0.0] * n
+        errors: list[str] = []
+
+        async def insert(i: int) -> None:
+            t0 = time.time()
+            try:
+                nid = await pool.fetchval(NOTIFY, targets[i], orjson.dumps({"t0": t0}).decode())
+            except Exception as exc:
+                errors.append(repr(exc))
+                return
+            t1s[i] = time.time()  # the commit returned
+            ids[i] = nid
+            t0s[i] = t0
+
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.05
+        tasks = []
+        max_lag = 0.0
+        for i in range(n):
+            due = start + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            max_lag = max(max_lag, loop.time() - due)
+            tasks.append(loop.create_task(insert(i)))
+        _done, pending = await asyncio.wait(tasks, timeout=60)
+        for task in pending:
+            task.cancel()
+        ok = [i for i in range(n) if ids[i]]
+        return {
+            "ids": [ids[i] for i in ok],
+            "users": [targets[i] for i in ok],
+            "t0": [t0s[i] for i in ok],
+            "t1": [t1s[i] for i in ok],
+            "planned": n,
+            "errors": errors[:5] + ([f"... and {len(errors) - 5} more"] if len(errors) > 5
+                                    else []),
+            "unfinished": len(pending),
+            "max_schedule_lag_ms": max_lag * 1000,
+        }
+
+    async def broadcast(self) -> dict[str, Any]:
+        assert self.pool is not None
+        t0 = time.time()
+        nid = await self.pool.fetchval(BROADCAST, orjson.dumps({"t0": t0}).decode())
+        t1 = time.time()
+        return {"id": nid, "t0": t0, "t1": t1}
+
+
+def main(pipe: Pipe, dsn: str, pool_size: int) -> None:
+    """Process entry point (multiprocessing, spawn)."""
+    infra.worker_setup()
+    writer = Writer(dsn, pool_size)
+    uvloop.run(infra.command_loop(pipe, writer.handle))
