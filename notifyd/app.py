@@ -35,11 +35,12 @@ from notifyd.protocol import (
 from notifyd.server import CLOSE_TOKEN, Connection, connection_factory
 from notifyd.session import State
 from notifyd.store import Store
+from notifyd.timers import TimerWheel
 
 log = logging.getLogger("notifyd.app")
 
 PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see presence events
-TICK_SECONDS = 1.0
+TICK_SECONDS = 0.1  # resolution of the timing wheel
 CATCH_UP_PAGE = 10_000
 
 
@@ -60,6 +61,7 @@ class App:
         self.listener = Listener(settings.dsn or "", self.router.feed, self.router.catch_up,
                                  self.router.block)
         self.connections: set[Connection] = set()
+        self.timers: TimerWheel[Connection] = TimerWheel(time.monotonic(), TICK_SECONDS)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -73,6 +75,7 @@ class App:
         """LISTEN first, then bind: nothing committed after a client is accepted is missed."""
         await self.listener.start()
         loop = asyncio.get_running_loop()
+        self.timers = TimerWheel(loop.time(), TICK_SECONDS)
         factory = connection_factory(self, loop.time)
         if sock is not None:
             self._server = await loop.create_server(factory, sock=sock, backlog=4096)
@@ -120,6 +123,7 @@ class App:
 
     def opened(self, conn: Connection) -> None:
         self.connections.add(conn)
+        self.timers.schedule(conn, conn.deadline)
 
     def went_live(self, conn: Connection) -> None:
         identity = conn.session.identity
@@ -139,6 +143,12 @@ class App:
         if self.presence.connected(identity.user_id):
             self._presence_event("presence:online", identity)
         self.spawn(self._send_initial_state(conn, identity))
+        loop = asyncio.get_running_loop()
+        due = min(conn.last_recv + self.settings.ping_interval,
+                  loop.time() + identity.expires_at - time.time())
+        if due < conn.deadline:  # e.g. a token expiring before the auth deadline
+            conn.deadline = due
+            self.timers.schedule(conn, due)
 
     def closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -342,29 +352,47 @@ class App:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            try:
-                self.tick(loop.time(), time.time())
-            except Exception:  # pragma: no cover - a bug here must not stop the timer
-                log.exception("timer tick failed")
+            self.tick(loop.time(), time.time())
 
     def tick(self, now: float, wall: float) -> None:
-        """Deadlines and keepalive for every connection, from one timer."""
+        """Deadlines and keepalive of the connections that are due, from one timer."""
+        for conn in self.timers.pop_due(now):
+            if conn.session.state is State.CLOSED or now + TICK_SECONDS < conn.deadline:
+                continue  # closed, or a stale entry: the connection is due later
+            try:
+                due = self._check_deadlines(conn, now, wall)
+            except Exception:  # pragma: no cover - a bug must not drop it from the wheel
+                log.exception("deadline check failed for %s", conn.session.connection_id)
+                due = now + 1.0
+            if due is not None:
+                conn.deadline = due
+                self.timers.schedule(conn, due)
+
+    def _check_deadlines(self, conn: Connection, now: float, wall: float) -> float | None:
+        """Acts on what is due for `conn`; returns when to look again (None: it was closed)."""
         s = self.settings
-        for conn in list(self.connections):
-            state = conn.session.state
-            if state is State.AWAITING_AUTH:
-                if now > conn.deadline:
-                    if conn.ws.state.name == "OPEN":
-                        conn.close(CLOSE_TOKEN, "authentication timeout")
-                    else:
-                        conn.abort()
-                continue
-            identity = conn.session.identity
-            if identity is not None and identity.expires_at <= wall:
-                conn.close(CLOSE_TOKEN, "token expired")
-                continue
-            if conn.ping_sent:
-                if now - conn.ping_sent > s.ping_timeout:
-                    conn.close(1011, "keepalive ping timeout")
-            elif now - conn.last_recv > s.ping_interval:
-                conn.ping(now)
+        if conn.session.state is State.AWAITING_AUTH:
+            if now < conn.deadline:
+                return conn.deadline
+            if conn.ws.state.name == "OPEN":
+                conn.close(CLOSE_TOKEN, "authentication timeout")
+            else:
+                conn.abort()
+            return None
+        identity = conn.session.identity
+        assert identity is not None
+        remaining = identity.expires_at - wall
+        if remaining <= 0:
+            conn.close(CLOSE_TOKEN, "token expired")
+            return None
+        if conn.ping_sent:
+            if now - conn.ping_sent >= s.ping_timeout:
+                conn.close(1011, "keepalive ping timeout")
+                return None
+            keepalive = conn.ping_sent + s.ping_timeout
+        elif now - conn.last_recv >= s.ping_interval:
+            conn.ping(now)
+            keepalive = now + s.ping_timeout
+        else:
+            keepalive = conn.last_recv + s.ping_interval
+        return min(keepalive, now + remaining)

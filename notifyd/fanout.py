@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from notifyd.protocol import encode, websocket_text
 from notifyd.session import Session
 
 log = logging.getLogger("notifyd.fanout")
+FANOUT_LOG_MIN = 1000  # fan-outs to at least this many connections log their write time
 
 
 class Recipient(Protocol):
@@ -147,12 +149,10 @@ class Router:
             if notification is None:
                 return
             if isinstance(notification, orjson.Fragment):
-                stream = event["s"]
-                self._publish_new(stream, event["q"], notification)
+                stream, seq = event["s"], event["q"]
             else:
-                stream = notification["stream"]
-                self._publish_new(stream, notification["seq"], notification)
-            self._unread(stream, event)
+                stream, seq = notification["stream"], notification["seq"]
+            self._publish_new(stream, seq, notification, self._unread_frame(stream, event))
         elif kind == "r":
             stream = event["s"]
             if event.get("at") is not None:
@@ -174,17 +174,25 @@ class Router:
         if self.on_published is not None:
             self.on_published(str(kind), event)
 
-    def _unread(self, stream: str, event: dict[str, Any]) -> None:
+    @staticmethod
+    def _unread_frame(stream: str, event: dict[str, Any]) -> bytes | None:
         if not stream.startswith("user:") or "u" not in event:
-            return
-        self._broadcast(stream, websocket_text(
-            encode("notification:unread-count", {"count": max(0, event["u"])})))
+            return None
+        return websocket_text(encode("notification:unread-count", {"count": max(0, event["u"])}))
+
+    def _unread(self, stream: str, event: dict[str, Any]) -> None:
+        frame = self._unread_frame(stream, event)
+        if frame is not None:
+            self._broadcast(stream, frame)
 
     def _broadcast(self, stream: str, frame: bytes) -> None:
         for conn in list(self.index.subscribers(stream)):
             conn.write(frame)
 
-    def _publish_new(self, stream: str, seq: int, notification: Any) -> None:
+    def _publish_new(self, stream: str, seq: int, notification: Any,
+                     trailer: bytes | None = None) -> None:
+        """One notification:new to every subscriber of `stream`; `trailer` (the new unread
+        count) goes out in the same write, so a user's device gets one system call."""
         last = self.last_seq.get(stream)
         if last is not None and seq <= last:
             return  # already published (catch-up overlapping live events)
@@ -193,8 +201,15 @@ class Router:
             return
         self.last_seq[stream] = seq
         frame = websocket_text(encode("notification:new", {"notification": notification}))
+        timed = len(members) >= FANOUT_LOG_MIN
+        started = time.perf_counter() if timed else 0.0
         for conn in list(members):
             out = conn.session.offer(stream, seq, frame)
             if out is not None:
-                conn.write(out)
+                conn.write(out + trailer if trailer is not None else out)
                 self.delivered += 1
+            elif trailer is not None:
+                conn.write(trailer)
+        if timed:
+            log.info("fan-out to %d connections took %.3f ms (%s seq %d)", len(members),
+                     (time.perf_counter() - started) * 1000, stream, seq)

@@ -91,7 +91,9 @@ class Connection(asyncio.Protocol):
         self.pending: bytearray | None = bytearray()  # handshake bytes until the blank line
         self.session = Session(uuid.uuid4().hex)
         self.partial: bytearray | None = None
-        self.deadline = now + s.auth_timeout  # handshake, then first `auth` frame
+        # When the timer looks at this connection next: first the handshake and auth deadline,
+        # then keepalive and token expiry (app.App.tick).
+        self.deadline = now + s.auth_timeout
         self.last_recv = now
         self.ping_sent = 0.0
 

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 import pytest
+from websockets.client import ClientProtocol
+from websockets.frames import Frame
+from websockets.protocol import OPEN
+from websockets.uri import parse_uri
 
 from notifyd import config
 from notifyd.auth import Authenticator, issue_token
 from notifyd.errors import AuthError, ClientError, ConfigError
-from notifyd.fanout import Router
+from notifyd.fanout import FANOUT_LOG_MIN, Router
 from notifyd.index import StreamIndex
 from notifyd.migrate import migrations
 from notifyd.presence import LocalPresence
@@ -27,6 +32,7 @@ from notifyd.protocol import (
     parse_time,
 )
 from notifyd.session import Session, State
+from notifyd.timers import TimerWheel
 
 SECRET = "unit-secret-" + "z" * 40
 
@@ -217,11 +223,11 @@ class FakeConn:
         self.frames.append(frame)
 
     def decoded(self) -> list[dict[str, object]]:
-        out = []
-        for f in self.frames:
-            start = f.index(b"{")  # skip the WebSocket frame header
-            out.append(orjson.loads(f[start:]))
-        return out
+        """Every frame written, parsed by websockets' own client-side protocol."""
+        client = ClientProtocol(parse_uri("ws://x/"), state=OPEN)
+        client.receive_data(b"".join(self.frames))
+        return [orjson.loads(f.data) for f in client.events_received()
+                if isinstance(f, Frame)]
 
 
 def wire(stream: str, seq: int, nid: int) -> dict[str, object]:
@@ -301,3 +307,36 @@ async def test_router_floor_never_drops_live_items() -> None:
 def test_migration_files_are_numbered() -> None:
     found = migrations()
     assert [v for v, _, _ in found] == list(range(1, len(found) + 1))
+
+
+# -- timers -------------------------------------------------------------------------------
+
+def test_timer_wheel_returns_items_once_when_due() -> None:
+    wheel: TimerWheel[str] = TimerWheel(now=100.0, resolution=0.1)
+    wheel.schedule("late", 105.0)
+    wheel.schedule("soon", 100.25)
+    wheel.schedule("past", 50.0)  # already due: comes back on the next pop
+    assert len(wheel) == 3
+    assert wheel.pop_due(100.05) == ["past"]
+    assert wheel.pop_due(100.2) == []
+    assert wheel.pop_due(100.31) == ["soon"]
+    assert wheel.pop_due(104.9) == []
+    assert wheel.pop_due(110.0) == ["late"]
+    assert wheel.pop_due(200.0) == [] and len(wheel) == 0
+
+
+def test_large_fanout_logs_its_write_time(caplog: pytest.LogCaptureFixture) -> None:
+    async def unused(_: object) -> dict[int, bytes]:
+        raise AssertionError("no database access expected")
+
+    index: StreamIndex[FakeConn] = StreamIndex()
+    router = Router(index, unused, unused)  # type: ignore[arg-type]
+    router._blocked = False  # as after the listener's first catch-up
+    conns = [FakeConn(live_session()) for _ in range(FANOUT_LOG_MIN)]
+    for conn in conns:
+        index.add(conn, ["all"])
+    with caplog.at_level("INFO", logger="notifyd.fanout"):
+        router.feed('[{"k":"n","n":' + orjson.dumps(wire("all", 3, 9)).decode() + '}]')
+    assert all(len(c.frames) == 1 for c in conns)
+    assert re.search(rf"fan-out to {FANOUT_LOG_MIN} connections took [\d.]+ ms \(all seq 3\)",
+                     caplog.text)
