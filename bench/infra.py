@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import http.client
+import json
 import multiprocessing
 import os
 import resource
@@ -102,15 +103,18 @@ class CpuMeter:
         self.pids = pids
         self._start: dict[str, float] = {}
         self._wall = 0.0
+        self.seconds: dict[str, float] = {}  # CPU seconds of the last window
 
     def start(self) -> None:
         self._wall = time.monotonic()
         self._start = {name: oncpu_seconds(pid) for name, pid in self.pids.items()}
 
     def stop(self) -> dict[str, float]:
+        """Fractions of one core; the CPU seconds themselves are left in `self.seconds`."""
         wall = max(time.monotonic() - self._wall, 1e-9)
-        return {name: round((oncpu_seconds(pid) - self._start[name]) / wall, 3)
-                for name, pid in self.pids.items()}
+        self.seconds = {name: oncpu_seconds(pid) - self._start[name]
+                        for name, pid in self.pids.items()}
+        return {name: round(used / wall, 3) for name, used in self.seconds.items()}
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
@@ -232,13 +236,13 @@ def migrate(dsn: str) -> None:
 
 class Daemon:
     """`notifyd serve` as a subprocess in its own session (Ctrl-C reaches only the bench,
-    which stops the daemon itself), its log in a file."""
+    which stops the daemon itself), its log (stdout and stderr: JSON lines) in a file."""
 
-    def __init__(self, dsn: str, secret: str, workdir: Path) -> None:
+    def __init__(self, dsn: str, secret: str, workdir: Path, log_level: str = "WARNING") -> None:
         self.port = free_port()
         self.log_path = workdir / "notifyd.log"
         env = child_env(NOTIFYD_DSN=dsn, NOTIFYD_JWT_SECRET=secret, NOTIFYD_HOST="127.0.0.1",
-                        NOTIFYD_PORT=str(self.port), NOTIFYD_LOG_LEVEL="WARNING")
+                        NOTIFYD_PORT=str(self.port), NOTIFYD_LOG_LEVEL=log_level)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 notifyd_command("serve"), env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -276,17 +280,38 @@ class Daemon:
         return rss_kb(self.pid)
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the log but INFO and DEBUG records (at INFO the daemon logs
+        every connection): what explains an exit."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        kept = [line for line in text.splitlines() if not _chatter(line)]
+        return "\n".join(kept[-lines:]) or "(nothing above INFO in the log)"
 
-    def log_lines(self) -> int:
+    def log_size(self) -> int:
+        """Bytes in the log so far: an offset for `log_since`."""
         try:
-            return len(self.log_path.read_text(errors="replace").splitlines())
+            return self.log_path.stat().st_size
         except OSError:
             return 0
+
+    def log_since(self, offset: int) -> tuple[list[str], int]:
+        """The complete lines written after byte `offset`, and the offset after them."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            return [], offset
+        end = data.rfind(b"\n") + 1  # a line being written stays for the next call
+        return data[:end].decode(errors="replace").splitlines(), offset + end
+
+    def warnings(self, limit: int = 50) -> list[str]:
+        """Log lines at WARNING and above, and any line that is no JSON log record (a
+        traceback, something written by a C library): INFO lines are the bench's business."""
+        lines, _ = self.log_since(0)
+        return [line for line in lines if line.strip() and not _chatter(line)][:limit]
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc.poll() is not None:
@@ -298,6 +323,17 @@ class Daemon:
             say("warning: notifyd did not stop on SIGTERM; killing it")
             self.proc.kill()
             self.proc.wait(5)
+
+
+def _chatter(line: str) -> bool:
+    """Whether a daemon log line is an INFO or DEBUG JSON record."""
+    if not line.startswith("{"):
+        return False
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("level") in ("debug", "info")
 
 
 # -- load-generator processes -------------------------------------------------------------------

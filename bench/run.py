@@ -2,7 +2,7 @@
 # fan-out, against a real `notifyd serve` subprocess; load from separate processes.
 """notifyd benchmark.
 
-    python bench/run.py                   full run (10k connections; about a minute)
+    python bench/run.py                   full run (10k connections; about 35 s)
     python bench/run.py --quick           smoke run for CI (2k connections; about 15 s)
     python bench/run.py --profile         also sample the daemon with py-spy (scenarios 2, 3)
     python bench/run.py --profile native  the same with C frames (pauses the daemon per sample)
@@ -10,14 +10,22 @@
 PostgreSQL: $NOTIFYD_BENCH_DSN (a server URL; a database notifyd_bench_<pid> is created on it
 and dropped afterwards), else an embedded server in a temporary directory. Results go to
 bench/results/latest.json and a summary table to stdout; progress to stderr.
+
+The fan-out target is judged on the daemon's own write time, from its notifyd.fanout log line
+(it runs at NOTIFYD_LOG_LEVEL=INFO); commit -> last client is shown beside it. Exit status: 0
+when the run completed, whatever the figures; 1 when something broke (notifications missing,
+duplicated or misrouted, connections failed or dropped, a process died or timed out).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import datetime as dt
+import json
+import math
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -51,6 +59,11 @@ SETTLE_SECONDS = 1.0
 DRAIN_TIMEOUT = 10.0
 BROADCAST_TIMEOUT = 30.0
 IDLE_BASELINE_SECONDS = 2.0
+DAEMON_LOG_LEVEL = "INFO"  # for notifyd.fanout's line per fan-out to >= 1000 connections
+FANOUT_LOGGER = "notifyd.fanout"
+FANOUT_MSG = re.compile(r"fan-out to (\d+) connections took ([\d.]+) ms")
+FANOUT_STREAM = re.compile(r"\((\S+) seq (\d+)\)")
+FANOUT_LOG_WAIT = 2.0  # for the line, once the clients had the broadcast (none once one never came)
 
 
 @dataclass(frozen=True)
@@ -89,8 +102,27 @@ class Bench:
                                "writer": writer.pid})
         self.profiles: dict[str, dict[str, Any]] = {}
         self.raw: dict[str, Any] = {}  # per-sample data, for bench/results/*.raw.json
+        # each client's counters at its last answer: frames, and the reads they came in
+        self.frames = [0] * len(clients)
+        self.reads = [0] * len(clients)
+        self.fanout_logged: bool | None = None  # does the daemon log its fan-out time?
 
     # -- helpers ------------------------------------------------------------------------
+
+    def new_frames(self, answers: list[dict[str, Any]]) -> tuple[int, int]:
+        """Frames the clients received since their previous answers, and in how many
+        socket reads."""
+        frames = reads = 0
+        for i, answer in enumerate(answers):
+            frames += answer["frames"] - self.frames[i]
+            reads += answer["reads"] - self.reads[i]
+            self.frames[i], self.reads[i] = answer["frames"], answer["reads"]
+        return frames, reads
+
+    def client_cpu(self) -> dict[str, float]:
+        """CPU seconds of each client process in the meter's last window."""
+        return {name: used for name, used in self.meter.seconds.items()
+                if name.startswith("client")}
 
     def connect(self, users: list[str]) -> dict[str, Any]:
         """Open connections for `users`, dealt round-robin to the client processes."""
@@ -99,6 +131,7 @@ class Bench:
             client.send("connect", part)
         timeout = 60 + 0.02 * len(users)
         answers = [c.receive(timeout) for c in self.clients]
+        self.new_frames(answers)
         failed = sum(a["failed"] for a in answers)
         for i, (part, answer) in enumerate(zip(parts, answers, strict=True)):
             if answer["failed"] == 0:
@@ -115,7 +148,9 @@ class Bench:
                 "seconds": max(a["seconds"] for a in answers)}
 
     def live(self) -> int:
-        return sum(c.call("stats", timeout=30)["live"] for c in self.clients)
+        answers = [c.call("stats", timeout=30) for c in self.clients]
+        self.new_frames(answers)
+        return sum(a["live"] for a in answers)
 
     @contextlib.contextmanager
     def profiled(self, name: str, seconds: float) -> Iterator[None]:
@@ -160,11 +195,17 @@ class Bench:
             say(f"idle memory: {live:,} live connections, daemon RSS {rss / 1024:,.1f} MB")
             levels.append({"connections": n, "live": live, "rss_kb": rss, **opened})
         cpu = self.meter.stop()
+        client_seconds = sum(self.client_cpu().values())
+        opened_total = sum(lv.get("opened", 0) for lv in levels)
         base = levels[0]["rss_kb"]
         per_conn = {str(lv["connections"]): (lv["rss_kb"] - base) / lv["live"]
                     for lv in levels[1:] if lv["live"]}
         return {"levels": levels, "kb_per_connection": per_conn,
                 "connect_rate": connected / connect_seconds if connect_seconds else 0.0,
+                "failed": sum(lv.get("failed", 0) for lv in levels),
+                "client_cpu_seconds": client_seconds,
+                "client_cpu_us_per_connection":
+                    client_seconds * 1e6 / opened_total if opened_total else float("nan"),
                 "cpu": cpu, "saturated": report.saturated(cpu)}
 
     # -- scenario 2 ---------------------------------------------------------------------
@@ -186,6 +227,8 @@ class Bench:
                 client.send("drain", n, DRAIN_TIMEOUT)
             got = [c.receive(DRAIN_TIMEOUT + 30) for c in self.clients]
         cpu = self.meter.stop()
+        frames, reads = self.new_frames(got)
+        client_seconds = sum(self.client_cpu().values())
         self.daemon.check_alive()
         if sent["errors"]:
             say(f"warning: insert errors: {sent['errors']}")
@@ -228,7 +271,11 @@ class Bench:
             "unexpected": unexpected, "misrouted": misrouted,
             "foreign": sum(a["foreign"] for a in got),
             "foreign_examples": [e for a in got for e in a["foreign_examples"]][:5],
-            "dropped": [a["dropped"] for a in got],
+            "dropped": report.merge_counts(a["dropped"] for a in got),
+            "malformed": sum(a["malformed"] for a in got),
+            "malformed_examples": [e for a in got for e in a["malformed_examples"]][:3],
+            "frames": frames, "reads": reads, "client_cpu_seconds": client_seconds,
+            "client_cpu_us_per_frame": client_seconds * 1e6 / frames if frames else math.nan,
             "insert_errors": sent["errors"], "unfinished_inserts": sent["unfinished"],
             "achieved_rate": len(by_id) / span if span else 0.0,
             "max_schedule_lag_ms": sent["max_schedule_lag_ms"],
@@ -260,19 +307,29 @@ class Bench:
         cpu_max = {name: max(r["cpu"][name] for r in runs) for name in runs[0]["cpu"]}
 
         def median(key: str) -> float:
-            return float(statistics.median(r[key] for r in runs))
+            values = [r[key] for r in runs if not math.isnan(r[key])]
+            return float(statistics.median(values)) if values else math.nan
 
         keys = ("last_ms", "first_ms", "wall_us_per_conn", "cpu_us_per_conn",
-                "oncpu_us_per_conn", "net_us_per_conn", "last_from_insert_ms")
+                "oncpu_us_per_conn", "net_us_per_conn", "last_from_insert_ms",
+                "server_write_ms", "server_write_us_per_conn", "client_busy",
+                "client_cpu_us_per_frame")
+        last = runs[-1]
         return {"connections": n, "runs": runs, "median": {k: median(k) for k in keys},
                 "idle_cpu_fraction": idle_rate,
                 "received_total": sum(r["received"] for r in runs),
                 "expected_total": sum(r["expected"] for r in runs),
+                "server_write_logged": sum(1 for r in runs if r["server_write"] is not None),
+                "foreign": last["foreign"], "foreign_examples": last["foreign_examples"],
+                "dropped": last["dropped"], "malformed": last["malformed"],
+                "malformed_examples": last["malformed_examples"],
                 "cpu_max": cpu_max, "saturated": report.saturated(cpu_max),
+                "clients_saturated": median("client_busy") > report.SATURATED,
                 "cores_busy": any(r["cores_busy"] for r in runs)}
 
     def _one_broadcast(self, n: int, idle_rate: float) -> dict[str, Any]:
         pid = self.daemon.pid
+        log_offset = self.daemon.log_size()
         self.meter.start()
         wall0, cpu0, on0 = time.monotonic(), infra.cpu_seconds(pid), infra.oncpu_seconds(pid)
         sent = self.writer.call("broadcast", timeout=30)
@@ -281,30 +338,91 @@ class Bench:
         got = [c.receive(BROADCAST_TIMEOUT + 10) for c in self.clients]
         wall1, cpu1, on1 = time.monotonic(), infra.cpu_seconds(pid), infra.oncpu_seconds(pid)
         cpu = self.meter.stop()
+        client_cpu = self.client_cpu()
+        frames, reads = self.new_frames(got)
         received = sum(a["count"] for a in got)
         expected = sum(a["expected"] for a in got)
         if received < expected:
             say(f"warning: broadcast {sent['id']} reached {received} of {expected}")
-        last = max(a["last"] for a in got if a["count"]) if received else float("nan")
-        first = min(a["first"] for a in got if a["count"]) if received else float("nan")
+        last = max(a["last"] for a in got if a["count"]) if received else math.nan
+        first = min(a["first"] for a in got if a["count"]) if received else math.nan
         oncpu = on1 - on0
+        commit_to_last = last - sent["t1"]
+        write = self._server_write(log_offset)
         return {
             "id": sent["id"], "received": received, "expected": expected,
-            "last_ms": (last - sent["t1"]) * 1000, "first_ms": (first - sent["t1"]) * 1000,
+            "last_ms": commit_to_last * 1000, "first_ms": (first - sent["t1"]) * 1000,
             "last_from_insert_ms": (last - sent["t0"]) * 1000,
-            "wall_us_per_conn": (last - sent["t1"]) * 1e6 / n,
+            "wall_us_per_conn": commit_to_last * 1e6 / n,
             "cpu_us_per_conn": (cpu1 - cpu0) * 1e6 / n,
             "oncpu_us_per_conn": oncpu * 1e6 / n,
             "net_us_per_conn": max(0.0, oncpu - idle_rate * (wall1 - wall0)) * 1e6 / n,
+            "server_write": write,
+            "server_write_ms": write["ms"] if write else math.nan,
+            "server_write_us_per_conn": write["us_per_conn"] if write else math.nan,
+            # the busiest client's CPU over commit -> last: above 0.9 it set the pace
+            "client_busy": (max(client_cpu.values()) / commit_to_last
+                            if commit_to_last > 0 else math.nan),
+            "frames": frames, "reads": reads,
+            "client_cpu_us_per_frame": (sum(client_cpu.values()) * 1e6 / frames
+                                        if frames else math.nan),
             "window_ms": (wall1 - wall0) * 1000, "cpu": cpu,
             "cores_busy": report.cores_busy(cpu, CORES),
+            "foreign": sum(a["foreign"] for a in got),
+            "foreign_examples": [e for a in got for e in a["foreign_examples"]][:5],
+            "dropped": report.merge_counts(a["dropped"] for a in got),
+            "malformed": sum(a["malformed"] for a in got),
+            "malformed_examples": [e for a in got for e in a["malformed_examples"]][:3],
         }
+
+    def _server_write(self, offset: int) -> dict[str, Any] | None:
+        """The daemon's own figure for the broadcast's writes: its notifyd.fanout log line,
+        written right after the last write (so normally before the clients had it all). When
+        a first broadcast brings none, the daemon is taken not to log it: no more waiting."""
+        wait = 0.0 if self.fanout_logged is False else FANOUT_LOG_WAIT
+        deadline = time.monotonic() + wait
+        found: list[dict[str, Any]] = []
+        while True:
+            lines, offset = self.daemon.log_since(offset)
+            found += (f for f in map(_fanout_record, lines) if f is not None)
+            if found or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        if self.fanout_logged is None:
+            self.fanout_logged = bool(found)
+            if not found:
+                say("the daemon logs no fan-out time (notifyd.fanout): server write time n/a")
+        if not found:
+            return None
+        # the broadcast's fan-out is to stream `all`; no other stream has 1000 members here
+        best = max(found, key=lambda f: (f["stream"] == "all", f["connections"]))
+        return {**best, "us_per_conn": best["ms"] * 1000 / best["connections"],
+                "lines": len(found)}
 
     def close_all(self) -> None:
         for client in self.clients:
             client.send("close")
         for client in self.clients:
             client.receive(60)
+
+
+def _fanout_record(line: str) -> dict[str, Any] | None:
+    """A notifyd.fanout log line's figures: connections, ms, and stream and seq if given."""
+    if FANOUT_LOGGER not in line:
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("logger") != FANOUT_LOGGER:
+        return None
+    msg = str(record.get("msg", ""))
+    m = FANOUT_MSG.search(msg)
+    if m is None:
+        return None
+    where = FANOUT_STREAM.search(msg, m.end())
+    return {"connections": int(m[1]), "ms": float(m[2]), "msg": msg,
+            "stream": where[1] if where else None, "seq": int(where[2]) if where else None}
 
 
 # -- orchestration ------------------------------------------------------------------------------
@@ -326,7 +444,7 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         "websockets": version("websockets"), "git_head": _git_head(),
         "postgres_source": "NOTIFYD_BENCH_DSN" if os.environ.get("NOTIFYD_BENCH_DSN")
         else "embedded", "fd_limit": fd_limit, "client_processes": CLIENT_PROCESSES,
-        "scale": asdict(scale), "profiled": args.profile},
+        "scale": asdict(scale), "profiled": args.profile, "daemon_log_level": DAEMON_LOG_LEVEL},
         "targets": {key: asdict(target) for key, target in report.TARGETS.items()}}
     with contextlib.ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="notifyd-bench-"))
@@ -334,7 +452,7 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         dsn = stack.enter_context(infra.bench_database())
         infra.migrate(dsn)
         secret = secrets.token_urlsafe(48)
-        daemon = Daemon(dsn, secret, workdir)
+        daemon = Daemon(dsn, secret, workdir, log_level=DAEMON_LOG_LEVEL)
         stack.callback(daemon.stop)
         say(f"notifyd serve started (pid {daemon.pid}, port {daemon.port})")
         clients: list[Worker] = []
@@ -356,8 +474,7 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         results["profiles"] = bench.profiles
         results["raw"] = bench.raw
         bench.close_all()
-        results["daemon_warnings"] = [line for line in daemon.log_tail(10_000).splitlines()
-                                      if line.strip()][:50]
+        results["daemon_warnings"] = daemon.warnings(50)
         results["meta"]["daemon_peak_rss_kb"] = _peak_rss(daemon.pid)
     return results
 
@@ -411,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         say("FAILED (everything has been stopped)")
         return 1
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    results["problems"] = report.problems(results)
     raw = results.pop("raw")
     report.write_json(results, args.output)
     report.write_json(raw, args.output.with_suffix(".raw.json"), indent=None)  # git-ignored
@@ -419,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(spy.render(name, profile))
     print(f"\n({results['meta']['seconds']:.0f} s; results in {args.output})")
+    if results["problems"]:  # something broke; a figure off its target is no failure
+        say(f"FAILED: {'; '.join(results['problems'])}")
+        return 1
     return 0
 
 

@@ -1,24 +1,138 @@
-# WebSocket load generator: one process holding thousands of client connections (websockets'
-# asyncio client on uvloop), driven by run.py over a pipe; it timestamps every notification.
+# WebSocket load generator: one process holding thousands of client connections, each a bare
+# asyncio.Protocol on uvloop driving websockets' sans-I/O ClientProtocol (no task, no queue per
+# connection), driven by run.py over a pipe; it timestamps every notification as it is read.
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection as Pipe
-from typing import Any
+from typing import Any, cast
 
 import infra
 import jwt
 import orjson
 import uvloop
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
 from websockets.protocol import State
+from websockets.uri import WebSocketURI, parse_uri
 
 HANDSHAKE_TIMEOUT = 30.0
+CLOSE_TIMEOUT = 10.0
 NEW_MARK = b'"notification:new"'
-POLL = 0.002  # how often a waiting command looks at the counters
+GREETING = (b"connection-confirmed", b"notification:unread-count")
+TEXT, CONT, CLOSE = Opcode.TEXT, Opcode.CONT, Opcode.CLOSE
+OPEN = State.OPEN
+
+
+class Conn(asyncio.Protocol):
+    """One client connection. Reads everything the server sends and answers only what the
+    protocol itself must (close and pong frames, which the ClientProtocol queues); the text
+    frames it looks into are the greeting and notification:new."""
+
+    __slots__ = ("greeted", "opened", "own", "parts", "pool", "transport", "user", "ws")
+
+    def __init__(self, pool: ClientPool, user: str, uri: WebSocketURI,
+                 opened: asyncio.Future[None]) -> None:
+        self.pool = pool
+        self.user = user
+        self.own = f"user:{user}"
+        self.ws = ClientProtocol(uri, max_size=None)
+        self.opened = opened  # done once the greeting arrived (or the attempt failed)
+        self.greeted = 0  # greeting frames seen so far; len(GREETING) when ready
+        self.parts: bytearray | None = None  # a fragmented message (the server sends none)
+        self.transport: asyncio.Transport | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's: no subclass of it
+        self.pool.transports.add(self)
+        self.ws.send_request(self.ws.connect())
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()  # before any parsing: every frame of this read arrived now
+        ws = self.ws
+        ws.receive_data(data)
+        events = ws.events_received()
+        pool = self.pool
+        pool.reads += 1
+        pool.frames += len(events)  # the handshake response counts once per connection
+        for event in events:
+            if type(event) is not Frame:
+                self.handshake(event)
+                continue
+            opcode = event.opcode
+            if opcode is TEXT:
+                if event.fin:  # received frames hold a bytearray, never a memoryview
+                    self.text(cast(bytearray, event.data), now)
+                else:
+                    self.parts = bytearray(event.data)
+            elif opcode is CONT:
+                if self.parts is not None:
+                    self.parts += event.data
+                    if event.fin:
+                        payload, self.parts = self.parts, None
+                        self.text(payload, now)
+            elif opcode is CLOSE:
+                self.pool.gone(self)
+            # ping, pong, binary: nothing of ours (the protocol queues the pong itself)
+        if ws.writes:
+            self.flush()
+
+    def eof_received(self) -> bool:
+        self.ws.receive_eof()
+        self.flush()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.transports.discard(self)
+        if not self.opened.done():
+            why = self.ws.handshake_exc or exc or ConnectionError(
+                f"closed before the greeting ({self.greeted} of {len(GREETING)} frames)")
+            self.opened.set_exception(why)
+        self.pool.gone(self)
+
+    # -- ours ------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        for data in self.ws.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                transport.write_eof()
+
+    def handshake(self, response: object) -> None:
+        if not isinstance(response, Response) or self.ws.handshake_exc is not None:
+            self.fail(self.ws.handshake_exc or RuntimeError(f"unexpected event {response!r}"))
+
+    def text(self, payload: bytes | bytearray, now: float) -> None:
+        pool = self.pool
+        if self.greeted == len(GREETING):
+            if NEW_MARK in payload[:48]:
+                pool.new(self, payload, now)
+            return  # unread counts and the like
+        # the greeting: connection-confirmed, then the unread count
+        expected = GREETING[self.greeted]
+        if expected not in payload[:64]:
+            got = bytes(payload[:80]).decode(errors="replace")
+            self.fail(RuntimeError(f"expected {expected.decode()}, got {got}"))
+            return
+        self.greeted += 1
+        if self.greeted == len(GREETING) and not self.opened.done():
+            pool.ready(self)
+            self.opened.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class ClientPool:
@@ -28,8 +142,10 @@ class ClientPool:
         self.url = url
         self.secret = secret
         self.concurrency = concurrency
-        self.conns: dict[str, ClientConnection] = {}
-        self.readers: set[asyncio.Task[None]] = set()
+        self.conns: dict[str, Conn] = {}  # greeted and not closed by the server
+        self.transports: set[Conn] = set()  # every connection whose socket is open
+        self.frames = 0  # frames received (pings and closes too), all connections, ever
+        self.reads = 0  # socket reads (data_received calls) that brought them
         # notification:new on the user's own stream: id and receive time
         self.ids: list[int] = []
         self.times: list[float] = []
@@ -37,8 +153,13 @@ class ClientPool:
         # notification:new on stream `all`: id -> [count, first receive, last receive]
         self.broadcasts: dict[int, list[float]] = {}
         self.foreign: list[str] = []  # "user got stream" for frames of a stream not theirs
+        self.malformed: list[str] = []  # notification:new frames without an id or stream
         self.dropped: dict[str, int] = {}  # close code -> connections the server ended
         self.closing = False
+        # what a waiting command waits for: own-stream count, or (broadcast id, count)
+        self.want_own = 0
+        self.want_broadcast: tuple[int, int] = (0, 0)
+        self.waiter: asyncio.Future[None] | None = None
 
     async def handle(self, command: str, args: Sequence[Any]) -> Any:
         if command == "connect":
@@ -65,102 +186,149 @@ class ClientPool:
         errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
         return {"opened": len(users) - len(errors), "failed": len(errors),
                 "errors": sorted(set(errors))[:5], "seconds": time.monotonic() - started,
-                "live_users": list(self.conns) if errors else []}
+                "live_users": list(self.conns) if errors else [], **self.stats()}
 
     async def drain(self, expected: int, timeout: float) -> dict[str, Any]:
         """Wait (bounded) until `expected` own-stream notifications arrived, then hand over
         and forget what was recorded."""
-        deadline = time.monotonic() + timeout
-        while len(self.ids) < expected and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        if len(self.ids) < expected:
+            self.want_own = expected
+            await self._wait(timeout)
+            self.want_own = 0
         ids, times, users = self.ids, self.times, self.users
         self.ids, self.times, self.users = [], [], []
         return {"ids": ids, "times": times, "users": users, **self.stats()}
 
     async def await_broadcast(self, nid: int, timeout: float) -> dict[str, Any]:
         """Wait (bounded) until every live connection has broadcast `nid`."""
-        deadline = time.monotonic() + timeout
         target = self.live()
-        while time.monotonic() < deadline:
-            seen = self.broadcasts.get(nid)
-            if seen is not None and seen[0] >= target:
-                break
-            await asyncio.sleep(POLL)
+        seen = self.broadcasts.get(nid)
+        if seen is None or seen[0] < target:
+            self.want_broadcast = (nid, target)
+            await self._wait(timeout)
+            self.want_broadcast = (0, 0)
         count, first, last = self.broadcasts.pop(nid, [0, 0.0, 0.0])
-        return {"count": int(count), "expected": target, "first": first, "last": last}
+        return {"count": int(count), "expected": target, "first": first, "last": last,
+                **self.stats()}
 
     def stats(self) -> dict[str, Any]:
-        return {"live": self.live(), "dropped": dict(self.dropped),
-                "foreign": len(self.foreign), "foreign_examples": self.foreign[:5]}
+        return {"live": self.live(), "frames": self.frames, "reads": self.reads,
+                "dropped": dict(self.dropped),
+                "foreign": len(self.foreign), "foreign_examples": self.foreign[:5],
+                "malformed": len(self.malformed), "malformed_examples": self.malformed[:3]}
 
     async def close(self) -> dict[str, Any]:
+        """Closing handshake on every connection (the server closes the sockets), bounded;
+        whatever is still open then is aborted."""
         self.closing = True
         conns = list(self.conns.values())
         self.conns.clear()
-        if conns:
-            closing = [asyncio.ensure_future(ws.close()) for ws in conns]
-            await asyncio.wait(closing, timeout=10)
-            for ws in conns:
-                ws.transport.abort()
-        for task in list(self.readers):
-            task.cancel()
-        return {"closed": len(conns)}
+        for conn in conns:
+            if conn.ws.state is OPEN:
+                conn.ws.send_close(1000)
+                conn.flush()
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        while self.transports and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        lingering = list(self.transports)
+        for conn in lingering:
+            if conn.transport is not None:
+                conn.transport.abort()
+        return {"closed": len(conns), "aborted": len(lingering)}
 
     def live(self) -> int:
-        return sum(1 for ws in self.conns.values() if ws.state is State.OPEN)
+        return len(self.conns)
+
+    # -- called by the connections ------------------------------------------------------------
+
+    def ready(self, conn: Conn) -> None:
+        self.conns[conn.user] = conn
+
+    def gone(self, conn: Conn) -> None:
+        """The server closed `conn` (close frame, or the socket went): counted once."""
+        if self.conns.get(conn.user) is not conn:
+            return  # not open yet, already counted, or closed by us
+        del self.conns[conn.user]
+        if not self.closing:
+            close = conn.ws.close_rcvd
+            key = str(close.code) if close is not None else "no close frame"
+            self.dropped[key] = self.dropped.get(key, 0) + 1
+        self._check()  # a broadcast wait may now be complete
+
+    def new(self, conn: Conn, payload: bytes | bytearray, now: float) -> None:
+        try:
+            notification = orjson.loads(payload)["data"]["notification"]
+            stream = notification["stream"]
+            nid = notification["id"]
+        except (ValueError, LookupError, TypeError) as exc:
+            self.malformed.append(f"{conn.user}: {exc!r} in {bytes(payload[:120])!r}")
+            return
+        if stream == conn.own:
+            self.ids.append(nid)  # drain() replaces the lists
+            self.times.append(now)
+            self.users.append(conn.user)
+            if self.want_own and len(self.ids) >= self.want_own:
+                self._done()
+        elif stream == "all":
+            seen = self.broadcasts.get(nid)
+            if seen is None:
+                seen = self.broadcasts[nid] = [1, now, now]
+            else:
+                seen[0] += 1
+                if now > seen[2]:
+                    seen[2] = now
+            if nid == self.want_broadcast[0] and seen[0] >= self.want_broadcast[1]:
+                self._done()
+        else:
+            self.foreign.append(f"{conn.user} got {stream}")
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    async def _wait(self, timeout: float) -> None:
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.waiter
+        except TimeoutError:
+            pass  # the answer says how many arrived
+        finally:
+            self.waiter = None
+
+    def _done(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _check(self) -> None:
+        """After a drop: a broadcast wait needs no more than the connections left."""
+        nid, target = self.want_broadcast
+        if nid and self.broadcasts.get(nid, [0])[0] >= min(target, self.live()):
+            self._done()
 
     # -- connections ----------------------------------------------------------------------
 
     async def _open(self, user: str, gate: asyncio.Semaphore) -> None:
         token = jwt.encode({"sub": user, "roles": ["user"], "exp": int(time.time()) + 3600},
                            self.secret, algorithm="HS256")
+        uri = parse_uri(f"{self.url}?token={token}")
+        loop = asyncio.get_running_loop()
         async with gate:
-            ws = await connect(f"{self.url}?token={token}", compression=None,
-                               ping_interval=None, max_queue=None,
-                               open_timeout=HANDSHAKE_TIMEOUT, close_timeout=2)
+            opened: asyncio.Future[None] = loop.create_future()
+            made: list[Conn] = []
+
+            def factory() -> Conn:
+                made.append(Conn(self, user, uri, opened))
+                return made[-1]
+
             try:
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                    for expected in ("connection-confirmed", "notification:unread-count"):
-                        kind = orjson.loads(await ws.recv(decode=False)).get("type")
-                        if kind != expected:
-                            raise RuntimeError(f"expected {expected}, got {kind}")
+                    await loop.create_connection(factory, uri.host, uri.port)
+                    await opened
             except BaseException:
-                ws.transport.abort()
+                opened.cancel()  # a late outcome is not ours to report
+                for conn in made:
+                    if conn.transport is not None:
+                        conn.transport.abort()
                 raise
-        self.conns[user] = ws
-        task = asyncio.get_running_loop().create_task(self._read(user, ws))
-        self.readers.add(task)
-        task.add_done_callback(self.readers.discard)
-
-    async def _read(self, user: str, ws: ClientConnection) -> None:
-        own = f"user:{user}"
-        broadcasts = self.broadcasts
-        try:
-            while True:
-                raw = await ws.recv(decode=False)
-                now = time.time()  # before any parsing
-                if NEW_MARK not in raw[:48]:
-                    continue  # unread counts, pings' replies and the like
-                notification = orjson.loads(raw)["data"]["notification"]
-                stream = notification["stream"]
-                if stream == own:
-                    self.ids.append(notification["id"])  # drain() replaces the lists
-                    self.times.append(now)
-                    self.users.append(user)
-                elif stream == "all":
-                    seen = broadcasts.get(notification["id"])
-                    if seen is None:
-                        broadcasts[notification["id"]] = [1, now, now]
-                    else:
-                        seen[0] += 1
-                        seen[2] = max(seen[2], now)
-                else:
-                    self.foreign.append(f"{user} got {stream}")
-        except ConnectionClosed as exc:
-            if not self.closing:
-                code = str(exc.rcvd.code) if exc.rcvd is not None else "no close frame"
-                self.dropped[code] = self.dropped.get(code, 0) + 1
-                self.conns.pop(user, None)
 
 
 def main(pipe: Pipe, url: str, secret: str, concurrency: int) -> None:
