@@ -239,6 +239,9 @@ def summary(results: dict[str, Any]) -> str:
         t.row("commit -> last client / per connection",
               f"{_num(m['last_ms'], 1)} ms / {_num(m['wall_us_per_conn'])} us", "(see note)",
               "load generator saturated" if fan["clients_saturated"] else "")
+        notes.append("load: the WebSocket client processes run at nice 10 so that on these two "
+                     "shared cores they do not preempt the daemon being measured (in production "
+                     "clients are remote); this can only add to the latency figures")
         notes.append("fan-out: commit -> last client adds to the server's writes the NOTIFY "
                      "delivery and the clients' reading, done on the same cores (not judged)")
         t.row("commit -> first client", f"{_num(m['first_ms'], 1)} ms")

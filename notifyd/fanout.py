@@ -203,13 +203,15 @@ class Router:
         frame = websocket_text(encode("notification:new", {"notification": notification}))
         timed = len(members) >= FANOUT_LOG_MIN
         started = time.perf_counter() if timed else 0.0
+        sent = 0
         for conn in list(members):
             out = conn.session.offer(stream, seq, frame)
             if out is not None:
                 conn.write(out + trailer if trailer is not None else out)
-                self.delivered += 1
+                sent += 1
             elif trailer is not None:
                 conn.write(trailer)
+        self.delivered += sent
         if timed:
             log.info("fan-out to %d connections took %.3f ms (%s seq %d)", len(members),
                      (time.perf_counter() - started) * 1000, stream, seq)
