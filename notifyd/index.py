@@ -43,6 +43,3 @@ class StreamIndex(Generic[C]):
 
     def subscribers(self, stream: str) -> set[C] | frozenset[C]:
         return self._by_stream.get(stream) or _EMPTY  # type: ignore[return-value]
-
-    def streams(self) -> list[str]:
-        return list(self._by_stream)

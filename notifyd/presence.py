@@ -36,7 +36,3 @@ class LocalPresence:
         if user_id in self._devices:
             return True, None
         return False, self._last_seen.get(user_id)
-
-    @property
-    def online_count(self) -> int:
-        return len(self._devices)
