@@ -32,7 +32,7 @@ from notifyd.protocol import (
     format_time,
     websocket_text,
 )
-from notifyd.server import CLOSE_TOKEN, Connection, connection_factory
+from notifyd.server import CLOSE_REVOKED, CLOSE_TOKEN, Connection, connection_factory
 from notifyd.session import State
 from notifyd.store import Store
 from notifyd.timers import TimerWheel
@@ -58,8 +58,10 @@ class App:
         self.index: StreamIndex[Connection] = StreamIndex()
         self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
         self.presence = LocalPresence()
-        self.listener = Listener(settings.dsn or "", self.router.feed, self.router.catch_up,
+        self.listener = Listener(settings.dsn or "", self.router.feed, self._listening,
                                  self.router.block)
+        self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
+        self.router.on_revoked = self._revoked
         self.connections: set[Connection] = set()
         self.timers: TimerWheel[Connection] = TimerWheel(time.monotonic(), TICK_SECONDS)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -119,7 +121,40 @@ class App:
     # -- Hub: called by connections -----------------------------------------------------
 
     def verify(self, token: str) -> Identity:
-        return self.auth.verify(token)
+        """A valid token whose user's access was not revoked after it was issued."""
+        identity = self.auth.verify(token)
+        if self._is_revoked(identity):
+            raise AuthError("token revoked")
+        return identity
+
+    def admit(self, identity: Identity) -> str | None:
+        """Why a new connection of this identity is refused, or None."""
+        devices = len(self.index.subscribers(identity.user_stream))
+        if devices >= self.settings.max_connections_per_user:
+            return f"too many connections for this user ({devices})"
+        return None
+
+    def _is_revoked(self, identity: Identity) -> bool:
+        at = self.revoked.get(identity.user_id)
+        # A token without iat cannot show it was issued after the revocation.
+        return at is not None and (identity.issued_at is None or identity.issued_at <= at)
+
+    def _revoked(self, user_id: str, at: float) -> None:
+        """notifyd.revoke_user() ran: close the user's connections whose token predates it."""
+        self.revoked[user_id] = max(at, self.revoked.get(user_id, at))
+        for conn in list(self.index.subscribers(f"user:{user_id}")):
+            identity = conn.session.identity
+            if identity is not None and self._is_revoked(identity):
+                log.info("closing connection %s: access of user %s revoked",
+                         conn.session.connection_id, user_id)
+                conn.close(CLOSE_REVOKED, "access revoked")
+
+    async def _listening(self) -> int:
+        """The LISTEN connection is (again) up: reload revocations (one may have been missed
+        meanwhile), then catch up on notifications."""
+        for user_id, at in (await self.store.revocations()).items():
+            self._revoked(user_id, at)
+        return await self.router.catch_up()
 
     def opened(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -180,10 +215,14 @@ class App:
                 self._refuse(conn, ClientError("not-authenticated"), frame.ref)
                 return
             try:
-                identity = self.auth.verify(event.token)
+                identity = self.verify(event.token)
             except AuthError as exc:
                 log.info("auth frame refused: %s", exc)
                 conn.close(CLOSE_TOKEN, str(exc)[:100])
+                return
+            refusal = self.admit(identity)
+            if refusal is not None:
+                conn.close(1008, refusal)
                 return
             conn.session.authenticate(identity)
             self.went_live(conn)
@@ -209,7 +248,7 @@ class App:
     def _refresh(self, conn: Connection, event: Auth, ref: str | None) -> None:
         """A fresh token on a live connection: same user only; extends the connection."""
         try:
-            identity = conn.session.authenticate(self.auth.verify(event.token))
+            identity = conn.session.authenticate(self.verify(event.token))
         except AuthError as exc:
             self._refuse(conn, ClientError("auth-failed", str(exc)), ref)
             return

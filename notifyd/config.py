@@ -64,6 +64,12 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1, maximum=1000),
     Setting("max_send_buffer", "int", 1048576, "send buffer bytes before a slow client gets 4008",
             minimum=4096, maximum=2**30),
+    Setting("rate_limit", "float", 20.0, "client frames per second per connection (sustained)",
+            minimum=0.1, maximum=100000),
+    Setting("rate_burst", "int", 40, "client frames a connection may send at once",
+            minimum=1, maximum=100000),
+    Setting("max_connections_per_user", "int", 20, "live connections per user on one process",
+            minimum=1, maximum=100000),
     Setting("shutdown_timeout", "float", 10.0, "seconds to close connections on SIGTERM",
             minimum=0, maximum=600),
     Setting("log_level", "str", "INFO", "DEBUG, INFO, WARNING or ERROR"),
@@ -94,6 +100,9 @@ class Settings:
     ping_timeout: float = 20.0
     sync_limit: int = 100
     max_send_buffer: int = 1048576
+    rate_limit: float = 20.0
+    rate_burst: int = 40
+    max_connections_per_user: int = 20
     shutdown_timeout: float = 10.0
     log_level: str = "INFO"
     # Not settings: derived at load time.

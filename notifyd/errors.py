@@ -24,6 +24,7 @@ ERROR_CODES: dict[str, str] = {
     "auth-user-mismatch": "the token is for another user",
     "forbidden": "this connection is not subscribed to that stream",
     "sync-in-progress": "the previous sync-request has not been answered yet",
+    "rate-limited": "too many frames; slow down (persisting closes the connection with 1008)",
     "unavailable": "the database is unreachable right now; retry later",
     "internal-error": "an unexpected server error",
 }

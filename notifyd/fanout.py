@@ -49,6 +49,7 @@ class Router:
         self._blocked = True  # until the first catch_up(): the listener is not up yet
         self.delivered = 0  # notification frames written, for metrics and the bench
         self.on_published: Callable[[str, dict[str, Any]], None] | None = None
+        self.on_revoked: Callable[[str, float], None] | None = None
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -169,6 +170,9 @@ class Router:
             self._broadcast(event["s"], frame)
         elif kind == "c":
             self._unread(event["s"], event)
+        elif kind == "x":
+            if self.on_revoked is not None:
+                self.on_revoked(event["user"], float(event["at"]))
         else:
             log.error("unknown NOTIFY event kind %r dropped", kind)
         if self.on_published is not None:

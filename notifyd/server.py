@@ -22,6 +22,7 @@ from websockets.typing import Origin
 from notifyd.auth import Identity
 from notifyd.config import Settings
 from notifyd.errors import AuthError, ClientError
+from notifyd.limits import TokenBucket, Verdict
 from notifyd.protocol import ClientFrame, decode_client_frame, error_frame, websocket_text
 from notifyd.session import Session
 from notifyd.session import State as SessionState
@@ -33,6 +34,7 @@ logging.getLogger("websockets").setLevel(logging.WARNING)
 CLOSE_TOKEN = 4001
 CLOSE_REVOKED = 4003
 CLOSE_SLOW = 4008
+CLOSE_GRACE = 2.0  # seconds for a closing connection's buffered bytes to drain
 MAX_REQUEST_BYTES = 16384  # handshake request line and headers; websockets refuses larger
 
 
@@ -42,6 +44,7 @@ class Hub(TypingProtocol):
     settings: Settings
 
     def verify(self, token: str) -> Identity: ...
+    def admit(self, identity: Identity) -> str | None: ...
     def opened(self, conn: Connection) -> None: ...
     def went_live(self, conn: Connection) -> None: ...
     def closed(self, conn: Connection) -> None: ...
@@ -74,8 +77,8 @@ def token_from_request(request: Request, settings: Settings) -> tuple[str | None
 class Connection(asyncio.Protocol):
     """One client: handshake or HTTP request, then WebSocket frames in and out."""
 
-    __slots__ = ("deadline", "hub", "last_recv", "partial", "pending", "ping_sent", "session",
-                 "transport", "ws")
+    __slots__ = ("bucket", "deadline", "hub", "last_recv", "partial", "pending", "ping_sent",
+                 "session", "transport", "ws")
 
     def __init__(self, hub: Hub, now: float) -> None:
         self.hub = hub
@@ -91,6 +94,7 @@ class Connection(asyncio.Protocol):
         self.pending: bytearray | None = bytearray()  # handshake bytes until the blank line
         self.session = Session(uuid.uuid4().hex)
         self.partial: bytearray | None = None
+        self.bucket: TokenBucket | None = None  # made on the first client frame
         # When the timer looks at this connection next: first the handshake and auth deadline,
         # then keepalive and token expiry (app.App.tick).
         self.deadline = now + s.auth_timeout
@@ -166,12 +170,17 @@ class Connection(asyncio.Protocol):
         self.write(websocket_text(payload))
 
     def close(self, code: int, reason: str) -> None:
-        """Send a close frame and end the connection (the client need not answer)."""
+        """Send a close frame and end the connection (the client need not answer). What is
+        still buffered gets CLOSE_GRACE seconds to drain; then the socket is aborted, so a
+        client that stopped reading cannot hold the memory."""
         if self.ws.state is OPEN:
             self.ws.send_close(code, reason)
             self._flush()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+            if transport.get_write_buffer_size():
+                asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
         self.connection_lost(None)
 
     def abort(self) -> None:
@@ -228,6 +237,10 @@ class Connection(asyncio.Protocol):
                 log.info("handshake refused: %s", exc)
                 ws.send_response(ws.reject(401, f"{exc}\n"))
                 return
+            refusal = self.hub.admit(identity)
+            if refusal is not None:
+                ws.send_response(ws.reject(429, f"{refusal}\n"))
+                return
         ws.send_response(response)
         self._flush()  # the 101 goes out before any frame written directly to the transport
         self._upgrade()
@@ -269,6 +282,17 @@ class Connection(asyncio.Protocol):
 
     def _on_text(self, data: bytes) -> None:
         if self.session.state is SessionState.CLOSED:
+            return
+        s = self.hub.settings
+        if self.bucket is None:
+            self.bucket = TokenBucket(s.rate_burst, self.last_recv)
+        verdict = self.bucket.take(s.rate_limit, s.rate_burst, self.last_recv)
+        if verdict is not Verdict.ALLOW:
+            if verdict is Verdict.CLOSE:
+                log.warning("closing %s: rate limit exceeded", self.session.connection_id)
+                self.close(1008, "rate limit exceeded")
+            else:
+                self._error(ClientError("rate-limited"))
             return
         try:
             frame = decode_client_frame(data)

@@ -74,6 +74,16 @@ class Store:
             raise StoreError(str(exc)) from exc
         return {r["stream"]: StreamState(r["last_seq"], r["unread"]) for r in rows}
 
+    async def revocations(self) -> dict[str, float]:
+        """user id -> moment of revocation (seconds since the epoch)."""
+        try:
+            rows = await self._pool.fetch(
+                "SELECT user_id, extract(epoch FROM revoked_at)::float8 AS at "
+                "FROM notifyd.revocations")
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        return {r["user_id"]: r["at"] for r in rows}
+
     async def mark_read(
         self, user_stream: str, ids: tuple[int, ...] | None, origin: str
     ) -> tuple[list[int], dt.datetime | None]:

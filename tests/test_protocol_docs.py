@@ -38,6 +38,7 @@ ERROR_CODES = (
     "auth-user-mismatch",
     "forbidden",
     "sync-in-progress",
+    "rate-limited",
     "unavailable",
     "internal-error",
 )
