@@ -95,17 +95,23 @@ class App:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, close every connection with 1001, then release the database."""
+        limit = timeout if timeout is not None else self.settings.shutdown_timeout
         if self._server is not None:
             self._server.close()
+        transports = [c.transport for c in self.connections if c.transport is not None]
         for conn in list(self.connections):
             conn.close(1001, "server going away")
-        if self._server is not None:
-            try:
-                await asyncio.wait_for(self._server.wait_closed(),
-                                       timeout if timeout is not None
-                                       else self.settings.shutdown_timeout)
-            except TimeoutError:
-                log.warning("connections still open after the shutdown timeout; aborting them")
+        # Give buffered frames (the close frames among them) until the deadline to drain.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while loop.time() < deadline and any(t.get_write_buffer_size() for t in transports):
+            await asyncio.sleep(0.05)
+        stuck = [t for t in transports if t.get_write_buffer_size()]
+        if stuck:
+            log.warning("%d connections still sending after %.1fs; aborting them",
+                        len(stuck), limit)
+            for transport in stuck:
+                transport.abort()
         if self._ticker is not None:
             self._ticker.cancel()
         for task in list(self._tasks):

@@ -3,6 +3,7 @@
 # in the database, so they are embedded in frames without decoding (orjson.Fragment).
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass, field
 
@@ -55,8 +56,11 @@ class Store:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
         return cls(pool)
 
-    async def close(self) -> None:
-        await self._pool.close()
+    async def close(self, timeout: float = 5.0) -> None:
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout)
+        except TimeoutError:
+            self._pool.terminate()  # a hung server must not hold up shutdown
 
     async def ping(self) -> None:
         try:

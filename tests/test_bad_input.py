@@ -6,7 +6,7 @@ import asyncio
 
 import orjson
 import pytest
-from support import Daemon
+from support import Daemon, running_daemon
 from websockets.exceptions import InvalidStatus
 
 BAD_FRAMES = [
@@ -160,3 +160,11 @@ async def test_oversized_or_unfinished_handshakes_harm_nobody(daemon: Daemon) ->
     writer.close()
     client = await daemon.connect("p2")
     assert (await client.request("ping", {}, "pong"))["type"] == "pong"
+
+
+async def test_silent_tcp_connection_is_dropped_at_the_handshake_deadline(fresh_db: str) -> None:
+    async with running_daemon(fresh_db, auth_timeout=0.3) as d:
+        reader, writer = await asyncio.open_connection("127.0.0.1", d.app.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # sent nothing: aborted
+        writer.close()
+        assert not d.app.connections
