@@ -267,13 +267,20 @@ class App:
 
     async def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
         streams = list(identity.streams)
-        epoch = self._unread_epoch.get(identity.user_stream, 0)
-        try:
-            states = await self.store.stream_states(streams)
-        except StoreError as exc:
-            log.warning("reading stream state failed: %s", exc)
-            self._refuse(conn, ClientError("unavailable"), None)
-            return
+        delay = 0.1
+        while True:
+            epoch = self._unread_epoch.get(identity.user_stream, 0)
+            try:
+                states = await self.store.stream_states(streams)
+                break
+            except StoreError as exc:
+                # Keep trying while the client is connected: the stream floors read here are
+                # where catch-up starts if the LISTEN connection is lost later.
+                log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            if conn.session.state is not State.LIVE:
+                return
         if conn.session.state is not State.LIVE:
             return
         for stream in streams:
