@@ -122,8 +122,9 @@ class Router:
             log.exception("fetching %d large rows failed; retrying", len(refs))
             await asyncio.sleep(0.5)
             return
+        wanted = set(refs)  # references queued during the fetch wait for the next one
         for event in self._queue:
-            if event.get("k") == "n" and "n" not in event:
+            if event.get("k") == "n" and "n" not in event and event["id"] in wanted:
                 wire = rows.get(event["id"])
                 # A row deleted before we fetched it: its deletion event follows in the queue.
                 event["n"] = orjson.Fragment(wire) if wire is not None else None
