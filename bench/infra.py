@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,6 +45,31 @@ def say(message: str) -> None:
 
 
 # -- this process and its children ------------------------------------------------------------
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def guarded(body: Callable[[], dict[str, Any]]) -> dict[str, Any] | int:
+    """A bench's body, run so that whatever happens ends in a message and an exit status:
+    its results, or 130 on Ctrl-C, 1 on a failed step or a crash (the body's own cleanup has
+    stopped everything by then). SIGTERM and SIGHUP stop it as Ctrl-C does."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    try:
+        return body()
+    except KeyboardInterrupt:
+        say("interrupted; everything has been stopped")
+        return 130
+    except BenchError as exc:
+        say(f"FAILED: {exc}")
+        return 1
+    except Exception:
+        traceback.print_exc()
+        say("FAILED (everything has been stopped)")
+        return 1
+
 
 def raise_fd_limit() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard limit; children inherit it. Returns the limit."""
@@ -238,11 +264,12 @@ class Daemon:
     """`notifyd serve` as a subprocess in its own session (Ctrl-C reaches only the bench,
     which stops the daemon itself), its log (stdout and stderr: JSON lines) in a file."""
 
-    def __init__(self, dsn: str, secret: str, workdir: Path, log_level: str = "WARNING") -> None:
+    def __init__(self, dsn: str, secret: str, workdir: Path, log_level: str = "WARNING",
+                 **settings: str) -> None:
         self.port = free_port()
         self.log_path = workdir / "notifyd.log"
         env = child_env(NOTIFYD_DSN=dsn, NOTIFYD_JWT_SECRET=secret, NOTIFYD_HOST="127.0.0.1",
-                        NOTIFYD_PORT=str(self.port), NOTIFYD_LOG_LEVEL=log_level)
+                        NOTIFYD_PORT=str(self.port), NOTIFYD_LOG_LEVEL=log_level, **settings)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 notifyd_command("serve"), env=env, stdin=subprocess.DEVNULL, stdout=log,

@@ -28,19 +28,16 @@ import platform
 import re
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import infra
@@ -487,10 +484,6 @@ def _peak_rss(pid: int) -> int | None:
     return None
 
 
-def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -510,23 +503,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"the open-file limit is {fd_limit}; {needed} are needed (ulimit -Hn)")
         return 2
     # Interruptible even when started in the background (where SIGINT may come ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
 
     started = time.monotonic()
-    try:
-        results = run(args, scale, fd_limit)
-    except KeyboardInterrupt:
-        say("interrupted; everything has been stopped")
-        return 130
-    except BenchError as exc:
-        say(f"FAILED: {exc}")
-        return 1
-    except Exception:
-        traceback.print_exc()
-        say("FAILED (everything has been stopped)")
-        return 1
+    results = infra.guarded(lambda: run(args, scale, fd_limit))
+    if isinstance(results, int):
+        return results
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
     results["problems"] = report.problems(results)
     raw = results.pop("raw")

@@ -319,7 +319,8 @@ class App:
         latest = [s for s in streams if s not in req.cursors]
         try:
             result = await self.store.sync(req.cursors, latest, req.since,
-                                           req.limit or self.settings.sync_limit)
+                                           req.limit or self.settings.sync_limit,
+                                           conn.session.in_flight())
         except StoreError as exc:
             log.warning("sync failed: %s", exc)
             for frame in conn.session.abort_sync():

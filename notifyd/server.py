@@ -147,6 +147,10 @@ class Connection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None  # gone: a pending close-grace abort has nothing left to do
+        self._ended()
+
+    def _ended(self) -> None:
         if self.session.state is not SessionState.CLOSED:
             self.session.close()
             self.hub.closed(self)
@@ -180,8 +184,8 @@ class Connection(asyncio.Protocol):
         if transport is not None:
             transport.close()
             if transport.get_write_buffer_size():
-                asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
-        self.connection_lost(None)
+                asyncio.get_running_loop().call_later(CLOSE_GRACE, self.abort)
+        self._ended()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -241,6 +245,8 @@ class Connection(asyncio.Protocol):
             if refusal is not None:
                 ws.send_response(ws.reject(429, f"{refusal}\n"))
                 return
+        if parse_qs(urlsplit(request.path).query).get("sync") == ["1"]:
+            self.session.wait_for_sync()
         ws.send_response(response)
         self._flush()  # the 101 goes out before any frame written directly to the transport
         self._upgrade()

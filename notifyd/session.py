@@ -19,18 +19,27 @@ class State(enum.Enum):
 class Session:
     """What the server knows of one connection; the server adapter does the I/O."""
 
-    __slots__ = ("_behind", "_cursors", "_held", "connection_id", "identity", "state")
+    __slots__ = ("_behind", "_cursors", "_held", "_live_from", "_waiting", "connection_id",
+                 "identity", "state")
 
     def __init__(self, connection_id: str) -> None:
         self.connection_id = connection_id
         self.state = State.AWAITING_AUTH
         self.identity: Identity | None = None
-        # stream -> last seq this connection has been given (set by a sync; dedupes live items)
+        # stream -> last seq this connection has been given, live or by a sync (dedupes live
+        # items); made on the first item sent
         self._cursors: dict[str, int] | None = None
+        # stream -> first seq sent live since the last sync (or connect). Live items of a
+        # stream come without gaps, so [_live_from, _cursors] is exactly what may still be on
+        # its way to a client that sends a sync-request now: the sync never repeats it.
+        self._live_from: dict[str, int] | None = None
         # stream -> [(seq, frame)] held while a sync for that stream runs
         self._held: dict[str, list[tuple[int, bytes]]] | None = None
         # streams whose sync answered hasMore: live items wait for the next sync-request
         self._behind: set[str] | None = None
+        # the client connected with ?sync=1: nothing goes out live until its first sync-request
+        # (which covers every stream), so a reconnect replays in seq order
+        self._waiting = False
 
     def authenticate(self, identity: Identity) -> Identity:
         """First authentication, or a fresh token on a live connection: then only for the same
@@ -44,6 +53,9 @@ class Session:
         self.identity = identity
         self.state = State.LIVE
         return identity
+
+    def wait_for_sync(self) -> None:
+        self._waiting = True
 
     def close(self) -> None:
         self.state = State.CLOSED
@@ -59,15 +71,29 @@ class Session:
             if held is not None:
                 held.append((seq, frame))
                 return None
+        if self._waiting:
+            return None
         if self._behind is not None and stream in self._behind:
             return None
-        if self._cursors is not None:
-            cursor = self._cursors.get(stream)
-            if cursor is not None:
-                if seq <= cursor:
-                    return None
-                self._cursors[stream] = seq
+        cursors = self._cursors
+        if cursors is None:
+            cursors = self._cursors = {}
+            self._live_from = {}
+        elif seq <= cursors.get(stream, 0):
+            return None
+        cursors[stream] = seq
+        live_from = self._live_from
+        if live_from is None:
+            live_from = self._live_from = {}
+        if stream not in live_from:
+            live_from[stream] = seq
         return frame
+
+    def in_flight(self) -> dict[str, tuple[int, int]]:
+        """stream -> (first, last) seq sent live since the last sync: a sync leaves them out."""
+        if not self._live_from or not self._cursors:
+            return {}
+        return {s: (first, self._cursors[s]) for s, first in self._live_from.items()}
 
     def begin_sync(self, streams: list[str]) -> None:
         if self._held is not None:
@@ -77,21 +103,29 @@ class Session:
     def finish_sync(self, cursors: dict[str, int], has_more: set[str]) -> list[bytes]:
         """The sync-response went out with `cursors`; returns the held frames to send next."""
         held, self._held = self._held or {}, None
+        self._waiting = False
         if self._cursors is None:
             self._cursors = {}
         out: list[bytes] = []
         for stream, items in held.items():
             cursor = cursors.get(stream, 0)
             if stream in has_more:
+                # Another page follows: live items wait, and what was sent live stays out of
+                # the next pages too.
                 if self._behind is None:
                     self._behind = set()
                 self._behind.add(stream)
-                self._cursors[stream] = cursor
+                self._cursors[stream] = max(cursor, self._cursors.get(stream, 0))
                 continue
             if self._behind is not None:
                 self._behind.discard(stream)
+            if self._live_from is None:
+                self._live_from = {}
+            self._live_from.pop(stream, None)
             for seq, frame in sorted(items, key=lambda item: item[0]):
                 if seq > cursor:
+                    # sent after the response: on its way like any live item
+                    self._live_from.setdefault(stream, seq)
                     out.append(frame)
                     cursor = seq
             self._cursors[stream] = cursor

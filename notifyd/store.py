@@ -140,9 +140,13 @@ class Store:
         latest: list[str],
         since: dt.datetime | None,
         limit: int,
+        in_flight: dict[str, tuple[int, int]] | None = None,
     ) -> SyncResult:
         """Answer a sync-request in one snapshot. `cursors`: streams with a cursor; `latest`:
-        streams without one (items created after `since`, else the latest `limit`)."""
+        streams without one (items created after `since`, else the latest `limit`).
+        `in_flight`: per stream, the seq range this connection was sent live since its last
+        sync; it may still be on its way, so it is left out and not sent twice."""
+        in_flight = in_flight or {}
         result = SyncResult()
         streams = [*cursors, *latest]
         try:
@@ -161,28 +165,35 @@ class Store:
                         result.reset.append(stream)
                         await self._latest(conn, stream, None, limit, last_seq, result)
                         continue
+                    first, last = in_flight.get(stream, (0, -1))
                     rows = await conn.fetch(
                         f"SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
-                        "WHERE n.stream = $1 AND n.seq > $2 ORDER BY n.seq LIMIT $3",
-                        stream, cursor, limit + 1)
-                    self._take(stream, rows, limit, cursor, result)
+                        "WHERE n.stream = $1 AND n.seq > $2 AND n.seq NOT BETWEEN $4 AND $5 "
+                        "ORDER BY n.seq LIMIT $3",
+                        stream, cursor, limit + 1, first, last)
+                    self._take(stream, rows, limit, max(cursor, last), result)
                 for stream in latest:
                     last_seq, _ = states.get(stream, (0, 0))
-                    await self._latest(conn, stream, since, limit, last_seq, result)
+                    await self._latest(conn, stream, since, limit, last_seq, result,
+                                       in_flight.get(stream, (0, -1)))
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return result
 
     @staticmethod
     def _take(
-        stream: str, rows: list[asyncpg.Record], limit: int, cursor: int, result: SyncResult
+        stream: str, rows: list[asyncpg.Record], limit: int, floor: int, result: SyncResult
     ) -> None:
+        """Rows in seq order; the cursor is the last one given, or `floor` (what the client
+        has without them) when that is higher and no page follows."""
         if len(rows) > limit:
             result.has_more.add(stream)
             rows = rows[:limit]
+            result.cursors[stream] = rows[-1]["seq"]
+        else:
+            result.cursors[stream] = max(rows[-1]["seq"], floor) if rows else floor
         for r in rows:
             result.notifications.append(orjson.Fragment(r["wire"]))
-        result.cursors[stream] = rows[-1]["seq"] if rows else cursor
 
     async def _latest(
         self,
@@ -192,21 +203,26 @@ class Store:
         limit: int,
         last_seq: int,
         result: SyncResult,
+        skip: tuple[int, int] = (0, -1),
     ) -> None:
+        """A stream without a cursor: items created after `since`, else its latest `limit`;
+        either way never the `skip` range (sent live on this connection already)."""
         if since is not None:
             rows = await conn.fetch(
                 f"SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
-                "WHERE n.stream = $1 AND n.created_at > $2 ORDER BY n.seq LIMIT $3",
-                stream, since, limit + 1)
+                "WHERE n.stream = $1 AND n.created_at > $2 AND n.seq NOT BETWEEN $4 AND $5 "
+                "ORDER BY n.seq LIMIT $3",
+                stream, since, limit + 1, *skip)
             if len(rows) > limit:
                 self._take(stream, rows, limit, 0, result)
                 return
         else:
             rows = list(reversed(await conn.fetch(
                 f"SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
-                "WHERE n.stream = $1 ORDER BY n.seq DESC LIMIT $2",
-                stream, limit)))
+                "WHERE n.stream = $1 AND n.seq NOT BETWEEN $3 AND $4 "
+                "ORDER BY n.seq DESC LIMIT $2",
+                stream, limit, *skip)))
         for r in rows:
             result.notifications.append(orjson.Fragment(r["wire"]))
         # Nothing more is missing: the client is now at the stream's head.
-        result.cursors[stream] = last_seq
+        result.cursors[stream] = max(last_seq, skip[1])

@@ -182,6 +182,36 @@ def test_session_behind_after_has_more_and_abort() -> None:
     assert s.offer("user:1", 12, b"f12") == b"f12"
 
 
+def test_session_in_flight_covers_live_and_released_items_until_the_next_sync() -> None:
+    s = live_session()
+    assert s.in_flight() == {}
+    s.offer("user:1", 3, b"f3")
+    s.offer("user:1", 4, b"f4")
+    assert s.in_flight() == {"user:1": (3, 4)}  # may still be on its way: a sync skips it
+    s.begin_sync(["user:1", "all"])
+    s.offer("user:1", 9, b"f9")  # held during the sync, sent after the response
+    assert s.finish_sync({"user:1": 8, "all": 0}, set()) == [b"f9"]
+    assert s.in_flight() == {"user:1": (9, 9)}
+    s.begin_sync(["user:1", "all"])
+    s.offer("all", 2, b"a2")
+    assert s.finish_sync({"user:1": 9, "all": 1}, {"all"}) == []  # all: another page
+    assert s.in_flight() == {}
+
+
+def test_session_waiting_for_sync_sends_nothing_live_until_the_response() -> None:
+    s = live_session()
+    s.wait_for_sync()
+    assert s.offer("user:1", 1, b"f1") is None  # the sync brings it
+    s.begin_sync(["user:1", "all"])
+    s.offer("user:1", 2, b"f2")
+    assert s.abort_sync() == []  # a failed sync: still waiting for one that answers
+    assert s.offer("user:1", 3, b"f3") is None
+    s.begin_sync(["user:1", "all"])
+    s.offer("user:1", 4, b"f4")
+    assert s.finish_sync({"user:1": 3, "all": 0}, set()) == [b"f4"]
+    assert s.offer("user:1", 5, b"f5") == b"f5"
+
+
 def test_session_refresh_keeps_subscriptions() -> None:
     s = live_session()
     auth = Authenticator(config.load({"NOTIFYD_JWT_SECRET": SECRET}))

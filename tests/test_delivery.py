@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import asyncpg
 from support import Client, Daemon
@@ -119,6 +120,10 @@ async def test_sync_without_cursor_replays_latest_and_since(daemon: Daemon) -> N
     middle = await daemon.sql("SELECT created_at FROM notifyd.notifications WHERE seq = 2")
     since = await client.sync({}, since=middle.isoformat())
     assert [n["seq"] for n in since["notifications"]] == [3, 4]
+    # a cursor wins over `since` for its stream; asked again explicitly, items are given again
+    again = await client.sync({"user:u4": 0}, since=middle.isoformat())
+    assert [n["seq"] for n in again["notifications"]] == [1, 2, 3, 4]
+    assert again["cursors"]["user:u4"] == 4
 
 
 async def test_sync_reset_when_cursor_is_ahead_of_the_stream(daemon: Daemon) -> None:
@@ -151,11 +156,15 @@ async def test_eight_concurrent_writers_give_contiguous_seqs_in_order(daemon: Da
     assert [r["seq"] for r in seqs] == list(range(1, 8 * per_writer + 1))
 
 
-async def test_sync_while_writers_insert_gives_every_seq_once_in_order(daemon: Daemon) -> None:
+async def _sync_under_writers(daemon: Daemon, user: str, query: str
+                              ) -> tuple[Client, dict[str, Any], int]:
+    """50 items, then a client connecting and syncing from cursor 10 while 4 writers insert
+    for the same user; returns the client, the response and how many items exist in all."""
     pool = await daemon.pool()
     for i in range(50):
-        await daemon.notify("busy", f"before {i}")
-    client = await daemon.connect("busy")
+        await daemon.notify(user, f"before {i}")
+    client = await daemon.raw(f"?{query}token={daemon.token(user)}")
+    await client.expect("connection-confirmed")
     stop = asyncio.Event()
     written = 50
 
@@ -163,32 +172,52 @@ async def test_sync_while_writers_insert_gives_every_seq_once_in_order(daemon: D
         nonlocal written
         async with pool.acquire() as conn:
             while not stop.is_set():
-                await conn.execute("SELECT notifyd.notify('busy', 'w', 'during', 'm')")
+                await conn.execute("SELECT notifyd.notify($1, 'w', 'during', 'm')", user)
                 written += 1
                 await asyncio.sleep(random.random() * 0.002)
 
     writers = [asyncio.create_task(writer()) for _ in range(4)]
     await asyncio.sleep(0.05)
-    result = await client.sync({"user:busy": 10}, limit=1000)
-    client.drop_backlog()  # live frames that came before the response: not part of the check
+    result = await client.sync({f"user:{user}": 10}, limit=1000)
     await asyncio.sleep(0.2)
     stop.set()
     await asyncio.gather(*writers)
+    last = 0
+    while last < written:
+        last = max(last, (await client.next_data("notification:new"))["notification"]["seq"])
+    return client, result, written
+
+
+def _new_seqs(client: Client) -> list[int]:
+    return [f["data"]["notification"]["seq"] for f in client.seen
+            if f["type"] == "notification:new"]
+
+
+async def test_sync_while_writers_insert_gives_every_seq_once_in_order(daemon: Daemon) -> None:
+    """With ?sync=1 the contract's order holds exactly: the response, then live items, every
+    seq above the cursor once, ascending."""
+    client, result, written = await _sync_under_writers(daemon, "busy", "sync=1&")
     seqs = [n["seq"] for n in result["notifications"]]
     cursor = result["cursors"]["user:busy"]
     assert seqs == list(range(11, cursor + 1))
-    # after the response: live items continue from the cursor, none missing, none twice
-    frames = client.seen
-    after = []
-    answered = False
-    for f in frames:
-        if f["type"] == "notification:sync-response":
-            answered = True
-        elif f["type"] == "notification:new" and answered:
-            after.append(f["data"]["notification"]["seq"])
-    while (after[-1] if after else cursor) < written:
-        after.append((await client.next_data("notification:new"))["notification"]["seq"])
-    assert after == list(range(cursor + 1, written + 1))
+    frames = [f["type"] for f in client.seen if f["type"].startswith("notification:")
+              and f["type"] != "notification:unread-count"]
+    assert frames[0] == "notification:sync-response"  # nothing live before it
+    assert _new_seqs(client) == list(range(cursor + 1, written + 1))
+
+
+async def test_sync_without_flag_under_writers_still_gives_every_seq_once(
+        daemon: Daemon) -> None:
+    """Without ?sync=1, items sent live before the server read the request are not repeated
+    in the response: every seq above the cursor arrives exactly once."""
+    client, result, written = await _sync_under_writers(daemon, "busy2", "")
+    got = [n["seq"] for n in result["notifications"]] + _new_seqs(client)
+    assert sorted(got) == list(range(11, written + 1))
+    answered = next(i for i, f in enumerate(client.seen)
+                    if f["type"] == "notification:sync-response")
+    after = [f["data"]["notification"]["seq"] for f in client.seen[answered:]
+             if f["type"] == "notification:new"]
+    assert after == sorted(after)  # live items after the response: ascending
 
 
 async def test_announcements_reach_roles_and_everyone(daemon: Daemon) -> None:
@@ -297,3 +326,64 @@ async def test_sql_api_validates_its_input(daemon: Daemon) -> None:
         pass
     else:
         raise AssertionError("a notification moved to another user")
+
+
+async def test_sync_does_not_repeat_what_the_connection_was_just_sent(daemon: Daemon) -> None:
+    """A live item written before the server read the client's sync-request is still on its
+    way when the client sends the request: the response must not repeat it."""
+    client = await daemon.connect("race")
+    await daemon.notify("race", "live before the request")
+    await client.expect("notification:new")  # sent live: seq 1 is this connection's
+    await daemon.notify("race", "committed later")
+    result = await client.sync({"user:race": 0})
+    seqs = [n["seq"] for n in result["notifications"]]
+    live = [f["data"]["notification"]["seq"] for f in client.seen
+            if f["type"] == "notification:new"]
+    assert sorted(seqs + live) == [1, 2] and len(seqs + live) == 2  # each exactly once
+    assert result["cursors"]["user:race"] == 2
+
+
+async def test_large_row_queued_during_a_fetch_is_not_dropped(daemon: Daemon) -> None:
+    """Two rows too large for NOTIFY, committed a moment apart: the second arrives while the
+    first is being fetched by id, and must be fetched too, not taken for deleted."""
+    client = await daemon.connect("big2")
+    pool = await daemon.pool()
+    big = "x" * 10000
+    await asyncio.gather(*(pool.execute("SELECT notifyd.notify('big2', 't', $1, $2)",
+                                        str(i), big) for i in range(6)))
+    got = await collect_new(client, 6)
+    assert sorted(n["seq"] for n in got) == [1, 2, 3, 4, 5, 6]
+    assert [n["seq"] for n in got] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_reconnect_with_sync_flag_replays_in_order_with_writers_racing(
+        daemon: Daemon) -> None:
+    """?sync=1: nothing goes out live until the first sync-request, so items committed between
+    the handshake and the request cannot overtake the missed ones."""
+    for i in range(3):
+        await daemon.notify("flag", f"missed {i}")
+    client = await daemon.raw(f"?sync=1&token={daemon.token('flag')}")
+    await client.expect("connection-confirmed")
+    for i in range(3):  # committed after the connection went live, before the request
+        await daemon.notify("flag", f"racing {i}")
+    await client.quiet(0.2)
+    assert not [f for f in client.seen if f["type"] == "notification:new"]
+    result = await client.sync({"user:flag": 1})
+    assert [n["seq"] for n in result["notifications"]] == [2, 3, 4, 5, 6]
+    await daemon.notify("flag", "after")
+    assert (await client.next_data("notification:new"))["notification"]["seq"] == 7
+    news = [f["data"]["notification"]["seq"] for f in client.seen
+            if f["type"] == "notification:new"]
+    assert news == [7]
+
+
+async def test_sync_flag_without_a_sync_request_sends_nothing_live_and_still_counts(
+        daemon: Daemon) -> None:
+    client = await daemon.raw(f"?sync=1&token={daemon.token('flag2')}")
+    await client.expect("connection-confirmed")
+    await daemon.notify("flag2", "waits for the sync")
+    count = await client.next_data("notification:unread-count")
+    while count["count"] == 0:  # the one on connect, then the one after the insert
+        count = await client.next_data("notification:unread-count")
+    assert count["count"] == 1
+    assert not [f for f in client.seen if f["type"] == "notification:new"]
