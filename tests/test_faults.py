@@ -9,13 +9,14 @@ import contextlib
 import itertools
 import random
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import jwt
-from faults_support import CursorClient, ServeProcess, eventually, http_get
+from faults_support import CursorClient, RawClient, ServeProcess, eventually, http_get
 from support import SECRET, Client, Daemon, free_port, running_daemon
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -303,6 +304,50 @@ async def test_kill_9_under_load_clients_resync_without_gap_or_duplicate(
             assert c.accepted[stream] == expected, (c.user, stream)
             assert c.have[stream] == set(expected), (c.user, stream)
         assert c.streams == {f"user:{c.user}", *(f"role:{r}" for r in users[c.user]), "all"}
+
+
+async def test_sigterm_with_a_stalled_client_exits_within_the_shutdown_timeout(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    """A client that stopped reading keeps its close frame from draining: SIGTERM still ends
+    the process within NOTIFYD_SHUTDOWN_TIMEOUT, and a reading client gets 1001."""
+    port = free_port()
+    # 1 s: shorter than the 2 s any closed connection gets to drain, so the shutdown's own
+    # deadline is what ends the stalled one
+    daemon = ServeProcess(fresh_db, port, tmp_path, NOTIFYD_SHUTDOWN_TIMEOUT="1",
+                          NOTIFYD_MAX_SEND_BUFFER=str(64 << 20))  # never closed as slow
+    await daemon.start()
+    stalled: RawClient | None = None
+    try:
+        stalled = await RawClient.open(f"ws://127.0.0.1:{port}/ws?token="
+                                       f"{issue_token(SECRET, 'stalled', [], 3600)}")
+        reading = Client(await connect(f"ws://127.0.0.1:{port}/ws?token="
+                                       f"{issue_token(SECRET, 'reading', [], 3600)}"))
+        await reading.expect("connection-confirmed")
+        pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=4)
+        try:
+            await asyncio.gather(*(pool.execute(
+                "SELECT notifyd.notify('stalled', 't', $1, $2)", str(i), "x" * 50_000)
+                for i in range(200)))  # 10 MB waiting for a client that does not read
+            # the router goes in commit order: when this arrives, all of that was written
+            await pool.execute("SELECT notifyd.notify('reading', 't', 'after', 'm')")
+            await reading.expect("notification:new")
+        finally:
+            await pool.close()
+        assert daemon.proc is not None
+        started = asyncio.get_running_loop().time()
+        daemon.proc.send_signal(signal.SIGTERM)
+        code, _ = await reading.closed(timeout=10)
+        assert code == 1001
+        rc = await asyncio.to_thread(daemon.proc.wait, 15)
+        took = asyncio.get_running_loop().time() - started
+        assert rc == 0 and 1 <= took < 1 + 3, took  # the timeout, plus the pool's bounded close
+        log = daemon.log_path.read_text()
+        assert "still sending" in log, log[-2000:]
+    finally:
+        if stalled is not None:
+            stalled.close()
+        daemon.stop()
 
 
 # -- c. a flood of bad handshakes -------------------------------------------------------------
