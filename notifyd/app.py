@@ -11,11 +11,14 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from websockets.datastructures import Headers
+
 from notifyd import PROTOCOL_VERSION
 from notifyd.auth import Authenticator, Identity
 from notifyd.config import Settings
 from notifyd.errors import AuthError, ClientError, StoreError
 from notifyd.fanout import Router
+from notifyd.http_api import HttpAnswer, HttpApi
 from notifyd.index import StreamIndex
 from notifyd.listener import Listener
 from notifyd.presence import LocalPresence
@@ -51,10 +54,12 @@ def _now_iso() -> str:
 class App:
     """One notifyd process."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, dev: bool = False) -> None:
         self.settings = settings
         self.store = store
         self.auth = Authenticator(settings)
+        # `dev`: the demo page and its token and send helpers (`notifyd dev` only)
+        self.http_api = HttpApi(settings, store, self.verify, lambda: self.ready, dev)
         self.index: StreamIndex[Connection] = StreamIndex()
         self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
         self.presence = LocalPresence()
@@ -206,13 +211,16 @@ class App:
         if self.presence.disconnected(identity.user_id, time.time()):
             self._presence_event("presence:offline", identity)
 
-    def http(self, route: str) -> tuple[int, str, bytes] | None:
-        text = "text/plain; charset=utf-8"
-        if route == "/healthz":
-            return 200, text, b"ok\n"
-        if route == "/readyz":
-            return (200, text, b"ready\n") if self.ready else (503, text, b"not ready\n")
-        return None
+    def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
+        self.spawn(self._http(conn, method, target, headers))
+
+    async def _http(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
+        try:
+            answer = await self.http_api.answer(method, target, headers)
+        except Exception:
+            log.exception("%s %s failed", method, target[:200])
+            answer = HttpAnswer(500, b"internal error\n", "text/plain; charset=utf-8")
+        conn.respond(answer.status, answer.content_type, answer.body, answer.headers)
 
     def handle(self, conn: Connection, frame: ClientFrame) -> None:
         event, session = frame.event, conn.session

@@ -98,7 +98,7 @@ def _migrate(dsn: str) -> int:
     return 0
 
 
-def _serve(settings: config.Settings, announce: str | None = None) -> int:
+def _serve(settings: config.Settings, announce: str | None = None, dev: bool = False) -> int:
     import uvloop
 
     from notifyd.app import App
@@ -110,7 +110,7 @@ def _serve(settings: config.Settings, announce: str | None = None) -> int:
         except StoreError as exc:
             log.error("%s", exc)
             return 1
-        app = App(settings, store)
+        app = App(settings, store, dev=dev)
         try:
             await app.start()
         except OSError as exc:
@@ -148,6 +148,7 @@ def _dev(args: argparse.Namespace) -> int:
     settings = config.validate(config.Settings(dsn=dsn, jwt_secret=secret, port=args.port,
                                                host="127.0.0.1"))
     try:
-        return _serve(settings, banner(dsn, psql, secret, settings.host, settings.port))
+        return _serve(settings, banner(dsn, psql, secret, settings.host, settings.port),
+                      dev=True)
     finally:
         server.cleanup()

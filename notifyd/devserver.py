@@ -40,6 +40,8 @@ def banner(dsn: str, psql: Path, secret: str, host: str, port: int, user: str = 
         "",
         f"notifyd dev is running on ws://{base}/ws  (Ctrl-C stops everything)",
         "",
+        f"Demo page: http://{base}/  (?user=bob for another user)",
+        "",
         f"Token for user {user} (valid 7 days):",
         f"  {token}",
         "",

@@ -154,6 +154,29 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], ClientEvent]] = {
 CLIENT_EVENTS = frozenset(_DECODERS)
 
 
+def poll_request(query: dict[str, list[str]]) -> SyncRequest:
+    """GET /v1/notifications: `cursor=<stream>:<seq>` (repeatable), `since`, `limit`, read as
+    the sync-request they stand for."""
+    data: dict[str, Any] = {"cursors": {}}
+    for item in query.get("cursor", []):
+        stream, _, seq = item.rpartition(":")  # streams hold colons; the seq does not
+        if not stream or not seq.isdigit():
+            raise _invalid("cursor", "<stream>:<seq>, e.g. user:42:17")
+        data["cursors"][stream] = int(seq)
+    for name in ("since", "limit"):
+        if query.get(name):
+            value = query[name][-1]
+            data[name] = int(value) if name == "limit" and value.isdigit() else value
+    return _sync(data)
+
+
+def mark_read_request(query: dict[str, list[str]]) -> MarkRead:
+    """POST /v1/notifications/read?ids=1,2,3"""
+    raw = ",".join(query.get("ids", [])).split(",")
+    ids: list[Any] = [int(i) if i.strip().isdigit() else i for i in raw if i.strip()]
+    return _mark_read({"ids": ids})
+
+
 def decode_client_frame(text: str | bytes) -> ClientFrame:
     """Decode one client text frame. Raises ClientError; its `ref` is set when the frame had one."""
     try:

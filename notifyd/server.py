@@ -1,5 +1,5 @@
 # The network edge: one small asyncio.Protocol per TCP connection driving websockets' sans-I/O
-# ServerProtocol (no task per connection), plain HTTP GET routes on the same port, and the
+# ServerProtocol (no task per connection), plain HTTP requests handed to the Hub, and the
 # translation of errors into frames, HTTP statuses and close codes. Application logic lives in
 # the Hub (app.py); this module never touches PostgreSQL.
 from __future__ import annotations
@@ -8,13 +8,16 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from typing import Protocol as TypingProtocol
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, SERVER, Protocol, State
 from websockets.server import ServerProtocol
 from websockets.typing import Origin
@@ -49,7 +52,7 @@ class Hub(TypingProtocol):
     def went_live(self, conn: Connection) -> None: ...
     def closed(self, conn: Connection) -> None: ...
     def handle(self, conn: Connection, frame: ClientFrame) -> None: ...
-    def http(self, route: str) -> tuple[int, str, bytes] | None: ...
+    def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None: ...
 
 
 def token_from_request(request: Request, settings: Settings) -> tuple[str | None, bool]:
@@ -216,13 +219,7 @@ class Connection(asyncio.Protocol):
         assert isinstance(ws, ServerProtocol)  # requests come only before the upgrade
         route = urlsplit(request.path).path
         if route != "/ws":
-            answer = self.hub.http(route) if request.method == "GET" else None
-            status, content_type, body = answer or (404, "text/plain; charset=utf-8",
-                                                    b"not found\n")
-            response = ws.reject(status, body.decode())
-            del response.headers["Content-Type"]  # Headers is a multi-dict: replace, not add
-            response.headers["Content-Type"] = content_type
-            ws.send_response(response)
+            self.hub.http(self, request.method, request.path, request.headers)
             return
         response = ws.accept(request)
         if response.status_code != 101:
@@ -252,6 +249,17 @@ class Connection(asyncio.Protocol):
         self._upgrade()
         if identity is not None:
             self._go_live(identity)
+
+    def respond(self, status: int, content_type: str, body: bytes,
+                headers: list[tuple[str, str]]) -> None:
+        """The answer to a plain HTTP request (see http_api); the connection then closes."""
+        ws = self.ws
+        if self.transport is None or not isinstance(ws, ServerProtocol):
+            return
+        ws.send_response(Response(status, HTTPStatus(status).phrase, Headers([
+            ("Date", formatdate(usegmt=True)), ("Content-Type", content_type),
+            ("Content-Length", str(len(body))), ("Connection", "close"), *headers]), body))
+        self._flush()
 
     def _upgrade(self) -> None:
         """Replace the handshake protocol by a frame-level one. ServerProtocol's parser keeps

@@ -88,6 +88,18 @@ class Store:
             raise StoreError(str(exc)) from exc
         return {r["user_id"]: r["at"] for r in rows}
 
+    async def insert_demo(self, user_id: str, title: str, message: str, priority: str) -> int:
+        """One notification for `user_id`, as an app would insert it (the demo page's form)."""
+        if priority not in ("low", "medium", "high"):
+            priority = "medium"
+        try:
+            nid: int = await self._pool.fetchval(
+                "SELECT notifyd.notify($1, 'demo:message', $2, $3, '{}', $4)",
+                user_id, title, message, priority)
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreError(str(exc)) from exc
+        return nid
+
     async def mark_read(
         self, user_stream: str, ids: tuple[int, ...] | None, origin: str
     ) -> tuple[list[int], dt.datetime | None]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from protocol_schema import validate_server_frame
-from support import ROOT, SECRET, Client, notifyd_cmd, subprocess_env
+from support import ROOT, SECRET, Client, http_request, notifyd_cmd, subprocess_env
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -36,15 +36,8 @@ DOCUMENTED_ERRORS = frozenset({
 
 async def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
     """(status, body) of a plain GET on the daemon's port."""
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-            data = await reader.read()
-        finally:
-            writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    status, _, body = await http_request(port, "GET", path, timeout=timeout)
+    return status, body
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float, what: str,

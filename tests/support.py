@@ -225,17 +225,38 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(dsn: str, **overrides: Any) -> AsyncIterator[Daemon]:
+async def running_daemon(dsn: str, dev: bool = False, **overrides: Any
+                         ) -> AsyncIterator[Daemon]:
     settings = config.validate(config.Settings(
         dsn=dsn, jwt_secret=SECRET, port=0, **overrides))
     store = await Store.open(dsn)
-    app = App(settings, store)
+    app = App(settings, store, dev=dev)
     await app.start()
     daemon = Daemon(app, dsn, settings)
     try:
         yield daemon
     finally:
         await daemon.aclose()
+
+
+async def http_request(port: int, method: str, path: str,
+                       headers: dict[str, str] | None = None, timeout: float = 10
+                       ) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body) of one plain HTTP request to the daemon."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
+             *(f"{k}: {v}" for k, v in (headers or {}).items()), "", ""]
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write("\r\n".join(lines).encode())
+            data = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {k.strip().lower(): v.strip() for k, _, v in
+              (line.partition(":") for line in header_lines)}
+    return int(status_line.split(" ", 2)[1]), parsed, body
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,

@@ -1,0 +1,183 @@
+# Plain HTTP on the daemon's port: health, the polling API (/v1/...) for clients that cannot
+# hold a WebSocket, the browser client at /notifyd.js and, under `notifyd dev`, the demo page and
+# its helpers. The server adapter hands over a parsed request and writes the HttpAnswer back.
+# The /v1 API is authenticated by a bearer token, never a cookie, so any page may call it (CORS
+# `*`) unless NOTIFYD_ALLOWED_ORIGINS names the pages that may.
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import importlib.resources
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from notifyd.auth import Identity, issue_token
+from notifyd.config import Settings
+from notifyd.errors import AuthError, ClientError, StoreError
+from notifyd.protocol import format_time, mark_read_request, poll_request
+from notifyd.store import Store
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
+DEV_TOKEN_TTL = 24 * 3600
+STATUS_OF = {"invalid-data": 400, "auth-failed": 401, "forbidden": 403, "unavailable": 503}
+
+
+@dataclasses.dataclass(slots=True)
+class HttpAnswer:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+def _static(name: str) -> bytes:
+    return (importlib.resources.files("notifyd") / "static" / name).read_bytes()
+
+
+def _error(status: int, code: str, message: str) -> HttpAnswer:
+    return HttpAnswer(status, orjson.dumps({"code": code, "message": message}))
+
+
+class HttpApi:
+    """Answers every request on the port but the WebSocket upgrade."""
+
+    def __init__(self, settings: Settings, store: Store, verify: Callable[[str], Identity],
+                 ready: Callable[[], bool], dev: bool = False) -> None:
+        self.settings = settings
+        self.store = store
+        self.verify = verify
+        self.ready = ready
+        self.dev = dev
+        self.client_js = _static("notifyd.js")
+        self.demo = _static("demo.html") if dev else b""
+        self.routes: dict[tuple[str, str], Callable[..., Awaitable[HttpAnswer]]] = {
+            ("GET", "/v1/notifications"): self._notifications,
+            ("GET", "/v1/unread-count"): self._unread_count,
+            ("POST", "/v1/notifications/read"): self._mark_read,
+            ("POST", "/v1/notifications/read-all"): self._mark_read,
+        }
+
+    async def answer(self, method: str, target: str, headers: Any) -> HttpAnswer:
+        parts = urlsplit(target)
+        route, query = parts.path, parse_qs(parts.query)
+        cors = self._cors(headers.get("Origin"))
+        if route.startswith("/v1/"):
+            if method == "OPTIONS":  # a browser's preflight for the Authorization header
+                return HttpAnswer(204, b"", TEXT, [
+                    *cors, ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                    ("Access-Control-Allow-Headers", "Authorization"),
+                    ("Access-Control-Max-Age", "600")])
+            answer = await self._api(method, route, query, headers)
+            answer.headers += [*cors, ("Cache-Control", "no-store")]
+            return answer
+        if self.dev and route == "/dev/notify" and method == "POST":
+            return await self._dev_notify(query)
+        if method != "GET":
+            return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", "GET")])
+        if route == "/healthz":
+            return HttpAnswer(200, b"ok\n", TEXT)
+        if route == "/readyz":
+            return HttpAnswer(200, b"ready\n", TEXT) if self.ready() else \
+                HttpAnswer(503, b"not ready\n", TEXT)
+        if route == "/notifyd.js":
+            # a module script from another origin needs CORS; it holds no secret
+            return HttpAnswer(200, self.client_js, "text/javascript; charset=utf-8",
+                              [("Access-Control-Allow-Origin", "*"),
+                               ("Cache-Control", "no-cache")])
+        if self.dev and route in ("/", "/index.html"):
+            return HttpAnswer(200, self.demo, "text/html; charset=utf-8",
+                              [("Cache-Control", "no-cache")])
+        if self.dev and route == "/dev/token":
+            return self._dev_token(query)
+        return HttpAnswer(404, b"not found\n", TEXT)
+
+    def _cors(self, origin: str | None) -> list[tuple[str, str]]:
+        allowed = self.settings.allowed_origins
+        if not allowed:
+            return [("Access-Control-Allow-Origin", "*")]
+        if origin is not None and origin in allowed:
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return [("Vary", "Origin")]
+
+    # -- /v1 ------------------------------------------------------------------------------
+
+    async def _api(self, method: str, route: str, query: dict[str, list[str]],
+                   headers: Any) -> HttpAnswer:
+        handler = self.routes.get((method, route))
+        if handler is None:
+            if any(r == route for _, r in self.routes):
+                return _error(405, "method-not-allowed", f"{method} is not allowed here")
+            return _error(404, "not-found", "no such endpoint")
+        header = headers.get("Authorization") or ""
+        token = header[7:].strip() if header[:7].lower() == "bearer " else None
+        token = token or (query.get("token") or [""])[-1]
+        if not token:
+            return _error(401, "auth-failed", "send Authorization: Bearer <token>")
+        try:
+            identity = self.verify(token)
+            result: HttpAnswer = await handler(identity, route, query)
+            return result
+        except AuthError as exc:
+            return _error(401, "auth-failed", str(exc))
+        except ClientError as exc:
+            return _error(STATUS_OF.get(exc.code, 400), exc.code, exc.message)
+        except StoreError as exc:
+            log.warning("%s %s failed: %s", method, route, exc)
+            return _error(503, "unavailable", ClientError("unavailable").message)
+
+    async def _notifications(self, identity: Identity, route: str,
+                             query: dict[str, list[str]]) -> HttpAnswer:
+        """Like a sync-request on a connection of this identity."""
+        req = poll_request(query)
+        streams = identity.streams
+        for stream in req.cursors:
+            if stream not in streams:
+                raise ClientError("forbidden", f"not subscribed to stream {stream[:80]!r}")
+        latest = [s for s in streams if s not in req.cursors]
+        result = await self.store.sync(req.cursors, latest, req.since,
+                                       req.limit or self.settings.sync_limit)
+        return HttpAnswer(200, orjson.dumps({
+            "notifications": result.notifications, "cursors": result.cursors,
+            "reset": result.reset, "hasMore": bool(result.has_more)}))
+
+    async def _unread_count(self, identity: Identity, route: str,
+                            query: dict[str, list[str]]) -> HttpAnswer:
+        states = await self.store.stream_states([identity.user_stream])
+        state = states.get(identity.user_stream)
+        return HttpAnswer(200, orjson.dumps({"count": state.unread if state else 0}))
+
+    async def _mark_read(self, identity: Identity, route: str,
+                         query: dict[str, list[str]]) -> HttpAnswer:
+        ids = None if route.endswith("read-all") else mark_read_request(query).ids
+        changed, read_at = await self.store.mark_read(identity.user_stream, ids, "http")
+        return HttpAnswer(200, orjson.dumps({
+            "ids": changed, "readAt": format_time(read_at) if read_at else None}))
+
+    # -- `notifyd dev` only ----------------------------------------------------------------
+
+    def _dev_token(self, query: dict[str, list[str]]) -> HttpAnswer:
+        user = (query.get("user") or ["alice"])[-1][:64]
+        roles = [r for r in (query.get("role") or ["user"]) if r][:8]
+        token = issue_token(self.settings.jwt_secret or "", user, roles, ttl=DEV_TOKEN_TTL)
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=DEV_TOKEN_TTL)
+        return HttpAnswer(200, orjson.dumps({"token": token, "user": user, "roles": roles,
+                                             "expiresAt": format_time(expires)}),
+                          headers=[("Cache-Control", "no-store")])
+
+    async def _dev_notify(self, query: dict[str, list[str]]) -> HttpAnswer:
+        def one(name: str, default: str) -> str:
+            return (query.get(name) or [default])[-1][:2000]
+
+        try:
+            nid = await self.store.insert_demo(one("user", "alice"), one("title", "Hello"),
+                                               one("message", ""), one("priority", "medium"))
+        except StoreError as exc:
+            return _error(503, "unavailable", str(exc))
+        return HttpAnswer(200, orjson.dumps({"id": nid}))

@@ -1,0 +1,128 @@
+# The plain-HTTP side of the port: the polling API (/v1/...) answering like a sync-response,
+# its errors and CORS, the browser client at /notifyd.js, and the dev-only demo routes.
+from __future__ import annotations
+
+import orjson
+from protocol_schema import validate_server_frame
+from support import Daemon, http_request, running_daemon
+
+
+async def api(d: Daemon, method: str, path: str, token: str | None = None,
+              **headers: str) -> tuple[int, dict[str, str], object]:
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    status, got, body = await http_request(d.app.port, method, path, headers)
+    return status, got, orjson.loads(body) if body and got.get("content-type") == \
+        "application/json" else body
+
+
+def as_sync_response(body: object) -> dict[str, object]:
+    """A poll's body is a sync-response's data: the protocol's schema checks it."""
+    assert isinstance(body, dict)
+    validate_server_frame({"type": "notification:sync-response", "data": body})
+    return body
+
+
+async def test_poll_answers_like_a_sync_response(daemon: Daemon) -> None:
+    for i in range(3):
+        await daemon.notify("h1", f"n{i}")
+    await daemon.notify("h2", "not yours")
+    token = daemon.token("h1", ["staff"])
+    status, headers, body = await api(daemon, "GET", "/v1/notifications", token)
+    assert status == 200 and headers["cache-control"] == "no-store"
+    first = as_sync_response(body)
+    assert [n["seq"] for n in first["notifications"]] == [1, 2, 3]  # type: ignore[index]
+    assert first["cursors"] == {"user:h1": 3, "role:staff": 0, "all": 0}
+    await daemon.notify("h1", "later")
+    status, _, body = await api(daemon, "GET",
+                                "/v1/notifications?cursor=user:h1:3&cursor=all:0&limit=10",
+                                token)
+    later = as_sync_response(body)
+    assert [n["title"] for n in later["notifications"]] == ["later"]  # type: ignore[index]
+    # paging, and the token in the query for a simple cross-origin GET
+    status, _, body = await api(daemon, "GET",
+                                f"/v1/notifications?cursor=user:h1:0&limit=2&token={token}")
+    page = as_sync_response(body)
+    assert status == 200 and page["hasMore"] is True and page["cursors"]["user:h1"] == 2  # type: ignore[index]
+
+
+async def test_poll_errors(daemon: Daemon) -> None:
+    token = daemon.token("h3")
+    cases = [
+        (None, "/v1/notifications", 401, "auth-failed"),
+        ("not-a-jwt", "/v1/notifications", 401, "auth-failed"),
+        (daemon.token("h3", ttl=-60), "/v1/unread-count", 401, "auth-failed"),
+        (token, "/v1/notifications?cursor=user:other:1", 403, "forbidden"),
+        (token, "/v1/notifications?cursor=nonsense", 400, "invalid-data"),
+        (token, "/v1/notifications?limit=5000", 400, "invalid-data"),
+        (token, "/v1/notifications?since=yesterday", 400, "invalid-data"),
+        (token, "/v1/nothing", 404, "not-found"),
+    ]
+    for tok, path, status, code in cases:
+        got, headers, body = await api(daemon, "GET", path, tok)
+        assert (got, body["code"]) == (status, code), (path, got, body)  # type: ignore[index]
+        assert headers["access-control-allow-origin"] == "*"
+    got, _, body = await api(daemon, "POST", "/v1/unread-count", token)
+    assert got == 405 and body["code"] == "method-not-allowed"  # type: ignore[index]
+    got, _, body = await api(daemon, "POST", "/v1/notifications/read?ids=x", token)
+    assert got == 400 and body["code"] == "invalid-data"  # type: ignore[index]
+
+
+async def test_unread_count_and_mark_read_over_http_reach_live_devices(daemon: Daemon) -> None:
+    ids = [await daemon.notify("h4", f"n{i}") for i in range(3)]
+    other = await daemon.notify("h5", "someone else's")
+    device = await daemon.connect("h4")
+    token = daemon.token("h4")
+    assert (await api(daemon, "GET", "/v1/unread-count", token))[2] == {"count": 3}
+    status, _, body = await api(daemon, "POST",
+                                f"/v1/notifications/read?ids={ids[0]},{other}", token)
+    assert status == 200 and body["ids"] == [ids[0]]  # type: ignore[index]
+    read = await device.next_data("notification:read")
+    assert read["ids"] == [ids[0]]
+    assert (await device.next_data("notification:unread-count"))["count"] == 2
+    status, _, body = await api(daemon, "POST", "/v1/notifications/read-all", token)
+    assert sorted(body["ids"]) == ids[1:]  # type: ignore[index]
+    assert (await api(daemon, "GET", "/v1/unread-count", token))[2] == {"count": 0}
+    # the other user's row was not touched
+    assert await daemon.sql("SELECT read_at FROM notifyd.notifications WHERE id = $1",
+                            other) is None
+
+
+async def test_cors_preflight_and_allowed_origins(fresh_db: str) -> None:
+    async with running_daemon(fresh_db) as d:
+        status, headers, _ = await api(d, "OPTIONS", "/v1/notifications",
+                                       Origin="https://app.example",
+                                       **{"Access-Control-Request-Headers": "authorization"})
+        assert status == 204 and headers["access-control-allow-origin"] == "*"
+        assert "Authorization" in headers["access-control-allow-headers"]
+    async with running_daemon(fresh_db, allowed_origins=("https://app.example",)) as d:
+        token = d.token("h6")
+        _, headers, _ = await api(d, "GET", "/v1/unread-count", token,
+                                  Origin="https://app.example")
+        assert headers["access-control-allow-origin"] == "https://app.example"
+        _, headers, _ = await api(d, "GET", "/v1/unread-count", token,
+                                  Origin="https://evil.example")
+        assert "access-control-allow-origin" not in headers  # the browser withholds it
+
+
+async def test_client_script_is_served_and_demo_routes_only_in_dev(fresh_db: str) -> None:
+    async with running_daemon(fresh_db) as d:
+        status, headers, body = await http_request(d.app.port, "GET", "/notifyd.js")
+        assert status == 200 and headers["content-type"].startswith("text/javascript")
+        assert headers["access-control-allow-origin"] == "*"
+        assert b"export class NotifydClient" in body
+        for method, path in (("GET", "/"), ("GET", "/dev/token"), ("POST", "/dev/notify")):
+            status, _, _ = await http_request(d.app.port, method, path)
+            assert status in (404, 405), path
+    async with running_daemon(fresh_db, dev=True) as d:
+        status, headers, body = await http_request(d.app.port, "GET", "/")
+        assert status == 200 and b"notifyd demo" in body
+        status, _, body = await http_request(d.app.port, "GET", "/dev/token?user=zoe")
+        token = orjson.loads(body)["token"]
+        assert d.app.verify(token).user_id == "zoe"
+        device = await d.connect("zoe")
+        status, _, body = await http_request(d.app.port, "POST",
+                                             "/dev/notify?user=zoe&title=Hi&priority=high")
+        assert status == 200
+        n = (await device.next_data("notification:new"))["notification"]
+        assert (n["title"], n["priority"], n["id"]) == ("Hi", "high", orjson.loads(body)["id"])
