@@ -228,7 +228,7 @@ class Daemon:
 async def running_daemon(dsn: str, dev: bool = False, **overrides: Any
                          ) -> AsyncIterator[Daemon]:
     settings = config.validate(config.Settings(
-        dsn=dsn, jwt_secret=SECRET, port=0, **overrides))
+        dsn=dsn, jwt_secret=SECRET, **{"port": 0, **overrides}))
     store = await Store.open(dsn)
     app = App(settings, store, dev=dev)
     await app.start()

@@ -284,6 +284,7 @@ export class NotifydClient {
     switch (type) {
       case "connection-confirmed":
         this.confirmed = true;
+        this.synced = false;
         this.attempt = 0;
         this.failures = 0;
         this.identify(data.userId, data.roles);
@@ -473,6 +474,7 @@ export class NotifydClient {
       if (!this.polling) return; // the WebSocket came back meanwhile: it syncs itself
       this.absorb(page);
     } while (page.hasMore);
+    this.synced = true; // what the next poll brings is new
     const { count } = await this.http("GET", "/v1/unread-count");
     if (count !== this.unreadCount) {
       this.unreadCount = count;

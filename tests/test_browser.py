@@ -1,0 +1,191 @@
+# The demo page and the browser client (/notifyd.js) in a real Chromium driven by Playwright:
+# a row inserted in PostgreSQL appears; two tabs of one user stay in step; the page catches up
+# after the daemon restarts; with WebSockets blocked it polls, and it goes back to the WebSocket
+# when it can. The client's pure parts (backoff, dedupe) are checked in the page too.
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+from support import Daemon, free_port, running_daemon
+
+TIMEOUT_MS = 15_000
+SCREENSHOT = os.environ.get("NOTIFYD_SCREENSHOT")  # where to save the README's picture
+
+
+def chromium_path() -> str:
+    """NOTIFYD_TEST_CHROMIUM, Debian's /usr/bin/chromium, or Playwright's own (downloaded once
+    if missing); otherwise the tests fail saying how to provide one."""
+    given = os.environ.get("NOTIFYD_TEST_CHROMIUM")
+    if given:
+        return given
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    subprocess.run([sys.executable, "-m", "playwright", "install", "chromium"],
+                   capture_output=True, timeout=600, check=False)
+    return ""  # Playwright's own, if the download worked
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    path = chromium_path()
+    async with async_playwright() as p:
+        try:
+            b = await p.chromium.launch(executable_path=path or None)
+        except Exception as exc:
+            pytest.fail("no Chromium for the browser tests: install it (apt-get install chromium),"
+                        " or run `.venv/bin/playwright install chromium`, or set "
+                        f"NOTIFYD_TEST_CHROMIUM to a Chromium binary ({exc!s:.200})")
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+async def dev_daemon(fresh_db: str) -> AsyncIterator[Daemon]:
+    async with running_daemon(fresh_db, dev=True) as d:
+        yield d
+
+
+async def open_demo(browser: Browser, d: Daemon, user: str, context: object = None) -> Page:
+    ctx = context or await browser.new_context()
+    page: Page = await ctx.new_page()  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{d.http}/?user={user}&poll=300")
+    await expect(page.locator("#state")).to_have_text("open", timeout=TIMEOUT_MS)
+    page.errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+def items(page: Page) -> object:
+    return page.locator("#list li[data-id]")
+
+
+async def test_a_row_inserted_in_postgresql_appears_in_the_page(browser: Browser,
+                                                                dev_daemon: Daemon) -> None:
+    d = dev_daemon
+    await d.notify("ann", "before the page opened")
+    page = await open_demo(browser, d, "ann")
+    await expect(items(page)).to_have_count(1, timeout=TIMEOUT_MS)  # replayed by the sync
+    await d.sql("INSERT INTO notifyd.notifications (user_id, type, title, message, priority) "
+                "VALUES ('ann', 'demo', 'From SQL', 'an INSERT', 'high')")
+    await expect(items(page)).to_have_count(2, timeout=TIMEOUT_MS)
+    await expect(page.locator("#list li").first).to_contain_text("From SQL")
+    await expect(page.locator("#badge")).to_have_text("2")
+    await expect(page.locator("#toast")).to_contain_text("From SQL")
+    # the dev form sends one to another user: not shown here
+    await page.fill("form#send input[name=user]", "someone-else")
+    await page.click("form#send button")
+    await d.notify("ann", "after the form")
+    await expect(items(page)).to_have_count(3, timeout=TIMEOUT_MS)
+    assert "someone-else" not in await page.inner_text("#list")
+    if SCREENSHOT:
+        await page.set_viewport_size({"width": 1000, "height": 520})
+        await page.wait_for_timeout(300)
+        await page.screenshot(path=SCREENSHOT)
+    assert not page.errors  # type: ignore[attr-defined]
+
+
+async def test_reading_in_one_tab_clears_the_badge_in_the_other(browser: Browser,
+                                                               dev_daemon: Daemon) -> None:
+    d = dev_daemon
+    for i in range(2):
+        await d.notify("bea", f"n{i}")
+    context = await browser.new_context()  # one browser profile: two tabs share storage
+    one = await open_demo(browser, d, "bea", context)
+    two = await open_demo(browser, d, "bea", context)
+    for page in (one, two):
+        await expect(page.locator("#badge")).to_have_text("2", timeout=TIMEOUT_MS)
+    await one.locator("#list li.unread").first.click()
+    for page in (one, two):
+        await expect(page.locator("#badge")).to_have_text("1", timeout=TIMEOUT_MS)
+        await expect(page.locator("#list li.unread")).to_have_count(1)
+    await two.click("#read-all")
+    for page in (one, two):
+        await expect(page.locator("#badge")).to_be_hidden(timeout=TIMEOUT_MS)
+        await expect(page.locator("#list li.unread")).to_have_count(0)
+    await context.close()
+
+
+async def test_the_page_catches_up_after_the_daemon_restarts(browser: Browser,
+                                                             fresh_db: str) -> None:
+    port = free_port()
+    async with running_daemon(fresh_db, dev=True, port=port) as d:
+        page = await open_demo(browser, d, "cat")
+        await d.notify("cat", "live")
+        await expect(items(page)).to_have_count(1, timeout=TIMEOUT_MS)
+    # the daemon is gone: the page says so, and rows keep being committed
+    await expect(page.locator("#state")).not_to_have_text("open", timeout=TIMEOUT_MS)
+    async with running_daemon(fresh_db, dev=True, port=port) as d:
+        for i in range(3):
+            await d.notify("cat", f"missed {i}")
+        await expect(page.locator("#state")).to_have_text("open", timeout=30_000)
+        await expect(items(page)).to_have_count(4, timeout=TIMEOUT_MS)
+        await d.notify("cat", "live again")
+        await expect(items(page)).to_have_count(5, timeout=TIMEOUT_MS)
+        seqs = await page.locator("#list li[data-id]").evaluate_all(
+            "els => els.map(e => e.textContent.match(/#(\\d+)/)[1]).map(Number)")
+        assert sorted(seqs) == [1, 2, 3, 4, 5]  # each once
+        assert not page.errors  # type: ignore[attr-defined]
+
+
+async def test_with_websockets_blocked_polling_delivers_and_websocket_returns(
+        browser: Browser, dev_daemon: Daemon) -> None:
+    d = dev_daemon
+    context = await browser.new_context()
+    blocked = True
+
+    async def block(ws: object) -> None:
+        if blocked:
+            await ws.close()  # type: ignore[attr-defined]  # like a proxy that drops upgrades
+        else:
+            ws.connect_to_server()  # type: ignore[attr-defined]
+
+    await context.route_web_socket("**/ws*", block)
+    page = await context.new_page()
+    await page.goto(f"{d.http}/?user=dan&poll=300")
+    await expect(page.locator("#state")).to_have_text("polling", timeout=TIMEOUT_MS)
+    await d.notify("dan", "by polling")
+    await expect(items(page)).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(page.locator("#badge")).to_have_text("1", timeout=TIMEOUT_MS)
+    await page.locator("#list li.unread").first.click()  # mark-read over HTTP
+    await expect(page.locator("#badge")).to_be_hidden(timeout=TIMEOUT_MS)
+    assert await d.sql("SELECT count(*) FROM notifyd.notifications WHERE read_at IS NULL") == 0
+    blocked = False
+    await expect(page.locator("#state")).to_have_text("open", timeout=40_000)
+    await d.notify("dan", "live again")
+    await expect(items(page)).to_have_count(2, timeout=TIMEOUT_MS)
+    await context.close()
+
+
+async def test_client_backoff_and_dedupe_in_the_browser(browser: Browser,
+                                                        dev_daemon: Daemon) -> None:
+    page = await (await browser.new_context()).new_page()
+    await page.goto(f"{dev_daemon.http}/notifyd.js")  # same origin for the import
+    result = await page.evaluate("""async () => {
+        const m = await import("/notifyd.js");
+        const delays = [0, 1, 2, 3, 10, 40].map((a) => [
+            m.backoffDelay(a, { base: 500, max: 30000 }, () => 0),
+            m.backoffDelay(a, { base: 500, max: 30000 }, () => 0.999999)]);
+        const ledger = new m.Ledger(null, "k", 3);
+        const n = (seq) => ({ stream: "user:1", seq });
+        const admitted = [1, 2, 1, 3, 2, 4, 1].map((s) => ledger.admit(n(s)));
+        ledger.advance({ "user:1": 4 }); ledger.advance({ "user:1": 2 });
+        return { delays, admitted, cursor: ledger.cursors["user:1"] };
+    }""")
+    lo_hi = result["delays"]
+    assert lo_hi[0] == [250, pytest.approx(500, abs=0.01)]
+    assert [lo for lo, _ in lo_hi] == [250, 500, 1000, 2000, 15000, 15000]  # doubles, capped
+    assert all(lo <= hi <= 2 * lo + 0.01 for lo, hi in lo_hi)  # the jitter stays in range
+    # each (stream, seq) once; only the last `remember` (3) keys are remembered
+    assert result["admitted"] == [True, True, False, True, False, True, True]
+    assert result["cursor"] == 4  # cursors never move back
