@@ -38,6 +38,7 @@ import orjson
 import uvloop
 
 from notifyd.auth import issue_token
+from notifyd.client import NotifydClient
 
 SECRET = "bench-slow-consumers-secret-0123456789"
 LARGE = "x" * 20_000
@@ -49,7 +50,7 @@ RESULTS = Path(__file__).parent / "results" / "slow_consumers.json"
 
 def fast_main(pipe: Any, url: str, token: str) -> None:
     infra.worker_setup()
-    uvloop.run(infra.command_loop(pipe, FastClient(url, token).handle))
+    uvloop.run(infra.command_loop(pipe, FastClient(url.removesuffix('/ws'), token).handle))
 
 
 class FastClient:
@@ -70,17 +71,11 @@ class FastClient:
         raise ValueError(command)
 
     async def run(self, ready: asyncio.Future[None]) -> None:
-        from websockets.asyncio.client import connect
-
-        async with connect(f"{self.url}?token={self.token}", compression=None,
-                           max_size=None) as ws:
-            async for message in ws:
-                frame = orjson.loads(message)
-                if frame["type"] == "connection-confirmed":
-                    ready.set_result(None)
-                elif frame["type"] == "notification:new":
-                    sent = frame["data"]["notification"]["data"]["t"]
-                    self.latencies.append((time.time() - sent) * 1000)
+        async for event in NotifydClient(self.url, self.token).events():
+            if event.kind == "state" and event.data["state"] == "open" and not ready.done():
+                ready.set_result(None)
+            elif event.kind == "notification":
+                self.latencies.append((time.time() - event.data["data"]["t"]) * 1000)
 
 
 # -- the role's clients: raw sockets that read and discard (a process), or never read -------

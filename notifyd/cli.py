@@ -1,4 +1,4 @@
-# Entry points: `notifyd dev|serve|migrate|token|check-config`, logging set-up, uvloop and
+# Entry points: `notifyd dev|serve|migrate|token|check-config|tail`, logging set-up, uvloop and
 # signals. Translates ConfigError into one line and exit code 2, as the contract requires.
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--role", action="append", default=[], help="a role (repeatable)")
     tok.add_argument("--ttl", type=int, default=3600, help="seconds until expiry")
     sub.add_parser("check-config", help="validate and print the effective settings")
+    tail = sub.add_parser("tail", help="print a user's notifications live (and what was missed)")
+    tail.add_argument("--token", required=True, help="the user's JWT")
+    tail.add_argument("--url", default="ws://127.0.0.1:8765", help="the daemon's address")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
     return p
 
 
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "dev":
             return _dev(args)
+        if args.command == "tail":
+            return _tail(args.url, args.token, args.json)
         settings = config.load(config_file=args.config)
         if args.command == "check-config":
             config.require_serving(settings)
@@ -83,6 +89,35 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"notifyd: invalid setting {exc}", file=sys.stderr)
         return 2
+
+
+def _tail(url: str, token: str, as_json: bool) -> int:
+    """Print notifications as they come; state changes go to stderr. Ctrl-C ends it."""
+    from notifyd.client import NotifydClient
+
+    async def run() -> int:
+        client = NotifydClient(url, token)
+        async for event in client.events():
+            if event.kind == "state":
+                print(f"[{event.data['state']}]", file=sys.stderr, flush=True)
+                if event.data["state"] in ("revoked", "unauthorized"):
+                    return 1
+            elif as_json:
+                print(json.dumps({"event": event.kind, **event.data}), flush=True)
+            elif event.kind == "notification":
+                n = event.data
+                print(f"{n['createdAt']}  {n['stream']} #{n['seq']}  [{n['priority']}] "
+                      f"{n['title']}: {n['message']}", flush=True)
+            elif event.kind == "unread":
+                print(f"unread: {event.data['count']}", flush=True)
+            elif event.kind in ("read", "deleted", "error"):
+                print(f"{event.kind}: {json.dumps(event.data)}", flush=True)
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 0
 
 
 def _migrate(dsn: str) -> int:
