@@ -2,9 +2,13 @@
 # its errors and CORS, the browser client at /notifyd.js, and the dev-only demo routes.
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 import orjson
 from protocol_schema import validate_server_frame
-from support import Daemon, http_request, running_daemon
+from support import ROOT, Daemon, http_request, running_daemon
+
+from notifyd.protocol import poll_request
 
 
 async def api(d: Daemon, method: str, path: str, token: str | None = None,
@@ -126,3 +130,15 @@ async def test_client_script_is_served_and_demo_routes_only_in_dev(fresh_db: str
         assert status == 200
         n = (await device.next_data("notification:new"))["notification"]
         assert (n["title"], n["priority"], n["id"]) == ("Hi", "high", orjson.loads(body)["id"])
+
+
+def test_the_documented_poll_example_is_valid() -> None:
+    """protocol/README.md §10: the example's query parses and its body is a sync-response."""
+    text = (ROOT / "protocol" / "README.md").read_text()
+    block = text.split("```http\n", 1)[1].split("```", 1)[0]
+    request_line = block.splitlines()[0]
+    target = request_line.split(" ")[1]
+    req = poll_request(parse_qs(urlsplit(target).query))
+    assert req.cursors == {"user:42": 318, "all": 11}
+    body = block.rstrip().rsplit("\n\n", 1)[1]
+    as_sync_response(orjson.loads(body))
