@@ -164,25 +164,6 @@ def start_postgres(tmp: Path, stack: contextlib.ExitStack) -> tuple[Postgres, st
 
 # -- the daemon ---------------------------------------------------------------------------------
 
-class ChaosDaemon(infra.Daemon):
-    """infra.Daemon on a given port, appending to a log shared by all of the run's instances
-    (the bench's Daemon picks a fresh port and truncates its log)."""
-
-    def __init__(self, dsn: str, secret: str, log_path: Path, port: int) -> None:
-        self.port = port
-        self.log_path = log_path
-        env = infra.child_env(NOTIFYD_DSN=dsn, NOTIFYD_JWT_SECRET=secret,
-                              NOTIFYD_HOST="127.0.0.1", NOTIFYD_PORT=str(port),
-                              NOTIFYD_LOG_LEVEL="INFO")
-        with log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                infra.notifyd_command("serve"), env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=infra.die_with_parent)
-        self.pid = self.proc.pid
-        self.url = f"ws://127.0.0.1:{port}/ws"
-
-
 def daemon_port() -> int:
     """A free port below the ephemeral range: while the daemon is down, the clients' many
     connection attempts must not take its port as their local one (a TCP self-connect), or
@@ -245,7 +226,7 @@ class Chaos:
         self.port = daemon_port()
         self.log_path = workdir / "notifyd.log"
         self.rng = random.Random(args.seed)
-        self.daemon: ChaosDaemon | None = None
+        self.daemon: infra.Daemon | None = None
         self.instances: list[Instance] = []
         self.events: list[Event] = []
         self.faults: Counter[str] = Counter()
@@ -304,7 +285,8 @@ class Chaos:
     def start_daemon(self, why: str) -> None:
         last: Exception | None = None
         for attempt in range(3):
-            daemon = ChaosDaemon(self.dsn, self.secret, self.log_path, self.port)
+            daemon = infra.Daemon(self.dsn, self.secret, self.log_path.parent, "INFO",
+                                  port=self.port, shared_log=self.log_path)
             self.daemon = daemon
             inst = Instance(len(self.instances) + 1, daemon.pid, self.now())
             self.instances.append(inst)
@@ -692,7 +674,7 @@ class Chaos:
                 "minutes": self.args.minutes, "run_seconds": seconds, "seed": self.args.seed,
                 "rate": self.args.rate, "users": self.args.users, "devices": len(reports),
                 "client_processes": self.args.client_processes, "writers": WRITERS,
-                "postgres": table["server_version"], "git_head": _git_head(),
+                "postgres": table["server_version"], "git_head": infra.git_head(),
                 "cpus": os.cpu_count(),
             },
             "faults": {k: self.faults.get(k, 0) for k in KINDS},
@@ -822,15 +804,6 @@ def render(r: dict[str, Any]) -> str:
 
 
 # -- main ---------------------------------------------------------------------------------------
-
-def _git_head() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,

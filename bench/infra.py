@@ -71,6 +71,16 @@ def guarded(body: Callable[[], dict[str, Any]]) -> dict[str, Any] | int:
         return 1
 
 
+def git_head() -> str:
+    """The commit being measured, for the results file."""
+    try:
+        return subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent),
+                               "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def raise_fd_limit() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard limit; children inherit it. Returns the limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -265,12 +275,15 @@ class Daemon:
     which stops the daemon itself), its log (stdout and stderr: JSON lines) in a file."""
 
     def __init__(self, dsn: str, secret: str, workdir: Path, log_level: str = "WARNING",
+                 port: int | None = None, shared_log: Path | None = None,
                  **settings: str) -> None:
-        self.port = free_port()
-        self.log_path = workdir / "notifyd.log"
+        """A fresh port and log unless given: `shared_log` is appended to (one log for the
+        successive instances of a run)."""
+        self.port = port or free_port()
+        self.log_path = shared_log or workdir / "notifyd.log"
         env = child_env(NOTIFYD_DSN=dsn, NOTIFYD_JWT_SECRET=secret, NOTIFYD_HOST="127.0.0.1",
                         NOTIFYD_PORT=str(self.port), NOTIFYD_LOG_LEVEL=log_level, **settings)
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("ab" if shared_log else "wb") as log:
             self.proc = subprocess.Popen(
                 notifyd_command("serve"), env=env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)

@@ -29,7 +29,6 @@ import re
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -424,21 +423,12 @@ def _fanout_record(line: str) -> dict[str, Any] | None:
 
 # -- orchestration ------------------------------------------------------------------------------
 
-def _git_head() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]:
     results: dict[str, Any] = {"meta": {
         "mode": "quick" if args.quick else "full",
         "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "cpus": CORES, "python": platform.python_version(),
-        "websockets": version("websockets"), "git_head": _git_head(),
+        "websockets": version("websockets"), "git_head": infra.git_head(),
         "postgres_source": "NOTIFYD_BENCH_DSN" if os.environ.get("NOTIFYD_BENCH_DSN")
         else "embedded", "fd_limit": fd_limit, "client_processes": CLIENT_PROCESSES,
         "scale": asdict(scale), "profiled": args.profile, "daemon_log_level": DAEMON_LOG_LEVEL},
