@@ -15,13 +15,15 @@ from websockets.datastructures import Headers
 
 from notifyd import PROTOCOL_VERSION
 from notifyd.auth import Authenticator, Identity
+from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
 from notifyd.errors import AuthError, ClientError, StoreError
 from notifyd.fanout import Router
 from notifyd.http_api import HttpAnswer, HttpApi
 from notifyd.index import StreamIndex
 from notifyd.listener import Listener
-from notifyd.presence import LocalPresence
+from notifyd.metrics import Metrics
+from notifyd.presence import PresenceChange, PresencePolicy
 from notifyd.protocol import (
     Auth,
     ClientFrame,
@@ -59,10 +61,13 @@ class App:
         self.store = store
         self.auth = Authenticator(settings)
         # `dev`: the demo page and its token and send helpers (`notifyd dev` only)
-        self.http_api = HttpApi(settings, store, self.verify, lambda: self.ready, dev)
+        self.metrics = Metrics()
+        self.http_api = HttpApi(settings, store, self.verify, lambda: self.ready,
+                                self.metrics.render, dev)
         self.index: StreamIndex[Connection] = StreamIndex()
         self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
-        self.presence = LocalPresence()
+        self.policy = PresencePolicy(settings.presence_roles, settings.presence_public_roles or ())
+        self.presence = ClusterPresence(settings, self._presence_event, self.metrics)
         self.listener = Listener(settings.dsn or "", self.router.feed, self._listening,
                                  self.router.block)
         self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
@@ -75,12 +80,14 @@ class App:
         self._unread_epoch: dict[str, int] = {}
         self.router.on_published = self._note_published
         self.port = 0
+        self.metrics.watch(lambda: len(self.connections), self.presence.local.online_count)
 
     # -- life cycle ---------------------------------------------------------------------
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """LISTEN first, then bind: nothing committed after a client is accepted is missed."""
         await self.listener.start()
+        await self.presence.start()
         loop = asyncio.get_running_loop()
         self.timers = TimerWheel(loop.time(), TICK_SECONDS)
         factory = connection_factory(self, loop.time)
@@ -89,7 +96,7 @@ class App:
         else:
             self._server = await loop.create_server(
                 factory, self.settings.host, self.settings.port, backlog=4096,
-                reuse_address=True)
+                reuse_address=True, reuse_port=self.settings.reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = loop.create_task(self._tick_forever(), name="notifyd-tick")
         log.info("serving on %s:%d", self.settings.host, self.port)
@@ -121,6 +128,7 @@ class App:
             self._ticker.cancel()
         for task in list(self._tasks):
             task.cancel()
+        await self.presence.stop()
         await self.listener.stop()
         await self.store.close()
 
@@ -175,7 +183,7 @@ class App:
         identity = conn.session.identity
         assert identity is not None
         streams = list(identity.streams)
-        if any(r in self.settings.presence_roles for r in identity.roles):
+        if self.policy.is_watcher(identity.roles):
             streams.append(PRESENCE_STREAM)
         self.index.add(conn, streams)
         log.info("connection %s open for user %s", conn.session.connection_id, identity.user_id)
@@ -186,8 +194,7 @@ class App:
             "serverTime": _now_iso(),
             "protocolVersion": PROTOCOL_VERSION,
         }))
-        if self.presence.connected(identity.user_id):
-            self._presence_event("presence:online", identity)
+        self.presence.connected(identity.user_id, identity.roles)
         self.spawn(self._send_initial_state(conn, identity))
         loop = asyncio.get_running_loop()
         due = min(conn.last_recv + self.settings.ping_interval,
@@ -208,8 +215,7 @@ class App:
             self._unread_epoch.pop(stream, None)
         log.info("connection %s closed for user %s (code %s)", conn.session.connection_id,
                  identity.user_id, conn.ws.close_code)
-        if self.presence.disconnected(identity.user_id, time.time()):
-            self._presence_event("presence:offline", identity)
+        self.presence.disconnected(identity.user_id)
 
     def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
         self.spawn(self._http(conn, method, target, headers))
@@ -249,7 +255,7 @@ class App:
         elif isinstance(event, MarkRead | MarkAllRead):
             self.spawn(self._mark_read(conn, event, frame.ref))
         elif isinstance(event, PresenceQuery):
-            self._presence_query(conn, event, frame.ref)
+            self.spawn(self._presence_query(conn, event, frame.ref))
         else:
             self._refresh(conn, event, frame.ref)
 
@@ -363,35 +369,44 @@ class App:
         conn.send(encode("notification:read", {
             "ids": changed, "readAt": format_time(read_at) if read_at else None}, ref))
 
-    def _presence_query(self, conn: Connection, event: PresenceQuery, ref: str | None) -> None:
+    async def _presence_query(self, conn: Connection, event: PresenceQuery,
+                              ref: str | None) -> None:
         identity = conn.session.identity
         assert identity is not None
-        if not any(r in self.settings.presence_roles for r in identity.roles):
+        viewer = identity.roles
+        if not self.policy.may_query(viewer):
             self._refuse(conn, ClientError("forbidden", "presence is not visible to your roles"),
                          ref)
             return
-        users = []
-        now = time.time()
-        for user_id in event.user_ids:
-            online, last_seen = self.presence.state(user_id)
-            seen = now if online else last_seen
-            users.append({
-                "userId": user_id,
-                "online": online,
-                "lastSeen": format_time(dt.datetime.fromtimestamp(seen, dt.UTC))
-                if seen is not None else None,
-            })
-        conn.send(encode("presence:state", {"users": users}, ref))
+        hidden = [r for r in event.roles if not self.policy.countable(viewer, r)]
+        if hidden:
+            self._refuse(conn, ClientError(
+                "forbidden", f"the presence of role {hidden[0][:80]!r} is not visible to you"),
+                ref)
+            return
+        users, counts = await self.presence.query(event.user_ids, event.roles)
+        data: dict[str, Any] = {"users": [{
+            "userId": u.user_id,
+            "online": u.online,
+            "lastSeen": format_time(dt.datetime.fromtimestamp(u.last_seen, dt.UTC))
+            if u.last_seen is not None else None,
+        } for u in (self.policy.shown(viewer, user) for user in users)]}
+        if event.roles:
+            data["roles"] = counts
+        conn.send(encode("presence:state", data, ref))
 
-    def _presence_event(self, kind: str, identity: Identity) -> None:
+    def _presence_event(self, change: PresenceChange) -> None:
+        """Tell this process's watchers (never the user about themselves)."""
         watchers = self.index.subscribers(PRESENCE_STREAM)
         if not watchers:
             return
+        kind = "presence:online" if change.online else "presence:offline"
         frame = websocket_text(encode(kind, {
-            "userId": identity.user_id, "roles": list(identity.roles), "at": _now_iso()}))
+            "userId": change.user_id, "roles": list(change.roles),
+            "at": format_time(dt.datetime.fromtimestamp(change.at, dt.UTC))}))
         for watcher in list(watchers):
             watcher_identity = watcher.session.identity
-            if watcher_identity is not None and watcher_identity.user_id != identity.user_id:
+            if watcher_identity is not None and watcher_identity.user_id != change.user_id:
                 watcher.write(frame)
 
     # -- catch-up and the timer ---------------------------------------------------------

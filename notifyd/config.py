@@ -24,7 +24,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @dataclass(frozen=True)
 class Setting:
     key: str  # lower-case key in the TOML file; the variable is NOTIFYD_<KEY>
-    kind: str  # str, int, float, list, path
+    kind: str  # str, int, float, bool, list, path
     default: Any
     help: str
     secret: bool = False
@@ -51,7 +51,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jwt_cookie", "str", None, "cookie that may carry the JWT (allowed Origins only)"),
     Setting("allowed_origins", "list", None, "Origins allowed to connect; others get HTTP 403"),
     Setting("redis_url", "str", None, "Redis URL for cluster-wide presence", secret=True),
+    Setting("redis_prefix", "str", "notifyd:", "prefix of notifyd's Redis keys and channel"),
     Setting("presence_roles", "list", ("admin",), "roles that see presence events and may query"),
+    Setting("presence_public_roles", "list", None,
+            "roles whose users' presence anyone may query (e.g. doctor)"),
+    Setting("presence_ttl", "float", 30.0,
+            "seconds within which a dead process's users go offline cluster-wide",
+            minimum=1, maximum=3600),
+    Setting("reuse_port", "bool", False,
+            "bind with SO_REUSEPORT so several processes share the port"),
     Setting("max_frame_bytes", "int", 65536, "largest client frame; larger ones close with 1009",
             minimum=256, maximum=16 * 2**20),
     Setting("auth_timeout", "float", 10.0, "seconds to wait for a first `auth` frame",
@@ -93,7 +101,11 @@ class Settings:
     jwt_cookie: str | None = None
     allowed_origins: tuple[str, ...] | None = None
     redis_url: str | None = None
+    redis_prefix: str = "notifyd:"
     presence_roles: tuple[str, ...] = ("admin",)
+    presence_public_roles: tuple[str, ...] | None = None
+    presence_ttl: float = 30.0
+    reuse_port: bool = False
     max_frame_bytes: int = 65536
     auth_timeout: float = 10.0
     ping_interval: float = 20.0
@@ -126,8 +138,18 @@ class Settings:
         return out
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False}
+
+
 def _cast(setting: Setting, raw: Any) -> Any:
     name = setting.env
+    if setting.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[raw.strip().lower()]
+        raise ConfigError(name, f"expected true or false (1/0, yes/no, on/off), got {raw!r}")
     if setting.kind == "list":
         if isinstance(raw, str):
             items = [part.strip() for part in raw.split(",")]
@@ -234,6 +256,13 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("NOTIFYD_JWT_COOKIE", "must be an ASCII cookie name")
     if settings.dsn is not None and not settings.dsn.startswith(("postgres://", "postgresql://")):
         raise ConfigError("NOTIFYD_DSN", "expected a postgresql:// URL")
+    if settings.redis_url is not None and not settings.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")):
+        raise ConfigError("NOTIFYD_REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
+    # Token roles are lower-cased (auth.py); so are the roles they are compared with.
+    changes["presence_roles"] = tuple(r.lower() for r in settings.presence_roles)
+    if settings.presence_public_roles is not None:
+        changes["presence_public_roles"] = tuple(r.lower() for r in settings.presence_public_roles)
     return dataclasses.replace(settings, **changes)
 
 

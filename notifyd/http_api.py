@@ -18,6 +18,7 @@ import orjson
 from notifyd.auth import Identity, issue_token
 from notifyd.config import Settings
 from notifyd.errors import AuthError, ClientError, StoreError
+from notifyd.metrics import CONTENT_TYPE as METRICS_TYPE
 from notifyd.protocol import format_time, mark_read_request, poll_request
 from notifyd.store import Store
 
@@ -49,11 +50,13 @@ class HttpApi:
     """Answers every request on the port but the WebSocket upgrade."""
 
     def __init__(self, settings: Settings, store: Store, verify: Callable[[str], Identity],
-                 ready: Callable[[], bool], dev: bool = False) -> None:
+                 ready: Callable[[], bool], metrics: Callable[[], bytes],
+                 dev: bool = False) -> None:
         self.settings = settings
         self.store = store
         self.verify = verify
         self.ready = ready
+        self.metrics = metrics
         self.dev = dev
         self.client_js = _static("notifyd.js")
         self.demo = _static("demo.html") if dev else b""
@@ -86,6 +89,8 @@ class HttpApi:
         if route == "/readyz":
             return HttpAnswer(200, b"ready\n", TEXT) if self.ready() else \
                 HttpAnswer(503, b"not ready\n", TEXT)
+        if route == "/metrics":
+            return HttpAnswer(200, self.metrics(), METRICS_TYPE)
         if route == "/notifyd.js":
             # a module script from another origin needs CORS; it holds no secret
             return HttpAnswer(200, self.client_js, "text/javascript; charset=utf-8",

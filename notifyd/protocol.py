@@ -17,6 +17,7 @@ MAX_REF_LENGTH = 128
 MAX_SYNC_LIMIT = 1000
 MAX_MARK_IDS = 1000
 MAX_PRESENCE_USERS = 100
+MAX_PRESENCE_ROLES = 20
 MAX_ID = 2**63 - 1
 
 
@@ -45,6 +46,7 @@ class MarkAllRead:
 @dataclass(frozen=True, slots=True)
 class PresenceQuery:
     user_ids: tuple[str, ...]
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +128,24 @@ def _mark_all_read(data: dict[str, Any]) -> MarkAllRead:
 
 
 def _presence_query(data: dict[str, Any]) -> PresenceQuery:
-    users = data.get("userIds")
+    users = data.get("userIds", [])
+    roles = data.get("roles", [])
     if (
         not isinstance(users, list)
-        or not 1 <= len(users) <= MAX_PRESENCE_USERS
+        or len(users) > MAX_PRESENCE_USERS
         or not all(isinstance(u, str) and u for u in users)
     ):
-        raise _invalid("userIds", f"a list of 1 to {MAX_PRESENCE_USERS} user ids")
-    return PresenceQuery(tuple(dict.fromkeys(users)))
+        raise _invalid("userIds", f"a list of up to {MAX_PRESENCE_USERS} user ids")
+    if (
+        not isinstance(roles, list)
+        or len(roles) > MAX_PRESENCE_ROLES
+        or not all(isinstance(r, str) and 0 < len(r) <= 200 for r in roles)
+    ):
+        raise _invalid("roles", f"a list of up to {MAX_PRESENCE_ROLES} role names")
+    if not users and not roles:
+        raise _invalid("userIds", "at least one user id or role")
+    return PresenceQuery(tuple(dict.fromkeys(users)),
+                         tuple(dict.fromkeys(r.lower() for r in roles)))
 
 
 def _ping(data: dict[str, Any]) -> Ping:

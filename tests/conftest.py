@@ -1,6 +1,7 @@
 # Fixtures: one PostgreSQL server for the session (NOTIFYD_TEST_DSN, else an embedded one the
 # suite starts itself), a migrated template database, a fresh database per test cloned from it,
-# and an in-process daemon on that database. A service that cannot be had fails, never skips.
+# an in-process daemon on that database, and Redis (NOTIFYD_TEST_REDIS_URL, else a redis-server
+# the suite starts). A service that cannot be had fails, never skips.
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
+from redis_support import HOW_TO_PROVIDE_REDIS, RedisServer
 from support import HOW_TO_PROVIDE_PG, Daemon, admin_exec, running_daemon, with_database
 
 from notifyd.migrate import migrate
@@ -71,3 +73,37 @@ async def fresh_db(pg_server: str, template_db: str) -> AsyncIterator[str]:
 async def daemon(fresh_db: str) -> AsyncIterator[Daemon]:
     async with running_daemon(fresh_db) as d:
         yield d
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis server URL shared by the session (tests keep apart by key prefix)."""
+    url = os.environ.get("NOTIFYD_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = private_redis_server()
+    yield server.url
+    server.cleanup()
+
+
+def private_redis_server() -> RedisServer:
+    try:
+        server = RedisServer()
+        server.start()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        pytest.fail(f"cannot start redis-server ({exc}); {HOW_TO_PROVIDE_REDIS}")
+    return server
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, which it may kill and restart."""
+    server = private_redis_server()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"notifyd-test-{os.getpid()}-{next(_counter)}:"

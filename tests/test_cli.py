@@ -28,6 +28,7 @@ from support import (
 )
 from websockets.asyncio.client import connect
 
+from notifyd import config
 from notifyd.auth import issue_token
 
 
@@ -118,6 +119,9 @@ def test_secret_from_a_file_and_systemd_credentials(tmp_path: Path) -> None:
     ({"NOTIFYD_JWT_ALGORITHMS": "RS256"}, "NOTIFYD_JWT_PUBLIC_KEY_FILE"),
     ({"NOTIFYD_JWT_PUBLIC_KEY_FILE": "/nonexistent.pem"}, "NOTIFYD_JWT_PUBLIC_KEY_FILE"),
     ({"NOTIFYD_CONFIG": "/nonexistent.toml"}, "NOTIFYD_CONFIG"),
+    ({"NOTIFYD_REUSE_PORT": "maybe"}, "NOTIFYD_REUSE_PORT"),
+    ({"NOTIFYD_REDIS_URL": "localhost:6379"}, "NOTIFYD_REDIS_URL"),
+    ({"NOTIFYD_PRESENCE_TTL": "0.5"}, "NOTIFYD_PRESENCE_TTL"),
 ])
 @pytest.mark.parametrize("command", ["serve", "check-config"])
 def test_a_wrong_setting_stops_with_exit_2_and_one_line(
@@ -226,3 +230,18 @@ async def test_dev_from_nothing_to_a_pasted_insert_arriving(tmp_path: Path) -> N
         assert os.stat(data_dir / "jwt-secret").st_mode & 0o077 == 0
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("yes", True), ("On", True),
+                                            ("0", False), ("false", False), ("off", False)])
+def test_boolean_settings_read_the_usual_spellings(raw: str, value: bool) -> None:
+    assert config.load({"NOTIFYD_REUSE_PORT": raw}).reuse_port is value
+
+
+def test_presence_roles_are_lower_cased_like_token_roles(tmp_path: Path) -> None:
+    toml = tmp_path / "notifyd.toml"
+    toml.write_text('presence_roles = ["Admin"]\npresence_public_roles = ["Doctor"]\n'
+                    'reuse_port = true\n')
+    settings = config.load({}, toml)
+    assert settings.presence_roles == ("admin",) and settings.presence_public_roles == ("doctor",)
+    assert settings.reuse_port is True
