@@ -30,6 +30,10 @@ BAD_FRAMES = [
     ('{"type": "notification:sync-request", "data": {"since": "2026-01-01T00:00:00"}}',
      "invalid-data"),
     ('{"type": "presence:query", "data": {"userIds": [1]}}', "invalid-data"),
+    ('{"type": "presence:query", "data": {}}', "invalid-data"),
+    ('{"type": "presence:query", "data": {"userIds": [], "roles": []}}', "invalid-data"),
+    ('{"type": "presence:query", "data": {"roles": "doctor"}}', "invalid-data"),
+    ('{"type": "presence:query", "data": {"roles": [""]}}', "invalid-data"),
     ('{"type": "ping", "data": {"timestamp": {}}}', "invalid-data"),
     ('{"type": "auth", "data": {"token": ""}}', "invalid-data"),
 ]
