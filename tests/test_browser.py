@@ -189,3 +189,31 @@ async def test_client_backoff_and_dedupe_in_the_browser(browser: Browser,
     # each (stream, seq) once; only the last `remember` (3) keys are remembered
     assert result["admitted"] == [True, True, False, True, False, True, True]
     assert result["cursor"] == 4  # cursors never move back
+
+
+async def test_a_patient_page_sees_whether_doctors_are_online(browser: Browser,
+                                                             fresh_db: str) -> None:
+    async with running_daemon(fresh_db, dev=True, presence_public_roles=("doctor",)) as d:
+        doctor = await d.connect("dr-lee", ["doctor"])
+        await d.connect("other-patient", ["patient"])
+        page = await (await browser.new_context()).new_page()
+        await page.goto(f"{d.http}/notifyd.js")  # same origin as the daemon
+        result = await page.evaluate("""async (token) => {
+            const m = await import("/notifyd.js");
+            const client = new m.NotifydClient({ token, storage: null });
+            const open = new Promise((ok) => client.on("state", (s) => s === "open" && ok()));
+            client.start();
+            await open;
+            const users = await client.queryPresence(["dr-lee", "other-patient"]);
+            const counts = await client.countOnline(["doctor"]);
+            const refused = await client.countOnline(["patient"]).then(() => null, (e) => e.code);
+            client.stop();
+            return { users, counts, refused };
+        }""", d.token("pat", ["patient"]))
+        users = {u["userId"]: u for u in result["users"]}
+        assert users["dr-lee"]["online"] is True
+        assert users["other-patient"] == {"userId": "other-patient", "online": False,
+                                          "lastSeen": None}
+        assert result["counts"] == {"doctor": 1}
+        assert result["refused"] == "forbidden"
+        await doctor.close()

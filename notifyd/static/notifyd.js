@@ -436,6 +436,12 @@ export class NotifydClient {
     return data.users;
   }
 
+  /** Online users per role, e.g. {doctor: 4}; for watchers, or public roles. */
+  async countOnline(roles) {
+    const data = await this.request("presence:query", { roles });
+    return data.roles;
+  }
+
   // -- polling, while the WebSocket cannot connect ------------------------------------------
 
   startPolling() {
