@@ -210,7 +210,8 @@ class ClusterPresence:
                          (("apply", _APPLY), ("reconcile", _RECONCILE), ("leave", _LEAVE))}
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="presence")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._joined.wait(), JOIN_TIMEOUT)
+            async with asyncio.timeout(JOIN_TIMEOUT):
+                await self._joined.wait()
         if not self.up:
             log.warning("Redis is unreachable at start: presence is local to this process "
                         "until it is back")
@@ -226,7 +227,8 @@ class ClusterPresence:
             return
         if self.up:
             try:
-                await asyncio.wait_for(self._script("leave"), REDIS_TIMEOUT)
+                async with asyncio.timeout(REDIS_TIMEOUT):
+                    await self._script("leave")
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("could not leave the presence cluster: %s", exc)
         await self._redis.aclose()
@@ -281,8 +283,11 @@ class ClusterPresence:
 
     async def _step(self) -> None:
         """Wait for changes or the next heartbeat; send both in one call."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a cancel that arrives as
+        # the event is set, and stop() would wait forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.beat)
+            async with asyncio.timeout(self.beat):
+                await self._wake.wait()
         self._wake.clear()
         if not self.up:
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -271,3 +272,19 @@ async def test_redis_down_presence_degrades_to_local_and_notifications_flow(
         assert all(u["online"] for u in state["users"]), state
         await local.close()
         await late.close()
+
+
+async def test_a_stopped_process_takes_its_users_offline_at_once(
+        fresh_db: str, tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    async with cluster(fresh_db, tmp_path, 2, NOTIFYD_REDIS_URL=redis_url,
+                       NOTIFYD_REDIS_PREFIX=redis_prefix) as (node_a, node_b):
+        admin = await live(node_a.port, "boss", ["admin"])
+        await live(node_b.port, "leaving", ["staff"])
+        assert (await admin.next_data("presence:online"))["userId"] == "leaving"
+        assert node_b.proc is not None
+        node_b.proc.send_signal(signal.SIGTERM)  # the TTL is 30 s: this must not wait for it
+        offline = await admin.next_data("presence:offline", timeout=3)
+        assert offline["userId"] == "leaving" and offline["roles"] == ["staff"]
+        assert await asyncio.to_thread(node_b.proc.wait, 10) == 0
+        state = await presence_state(admin, "q", userIds=["leaving"], roles=["staff"])
+        assert state["roles"] == {"staff": 0} and not state["users"][0]["online"]

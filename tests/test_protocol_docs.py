@@ -322,7 +322,10 @@ INVALID_CLIENT: dict[str, object] = {
     },
     "presence nothing asked": {"type": "presence:query", "data": {"userIds": [], "roles": []}},
     "presence no data": {"type": "presence:query", "data": {}},
-    "presence 21 roles": {"type": "presence:query", "data": {"roles": [f"r{i}" for i in range(21)]}},
+    "presence 21 roles": {
+        "type": "presence:query",
+        "data": {"roles": [f"r{i}" for i in range(21)]},
+    },
     "ping null timestamp": {"type": "ping", "data": {"timestamp": None}},
     "unknown type": {"type": "subscribe", "data": {}},
     "server event from client": {"type": "pong", "data": {"timestamp": 1}},
