@@ -111,7 +111,9 @@ class Listener:
         assert self._conn is not None
         while True:
             try:
-                await asyncio.wait_for(self._lost.wait(), self._probe_interval)
+                # asyncio.timeout: wait_for (3.11) may swallow a cancel racing the event
+                async with asyncio.timeout(self._probe_interval):
+                    await self._lost.wait()
                 raise ConnectionError("LISTEN connection terminated")
             except TimeoutError:
                 pass
