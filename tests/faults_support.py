@@ -114,9 +114,14 @@ class ServeProcess:
         assert await asyncio.to_thread(self.proc.wait, 10) == -signal.SIGKILL
 
     def stop(self) -> None:
+        """SIGTERM (which also lets coverage save what this process ran), else SIGKILL."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 # -- a raw WebSocket client -------------------------------------------------------------------
