@@ -29,10 +29,12 @@ log = logging.getLogger("notifyd.presence")
 KEEP_LAST_SEEN = 30 * 24 * 3600  # seconds Redis remembers an offline user's lastSeen
 JOIN_TIMEOUT = 2.0  # how long start() waits for Redis before serving with local presence
 REDIS_TIMEOUT = 2.0
+GATHER_SECONDS = 0.02  # changes arriving within this window go to Redis in one call
 
 # Keys, under the prefix p: `nodes` (zset node -> expiry, ms), `node:<id>` (hash user -> roles
 # JSON, the users with a device on that node), `user:<id>` (hash: nodes with a device, roles,
-# seen in ms), `roles` (hash role -> online users); channel `presence`.
+# seen in ms), `roles` (hash role -> online users), `online` (set of online users); channel
+# `presence`. Needs Redis 5 or newer (TIME before writes) and a noeviction policy.
 _PRELUDE = """
 local p, node = ARGV[1], ARGV[2]
 local grace, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -48,6 +50,7 @@ local function online(user, roles)
   if redis.call('HINCRBY', key, 'nodes', 1) ~= 1 then return end
   redis.call('HSET', key, 'roles', roles)
   redis.call('PERSIST', key)
+  redis.call('SADD', p .. 'online', user)
   for _, role in ipairs(cjson.decode(roles)) do redis.call('HINCRBY', p .. 'roles', role, 1) end
   publish('true', user, roles)
 end
@@ -57,6 +60,7 @@ local function offline(user)
   if n > 0 then return end
   redis.call('HSET', key, 'nodes', 0, 'seen', string.format('%d', now))
   redis.call('EXPIRE', key, keep)
+  redis.call('SREM', p .. 'online', user)
   if n < 0 then return end
   local roles = redis.call('HGET', key, 'roles') or '[]'
   for _, role in ipairs(cjson.decode(roles)) do
@@ -136,6 +140,9 @@ class ClusterPresence:
         # Offline within the TTL after a kill -9: expiry after 3 beats, seen by the next beat.
         self.grace_ms = int(settings.presence_ttl * 600)
         self.up = False  # the cluster-wide view is in effect
+        self._joining = False  # subscribed, registering: changes queue for Redis
+        self._inflight: list[PresenceChange] = []  # sent to Redis, not yet applied
+        self._shown: dict[str, tuple[str, ...]] = {}  # users our watchers were told are online
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._pending: list[PresenceChange] = []
@@ -158,11 +165,22 @@ class ClusterPresence:
             self._changed(change)
 
     def _changed(self, change: PresenceChange) -> None:
-        if self.up:
+        if self.up or self._joining:
             self._pending.append(change)  # delivered when Redis publishes it back
             self._wake.set()
         else:
+            self._deliver(change)
+
+    def _deliver(self, change: PresenceChange) -> None:
+        """To this process's watchers; remembers what they were told, for _resync_watchers."""
+        if change.online:
+            self._shown[change.user_id] = change.roles
+        else:
+            self._shown.pop(change.user_id, None)
+        try:
             self.deliver(change)
+        except Exception:
+            log.exception("delivering a presence change failed")
 
     async def query(self, user_ids: Sequence[str], roles: Sequence[str]
                     ) -> tuple[list[UserPresence], dict[str, int]]:
@@ -179,7 +197,8 @@ class ClusterPresence:
                     pipe.hmget(f"{self.prefix}roles", *roles)
                 answers = await pipe.execute()
         except (RedisError, OSError) as exc:
-            self._went_down(exc)
+            log.warning("presence query answered from this process only: %s", exc)
+            self._wake.set()  # the runner's next call tells whether Redis is down
             return local, self.local.role_counts(roles)
         users = []
         for mine, (nodes, seen, roles_json) in zip(local, answers, strict=False):
@@ -205,7 +224,8 @@ class ClusterPresence:
             return
         self._redis = aioredis.from_url(
             self.url, decode_responses=True, socket_timeout=REDIS_TIMEOUT,
-            socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 0))
+            socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 0),
+            socket_keepalive=True, health_check_interval=max(1, int(self.beat)))
         self._scripts = {name: self._redis.register_script(src) for name, src in
                          (("apply", _APPLY), ("reconcile", _RECONCILE), ("leave", _LEAVE))}
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="presence")
@@ -225,7 +245,7 @@ class ClusterPresence:
                     await task
         if self._redis is None:
             return
-        if self.up:
+        if self._joined.is_set():  # idempotent; also undoes a reconcile cut short
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT):
                     await self._script("leave")
@@ -252,6 +272,10 @@ class ClusterPresence:
                 self._went_down(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.beat)
+            except Exception as exc:  # a bug must not stop the heartbeat for good
+                log.exception("presence cluster step failed")
+                self._went_down(exc)
+                await asyncio.sleep(self.beat)
 
     async def _join(self) -> None:
         """Subscribe first (so nothing published from now on is missed), then reconcile."""
@@ -262,10 +286,14 @@ class ClusterPresence:
         await pubsub.subscribe(f"{self.prefix}presence")
         self._subscriber = asyncio.get_running_loop().create_task(
             self._follow(pubsub), name="presence-subscriber")
-        self._pending.clear()  # the reconcile below covers them
+        # From here on changes queue for Redis (apply after reconcile is idempotent).
+        self._joining = True
         await self._reconcile()
+        if self._subscriber.done():
+            raise ConnectionError("the presence subscription was lost while joining")
+        await self._resync_watchers()
         was_down = self._down_since
-        self.up = True
+        self.up, self._joining = True, False
         self._joined.set()
         self.metrics.redis_up.set(1)
         if was_down is not None:
@@ -274,6 +302,27 @@ class ClusterPresence:
             self._down_since = None
         else:
             log.info("presence is cluster-wide through Redis (node %s)", self.node_id)
+
+    async def _resync_watchers(self) -> None:
+        """After an outage, tell this process's watchers what changed meanwhile elsewhere
+        (events published while we were not subscribed are gone)."""
+        if not self._shown and not self._joined.is_set():
+            return
+        assert self._redis is not None
+        online = {str(u) for u in await self._redis.smembers(f"{self.prefix}online")}
+        now = time.time()
+        for user_id, roles in list(self._shown.items()):
+            if user_id not in online and not self.local.state(user_id, now).online:
+                self._deliver(PresenceChange(False, user_id, roles, now))
+        new = [u for u in online if u not in self._shown]
+        if new:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for other in new:
+                    pipe.hget(f"{self.prefix}user:{other}", "roles")
+                answers = await pipe.execute()
+            for other, roles_json in zip(new, answers, strict=True):
+                self._deliver(PresenceChange(True, other,
+                                             tuple(orjson.loads(roles_json or "[]")), now))
 
     async def _reconcile(self) -> None:
         pairs: list[str] = []
@@ -291,16 +340,18 @@ class ClusterPresence:
         self._wake.clear()
         if not self.up:
             return
+        if self._subscriber is None or self._subscriber.done():
+            raise ConnectionError("the presence subscription was lost")
+        if self._pending:
+            await asyncio.sleep(GATHER_SECONDS)  # a storm of arrivals becomes one call
         changes, self._pending = self._pending, []
+        self._inflight = changes
         ops: list[str] = []
         for change in changes:
             ops += ("+", change.user_id, _roles_json(change.roles)) if change.online \
                 else ("-", change.user_id, "")
-        try:
-            result = await self._script("apply", *ops)
-        except BaseException:
-            self._pending[:0] = changes
-            raise
+        result = await self._script("apply", *ops)
+        self._inflight = []
         if result < 0:
             log.warning("this node was unknown to Redis (restarted, or this process was "
                         "silent too long); registering its %d online users again",
@@ -317,12 +368,15 @@ class ClusterPresence:
                     continue
                 try:
                     event = orjson.loads(message["data"])
+                    at = float(event["at"]) / 1000
+                    if not 0 <= at < 1e11:
+                        raise ValueError(f"time {at!r} out of range")
                     change = PresenceChange(bool(event["on"]), str(event["u"]),
-                                            tuple(event["r"]), event["at"] / 1000)
-                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                                            tuple(map(str, event["r"])), at)
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                     log.warning("ignoring a malformed presence message: %s", exc)
                     continue
-                self.deliver(change)
+                self._deliver(change)
         except (RedisError, OSError) as exc:
             self._went_down(exc)
             self._wake.set()
@@ -334,6 +388,12 @@ class ClusterPresence:
         self.metrics.redis_errors.inc()
         if self._subscriber is not None and self._subscriber is not asyncio.current_task():
             self._subscriber.cancel()
+        # What may never have reached the cluster still reaches this process's watchers (a
+        # repeat is harmless: events are states).
+        changes = self._inflight + self._pending
+        self._inflight, self._pending, self._joining = [], [], False
+        for change in changes:
+            self._deliver(change)
         if not self.up:
             if self._down_since is None and self._joined.is_set():
                 self._down_since = time.monotonic()
@@ -341,9 +401,5 @@ class ClusterPresence:
         self.up = False
         self._down_since = time.monotonic()
         self.metrics.redis_up.set(0)
-        log.warning("Redis is unreachable (%s): presence is local to this process until it "
-                    "is back; notifications are not affected", exc or type(exc).__name__)
-        # What never reached the cluster still reaches this process's watchers.
-        changes, self._pending = self._pending, []
-        for change in changes:
-            self.deliver(change)
+        log.warning("Redis failed (%s): presence is local to this process until it is back; "
+                    "notifications are not affected", exc or type(exc).__name__)

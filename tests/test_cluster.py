@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 from faults_support import ServeProcess, eventually, http_get
 from redis_support import RedisServer
 from support import SECRET, Client, free_port
@@ -162,6 +163,9 @@ async def test_presence_is_cluster_wide(fresh_db: str, tmp_path: Path, redis_url
         assert users_of(state)["doc"]["online"] is False
         assert users_of(state)["doc"]["lastSeen"] is not None
         assert state["roles"] == {"doctor": 0}
+        # The patient, no watcher, was told none of these comings and goings.
+        assert [f for f in patient.seen if f["type"].startswith("presence:")
+                and f["type"] != "presence:state"] == []
         await nurse.close()
         assert (await admin.next_data("presence:offline"))["userId"] == "nurse1"
 
@@ -220,7 +224,7 @@ async def test_redis_restarted_presence_is_rebuilt_from_live_connections(
         await late.close()
         assert await wait_presence(admin, "presence:offline", "late")
         logs = node_a.log_path.read_text() + node_b.log_path.read_text()
-        assert "Redis is unreachable" in logs and "presence is cluster-wide again" in logs
+        assert "Redis failed" in logs and "presence is cluster-wide again" in logs
         await worker.close()
 
 
@@ -244,7 +248,7 @@ async def test_redis_down_presence_degrades_to_local_and_notifications_flow(
         assert status == 200 and b"notifyd_presence_redis_up 1.0" in body
 
         private_redis.kill()
-        await eventually(lambda: "Redis is unreachable" in node_a.log_path.read_text(), 10,
+        await eventually(lambda: "Redis failed" in node_a.log_path.read_text(), 10,
                          "node a logs that Redis is down")
         status, body = await http_get(node_a.port, "/metrics")
         assert b"notifyd_presence_redis_up 0.0" in body
@@ -257,6 +261,7 @@ async def test_redis_down_presence_degrades_to_local_and_notifications_flow(
         finally:
             await db.close()
         assert (await remote.next_data("notification:new"))["notification"]["id"] == nid
+        await remote.close()  # while Redis is down: only b's own watchers could be told
         # Presence is local to each process: a user on a's own process is seen, with events.
         local = await live(node_a.port, "local")
         assert await wait_presence(admin, "presence:online", "local")
@@ -266,10 +271,12 @@ async def test_redis_down_presence_degrades_to_local_and_notifications_flow(
         private_redis.start()
         await eventually(lambda: "presence is cluster-wide again" in node_a.log_path.read_text(),
                          10, "node a is back on Redis")
+        # a's watchers learn what they missed meanwhile.
+        assert await wait_presence(admin, "presence:offline", "remote")
         late = await live(node_b.port, "late")
         assert await wait_presence(admin, "presence:online", "late")
         state = await presence_state(admin, "q2", userIds=["remote", "local", "late"])
-        assert all(u["online"] for u in state["users"]), state
+        assert [u["online"] for u in state["users"]] == [False, True, True], state
         await local.close()
         await late.close()
 
@@ -288,3 +295,21 @@ async def test_a_stopped_process_takes_its_users_offline_at_once(
         assert await asyncio.to_thread(node_b.proc.wait, 10) == 0
         state = await presence_state(admin, "q", userIds=["leaving"], roles=["staff"])
         assert state["roles"] == {"staff": 0} and not state["users"][0]["online"]
+
+
+async def test_a_lost_subscription_is_noticed_and_restored(
+        fresh_db: str, tmp_path: Path, private_redis: RedisServer) -> None:
+    async with cluster(fresh_db, tmp_path, 2, NOTIFYD_REDIS_URL=private_redis.url,
+                       NOTIFYD_PRESENCE_TTL="2") as (node_a, node_b):
+        admin = await live(node_a.port, "boss", ["admin"])
+        killer = aioredis.from_url(private_redis.url)
+        try:
+            assert await killer.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+        finally:
+            await killer.aclose()
+        await eventually(lambda: "presence is cluster-wide again" in node_a.log_path.read_text(),
+                         10, "node a subscribed again")
+        late = await live(node_b.port, "late")
+        assert await wait_presence(admin, "presence:online", "late")
+        await late.close()
+        assert await wait_presence(admin, "presence:offline", "late")
