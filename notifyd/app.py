@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import random
 import socket
 import time
 from collections.abc import Coroutine
@@ -13,7 +14,7 @@ from typing import Any
 
 from websockets.datastructures import Headers
 
-from notifyd import PROTOCOL_VERSION
+from notifyd import PROTOCOL_VERSION, logs
 from notifyd.auth import Authenticator, Identity
 from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
@@ -37,7 +38,13 @@ from notifyd.protocol import (
     format_time,
     websocket_text,
 )
-from notifyd.server import CLOSE_REVOKED, CLOSE_TOKEN, Connection, connection_factory
+from notifyd.server import (
+    CLOSE_REVOKED,
+    CLOSE_TOKEN,
+    AdminConnection,
+    Connection,
+    connection_factory,
+)
 from notifyd.session import State
 from notifyd.store import Store
 from notifyd.timers import TimerWheel
@@ -47,6 +54,9 @@ log = logging.getLogger("notifyd.app")
 PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see presence events
 TICK_SECONDS = 0.1  # resolution of the timing wheel
 CATCH_UP_PAGE = 10_000
+RETENTION_EVERY = 600.0  # seconds between retention runs (jittered: many processes share one DB)
+PRUNE_BATCH = 1000  # rows per prune transaction: short locks
+PRUNE_PAUSE = 0.05  # seconds between batches, so the database serves others meanwhile
 
 
 def _now_iso() -> str:
@@ -62,8 +72,7 @@ class App:
         self.auth = Authenticator(settings)
         # `dev`: the demo page and its token and send helpers (`notifyd dev` only)
         self.metrics = Metrics()
-        self.http_api = HttpApi(settings, store, self.verify, lambda: self.ready,
-                                self.metrics.render, dev)
+        self.http_api = HttpApi(settings, store, self.verify, self.readiness, self.metrics, dev)
         self.index: StreamIndex[Connection] = StreamIndex()
         self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
         self.policy = PresencePolicy(settings.presence_roles, settings.presence_public_roles or ())
@@ -76,11 +85,24 @@ class App:
         self.timers: TimerWheel[Connection] = TimerWheel(time.monotonic(), TICK_SECONDS)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+        self._admin: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
+        self.reloads = 0
         self._unread_epoch: dict[str, int] = {}
         self.router.on_published = self._note_published
         self.port = 0
-        self.metrics.watch(lambda: len(self.connections), self.presence.local.online_count)
+        self.admin_port: int | None = None
+        self.router.observe_latency = self.metrics.latency.observe
+        listener = self.listener
+        self.metrics.watch(
+            connections=lambda: len(self.connections),
+            online_users=self.presence.local.online_count,
+            delivered=lambda: self.router.delivered,
+            published=lambda: self.router.published,
+            listener_up=lambda: float(listener.up),
+            listener_reconnects=lambda: listener.reconnects,
+            reloads=lambda: self.reloads)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -98,18 +120,49 @@ class App:
                 factory, self.settings.host, self.settings.port, backlog=4096,
                 reuse_address=True, reuse_port=self.settings.reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.settings.admin_port is not None:
+            self._admin = await loop.create_server(
+                connection_factory(self, loop.time, admin=True), self.settings.admin_host,
+                self.settings.admin_port, reuse_address=True)
+            self.admin_port = self._admin.sockets[0].getsockname()[1]
+            log.info("admin listener (health, metrics) on %s:%d", self.settings.admin_host,
+                     self.admin_port)
         self._ticker = loop.create_task(self._tick_forever(), name="notifyd-tick")
+        self._retention = loop.create_task(self._retain_forever(), name="notifyd-retention")
         log.info("serving on %s:%d", self.settings.host, self.port)
 
     @property
     def ready(self) -> bool:
+        """Listening, and the LISTEN connection is up and caught up (see readiness())."""
         return self._server is not None and self._server.is_serving() and self.listener.up
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz checks: the two of `ready`, and that the database answers a query."""
+        checks = {"listening": self._server is not None and self._server.is_serving(),
+                  "listen_connection": self.listener.up, "database": True}
+        try:
+            await self.store.ping()
+        except StoreError:
+            checks["database"] = False
+        return checks
+
+    def reload(self, fresh: Settings, changed: list[str]) -> None:
+        """SIGHUP: apply reloadable settings (config.reloaded() made `fresh`). Live connections
+        stay; new limits apply from their next frame, new keys to the next token verified."""
+        self.settings = fresh
+        self.http_api.settings = fresh
+        self.auth = Authenticator(fresh)
+        logs.set_level(fresh.log_level)
+        self.reloads += 1
+        log.info("configuration reloaded", extra={"changed": changed})
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, close every connection with 1001, then release the database."""
         limit = timeout if timeout is not None else self.settings.shutdown_timeout
         if self._server is not None:
             self._server.close()
+        if self._admin is not None:
+            self._admin.close()
         transports = [c.transport for c in self.connections if c.transport is not None]
         for conn in list(self.connections):
             conn.close(1001, "server going away")
@@ -124,8 +177,9 @@ class App:
                         len(stuck), limit)
             for transport in stuck:
                 transport.abort()
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for background in (self._ticker, self._retention):
+            if background is not None:
+                background.cancel()
         for task in list(self._tasks):
             task.cancel()
         await self.presence.stop()
@@ -141,9 +195,13 @@ class App:
 
     def verify(self, token: str) -> Identity:
         """A valid token whose user's access was not revoked after it was issued."""
-        identity = self.auth.verify(token)
-        if self._is_revoked(identity):
-            raise AuthError("token revoked")
+        try:
+            identity = self.auth.verify(token)
+            if self._is_revoked(identity):
+                raise AuthError("token revoked")
+        except AuthError as exc:
+            self.metrics.auth_failed(str(exc))
+            raise
         return identity
 
     def admit(self, identity: Identity) -> str | None:
@@ -186,7 +244,11 @@ class App:
         if self.policy.is_watcher(identity.roles):
             streams.append(PRESENCE_STREAM)
         self.index.add(conn, streams)
-        log.info("connection %s open for user %s", conn.session.connection_id, identity.user_id)
+        self.metrics.connections_opened += 1
+        if log.isEnabledFor(logging.INFO):
+            log.info("connection open", extra={
+                "conn": conn.session.connection_id, "user": identity.user_id,
+                "roles": list(identity.roles), "peer": conn.peer()})
         conn.send(encode("connection-confirmed", {
             "userId": identity.user_id,
             "roles": list(identity.roles),
@@ -206,6 +268,15 @@ class App:
     def closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
         identity = conn.session.identity
+        if conn.ws.state.name != "CONNECTING":  # a WebSocket, not a plain HTTP request
+            code, reason, by = conn.close_info()
+            self.metrics.closes[str(code)] += 1
+            if log.isEnabledFor(logging.INFO):
+                log.info("connection closed", extra={
+                    "conn": conn.session.connection_id,
+                    "user": identity.user_id if identity is not None else None,
+                    "code": code, "reason": reason, "by": by,
+                    "seconds": round(asyncio.get_running_loop().time() - conn.opened_at, 3)})
         if identity is None:
             return
         streams = [*identity.streams, PRESENCE_STREAM]
@@ -213,8 +284,6 @@ class App:
         self.router.forget(gone)
         for stream in gone:
             self._unread_epoch.pop(stream, None)
-        log.info("connection %s closed for user %s (code %s)", conn.session.connection_id,
-                 identity.user_id, conn.ws.close_code)
         self.presence.disconnected(identity.user_id)
 
     def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
@@ -222,9 +291,11 @@ class App:
 
     async def _http(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
         try:
-            answer = await self.http_api.answer(method, target, headers)
+            answer = await self.http_api.answer(method, target, headers,
+                                                admin=isinstance(conn, AdminConnection))
         except Exception:
-            log.exception("%s %s failed", method, target[:200])
+            # the path only: the query may hold a token
+            log.exception("%s %s failed", method, target.split("?", 1)[0][:200])
             answer = HttpAnswer(500, b"internal error\n", "text/plain; charset=utf-8")
         conn.respond(answer.status, answer.content_type, answer.body, answer.headers)
 
@@ -316,6 +387,7 @@ class App:
         identity = conn.session.identity
         assert identity is not None
         allowed = identity.streams
+        self.metrics.sync_requests["websocket"] += 1
         for stream in req.cursors:
             if stream not in allowed:
                 self._refuse(conn, ClientError(
@@ -408,6 +480,41 @@ class App:
             watcher_identity = watcher.session.identity
             if watcher_identity is not None and watcher_identity.user_id != change.user_id:
                 watcher.write(frame)
+
+    # -- retention -----------------------------------------------------------------------
+
+    async def _retain_forever(self) -> None:
+        await asyncio.sleep(random.uniform(1.0, 10.0))  # not every process at once
+        while True:
+            if self.settings.retention_days > 0:
+                try:
+                    await self.prune()
+                except StoreError as exc:
+                    log.warning("retention run failed (next in about %.0fs): %s",
+                                RETENTION_EVERY, exc)
+                except Exception:  # pragma: no cover - a bug must not end retention
+                    log.exception("retention run failed")
+            await asyncio.sleep(RETENTION_EVERY * random.uniform(0.75, 1.25))
+
+    async def prune(self, batch: int = PRUNE_BATCH) -> int:
+        """Delete notifications older than NOTIFYD_RETENTION_DAYS, one short transaction per
+        `batch` rows, until none is left or another process is at it. Returns the count."""
+        days = self.settings.retention_days
+        started, total, batches = time.monotonic(), 0, 0
+        while days > 0:
+            deleted = await self.store.prune(days, batch)
+            if deleted is None:
+                break  # another process is pruning, or a row lock was busy: next run
+            total += deleted
+            batches += 1
+            self.metrics.pruned += deleted
+            if deleted < batch:
+                break
+            await asyncio.sleep(PRUNE_PAUSE)
+        if total:
+            log.info("pruned %d notifications older than %g days in %.2fs (%d batches)",
+                     total, days, time.monotonic() - started, batches)
+        return total
 
     # -- catch-up and the timer ---------------------------------------------------------
 

@@ -1,5 +1,6 @@
-# Entry points: `notifyd dev|serve|migrate|token|check-config|tail`, logging set-up, uvloop and
-# signals. Translates ConfigError into one line and exit code 2, as the contract requires.
+# Entry points: `notifyd dev|serve|migrate|token|check-config|tail`, uvloop, signals (TERM and
+# INT stop, HUP reloads) and the systemd notifications around them. Translates ConfigError into
+# one line and exit code 2, as the contract requires.
 from __future__ import annotations
 
 import argparse
@@ -9,32 +10,19 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from notifyd import __version__, config
+from notifyd import __version__, config, logs
 from notifyd.auth import issue_token
 from notifyd.errors import ConfigError, MigrationError, StoreError
 
+if TYPE_CHECKING:
+    from notifyd.app import App
+    from notifyd.systemd import SystemdNotifier
+
 log = logging.getLogger("notifyd")
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: what journald and log shippers want."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = {"level": record.levelname.lower(), "logger": record.name,
-                "msg": record.getMessage()}
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line)
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--ttl", "must be positive")
             print(issue_token(settings.jwt_secret, args.sub, args.role, args.ttl))
             return 0
-        _setup_logging(settings.log_level)
+        logs.setup(settings.log_level)
         if args.command == "migrate":
             if not settings.dsn:
                 raise ConfigError("NOTIFYD_DSN", "required")
             return _migrate(settings.dsn)
         config.require_serving(settings)
-        return _serve(settings)
+        return _serve(settings, reload=lambda: config.load(config_file=args.config))
     except ConfigError as exc:
         print(f"notifyd: invalid setting {exc}", file=sys.stderr)
         return 2
@@ -133,37 +121,93 @@ def _migrate(dsn: str) -> int:
     return 0
 
 
-def _serve(settings: config.Settings, announce: str | None = None, dev: bool = False) -> int:
+def _serve(settings: config.Settings, announce: str | None = None, dev: bool = False,
+           reload: Callable[[], config.Settings] | None = None) -> int:
+    """Run the daemon until SIGTERM or SIGINT. `reload` reads the configuration again
+    (SIGHUP); without it (`notifyd dev`) SIGHUP only logs that nothing was reloaded."""
     import uvloop
 
     from notifyd.app import App
+    from notifyd.migrate import migrations
     from notifyd.store import Store
+    from notifyd.systemd import SystemdNotifier
+
+    notifier = SystemdNotifier()
 
     async def run() -> int:
         try:
             store = await Store.open(settings.dsn or "")
+            have, need = await store.schema_version(), migrations()[-1][0]
         except StoreError as exc:
             log.error("%s", exc)
+            return 1
+        if have < need:
+            log.error("the database schema is at version %d; this notifyd needs version %d: "
+                      "run `notifyd migrate` first", have, need)
+            await store.close()
             return 1
         app = App(settings, store, dev=dev)
         try:
             await app.start()
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
-            await store.close()
+            await app.stop(0)
             return 1
         if announce is not None:
             print(announce.replace(f":{settings.port}/", f":{app.port}/"), flush=True)
+        # Listening, and app.start() returned only once the LISTEN connection was up.
+        notifier.ready(f"serving on {settings.host}:{app.port}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, _reloader(app, notifier, reload))
+        watchdog = None
+        if notifier.enabled and notifier.watchdog_seconds:
+            watchdog = loop.create_task(_watchdog(app, notifier, notifier.watchdog_seconds / 2))
         await stop.wait()
         log.info("shutting down")
+        notifier.stopping()
+        if watchdog is not None:
+            watchdog.cancel()
         await app.stop()
+        notifier.close()
         return 0
 
     return uvloop.run(run())
+
+
+def _reloader(app: App, notifier: SystemdNotifier,
+              reload: Callable[[], config.Settings] | None) -> Callable[[], None]:
+    def on_sighup() -> None:
+        if reload is None:
+            log.warning("SIGHUP: notifyd dev has no configuration to reload")
+            return
+        notifier.reloading()
+        try:
+            fresh = reload()
+            merged, changed, ignored = config.reloaded(app.settings, fresh)
+            config.require_serving(merged)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: invalid setting %s",
+                      exc)
+        else:
+            for key in ignored:
+                log.warning("%s changed but only takes effect after a restart",
+                            config.ENV_PREFIX + key.upper())
+            app.reload(merged, changed)
+        notifier.ready(f"serving on {app.settings.host}:{app.port}")
+    return on_sighup
+
+
+async def _watchdog(app: App, notifier: SystemdNotifier, every: float) -> None:
+    """WATCHDOG=1 at half of WatchdogSec while the event loop runs: a hung loop gets the
+    process restarted. STATUS shows what `systemctl status` should."""
+    while True:
+        status = (f"{len(app.connections)} connections; LISTEN "
+                  f"{'up' if app.listener.up else 'down (reconnecting)'}")
+        notifier.watchdog(status)
+        await asyncio.sleep(every)
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -171,7 +215,7 @@ def _dev(args: argparse.Namespace) -> int:
     from notifyd.migrate import migrate
 
     data_dir = Path(args.data_dir).resolve()
-    _setup_logging(os.environ.get("NOTIFYD_LOG_LEVEL", "INFO").upper())
+    logs.setup(os.environ.get("NOTIFYD_LOG_LEVEL", "INFO").upper())
     print(f"starting the embedded PostgreSQL in {data_dir} ...", flush=True)
     server, dsn, psql = start_postgres(data_dir)
     secret = dev_secret(data_dir)

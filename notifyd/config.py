@@ -30,6 +30,8 @@ class Setting:
     secret: bool = False
     minimum: float | None = None
     maximum: float | None = None
+    reload: bool = False  # SIGHUP applies a new value without a restart
+
 
     @property
     def env(self) -> str:
@@ -40,16 +42,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dsn", "str", None, "PostgreSQL URL (required by serve and migrate)", secret=True),
     Setting("host", "str", "127.0.0.1", "listen address"),
     Setting("port", "int", 8765, "listen port (0 picks a free one)", minimum=0, maximum=65535),
-    Setting("jwt_secret", "str", None, "HS256 secret", secret=True),
-    Setting("jwt_secret_file", "path", None, "file holding the HS256 secret"),
-    Setting("jwt_public_key_file", "path", None, "PEM public key for RS256/ES256"),
-    Setting("jwt_algorithms", "list", ("HS256",), "allow-list of JWT algorithms"),
-    Setting("jwt_audience", "str", None, "required `aud` when set"),
-    Setting("jwt_issuer", "str", None, "required `iss` when set"),
-    Setting("jwt_user_claim", "str", "sub", "claim holding the user id"),
-    Setting("jwt_roles_claim", "str", "roles", "list claim of roles (a string `role` is read too)"),
-    Setting("jwt_cookie", "str", None, "cookie that may carry the JWT (allowed Origins only)"),
-    Setting("allowed_origins", "list", None, "Origins allowed to connect; others get HTTP 403"),
+    Setting("admin_host", "str", "127.0.0.1", "address of the admin listener"),
+    Setting("admin_port", "int", None,
+            "port of a listener for /healthz, /readyz and /metrics only, for this process alone "
+            "(when set, /metrics leaves the public port)", minimum=0, maximum=65535),
+    Setting("jwt_secret", "str", None, "HS256 secret", secret=True, reload=True),
+    Setting("jwt_secret_file", "path", None, "file holding the HS256 secret", reload=True),
+    Setting("jwt_public_key_file", "path", None, "PEM public key for RS256/ES256", reload=True),
+    Setting("jwt_algorithms", "list", ("HS256",), "allow-list of JWT algorithms", reload=True),
+    Setting("jwt_audience", "str", None, "required `aud` when set", reload=True),
+    Setting("jwt_issuer", "str", None, "required `iss` when set", reload=True),
+    Setting("jwt_user_claim", "str", "sub", "claim holding the user id", reload=True),
+    Setting("jwt_roles_claim", "str", "roles",
+            "list claim of roles (a string `role` is read too)", reload=True),
+    Setting("jwt_cookie", "str", None, "cookie that may carry the JWT (allowed Origins only)",
+            reload=True),
+    Setting("allowed_origins", "list", None, "Origins allowed to connect; others get HTTP 403",
+            reload=True),
     Setting("redis_url", "str", None, "Redis URL for cluster-wide presence", secret=True),
     Setting("redis_prefix", "str", "notifyd:", "prefix of notifyd's Redis keys and channel"),
     Setting("presence_roles", "list", ("admin",), "roles that see presence events and may query"),
@@ -61,26 +70,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("reuse_port", "bool", False,
             "bind with SO_REUSEPORT so several processes share the port"),
     Setting("max_frame_bytes", "int", 65536, "largest client frame; larger ones close with 1009",
-            minimum=256, maximum=16 * 2**20),
+            minimum=256, maximum=16 * 2**20, reload=True),
     Setting("auth_timeout", "float", 10.0, "seconds to wait for a first `auth` frame",
-            minimum=0.1, maximum=300),
+            minimum=0.1, maximum=300, reload=True),
     Setting("ping_interval", "float", 20.0, "seconds between WebSocket keepalive pings",
-            minimum=0.1, maximum=3600),
+            minimum=0.1, maximum=3600, reload=True),
     Setting("ping_timeout", "float", 20.0, "seconds without any frame after a ping before closing",
-            minimum=0.1, maximum=3600),
+            minimum=0.1, maximum=3600, reload=True),
     Setting("sync_limit", "int", 100, "default items per stream in a sync-response",
-            minimum=1, maximum=1000),
+            minimum=1, maximum=1000, reload=True),
     Setting("max_send_buffer", "int", 1048576, "send buffer bytes before a slow client gets 4008",
-            minimum=4096, maximum=2**30),
+            minimum=4096, maximum=2**30, reload=True),
     Setting("rate_limit", "float", 20.0, "client frames per second per connection (sustained)",
-            minimum=0.1, maximum=100000),
+            minimum=0.1, maximum=100000, reload=True),
     Setting("rate_burst", "int", 40, "client frames a connection may send at once",
-            minimum=1, maximum=100000),
+            minimum=1, maximum=100000, reload=True),
     Setting("max_connections_per_user", "int", 20, "live connections per user on one process",
-            minimum=1, maximum=100000),
+            minimum=1, maximum=100000, reload=True),
     Setting("shutdown_timeout", "float", 10.0, "seconds to close connections on SIGTERM",
-            minimum=0, maximum=600),
-    Setting("log_level", "str", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+            minimum=0, maximum=600, reload=True),
+    Setting("log_level", "str", "INFO", "DEBUG, INFO, WARNING or ERROR", reload=True),
+    Setting("retention_days", "float", 0.0,
+            "notifications older than this are pruned in small batches; 0 keeps everything",
+            minimum=0, maximum=36500, reload=True),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -90,6 +102,8 @@ class Settings:
     dsn: str | None = None
     host: str = "127.0.0.1"
     port: int = 8765
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
     jwt_secret: str | None = None
     jwt_secret_file: Path | None = None
     jwt_public_key_file: Path | None = None
@@ -117,6 +131,7 @@ class Settings:
     max_connections_per_user: int = 20
     shutdown_timeout: float = 10.0
     log_level: str = "INFO"
+    retention_days: float = 0.0
     # Not settings: derived at load time.
     jwt_public_key: str | None = dataclasses.field(default=None, repr=False)
 
@@ -213,11 +228,22 @@ def load(
         if setting.env in env and env[setting.env] != "":
             values[setting.key] = _cast(setting, env[setting.env])
     credentials = env.get("CREDENTIALS_DIRECTORY")
-    if "jwt_secret" not in values and "jwt_secret_file" not in values and credentials:
-        candidate = Path(credentials) / "jwt_secret"
+    if credentials:
+        _from_credentials(Path(credentials), values)
+    return validate(Settings(**values))
+
+
+def _from_credentials(directory: Path, values: dict[str, Any]) -> None:
+    """systemd credentials (LoadCredential=NAME:PATH) named after a secret setting fill it
+    when neither the environment nor the file set it."""
+    if "jwt_secret" not in values and "jwt_secret_file" not in values:
+        candidate = directory / "jwt_secret"
         if candidate.exists():
             values["jwt_secret_file"] = candidate
-    return validate(Settings(**values))
+    for key in ("dsn", "redis_url"):
+        candidate = directory / key
+        if key not in values and candidate.exists():
+            values[key] = _cast(_BY_KEY[key], _read_file(f"credential {key}", candidate))
 
 
 def validate(settings: Settings) -> Settings:
@@ -274,3 +300,18 @@ def require_serving(settings: Settings) -> None:
         raise ConfigError("NOTIFYD_JWT_SECRET", "required for HS* algorithms")
     if any(not a.startswith("HS") for a in settings.jwt_algorithms) and not settings.jwt_public_key:
         raise ConfigError("NOTIFYD_JWT_PUBLIC_KEY_FILE", "required for RS/ES/PS/EdDSA algorithms")
+
+
+def reloaded(current: Settings, fresh: Settings) -> tuple[Settings, list[str], list[str]]:
+    """What SIGHUP applies: `fresh` (valid, just loaded) for the settings that reload, the
+    current values for the rest. Returns the result, the settings that changed, and those
+    that changed but need a restart (kept as they are)."""
+    keep = {s.key: getattr(current, s.key) for s in SETTINGS if not s.reload}
+    merged = dataclasses.replace(fresh, **keep)
+    changed = [s.key for s in SETTINGS if s.reload
+               and getattr(merged, s.key) != getattr(current, s.key)]
+    if merged.jwt_public_key != current.jwt_public_key and "jwt_public_key_file" not in changed:
+        changed.append("jwt_public_key_file")  # same file, new key
+    ignored = [s.key for s in SETTINGS if not s.reload
+               and getattr(fresh, s.key) != getattr(current, s.key)]
+    return merged, changed, ignored

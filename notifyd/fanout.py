@@ -48,6 +48,10 @@ class Router:
         self._draining: asyncio.Task[None] | None = None
         self._blocked = True  # until the first catch_up(): the listener is not up yet
         self.delivered = 0  # notification frames written, for metrics and the bench
+        self.published = 0  # notifications that had local recipients
+        # Called with the seconds from the inserting statement (the event's "t") to the frame
+        # written to the last local recipient.
+        self.observe_latency: Callable[[float], None] | None = None
         self.on_published: Callable[[str, dict[str, Any]], None] | None = None
         self.on_revoked: Callable[[str, float], None] | None = None
 
@@ -154,7 +158,8 @@ class Router:
                 stream, seq = event["s"], event["q"]
             else:
                 stream, seq = notification["stream"], notification["seq"]
-            self._publish_new(stream, seq, notification, self._unread_frame(stream, event))
+            self._publish_new(stream, seq, notification, self._unread_frame(stream, event),
+                              event.get("t"))
         elif kind == "r":
             stream = event["s"]
             if event.get("at") is not None:
@@ -195,7 +200,7 @@ class Router:
             conn.write(frame)
 
     def _publish_new(self, stream: str, seq: int, notification: Any,
-                     trailer: bytes | None = None) -> None:
+                     trailer: bytes | None = None, committed: float | None = None) -> None:
         """One notification:new to every subscriber of `stream`; `trailer` (the new unread
         count) goes out in the same write, so a user's device gets one system call."""
         last = self.last_seq.get(stream)
@@ -217,6 +222,9 @@ class Router:
             elif trailer is not None:
                 conn.write(trailer)
         self.delivered += sent
+        self.published += 1
+        if committed is not None and self.observe_latency is not None:
+            self.observe_latency(max(0.0, time.time() - committed))
         if timed:
             log.info("fan-out to %d connections took %.3f ms (%s seq %d)", len(members),
                      (time.perf_counter() - started) * 1000, stream, seq)

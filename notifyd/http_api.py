@@ -1,6 +1,7 @@
-# Plain HTTP on the daemon's port: health, the polling API (/v1/...) for clients that cannot
-# hold a WebSocket, the browser client at /notifyd.js and, under `notifyd dev`, the demo page and
-# its helpers. The server adapter hands over a parsed request and writes the HttpAnswer back.
+# Plain HTTP on the daemon's port: health, metrics, the polling API (/v1/...) for clients that
+# cannot hold a WebSocket, the browser client at /notifyd.js and, under `notifyd dev`, the demo
+# page and its helpers; and the admin listener's health and metrics. The server adapter hands
+# over a parsed request and writes the HttpAnswer back.
 # The /v1 API is authenticated by a bearer token, never a cookie, so any page may call it (CORS
 # `*`) unless NOTIFYD_ALLOWED_ORIGINS names the pages that may.
 from __future__ import annotations
@@ -19,6 +20,7 @@ from notifyd.auth import Identity, issue_token
 from notifyd.config import Settings
 from notifyd.errors import AuthError, ClientError, StoreError
 from notifyd.metrics import CONTENT_TYPE as METRICS_TYPE
+from notifyd.metrics import Metrics
 from notifyd.protocol import format_time, mark_read_request, poll_request
 from notifyd.store import Store
 
@@ -50,12 +52,12 @@ class HttpApi:
     """Answers every request on the port but the WebSocket upgrade."""
 
     def __init__(self, settings: Settings, store: Store, verify: Callable[[str], Identity],
-                 ready: Callable[[], bool], metrics: Callable[[], bytes],
+                 readiness: Callable[[], Awaitable[dict[str, bool]]], metrics: Metrics,
                  dev: bool = False) -> None:
         self.settings = settings
         self.store = store
         self.verify = verify
-        self.ready = ready
+        self.readiness = readiness
         self.metrics = metrics
         self.dev = dev
         self.client_js = _static("notifyd.js")
@@ -67,9 +69,18 @@ class HttpApi:
             ("POST", "/v1/notifications/read-all"): self._mark_read,
         }
 
-    async def answer(self, method: str, target: str, headers: Any) -> HttpAnswer:
+    async def answer(self, method: str, target: str, headers: Any,
+                     admin: bool = False) -> HttpAnswer:
+        """`admin`: the request came to the admin listener, which serves only health and
+        metrics; /metrics is on the public port only when there is no admin listener."""
         parts = urlsplit(target)
         route, query = parts.path, parse_qs(parts.query)
+        if admin:
+            if route not in ("/healthz", "/readyz", "/metrics"):
+                return HttpAnswer(404, b"not found\n", TEXT)
+            if method != "GET":
+                return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", "GET")])
+            return await self._operations(route, admin)
         cors = self._cors(headers.get("Origin"))
         if route.startswith("/v1/"):
             if method == "OPTIONS":  # a browser's preflight for the Authorization header
@@ -84,13 +95,8 @@ class HttpApi:
             return await self._dev_notify(query)
         if method != "GET":
             return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", "GET")])
-        if route == "/healthz":
-            return HttpAnswer(200, b"ok\n", TEXT)
-        if route == "/readyz":
-            return HttpAnswer(200, b"ready\n", TEXT) if self.ready() else \
-                HttpAnswer(503, b"not ready\n", TEXT)
-        if route == "/metrics":
-            return HttpAnswer(200, self.metrics(), METRICS_TYPE)
+        if route in ("/healthz", "/readyz", "/metrics"):
+            return await self._operations(route, admin)
         if route == "/notifyd.js":
             # a module script from another origin needs CORS; it holds no secret
             return HttpAnswer(200, self.client_js, "text/javascript; charset=utf-8",
@@ -102,6 +108,19 @@ class HttpApi:
         if self.dev and route == "/dev/token":
             return self._dev_token(query)
         return HttpAnswer(404, b"not found\n", TEXT)
+
+    async def _operations(self, route: str, admin: bool) -> HttpAnswer:
+        if route == "/healthz":
+            return HttpAnswer(200, b"ok\n", TEXT)
+        if route == "/readyz":
+            checks = await self.readiness()
+            failed = [name for name, ok in checks.items() if not ok]
+            if not failed:
+                return HttpAnswer(200, b"ready\n", TEXT)
+            return HttpAnswer(503, f"not ready: {', '.join(failed)} down\n".encode(), TEXT)
+        if self.settings.admin_port is not None and not admin:
+            return HttpAnswer(404, b"not found\n", TEXT)
+        return HttpAnswer(200, self.metrics.render(), METRICS_TYPE)
 
     def _cors(self, origin: str | None) -> list[tuple[str, str]]:
         allowed = self.settings.allowed_origins
@@ -141,6 +160,7 @@ class HttpApi:
                              query: dict[str, list[str]]) -> HttpAnswer:
         """Like a sync-request on a connection of this identity."""
         req = poll_request(query)
+        self.metrics.sync_requests["http"] += 1
         streams = identity.streams
         for stream in req.cursors:
             if stream not in streams:

@@ -1,39 +1,124 @@
 # The process's Prometheus metrics, served at /metrics. One registry per App (several Apps may
-# share a process in tests); gauges of live state are read at scrape time, counters are bumped
-# by the modules that see the events. Imports nothing of notifyd.
+# share a process in tests). Counters on the hot path are plain integers bumped by the modules
+# that see the events (a prometheus-client Counter takes a lock per increment) and read at
+# scrape time, like the gauges of live state. Imports nothing of notifyd.
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Commit-to-send latency buckets, in seconds: the target is milliseconds, the tail matters.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
 
 
-class Metrics:
+class Metrics(Collector):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.connections = Gauge("notifyd_connections", "Open WebSocket connections",
-                                 registry=r)
-        self.online_users = Gauge("notifyd_online_users",
-                                  "Users with at least one device on this process", registry=r)
+        # -- bumped where the events happen (read at scrape time by collect()) --
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        self.connections_opened = 0
+        self.closes: Tally[str] = Tally()  # close code (1006: the connection was lost)
+        self.auth_failures: Tally[str] = Tally()  # expired, revoked or invalid
+        self.sync_requests: Tally[str] = Tally()  # websocket or http
+        self.slow_consumer_closes = 0
+        self.rate_limited = 0
+        self.pruned = 0
+        # -- read from their owners at scrape time (see watch()) --
+        self._live: dict[str, Callable[[], float]] = {}
+        self.latency = Histogram(
+            "notifyd_delivery_latency_seconds",
+            "From the end of the inserting statement in PostgreSQL to the notification written "
+            "to the last local recipient's socket (clocks of both hosts must agree)",
+            buckets=LATENCY_BUCKETS, registry=r)
         self.redis_up = Gauge(
             "notifyd_presence_redis_up",
             "1 while presence is cluster-wide through Redis, 0 while NOTIFYD_REDIS_URL is set "
             "but Redis is unreachable (presence is then local to this process)", registry=r)
         self.redis_errors = Counter("notifyd_presence_redis_errors",
                                     "Failed Redis calls of the presence cluster", registry=r)
+        r.register(self)
 
     def without_redis(self) -> None:
         """No NOTIFYD_REDIS_URL: the Redis metrics would only mislead."""
         self.registry.unregister(self.redis_up)
         self.registry.unregister(self.redis_errors)
 
-    def watch(self, connections: Callable[[], int], online_users: Callable[[], int]) -> None:
-        self.connections.set_function(connections)
-        self.online_users.set_function(online_users)
+    def watch(self, **sources: Callable[[], float]) -> None:
+        """Values owned elsewhere, read at each scrape: connections, online_users, delivered,
+        published, listener_up, listener_reconnects, reloads."""
+        self._live.update(sources)
+
+    def auth_failed(self, message: str) -> None:
+        reason = {"token expired": "expired", "token revoked": "revoked"}.get(message, "invalid")
+        self.auth_failures[reason] += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    # -- Collector ----------------------------------------------------------------------------
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked: the names are fixed in collect()
+
+    def collect(self) -> Iterator[Metric]:
+        live = self._live
+
+        def gauge(name: str, doc: str, source: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=live[source]() if source in live else 0)
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        def tally(name: str, doc: str, label: str, counts: Tally[str],
+                  always: tuple[str, ...] = ()) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, doc, labels=[label])
+            for key in sorted({*always, *counts}):
+                family.add_metric([key], counts[key])
+            return family
+
+        def owned(source: str) -> float:
+            return live[source]() if source in live else 0
+
+        yield gauge("notifyd_connections", "Open WebSocket connections", "connections")
+        yield gauge("notifyd_online_users", "Users with at least one device on this process",
+                    "online_users")
+        yield gauge("notifyd_listen_up", "1 while the LISTEN connection is up and caught up",
+                    "listener_up")
+        yield counter("notifyd_connections_opened", "WebSocket connections accepted",
+                      self.connections_opened)
+        yield tally("notifyd_connections_closed",
+                    "WebSocket connections closed, by close code (1006: lost without a close)",
+                    "code", self.closes)
+        yield counter("notifyd_frames_sent", "WebSocket data frames written to clients",
+                      self.frames_sent)
+        yield counter("notifyd_sent_bytes", "Bytes of those frames", self.bytes_sent)
+        yield counter("notifyd_notifications_received",
+                      "Notifications heard on the LISTEN connection (or caught up) that had "
+                      "at least one local recipient", owned("published"))
+        yield counter("notifyd_notifications_delivered",
+                      "notification:new frames written, one per recipient connection",
+                      owned("delivered"))
+        yield tally("notifyd_sync_requests", "Sync requests (websocket) and polls (http)",
+                    "via", self.sync_requests, ("http", "websocket"))
+        yield counter("notifyd_slow_consumer_closes",
+                      "Connections closed with 4008 because their send buffer overflowed",
+                      self.slow_consumer_closes)
+        yield counter("notifyd_rate_limited",
+                      "Client frames refused by the rate limit", self.rate_limited)
+        yield tally("notifyd_auth_failures", "Refused tokens, by reason", "reason",
+                    self.auth_failures, ("expired", "invalid", "revoked"))
+        yield counter("notifyd_listener_reconnects", "Times the LISTEN connection was lost",
+                      owned("listener_reconnects"))
+        yield counter("notifyd_pruned_notifications",
+                      "Notifications removed by retention (NOTIFYD_RETENTION_DAYS) by this "
+                      "process", self.pruned)
+        yield counter("notifyd_config_reloads", "Successful SIGHUP reloads", owned("reloads"))

@@ -26,6 +26,7 @@ from notifyd.auth import Identity
 from notifyd.config import Settings
 from notifyd.errors import AuthError, ClientError
 from notifyd.limits import TokenBucket, Verdict
+from notifyd.metrics import Metrics
 from notifyd.protocol import ClientFrame, decode_client_frame, error_frame, websocket_text
 from notifyd.session import Session
 from notifyd.session import State as SessionState
@@ -45,6 +46,7 @@ class Hub(TypingProtocol):
     """What a connection needs from the application (app.App)."""
 
     settings: Settings
+    metrics: Metrics
 
     def verify(self, token: str) -> Identity: ...
     def admit(self, identity: Identity) -> str | None: ...
@@ -80,8 +82,8 @@ def token_from_request(request: Request, settings: Settings) -> tuple[str | None
 class Connection(asyncio.Protocol):
     """One client: handshake or HTTP request, then WebSocket frames in and out."""
 
-    __slots__ = ("bucket", "deadline", "hub", "last_recv", "partial", "pending", "ping_sent",
-                 "session", "transport", "ws")
+    __slots__ = ("bucket", "deadline", "hub", "last_recv", "opened_at", "partial", "pending",
+                 "ping_sent", "session", "transport", "ws")
 
     def __init__(self, hub: Hub, now: float) -> None:
         self.hub = hub
@@ -102,6 +104,7 @@ class Connection(asyncio.Protocol):
         # then keepalive and token expiry (app.App.tick).
         self.deadline = now + s.auth_timeout
         self.last_recv = now
+        self.opened_at = now
         self.ping_sent = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -167,9 +170,14 @@ class Connection(asyncio.Protocol):
         if transport is None or self.ws.state is not OPEN:
             return
         transport.write(frame)
-        if transport.get_write_buffer_size() > self.hub.settings.max_send_buffer:
+        hub = self.hub
+        metrics = hub.metrics
+        metrics.frames_sent += 1
+        metrics.bytes_sent += len(frame)
+        if transport.get_write_buffer_size() > hub.settings.max_send_buffer:
+            metrics.slow_consumer_closes += 1
             log.warning("closing slow consumer %s (send buffer over %d bytes)",
-                        self.session.connection_id, self.hub.settings.max_send_buffer)
+                        self.session.connection_id, hub.settings.max_send_buffer)
             self.close(CLOSE_SLOW, "too slow: reconnect and sync")
 
     def send(self, payload: bytes) -> None:
@@ -193,6 +201,23 @@ class Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def close_info(self) -> tuple[int, str, str]:
+        """(code, reason, who closed: server, client or network) of a connection that ended."""
+        ws = self.ws
+        sent, rcvd = ws.close_sent, ws.close_rcvd
+        if rcvd is not None and (sent is None or ws.close_rcvd_then_sent):
+            return rcvd.code, rcvd.reason, "client"
+        if sent is not None:
+            return sent.code, sent.reason, "server"
+        return 1006, "connection lost", "network"
+
+    def peer(self) -> str:
+        transport = self.transport
+        address = transport.get_extra_info("peername") if transport is not None else None
+        if isinstance(address, tuple) and len(address) >= 2:
+            return f"{address[0]}:{address[1]}"
+        return ""
 
     def ping(self, now: float) -> None:
         if self.ws.state is OPEN:
@@ -302,6 +327,7 @@ class Connection(asyncio.Protocol):
             self.bucket = TokenBucket(s.rate_burst, self.last_recv)
         verdict = self.bucket.take(s.rate_limit, s.rate_burst, self.last_recv)
         if verdict is not Verdict.ALLOW:
+            self.hub.metrics.rate_limited += 1
             if verdict is Verdict.CLOSE:
                 log.warning("closing %s: rate limit exceeded", self.session.connection_id)
                 self.close(1008, "rate limit exceeded")
@@ -319,7 +345,20 @@ class Connection(asyncio.Protocol):
         self.send(error_frame(exc))
 
 
-def connection_factory(hub: Hub, clock: Callable[[], float]) -> Callable[[], Connection]:
+class AdminConnection(Connection):
+    """A connection to the admin listener (NOTIFYD_ADMIN_PORT): plain HTTP only, no
+    WebSocket upgrade; the Hub answers only health and metrics there."""
+
+    __slots__ = ()
+
+    def _on_request(self, request: Request) -> None:
+        self.hub.http(self, request.method, request.path, request.headers)
+
+
+def connection_factory(hub: Hub, clock: Callable[[], float],
+                       admin: bool = False) -> Callable[[], Connection]:
+    kind = AdminConnection if admin else Connection
+
     def make() -> Connection:
-        return Connection(hub, clock())
+        return kind(hub, clock())
     return make

@@ -39,6 +39,7 @@ class Row:
 
 
 _WIRE = "notifyd.to_wire(n)::text"
+_PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
 
 
 class Store:
@@ -67,6 +68,31 @@ class Store:
             await self._pool.fetchval("SELECT 1", timeout=2)
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
+
+    async def schema_version(self) -> int:
+        """The highest migration applied to this database (0: none)."""
+        try:
+            version = await self._pool.fetchval(
+                "SELECT CASE WHEN to_regclass('notifyd.schema_migrations') IS NULL THEN 0 "
+                "ELSE (SELECT coalesce(max(version), 0) FROM notifyd.schema_migrations) END")
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        return int(version)
+
+    async def prune(self, days: float, batch: int) -> int | None:
+        """One retention batch (notifyd.prune) in its own transaction: the count deleted, or
+        None when another process holds the retention lock or a stream's row was busy."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _PRUNE_LOCK):
+                    return None
+                deleted: int = await conn.fetchval(
+                    "SELECT notifyd.prune(make_interval(secs => $1), $2)", days * 86400.0, batch)
+        except asyncpg.LockNotAvailableError:
+            return None
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        return deleted
 
     async def stream_states(self, streams: list[str]) -> dict[str, StreamState]:
         """last_seq and unread of each stream that exists."""

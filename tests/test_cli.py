@@ -184,7 +184,13 @@ async def test_serve_end_to_end_and_sigterm_closes_with_1001(fresh_db: str) -> N
         assert rc == 0 and time.monotonic() - started < 5
         logs = proc.stderr.read() if proc.stderr else ""
         lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
-        assert any("open for user s1" in line["msg"] for line in lines)
+        opened = [x for x in lines if x["msg"] == "connection open"]
+        closed = [x for x in lines if x["msg"] == "connection closed"]
+        assert [(x["user"], x["roles"]) for x in opened] == [("s1", ["user"])]
+        assert [(x["user"], x["code"], x["reason"], x["by"]) for x in closed] == [
+            ("s1", 1001, "server going away", "server")]
+        assert opened[0]["conn"] == closed[0]["conn"] and closed[0]["seconds"] > 0
+        assert all(x["ts"].endswith("Z") and x["level"] in ("info", "warning") for x in lines)
         assert token not in logs and SECRET not in logs
     finally:
         stop(proc)

@@ -72,7 +72,7 @@ async def cluster(dsn: str, tmp_path: Path, count: int, shared_port: bool = Fals
 def node_of(nodes: list[ServeProcess], client: Client) -> int:
     cid = client.cid  # type: ignore[attr-defined]
     for i, node in enumerate(nodes):
-        if f"connection {cid} open" in node.log_path.read_text():
+        if f'"msg":"connection open","conn":"{cid}"' in node.log_path.read_text():
             return i
     raise AssertionError(f"no process logged connection {cid}")
 

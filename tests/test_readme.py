@@ -24,9 +24,29 @@ def test_the_two_commands_come_first_and_ci_runs_the_test_command() -> None:
     assert test_command in ci.splitlines()
 
 
+def _shown_default(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, tuple):
+        return f"`{','.join(value)}`"
+    if isinstance(value, float) and value == 0:
+        return "`0`"
+    return f"`{value}`"
+
+
 def test_every_setting_is_in_the_configuration_table() -> None:
+    """Type, default and whether SIGHUP reloads it, as the code has them, for every setting."""
+    rows = {m.group(1): m.groups()[1:] for m in re.finditer(
+        r"^\| `(NOTIFYD_[A-Z_]+)` \| (\w+) \| ([^|]+) \| (yes|no) \|", README, re.M)}
     for setting in SETTINGS:
-        assert f"| `{setting.env}` |" in README, setting.env
+        assert setting.env in rows, setting.env
+        kind, default, reloads = rows[setting.env]
+        assert kind == setting.kind, setting.env
+        assert default.strip() == _shown_default(setting.default), setting.env
+        assert reloads == ("yes" if setting.reload else "no"), setting.env
+    assert set(rows) == {s.env for s in SETTINGS}
 
 
 async def test_readme_sql_examples_run(daemon: Daemon) -> None:
