@@ -89,6 +89,7 @@ class App:
         self._ticker: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
         self.reloads = 0
+        self.live = 0  # authenticated WebSocket connections
         self._unread_epoch: dict[str, int] = {}
         self.router.on_published = self._note_published
         self.port = 0
@@ -96,7 +97,7 @@ class App:
         self.router.observe_latency = self.metrics.latency.observe
         listener = self.listener
         self.metrics.watch(
-            connections=lambda: len(self.connections),
+            connections=lambda: self.live,
             online_users=self.presence.local.online_count,
             delivered=lambda: self.router.delivered,
             published=lambda: self.router.published,
@@ -152,9 +153,11 @@ class App:
         self.settings = fresh
         self.http_api.settings = fresh
         self.auth = Authenticator(fresh)
-        logs.set_level(fresh.log_level)
         self.reloads += 1
+        # Logged under the more verbose of the old and new levels, so it is seen either way.
+        logs.set_level(min(logging.getLogger().level, logging.getLevelName(fresh.log_level)))
         log.info("configuration reloaded", extra={"changed": changed})
+        logs.set_level(fresh.log_level)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, close every connection with 1001, then release the database."""
@@ -244,6 +247,7 @@ class App:
         if self.policy.is_watcher(identity.roles):
             streams.append(PRESENCE_STREAM)
         self.index.add(conn, streams)
+        self.live += 1
         self.metrics.connections_opened += 1
         if log.isEnabledFor(logging.INFO):
             log.info("connection open", extra={
@@ -279,6 +283,7 @@ class App:
                     "seconds": round(asyncio.get_running_loop().time() - conn.opened_at, 3)})
         if identity is None:
             return
+        self.live -= 1
         streams = [*identity.streams, PRESENCE_STREAM]
         gone = self.index.remove(conn, streams)
         self.router.forget(gone)
@@ -484,7 +489,7 @@ class App:
     # -- retention -----------------------------------------------------------------------
 
     async def _retain_forever(self) -> None:
-        await asyncio.sleep(random.uniform(1.0, 10.0))  # not every process at once
+        await asyncio.sleep(random.uniform(1.0, 5.0))  # not every process at once
         while True:
             if self.settings.retention_days > 0:
                 try:

@@ -7,7 +7,14 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -46,6 +53,7 @@ class Metrics(Collector):
         self.redis_errors = Counter("notifyd_presence_redis_errors",
                                     "Failed Redis calls of the presence cluster", registry=r)
         r.register(self)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, RSS, open fds
 
     def without_redis(self) -> None:
         """No NOTIFYD_REDIS_URL: the Redis metrics would only mislead."""
@@ -72,8 +80,11 @@ class Metrics(Collector):
     def collect(self) -> Iterator[Metric]:
         live = self._live
 
+        def owned(source: str) -> float:
+            return live[source]() if source in live else 0
+
         def gauge(name: str, doc: str, source: str) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, value=live[source]() if source in live else 0)
+            return GaugeMetricFamily(name, doc, value=owned(source))
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, value=value)
@@ -85,10 +96,8 @@ class Metrics(Collector):
                 family.add_metric([key], counts[key])
             return family
 
-        def owned(source: str) -> float:
-            return live[source]() if source in live else 0
-
-        yield gauge("notifyd_connections", "Open WebSocket connections", "connections")
+        yield gauge("notifyd_connections", "Authenticated WebSocket connections",
+                    "connections")
         yield gauge("notifyd_online_users", "Users with at least one device on this process",
                     "online_users")
         yield gauge("notifyd_listen_up", "1 while the LISTEN connection is up and caught up",

@@ -14,7 +14,11 @@ from notifyd.errors import StoreError
 
 # Connection errors and server shutdowns: the database is unavailable, not the request bad.
 _UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, TimeoutError)
+                asyncpg.OperatorInterventionError,  # shutting down, cannot connect now
+                asyncpg.InsufficientResourcesError,  # too many connections, disk full
+                asyncpg.InvalidCatalogNameError,  # the database is gone
+                asyncpg.ObjectNotInPrerequisiteStateError,  # it does not accept connections
+                TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,8 +86,8 @@ class ServeProcess:
 
     async def start(self, timeout: float = 30) -> None:
         self.starts += 1
-        env = subprocess_env(NOTIFYD_DSN=self.dsn, NOTIFYD_JWT_SECRET=SECRET,
-                             NOTIFYD_PORT=str(self.port), **self.env)
+        env = subprocess_env(**{"NOTIFYD_DSN": self.dsn, "NOTIFYD_JWT_SECRET": SECRET,
+                                "NOTIFYD_PORT": str(self.port), **self.env})
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(notifyd_cmd("serve"), env=env, cwd=ROOT,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
