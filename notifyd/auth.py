@@ -14,6 +14,7 @@ from notifyd.errors import AuthError
 
 MAX_TOKEN_LENGTH = 8192
 MAX_ROLES = 64
+BAD_SIGNATURE = "token signature invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +55,19 @@ class Authenticator:
             raise AuthError("token algorithm not allowed")
         # The key follows the algorithm family, so a public key can never be used as an HMAC
         # secret (the classic RS256 -> HS256 confusion).
-        key = s.jwt_secret if alg.startswith("HS") else s.jwt_public_key
-        if not key:
+        keys = s.jwt_secrets if alg.startswith("HS") else (s.jwt_public_key or "",)
+        if not any(keys):
             raise AuthError("token algorithm not allowed")
+        for key in keys[:-1]:  # during a rotation: the signature tells which secret it is
+            try:
+                return self._decode(token, key, alg)
+            except AuthError as exc:
+                if str(exc) != BAD_SIGNATURE:
+                    raise
+        return self._decode(token, keys[-1], alg)
+
+    def _decode(self, token: str, key: str, alg: str) -> Identity:
+        s = self._settings
         try:
             claims = jwt.decode(
                 token,
@@ -81,7 +92,7 @@ class Authenticator:
         except jwt.InvalidIssuerError:
             raise AuthError("token issuer not accepted") from None
         except jwt.InvalidSignatureError:
-            raise AuthError("token signature invalid") from None
+            raise AuthError(BAD_SIGNATURE) from None
         except jwt.PyJWTError:
             raise AuthError("token invalid") from None
         return self._identity(claims)

@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(settings.redacted(), indent=2))
             return 0
         if args.command == "token":
-            if not settings.jwt_secret:
+            if not settings.jwt_secrets:
                 raise ConfigError("NOTIFYD_JWT_SECRET", "required to sign tokens")
             if args.ttl <= 0:
                 raise ConfigError("--ttl", "must be positive")
-            print(issue_token(settings.jwt_secret, args.sub, args.role, args.ttl))
+            print(issue_token(settings.jwt_secrets[0], args.sub, args.role, args.ttl))
             return 0
         logs.setup(settings.log_level)
         if args.command == "migrate":

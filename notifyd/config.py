@@ -47,7 +47,9 @@ SETTINGS: tuple[Setting, ...] = (
             "port of a listener for /healthz, /readyz and /metrics only, for this process alone "
             "(when set, /metrics leaves the public port)", minimum=0, maximum=65535),
     Setting("jwt_secret", "str", None, "HS256 secret", secret=True, reload=True),
-    Setting("jwt_secret_file", "path", None, "file holding the HS256 secret", reload=True),
+    Setting("jwt_secret_file", "path", None,
+            "file holding the HS256 secret (one per line: all are accepted, the first signs)",
+            reload=True),
     Setting("jwt_public_key_file", "path", None, "PEM public key for RS256/ES256", reload=True),
     Setting("jwt_algorithms", "list", ("HS256",), "allow-list of JWT algorithms", reload=True),
     Setting("jwt_audience", "str", None, "required `aud` when set", reload=True),
@@ -134,6 +136,7 @@ class Settings:
     retention_days: float = 0.0
     # Not settings: derived at load time.
     jwt_public_key: str | None = dataclasses.field(default=None, repr=False)
+    jwt_secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # jwt_secret's lines
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -269,8 +272,11 @@ def validate(settings: Settings) -> Settings:
             raise ConfigError("NOTIFYD_JWT_SECRET_FILE", f"{settings.jwt_secret_file} is empty")
         changes["jwt_secret"] = secret
     hmac = any(a.startswith("HS") for a in algorithms)
-    if secret is not None and len(secret.encode()) < 32 and hmac:
+    # Several secrets, one per line, during a rotation: tokens signed with any are accepted.
+    secrets = tuple(line.strip() for line in (secret or "").splitlines() if line.strip())
+    if hmac and any(len(one.encode()) < 32 for one in secrets):
         raise ConfigError("NOTIFYD_JWT_SECRET", "must be at least 32 bytes for HMAC")
+    changes["jwt_secrets"] = secrets
     if settings.jwt_public_key_file is not None:
         pem = _read_file("NOTIFYD_JWT_PUBLIC_KEY_FILE", settings.jwt_public_key_file)
         if "PUBLIC KEY" not in pem:
@@ -296,7 +302,7 @@ def require_serving(settings: Settings) -> None:
     """What `serve` needs beyond a valid file: a database and a key for every allowed algorithm."""
     if not settings.dsn:
         raise ConfigError("NOTIFYD_DSN", "required")
-    if any(a.startswith("HS") for a in settings.jwt_algorithms) and not settings.jwt_secret:
+    if any(a.startswith("HS") for a in settings.jwt_algorithms) and not settings.jwt_secrets:
         raise ConfigError("NOTIFYD_JWT_SECRET", "required for HS* algorithms")
     if any(not a.startswith("HS") for a in settings.jwt_algorithms) and not settings.jwt_public_key:
         raise ConfigError("NOTIFYD_JWT_PUBLIC_KEY_FILE", "required for RS/ES/PS/EdDSA algorithms")

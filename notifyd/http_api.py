@@ -190,7 +190,7 @@ class HttpApi:
     def _dev_token(self, query: dict[str, list[str]]) -> HttpAnswer:
         user = (query.get("user") or ["alice"])[-1][:64]
         roles = [r for r in (query.get("role") or ["user"]) if r][:8]
-        token = issue_token(self.settings.jwt_secret or "", user, roles, ttl=DEV_TOKEN_TTL)
+        token = issue_token(self.settings.jwt_secrets[0], user, roles, ttl=DEV_TOKEN_TTL)
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=DEV_TOKEN_TTL)
         return HttpAnswer(200, orjson.dumps({"token": token, "user": user, "roles": roles,
                                              "expiresAt": format_time(expires)}),

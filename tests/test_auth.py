@@ -152,3 +152,39 @@ async def test_cookie_token_needs_an_allowed_origin(fresh_db: str) -> None:
         assert await handshake_status(d.url, additional_headers=cookie) == 403
         # native clients without Origin still authenticate with a token
         assert await handshake_status(f"{d.url}?token={d.token('k3')}") == 101
+
+
+def test_several_secrets_during_a_rotation(tmp_path: Path) -> None:
+    """A secret file with one secret per line: tokens signed with any are accepted (the
+    signature picks it), other checks still apply, and the first line signs `notifyd token`."""
+    from notifyd.auth import Authenticator
+    from notifyd.config import Settings, validate
+    from notifyd.errors import AuthError, ConfigError
+
+    new, old = "new-secret-" + "n" * 32, SECRET
+    secret_file = tmp_path / "jwt_secret"
+    secret_file.write_text(f"{new}\n{old}\n")
+    settings = validate(Settings(jwt_secret_file=secret_file))
+    assert settings.jwt_secrets == (new, old)
+    auth = Authenticator(settings)
+    assert auth.verify(jwt.encode(_claims(sub="a"), new, "HS256")).user_id == "a"
+    assert auth.verify(jwt.encode(_claims(sub="b"), old, "HS256")).user_id == "b"
+    with pytest.raises(AuthError, match="token signature invalid"):
+        auth.verify(BAD_TOKENS["wrong signature"])
+    with pytest.raises(AuthError, match="token expired"):  # found with the second secret
+        auth.verify(BAD_TOKENS["expired"])
+    secret_file.write_text(f"{new}\nshort\n")
+    with pytest.raises(ConfigError, match="at least 32 bytes"):
+        validate(Settings(jwt_secret_file=secret_file))
+
+
+def test_notifyd_token_signs_with_the_first_secret(tmp_path: Path) -> None:
+    from support import run_cli, subprocess_env
+
+    new = "new-secret-" + "n" * 32
+    secret_file = tmp_path / "jwt_secret"
+    secret_file.write_text(f"{new}\n{SECRET}\n")
+    result = run_cli("token", "--sub", "7",
+                     env=subprocess_env(NOTIFYD_JWT_SECRET_FILE=str(secret_file)))
+    assert result.returncode == 0, result.stderr
+    assert jwt.decode(result.stdout.strip(), new, ["HS256"])["sub"] == "7"
