@@ -1,11 +1,16 @@
 # The README is part of the product: its test command is the one CI runs, every setting is in
-# its table, and its SQL examples run against a migrated database.
+# its table, its SQL examples run against a migrated database (the grants for an app's role
+# included), and its JSON examples and the example settings file parse.
 from __future__ import annotations
 
+import json
+import os
 import re
+import time
 
 from support import ROOT, Daemon
 
+from notifyd import config
 from notifyd.config import SETTINGS
 
 README = (ROOT / "README.md").read_text()
@@ -50,10 +55,51 @@ def test_every_setting_is_in_the_configuration_table() -> None:
 
 
 async def test_readme_sql_examples_run(daemon: Daemon) -> None:
+    """Every SQL block runs; the grants of "Database roles" (given to a role of this test's
+    own) are all an app's role needs to notify, mark read and delete."""
     blocks = re.findall(r"```sql\n(.*?)```", README, re.S)
     pool = await daemon.pool()
-    await pool.execute("CREATE TABLE appointments (id serial, doctor_id text, patient_name text)")
-    for block in blocks:
-        await pool.execute(block.replace("WHERE id = 123", "WHERE id = 1"))
-    await pool.execute("INSERT INTO appointments (doctor_id, patient_name) VALUES ('7', 'Ann')")
-    assert await daemon.sql("SELECT count(*) FROM notifyd.notifications WHERE user_id = '7'") == 1
+    role = f"notifyd_app_{os.getpid()}_{time.monotonic_ns()}"
+    await pool.execute(f"CREATE ROLE {role}")
+    try:
+        await pool.execute(
+            "CREATE TABLE appointments (id serial, doctor_id text, patient_name text)")
+        grants = [b for b in blocks if b.startswith("GRANT")]
+        assert len(grants) == 1
+        for block in blocks:
+            await pool.execute(block.replace("WHERE id = 123", "WHERE id = 1")
+                               .replace(" TO app;", f" TO {role};"))
+        await pool.execute(
+            "INSERT INTO appointments (doctor_id, patient_name) VALUES ('7', 'Ann')")
+        assert await daemon.sql(
+            "SELECT count(*) FROM notifyd.notifications WHERE user_id = '7'") == 1
+
+        client = await daemon.connect("app-user")
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL ROLE {role}")
+            nid = await conn.fetchval(
+                "SELECT notifyd.notify('app-user', 't', 'from the app role', 'm')")
+            await conn.execute("INSERT INTO notifyd.notifications (user_id, type) "
+                               "VALUES ('app-user', 'plain insert')")
+            await conn.execute("SELECT notifyd.notify_role('admin', 't', 'r', 'm')")
+            await conn.execute("SELECT notifyd.broadcast('t', 'b', 'm')")
+        assert (await client.next_data("notification:new"))["notification"]["id"] == nid
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL ROLE {role}")
+            await conn.execute("UPDATE notifyd.notifications SET read_at = now() WHERE id = $1",
+                               nid)
+            await conn.execute("DELETE FROM notifyd.notifications WHERE id = $1", nid)
+        assert (await client.next_data("notification:read"))["ids"] == [nid]
+        assert (await client.next_data("notification:deleted"))["id"] == nid
+    finally:
+        await pool.execute(f"DROP OWNED BY {role}")
+        await pool.execute(f"DROP ROLE {role}")
+
+
+def test_readme_json_lines_and_the_example_settings_file_parse() -> None:
+    for block in re.findall(r"```json\n(.*?)```", README, re.S):
+        for line in block.splitlines():
+            if line.strip():
+                json.loads(line)
+    example = config.load(environ={}, config_file=ROOT / "systemd" / "notifyd.toml")
+    assert example.retention_days == 90 and example.dsn is not None
