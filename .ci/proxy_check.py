@@ -3,7 +3,7 @@
 # tells operators to use them: a self-signed certificate, `notifyd dev` behind each proxy, and
 # a real client over wss:// that gets a notification, the polling API over https://, and the
 # internal routes (/metrics, /readyz) kept off the public side. Needs nginx and caddy (.ci/run
-# installs them). Run: .venv/bin/python .ci/proxy-check
+# installs them). Run: .venv/bin/python .ci/proxy_check.py
 from __future__ import annotations
 
 import asyncio
@@ -165,21 +165,21 @@ def main() -> int:
     try:
         cert, key = self_signed(work)
         daemon_port = free_port()
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "notifyd", "dev", "--data-dir", str(work / "dev"),
-             "--port", str(daemon_port)], stdout=subprocess.DEVNULL,
-            stderr=open(work / "notifyd.log", "wb"), cwd=ROOT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("NOTIFYD_")})
+        with open(work / "notifyd.log", "wb") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "notifyd", "dev", "--data-dir", str(work / "dev"),
+                 "--port", str(daemon_port)], stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
+                env={k: v for k, v in os.environ.items() if not k.startswith("NOTIFYD_")})
         procs.append(daemon)
         wait_port(daemon_port, daemon, "notifyd dev", timeout=90)
         for name, build in (("nginx", nginx), ("caddy", caddy)):
             directory = work / name
             directory.mkdir()
             port = free_port()
-            proc = subprocess.Popen(build(directory, cert, key, port, daemon_port),
-                                    stdout=open(directory / "out.log", "wb"),
-                                    stderr=subprocess.STDOUT, cwd=directory,
-                                    env={**os.environ, "HOME": str(directory)})
+            with open(directory / "out.log", "wb") as out:
+                proc = subprocess.Popen(build(directory, cert, key, port, daemon_port),
+                                        stdout=out, stderr=subprocess.STDOUT, cwd=directory,
+                                        env={**os.environ, "HOME": str(directory)})
             procs.append(proc)
             wait_port(port, proc, name)
             try:
