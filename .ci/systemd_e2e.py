@@ -287,6 +287,9 @@ def main():
            "notification:new 'hello' after notifyd.notify() on the host")
         ok(http(S["port"], "/readyz")[0] == 200, "/readyz 200")
         ok(gauge(S["port"]) == 1.0, "/metrics has notifyd_connections 1.0")
+        # the hardening must leave the process metrics readable (/proc/self)
+        ok((gauge(S["port"], "process_resident_memory_bytes") or 0) > 0
+           and (gauge(S["port"], "process_open_fds") or 0) > 0, "/metrics has process_* metrics")
     with step("7 hardening + credential"):
         status = dict(re.findall(r"^(\w+):\s+(\S+)", guest(
             "cat", f"/proc/{S['main']}/status").stdout, re.M))

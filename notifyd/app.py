@@ -18,7 +18,7 @@ from notifyd import PROTOCOL_VERSION, logs
 from notifyd.auth import Authenticator, Identity
 from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
-from notifyd.errors import AuthError, ClientError, StoreError
+from notifyd.errors import AuthError, ClientError, PruneBusy, StoreError
 from notifyd.fanout import Router
 from notifyd.http_api import HttpAnswer, HttpApi
 from notifyd.index import StreamIndex
@@ -55,8 +55,11 @@ PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see prese
 TICK_SECONDS = 0.1  # resolution of the timing wheel
 CATCH_UP_PAGE = 10_000
 RETENTION_EVERY = 600.0  # seconds between retention runs (jittered: many processes share one DB)
-PRUNE_BATCH = 1000  # rows per prune transaction: short locks
+PRUNE_BATCH = 250  # rows per prune transaction: short locks (bench/retention.py)
 PRUNE_PAUSE = 0.05  # seconds between batches, so the database serves others meanwhile
+PRUNE_RETRIES = 5  # a batch that gave way to an app transaction is retried this often per run
+CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011,
+                         CLOSE_TOKEN, CLOSE_REVOKED, 4008})  # metric labels; others: "other"
 
 
 def _now_iso() -> str:
@@ -272,9 +275,10 @@ class App:
     def closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
         identity = conn.session.identity
-        if conn.ws.state.name != "CONNECTING":  # a WebSocket, not a plain HTTP request
+        if conn.upgraded:  # a WebSocket, not a plain HTTP request
             code, reason, by = conn.close_info()
-            self.metrics.closes[str(code)] += 1
+            if identity is not None:  # counted like connections_opened: live ones
+                self.metrics.closes[str(code) if code in CLOSE_CODES else "other"] += 1
             if log.isEnabledFor(logging.INFO):
                 log.info("connection closed", extra={
                     "conn": conn.session.connection_id,
@@ -505,11 +509,20 @@ class App:
         """Delete notifications older than NOTIFYD_RETENTION_DAYS, one short transaction per
         `batch` rows, until none is left or another process is at it. Returns the count."""
         days = self.settings.retention_days
-        started, total, batches = time.monotonic(), 0, 0
+        started, total, batches, busy = time.monotonic(), 0, 0, 0
         while days > 0:
-            deleted = await self.store.prune(days, batch)
+            try:
+                deleted = await self.store.prune(days, batch)
+            except PruneBusy:
+                busy += 1
+                if busy > PRUNE_RETRIES:
+                    log.info("retention gave way to app transactions %d times; next run later",
+                             busy)
+                    break
+                await asyncio.sleep(busy * 0.5)
+                continue
             if deleted is None:
-                break  # another process is pruning, or a row lock was busy: next run
+                break  # another process is pruning
             total += deleted
             batches += 1
             self.metrics.pruned += deleted

@@ -135,11 +135,20 @@ def _serve(settings: config.Settings, announce: str | None = None, dev: bool = F
     notifier = SystemdNotifier()
 
     async def run() -> int:
+        loop = asyncio.get_running_loop()
+        # SIGHUP's default action ends the process: until it can reload, a HUP is ignored.
+        loop.add_signal_handler(signal.SIGHUP, _ignored("SIGHUP before notifyd was serving"))
         try:
             store = await Store.open(settings.dsn or "")
-            have, need = await store.schema_version(), migrations()[-1][0]
         except StoreError as exc:
             log.error("%s", exc)
+            return 1
+        need = migrations()[-1][0]
+        try:
+            have = await store.schema_version()
+        except StoreError as exc:
+            log.error("cannot read the schema version: %s", exc)
+            await store.close()
             return 1
         if have < need:
             log.error("the database schema is at version %d; this notifyd needs version %d: "
@@ -149,6 +158,10 @@ def _serve(settings: config.Settings, announce: str | None = None, dev: bool = F
         app = App(settings, store, dev=dev)
         try:
             await app.start()
+        except TimeoutError as exc:  # (a subclass of OSError)
+            log.error("%s", exc)
+            await app.stop(0)
+            return 1
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
             await app.stop(0)
@@ -158,7 +171,6 @@ def _serve(settings: config.Settings, announce: str | None = None, dev: bool = F
         # Listening, and app.start() returned only once the LISTEN connection was up.
         notifier.ready(f"serving on {settings.host}:{app.port}")
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, _reloader(app, notifier, reload))
@@ -167,6 +179,7 @@ def _serve(settings: config.Settings, announce: str | None = None, dev: bool = F
             watchdog = loop.create_task(_watchdog(app, notifier, notifier.watchdog_seconds / 2))
         await stop.wait()
         log.info("shutting down")
+        loop.add_signal_handler(signal.SIGHUP, _ignored("SIGHUP while shutting down"))
         notifier.stopping()
         if watchdog is not None:
             watchdog.cancel()
@@ -175,6 +188,10 @@ def _serve(settings: config.Settings, announce: str | None = None, dev: bool = F
         return 0
 
     return uvloop.run(run())
+
+
+def _ignored(why: str) -> Callable[[], None]:
+    return lambda: log.warning("%s: ignored", why)
 
 
 def _reloader(app: App, notifier: SystemdNotifier,
@@ -191,12 +208,15 @@ def _reloader(app: App, notifier: SystemdNotifier,
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays: invalid setting %s",
                       exc)
+        except Exception:  # whatever went wrong, the daemon serves on as it was
+            log.exception("reload failed, the running configuration stays")
         else:
             for key in ignored:
                 log.warning("%s changed but only takes effect after a restart",
                             config.ENV_PREFIX + key.upper())
             app.reload(merged, changed)
-        notifier.ready(f"serving on {app.settings.host}:{app.port}")
+        finally:  # systemd waits for READY=1 after RELOADING=1, whatever happened
+            notifier.ready(f"serving on {app.settings.host}:{app.port}")
     return on_sighup
 
 

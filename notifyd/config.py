@@ -101,12 +101,13 @@ _BY_KEY = {s.key: s for s in SETTINGS}
 
 @dataclass(frozen=True)
 class Settings:
-    dsn: str | None = None
+    # Secrets are left out of repr(): a logged or printed Settings never shows them.
+    dsn: str | None = dataclasses.field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = 8765
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
-    jwt_secret: str | None = None
+    jwt_secret: str | None = dataclasses.field(default=None, repr=False)
     jwt_secret_file: Path | None = None
     jwt_public_key_file: Path | None = None
     jwt_algorithms: tuple[str, ...] = ("HS256",)
@@ -116,7 +117,7 @@ class Settings:
     jwt_roles_claim: str = "roles"
     jwt_cookie: str | None = None
     allowed_origins: tuple[str, ...] | None = None
-    redis_url: str | None = None
+    redis_url: str | None = dataclasses.field(default=None, repr=False)
     redis_prefix: str = "notifyd:"
     presence_roles: tuple[str, ...] = ("admin",)
     presence_public_roles: tuple[str, ...] | None = None
@@ -205,6 +206,8 @@ def _read_file(name: str, path: Path) -> str:
         return path.read_text().strip()
     except OSError as exc:
         raise ConfigError(name, f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(name, f"{path} is not UTF-8 text") from None
 
 
 def load(

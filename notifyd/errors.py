@@ -7,6 +7,7 @@ NotifydError
  ├── AuthError          a token was refused (HTTP 401 at the handshake, close 4001 later)
  ├── ClientError        a client frame was refused; carries a code from ERROR_CODES
  ├── StoreError         the database could not do what was asked (answered as `unavailable`)
+ │    └── PruneBusy     a retention batch gave way to an app transaction (retried)
  └── MigrationError     a migration could not be applied
 """
 
@@ -61,6 +62,10 @@ class ClientError(NotifydError):
 
 class StoreError(NotifydError):
     """The database failed or is unreachable."""
+
+
+class PruneBusy(StoreError):
+    """A retention batch gave way to an app transaction holding a stream's row; retry soon."""
 
 
 class MigrationError(NotifydError):

@@ -44,7 +44,8 @@ class Metrics(Collector):
         self.latency = Histogram(
             "notifyd_delivery_latency_seconds",
             "From the end of the inserting statement in PostgreSQL to the notification written "
-            "to the last local recipient's socket (clocks of both hosts must agree)",
+            "to the last local recipient's socket, for live deliveries (not catch-up after a "
+            "lost LISTEN connection); the clocks of both hosts must agree",
             buckets=LATENCY_BUCKETS, registry=r)
         self.redis_up = Gauge(
             "notifyd_presence_redis_up",
@@ -102,11 +103,11 @@ class Metrics(Collector):
                     "online_users")
         yield gauge("notifyd_listen_up", "1 while the LISTEN connection is up and caught up",
                     "listener_up")
-        yield counter("notifyd_connections_opened", "WebSocket connections accepted",
+        yield counter("notifyd_connections_opened", "WebSocket connections authenticated",
                       self.connections_opened)
         yield tally("notifyd_connections_closed",
-                    "WebSocket connections closed, by close code (1006: lost without a close)",
-                    "code", self.closes)
+                    "Authenticated WebSocket connections closed, by close code (1006: lost "
+                    "without a close; other: a code outside the protocol's)", "code", self.closes)
         yield counter("notifyd_frames_sent", "WebSocket data frames written to clients",
                       self.frames_sent)
         yield counter("notifyd_sent_bytes", "Bytes of those frames", self.bytes_sent)
@@ -125,7 +126,8 @@ class Metrics(Collector):
                       "Client frames refused by the rate limit", self.rate_limited)
         yield tally("notifyd_auth_failures", "Refused tokens, by reason", "reason",
                     self.auth_failures, ("expired", "invalid", "revoked"))
-        yield counter("notifyd_listener_reconnects", "Times the LISTEN connection was lost",
+        yield counter("notifyd_listener_reconnects",
+                      "Times the LISTEN connection was lost or a reconnect attempt failed",
                       owned("listener_reconnects"))
         yield counter("notifyd_pruned_notifications",
                       "Notifications removed by retention (NOTIFYD_RETENTION_DAYS) by this "

@@ -202,6 +202,11 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    @property
+    def upgraded(self) -> bool:
+        """Past the opening handshake: a WebSocket (a plain HTTP request never gets here)."""
+        return not isinstance(self.ws, ServerProtocol)
+
     def close_info(self) -> tuple[int, str, str]:
         """(code, reason, who closed: server, client or network) of a connection that ended."""
         ws = self.ws

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
-from notifyd.errors import StoreError
+from notifyd.errors import PruneBusy, StoreError
 
 # Connection errors and server shutdowns: the database is unavailable, not the request bad.
 _UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
@@ -67,33 +67,39 @@ class Store:
         except TimeoutError:
             self._pool.terminate()  # a hung server must not hold up shutdown
 
-    async def ping(self) -> None:
+    async def ping(self, timeout: float = 2.0) -> None:
+        """One query within `timeout`, waiting for a pool connection included."""
         try:
-            await self._pool.fetchval("SELECT 1", timeout=2)
-        except _UNAVAILABLE as exc:
-            raise StoreError(str(exc)) from exc
+            async with asyncio.timeout(timeout):
+                await self._pool.fetchval("SELECT 1")
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreError(str(exc) or exc.__class__.__name__) from exc
 
     async def schema_version(self) -> int:
         """The highest migration applied to this database (0: none)."""
         try:
+            # Two queries: a missing table fails a query that names it even in a dead branch.
+            if not await self._pool.fetchval(
+                    "SELECT to_regclass('notifyd.schema_migrations') IS NOT NULL"):
+                return 0
             version = await self._pool.fetchval(
-                "SELECT CASE WHEN to_regclass('notifyd.schema_migrations') IS NULL THEN 0 "
-                "ELSE (SELECT coalesce(max(version), 0) FROM notifyd.schema_migrations) END")
+                "SELECT coalesce(max(version), 0) FROM notifyd.schema_migrations")
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return int(version)
 
     async def prune(self, days: float, batch: int) -> int | None:
-        """One retention batch (notifyd.prune) in its own transaction: the count deleted, or
-        None when another process holds the retention lock or a stream's row was busy."""
+        """One retention batch (notifyd.prune) in its own transaction: the count deleted, None
+        when another process holds the retention lock; raises PruneBusy when a stream's
+        counter row stayed locked by an app transaction (try again shortly)."""
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _PRUNE_LOCK):
                     return None
                 deleted: int = await conn.fetchval(
                     "SELECT notifyd.prune(make_interval(secs => $1), $2)", days * 86400.0, batch)
-        except asyncpg.LockNotAvailableError:
-            return None
+        except asyncpg.LockNotAvailableError as exc:
+            raise PruneBusy(str(exc)) from exc
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return deleted

@@ -60,11 +60,16 @@ $$;
 -- Call it repeatedly, one short transaction per call, until it returns 0; the daemon does so
 -- when NOTIFYD_RETENTION_DAYS is set. Rows locked by other transactions are skipped, and a
 -- call that would wait more than 200 ms for a stream's counter row gives up with an error
--- (lock_not_available; retry later) rather than ever making an app's transaction wait long
--- or become a deadlock victim (lock_timeout is below deadlock_timeout's default of 1 s).
+-- (lock_not_available; retry later) rather than make an app's transaction wait long or become
+-- a deadlock victim (lock_timeout is below deadlock_timeout's default of 1 s).
+-- The SET clauses hold only while the function runs (PostgreSQL restores the caller's values,
+-- also on error); the AFTER DELETE trigger fires inside it and sees notifyd.pruning.
 CREATE FUNCTION notifyd.prune(older_than interval, batch_size integer DEFAULT 1000)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET lock_timeout = '200ms'
+SET notifyd.pruning = 'on'
+AS $$
 DECLARE
     deleted integer;
 BEGIN
@@ -73,14 +78,14 @@ BEGIN
         RAISE EXCEPTION 'notifyd: prune needs a non-negative interval and a positive batch size'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM set_config('notifyd.pruning', 'on', true);
-    PERFORM set_config('lock_timeout', '200ms', true);
     WITH gone AS (
+        -- = ANY (ARRAY(...)): probes the primary key per id; `IN (subquery)` was planned
+        -- as a hash join scanning the whole table in every batch.
         DELETE FROM notifyd.notifications n
-        WHERE n.id IN (SELECT id FROM notifyd.notifications
-                       WHERE created_at < now() - older_than
-                       ORDER BY created_at LIMIT batch_size
-                       FOR UPDATE SKIP LOCKED)
+        WHERE n.id = ANY (ARRAY(SELECT id FROM notifyd.notifications
+                                WHERE created_at < now() - older_than
+                                ORDER BY created_at LIMIT batch_size
+                                FOR UPDATE SKIP LOCKED))
         RETURNING n.stream, n.seq
     ), floors AS (
         UPDATE notifyd.streams s
@@ -90,7 +95,6 @@ BEGIN
         RETURNING 1
     )
     SELECT count(*) INTO deleted FROM gone;
-    PERFORM set_config('notifyd.pruning', '', true);
     RETURN deleted;
 END
 $$;

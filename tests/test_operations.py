@@ -199,6 +199,11 @@ async def test_sighup_rotates_the_key_and_limits_without_dropping_connections(
                              "the refusal is logged")
             refusal = [x for x in log_lines(node.log_path) if "reload refused" in str(x["msg"])]
             assert "NOTIFYD_RATE_LIMIT" in str(refusal[0]["msg"])
+            settings_file.write_text(f'jwt_secret_file = "{secret_file}"\n')
+            secret_file.write_bytes(b"\xff\xfe not text")
+            node.proc.send_signal(signal.SIGHUP)
+            await eventually(lambda: "not UTF-8" in node.log_path.read_text(), 10,
+                             "the second refusal is logged")
             await fresh.send("ping", {})
             await fresh.expect("pong")
             status, body = await http_get(port, "/metrics")
@@ -273,6 +278,8 @@ async def test_metrics_count_what_happened(pg_server: str, fresh_db: str) -> Non
             await b.send("ping", {})
         assert [f["type"] for f in await b.quiet(0.3)] == ["pong", "pong", "error"]
         await a2.close()
+        c = await d.connect("m4")
+        await c.ws.close(code=3000)
         await admin_exec(pg_server, "SELECT pg_terminate_backend("
                          f"{d.app.listener.backend_pid})")
         await eventually(lambda: d.app.listener.reconnects == 1 and d.app.listener.up, 20,
@@ -282,8 +289,9 @@ async def test_metrics_count_what_happened(pg_server: str, fresh_db: str) -> Non
     assert metric(body, "notifyd_connections") == 2  # a1 and b (the probe itself is not live)
     assert metric(body, "notifyd_online_users") == 2
     assert metric(body, "notifyd_listen_up") == 1
-    assert metric(body, "notifyd_connections_opened_total") == 3
+    assert metric(body, "notifyd_connections_opened_total") == 4
     assert metric(body, "notifyd_connections_closed_total", 'code="1000"') == 1
+    assert metric(body, "notifyd_connections_closed_total", 'code="other"') == 1
     assert metric(body, "notifyd_notifications_received_total") == 3
     assert metric(body, "notifyd_notifications_delivered_total") == 6  # 3 to each device
     assert metric(body, "notifyd_delivery_latency_seconds_count") == 3
@@ -356,16 +364,24 @@ async def test_serve_refuses_a_database_whose_schema_is_behind(
     await admin_exec(pg_server, f"CREATE DATABASE {name}")
     try:
         dsn = with_database(pg_server, name)
-        await migrate(dsn, old)
         env = subprocess_env(NOTIFYD_DSN=dsn, NOTIFYD_JWT_SECRET=SECRET,
                              NOTIFYD_PORT=str(free_port()))
-        proc = await asyncio.create_subprocess_exec(
-            *notifyd_cmd("serve"), env=env, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 1
+
+        async def serve_error() -> str:
+            proc = await asyncio.create_subprocess_exec(
+                *notifyd_cmd("serve"), env=env, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 1
+            lines = [json.loads(x) for x in err.decode().splitlines() if x.startswith("{")]
+            return str(lines[-1]["msg"])
+
+        # never migrated, then migrated by an older notifyd
+        assert "schema is at version 0; this notifyd needs version 3: run `notifyd migrate`" \
+            in await serve_error()
+        await migrate(dsn, old)
         assert "schema is at version 2; this notifyd needs version 3: run `notifyd migrate`" \
-            in err.decode()
+            in await serve_error()
         await migrate(dsn)  # the upgrade path: migrate, then start
         assert [v for v in await _versions(dsn)] == [1, 2, 3]
     finally:

@@ -4,6 +4,7 @@
 # retention run (NOTIFYD_RETENTION_DAYS) does it by itself.
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import asyncpg
 import pytest
 from faults_support import ServeProcess, eventually, http_get
 from support import Daemon, free_port, running_daemon
+
+from notifyd.errors import PruneBusy
 
 OLD = "now() - interval '40 days'"
 
@@ -76,13 +79,30 @@ async def test_prune_gives_way_to_an_app_transaction(fresh_db: str) -> None:
             await tx.start()
             await app_conn.execute("SELECT notifyd.notify('r2', 't', 'in flight', 'm')")
             started = time.monotonic()
-            assert await d.app.store.prune(30, 100) is None  # gave up: lock busy
+            with pytest.raises(PruneBusy):  # gave up within its 200 ms lock timeout
+                await d.app.store.prune(30, 100)
             assert time.monotonic() - started < 2
+            # The daemon's run retries: it succeeds once the app's transaction commits.
+            retrying = asyncio.ensure_future(d.app.prune())
+            await asyncio.sleep(0.8)
+            assert not retrying.done()
             await tx.commit()  # the app's transaction was never the victim
+            assert await retrying == 3
         finally:
             await app_conn.close()
-        assert await d.app.store.prune(30, 100) == 3
         assert await d.sql("SELECT array_agg(seq) FROM notifyd.notifications") == [4]
+
+
+async def test_prune_leaves_the_callers_settings_alone(daemon: Daemon) -> None:
+    """Called from cron inside a transaction of the caller's: its lock_timeout stays, and the
+    pruning flag does not leak to the caller's own deletes."""
+    pool = await daemon.pool()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL lock_timeout = '5s'")
+        assert await conn.fetchval("SELECT notifyd.prune(interval '1 day', 10)") == 0
+        assert await conn.fetchval("SHOW lock_timeout") == "5s"
+        assert await conn.fetchval("SELECT current_setting('notifyd.pruning', true)") in (
+            None, "")
 
 
 async def test_prune_refuses_bad_arguments(daemon: Daemon) -> None:
