@@ -106,8 +106,35 @@ def test_secret_from_a_file_and_systemd_credentials(tmp_path: Path) -> None:
         assert jwt.decode(result.stdout.strip(), SECRET, ["HS256"])["sub"] == "9"
 
 
+def test_dsn_and_redis_url_from_systemd_credentials(tmp_path: Path) -> None:
+    """LoadCredential=dsn:... and redis_url:... fill the settings, shown redacted; the
+    environment still wins."""
+    (tmp_path / "jwt_secret").write_text(SECRET + "\n")
+    (tmp_path / "dsn").write_text("postgresql://app:pw-in-credential@db/app\n")
+    (tmp_path / "redis_url").write_text("redis://:redispw@cache:6379/0\n")
+    env = subprocess_env(CREDENTIALS_DIRECTORY=str(tmp_path))
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["dsn"] == "***" and shown["redis_url"] == "***"
+    assert shown["jwt_secret_file"] == str(tmp_path / "jwt_secret")
+    assert "pw-in-credential" not in result.stdout and "redispw" not in result.stdout
+    from notifyd.config import load
+    loaded = load(environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert loaded.dsn == "postgresql://app:pw-in-credential@db/app"
+    assert loaded.redis_url == "redis://:redispw@cache:6379/0"
+    assert "pw-in-credential" not in repr(loaded) and SECRET not in repr(loaded)
+    assert load(environ={"CREDENTIALS_DIRECTORY": str(tmp_path),
+                         "NOTIFYD_DSN": "postgresql://env/app"}).dsn == "postgresql://env/app"
+    (tmp_path / "dsn").write_text("mysql://nope\n")
+    result = run_cli("check-config", env=env)
+    assert result.returncode == 2 and "NOTIFYD_DSN" in result.stderr
+
+
 @pytest.mark.parametrize(("env", "name"), [
     ({"NOTIFYD_PORT": "http"}, "NOTIFYD_PORT"),
+    ({"NOTIFYD_ADMIN_PORT": "-1"}, "NOTIFYD_ADMIN_PORT"),
+    ({"NOTIFYD_RETENTION_DAYS": "-3"}, "NOTIFYD_RETENTION_DAYS"),
     ({"NOTIFYD_PORT": "70000"}, "NOTIFYD_PORT"),
     ({"NOTIFYD_JWT_ALGORITHMS": "none"}, "NOTIFYD_JWT_ALGORITHMS"),
     ({"NOTIFYD_JWT_ALGORITHMS": "HS256,XY1"}, "NOTIFYD_JWT_ALGORITHMS"),
