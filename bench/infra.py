@@ -172,6 +172,21 @@ def _admin(dsn: str, *statements: str) -> None:
     asyncio.run(asyncio.wait_for(run(), ADMIN_TIMEOUT))
 
 
+async def admin_values(dsn: str, *statements: str, timeout: float = 300) -> list[Any]:
+    """Each statement's first value (None for a CHECKPOINT the role may not run)."""
+    conn = await asyncpg.connect(dsn, timeout=60)
+    out: list[Any] = []
+    try:
+        for statement in statements:
+            try:
+                out.append(await conn.fetchval(statement, timeout=timeout))
+            except asyncpg.InsufficientPrivilegeError:
+                out.append(None)
+    finally:
+        await conn.close()
+    return out
+
+
 @contextlib.contextmanager
 def bench_database() -> Iterator[str]:
     """A fresh database `notifyd_bench_<pid>` on $NOTIFYD_BENCH_DSN, else on an embedded server

@@ -37,6 +37,7 @@ from typing import Any
 import asyncpg
 import infra
 import uvloop
+from infra import admin_values as admin
 from infra import say
 
 from notifyd.app import PRUNE_BATCH, PRUNE_PAUSE
@@ -94,21 +95,6 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000, 1)
-
-
-async def admin(dsn: str, *statements: str) -> list[Any]:
-    """Each statement's first value (None for a CHECKPOINT the role may not run)."""
-    conn = await asyncpg.connect(dsn, timeout=60)
-    out: list[Any] = []
-    try:
-        for statement in statements:
-            try:
-                out.append(await conn.fetchval(statement, timeout=300))
-            except asyncpg.InsufficientPrivilegeError:
-                out.append(None)
-    finally:
-        await conn.close()
-    return out
 
 
 # -- seeding --------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import asyncpg
 import infra
 import uvloop
 from infra import Daemon, say
+from infra import admin_values as admin
 
 CORES = os.cpu_count() or 1
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
@@ -196,21 +197,6 @@ async def backend_pids(dsn: str) -> list[int]:
 
 def cpu(pids: list[int]) -> list[float]:
     return [infra.oncpu_seconds(pid) for pid in pids]
-
-
-async def admin(dsn: str, *statements: str) -> list[Any]:
-    """Each statement's first value (None for a CHECKPOINT the role may not run)."""
-    conn = await asyncpg.connect(dsn, timeout=60)
-    out: list[Any] = []
-    try:
-        for statement in statements:
-            try:
-                out.append(await conn.fetchval(statement))
-            except asyncpg.InsufficientPrivilegeError:
-                out.append(None)
-    finally:
-        await conn.close()
-    return out
 
 
 def listeners(dsn: str, workdir: Path, rate: float, seconds: float,
