@@ -103,6 +103,8 @@ class App:
             connections=lambda: self.live,
             online_users=self.presence.local.online_count,
             delivered=lambda: self.router.delivered,
+            router_frames=lambda: self.router.frames_out,
+            router_bytes=lambda: self.router.bytes_out,
             published=lambda: self.router.published,
             listener_up=lambda: float(listener.up),
             listener_reconnects=lambda: listener.reconnects,

@@ -26,7 +26,8 @@ class Recipient(Protocol):
 
     session: Session
 
-    def write(self, frame: bytes) -> None: ...
+    def deliver(self, frame: bytes) -> None:
+        """Write the frame (the router counts what it delivers itself)."""
 
 
 # (stream -> last seq) -> rows above them; id list -> rows by id
@@ -49,6 +50,8 @@ class Router:
         self._blocked = True  # until the first catch_up(): the listener is not up yet
         self.delivered = 0  # notification frames written, for metrics and the bench
         self.published = 0  # notifications that had local recipients
+        self.frames_out = 0  # frames and bytes delivered, for metrics (counted here in bulk)
+        self.bytes_out = 0
         # Called with the seconds from the inserting statement (the event's "t") to the frame
         # written to the last local recipient.
         self.observe_latency: Callable[[float], None] | None = None
@@ -166,9 +169,12 @@ class Router:
                 frame = websocket_text(encode("notification:read",
                                               {"ids": event["ids"], "readAt": event["at"]}))
                 origin = event.get("o")
+                sent = 0
                 for conn in list(self.index.subscribers(stream)):
                     if conn.session.connection_id != origin:
-                        conn.write(frame)
+                        conn.deliver(frame)
+                        sent += 1
+                self._count(sent, sent * len(frame))
             self._unread(stream, event)
         elif kind == "d":
             frame = websocket_text(encode("notification:deleted",
@@ -196,8 +202,14 @@ class Router:
             self._broadcast(stream, frame)
 
     def _broadcast(self, stream: str, frame: bytes) -> None:
-        for conn in list(self.index.subscribers(stream)):
-            conn.write(frame)
+        members = list(self.index.subscribers(stream))
+        for conn in members:
+            conn.deliver(frame)
+        self._count(len(members), len(members) * len(frame))
+
+    def _count(self, frames: int, size: int) -> None:
+        self.frames_out += frames
+        self.bytes_out += size
 
     def _publish_new(self, stream: str, seq: int, notification: Any,
                      trailer: bytes | None = None, committed: float | None = None) -> None:
@@ -213,14 +225,19 @@ class Router:
         frame = websocket_text(encode("notification:new", {"notification": notification}))
         timed = len(members) >= FANOUT_LOG_MIN
         started = time.perf_counter() if timed else 0.0
-        sent = 0
+        sent = size = 0
         for conn in list(members):
             out = conn.session.offer(stream, seq, frame)
             if out is not None:
-                conn.write(out + trailer if trailer is not None else out)
+                data = out + trailer if trailer is not None else out
+                conn.deliver(data)
                 sent += 1
+                size += len(data)
             elif trailer is not None:
-                conn.write(trailer)
+                conn.deliver(trailer)
+                size += len(trailer)
+        # offer() may release held frames with this one: frames counts the notifications
+        self._count(sent + (len(members) if trailer is not None else 0), size)
         self.delivered += sent
         self.published += 1
         if committed is not None and self.observe_latency is not None:

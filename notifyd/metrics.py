@@ -109,8 +109,9 @@ class Metrics(Collector):
                     "Authenticated WebSocket connections closed, by close code (1006: lost "
                     "without a close; other: a code outside the protocol's)", "code", self.closes)
         yield counter("notifyd_frames_sent", "WebSocket data frames written to clients",
-                      self.frames_sent)
-        yield counter("notifyd_sent_bytes", "Bytes of those frames", self.bytes_sent)
+                      self.frames_sent + owned("router_frames"))
+        yield counter("notifyd_sent_bytes", "Bytes of those frames",
+                      self.bytes_sent + owned("router_bytes"))
         yield counter("notifyd_notifications_received",
                       "Notifications heard on the LISTEN connection (or caught up) that had "
                       "at least one local recipient", owned("published"))

@@ -270,9 +270,11 @@ def test_presence_policy_public_roles() -> None:
 class FakeConn:
     session: Session
     frames: list[bytes] = field(default_factory=list)
+    written: int = 0  # bytes, also those of frames cleared by a test
 
-    def write(self, frame: bytes) -> None:
+    def deliver(self, frame: bytes) -> None:
         self.frames.append(frame)
+        self.written += len(frame)
 
     def decoded(self) -> list[dict[str, object]]:
         """Every frame written, parsed by websockets' own client-side protocol."""
@@ -333,6 +335,8 @@ async def test_router_orders_large_rows_and_catches_up() -> None:
     seqs = [f["data"]["notification"]["seq"] for f in conn.decoded()]  # type: ignore[index]
     assert seqs == [4, 5, 6, 7, 8, 9]
     assert router.delivered == 9
+    # the metrics' counts: 7 frames, then 6; every byte written
+    assert (router.frames_out, router.bytes_out) == (13, conn.written)
     router.forget(["user:1"])
     assert "user:1" not in router.last_seq and router.catch_up_points() == {}
 
