@@ -1,6 +1,8 @@
 # WebSocket load generator: one process holding thousands of client connections, each a bare
 # asyncio.Protocol on uvloop driving websockets' sans-I/O ClientProtocol (no task, no queue per
 # connection), driven by run.py over a pipe; it timestamps every notification as it is read.
+# It speaks notifyd's protocol, or Socket.IO 4 (Engine.IO v4 text packets over a WebSocket)
+# to the peers in bench/peers/, with the same lean connections for both.
 from __future__ import annotations
 
 import asyncio
@@ -35,6 +37,7 @@ class Conn(asyncio.Protocol):
     frames it looks into are the greeting and notification:new."""
 
     __slots__ = ("greeted", "opened", "own", "parts", "pool", "transport", "user", "ws")
+    GREETING: tuple[bytes, ...] = GREETING
 
     def __init__(self, pool: ClientPool, user: str, uri: WebSocketURI,
                  opened: asyncio.Future[None]) -> None:
@@ -94,7 +97,7 @@ class Conn(asyncio.Protocol):
         self.pool.transports.discard(self)
         if not self.opened.done():
             why = self.ws.handshake_exc or exc or ConnectionError(
-                f"closed before the greeting ({self.greeted} of {len(GREETING)} frames)")
+                f"closed before the greeting ({self.greeted} of {len(self.GREETING)} frames)")
             self.opened.set_exception(why)
         self.pool.gone(self)
 
@@ -115,20 +118,27 @@ class Conn(asyncio.Protocol):
 
     def text(self, payload: bytes | bytearray, now: float) -> None:
         pool = self.pool
-        if self.greeted == len(GREETING):
+        if self.greeted == len(self.GREETING):
             if NEW_MARK in payload[:48]:
                 pool.new(self, payload, now)
             return  # unread counts and the like
-        # the greeting: connection-confirmed, then the unread count
-        expected = GREETING[self.greeted]
+        self.greet(payload)
+
+    def greet(self, payload: bytes | bytearray) -> None:
+        """The greeting frames, in order (notifyd: connection-confirmed, the unread count)."""
+        expected = self.GREETING[self.greeted]
         if expected not in payload[:64]:
             got = bytes(payload[:80]).decode(errors="replace")
             self.fail(RuntimeError(f"expected {expected.decode()}, got {got}"))
             return
         self.greeted += 1
-        if self.greeted == len(GREETING) and not self.opened.done():
-            pool.ready(self)
+        if self.greeted == len(self.GREETING) and not self.opened.done():
+            self.pool.ready(self)
             self.opened.set_result(None)
+
+    @staticmethod
+    def notification(payload: bytes | bytearray) -> Any:
+        return orjson.loads(payload)["data"]["notification"]
 
     def fail(self, exc: BaseException) -> None:
         if not self.opened.done():
@@ -137,10 +147,46 @@ class Conn(asyncio.Protocol):
             self.transport.abort()
 
 
+class SioConn(Conn):
+    """A Socket.IO 4 client over the WebSocket transport alone: Engine.IO v4 text packets
+    (0 open, 2 ping -> 3 pong, 4 message) carrying Socket.IO packets (0 connect, with the token
+    as auth; 2 event; 4 connect error). Ready once the server's connection-confirmed event
+    arrives; events are `42["notification:new",{"notification":{...}}]`."""
+
+    __slots__ = ("token",)
+    GREETING = (b"connection-confirmed",)
+    token: str  # the JWT for the connect packet, set by the pool
+
+    def text(self, payload: bytes | bytearray, now: float) -> None:
+        kind = payload[:2]
+        if kind == b"42":
+            if self.greeted == len(self.GREETING):
+                if NEW_MARK in payload[:28]:
+                    self.pool.new(self, payload, now)
+            else:
+                self.greet(payload)
+        elif kind[:1] == b"2":  # Engine.IO ping: answer, or the server drops us
+            self.ws.send_text(b"3")
+        elif kind[:1] == b"0":  # Engine.IO open: connect to the namespace, token as auth
+            self.ws.send_text(b'40{"token":"' + self.token.encode() + b'"}')
+        elif kind == b"44":  # connect error (the server's auth refused)
+            self.fail(RuntimeError(f"socket.io connect error: {bytes(payload[:120])!r}"))
+        # 40 (connected), 41 (disconnect) and the rest: nothing to do
+
+    @staticmethod
+    def notification(payload: bytes | bytearray) -> Any:
+        return orjson.loads(payload[2:])[1]["notification"]
+
+
+PROTOCOLS: dict[str, type[Conn]] = {"notifyd": Conn, "socketio": SioConn}
+
+
 class ClientPool:
     """The connections of one load-generator process and what they received."""
 
-    def __init__(self, url: str, secret: str, concurrency: int) -> None:
+    def __init__(self, url: str, secret: str, concurrency: int,
+                 protocol: str = "notifyd") -> None:
+        self.conn_class = PROTOCOLS[protocol]
         self.url = url
         self.secret = secret
         self.concurrency = concurrency
@@ -259,7 +305,7 @@ class ClientPool:
 
     def new(self, conn: Conn, payload: bytes | bytearray, now: float) -> None:
         try:
-            notification = orjson.loads(payload)["data"]["notification"]
+            notification = conn.notification(payload)
             stream = notification["stream"]
             nid = notification["id"]
         except (ValueError, LookupError, TypeError) as exc:
@@ -311,15 +357,20 @@ class ClientPool:
     async def _open(self, user: str, gate: asyncio.Semaphore) -> None:
         token = jwt.encode({"sub": user, "roles": ["user"], "exp": int(time.time()) + 3600},
                            self.secret, algorithm="HS256")
-        uri = parse_uri(f"{self.url}?token={token}")
+        kind = self.conn_class
+        # Socket.IO sends the token in its connect packet; notifyd takes it in the query
+        uri = parse_uri(self.url if kind is SioConn else f"{self.url}?token={token}")
         loop = asyncio.get_running_loop()
         async with gate:
             opened: asyncio.Future[None] = loop.create_future()
             made: list[Conn] = []
 
             def factory() -> Conn:
-                made.append(Conn(self, user, uri, opened))
-                return made[-1]
+                conn = kind(self, user, uri, opened)
+                if isinstance(conn, SioConn):
+                    conn.token = token
+                made.append(conn)
+                return conn
 
             try:
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT):
@@ -333,12 +384,13 @@ class ClientPool:
                 raise
 
 
-def main(pipe: Pipe, url: str, secret: str, concurrency: int) -> None:
-    """Process entry point (multiprocessing, spawn)."""
+def main(pipe: Pipe, url: str, secret: str, concurrency: int,
+         protocol: str = "notifyd") -> None:
+    """Process entry point (multiprocessing, spawn). `protocol`: notifyd or socketio."""
     infra.worker_setup()
     # The daemon is what is measured. In production its clients are on other machines; here
     # they share two cores with it, so they yield the CPU to it rather than preempt it in the
     # middle of a fan-out. This can only make the latency figures worse (clients wake later).
     os.nice(CLIENT_NICE)
-    pool = ClientPool(url, secret, concurrency)
+    pool = ClientPool(url, secret, concurrency, protocol)
     uvloop.run(infra.command_loop(pipe, pool.handle))
