@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +37,14 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 
 
 def distribution_ms(seconds: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99/max/mean of durations given in seconds, in milliseconds."""
+    """p50/p90/p99/p99.9/max/mean of durations given in seconds, in milliseconds."""
     values = sorted(s * 1000 for s in seconds)
     if not values:
-        return {"n": 0, "p50": math.nan, "p90": math.nan, "p99": math.nan, "max": math.nan,
-                "min": math.nan, "mean": math.nan}
+        return {"n": 0, "p50": math.nan, "p90": math.nan, "p99": math.nan, "p999": math.nan,
+                "max": math.nan, "min": math.nan, "mean": math.nan}
     return {"n": len(values), "min": values[0], "p50": percentile(values, 50),
-            "p90": percentile(values, 90), "p99": percentile(values, 99), "max": values[-1],
+            "p90": percentile(values, 90), "p99": percentile(values, 99),
+            "p999": percentile(values, 99.9), "max": values[-1],
             "mean": sum(values) / len(values)}
 
 
@@ -280,3 +281,68 @@ def summary(results: dict[str, Any]) -> str:
     if results.get("problems"):
         out += ["", "PROBLEMS (the run fails):", *(f"  - {p}" for p in results["problems"])]
     return "\n".join(out)
+
+
+# -- notifyd beside the peers -------------------------------------------------------------------
+
+# (label, getter, unit, lower is better)
+_ROWS: list[tuple[str, Callable[[dict[str, Any]], float], str, bool]] = [
+    ("RSS per idle connection (at the most connections)",
+     lambda r: float(list(r["idle_memory"]["kb_per_connection"].values())[-1]), "KB", True),
+    ("connect rate (handshake with JWT + greeting)",
+     lambda r: float(r["idle_memory"]["connect_rate"]), "/s", False),
+    ("commit -> client p50", lambda r: float(r["latency"]["commit_to_client_ms"]["p50"]),
+     "ms", True),
+    ("commit -> client p99", lambda r: float(r["latency"]["commit_to_client_ms"]["p99"]),
+     "ms", True),
+    ("commit -> client p99.9", lambda r: float(r["latency"]["commit_to_client_ms"]["p999"]),
+     "ms", True),
+    ("broadcast: commit -> last client",
+     lambda r: float(r["fanout"]["median"]["last_ms"]), "ms", True),
+    ("broadcast: server CPU per connection",
+     lambda r: float(r["fanout"]["median"]["oncpu_us_per_conn"]), "µs", True),
+]
+
+
+def peer_problems(results: dict[str, Any]) -> dict[str, list[str]]:
+    """What went wrong with each peer (reported beside its figures; not a failed run)."""
+    return {name: problems(peer) for name, peer in results.get("peers", {}).items()}
+
+
+def side_by_side(results: dict[str, Any]) -> str:
+    """A markdown table: notifyd against each peer, with the peer / notifyd ratio (above 1:
+    notifyd ahead where lower is better, and the inverse where higher is better)."""
+    peers = results.get("peers") or {}
+    if not peers:
+        return ""
+    meta = results["meta"]
+    lines = [f"## notifyd beside the peers ({meta['mode']} run, {meta['started']}, "
+             f"{meta['cpus']} cores, PostgreSQL {meta.get('postgres', '?')})", ""]
+    head = ["metric", "notifyd"]
+    for peer in peers.values():
+        versions = ", ".join(f"{k} {v}" for k, v in peer["versions"].items())
+        head += [f"{peer['title']} ({versions})", "ratio"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, get, unit, lower in _ROWS:
+        ours = _safe(get, results)
+        row = [label, f"{_num(ours)} {unit}"]
+        for peer in peers.values():
+            theirs = _safe(get, peer)
+            # a ratio of a negative latency (the client before the writer's commit reply,
+            # see the notes) means nothing: none is shown
+            ratio = ((theirs / ours if lower else ours / theirs) if ours > 0 and theirs > 0
+                     else math.nan)
+            row += [f"{_num(theirs)} {unit}", f"{_num(ratio)}x"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "ratio: how many times better notifyd is on that row (below 1: behind).", ""]
+    for name, found in peer_problems(results).items():
+        if found:
+            lines.append(f"- {peers[name]['title']}: {'; '.join(found)}")
+    return "\n".join(lines) + "\n"
+
+
+def _safe(get: Callable[[dict[str, Any]], float], results: dict[str, Any]) -> float:
+    try:
+        return get(results)
+    except (LookupError, TypeError, ValueError, IndexError):
+        return math.nan

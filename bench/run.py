@@ -1,15 +1,20 @@
 # The notifyd benchmark: idle memory per connection, commit-to-client latency and broadcast
-# fan-out, against a real `notifyd serve` subprocess; load from separate processes.
+# fan-out, against a real `notifyd serve` subprocess, then the same against each peer in
+# bench/peers/ (Socket.IO 4 on Node, python-socketio); load from separate processes.
 """notifyd benchmark.
 
-    python bench/run.py                   full run (10k connections; about 35 s)
-    python bench/run.py --quick           smoke run for CI (2k connections; about 15 s)
+    python bench/run.py                   full run (10k connections; about 3 min with peers)
+    python bench/run.py --quick           smoke run for CI (2k connections; about 1 min)
+    python bench/run.py --peers ''        notifyd alone
     python bench/run.py --profile         also sample the daemon with py-spy (scenarios 2, 3)
     python bench/run.py --profile native  the same with C frames (pauses the daemon per sample)
 
 PostgreSQL: $NOTIFYD_BENCH_DSN (a server URL; a database notifyd_bench_<pid> is created on it
 and dropped afterwards), else an embedded server in a temporary directory. Results go to
-bench/results/latest.json and a summary table to stdout; progress to stderr.
+bench/results/latest.json and a summary table to stdout; progress to stderr. The peers run one
+after the other on the same database with the same load generator (speaking Socket.IO to
+them), after npm and pip install their dependencies into bench/.peers/ on first use; notifyd
+beside them goes to bench/results/latest-peers.md (a markdown table with ratios).
 
 The fan-out target is judged on the daemon's own write time, from its notifyd.fanout log line
 (it runs at NOTIFYD_LOG_LEVEL=INFO); commit -> last client is shown beside it. Exit status: 0
@@ -40,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import infra
+import peers
 import report
 import spy
 import sql_writer
@@ -463,7 +469,39 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         bench.close_all()
         results["daemon_warnings"] = daemon.warnings(50)
         results["meta"]["daemon_peak_rss_kb"] = _peak_rss(daemon.pid)
+        for client in clients:
+            client.stop()
+        daemon.stop()
+        # The same scenarios, load and database against each peer, one server at a time.
+        results["peers"] = {}
+        for name in args.peers:
+            results["peers"][name] = run_peer(peers.PEERS[name], dsn, secret, workdir,
+                                              writer, scale)
     return results
+
+
+def run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer: Worker,
+             scale: Scale) -> dict[str, Any]:
+    versions = peers.install(kind.name)
+    with contextlib.ExitStack() as stack:
+        server = peers.Peer(kind, dsn, secret, workdir)
+        stack.callback(server.stop)
+        say(f"{kind.title} started (pid {server.pid}, port {server.port}): {versions}")
+        clients = []
+        for i in range(CLIENT_PROCESSES):
+            client = Worker(f"client-{i}", ws_clients.main, server.url, secret,
+                            HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES, kind.protocol)
+            stack.callback(client.stop)
+            clients.append(client)
+        server.wait_ready()
+        bench = Bench(server, clients, writer, scale, None)
+        out: dict[str, Any] = {"title": kind.title, "versions": versions,
+                               "idle_memory": bench.idle_memory(), "latency": bench.latency(),
+                               "fanout": bench.fanout()}
+        bench.close_all()
+        out["warnings"] = server.warnings(20)
+        out["peak_rss_kb"] = _peak_rss(server.pid)
+        return out
 
 
 def _peak_rss(pid: int) -> int | None:
@@ -484,7 +522,14 @@ def main(argv: list[str] | None = None) -> int:
                              "which pauses it for each sample (perturbs the figures more)")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json",
                         help="JSON results (default bench/results/latest.json)")
+    parser.add_argument("--peers", default=",".join(peers.PEERS),
+                        help="comma-separated peers to measure after notifyd (default: "
+                             f"{','.join(peers.PEERS)}; '' for none)")
     args = parser.parse_args(argv)
+    args.peers = [p for p in args.peers.split(",") if p]
+    unknown = [p for p in args.peers if p not in peers.PEERS]
+    if unknown:
+        parser.error(f"unknown peers {unknown}; known: {', '.join(peers.PEERS)}")
     scale = QUICK if args.quick else FULL
 
     fd_limit = infra.raise_fd_limit()
@@ -504,6 +549,13 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(results, args.output)
     report.write_json(raw, args.output.with_suffix(".raw.json"), indent=None)  # git-ignored
     print(report.summary(results))
+    table = report.side_by_side(results)
+    if table:
+        peers_md = args.output.with_name(args.output.stem + "-peers.md")
+        peers_md.write_text(table)
+        print()
+        print(table)
+        print(f"(side by side in {peers_md})")
     for name, profile in results["profiles"].items():
         print()
         print(spy.render(name, profile))
