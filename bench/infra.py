@@ -289,6 +289,8 @@ class Daemon:
     """`notifyd serve` as a subprocess in its own session (Ctrl-C reaches only the bench,
     which stops the daemon itself), its log (stdout and stderr: JSON lines) in a file."""
 
+    name = "notifyd"
+
     def __init__(self, dsn: str, secret: str, workdir: Path, log_level: str = "WARNING",
                  port: int | None = None, shared_log: Path | None = None,
                  **settings: str) -> None:
@@ -375,7 +377,7 @@ class Daemon:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            say("warning: notifyd did not stop on SIGTERM; killing it")
+            say(f"{self.name} did not stop on SIGTERM within {timeout:g} s; killing it")
             self.proc.kill()
             self.proc.wait(5)
 

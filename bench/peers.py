@@ -80,6 +80,7 @@ class Peer(Daemon):
 
     def __init__(self, kind: PeerKind, dsn: str, secret: str, workdir: Path) -> None:
         self.kind = kind
+        self.name = kind.name
         self.port = free_port()
         self.log_path = workdir / f"{kind.name}.log"
         env = child_env(PEER_PORT=str(self.port), PEER_DSN=dsn, PEER_JWT_SECRET=secret,
@@ -112,3 +113,7 @@ class Peer(Daemon):
         if self.proc.poll() is not None:
             raise BenchError(f"{self.kind.name} exited {self.proc.returncode} during the "
                              f"bench:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Its figures are taken by then: a peer slow to shut down is not waited for long."""
+        super().stop(timeout)

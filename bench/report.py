@@ -332,7 +332,7 @@ def side_by_side(results: dict[str, Any]) -> str:
             # see the notes) means nothing: none is shown
             ratio = ((theirs / ours if lower else ours / theirs) if ours > 0 and theirs > 0
                      else math.nan)
-            row += [f"{_num(theirs)} {unit}", f"{_num(ratio)}x"]
+            row += [f"{_num(theirs)} {unit}", "—" if math.isnan(ratio) else f"{_num(ratio)}x"]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "ratio: how many times better notifyd is on that row (below 1: behind).", ""]
     for name, found in peer_problems(results).items():

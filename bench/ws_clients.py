@@ -166,7 +166,8 @@ class SioConn(Conn):
             else:
                 self.greet(payload)
         elif kind[:1] == b"2":  # Engine.IO ping: answer, or the server drops us
-            self.ws.send_text(b"3")
+            if self.ws.state is OPEN:  # not while our close is under way
+                self.ws.send_text(b"3")
         elif kind[:1] == b"0":  # Engine.IO open: connect to the namespace, token as auth
             self.ws.send_text(b'40{"token":"' + self.token.encode() + b'"}')
         elif kind == b"44":  # connect error (the server's auth refused)
