@@ -108,6 +108,15 @@ def free_port() -> int:
 
 # -- /proc -------------------------------------------------------------------------------------
 
+def fd_limit_of(pid: int) -> int | None:
+    """The soft open-file limit of a process (from /proc)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    return None
+
+
 def rss_kb(pid: int) -> int:
     """Resident set size (VmRSS) in KB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

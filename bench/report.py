@@ -18,6 +18,11 @@ class Target:
     label: str
     limit: float
     unit: str
+    higher: bool = False  # the figure must be at least the limit, not at most
+
+    @property
+    def shown(self) -> str:
+        return f"{'>=' if self.higher else '<='} {self.limit:,g} {self.unit}".rstrip()
 
 
 TARGETS = {
@@ -25,6 +30,7 @@ TARGETS = {
     "p50": Target("p50", "commit -> client p50", 0.5, "ms"),
     "p99": Target("p99", "commit -> client p99", 2.0, "ms"),
     "fanout_us": Target("fanout_us", "fan-out: server write time per connection", 12.0, "us"),
+    "most": Target("most", "connections one process holds", 19_000, "", higher=True),
 }
 
 
@@ -113,7 +119,8 @@ def write_json(results: dict[str, Any], path: Path, indent: int | None = 2) -> N
 def _verdict(value: float, target: Target) -> str:
     if math.isnan(value):
         return "n/a"
-    return "ok" if value <= target.limit else "MISS"
+    met = value >= target.limit if target.higher else value <= target.limit
+    return "ok" if met else "MISS"
 
 
 def _num(value: float, digits: int = 2) -> str:
@@ -142,7 +149,7 @@ class Table:
 
     def judged(self, label: str, value: float, unit: str, target: Target,
                digits: int = 2) -> None:
-        self.row(label, f"{_num(value, digits)} {unit}", f"<= {target.limit:g} {target.unit}",
+        self.row(label, f"{_num(value, digits)} {unit}".rstrip(), target.shown,
                  _verdict(value, target))
 
     def render(self) -> str:
@@ -269,6 +276,18 @@ def summary(results: dict[str, Any]) -> str:
             notes.append("fan-out: daemon and load generators together kept every core busy: "
                          "the wall figures are bounded by the shared CPU")
 
+    most = results.get("most_connections")
+    if most:
+        t.section(f"4. most connections in one process (up to {most['target']:,}; its open-file "
+                  f"limit {most['fd_limit']})")
+        base = results["idle_memory"]["levels"][0]["rss_kb"]
+        t.judged("connections held", most["held"], "", TARGETS["most"], 0)
+        t.row(f"RSS there, per connection (RSS_{most['held']:,} - RSS_0) / {most['held']:,}",
+              f"{_num((most['rss_kb'] - base) / most['held'])} KB" if most["held"] else "n/a")
+        errors = [lv["error"] for lv in most["levels"] if "error" in lv]
+        if errors:
+            notes.append(f"most connections: stopped by {errors[0][:200]}")
+
     head = (f"notifyd bench ({meta['mode']}) {meta['started']}  |  {meta['cpus']} cores, "
             f"Python {meta['python']}, websockets {meta['websockets']}, PostgreSQL "
             f"{meta['postgres']}  |  notifyd {meta['git_head'][:10]}")
@@ -289,6 +308,12 @@ def summary(results: dict[str, Any]) -> str:
 _ROWS: list[tuple[str, Callable[[dict[str, Any]], float], str, bool]] = [
     ("RSS per idle connection (at the most connections)",
      lambda r: float(list(r["idle_memory"]["kb_per_connection"].values())[-1]), "KB", True),
+    ("most connections one process held (tried 19,500)",
+     lambda r: float(r["most_connections"]["held"]), "", False),
+    ("RSS per connection there",
+     lambda r: (float(r["most_connections"]["rss_kb"])
+                - float(r["idle_memory"]["levels"][0]["rss_kb"]))
+     / float(r["most_connections"]["held"]), "KB", True),
     ("connect rate (handshake with JWT + greeting)",
      lambda r: float(r["idle_memory"]["connect_rate"]), "/s", False),
     ("commit -> client p50", lambda r: float(r["latency"]["commit_to_client_ms"]["p50"]),
@@ -325,14 +350,16 @@ def side_by_side(results: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, get, unit, lower in _ROWS:
         ours = _safe(get, results)
-        row = [label, f"{_num(ours)} {unit}"]
+        digits = 2 if unit else 0  # counts are whole
+        row = [label, f"{_num(ours, digits)} {unit}".rstrip()]
         for peer in peers.values():
             theirs = _safe(get, peer)
             # a ratio of a negative latency (the client before the writer's commit reply,
             # see the notes) means nothing: none is shown
             ratio = ((theirs / ours if lower else ours / theirs) if ours > 0 and theirs > 0
                      else math.nan)
-            row += [f"{_num(theirs)} {unit}", "—" if math.isnan(ratio) else f"{_num(ratio)}x"]
+            row += [f"{_num(theirs, digits)} {unit}".rstrip(),
+                    "—" if math.isnan(ratio) else f"{_num(ratio)}x"]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "ratio: how many times better notifyd is on that row (below 1: behind).", ""]
     for name, found in peer_problems(results).items():

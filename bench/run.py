@@ -75,16 +75,19 @@ class Scale:
     latency_seconds: float
     broadcasts: int
     broadcast_gap: float  # seconds between broadcasts
+    most: int  # the last scenario opens connections up to this many (0: skipped)
+    most_step: int
 
     @property
     def connections(self) -> int:
         return self.idle_levels[-1]
 
 
+# 19,500: what one process can hold under this machine's 20,000 open files per process
 FULL = Scale(idle_levels=(0, 1_000, 10_000), latency_rate=1000, latency_seconds=10,
-             broadcasts=5, broadcast_gap=1.0)
+             broadcasts=5, broadcast_gap=1.0, most=19_500, most_step=2_500)
 QUICK = Scale(idle_levels=(0, 200, 2_000), latency_rate=1000, latency_seconds=2,
-              broadcasts=5, broadcast_gap=0.5)
+              broadcasts=5, broadcast_gap=0.5, most=0, most_step=0)
 
 
 class Bench:
@@ -401,6 +404,38 @@ class Bench:
         return {**best, "us_per_conn": best["ms"] * 1000 / best["connections"],
                 "lines": len(found)}
 
+    # -- scenario 4 ---------------------------------------------------------------------
+
+    def most_connections(self) -> dict[str, Any]:
+        """More idle connections, a step at a time, up to scale.most: how many one process
+        holds, and its RSS per connection there (from the same RSS with none open)."""
+        s = self.scale
+        if not s.most:
+            return {}
+        live = self.live()
+        levels: list[dict[str, Any]] = []
+        next_user = s.idle_levels[-1]
+        while live < s.most:
+            step = min(s.most_step, s.most - live)
+            say(f"most connections: opening {step:,} more (now {live:,})")
+            try:
+                opened = self.connect([f"u{i}" for i in range(next_user, next_user + step)])
+            except BenchError as exc:
+                say(f"most connections: stopped: {exc}")
+                levels.append({"error": str(exc)[:300]})
+                break
+            next_user += step
+            time.sleep(SETTLE_SECONDS)
+            self.daemon.check_alive()
+            live = self.live()
+            levels.append({"live": live, "rss_kb": self.daemon.rss_kb(), **opened})
+            if opened["failed"]:
+                break
+        held = [lv for lv in levels if "live" in lv]
+        top = held[-1] if held else {"live": live, "rss_kb": self.daemon.rss_kb()}
+        return {"target": s.most, "levels": levels, "held": top["live"],
+                "rss_kb": top["rss_kb"], "fd_limit": infra.fd_limit_of(self.daemon.pid)}
+
     def close_all(self) -> None:
         for client in self.clients:
             client.send("close")
@@ -464,6 +499,7 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         results["idle_memory"] = bench.idle_memory()
         results["latency"] = bench.latency()
         results["fanout"] = bench.fanout()
+        results["most_connections"] = bench.most_connections()
         results["profiles"] = bench.profiles
         results["raw"] = bench.raw
         bench.close_all()
@@ -497,7 +533,8 @@ def run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer:
         bench = Bench(server, clients, writer, scale, None)
         out: dict[str, Any] = {"title": kind.title, "versions": versions,
                                "idle_memory": bench.idle_memory(), "latency": bench.latency(),
-                               "fanout": bench.fanout()}
+                               "fanout": bench.fanout(),
+                               "most_connections": bench.most_connections()}
         bench.close_all()
         out["warnings"] = server.warnings(20)
         out["peak_rss_kb"] = _peak_rss(server.pid)
@@ -533,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = QUICK if args.quick else FULL
 
     fd_limit = infra.raise_fd_limit()
-    needed = scale.connections + 1024
+    needed = max(scale.connections, scale.most) + 100  # the server: its own files too
     if fd_limit < needed:
         say(f"the open-file limit is {fd_limit}; {needed} are needed (ulimit -Hn)")
         return 2
