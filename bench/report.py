@@ -84,15 +84,17 @@ def problems(results: dict[str, Any]) -> list[str]:
     if idle.get("failed"):
         found.append(f"{idle['failed']} connection(s) failed to open")
     lat = results.get("latency") or {}
-    for key, what in (("missing", "notification(s) never arrived"),
-                      ("duplicates", "notification(s) arrived twice"),
-                      ("misrouted", "notification(s) reached another user's connection"),
-                      ("unexpected", "unknown notification id(s) arrived"),
-                      ("unfinished_inserts", "insert(s) did not finish")):
-        if lat.get(key):
-            found.append(f"latency: {lat[key]} {what}")
-    if lat.get("insert_errors"):
-        found.append(f"latency: inserts failed: {lat['insert_errors'][:2]}")
+    for name in ("latency", "latency_fast"):
+        run = results.get(name) or {}
+        for key, what in (("missing", "notification(s) never arrived"),
+                          ("duplicates", "notification(s) arrived twice"),
+                          ("misrouted", "notification(s) reached another user's connection"),
+                          ("unexpected", "unknown notification id(s) arrived"),
+                          ("unfinished_inserts", "insert(s) did not finish")):
+            if run.get(key):
+                found.append(f"{name}: {run[key]} {what}")
+        if run.get("insert_errors"):
+            found.append(f"{name}: inserts failed: {run['insert_errors'][:2]}")
     fan = results.get("fanout") or {}
     if fan and fan["received_total"] != fan["expected_total"]:
         found.append(f"fan-out: {fan['received_total']:,} broadcast frames received, "
@@ -226,6 +228,23 @@ def summary(results: dict[str, Any]) -> str:
         if lat["missing"] or lat["foreign"] or lat["misrouted"]:
             notes.append("latency: notifications missing or delivered to the wrong user")
 
+    fast = results.get("latency_fast")
+    if fast:
+        c = fast["commit_to_client_ms"]
+        t.section(f"2b. latency at {fast['rate']:,.0f}/s ({fast['batch']} per INSERT) for "
+                  f"{fast['seconds']:g} s")
+        t.row("commit -> client p50 / p99 / p99.9 / max",
+              f"{_num(c['p50'], 3)} / {_num(c['p99'], 3)} / {_num(c['p999'], 3)} / "
+              f"{_num(c['max'], 3)} ms")
+        t.row("sent / received / missing / duplicates",
+              f"{fast['sent']:,} / {fast['received']:,} / {fast['missing']:,} / "
+              f"{fast['duplicates']}")
+        t.row("achieved rate", f"{fast['achieved_rate']:,.0f} /s")
+        t.row(_cpu_label("CPU during the run", fast["cpu"]), _cpu(fast["cpu"]))
+        if fast["saturated"]:
+            notes.append(f"latency at {fast['rate']:,.0f}/s: load generator saturated "
+                         f"({', '.join(fast['saturated'])})")
+
     fan = results.get("fanout")
     if fan:
         m = fan["median"]
@@ -322,6 +341,15 @@ _ROWS: list[tuple[str, Callable[[dict[str, Any]], float], str, bool]] = [
      "ms", True),
     ("commit -> client p99.9", lambda r: float(r["latency"]["commit_to_client_ms"]["p999"]),
      "ms", True),
+    ("5,000/s (10 per INSERT): commit -> client p50",
+     lambda r: float(r["latency_fast"]["commit_to_client_ms"]["p50"]), "ms", True),
+    ("5,000/s: commit -> client p99",
+     lambda r: float(r["latency_fast"]["commit_to_client_ms"]["p99"]), "ms", True),
+    ("5,000/s: commit -> client p99.9",
+     lambda r: float(r["latency_fast"]["commit_to_client_ms"]["p999"]), "ms", True),
+    ("5,000/s: notifications received of sent",
+     lambda r: 100 * float(r["latency_fast"]["received"]) / float(r["latency_fast"]["sent"]),
+     "%", False),
     ("broadcast: commit -> last client",
      lambda r: float(r["fanout"]["median"]["last_ms"]), "ms", True),
     ("broadcast: server CPU per connection",
@@ -350,6 +378,8 @@ def side_by_side(results: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, get, unit, lower in _ROWS:
         ours = _safe(get, results)
+        if math.isnan(ours):
+            continue  # a scenario this run did not have (e.g. --quick)
         digits = 2 if unit else 0  # counts are whole
         row = [label, f"{_num(ours, digits)} {unit}".rstrip()]
         for peer in peers.values():

@@ -73,6 +73,8 @@ class Scale:
     idle_levels: tuple[int, ...]  # connections at each RSS reading; the first must be 0
     latency_rate: float  # inserts per second
     latency_seconds: float
+    fast_rate: float  # a second latency run at this many notifications per second...
+    fast_batch: int  # ...this many per INSERT (one commit each: past the NOTIFY lock's rate)
     broadcasts: int
     broadcast_gap: float  # seconds between broadcasts
     most: int  # the last scenario opens connections up to this many (0: skipped)
@@ -85,9 +87,10 @@ class Scale:
 
 # 19,500: what one process can hold under this machine's 20,000 open files per process
 FULL = Scale(idle_levels=(0, 1_000, 10_000), latency_rate=1000, latency_seconds=10,
-             broadcasts=5, broadcast_gap=1.0, most=19_500, most_step=2_500)
+             fast_rate=5000, fast_batch=10, broadcasts=5, broadcast_gap=1.0, most=19_500,
+             most_step=2_500)
 QUICK = Scale(idle_levels=(0, 200, 2_000), latency_rate=1000, latency_seconds=2,
-              broadcasts=5, broadcast_gap=0.5, most=0, most_step=0)
+              fast_rate=5000, fast_batch=10, broadcasts=5, broadcast_gap=0.5, most=0, most_step=0)
 
 
 class Bench:
@@ -215,16 +218,17 @@ class Bench:
 
     # -- scenario 2 ---------------------------------------------------------------------
 
-    def latency(self) -> dict[str, Any]:
+    def latency(self, rate: float | None = None, batch: int = 1) -> dict[str, Any]:
         s = self.scale
+        rate = rate or s.latency_rate
         users = [u for part in self.users_of for u in part]
         owner = {u: i for i, part in enumerate(self.users_of) for u in part}
-        say(f"latency: {s.latency_rate:,.0f} inserts/s for {s.latency_seconds:g} s "
-            f"over {len(users):,} users")
+        say(f"latency: {rate:,.0f} notifications/s ({batch} per INSERT) for "
+            f"{s.latency_seconds:g} s over {len(users):,} users")
         self.meter.start()
-        with self.profiled("latency", s.latency_seconds + 1):
-            sent = self.writer.call("rate_run", users, s.latency_rate, s.latency_seconds,
-                                    os.getpid(), timeout=s.latency_seconds + 90)
+        with self.profiled(f"latency-{rate:g}", s.latency_seconds + 1):
+            sent = self.writer.call("rate_run", users, rate, s.latency_seconds,
+                                    os.getpid(), batch, timeout=s.latency_seconds + 90)
             expected = [0] * len(self.clients)
             for user in sent["users"]:
                 expected[owner[user]] += 1
@@ -268,7 +272,7 @@ class Bench:
         round_trip = [t1 - t0 for t0, t1 in zip(sent["t0"], sent["t1"], strict=True)]
         span = max(sent["t1"]) - min(sent["t0"]) if sent["t0"] else 0.0
         return {
-            "users": len(users), "rate": s.latency_rate, "seconds": s.latency_seconds,
+            "users": len(users), "rate": rate, "batch": batch, "seconds": s.latency_seconds,
             "planned": sent["planned"], "sent": len(by_id),
             "received": sum(1 for nid in counts if nid in by_id),
             "missing": sum(1 for nid in by_id if nid not in counts),
@@ -498,6 +502,7 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
                       HERE / "results" if args.profile else None, args.profile == "native")
         results["idle_memory"] = bench.idle_memory()
         results["latency"] = bench.latency()
+        results["latency_fast"] = bench.latency(scale.fast_rate, scale.fast_batch)
         results["fanout"] = bench.fanout()
         results["most_connections"] = bench.most_connections()
         results["profiles"] = bench.profiles
@@ -533,6 +538,7 @@ def run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer:
         bench = Bench(server, clients, writer, scale, None)
         out: dict[str, Any] = {"title": kind.title, "versions": versions,
                                "idle_memory": bench.idle_memory(), "latency": bench.latency(),
+                               "latency_fast": bench.latency(scale.fast_rate, scale.fast_batch),
                                "fanout": bench.fanout(),
                                "most_connections": bench.most_connections()}
         bench.close_all()

@@ -16,6 +16,10 @@ import uvloop
 
 NOTIFY = "SELECT notifyd.notify($1, 'bench', 't', 'm', $2::jsonb)"
 BROADCAST = "SELECT notifyd.broadcast('bench', 't', 'm', $1::jsonb)"
+# `batch` notifications in one statement (one commit): past the NOTIFY commit lock's rate
+NOTIFY_MANY = ("INSERT INTO notifyd.notifications (user_id, type, title, message, data) "
+               "SELECT u, 'bench', 't', 'm', $2::jsonb FROM unnest($1::text[]) AS x(u) "
+               "RETURNING id, user_id")
 WARM_UP_USER = "bench-warm-up"
 
 
@@ -55,36 +59,39 @@ class Writer:
         return {"pool": self.pool_size, "server_version": version}
 
     async def rate_run(self, users: list[str], rate: float, seconds: float,
-                       seed: int) -> dict[str, Any]:
-        """Insert rate*seconds notifications, each for a random user of `users`, the i-th
-        started at start + i/rate (open loop: a slow commit does not delay the next ones)."""
+                       seed: int, batch: int = 1) -> dict[str, Any]:
+        """Insert rate*seconds notifications, each for a random user of `users`, `batch` per
+        statement; the i-th statement started at start + i*batch/rate (open loop: a slow
+        commit does not delay the next ones)."""
         assert self.pool is not None
         pool = self.pool
         rng = random.Random(seed)
-        n = round(rate * seconds)
-        targets = [rng.choice(users) for _ in range(n)]
-        ids = [0] * n
-        t0s = [0.0] * n
-        t1s = [0.0] * n
+        n = round(rate * seconds / batch)
+        targets = [[rng.choice(users) for _ in range(batch)] for _ in range(n)]
+        out: list[list[tuple[int, str, float, float]]] = [[] for _ in range(n)]
         errors: list[str] = []
 
         async def insert(i: int) -> None:
             t0 = time.time()
+            data = orjson.dumps({"t0": t0}).decode()
             try:
-                nid = await pool.fetchval(NOTIFY, targets[i], orjson.dumps({"t0": t0}).decode())
+                if batch == 1:
+                    rows = [(await pool.fetchval(NOTIFY, targets[i][0], data), targets[i][0])]
+                else:
+                    rows = [(r["id"], r["user_id"])
+                            for r in await pool.fetch(NOTIFY_MANY, targets[i], data)]
             except Exception as exc:
                 errors.append(repr(exc))
                 return
-            t1s[i] = time.time()  # the commit returned
-            ids[i] = nid
-            t0s[i] = t0
+            t1 = time.time()  # the commit returned
+            out[i] = [(nid, user, t0, t1) for nid, user in rows]
 
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.05
         tasks = []
         max_lag = 0.0
         for i in range(n):
-            due = start + i / rate
+            due = start + i * batch / rate
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -93,13 +100,13 @@ class Writer:
         _done, pending = await asyncio.wait(tasks, timeout=60)
         for task in pending:
             task.cancel()
-        ok = [i for i in range(n) if ids[i]]
+        done = [row for rows in out for row in rows]
         return {
-            "ids": [ids[i] for i in ok],
-            "users": [targets[i] for i in ok],
-            "t0": [t0s[i] for i in ok],
-            "t1": [t1s[i] for i in ok],
-            "planned": n,
+            "ids": [r[0] for r in done],
+            "users": [r[1] for r in done],
+            "t0": [r[2] for r in done],
+            "t1": [r[3] for r in done],
+            "planned": n * batch, "batch": batch,
             "errors": errors[:5] + ([f"... and {len(errors) - 5} more"] if len(errors) > 5
                                     else []),
             "unfinished": len(pending),
