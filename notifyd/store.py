@@ -18,6 +18,7 @@ _UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError
                 asyncpg.InsufficientResourcesError,  # too many connections, disk full
                 asyncpg.InvalidCatalogNameError,  # the database is gone
                 asyncpg.ObjectNotInPrerequisiteStateError,  # it does not accept connections
+                asyncpg.InternalClientError,  # a connection cut in the middle of a call
                 TimeoutError)
 
 
@@ -72,7 +73,7 @@ class Store:
         try:
             async with asyncio.timeout(timeout):
                 await self._pool.fetchval("SELECT 1")
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except Exception as exc:  # a probe: whatever failed, the database is not usable now
             raise StoreError(str(exc) or exc.__class__.__name__) from exc
 
     async def schema_version(self) -> int:
