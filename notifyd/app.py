@@ -92,7 +92,6 @@ class App:
         self._ticker: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
         self.reloads = 0
-        self.live = 0  # authenticated WebSocket connections
         self._unread_epoch: dict[str, int] = {}
         self.router.on_published = self._note_published
         self.port = 0
@@ -100,7 +99,6 @@ class App:
         self.router.observe_latency = self.metrics.latency.observe
         listener = self.listener
         self.metrics.watch(
-            connections=lambda: self.live,
             online_users=self.presence.local.online_count,
             delivered=lambda: self.router.delivered,
             router_frames=lambda: self.router.frames_out,
@@ -252,7 +250,6 @@ class App:
         if self.policy.is_watcher(identity.roles):
             streams.append(PRESENCE_STREAM)
         self.index.add(conn, streams)
-        self.live += 1
         self.metrics.connections_opened += 1
         if log.isEnabledFor(logging.INFO):
             log.info("connection open", extra={
@@ -289,7 +286,6 @@ class App:
                     "seconds": round(asyncio.get_running_loop().time() - conn.opened_at, 3)})
         if identity is None:
             return
-        self.live -= 1
         streams = [*identity.streams, PRESENCE_STREAM]
         gone = self.index.remove(conn, streams)
         self.router.forget(gone)

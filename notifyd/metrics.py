@@ -62,8 +62,8 @@ class Metrics(Collector):
         self.registry.unregister(self.redis_errors)
 
     def watch(self, **sources: Callable[[], float]) -> None:
-        """Values owned elsewhere, read at each scrape: connections, online_users, delivered,
-        published, listener_up, listener_reconnects, reloads."""
+        """Values owned elsewhere, read at each scrape: online_users, delivered, published,
+        router_frames, router_bytes, listener_up, listener_reconnects, reloads."""
         self._live.update(sources)
 
     def auth_failed(self, message: str) -> None:
@@ -97,8 +97,9 @@ class Metrics(Collector):
                 family.add_metric([key], counts[key])
             return family
 
-        yield gauge("notifyd_connections", "Authenticated WebSocket connections",
-                    "connections")
+        # every authenticated connection is counted once opened and once closed
+        yield GaugeMetricFamily("notifyd_connections", "Authenticated WebSocket connections",
+                                value=self.connections_opened - self.closes.total())
         yield gauge("notifyd_online_users", "Users with at least one device on this process",
                     "online_users")
         yield gauge("notifyd_listen_up", "1 while the LISTEN connection is up and caught up",
