@@ -35,6 +35,7 @@ from notifyd.protocol import (
     SyncRequest,
     encode,
     error_frame,
+    format_epoch,
     format_time,
     websocket_text,
 )
@@ -354,7 +355,7 @@ class App:
             self._refuse(conn, exc, ref)
             return
         conn.send(encode("auth:refreshed", {
-            "expiresAt": format_time(dt.datetime.fromtimestamp(identity.expires_at, dt.UTC))},
+            "expiresAt": format_epoch(identity.expires_at)},
             ref))
 
     async def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
@@ -467,8 +468,7 @@ class App:
         data: dict[str, Any] = {"users": [{
             "userId": u.user_id,
             "online": u.online,
-            "lastSeen": format_time(dt.datetime.fromtimestamp(u.last_seen, dt.UTC))
-            if u.last_seen is not None else None,
+            "lastSeen": format_epoch(u.last_seen) if u.last_seen is not None else None,
         } for u in (self.policy.shown(viewer, user) for user in users)]}
         if event.roles:
             data["roles"] = counts
@@ -482,7 +482,7 @@ class App:
         kind = "presence:online" if change.online else "presence:offline"
         frame = websocket_text(encode(kind, {
             "userId": change.user_id, "roles": list(change.roles),
-            "at": format_time(dt.datetime.fromtimestamp(change.at, dt.UTC))}))
+            "at": format_epoch(change.at)}))
         for watcher in list(watchers):
             watcher_identity = watcher.session.identity
             if watcher_identity is not None and watcher_identity.user_id != change.user_id:

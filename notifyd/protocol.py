@@ -83,6 +83,11 @@ def format_time(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def format_epoch(seconds: float) -> str:
+    """format_time of a moment given in seconds since the epoch."""
+    return format_time(dt.datetime.fromtimestamp(seconds, dt.UTC))
+
+
 def _auth(data: dict[str, Any]) -> Auth:
     token = data.get("token")
     if not isinstance(token, str) or not token:
