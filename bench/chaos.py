@@ -56,6 +56,7 @@ from typing import Any
 import asyncpg
 import chaos_client
 import infra
+import report
 from infra import BenchError, Worker, say
 
 HERE = Path(__file__).resolve().parent
@@ -844,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         return results
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
     results["meta"]["daemon_log"] = str(log_copy)
-    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    report.write_json(results, args.output)
     print(render(results))
     print(f"\n(results in {args.output}; the daemon's log in {log_copy})")
     return 1 if results["problems"] else 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import infra
+import report
 import sql_writer
 import ws_clients
 from infra import BenchError, Daemon, Worker, say
@@ -167,7 +167,7 @@ def main() -> dict[str, Any]:
     result = {"git_head": infra.git_head(), "cores": os.cpu_count(), "rows": rows}
     if not args.quick:
         (HERE / "results").mkdir(exist_ok=True)
-        (HERE / "results" / "processes.json").write_text(json.dumps(result, indent=2))
+        report.write_json(result, HERE / "results" / "processes.json")
     return result
 
 

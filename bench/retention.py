@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
 import re
@@ -36,6 +35,7 @@ from typing import Any
 
 import asyncpg
 import infra
+import report
 import uvloop
 from infra import admin_values as admin
 from infra import say
@@ -514,8 +514,7 @@ def main() -> int:
     results = infra.guarded(lambda: run(args))
     if isinstance(results, int):
         return results
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    report.write_json(results, args.output)
     print(summary(results))
     print(f"\n(results in {args.output})")
     if results["problems"]:

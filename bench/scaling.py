@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -31,6 +30,7 @@ from typing import Any
 
 import asyncpg
 import infra
+import report
 import uvloop
 from infra import Daemon, say
 from infra import admin_values as admin
@@ -322,8 +322,7 @@ def main() -> int:
     results = infra.guarded(lambda: run(args))
     if isinstance(results, int):
         return results
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    report.write_json(results, args.output)
     print(summary(results))
     print(f"\n(results in {args.output})")
     return 0

@@ -36,6 +36,7 @@ import asyncpg
 import infra
 import orjson
 import uvloop
+from report import write_json
 
 from notifyd.auth import issue_token
 from notifyd.client import NotifydClient
@@ -246,8 +247,7 @@ def main() -> int:
     report = {"slow_clients": args.slow, "seconds": args.seconds, "rate": args.rate,
               "max_send_buffer": max_send_buffer, "bound_kb": bound_kb,
               "baseline": baseline, "slow": slow}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, RESULTS)
     b, s = baseline, slow
     print(f"slow consumers: {args.slow} clients that never read, {args.rate:g} x 20 KB "
           f"announcements/s to them, {args.seconds:g} s per phase")
