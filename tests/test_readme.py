@@ -8,6 +8,7 @@ import os
 import re
 import time
 
+from faults_support import http_get
 from support import ROOT, Daemon
 
 from notifyd import config
@@ -103,3 +104,15 @@ def test_readme_json_lines_and_the_example_settings_file_parse() -> None:
                 json.loads(line)
     example = config.load(environ={}, config_file=ROOT / "systemd" / "notifyd.toml")
     assert example.retention_days == 90 and example.dsn is not None
+
+
+async def test_every_metric_is_in_the_readme(daemon: Daemon) -> None:
+    """The metrics table names every family /metrics serves (process_* as a group)."""
+    _, body = await http_get(daemon.app.port, "/metrics")
+    families = re.findall(r"^# TYPE (\S+) ", body.decode(), re.M)
+    assert "notifyd_delivery_latency_seconds" in families
+    for name in families:
+        # prometheus-client adds a `<family>_created` timestamp beside each counter/histogram
+        name = name.removesuffix("_created")
+        shown = "process_*" if name.startswith("process_") else name
+        assert f"`{shown}" in README, name
