@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 DEV_TOKEN_TTL = 24 * 3600
+OPERATIONS = ("/healthz", "/readyz", "/metrics")  # all the admin listener serves
 STATUS_OF = {"invalid-data": 400, "auth-failed": 401, "forbidden": 403, "unavailable": 503}
 
 
@@ -76,7 +77,7 @@ class HttpApi:
         parts = urlsplit(target)
         route, query = parts.path, parse_qs(parts.query)
         if admin:
-            if route not in ("/healthz", "/readyz", "/metrics"):
+            if route not in OPERATIONS:
                 return HttpAnswer(404, b"not found\n", TEXT)
             if method != "GET":
                 return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", "GET")])
@@ -95,7 +96,7 @@ class HttpApi:
             return await self._dev_notify(query)
         if method != "GET":
             return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", "GET")])
-        if route in ("/healthz", "/readyz", "/metrics"):
+        if route in OPERATIONS:
             return await self._operations(route, admin)
         if route == "/notifyd.js":
             # a module script from another origin needs CORS; it holds no secret
