@@ -95,6 +95,17 @@ def problems(results: dict[str, Any]) -> list[str]:
                 found.append(f"{name}: {run[key]} {what}")
         if run.get("insert_errors"):
             found.append(f"{name}: inserts failed: {run['insert_errors'][:2]}")
+    storm = results.get("storm") or {}
+    if storm.get("failed"):
+        found.append(f"reconnect storm: {storm['failed']} of {storm['clients']:,} clients did "
+                     f"not reconnect and sync: {storm['errors'][:2]}")
+    if storm.get("problems"):
+        found.append(f"reconnect storm: sync-responses wrong ({storm['problems']}), e.g. "
+                     f"{storm['problem_examples'][:2]}")
+    hands = results.get("handshakes") or {}
+    if hands.get("failed"):
+        found.append(f"handshakes: {hands['failed']} of {hands['tried']:,} failed: "
+                     f"{hands['errors'][:2]}")
     fan = results.get("fanout") or {}
     if fan and fan["received_total"] != fan["expected_total"]:
         found.append(f"fan-out: {fan['received_total']:,} broadcast frames received, "
@@ -295,6 +306,47 @@ def summary(results: dict[str, Any]) -> str:
             notes.append("fan-out: daemon and load generators together kept every core busy: "
                          "the wall figures are bounded by the shared CPU")
 
+    storm = results.get("storm")
+    if storm:
+        c = storm["caught_up_s"]  # seconds from the reconnect, through distribution_ms
+        t.section(f"5. reconnect storm ({storm['clients']:,} clients cut at once, one "
+                  "notification each and a broadcast committed, all reconnect and sync)")
+        t.row("all caught up (last sync-response)", f"{_num(storm['all_caught_up_s'], 2)} s")
+        t.row("caught up p50 / p99", f"{_num(c['p50'] / 1000, 2)} / {_num(c['p99'] / 1000, 2)} s")
+        t.row("caught up / failed", f"{storm['caught_up']:,} / {storm['failed']:,}")
+        t.row("sync-responses wrong", str(storm["problems"] or "none"))
+        t.row(_cpu_label("CPU during the storm", storm["cpu"]), _cpu(storm["cpu"]))
+        if storm["saturated"]:
+            notes.append(f"reconnect storm: load generator saturated "
+                         f"({', '.join(storm['saturated'])}): the time is the clients' as much "
+                         "as the server's")
+
+    ramp = results.get("ramp")
+    if ramp and ramp.get("steps"):
+        t.section(f"6. sustained targeted throughput (steps until p99 passes "
+                  f"{ramp['p99_limit_ms']:g} ms)")
+        for step in ramp["steps"]:
+            t.row(f"{step['rate']:,.0f}/s ({step['batch']} per INSERT): p50 / p99, committed",
+                  f"{_num(step['p50'], 1)} / {_num(step['p99'], 1)} ms, "
+                  f"{step['commit_rate']:,.0f}/s")
+        t.row("highest rate held", f"{ramp['held']:,.0f} /s")
+        t.row("stopped by", ramp["stopped_by"])
+        if ramp["load_bound"]:
+            notes.append(f"sustained throughput: {ramp['stopped_by']}: the server held at least "
+                         "the rate shown")
+
+    hands = results.get("handshakes")
+    if hands:
+        t.section(f"7. handshakes ({hands['tried']:,} new connections beside the open ones)")
+        t.row("handshakes per second (JWT verified, greeting sent)",
+              f"{hands['per_second']:,.0f} /s")
+        t.row("server CPU per handshake", f"{_num(hands['server_cpu_us_per_handshake'], 0)} us")
+        t.row("client CPU per handshake", f"{_num(hands['client_cpu_us_per_handshake'], 0)} us")
+        t.row(_cpu_label("CPU while connecting", hands["cpu"]), _cpu(hands["cpu"]))
+        if hands["saturated"]:
+            notes.append(f"handshakes: load generator saturated ({', '.join(hands['saturated'])})"
+                         ": the rate is a lower bound of the server's")
+
     most = results.get("most_connections")
     if most:
         t.section(f"4. most connections in one process (up to {most['target']:,}; its open-file "
@@ -323,42 +375,65 @@ def summary(results: dict[str, Any]) -> str:
 
 # -- notifyd beside the peers -------------------------------------------------------------------
 
-# (label, getter, unit, lower is better)
-_ROWS: list[tuple[str, Callable[[dict[str, Any]], float], str, bool]] = [
-    ("RSS per idle connection (at the most connections)",
-     lambda r: float(list(r["idle_memory"]["kb_per_connection"].values())[-1]), "KB", True),
+# (label, getter, unit, lower is better, scenario whose load generator may have set the pace)
+_Row = tuple[str, Callable[[dict[str, Any]], float], str, bool, str]
+_ROWS: list[_Row] = [
+    ("RSS per idle connection (at 10k)",
+     lambda r: float(list(r["idle_memory"]["kb_per_connection"].values())[-1]), "KB", True, ""),
     ("most connections one process held (tried 19,500)",
-     lambda r: float(r["most_connections"]["held"]), "", False),
+     lambda r: float(r["most_connections"]["held"]), "", False, ""),
     ("RSS per connection there",
      lambda r: (float(r["most_connections"]["rss_kb"])
                 - float(r["idle_memory"]["levels"][0]["rss_kb"]))
-     / float(r["most_connections"]["held"]), "KB", True),
-    ("connect rate (handshake with JWT + greeting)",
-     lambda r: float(r["idle_memory"]["connect_rate"]), "/s", False),
-    ("commit -> client p50", lambda r: float(r["latency"]["commit_to_client_ms"]["p50"]),
-     "ms", True),
-    ("commit -> client p99", lambda r: float(r["latency"]["commit_to_client_ms"]["p99"]),
-     "ms", True),
-    ("commit -> client p99.9", lambda r: float(r["latency"]["commit_to_client_ms"]["p999"]),
-     "ms", True),
-    ("5,000/s (10 per INSERT): commit -> client p50",
-     lambda r: float(r["latency_fast"]["commit_to_client_ms"]["p50"]), "ms", True),
-    ("5,000/s: commit -> client p99",
-     lambda r: float(r["latency_fast"]["commit_to_client_ms"]["p99"]), "ms", True),
-    ("5,000/s: commit -> client p99.9",
-     lambda r: float(r["latency_fast"]["commit_to_client_ms"]["p999"]), "ms", True),
-    ("server CPU per 1,000 delivered, at 1,000/s (idle work included)",
-     lambda r: 1000 * float(r["latency"]["server_cpu_s_per_1000"]), "ms", True),
-    ("server CPU per 1,000 delivered, at 5,000/s",
-     lambda r: 1000 * float(r["latency_fast"]["server_cpu_s_per_1000"]), "ms", True),
+     / float(r["most_connections"]["held"]), "KB", True, ""),
+    ("handshakes per second (JWT verified, greeting sent)",
+     lambda r: float(r["handshakes"]["per_second"]), "/s", False, "handshakes"),
+    ("server CPU per handshake",
+     lambda r: float(r["handshakes"]["server_cpu_us_per_handshake"]), "µs", True, ""),
+    ("commit -> client p50, 1,000/s", lambda r: float(r["latency"]["commit_to_client_ms"]["p50"]),
+     "ms", True, "latency"),
+    ("commit -> client p99, 1,000/s",
+     lambda r: float(r["latency"]["commit_to_client_ms"]["p99"]), "ms", True, "latency"),
+    ("commit -> client p99.9, 1,000/s",
+     lambda r: float(r["latency"]["commit_to_client_ms"]["p999"]), "ms", True, "latency"),
+    ("commit -> client p50, 5,000/s (10 per INSERT)",
+     lambda r: float(r["latency_fast"]["commit_to_client_ms"]["p50"]), "ms", True,
+     "latency_fast"),
+    ("commit -> client p99, 5,000/s",
+     lambda r: float(r["latency_fast"]["commit_to_client_ms"]["p99"]), "ms", True,
+     "latency_fast"),
+    ("commit -> client p99.9, 5,000/s",
+     lambda r: float(r["latency_fast"]["commit_to_client_ms"]["p999"]), "ms", True,
+     "latency_fast"),
     ("5,000/s: notifications received of sent",
      lambda r: 100 * float(r["latency_fast"]["received"]) / float(r["latency_fast"]["sent"]),
-     "%", False),
-    ("broadcast: commit -> last client",
-     lambda r: float(r["fanout"]["median"]["last_ms"]), "ms", True),
+     "%", False, ""),
+    ("sustained targeted rate with p99 <= 100 ms",
+     lambda r: float(r["ramp"]["held"]), "/s", False, "ramp"),
+    ("server CPU per 1,000 delivered, 1,000/s (idle work included)",
+     lambda r: 1000 * float(r["latency"]["server_cpu_s_per_1000"]), "ms", True, ""),
+    ("server CPU per 1,000 delivered, 5,000/s",
+     lambda r: 1000 * float(r["latency_fast"]["server_cpu_s_per_1000"]), "ms", True, ""),
+    ("broadcast to 10k: commit -> last client",
+     lambda r: float(r["fanout"]["median"]["last_ms"]), "ms", True, "fanout"),
     ("broadcast: server CPU per connection",
-     lambda r: float(r["fanout"]["median"]["oncpu_us_per_conn"]), "µs", True),
+     lambda r: float(r["fanout"]["median"]["oncpu_us_per_conn"]), "µs", True, ""),
+    ("reconnect storm: all clients reconnected and synced",
+     lambda r: float(r["storm"]["all_caught_up_s"]), "s", True, "storm"),
+    ("reconnect storm: half of them synced",
+     lambda r: float(r["storm"]["caught_up_s"]["p50"]) / 1000, "s", True, "storm"),
 ]
+
+
+def load_bound(results: dict[str, Any], scenario: str) -> bool:
+    """Whether the load generator set the pace of that scenario's figures: a client process
+    saturated, or (sustained throughput) the writer fell behind."""
+    run = results.get(scenario) or {}
+    if scenario == "fanout":
+        return bool(run.get("clients_saturated"))
+    if scenario == "ramp":
+        return bool(run.get("load_bound"))
+    return bool(run.get("saturated"))
 
 
 def peer_problems(results: dict[str, Any]) -> dict[str, list[str]]:
@@ -380,22 +455,32 @@ def side_by_side(results: dict[str, Any]) -> str:
         versions = ", ".join(f"{k} {v}" for k, v in peer["versions"].items())
         head += [f"{peer['title']} ({versions})", "ratio"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, get, unit, lower in _ROWS:
+    marked = False  # some figure is load-bound
+    for label, get, unit, lower, scenario in _ROWS:
         ours = _safe(get, results)
         if math.isnan(ours):
             continue  # a scenario this run did not have (e.g. --quick)
-        digits = 2 if unit else 0  # counts are whole
-        row = [label, f"{_num(ours, digits)} {unit}".rstrip()]
-        for peer in peers.values():
+        digits = 0 if unit in ("", "/s") else 2  # counts and rates are whole
+        cells = []
+        for of in (results, *peers.values()):
+            bound = bool(scenario) and load_bound(of, scenario)
+            marked = marked or bound
+            cells.append(f"{_num(_safe(get, of), digits)} {unit}".rstrip() + (" †" * bound))
+        row = [label, cells[0]]
+        for peer, cell in zip(peers.values(), cells[1:], strict=True):
             theirs = _safe(get, peer)
             # a ratio of a negative latency (the client before the writer's commit reply,
             # see the notes) means nothing: none is shown
             ratio = ((theirs / ours if lower else ours / theirs) if ours > 0 and theirs > 0
                      else math.nan)
-            row += [f"{_num(theirs, digits)} {unit}".rstrip(),
-                    "—" if math.isnan(ratio) else f"{_num(ratio)}x"]
+            row += [cell, "—" if math.isnan(ratio) else f"{_num(ratio)}x"]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "ratio: how many times better notifyd is on that row (below 1: behind).", ""]
+    lines += ["", "ratio: how many times better notifyd is on that row (below 1: behind)."]
+    if marked:
+        lines.append("†: the load generator set the pace (a client process above "
+                     f"{SATURATED:.0%} of a core, or the writer behind its schedule): a bound "
+                     "on the server's figure, not the figure itself.")
+    lines.append("")
     for name, found in peer_problems(results).items():
         if found:
             lines.append(f"- {peers[name]['title']}: {'; '.join(found)}")

@@ -46,6 +46,7 @@ from typing import Any
 
 import infra
 import peers
+import plots
 import report
 import spy
 import sql_writer
@@ -77,6 +78,10 @@ class Scale:
     fast_batch: int  # ...this many per INSERT (one commit each: past the NOTIFY lock's rate)
     broadcasts: int
     broadcast_gap: float  # seconds between broadcasts
+    storm: bool  # the reconnect storm, with every connection open by then
+    ramp: tuple[float, ...]  # sustained throughput: notifications/s, a step each...
+    ramp_seconds: float  # ...this long, until p99 passes RAMP_P99_MS
+    handshakes: int  # connections opened (then closed) for the handshake rate
     most: int  # the last scenario opens connections up to this many (0: skipped)
     most_step: int
 
@@ -87,10 +92,16 @@ class Scale:
 
 # 19,500: what one process can hold under this machine's 20,000 open files per process
 FULL = Scale(idle_levels=(0, 1_000, 10_000), latency_rate=1000, latency_seconds=10,
-             fast_rate=5000, fast_batch=10, broadcasts=5, broadcast_gap=1.0, most=19_500,
-             most_step=2_500)
+             fast_rate=5000, fast_batch=10, broadcasts=5, broadcast_gap=1.0, storm=True,
+             ramp=(1_000, 2_000, 5_000, 10_000, 20_000, 40_000, 80_000), ramp_seconds=5,
+             handshakes=5_000, most=19_500, most_step=2_500)
 QUICK = Scale(idle_levels=(0, 200, 2_000), latency_rate=1000, latency_seconds=2,
-              fast_rate=5000, fast_batch=10, broadcasts=5, broadcast_gap=0.5, most=0, most_step=0)
+              fast_rate=5000, fast_batch=10, broadcasts=5, broadcast_gap=0.5, storm=True,
+              ramp=(1_000, 5_000, 20_000), ramp_seconds=1, handshakes=1_000, most=0,
+              most_step=0)
+RAMP_P99_MS = 100.0  # sustained throughput: the highest rate whose p99 stays under this
+RAMP_COMMITS = 500  # per second at most: beyond, more notifications per INSERT
+RAMP_KEEP_UP = 0.95  # of the planned rate: below, the writer (or PostgreSQL) set the pace
 
 
 class Bench:
@@ -218,17 +229,21 @@ class Bench:
 
     # -- scenario 2 ---------------------------------------------------------------------
 
-    def latency(self, rate: float | None = None, batch: int = 1) -> dict[str, Any]:
+    def latency(self, rate: float | None = None, batch: int = 1, seconds: float | None = None,
+                raw: str | None = "latency") -> dict[str, Any]:
+        """`rate` notifications/s for `seconds` to random connected users, `batch` per INSERT;
+        the per-notification times are kept under `raw` in the raw results."""
         s = self.scale
         rate = rate or s.latency_rate
+        seconds = seconds or s.latency_seconds
         users = [u for part in self.users_of for u in part]
         owner = {u: i for i, part in enumerate(self.users_of) for u in part}
         say(f"latency: {rate:,.0f} notifications/s ({batch} per INSERT) for "
-            f"{s.latency_seconds:g} s over {len(users):,} users")
+            f"{seconds:g} s over {len(users):,} users")
         self.meter.start()
-        with self.profiled(f"latency-{rate:g}", s.latency_seconds + 1):
-            sent = self.writer.call("rate_run", users, rate, s.latency_seconds,
-                                    os.getpid(), batch, timeout=s.latency_seconds + 90)
+        with self.profiled(f"latency-{rate:g}", seconds + 1):
+            sent = self.writer.call("rate_run", users, rate, seconds,
+                                    os.getpid(), batch, timeout=seconds + 90)
             expected = [0] * len(self.clients)
             for user in sent["users"]:
                 expected[owner[user]] += 1
@@ -262,18 +277,22 @@ class Bench:
                 if counts[nid] == 1:
                     commit_to_client.append(at - origin[1])
                     insert_to_client.append(at - origin[0])
-        rows = []
-        for answer in got:
-            for nid, at in zip(answer["ids"], answer["times"], strict=True):
-                if nid in by_id:
-                    t0, t1, user = by_id[nid]
-                    rows.append([nid, user, t0, t1, at])
-        self.raw["latency"] = {"columns": ["id", "user", "t_before_insert", "t_commit_returned",
-                                           "t_received"], "rows": rows}
+        if raw is not None:
+            rows = []
+            for answer in got:
+                for nid, at in zip(answer["ids"], answer["times"], strict=True):
+                    if nid in by_id:
+                        t0, t1, user = by_id[nid]
+                        rows.append([nid, user, t0, t1, at])
+            self.raw[raw] = {"columns": ["id", "user", "t_before_insert", "t_commit_returned",
+                                         "t_received"], "rows": rows}
         round_trip = [t1 - t0 for t0, t1 in zip(sent["t0"], sent["t1"], strict=True)]
         span = max(sent["t1"]) - min(sent["t0"]) if sent["t0"] else 0.0
+        # commits per second from the first to the last (a statement's round trip left out:
+        # on a short run it would pass for the writer falling behind)
+        commit_span = (max(sent["t1"]) - min(sent["t1"]) + batch / rate) if sent["t1"] else 0.0
         return {
-            "users": len(users), "rate": rate, "batch": batch, "seconds": s.latency_seconds,
+            "users": len(users), "rate": rate, "batch": batch, "seconds": seconds,
             "planned": sent["planned"], "sent": len(by_id),
             "received": sum(1 for nid in counts if nid in by_id),
             "missing": sum(1 for nid in by_id if nid not in counts),
@@ -292,6 +311,7 @@ class Bench:
             "client_cpu_us_per_frame": client_seconds * 1e6 / frames if frames else math.nan,
             "insert_errors": sent["errors"], "unfinished_inserts": sent["unfinished"],
             "achieved_rate": len(by_id) / span if span else 0.0,
+            "commit_rate": len(by_id) / commit_span if commit_span else 0.0,
             "max_schedule_lag_ms": sent["max_schedule_lag_ms"],
             "commit_to_client_ms": report.distribution_ms(commit_to_client),
             "insert_to_client_ms": report.distribution_ms(insert_to_client),
@@ -413,6 +433,140 @@ class Bench:
         return {**best, "us_per_conn": best["ms"] * 1000 / best["connections"],
                 "lines": len(found)}
 
+    # -- scenario 5: reconnect storm ----------------------------------------------------------
+
+    def storm(self) -> dict[str, Any]:
+        """Every connection cut at once (TCP reset); while they are away one notification per
+        user and one broadcast are committed; then all reconnect at once, each sending a
+        sync-request with its cursors: how long until every one has its sync-response, which
+        must bring exactly what it missed."""
+        if not self.scale.storm:
+            return {}
+        users_of = [list(part) for part in self.users_of]
+        users = [u for part in users_of for u in part]
+        say(f"reconnect storm: cutting {len(users):,} connections")
+        for client in self.clients:
+            client.send("drop")
+        for client in self.clients:
+            client.receive(30)
+        time.sleep(SETTLE_SECONDS)  # the server has seen the resets
+        missed = self.writer.call("missed", users, timeout=120)
+        last = missed["last_seq"]
+        shared = {stream: last.get(stream, 0) for stream in ("role:user", "all")}
+        time.sleep(SETTLE_SECONDS)  # the server has dealt with the NOTIFYs (to no one)
+        say(f"reconnect storm: {len(users):,} clients reconnect and sync")
+        self.meter.start()
+        started = time.time()
+        for client, part in zip(self.clients, users_of, strict=True):
+            client.send("storm", part,
+                        {u: {f"user:{u}": last.get(f"user:{u}", 0), **shared} for u in part},
+                        {u: [missed["own"][u], missed["broadcast"]] for u in part})
+        answers = [c.receive(120 + 0.02 * len(users)) for c in self.clients]
+        cpu = self.meter.stop()
+        self.new_frames(answers)
+        self.daemon.check_alive()
+        for i, (part, answer) in enumerate(zip(users_of, answers, strict=True)):
+            if answer["failed"]:
+                live = set(answer["live_users"])
+                self.users_of[i] = [u for u in part if u in live]
+        caught_up = sorted(t - started for a in answers for t in a["times"])
+        problems = report.merge_counts(a["problems"] for a in answers)
+        failed = sum(a["failed"] for a in answers)
+        if failed or problems:
+            say(f"warning: reconnect storm: {failed} failed, sync problems {problems}")
+        return {"clients": len(users), "caught_up": len(caught_up), "failed": failed,
+                "errors": sorted({e for a in answers for e in a["errors"]})[:5],
+                "problems": problems,
+                "problem_examples": [e for a in answers for e in a["problem_examples"]][:5],
+                "all_caught_up_s": caught_up[-1] if caught_up else math.nan,
+                "caught_up_s": report.distribution_ms(caught_up),
+                "server_cpu_seconds": self.meter.seconds["daemon"],
+                "client_cpu_seconds": sum(self.client_cpu().values()),
+                "cpu": cpu, "saturated": report.saturated(cpu)}
+
+    # -- scenario 6: sustained throughput ------------------------------------------------------
+
+    def ramp(self) -> dict[str, Any]:
+        """Targeted notifications at rising rates, a step at a time, until p99 passes
+        RAMP_P99_MS (or something is lost, or the writer falls behind its schedule): the
+        highest rate held under it."""
+        s = self.scale
+        steps: list[dict[str, Any]] = []
+        held = 0.0
+        stopped_by = "the last step"
+        for rate in s.ramp:
+            batch = max(1, math.ceil(rate / RAMP_COMMITS))
+            run = self.latency(rate, batch, s.ramp_seconds, raw=None)
+            c = run["commit_to_client_ms"]
+            step = {"rate": rate, "batch": batch, "commit_rate": run["commit_rate"],
+                    "sent": run["sent"], "received": run["received"],
+                    "missing": run["missing"], "duplicates": run["duplicates"],
+                    "misrouted": run["misrouted"], "p50": c["p50"], "p99": c["p99"],
+                    "max": c["max"], "server_cpu_s_per_1000": run["server_cpu_s_per_1000"],
+                    "cpu": run["cpu"], "saturated": run["saturated"],
+                    "insert_errors": run["insert_errors"]}
+            steps.append(step)
+            self._forget_late()
+            if run["missing"] or run["duplicates"] or run["misrouted"] or run["insert_errors"]:
+                stopped_by = (f"notifications missing after a {DRAIN_TIMEOUT:g} s drain, "
+                              "duplicated or misrouted")
+                break
+            if not c["p99"] <= RAMP_P99_MS:
+                stopped_by = f"p99 over {RAMP_P99_MS:g} ms"
+                break
+            if run["commit_rate"] < RAMP_KEEP_UP * rate:
+                stopped_by = "the writer (PostgreSQL) fell behind: the load, not the server"
+                break
+            if run["saturated"]:
+                stopped_by = f"load generator saturated ({', '.join(run['saturated'])})"
+                break
+            held = rate
+        return {"p99_limit_ms": RAMP_P99_MS, "steps": steps, "held": held,
+                "stopped_by": stopped_by,
+                "load_bound": stopped_by.startswith(("the writer", "load generator"))}
+
+    def _forget_late(self) -> None:
+        """After a step that fell behind, what still arrives later belongs to no run."""
+        time.sleep(SETTLE_SECONDS)
+        for client in self.clients:
+            client.send("drain", 0, 0.0)
+        self.new_frames([c.receive(30) for c in self.clients])
+
+    # -- scenario 7: handshakes --------------------------------------------------------------
+
+    def handshakes(self) -> dict[str, Any]:
+        """New connections as fast as the load generator opens them (JWT verified, greeting
+        sent), beside the open ones; then closed again."""
+        n = self.scale.handshakes
+        if not n:
+            return {}
+        users = [f"h{i}" for i in range(n)]
+        parts = [users[i::len(self.clients)] for i in range(len(self.clients))]
+        say(f"handshakes: opening {n:,} new connections")
+        self.meter.start()
+        for client, part in zip(self.clients, parts, strict=True):
+            client.send("connect", part)
+        answers = [c.receive(60 + 0.02 * n) for c in self.clients]
+        cpu = self.meter.stop()
+        server_seconds = self.meter.seconds["daemon"]
+        client_seconds = sum(self.client_cpu().values())
+        self.new_frames(answers)
+        for client, part in zip(self.clients, parts, strict=True):
+            client.send("close", part)
+        for client in self.clients:
+            client.receive(60)
+        self.daemon.check_alive()
+        opened = sum(a["opened"] for a in answers)
+        seconds = max(a["seconds"] for a in answers)
+        return {"tried": n, "opened": opened, "failed": n - opened,
+                "errors": sorted({e for a in answers for e in a["errors"]})[:5],
+                "seconds": seconds, "per_second": opened / seconds if seconds else math.nan,
+                "server_cpu_us_per_handshake":
+                    server_seconds * 1e6 / opened if opened else math.nan,
+                "client_cpu_us_per_handshake":
+                    client_seconds * 1e6 / opened if opened else math.nan,
+                "cpu": cpu, "saturated": report.saturated(cpu)}
+
     # -- scenario 4 ---------------------------------------------------------------------
 
     def most_connections(self) -> dict[str, Any]:
@@ -507,11 +661,12 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
                       HERE / "results" if args.profile else None, args.profile == "native")
         results["idle_memory"] = bench.idle_memory()
         results["latency"] = bench.latency()
-        results["latency_fast"] = bench.latency(scale.fast_rate, scale.fast_batch)
+        results["latency_fast"] = bench.latency(scale.fast_rate, scale.fast_batch,
+                                                raw="latency_fast")
         results["fanout"] = bench.fanout()
-        results["most_connections"] = bench.most_connections()
+        _later_scenarios(bench, results)
         results["profiles"] = bench.profiles
-        results["raw"] = bench.raw
+        results["raw"] = {"notifyd": bench.raw}
         bench.close_all()
         results["daemon_warnings"] = daemon.warnings(50)
         results["meta"]["daemon_peak_rss_kb"] = _peak_rss(daemon.pid)
@@ -521,13 +676,22 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         # The same scenarios, load and database against each peer, one server at a time.
         results["peers"] = {}
         for name in args.peers:
-            results["peers"][name] = run_peer(peers.PEERS[name], dsn, secret, workdir,
-                                              writer, scale)
+            results["peers"][name], results["raw"][name] = run_peer(
+                peers.PEERS[name], dsn, secret, workdir, writer, scale)
     return results
 
 
+def _later_scenarios(bench: Bench, out: dict[str, Any]) -> None:
+    """After the fan-out, on the same connections: storm, ramp, handshakes, most."""
+    out["storm"] = bench.storm()
+    out["ramp"] = bench.ramp()
+    out["handshakes"] = bench.handshakes()
+    out["most_connections"] = bench.most_connections()
+
+
 def run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer: Worker,
-             scale: Scale) -> dict[str, Any]:
+             scale: Scale) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The peer's results, and its raw per-notification times."""
     versions = peers.install(kind.name)
     with contextlib.ExitStack() as stack:
         server = peers.Peer(kind, dsn, secret, workdir)
@@ -543,13 +707,14 @@ def run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer:
         bench = Bench(server, clients, writer, scale, None)
         out: dict[str, Any] = {"title": kind.title, "versions": versions,
                                "idle_memory": bench.idle_memory(), "latency": bench.latency(),
-                               "latency_fast": bench.latency(scale.fast_rate, scale.fast_batch),
-                               "fanout": bench.fanout(),
-                               "most_connections": bench.most_connections()}
+                               "latency_fast": bench.latency(scale.fast_rate, scale.fast_batch,
+                                                             raw="latency_fast"),
+                               "fanout": bench.fanout()}
+        _later_scenarios(bench, out)
         bench.close_all()
         out["warnings"] = server.warnings(20)
         out["peak_rss_kb"] = _peak_rss(server.pid)
-        return out
+        return out, bench.raw
 
 
 def _peak_rss(pid: int) -> int | None:
@@ -596,6 +761,8 @@ def main(argv: list[str] | None = None) -> int:
     raw = results.pop("raw")
     report.write_json(results, args.output)
     report.write_json(raw, args.output.with_suffix(".raw.json"), indent=None)  # git-ignored
+    for path in plots.render(results, raw, args.output.parent):
+        say(f"plot: {path}")
     print(report.summary(results))
     table = report.side_by_side(results)
     if table:

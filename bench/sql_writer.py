@@ -21,6 +21,8 @@ NOTIFY_MANY = ("INSERT INTO notifyd.notifications (user_id, type, title, message
                "SELECT u, 'bench', 't', 'm', $2::jsonb FROM unnest($1::text[]) AS x(u) "
                "RETURNING id, user_id")
 WARM_UP_USER = "bench-warm-up"
+LAST_SEQ = "SELECT stream, max(seq) FROM notifyd.notifications GROUP BY stream"
+MISSED_CHUNK = 1000  # users per INSERT while the storm's clients are away
 
 
 class Writer:
@@ -36,6 +38,8 @@ class Writer:
             return await self.rate_run(*args)
         if command == "broadcast":
             return await self.broadcast()
+        if command == "missed":
+            return await self.missed(*args)
         raise ValueError(f"unknown command {command!r}")
 
     async def open(self) -> dict[str, Any]:
@@ -119,6 +123,21 @@ class Writer:
         nid = await self.pool.fetchval(BROADCAST, orjson.dumps({"t0": t0}).decode())
         t1 = time.time()
         return {"id": nid, "t0": t0, "t1": t1}
+
+
+    async def missed(self, users: list[str]) -> dict[str, Any]:
+        """For the reconnect storm, while every client is away: the last seq of every stream
+        (what the clients have seen: they were drained), then one notification for each of
+        `users` and one broadcast, which the clients must get from their syncs."""
+        assert self.pool is not None
+        last = {r[0]: r[1] for r in await self.pool.fetch(LAST_SEQ)}
+        own: dict[str, int] = {}
+        data = orjson.dumps({"t0": time.time()}).decode()
+        for i in range(0, len(users), MISSED_CHUNK):
+            rows = await self.pool.fetch(NOTIFY_MANY, users[i:i + MISSED_CHUNK], data)
+            own.update((r["user_id"], r["id"]) for r in rows)
+        broadcast = await self.pool.fetchval(BROADCAST, data)
+        return {"last_seq": last, "own": own, "broadcast": broadcast}
 
 
 def main(pipe: Pipe, dsn: str, pool_size: int) -> None:

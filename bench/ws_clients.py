@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from multiprocessing.connection import Connection as Pipe
 from typing import Any, cast
@@ -26,6 +27,7 @@ CLIENT_NICE = 10
 HANDSHAKE_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 10.0
 NEW_MARK = b'"notification:new"'
+SYNC_MARK = b'"notification:sync-response"'
 GREETING = (b"connection-confirmed", b"notification:unread-count")
 TEXT, CONT, CLOSE = Opcode.TEXT, Opcode.CONT, Opcode.CLOSE
 OPEN = State.OPEN
@@ -36,16 +38,21 @@ class Conn(asyncio.Protocol):
     protocol itself must (close and pong frames, which the ClientProtocol queues); the text
     frames it looks into are the greeting and notification:new."""
 
-    __slots__ = ("greeted", "opened", "own", "parts", "pool", "transport", "user", "ws")
+    __slots__ = ("cursors", "greeted", "opened", "own", "parts", "pool", "transport", "user",
+                 "ws")
     GREETING: tuple[bytes, ...] = GREETING
 
     def __init__(self, pool: ClientPool, user: str, uri: WebSocketURI,
-                 opened: asyncio.Future[None]) -> None:
+                 opened: asyncio.Future[None],
+                 cursors: dict[str, int] | None = None) -> None:
         self.pool = pool
         self.user = user
         self.own = f"user:{user}"
         self.ws = ClientProtocol(uri, max_size=None)
-        self.opened = opened  # done once the greeting arrived (or the attempt failed)
+        # done once the greeting arrived, or with `cursors` once the sync-response did (or
+        # when the attempt failed)
+        self.opened = opened
+        self.cursors = cursors  # a sync-request to send once greeted (None: none)
         self.greeted = 0  # greeting frames seen so far; len(GREETING) when ready
         self.parts: bytearray | None = None  # a fragmented message (the server sends none)
         self.transport: asyncio.Transport | None = None
@@ -121,6 +128,8 @@ class Conn(asyncio.Protocol):
         if self.greeted == len(self.GREETING):
             if NEW_MARK in payload[:48]:
                 pool.new(self, payload, now)
+            elif self.cursors is not None and SYNC_MARK in payload[:48]:
+                self.synced(orjson.loads(payload)["data"], now)
             return  # unread counts and the like
         self.greet(payload)
 
@@ -133,6 +142,22 @@ class Conn(asyncio.Protocol):
             return
         self.greeted += 1
         if self.greeted == len(self.GREETING) and not self.opened.done():
+            if self.cursors is not None:
+                self.send_sync(self.cursors)
+                return
+            self.pool.ready(self)
+            self.opened.set_result(None)
+
+    def send_sync(self, cursors: dict[str, int]) -> None:
+        self.ws.send_text(orjson.dumps({"type": "notification:sync-request",
+                                        "data": {"cursors": cursors}, "ref": "storm"}))
+
+    def synced(self, data: Any, now: float) -> None:
+        """The sync-response: checked against what this user missed; then the connection is
+        ready like any other."""
+        self.cursors = None
+        self.pool.synced(self, data, now)
+        if not self.opened.done():
             self.pool.ready(self)
             self.opened.set_result(None)
 
@@ -163,6 +188,8 @@ class SioConn(Conn):
             if self.greeted == len(self.GREETING):
                 if NEW_MARK in payload[:28]:
                     self.pool.new(self, payload, now)
+                elif self.cursors is not None and SYNC_MARK in payload[:34]:
+                    self.synced(orjson.loads(payload[2:])[1], now)
             else:
                 self.greet(payload)
         elif kind[:1] == b"2":  # Engine.IO ping: answer, or the server drops us
@@ -173,6 +200,10 @@ class SioConn(Conn):
         elif kind == b"44":  # connect error (the server's auth refused)
             self.fail(RuntimeError(f"socket.io connect error: {bytes(payload[:120])!r}"))
         # 40 (connected), 41 (disconnect) and the rest: nothing to do
+
+    def send_sync(self, cursors: dict[str, int]) -> None:
+        self.ws.send_text(b"42" + orjson.dumps(["notification:sync-request",
+                                               {"cursors": cursors}]))
 
     @staticmethod
     def notification(payload: bytes | bytearray) -> Any:
@@ -209,6 +240,11 @@ class ClientPool:
         self.want_own = 0
         self.want_broadcast: tuple[int, int] = (0, 0)
         self.waiter: asyncio.Future[None] | None = None
+        # the reconnect storm: each user's missed notification ids, and what the syncs brought
+        self.missed: dict[str, set[int]] = {}
+        self.sync_times: list[float] = []
+        self.sync_problems: Counter[str] = Counter()
+        self.sync_examples: list[str] = []
 
     async def handle(self, command: str, args: Sequence[Any]) -> Any:
         if command == "connect":
@@ -219,23 +255,55 @@ class ClientPool:
             return await self.await_broadcast(*args)
         if command == "stats":
             return self.stats()
+        if command == "drop":
+            return self.drop()
+        if command == "storm":
+            return await self.storm(*args)
         if command == "close":
-            return await self.close()
+            return await self.close(*args)
         raise ValueError(f"unknown command {command!r}")
 
     # -- commands -------------------------------------------------------------------------
 
-    async def connect(self, users: list[str]) -> dict[str, Any]:
+    async def connect(self, users: list[str],
+                      cursors: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
         """Open one authenticated connection per user, `concurrency` handshakes at a time;
-        each counts once its connection-confirmed and unread-count frames arrived."""
+        each counts once its connection-confirmed and unread-count frames arrived (with
+        `cursors`, user -> its sync-request's cursors: once its sync-response arrived)."""
         gate = asyncio.Semaphore(self.concurrency)
+        tokens = [self._token(user) for user in users]  # not the server's time: before the clock
         started = time.monotonic()
-        results = await asyncio.gather(*(self._open(user, gate) for user in users),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._open(user, token, gate, cursors[user] if cursors else None)
+              for user, token in zip(users, tokens, strict=True)),
+            return_exceptions=True)
         errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
         return {"opened": len(users) - len(errors), "failed": len(errors),
                 "errors": sorted(set(errors))[:5], "seconds": time.monotonic() - started,
                 "live_users": list(self.conns) if errors else [], **self.stats()}
+
+    def drop(self) -> dict[str, Any]:
+        """Cut every connection as a network failure would (TCP reset, no closing handshake),
+        for the reconnect storm; the server learns of it from the reset."""
+        conns = list(self.conns.values())
+        self.conns.clear()
+        for conn in conns:
+            if conn.transport is not None:
+                conn.transport.abort()
+        return {"dropped": len(conns)}
+
+    async def storm(self, users: list[str], cursors: dict[str, dict[str, int]],
+                    missed: dict[str, list[int]]) -> dict[str, Any]:
+        """Reconnect every user at once (`concurrency` handshakes in flight), each sending a
+        sync-request with its cursors once greeted: ready when its sync-response arrived,
+        which must hold exactly the notifications in `missed[user]`, each once."""
+        self.missed = {user: set(ids) for user, ids in missed.items()}
+        self.sync_times = []
+        self.sync_problems = Counter()
+        self.sync_examples = []
+        opened = await self.connect(users, cursors)
+        return {**opened, "times": self.sync_times, "problems": dict(self.sync_problems),
+                "problem_examples": self.sync_examples[:5]}
 
     async def drain(self, expected: int, timeout: float) -> dict[str, Any]:
         """Wait (bounded) until `expected` own-stream notifications arrived, then hand over
@@ -266,20 +334,24 @@ class ClientPool:
                 "foreign": len(self.foreign), "foreign_examples": self.foreign[:5],
                 "malformed": len(self.malformed), "malformed_examples": self.malformed[:3]}
 
-    async def close(self) -> dict[str, Any]:
-        """Closing handshake on every connection (the server closes the sockets), bounded;
-        whatever is still open then is aborted."""
-        self.closing = True
-        conns = list(self.conns.values())
-        self.conns.clear()
+    async def close(self, users: list[str] | None = None) -> dict[str, Any]:
+        """Closing handshake on every connection, or on those of `users` (the server closes
+        the sockets), bounded; whatever of them is still open then is aborted."""
+        if users is None:
+            self.closing = True
+            conns = list(self.conns.values())
+            self.conns.clear()
+        else:
+            conns = [c for c in map(self.conns.pop, users, [None] * len(users)) if c]
         for conn in conns:
             if conn.ws.state is OPEN:
                 conn.ws.send_close(1000)
                 conn.flush()
+        closing = set(conns) if users is not None else self.transports
         deadline = time.monotonic() + CLOSE_TIMEOUT
-        while self.transports and time.monotonic() < deadline:
+        while (closing & self.transports) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        lingering = list(self.transports)
+        lingering = list(closing & self.transports)
         for conn in lingering:
             if conn.transport is not None:
                 conn.transport.abort()
@@ -303,6 +375,31 @@ class ClientPool:
             key = str(close.code) if close is not None else "no close frame"
             self.dropped[key] = self.dropped.get(key, 0) + 1
         self._check()  # a broadcast wait may now be complete
+
+    def synced(self, conn: Conn, data: Any, now: float) -> None:
+        """A storm connection's sync-response: what it brought against what the user missed
+        (the notifications committed while it was away)."""
+        self.sync_times.append(now)
+        expected = self.missed.pop(conn.user, set())
+        try:
+            got = [n["id"] for n in data["notifications"]]
+            more = bool(data.get("hasMore"))
+        except (LookupError, TypeError) as exc:
+            self._sync_problem("malformed", f"{conn.user}: {exc!r} in {str(data)[:120]}")
+            return
+        if len(set(got)) < len(got):
+            self._sync_problem("duplicates", f"{conn.user}: {got}")
+        if expected - set(got):
+            self._sync_problem("missing", f"{conn.user}: {sorted(expected - set(got))}")
+        if set(got) - expected:
+            self._sync_problem("unexpected", f"{conn.user}: {sorted(set(got) - expected)}")
+        if more:
+            self._sync_problem("hasMore", f"{conn.user}: hasMore with {len(got)} items")
+
+    def _sync_problem(self, kind: str, example: str) -> None:
+        self.sync_problems[kind] += 1
+        if len(self.sync_examples) < 5:
+            self.sync_examples.append(f"{kind}: {example}")
 
     def new(self, conn: Conn, payload: bytes | bytearray, now: float) -> None:
         try:
@@ -355,19 +452,24 @@ class ClientPool:
 
     # -- connections ----------------------------------------------------------------------
 
-    async def _open(self, user: str, gate: asyncio.Semaphore) -> None:
-        token = jwt.encode({"sub": user, "roles": ["user"], "exp": int(time.time()) + 3600},
-                           self.secret, algorithm="HS256")
+    def _token(self, user: str) -> str:
+        return jwt.encode({"sub": user, "roles": ["user"], "exp": int(time.time()) + 3600},
+                          self.secret, algorithm="HS256")
+
+    async def _open(self, user: str, token: str, gate: asyncio.Semaphore,
+                    cursors: dict[str, int] | None = None) -> None:
         kind = self.conn_class
-        # Socket.IO sends the token in its connect packet; notifyd takes it in the query
-        uri = parse_uri(self.url if kind is SioConn else f"{self.url}?token={token}")
+        # Socket.IO sends the token in its connect packet; notifyd takes it in the query, and
+        # with sync=1 holds live notifications until it has answered the sync-request
+        query = "" if kind is SioConn else f"?token={token}" + ("&sync=1" if cursors else "")
+        uri = parse_uri(self.url + query)
         loop = asyncio.get_running_loop()
         async with gate:
             opened: asyncio.Future[None] = loop.create_future()
             made: list[Conn] = []
 
             def factory() -> Conn:
-                conn = kind(self, user, uri, opened)
+                conn = kind(self, user, uri, opened, cursors)
                 if isinstance(conn, SioConn):
                     conn.token = token
                 made.append(conn)
