@@ -44,6 +44,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import floor
 import infra
 import peers
 import plots
@@ -64,7 +65,7 @@ BROADCAST_TIMEOUT = 30.0
 IDLE_BASELINE_SECONDS = 2.0
 DAEMON_LOG_LEVEL = "INFO"  # for notifyd.fanout's line per fan-out to >= 1000 connections
 FANOUT_LOGGER = "notifyd.fanout"
-FANOUT_MSG = re.compile(r"fan-out to (\d+) connections took ([\d.]+) ms")
+FANOUT_MSG = re.compile(r"fan-out to (\d+) connections took ([\d.]+) ms(?:, ([\d.]+) ms CPU)?")
 FANOUT_STREAM = re.compile(r"\((\S+) seq (\d+)\)")
 FANOUT_LOG_WAIT = 2.0  # for the line, once the clients had the broadcast (none once one never came)
 
@@ -346,7 +347,8 @@ class Bench:
 
         keys = ("last_ms", "first_ms", "wall_us_per_conn", "cpu_us_per_conn",
                 "oncpu_us_per_conn", "net_us_per_conn", "last_from_insert_ms",
-                "server_write_ms", "server_write_us_per_conn", "client_busy",
+                "server_write_ms", "server_write_us_per_conn", "server_write_cpu_us_per_conn",
+                "client_busy",
                 "client_cpu_us_per_frame")
         last = runs[-1]
         return {"connections": n, "runs": runs, "median": {k: median(k) for k in keys},
@@ -394,6 +396,7 @@ class Bench:
             "server_write": write,
             "server_write_ms": write["ms"] if write else math.nan,
             "server_write_us_per_conn": write["us_per_conn"] if write else math.nan,
+            "server_write_cpu_us_per_conn": write["cpu_us_per_conn"] if write else math.nan,
             # the busiest client's CPU over commit -> last: above 0.9 it set the pace
             "client_busy": (max(client_cpu.values()) / commit_to_last
                             if commit_to_last > 0 else math.nan),
@@ -431,6 +434,7 @@ class Bench:
         # the broadcast's fan-out is to stream `all`; no other stream has 1000 members here
         best = max(found, key=lambda f: (f["stream"] == "all", f["connections"]))
         return {**best, "us_per_conn": best["ms"] * 1000 / best["connections"],
+                "cpu_us_per_conn": best["cpu_ms"] * 1000 / best["connections"],
                 "lines": len(found)}
 
     # -- scenario 5: reconnect storm ----------------------------------------------------------
@@ -621,7 +625,8 @@ def _fanout_record(line: str) -> dict[str, Any] | None:
     if m is None:
         return None
     where = FANOUT_STREAM.search(msg, m.end())
-    return {"connections": int(m[1]), "ms": float(m[2]), "msg": msg,
+    return {"connections": int(m[1]), "ms": float(m[2]),
+            "cpu_ms": float(m[3]) if m[3] else math.nan, "msg": msg,
             "stream": where[1] if where else None, "seq": int(where[2]) if where else None}
 
 
@@ -673,6 +678,11 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         for client in clients:
             client.stop()
         daemon.stop()
+        say("floors: bare send() to as many loopback connections; commit -> bare LISTEN")
+        results["floor"] = {
+            "send": floor.send_floor(scale.connections),
+            "notify": floor.notify_floor(dsn, writer, scale.latency_rate, scale.latency_seconds,
+                                         [f"u{i}" for i in range(scale.connections)])}
         # The same scenarios, load and database against each peer, one server at a time.
         results["peers"] = {}
         for name in args.peers:

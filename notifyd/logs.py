@@ -35,6 +35,10 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def setup(level: str) -> None:
+    # The JSON lines carry no file, line, function, thread or process fields: skip finding
+    # them for every record (findCaller walks the stack: a few percent of a handshake's CPU).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
     root = logging.getLogger()

@@ -47,6 +47,14 @@ _WIRE = "notifyd.to_wire(n)::text"
 _PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What the pool does to a connection given back, beyond rolling back an open transaction
+    (asyncpg does that itself): nothing. The default reset is a round trip per query
+    (RESET ALL, UNLISTEN *, CLOSE ALL, advisory unlock) undoing session state the daemon never
+    sets: its settings are transaction-local (set_config(.., true), function SET clauses), its
+    advisory lock transaction-level, and LISTEN is on a connection of its own."""
+
+
 class Store:
     """The daemon's queries over a small asyncpg pool."""
 
@@ -57,7 +65,7 @@ class Store:
     async def open(cls, dsn: str, *, max_size: int = 10) -> Store:
         try:
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size,
-                                             command_timeout=30)
+                                             command_timeout=30, reset=_keep_session)
         except _UNAVAILABLE as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
         return cls(pool)

@@ -1,0 +1,199 @@
+# What no server can go below on this machine, measured in the same run as the servers:
+# (1) one send() per connection to N loopback TCP connections from a bare Python loop, the
+# kernel's share of a fan-out (on loopback the sender also pays the receiver's TCP processing);
+# (2) commit -> a bare asyncpg LISTEN client, PostgreSQL's share of commit -> client latency.
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+import asyncpg
+import infra
+import orjson
+import report
+import uvloop
+from asyncpg.pool import PoolConnectionProxy
+from infra import BenchError, Worker, say
+
+SINK_PROCESSES = 2  # like the WebSocket clients: two processes at nice 10
+SINK_NICE = 10
+FRAME_BYTES = 330  # about a broadcast notification:new frame, WebSocket header included
+ROUNDS = 5
+ROUND_GAP = 1.0
+CHANNEL = "notifyd"
+
+
+# -- (1) the send() floor -------------------------------------------------------------------
+
+class _Sink(asyncio.Protocol):
+    def __init__(self, pool: _Sinks) -> None:
+        self.pool = pool
+
+    def data_received(self, data: bytes) -> None:
+        self.pool.got(len(data))
+
+
+class _Sinks:
+    """Receiving ends: connections that read and count what arrives."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.transports: list[asyncio.BaseTransport] = []
+        self.received = 0
+        self.last = 0.0
+        self.want = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    def got(self, n: int) -> None:
+        self.received += n
+        self.last = time.time()
+        if self.waiter is not None and self.received >= self.want and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def handle(self, command: str, args: Sequence[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        if command == "connect":
+            gate = asyncio.Semaphore(100)
+
+            async def one() -> None:
+                async with gate:
+                    transport, _ = await loop.create_connection(
+                        lambda: _Sink(self), "127.0.0.1", self.port)
+                    self.transports.append(transport)
+
+            await asyncio.gather(*(one() for _ in range(args[0])))
+            return len(self.transports)
+        if command == "wait":  # until `total` bytes in all, bounded
+            self.want = args[0]
+            if self.received < self.want:
+                self.waiter = loop.create_future()
+                try:
+                    async with asyncio.timeout(args[1]):
+                        await self.waiter
+                except TimeoutError:
+                    pass
+            return {"received": self.received, "last": self.last}
+        if command == "close":
+            for transport in self.transports:
+                transport.close()
+            return len(self.transports)
+        raise ValueError(f"unknown command {command!r}")
+
+
+def sink_main(pipe: Pipe, port: int) -> None:
+    infra.worker_setup()
+    os.nice(SINK_NICE)
+    uvloop.run(infra.command_loop(pipe, _Sinks(port).handle))
+
+
+def send_floor(n: int) -> dict[str, Any]:
+    """One FRAME_BYTES send() to each of n loopback connections per round, from this process:
+    the loop's CPU time (thread_time) and wall time per connection, median of ROUNDS."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    port = listener.getsockname()[1]
+    sinks = [Worker(f"sink-{i}", sink_main, port) for i in range(SINK_PROCESSES)]
+    socks: list[socket.socket] = []
+    try:
+        for i, sink in enumerate(sinks):
+            sink.send("connect", n // SINK_PROCESSES + (i < n % SINK_PROCESSES))
+        listener.settimeout(60)
+        while len(socks) < n:
+            sock, _ = listener.accept()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the servers do
+            sock.setblocking(False)
+            socks.append(sock)
+        for sink in sinks:
+            sink.receive(60)
+        frame = b"\x81\x7e" + (FRAME_BYTES - 4).to_bytes(2, "big") + b"x" * (FRAME_BYTES - 4)
+        cpu_us: list[float] = []
+        wall_us: list[float] = []
+        for r in range(1, ROUNDS + 1):
+            time.sleep(ROUND_GAP)
+            wall0, cpu0 = time.perf_counter(), time.thread_time()
+            for sock in socks:
+                sock.send(frame)
+            cpu_us.append((time.thread_time() - cpu0) * 1e6 / n)
+            wall_us.append((time.perf_counter() - wall0) * 1e6 / n)
+            expected = r * FRAME_BYTES * len(socks)
+            for sink, share in zip(sinks, _shares(n), strict=True):
+                sink.send("wait", expected * share // n, 30.0)
+            got = sum(s.receive(40)["received"] for s in sinks)
+            if got < expected:
+                raise BenchError(f"send floor: {got} of {expected} bytes arrived")
+        for sink in sinks:
+            sink.call("close", timeout=30)
+        return {"connections": n, "frame_bytes": FRAME_BYTES, "rounds": ROUNDS,
+                "cpu_us_per_conn": statistics.median(cpu_us),
+                "wall_us_per_conn": statistics.median(wall_us),
+                "cpu_us_runs": cpu_us, "wall_us_runs": wall_us}
+    finally:
+        for sock in socks:
+            sock.close()
+        listener.close()
+        for sink in sinks:
+            sink.stop()
+
+
+def _shares(n: int) -> list[int]:
+    return [n // SINK_PROCESSES + (i < n % SINK_PROCESSES) for i in range(SINK_PROCESSES)]
+
+
+# -- (2) the NOTIFY floor ----------------------------------------------------------------------
+
+class _Listener:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conn: asyncpg.Connection | None = None
+        self.ids: list[int] = []
+        self.times: list[float] = []
+
+    def notified(self, _conn: asyncpg.Connection | PoolConnectionProxy, _pid: int,
+                 _channel: str, payload: object) -> None:
+        now = time.time()
+        for event in orjson.loads(str(payload)):
+            if event.get("k") == "n" and event.get("n"):
+                self.ids.append(event["n"]["id"])
+                self.times.append(now)
+
+    async def handle(self, command: str, args: Sequence[Any]) -> Any:
+        if command == "listen":
+            self.conn = await asyncpg.connect(self.dsn)
+            await self.conn.add_listener(CHANNEL, self.notified)
+            return True
+        if command == "take":  # after a short wait for stragglers
+            await asyncio.sleep(args[0])
+            ids, times = self.ids, self.times
+            self.ids, self.times = [], []
+            return {"ids": ids, "times": times}
+        raise ValueError(f"unknown command {command!r}")
+
+
+def listener_main(pipe: Pipe, dsn: str) -> None:
+    infra.worker_setup()
+    uvloop.run(infra.command_loop(pipe, _Listener(dsn).handle))
+
+
+def notify_floor(dsn: str, writer: Worker, rate: float, seconds: float,
+                 users: list[str]) -> dict[str, Any]:
+    """The writer's load of the latency scenario (one notification per INSERT) with no server:
+    commit -> a bare asyncpg LISTEN client at nice 0 (where a server would be)."""
+    listener = Worker("listener", listener_main, dsn)
+    try:
+        listener.call("listen", timeout=30)
+        sent = writer.call("rate_run", users, rate, seconds, os.getpid() + 1, 1,
+                           timeout=seconds + 90)
+        got = listener.call("take", 1.0, timeout=30)
+    finally:
+        listener.stop()
+    commit = dict(zip(sent["ids"], sent["t1"], strict=True))
+    delays = [at - commit[nid] for nid, at in zip(got["ids"], got["times"], strict=True)
+              if nid in commit]
+    say(f"NOTIFY floor: {len(delays):,} of {len(commit):,} notifications heard")
+    return {"rate": rate, "seconds": seconds, "sent": len(commit), "heard": len(delays),
+            "commit_to_listener_ms": report.distribution_ms(delays)}
