@@ -81,6 +81,8 @@ def problems(results: dict[str, Any]) -> list[str]:
     connections, failed inserts. Only these fail the run (exit 1); figures off their targets
     do not (they depend on the machine)."""
     found: list[str] = []
+    if results.get("error"):
+        found.append(f"stopped: {results['error'][:300]}")
     idle = results.get("idle_memory") or {}
     if idle.get("failed"):
         found.append(f"{idle['failed']} connection(s) failed to open")

@@ -664,12 +664,7 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
 
         bench = Bench(daemon, clients, writer, scale,
                       HERE / "results" if args.profile else None, args.profile == "native")
-        results["idle_memory"] = bench.idle_memory()
-        results["latency"] = bench.latency()
-        results["latency_fast"] = bench.latency(scale.fast_rate, scale.fast_batch,
-                                                raw="latency_fast")
-        results["fanout"] = bench.fanout()
-        _later_scenarios(bench, results)
+        _scenarios(bench, results)
         results["profiles"] = bench.profiles
         results["raw"] = {"notifyd": bench.raw}
         bench.close_all()
@@ -691,8 +686,14 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
     return results
 
 
-def _later_scenarios(bench: Bench, out: dict[str, Any]) -> None:
-    """After the fan-out, on the same connections: storm, ramp, handshakes, most."""
+def _scenarios(bench: Bench, out: dict[str, Any]) -> None:
+    """Every scenario in order on one server, each result stored as soon as it is known (a
+    peer that breaks down keeps what it had done)."""
+    scale = bench.scale
+    out["idle_memory"] = bench.idle_memory()
+    out["latency"] = bench.latency()
+    out["latency_fast"] = bench.latency(scale.fast_rate, scale.fast_batch, raw="latency_fast")
+    out["fanout"] = bench.fanout()
     out["storm"] = bench.storm()
     out["ramp"] = bench.ramp()
     out["handshakes"] = bench.handshakes()
@@ -701,12 +702,26 @@ def _later_scenarios(bench: Bench, out: dict[str, Any]) -> None:
 
 def run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer: Worker,
              scale: Scale) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The peer's results, and its raw per-notification times."""
+    """The peer's results, and its raw per-notification times. A peer that breaks down (it
+    dies, or stops answering) ends its own part of the run, not the run: its results say
+    where it stopped."""
     versions = peers.install(kind.name)
+    out: dict[str, Any] = {"title": kind.title, "versions": versions}
+    raw: dict[str, Any] = {}
+    try:
+        _run_peer(kind, dsn, secret, workdir, writer, scale, out, raw)
+    except BenchError as exc:
+        say(f"{kind.title} stopped: {exc}")
+        out["error"] = str(exc)[:1000]
+    return out, raw
+
+
+def _run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer: Worker,
+              scale: Scale, out: dict[str, Any], raw: dict[str, Any]) -> None:
     with contextlib.ExitStack() as stack:
         server = peers.Peer(kind, dsn, secret, workdir)
         stack.callback(server.stop)
-        say(f"{kind.title} started (pid {server.pid}, port {server.port}): {versions}")
+        say(f"{kind.title} started (pid {server.pid}, port {server.port}): {out['versions']}")
         clients = []
         for i in range(CLIENT_PROCESSES):
             client = Worker(f"client-{i}", ws_clients.main, server.url, secret,
@@ -715,16 +730,13 @@ def run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer:
             clients.append(client)
         server.wait_ready()
         bench = Bench(server, clients, writer, scale, None)
-        out: dict[str, Any] = {"title": kind.title, "versions": versions,
-                               "idle_memory": bench.idle_memory(), "latency": bench.latency(),
-                               "latency_fast": bench.latency(scale.fast_rate, scale.fast_batch,
-                                                             raw="latency_fast"),
-                               "fanout": bench.fanout()}
-        _later_scenarios(bench, out)
-        bench.close_all()
-        out["warnings"] = server.warnings(20)
-        out["peak_rss_kb"] = _peak_rss(server.pid)
-        return out, bench.raw
+        bench.raw = raw
+        try:
+            _scenarios(bench, out)
+            bench.close_all()
+        finally:
+            out["warnings"] = server.warnings(20)
+            out["peak_rss_kb"] = _peak_rss(server.pid)
 
 
 def _peak_rss(pid: int) -> int | None:

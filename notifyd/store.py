@@ -29,6 +29,13 @@ class StreamState:
 
 
 @dataclass(slots=True)
+class _StateBatch:
+    """Stream-state reads asked for in the same turn of the event loop: one query for all."""
+    streams: set[str] = field(default_factory=set)
+    done: asyncio.Future[dict[str, StreamState]] | None = None
+
+
+@dataclass(slots=True)
 class SyncResult:
     notifications: list[orjson.Fragment] = field(default_factory=list)
     cursors: dict[str, int] = field(default_factory=dict)
@@ -60,6 +67,7 @@ class Store:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._state_batch: _StateBatch | None = None  # gathering; its first reader queries
 
     @classmethod
     async def open(cls, dsn: str, *, max_size: int = 10) -> Store:
@@ -114,7 +122,32 @@ class Store:
         return deleted
 
     async def stream_states(self, streams: list[str]) -> dict[str, StreamState]:
-        """last_seq and unread of each stream that exists."""
+        """last_seq and unread of each stream that exists (the answer may hold other streams
+        too). The reads of connections that went live together, a reconnect storm's say, share
+        one query: the first waits one turn of the event loop for the others to join."""
+        batch = self._state_batch
+        if batch is not None:  # a query is about to be made: join it
+            batch.streams.update(streams)
+            assert batch.done is not None
+            return await asyncio.shield(batch.done)  # a reader that gives up ends only itself
+        batch = self._state_batch = _StateBatch(set(streams),
+                                                asyncio.get_running_loop().create_future())
+        assert batch.done is not None
+        try:
+            await asyncio.sleep(0)
+            self._state_batch = None
+            states = await self._read_states(sorted(batch.streams))
+        except BaseException as exc:
+            if self._state_batch is batch:
+                self._state_batch = None
+            batch.done.set_exception(exc if isinstance(exc, StoreError) else StoreError(
+                f"the shared stream state read failed ({type(exc).__name__})"))
+            batch.done.exception()  # retrieved: the joiners, if any, see it too
+            raise
+        batch.done.set_result(states)
+        return states
+
+    async def _read_states(self, streams: list[str]) -> dict[str, StreamState]:
         try:
             rows = await self._pool.fetch(
                 "SELECT stream, last_seq, unread FROM notifyd.streams WHERE stream = ANY($1)",

@@ -1,0 +1,100 @@
+# The store's stream-state reads (what every new connection reads for its unread count and
+# catch-up floors): reads asked for together share one query, each reader gets its own
+# streams right, and a failure or a reader giving up reaches every reader of the batch.
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from notifyd.errors import StoreError
+from notifyd.store import Store
+
+STATE_QUERY = "FROM notifyd.streams WHERE stream = ANY"
+
+
+async def _pool(dsn: str, queries: list[str]) -> asyncpg.Pool:
+    async def log_queries(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda q: queries.append(q.query))
+
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=4, init=log_queries)
+
+
+async def test_reads_of_one_turn_share_one_query(fresh_db: str) -> None:
+    queries: list[str] = []
+    pool = await _pool(fresh_db, queries)
+    try:
+        for i in range(20):  # user u<i> gets i notifications, one of them read
+            await pool.execute(
+                "INSERT INTO notifyd.notifications (user_id, type, title, read_at) "
+                "SELECT $1, 't', 'n', CASE WHEN k = 1 THEN now() END "
+                "FROM generate_series(1, $2) k", f"u{i}", i)
+        await pool.execute("SELECT notifyd.broadcast('t', 'all', 'm')")
+        store = Store(pool)
+        queries.clear()
+
+        answers = await asyncio.gather(*(store.stream_states([f"user:u{i}", "all"])
+                                         for i in range(20)))
+        assert sum(STATE_QUERY in q for q in queries) == 1
+        for i, states in enumerate(answers):
+            own = states.get(f"user:u{i}")
+            if i == 0:
+                assert own is None  # a stream that does not exist yet
+            else:
+                assert own is not None
+                assert (own.last_seq, own.unread) == (i, i - 1)
+            assert states["all"].last_seq == 1
+
+        # reads that do not overlap in time each make their own query
+        queries.clear()
+        assert (await store.stream_states(["user:u3"]))["user:u3"].unread == 2
+        assert (await store.stream_states(["user:u4"]))["user:u4"].unread == 3
+        assert sum(STATE_QUERY in q for q in queries) == 2
+    finally:
+        await pool.close()
+
+
+async def test_a_reader_giving_up_leaves_the_others_their_answer(fresh_db: str) -> None:
+    queries: list[str] = []
+    pool = await _pool(fresh_db, queries)
+    try:
+        await pool.execute("SELECT notifyd.notify('u1', 't', 'n', 'm')")
+        store = Store(pool)
+        # the first reader (the one that makes the query) and a joiner are cancelled
+        first = asyncio.ensure_future(store.stream_states(["user:u1"]))
+        joiner = asyncio.ensure_future(store.stream_states(["user:u2"]))
+        others = [asyncio.ensure_future(store.stream_states(["user:u1"])) for _ in range(5)]
+        await asyncio.sleep(0)
+        joiner.cancel()
+        first.cancel()
+        results = await asyncio.gather(*others, return_exceptions=True)
+        # the query was never made: every joiner is told, none waits for ever
+        assert all(isinstance(r, StoreError) for r in results), results
+        assert first.cancelled() and joiner.cancelled()
+        # and the next reads work
+        states = await store.stream_states(["user:u1"])
+        assert states["user:u1"].unread == 1
+
+        # once the query is under way, a joiner giving up does not end the others' wait
+        lead = asyncio.ensure_future(store.stream_states(["user:u1"]))
+        quitter = asyncio.ensure_future(store.stream_states(["user:u1"]))
+        stayer = asyncio.ensure_future(store.stream_states(["user:u1"]))
+        await asyncio.sleep(0)
+        quitter.cancel()
+        assert (await lead)["user:u1"].unread == 1
+        assert (await stayer)["user:u1"].unread == 1
+        assert quitter.cancelled()
+    finally:
+        await pool.close()
+
+
+async def test_a_failed_read_reaches_every_reader(fresh_db: str) -> None:
+    pool = await _pool(fresh_db, [])
+    store = Store(pool)
+    await pool.close()  # the database is unavailable
+    results = await asyncio.gather(*(store.stream_states(["user:u1"]) for _ in range(3)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, StoreError) for r in results), results
+    with pytest.raises(StoreError):
+        await store.stream_states(["user:u1"])
