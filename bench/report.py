@@ -398,7 +398,7 @@ def summary(results: dict[str, Any]) -> str:
 # (label, getter, unit, lower is better, scenario whose load generator may have set the pace)
 _Row = tuple[str, Callable[[dict[str, Any]], float], str, bool, str]
 _ROWS: list[_Row] = [
-    ("RSS per idle connection (at 10k)",
+    ("RSS per idle connection (at the top idle level)",
      lambda r: float(list(r["idle_memory"]["kb_per_connection"].values())[-1]), "KB", True, ""),
     ("most connections one process held (tried 19,500)",
      lambda r: float(r["most_connections"]["held"]), "", False, ""),
@@ -434,7 +434,7 @@ _ROWS: list[_Row] = [
      lambda r: 1000 * float(r["latency"]["server_cpu_s_per_1000"]), "ms", True, ""),
     ("server CPU per 1,000 delivered, 5,000/s",
      lambda r: 1000 * float(r["latency_fast"]["server_cpu_s_per_1000"]), "ms", True, ""),
-    ("broadcast to 10k: commit -> last client",
+    ("broadcast to every connection: commit -> last client",
      lambda r: float(r["fanout"]["median"]["last_ms"]), "ms", True, "fanout"),
     ("broadcast: server CPU per connection",
      lambda r: float(r["fanout"]["median"]["oncpu_us_per_conn"]), "µs", True, ""),

@@ -334,9 +334,10 @@ class ClientPool:
                 "foreign": len(self.foreign), "foreign_examples": self.foreign[:5],
                 "malformed": len(self.malformed), "malformed_examples": self.malformed[:3]}
 
-    async def close(self, users: list[str] | None = None) -> dict[str, Any]:
+    async def close(self, users: list[str] | None = None,
+                    timeout: float = CLOSE_TIMEOUT) -> dict[str, Any]:
         """Closing handshake on every connection, or on those of `users` (the server closes
-        the sockets), bounded; whatever of them is still open then is aborted."""
+        the sockets), for `timeout` at most; whatever of them is still open then is aborted."""
         if users is None:
             self.closing = True
             conns = list(self.conns.values())
@@ -348,7 +349,7 @@ class ClientPool:
                 conn.ws.send_close(1000)
                 conn.flush()
         closing = set(conns) if users is not None else self.transports
-        deadline = time.monotonic() + CLOSE_TIMEOUT
+        deadline = time.monotonic() + timeout
         while (closing & self.transports) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         lingering = list(closing & self.transports)
