@@ -1,6 +1,6 @@
 # The README is part of the product: its test command is the one CI runs, every setting is in
 # its table, its SQL examples run against a migrated database (the grants for an app's role
-# included), and its JSON examples and the example settings file parse.
+# included), its JSON examples and the example settings file parse, and what it links to exists.
 from __future__ import annotations
 
 import json
@@ -95,6 +95,16 @@ async def test_readme_sql_examples_run(daemon: Daemon) -> None:
     finally:
         await pool.execute(f"DROP OWNED BY {role}")
         await pool.execute(f"DROP ROLE {role}")
+
+
+def test_every_image_and_file_the_readme_links_to_exists() -> None:
+    targets = re.findall(r"\]\(((?!https?:|#)[^)\s]+)\)", README)
+    assert "bench/figures/latency-cdf.png" in targets  # the benchmark plots are shown
+    assert "bench/figures/memory-per-connection.png" in targets
+    missing = [t for t in targets if not (ROOT / t.split("#")[0]).exists()]
+    assert not missing, missing
+    for image in (t for t in targets if t.endswith(".png")):
+        assert (ROOT / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
 
 
 def test_readme_json_lines_and_the_example_settings_file_parse() -> None:
