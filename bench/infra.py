@@ -418,6 +418,7 @@ class Worker:
         self.proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
         self.proc.start()
         child.close()
+        self.sent = 0  # commands sent; answers carry their command's number
 
     @property
     def pid(self) -> int:
@@ -425,7 +426,8 @@ class Worker:
         return self.proc.pid
 
     def send(self, command: str, *args: Any) -> None:
-        self.pipe.send((command, args))
+        self.sent += 1
+        self.pipe.send((self.sent, command, args))
 
     def receive(self, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
@@ -434,7 +436,13 @@ class Worker:
                 raise BenchError(f"{self.name} died (exit code {self.proc.exitcode})")
             if time.monotonic() > deadline:
                 raise BenchError(f"{self.name} gave no answer within {timeout:.0f} s")
-        status, value = self.pipe.recv()
+        while True:
+            number, status, value = self.pipe.recv()
+            if number == self.sent:
+                break
+            # the late answer to a command whose wait timed out: not this command's
+            if not self.pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise BenchError(f"{self.name} gave no answer within {timeout:.0f} s")
         if status != "ok":
             raise BenchError(f"{self.name} failed:\n{value}")
         return value
@@ -470,12 +478,12 @@ async def command_loop(pipe: Pipe, handle: Handler) -> None:
     loop = asyncio.get_running_loop()
     while True:
         try:
-            command, args = await loop.run_in_executor(None, pipe.recv)
+            number, command, args = await loop.run_in_executor(None, pipe.recv)
         except (EOFError, OSError):
             return
         if command == "exit":
             return
         try:
-            pipe.send(("ok", await handle(command, args)))
+            pipe.send((number, "ok", await handle(command, args)))
         except Exception:
-            pipe.send(("error", traceback.format_exc()))
+            pipe.send((number, "error", traceback.format_exc()))

@@ -105,6 +105,13 @@ def problems(results: dict[str, Any]) -> list[str]:
     if storm.get("problems"):
         found.append(f"reconnect storm: sync-responses wrong ({storm['problems']}), e.g. "
                      f"{storm['problem_examples'][:2]}")
+    for step in (results.get("ramp") or {}).get("steps", []):
+        if step["duplicates"] or step["misrouted"]:  # late ones only end the ramp
+            found.append(f"sustained throughput at {step['rate']:,.0f}/s: {step['duplicates']} "
+                         f"duplicated, {step['misrouted']} misrouted")
+        if step["insert_errors"]:
+            found.append(f"sustained throughput at {step['rate']:,.0f}/s: inserts failed: "
+                         f"{step['insert_errors'][:2]}")
     hands = results.get("handshakes") or {}
     if hands.get("failed"):
         found.append(f"handshakes: {hands['failed']} of {hands['tried']:,} failed: "
@@ -113,7 +120,8 @@ def problems(results: dict[str, Any]) -> list[str]:
     if fan and fan["received_total"] != fan["expected_total"]:
         found.append(f"fan-out: {fan['received_total']:,} broadcast frames received, "
                      f"{fan['expected_total']:,} expected")
-    last = fan or lat  # the counters below are the clients' totals at the time
+    # the clients' totals at the end of the run (else as they were at the fan-out's end)
+    last = results.get("clients_final") or fan or lat
     if last.get("foreign"):
         found.append(f"{last['foreign']} frame(s) of another user's stream, e.g. "
                      f"{last['foreign_examples'][:2]}")
@@ -482,18 +490,26 @@ def side_by_side(results: dict[str, Any]) -> str:
             continue  # a scenario this run did not have (e.g. --quick)
         digits = 0 if unit in ("", "/s") else 2  # counts and rates are whole
         cells = []
+        bounds = []
         for of in (results, *peers.values()):
             bound = bool(scenario) and load_bound(of, scenario)
             marked = marked or bound
+            bounds.append(bound)
             cells.append(f"{_num(_safe(get, of), digits)} {unit}".rstrip() + (" †" * bound))
         row = [label, cells[0]]
-        for peer, cell in zip(peers.values(), cells[1:], strict=True):
+        for peer, cell, theirs_bound in zip(peers.values(), cells[1:], bounds[1:], strict=True):
             theirs = _safe(get, peer)
             # a ratio of a negative latency (the client before the writer's commit reply,
             # see the notes) means nothing: none is shown
             ratio = ((theirs / ours if lower else ours / theirs) if ours > 0 and theirs > 0
                      else math.nan)
-            row += [cell, "—" if math.isnan(ratio) else f"{_num(ratio)}x"]
+            # a load-bound figure is a bound on the server's own (it would do at least as
+            # well): notifyd's makes the ratio a lower bound, the peer's an upper one
+            sign = {(True, False): ">= ", (False, True): "<= "}.get((bounds[0], theirs_bound),
+                                                                    "")
+            shown = ("—" if math.isnan(ratio) or (bounds[0] and theirs_bound)
+                     else f"{sign}{_num(ratio)}x")
+            row += [cell, shown]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "ratio: how many times better notifyd is on that row (below 1: behind)."]
     low = results.get("floor")

@@ -272,7 +272,7 @@ class ClientPool:
         `cursors`, user -> its sync-request's cursors: once its sync-response arrived)."""
         gate = asyncio.Semaphore(self.concurrency)
         tokens = [self._token(user) for user in users]  # not the server's time: before the clock
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         results = await asyncio.gather(
             *(self._open(user, token, gate, cursors[user] if cursors else None)
               for user, token in zip(users, tokens, strict=True)),
@@ -280,6 +280,7 @@ class ClientPool:
         errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
         return {"opened": len(users) - len(errors), "failed": len(errors),
                 "errors": sorted(set(errors))[:5], "seconds": time.monotonic() - started,
+                "started_at": started_at,
                 "live_users": list(self.conns) if errors else [], **self.stats()}
 
     def drop(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ class StreamState:
 class _StateBatch:
     """Stream-state reads asked for in the same turn of the event loop: one query for all."""
     streams: set[str] = field(default_factory=set)
-    done: asyncio.Future[dict[str, StreamState]] | None = None
+    done: asyncio.Task[dict[str, StreamState]] | None = None
 
 
 @dataclass(slots=True)
@@ -67,7 +67,7 @@ class Store:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._state_batch: _StateBatch | None = None  # gathering; its first reader queries
+        self._state_batch: _StateBatch | None = None  # gathering reads for its query
 
     @classmethod
     async def open(cls, dsn: str, *, max_size: int = 10) -> Store:
@@ -124,28 +124,23 @@ class Store:
     async def stream_states(self, streams: list[str]) -> dict[str, StreamState]:
         """last_seq and unread of each stream that exists (the answer may hold other streams
         too). The reads of connections that went live together, a reconnect storm's say, share
-        one query: the first waits one turn of the event loop for the others to join."""
+        one query, made by a task of its own one turn of the event loop after the first asked:
+        a reader that gives up ends only its own wait."""
         batch = self._state_batch
-        if batch is not None:  # a query is about to be made: join it
+        if batch is None:
+            batch = self._state_batch = _StateBatch(set(streams))
+            batch.done = asyncio.get_running_loop().create_task(self._read_batch(batch))
+            # retrieved here, so that a failure nobody waits for any more is not reported
+            batch.done.add_done_callback(lambda t: t.cancelled() or t.exception())
+        else:
             batch.streams.update(streams)
-            assert batch.done is not None
-            return await asyncio.shield(batch.done)  # a reader that gives up ends only itself
-        batch = self._state_batch = _StateBatch(set(streams),
-                                                asyncio.get_running_loop().create_future())
         assert batch.done is not None
-        try:
-            await asyncio.sleep(0)
-            self._state_batch = None
-            states = await self._read_states(sorted(batch.streams))
-        except BaseException as exc:
-            if self._state_batch is batch:
-                self._state_batch = None
-            batch.done.set_exception(exc if isinstance(exc, StoreError) else StoreError(
-                f"the shared stream state read failed ({type(exc).__name__})"))
-            batch.done.exception()  # retrieved: the joiners, if any, see it too
-            raise
-        batch.done.set_result(states)
-        return states
+        return await asyncio.shield(batch.done)
+
+    async def _read_batch(self, batch: _StateBatch) -> dict[str, StreamState]:
+        await asyncio.sleep(0)  # the other reads of this turn join the batch
+        self._state_batch = None
+        return await self._read_states(sorted(batch.streams))
 
     async def _read_states(self, streams: list[str]) -> dict[str, StreamState]:
         try:
