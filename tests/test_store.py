@@ -94,3 +94,33 @@ async def test_a_failed_read_reaches_every_reader(fresh_db: str) -> None:
     assert all(isinstance(r, StoreError) for r in results), results
     with pytest.raises(StoreError):
         await store.stream_states(["user:u1"])
+
+
+async def test_no_query_leaves_session_state_on_a_pool_connection(fresh_db: str) -> None:
+    """The pool gives connections back without asyncpg's reset query: that holds only while
+    every query leaves the session as it found it (settings, LISTEN, advisory locks, open
+    transactions). One connection, so every check sees the backend that ran them all."""
+    store = await Store.open(fresh_db, max_size=1)
+    try:
+        nid = await store.insert_demo("u1", "t", "m", "low")
+        await store.mark_read("user:u1", (nid,), "conn-1")  # sets notifyd.origin locally
+        await store.mark_read("user:u1", None, "conn-2")
+        await store.stream_states(["user:u1", "all"])
+        await store.sync({"user:u1": 0}, ["all"], None, 10)
+        await store.fetch_after({"user:u1": 0})
+        await store.fetch_ids([nid])
+        await store.revocations()
+        await store.prune(30, 10)  # the advisory lock and the function's SET clauses
+        async with store._pool.acquire() as conn:
+            state = await conn.fetchrow(
+                "SELECT coalesce(current_setting('notifyd.origin', true), '') AS origin,"
+                " current_setting('lock_timeout') AS lock_timeout,"
+                " (SELECT count(*) FROM pg_listening_channels()) AS channels,"
+                " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                "  AND pid = pg_backend_pid()) AS advisory_locks,"
+                " (SELECT count(*) FROM pg_cursors WHERE name <> '') AS cursors")
+            assert dict(state) == {"origin": "", "lock_timeout": "0", "channels": 0,
+                                   "advisory_locks": 0, "cursors": 0}
+            assert not conn.is_in_transaction()
+    finally:
+        await store.close()
