@@ -92,9 +92,9 @@ def sink_main(pipe: Pipe, port: int) -> None:
     uvloop.run(infra.command_loop(pipe, _Sinks(port).handle))
 
 
-def send_floor(n: int) -> dict[str, Any]:
+def send_floor(n: int, rounds: int = ROUNDS) -> dict[str, Any]:
     """One FRAME_BYTES send() to each of n loopback connections per round, from this process:
-    the loop's CPU time (thread_time) and wall time per connection, median of ROUNDS."""
+    the loop's CPU time (thread_time) and wall time per connection, median of the rounds."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
     port = listener.getsockname()[1]
     sinks = [Worker(f"sink-{i}", sink_main, port) for i in range(SINK_PROCESSES)]
@@ -113,7 +113,7 @@ def send_floor(n: int) -> dict[str, Any]:
         frame = b"\x81\x7e" + (FRAME_BYTES - 4).to_bytes(2, "big") + b"x" * (FRAME_BYTES - 4)
         cpu_us: list[float] = []
         wall_us: list[float] = []
-        for r in range(1, ROUNDS + 1):
+        for r in range(1, rounds + 1):
             time.sleep(ROUND_GAP)
             wall0, cpu0 = time.perf_counter(), time.thread_time()
             for sock in socks:
@@ -128,7 +128,7 @@ def send_floor(n: int) -> dict[str, Any]:
                 raise BenchError(f"send floor: {got} of {expected} bytes arrived")
         for sink in sinks:
             sink.call("close", timeout=30)
-        return {"connections": n, "frame_bytes": FRAME_BYTES, "rounds": ROUNDS,
+        return {"connections": n, "frame_bytes": FRAME_BYTES, "rounds": rounds,
                 "cpu_us_per_conn": statistics.median(cpu_us),
                 "wall_us_per_conn": statistics.median(wall_us),
                 "cpu_us_runs": cpu_us, "wall_us_runs": wall_us}

@@ -17,9 +17,10 @@ import uvloop
 NOTIFY = "SELECT notifyd.notify($1, 'bench', 't', 'm', $2::jsonb)"
 BROADCAST = "SELECT notifyd.broadcast('bench', 't', 'm', $1::jsonb)"
 # `batch` notifications in one statement (one commit): past the NOTIFY commit lock's rate
+# (in user order: concurrent statements that lock the same streams in other orders deadlock)
 NOTIFY_MANY = ("INSERT INTO notifyd.notifications (user_id, type, title, message, data) "
                "SELECT u, 'bench', 't', 'm', $2::jsonb FROM unnest($1::text[]) AS x(u) "
-               "RETURNING id, user_id")
+               "ORDER BY u RETURNING id, user_id")
 WARM_UP_USER = "bench-warm-up"
 LAST_SEQ = "SELECT stream, max(seq) FROM notifyd.notifications GROUP BY stream"
 MISSED_CHUNK = 1000  # users per INSERT while the storm's clients are away

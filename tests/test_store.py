@@ -8,6 +8,7 @@ import asyncio
 
 import asyncpg
 import pytest
+from asyncpg.transaction import Transaction
 
 from notifyd.errors import StoreError
 from notifyd.store import Store
@@ -124,3 +125,37 @@ async def test_no_query_leaves_session_state_on_a_pool_connection(fresh_db: str)
             assert not conn.is_in_transaction()
     finally:
         await store.close()
+
+
+async def test_notifying_users_in_one_order_does_not_deadlock(fresh_db: str) -> None:
+    """What the README says of many users in one transaction: each row locks its stream's
+    counter until commit, so two transactions taking the same users in opposite orders
+    deadlock, and in one order they only wait for each other."""
+    notify = "SELECT notifyd.notify($1, 't', 'n', 'm')"
+
+    async def both(first: list[str], second: list[str]) -> list[BaseException | None]:
+        a, b = await asyncpg.connect(fresh_db), await asyncpg.connect(fresh_db)
+        try:
+            ta, tb = a.transaction(), b.transaction()
+            await ta.start()
+            await tb.start()
+            await a.execute(notify, first[0])
+            await b.execute(notify, second[0])
+
+            async def rest(conn: asyncpg.Connection, tx: Transaction, users: list[str]) -> None:
+                for user in users[1:]:
+                    await conn.execute(notify, user)
+                await tx.commit()
+
+            outcomes = await asyncio.gather(rest(a, ta, first), rest(b, tb, second),
+                                            return_exceptions=True)
+            return [o if isinstance(o, BaseException) else None for o in outcomes]
+        finally:
+            await a.close()
+            await b.close()
+
+    crossed = await both(["ua", "ub"], ["ub", "ua"])
+    assert sum(isinstance(o, asyncpg.DeadlockDetectedError) for o in crossed) == 1, crossed
+    # both in user order: the first waits for ub until the second has committed
+    ordered = await both(["ua", "ub"], ["ub", "uc"])
+    assert ordered == [None, None]
