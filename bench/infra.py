@@ -309,23 +309,30 @@ class Daemon:
         self.log_path = shared_log or workdir / "notifyd.log"
         env = child_env(NOTIFYD_DSN=dsn, NOTIFYD_JWT_SECRET=secret, NOTIFYD_HOST="127.0.0.1",
                         NOTIFYD_PORT=str(self.port), NOTIFYD_LOG_LEVEL=log_level, **settings)
-        with self.log_path.open("ab" if shared_log else "wb") as log:
-            self.proc = subprocess.Popen(
-                notifyd_command("serve"), env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
-        self.pid = self.proc.pid
+        self._spawn(notifyd_command("serve"), env, append=shared_log is not None)
         self.url = f"ws://127.0.0.1:{self.port}/ws"
+
+    def _spawn(self, cmd: list[str], env: dict[str, str], append: bool = False) -> None:
+        """Start the server in its own session, stdout and stderr into self.log_path."""
+        with self.log_path.open("ab" if append else "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=die_with_parent)
+        self.pid = self.proc.pid
+
+    def ready(self) -> bool:
+        return self._get("/readyz") == 200
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"notifyd serve exited {self.proc.returncode}:\n"
+                raise BenchError(f"{self.name} exited {self.proc.returncode}:\n"
                                  f"{self.log_tail()}")
-            if self._get("/readyz") == 200:
+            if self.ready():
                 return
             time.sleep(0.1)
-        raise BenchError(f"notifyd not ready within {timeout:.0f} s:\n{self.log_tail()}")
+        raise BenchError(f"{self.name} not ready within {timeout:.0f} s:\n{self.log_tail()}")
 
     def _get(self, path: str) -> int | None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
@@ -339,7 +346,7 @@ class Daemon:
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise BenchError(f"notifyd exited {self.proc.returncode} during the bench:\n"
+            raise BenchError(f"{self.name} exited {self.proc.returncode} during the bench:\n"
                              f"{self.log_tail()}")
 
     def rss_kb(self) -> int:

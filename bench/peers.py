@@ -8,11 +8,10 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import BenchError, Daemon, child_env, die_with_parent, free_port, say
+from infra import BenchError, Daemon, child_env, free_port, say
 
 HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "peers"
@@ -90,29 +89,14 @@ class Peer(Daemon):
         else:
             cmd = [str(INSTALLED / "socketio-py" / "venv" / "bin" / "python"),
                    str(SOURCES / "socketio_py" / "server.py")]
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=die_with_parent)
-        self.pid = self.proc.pid
+        self._spawn(cmd, env)
         self.url = f"ws://127.0.0.1:{self.port}{SOCKETIO_PATH}"
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.kind.name} exited {self.proc.returncode}:\n"
-                                 f"{self.log_tail()}")
-            if READY_LINE in self.log_path.read_text(errors="replace"):
-                return
-            time.sleep(0.1)
-        raise BenchError(f"{self.kind.name} not ready within {timeout:.0f} s:\n"
-                         f"{self.log_tail()}")
+    def ready(self) -> bool:
+        return READY_LINE in self.log_path.read_text(errors="replace")
 
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(f"{self.kind.name} exited {self.proc.returncode} during the "
-                             f"bench:\n{self.log_tail()}")
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        super().wait_ready(timeout)  # npm's and pip's servers take longer to start
 
     def stop(self, timeout: float = 5.0) -> None:
         """Its figures are taken by then: a peer slow to shut down is not waited for long."""
