@@ -162,11 +162,7 @@ class Bench:
         self.new_frames(answers)
         failed = sum(a["failed"] for a in answers)
         for i, (part, answer) in enumerate(zip(parts, answers, strict=True)):
-            if answer["failed"] == 0:
-                self.users_of[i].extend(part)
-            else:
-                live = set(answer["live_users"])
-                self.users_of[i].extend(u for u in part if u in live)
+            self.users_of[i].extend(_opened(part, answer))
         if failed:
             errors = sorted({e for a in answers for e in a["errors"]})
             say(f"warning: {failed} of {len(users)} connections failed: {errors}")
@@ -477,10 +473,8 @@ class Bench:
         cpu = self.meter.stop()
         self.new_frames(answers)
         self.daemon.check_alive()
-        for i, (part, answer) in enumerate(zip(users_of, answers, strict=True)):
-            if answer["failed"]:
-                live = set(answer["live_users"])
-                self.users_of[i] = [u for u in part if u in live]
+        self.users_of = [_opened(part, answer)
+                         for part, answer in zip(users_of, answers, strict=True)]
         started = min(a["started_at"] for a in answers)  # after the clients signed tokens
         caught_up = sorted(t - started for a in answers for t in a["times"])
         problems = report.merge_counts(a["problems"] for a in answers)
@@ -566,10 +560,7 @@ class Bench:
         server_seconds = self.meter.seconds["daemon"]
         client_seconds = sum(self.client_cpu().values())
         self.new_frames(answers)
-        for client, part in zip(self.clients, parts, strict=True):
-            client.send("close", part, HANDSHAKES_CLOSE_TIMEOUT)
-        for client in self.clients:
-            client.receive(60)
+        self.close_users(parts)
         self.daemon.check_alive()
         opened = sum(a["opened"] for a in answers)
         seconds = max(a["seconds"] for a in answers)
@@ -615,11 +606,7 @@ class Bench:
                "rss_kb": top["rss_kb"], "fd_limit": infra.fd_limit_of(self.daemon.pid)}
         # back to the idle level's connections for the scenarios that follow
         extra = {f"u{i}" for i in range(s.idle_levels[-1], next_user)}
-        parts = [[u for u in part if u in extra] for part in self.users_of]
-        for client, part in zip(self.clients, parts, strict=True):
-            client.send("close", part, HANDSHAKES_CLOSE_TIMEOUT)
-        for client in self.clients:
-            client.receive(60)
+        self.close_users([[u for u in part if u in extra] for part in self.users_of])
         self.users_of = [[u for u in part if u not in extra] for part in self.users_of]
         return out
 
@@ -633,11 +620,28 @@ class Bench:
                 "malformed": sum(a["malformed"] for a in answers),
                 "malformed_examples": [e for a in answers for e in a["malformed_examples"]][:3]}
 
+    def close_users(self, parts: list[list[str]]) -> None:
+        """Close these users' connections, a part per client process; what has not closed
+        within HANDSHAKES_CLOSE_TIMEOUT is aborted (not measured)."""
+        for client, part in zip(self.clients, parts, strict=True):
+            client.send("close", part, HANDSHAKES_CLOSE_TIMEOUT)
+        for client in self.clients:
+            client.receive(60)
+
     def close_all(self) -> None:
         for client in self.clients:
             client.send("close")
         for client in self.clients:
             client.receive(60)
+
+
+def _opened(part: list[str], answer: dict[str, Any]) -> list[str]:
+    """The users of `part` whose connections a client process's connect answer says are open
+    (live_users is sent only when some failed)."""
+    if not answer["failed"]:
+        return part
+    live = set(answer["live_users"])
+    return [u for u in part if u in live]
 
 
 def _fanout_record(line: str) -> dict[str, Any] | None:
