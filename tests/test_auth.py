@@ -188,3 +188,36 @@ def test_notifyd_token_signs_with_the_first_secret(tmp_path: Path) -> None:
                      env=subprocess_env(NOTIFYD_JWT_SECRET_FILE=str(secret_file)))
     assert result.returncode == 0, result.stderr
     assert jwt.decode(result.stdout.strip(), new, ["HS256"])["sub"] == "7"
+
+
+def test_claims_are_checked_with_pyjwts_meaning_of_aud_and_iss() -> None:
+    """Each refusal gives its own reason; an `aud` list is accepted when it names ours, and a
+    payload that is not a JSON object is refused like any other invalid token."""
+    from notifyd.auth import Authenticator
+    from notifyd.config import Settings, validate
+    from notifyd.errors import AuthError
+
+    auth = Authenticator(validate(Settings(jwt_secret=SECRET, jwt_audience="app",
+                                           jwt_issuer="https://id")))
+
+    def token(**claims: object) -> str:
+        return jwt.encode(_claims(**claims), SECRET, "HS256")
+
+    assert auth.verify(token(aud=["other", "app"], iss="https://id")).user_id == "42"
+    refused = {
+        "token lacks the 'aud' claim": token(iss="https://id"),
+        "token audience not accepted": token(aud=["other"], iss="https://id"),
+        "token lacks the 'iss' claim": token(aud="app"),
+        "token issuer not accepted": token(aud="app", iss="https://evil"),
+        "token invalid": jwt.PyJWS().encode(b"[1, 2]", SECRET, "HS256"),
+        "token lacks the 'exp' claim": token(aud="app", iss="https://id", exp=None),
+        "token algorithm not allowed": jwt.encode(_claims(aud="app", iss="https://id"),
+                                                  SECRET, "HS384"),
+        "malformed token": "a.b",
+    }
+    for reason, bad in refused.items():
+        with pytest.raises(AuthError) as caught:
+            auth.verify(bad)
+        assert str(caught.value) == reason
+    with pytest.raises(AuthError, match="token audience not accepted"):  # not all strings
+        auth.verify(token(aud=["app", 7], iss="https://id"))
