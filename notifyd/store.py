@@ -30,7 +30,8 @@ class StreamState:
 
 @dataclass(slots=True)
 class _StateBatch:
-    """Stream-state reads asked for in the same turn of the event loop: one query for all."""
+    """Stream-state reads asked for while the previous batch's query ran (or, with none
+    running, in the same turn of the event loop): one query for all."""
     streams: set[str] = field(default_factory=set)
     done: asyncio.Task[dict[str, StreamState]] | None = None
 
@@ -68,6 +69,7 @@ class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._state_batch: _StateBatch | None = None  # gathering reads for its query
+        self._state_read: asyncio.Task[dict[str, StreamState]] | None = None  # the latest batch
 
     @classmethod
     async def open(cls, dsn: str, *, max_size: int = 10) -> Store:
@@ -123,22 +125,30 @@ class Store:
 
     async def stream_states(self, streams: list[str]) -> dict[str, StreamState]:
         """last_seq and unread of each stream that exists (the answer may hold other streams
-        too). The reads of connections that went live together, a reconnect storm's say, share
-        one query, made by a task of its own one turn of the event loop after the first asked:
-        a reader that gives up ends only its own wait."""
+        too). One such query runs at a time; the reads asked for meanwhile (a reconnect storm's
+        handshakes, say) gather for the next, one query for all, made by a task of its own: a
+        reader that gives up ends only its own wait. With none running, a read waits one turn
+        of the event loop for the others of that turn."""
         batch = self._state_batch
         if batch is None:
             batch = self._state_batch = _StateBatch(set(streams))
-            batch.done = asyncio.get_running_loop().create_task(self._read_batch(batch))
+            task = asyncio.get_running_loop().create_task(
+                self._read_batch(batch, self._state_read))
             # retrieved here, so that a failure nobody waits for any more is not reported
-            batch.done.add_done_callback(lambda t: t.cancelled() or t.exception())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            batch.done = self._state_read = task
         else:
             batch.streams.update(streams)
         assert batch.done is not None
         return await asyncio.shield(batch.done)
 
-    async def _read_batch(self, batch: _StateBatch) -> dict[str, StreamState]:
-        await asyncio.sleep(0)  # the other reads of this turn join the batch
+    async def _read_batch(self, batch: _StateBatch,
+                          running: asyncio.Task[dict[str, StreamState]] | None
+                          ) -> dict[str, StreamState]:
+        if running is not None and not running.done():
+            await asyncio.wait([running])  # its outcome is its own readers'
+        else:
+            await asyncio.sleep(0)
         self._state_batch = None
         return await self._read_states(sorted(batch.streams))
 

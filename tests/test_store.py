@@ -159,3 +159,36 @@ async def test_notifying_users_in_one_order_does_not_deadlock(fresh_db: str) -> 
     # both in user order: the first waits for ub until the second has committed
     ordered = await both(["ua", "ub"], ["ub", "uc"])
     assert ordered == [None, None]
+
+
+async def test_reads_asked_for_while_a_query_runs_share_the_next(fresh_db: str) -> None:
+    """One state query at a time: the reads that arrive, turn after turn, while it runs (here
+    it waits for the pool's only connection) all go into the next, one query for all."""
+    queries: list[str] = []
+
+    async def log_queries(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda q: queries.append(q.query))
+
+    pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=1, init=log_queries)
+    try:
+        for i in range(10):
+            await pool.execute("SELECT notifyd.notify($1, 't', 'n', 'm')", f"u{i}")
+        store = Store(pool)
+        queries.clear()
+        held = await pool.acquire()
+        first = asyncio.ensure_future(store.stream_states(["user:u0"]))
+        later = []
+        for i in range(1, 10):
+            for _ in range(3):  # separate turns of the loop
+                await asyncio.sleep(0)
+            later.append(asyncio.ensure_future(store.stream_states([f"user:u{i}"])))
+        await pool.release(held)
+        answers = await asyncio.gather(first, *later)
+        assert [a[f"user:u{i}"].last_seq for i, a in enumerate(answers)] == [1] * 10
+        assert sum(STATE_QUERY in q for q in queries) == 2
+        # with none running, a read is not held back
+        queries.clear()
+        assert (await store.stream_states(["user:u3"]))["user:u3"].unread == 1
+        assert sum(STATE_QUERY in q for q in queries) == 1
+    finally:
+        await pool.close()
