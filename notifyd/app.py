@@ -244,7 +244,7 @@ class App:
         self.connections.add(conn)
         self.timers.schedule(conn, conn.deadline)
 
-    def went_live(self, conn: Connection) -> None:
+    def went_live(self, conn: Connection) -> bytes:
         identity = conn.session.identity
         assert identity is not None
         streams = list(identity.streams)
@@ -256,13 +256,6 @@ class App:
             log.info("connection open", extra={
                 "conn": conn.session.connection_id, "user": identity.user_id,
                 "roles": list(identity.roles), "peer": conn.peer()})
-        conn.send(encode("connection-confirmed", {
-            "userId": identity.user_id,
-            "roles": list(identity.roles),
-            "connectionId": conn.session.connection_id,
-            "serverTime": _now_iso(),
-            "protocolVersion": PROTOCOL_VERSION,
-        }))
         self.presence.connected(identity.user_id, identity.roles)
         self.spawn(self._send_initial_state(conn, identity))
         loop = asyncio.get_running_loop()
@@ -271,6 +264,13 @@ class App:
         if due < conn.deadline:  # e.g. a token expiring before the auth deadline
             conn.deadline = due
             self.timers.schedule(conn, due)
+        return websocket_text(encode("connection-confirmed", {
+            "userId": identity.user_id,
+            "roles": list(identity.roles),
+            "connectionId": conn.session.connection_id,
+            "serverTime": _now_iso(),
+            "protocolVersion": PROTOCOL_VERSION,
+        }))
 
     def closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -324,7 +324,7 @@ class App:
                 conn.close(1008, refusal)
                 return
             conn.session.authenticate(identity)
-            self.went_live(conn)
+            conn.greet()
             return
         if isinstance(event, Ping):
             ts = event.timestamp if event.timestamp is not None else int(time.time() * 1000)

@@ -51,7 +51,9 @@ class Hub(TypingProtocol):
     def verify(self, token: str) -> Identity: ...
     def admit(self, identity: Identity) -> str | None: ...
     def opened(self, conn: Connection) -> None: ...
-    def went_live(self, conn: Connection) -> None: ...
+    def went_live(self, conn: Connection) -> bytes:
+        """Index the authenticated connection; returns its greeting (connection-confirmed)
+        as a frame for the caller to write."""
     def closed(self, conn: Connection) -> None: ...
     def handle(self, conn: Connection, frame: ClientFrame) -> None: ...
     def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None: ...
@@ -280,10 +282,16 @@ class Connection(asyncio.Protocol):
         if parse_qs(urlsplit(request.path).query).get("sync") == ["1"]:
             self.session.wait_for_sync()
         ws.send_response(response)
-        self._flush()  # the 101 goes out before any frame written directly to the transport
+        # The 101 goes out before any frame written directly to the transport: with the
+        # greeting, when the token came with the request (one system call, not two).
+        head = b"".join(ws.data_to_send())
         self._upgrade()
-        if identity is not None:
-            self._go_live(identity)
+        if identity is None:
+            if self.transport is not None:
+                self.transport.write(head)
+            return
+        self.session.authenticate(identity)
+        self.greet(head)
 
     def respond(self, status: int, content_type: str, body: bytes,
                 headers: list[tuple[str, str]]) -> None:
@@ -303,9 +311,13 @@ class Connection(asyncio.Protocol):
         was fed the request and nothing after it (see data_received)."""
         self.ws = Protocol(SERVER, state=OPEN, max_size=self.hub.settings.max_frame_bytes)
 
-    def _go_live(self, identity: Identity) -> None:
-        self.session.authenticate(identity)
-        self.hub.went_live(self)
+    def greet(self, head: bytes = b"") -> None:
+        """Go live (the session is authenticated): `head`, then the greeting frame."""
+        greeting = self.hub.went_live(self)
+        metrics = self.hub.metrics
+        metrics.frames_sent += 1
+        metrics.bytes_sent += len(greeting)
+        self.deliver(head + greeting if head else greeting)
 
     # -- frames -------------------------------------------------------------------------
 
