@@ -52,6 +52,21 @@ class Row:
 
 
 _WIRE = "notifyd.to_wire(n)::text"
+# A sync-request with a cursor for every stream, in one statement (one snapshot, one round trip
+# instead of a transaction of five): each stream's state beside the rows after its cursor,
+# without the range sent live meanwhile; streams in the request's order, rows in seq order.
+_SYNC_AFTER_CURSORS = f"""
+SELECT c.stream, coalesce(s.last_seq, 0) AS last_seq, coalesce(s.pruned_below, 0) AS pruned_below,
+       r.seq, r.wire
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) WITH ORDINALITY
+     AS c(stream, after, skip_first, skip_last, i)
+LEFT JOIN notifyd.streams s ON s.stream = c.stream
+LEFT JOIN LATERAL (
+    SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n
+    WHERE n.stream = c.stream AND n.seq > c.after
+      AND n.seq NOT BETWEEN c.skip_first AND c.skip_last
+    ORDER BY n.seq LIMIT $5) r ON true
+ORDER BY c.i, r.seq"""
 _PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
 
 
@@ -242,6 +257,21 @@ class Store:
         `in_flight`: per stream, the seq range this connection was sent live since its last
         sync; it may still be on its way, so it is left out and not sent twice."""
         in_flight = in_flight or {}
+        if cursors and not latest:
+            answered = await self._sync_after_cursors(cursors, limit, in_flight)
+            if answered is not None:
+                return answered
+        return await self._sync_in_transaction(cursors, latest, since, limit, in_flight)
+
+    async def _sync_in_transaction(
+        self,
+        cursors: dict[str, int],
+        latest: list[str],
+        since: dt.datetime | None,
+        limit: int,
+        in_flight: dict[str, tuple[int, int]],
+    ) -> SyncResult:
+        """sync() in a repeatable-read transaction: any mix of streams, resets included."""
         result = SyncResult()
         streams = [*cursors, *latest]
         try:
@@ -273,6 +303,34 @@ class Store:
                                        in_flight.get(stream, (0, -1)))
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
+        return result
+
+    async def _sync_after_cursors(self, cursors: dict[str, int], limit: int,
+                                  in_flight: dict[str, tuple[int, int]]) -> SyncResult | None:
+        """sync() when every stream has a cursor (a reconnecting client's request): one
+        statement; None when a stream must be reset (its cursor is ahead of the stream or
+        behind what retention kept), which sync() answers in a transaction of its own."""
+        streams = list(cursors)
+        skips = [in_flight.get(stream, (0, -1)) for stream in streams]
+        try:
+            rows = await self._pool.fetch(
+                _SYNC_AFTER_CURSORS, streams, [cursors[s] for s in streams],
+                [first for first, _ in skips], [last for _, last in skips], limit + 1)
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        found: dict[str, list[asyncpg.Record]] = {}
+        for r in rows:  # every stream has a row, with seq NULL when nothing follows its cursor
+            stream = r["stream"]
+            if stream not in found:
+                cursor = cursors[stream]
+                if cursor > r["last_seq"] or cursor + 1 < r["pruned_below"]:
+                    return None
+                found[stream] = []
+            if r["seq"] is not None:
+                found[stream].append(r)
+        result = SyncResult()
+        for stream, (_, last) in zip(streams, skips, strict=True):
+            self._take(stream, found[stream], limit, max(cursors[stream], last), result)
         return result
 
     @staticmethod

@@ -1,14 +1,19 @@
 # The store's stream-state reads (what every new connection reads for its unread count and
 # catch-up floors): reads asked for together share one query, each reader gets its own
 # streams right, a failure reaches every reader of the batch, and a reader giving up only
-# itself.
+# itself; and a reconnecting client's sync (a cursor for every stream) answered in one
+# statement exactly as the general transaction answers it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import asyncpg
+import orjson
 import pytest
 from asyncpg.transaction import Transaction
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from notifyd.errors import StoreError
 from notifyd.store import Store
@@ -192,3 +197,49 @@ async def test_reads_asked_for_while_a_query_runs_share_the_next(fresh_db: str) 
         assert sum(STATE_QUERY in q for q in queries) == 1
     finally:
         await pool.close()
+
+
+SYNC_STREAMS = ["user:a", "role:x", "all", "user:p", "user:none"]
+in_flight_range = st.tuples(st.integers(0, 14), st.integers(-1, 14))
+
+
+@pytest.fixture
+async def sync_store(fresh_db: str) -> AsyncIterator[Store]:
+    """12 notifications for a, 5 for role x, 3 for everyone, 10 for p of which retention
+    removed the first 4, none for user `none` (no stream row at all)."""
+    store = await Store.open(fresh_db)
+    pool = store._pool
+    for user, count in (("a", 12), ("p", 10)):
+        await pool.execute("SELECT notifyd.notify($1, 't', 'n' || k, 'm') "
+                           "FROM generate_series(1, $2) k", user, count)
+    await pool.execute("SELECT notifyd.broadcast('t', 'n' || k, 'm') "
+                       "FROM generate_series(1, 3) k")
+    await pool.execute("INSERT INTO notifyd.notifications (stream, type, title) "
+                       "SELECT 'role:x', 't', 'n' || k FROM generate_series(1, 5) k")
+    await pool.execute("DELETE FROM notifyd.notifications WHERE stream = 'user:p' AND seq < 5")
+    await pool.execute("UPDATE notifyd.streams SET pruned_below = 5 WHERE stream = 'user:p'")
+    yield store
+    await store.close()
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cursors=st.dictionaries(st.sampled_from(SYNC_STREAMS), st.integers(0, 15), min_size=1),
+       in_flight=st.dictionaries(st.sampled_from(SYNC_STREAMS), in_flight_range),
+       limit=st.integers(1, 6))
+async def test_a_sync_with_every_cursor_is_answered_as_the_transaction_answers_it(
+        sync_store: Store, cursors: dict[str, int], in_flight: dict[str, tuple[int, int]],
+        limit: int) -> None:
+    one_statement = await sync_store._sync_after_cursors(cursors, limit, in_flight)
+    general = await sync_store._sync_in_transaction(cursors, [], None, limit, in_flight)
+    if one_statement is None:  # a stream to reset: left to the transaction
+        assert general.reset
+        return
+    assert not general.reset
+    assert orjson.dumps(one_statement.notifications) == orjson.dumps(general.notifications)
+    assert one_statement.cursors == general.cursors
+    assert one_statement.has_more == general.has_more
+    # and sync() itself takes the one statement
+    assert orjson.dumps((await sync_store.sync(cursors, [], None, limit, in_flight)
+                         ).notifications) == orjson.dumps(general.notifications)
