@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from notifyd import __version__, config, logs
 from notifyd.auth import issue_token
 from notifyd.errors import ConfigError, MigrationError, StoreError
+from notifyd.gcpolicy import FreezeAfterFullCollections
 
 if TYPE_CHECKING:
     from notifyd.app import App
@@ -155,6 +156,7 @@ def _serve(settings: config.Settings, announce: str | None = None, dev: bool = F
                       "run `notifyd migrate` first", have, need)
             await store.close()
             return 1
+        FreezeAfterFullCollections().install()
         app = App(settings, store, dev=dev)
         try:
             await app.start()

@@ -157,6 +157,15 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None  # gone: a pending close-grace abort has nothing left to do
         self._ended()
+        # websockets' parser is a generator holding its protocol, and the error that ended it
+        # (a peer gone without a closing handshake) holds the generator's frame: reference
+        # cycles. Broken here (no data comes any more), the connection is freed by reference
+        # counting, not left to the cycle collector, which does not see it at all while it
+        # is frozen (notifyd.gcpolicy).
+        ws = self.ws
+        ws.parser.close()
+        if ws.parser_exc is not None:
+            ws.parser_exc.__traceback__ = None
 
     def _ended(self) -> None:
         if self.session.state is not SessionState.CLOSED:
