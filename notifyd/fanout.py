@@ -19,6 +19,10 @@ from notifyd.session import Session
 
 log = logging.getLogger("notifyd.fanout")
 FANOUT_LOG_MIN = 1000  # fan-outs to at least this many connections log their write time
+# The unread-count frame follows every new notification of a user; the same count makes the
+# same frame, so the small ones (most badges) are built once.
+UNREAD_FRAMES_KEPT = 1000
+_UNREAD_FRAMES: dict[int, bytes] = {}
 
 
 class Recipient(Protocol):
@@ -194,7 +198,13 @@ class Router:
     def _unread_frame(stream: str, event: dict[str, Any]) -> bytes | None:
         if not stream.startswith("user:") or "u" not in event:
             return None
-        return websocket_text(encode("notification:unread-count", {"count": max(0, event["u"])}))
+        count = max(0, event["u"])
+        frame = _UNREAD_FRAMES.get(count)
+        if frame is None:
+            frame = websocket_text(encode("notification:unread-count", {"count": count}))
+            if count < UNREAD_FRAMES_KEPT:
+                _UNREAD_FRAMES[count] = frame
+        return frame
 
     def _unread(self, stream: str, event: dict[str, Any]) -> None:
         frame = self._unread_frame(stream, event)

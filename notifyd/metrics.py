@@ -4,6 +4,7 @@
 # scrape time, like the gauges of live state. Imports nothing of notifyd.
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 
@@ -11,11 +12,15 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -23,6 +28,29 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Commit-to-send latency buckets, in seconds: the target is milliseconds, the tail matters.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
+
+
+class LatencyHistogram:
+    """A histogram observed once per notification published: a list of counts bumped without
+    the lock (and the per-bucket loop) of prometheus-client's Histogram, a tenth of the CPU a
+    notification cost at 5,000/s; exposed with the same buckets at scrape time."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # le: a bound holds its equal
+        self.sum += seconds
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, count in zip((*(str(b) for b in self.bounds), "+Inf"), self.counts,
+                                strict=True):
+            running += count
+            cumulative.append((bound, running))
+        return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=self.sum)
 
 
 class Metrics(Collector):
@@ -41,12 +69,7 @@ class Metrics(Collector):
         self.pruned = 0
         # -- read from their owners at scrape time (see watch()) --
         self._live: dict[str, Callable[[], float]] = {}
-        self.latency = Histogram(
-            "notifyd_delivery_latency_seconds",
-            "From the end of the inserting statement in PostgreSQL to the notification written "
-            "to the last local recipient's socket, for live deliveries (not catch-up after a "
-            "lost LISTEN connection); the clocks of both hosts must agree",
-            buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = LatencyHistogram()
         self.redis_up = Gauge(
             "notifyd_presence_redis_up",
             "1 while presence is cluster-wide through Redis, 0 while NOTIFYD_REDIS_URL is set "
@@ -135,3 +158,8 @@ class Metrics(Collector):
                       "Notifications removed by retention (NOTIFYD_RETENTION_DAYS) by this "
                       "process", self.pruned)
         yield counter("notifyd_config_reloads", "Successful SIGHUP reloads", owned("reloads"))
+        yield self.latency.family(
+            "notifyd_delivery_latency_seconds",
+            "From the end of the inserting statement in PostgreSQL to the notification written "
+            "to the last local recipient's socket, for live deliveries (not catch-up after a "
+            "lost LISTEN connection); the clocks of both hosts must agree")

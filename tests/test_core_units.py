@@ -28,8 +28,10 @@ from notifyd.protocol import (
     Ping,
     SyncRequest,
     decode_client_frame,
+    encode,
     format_time,
     parse_time,
+    websocket_text,
 )
 from notifyd.session import Session, State
 from notifyd.timers import TimerWheel
@@ -398,3 +400,41 @@ def test_large_fanout_logs_its_write_time(caplog: pytest.LogCaptureFixture) -> N
                        r"([\d.]+) ms CPU \(all seq 3\)", caplog.text)
     assert logged is not None, caplog.text
     assert 0 < float(logged[2]) <= float(logged[1]) + 1  # CPU within wall (clock granularity)
+
+
+def test_latency_histogram_exposes_prometheus_buckets() -> None:
+    from notifyd.metrics import Metrics
+
+    metrics = Metrics()
+    for seconds in (0.0005, 0.0007, 0.004, 20.0):  # a bound holds its equal (le)
+        metrics.latency.observe(seconds)
+    body = metrics.render().decode()
+
+    def value(series: str) -> float:
+        found = re.search(rf"^{re.escape(series)} (\S+)$", body, re.MULTILINE)
+        assert found, series
+        return float(found.group(1))
+
+    name = "notifyd_delivery_latency_seconds"
+    assert value(f'{name}_bucket{{le="0.0005"}}') == 1
+    assert value(f'{name}_bucket{{le="0.001"}}') == 2
+    assert value(f'{name}_bucket{{le="0.002"}}') == 2
+    assert value(f'{name}_bucket{{le="0.005"}}') == 3
+    assert value(f'{name}_bucket{{le="10.0"}}') == 3
+    assert value(f'{name}_bucket{{le="+Inf"}}') == 4
+    assert value(f"{name}_count") == 4
+    assert value(f"{name}_sum") == pytest.approx(20.0052)
+
+
+def test_unread_count_frames_are_built_once_per_small_count() -> None:
+    from notifyd.fanout import UNREAD_FRAMES_KEPT
+
+    def expected(count: int) -> bytes:
+        return websocket_text(encode("notification:unread-count", {"count": count}))
+
+    first = Router._unread_frame("user:a", {"u": 7})
+    assert first == expected(7) and Router._unread_frame("user:b", {"u": 7}) is first
+    assert Router._unread_frame("user:a", {"u": -1}) == expected(0)
+    big = UNREAD_FRAMES_KEPT + 5
+    assert Router._unread_frame("user:a", {"u": big}) == expected(big)
+    assert Router._unread_frame("role:x", {"u": 7}) is None
