@@ -67,6 +67,22 @@ def cores_busy(cpu: dict[str, float], cores: int) -> bool:
     return sum(cpu.values()) > SATURATED * cores
 
 
+def _windows_title(run: dict[str, Any]) -> str:
+    n = len(run.get("windows") or ())
+    return f"; the median of {n} windows by p99" if n > 1 else ""
+
+
+def _window_rows(t: Table, run: dict[str, Any]) -> None:
+    """Each window's percentiles, the one shown first marked."""
+    windows = run.get("windows") or []
+    if len(windows) < 2:
+        return
+    t.row("every window: p50 / p99 / p99.9 ms (* the one shown)", ";  ".join(
+        f"{'*' if i == run['window'] else ''}{_num(c['p50'], 2)} / {_num(c['p99'], 2)} / "
+        f"{_num(c['p999'], 2)}"
+        for i, c in enumerate(w["commit_to_client_ms"] for w in windows)))
+
+
 def merge_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
     """Sum of per-process counters, e.g. close code -> connections."""
     total: dict[str, int] = {}
@@ -220,10 +236,11 @@ def summary(results: dict[str, Any]) -> str:
     lat = results.get("latency")
     if lat:
         t.section(f"2. latency ({lat['rate']:,.0f}/s for {lat['seconds']:g} s over "
-                  f"{lat['users']:,} connected users)")
+                  f"{lat['users']:,} connected users{_windows_title(lat)})")
         c, i = lat["commit_to_client_ms"], lat["insert_to_client_ms"]
         t.judged("commit -> client p50", c["p50"], "ms", TARGETS["p50"], 3)
         t.judged("commit -> client p99", c["p99"], "ms", TARGETS["p99"], 3)
+        _window_rows(t, lat)
         t.row("commit -> client max", f"{_num(c['max'], 3)} ms")
         t.row("before insert -> client p50 / p99 / max",
               f"{_num(i['p50'], 3)} / {_num(i['p99'], 3)} / {_num(i['max'], 3)} ms")
@@ -254,10 +271,11 @@ def summary(results: dict[str, Any]) -> str:
     if fast:
         c = fast["commit_to_client_ms"]
         t.section(f"2b. latency at {fast['rate']:,.0f}/s ({fast['batch']} per INSERT) for "
-                  f"{fast['seconds']:g} s")
+                  f"{fast['seconds']:g} s{_windows_title(fast)}")
         t.row("commit -> client p50 / p99 / p99.9 / max",
               f"{_num(c['p50'], 3)} / {_num(c['p99'], 3)} / {_num(c['p999'], 3)} / "
               f"{_num(c['max'], 3)} ms")
+        _window_rows(t, fast)
         t.row("sent / received / missing / duplicates",
               f"{fast['sent']:,} / {fast['received']:,} / {fast['missing']:,} / "
               f"{fast['duplicates']}")
@@ -512,6 +530,10 @@ def side_by_side(results: dict[str, Any]) -> str:
             row += [cell, shown]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "ratio: how many times better notifyd is on that row (below 1: behind)."]
+    windows = len((results.get("latency") or {}).get("windows") or ())
+    if windows > 1:
+        lines.append(f"Latency rows: each server's median of {windows} back-to-back windows "
+                     "by p99 (every window's figures are in the JSON results).")
     low = results.get("floor")
     if low:
         send, heard = low["send"], low["notify"]["commit_to_listener_ms"]

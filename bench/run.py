@@ -80,6 +80,7 @@ class Scale:
     idle_levels: tuple[int, ...]  # connections at each RSS reading; the first must be 0
     latency_rate: float  # inserts per second
     latency_seconds: float
+    latency_windows: int  # each latency run this many times: the median window by p99 shown
     fast_rate: float  # a second latency run at this many notifications per second...
     fast_batch: int  # ...this many per INSERT (one commit each: past the NOTIFY lock's rate)
     broadcasts: int
@@ -98,13 +99,15 @@ class Scale:
 
 # 19,500: what one process can hold under this machine's 20,000 open files per process
 FULL = Scale(idle_levels=(0, 1_000, 10_000), latency_rate=1000, latency_seconds=10,
-             fast_rate=5000, fast_batch=10, broadcasts=5, broadcast_gap=1.0, storm=True,
+             latency_windows=3, fast_rate=5000, fast_batch=10, broadcasts=5, broadcast_gap=1.0,
+             storm=True,
              ramp=(1_000, 1_500, 2_000, 3_000, 4_000, 5_000, 7_000, 10_000, 14_000, 20_000,
                    28_000, 40_000), ramp_seconds=5,
              handshakes=5_000, most=19_500, most_step=2_500)
 # (1,500 connections: the daemon logs its write time for fan-outs to 1,000 or more)
 QUICK = Scale(idle_levels=(0, 200, 1_500), latency_rate=1000, latency_seconds=2,
-              fast_rate=5000, fast_batch=10, broadcasts=5, broadcast_gap=0.5, storm=True,
+              latency_windows=1, fast_rate=5000, fast_batch=10, broadcasts=5,
+              broadcast_gap=0.5, storm=True,
               ramp=(1_000, 5_000), ramp_seconds=1, handshakes=500, most=0,
               most_step=0)
 HANDSHAKES_CLOSE_TIMEOUT = 3.0  # then the sockets still open are aborted: not measured
@@ -233,6 +236,37 @@ class Bench:
                 "cpu": cpu, "saturated": report.saturated(cpu)}
 
     # -- scenario 2 ---------------------------------------------------------------------
+
+    def latency_windows(self, rate: float | None = None, batch: int = 1,
+                        raw: str = "latency") -> dict[str, Any]:
+        """latency() in scale.latency_windows back-to-back windows: one window's tail moves
+        with whatever else the shared cores did then (twice over between windows of the same
+        server, here), so the window with the median p99 is the figure, its raw times kept; the
+        others' percentiles are listed beside it, and what went wrong in any window counts."""
+        windows = [self.latency(rate, batch, raw=f"{raw}#{i}", profile=i == 0)
+                   for i in range(self.scale.latency_windows)]
+        order = sorted(range(len(windows)),
+                       key=lambda i: windows[i]["commit_to_client_ms"]["p99"])
+        chosen = order[len(order) // 2]
+        for i in range(len(windows)):
+            times = self.raw.pop(f"{raw}#{i}")
+            if i == chosen:
+                self.raw[raw] = times
+        out = dict(windows[chosen])
+        for key in ("planned", "sent", "received", "missing", "duplicates", "unexpected",
+                    "misrouted", "foreign", "malformed", "unfinished_inserts"):
+            out[key] = sum(w[key] for w in windows)
+        out["insert_errors"] = [e for w in windows for e in w["insert_errors"]]
+        for key in ("foreign_examples", "malformed_examples"):
+            out[key] = [e for w in windows for e in w[key]][:5]
+        out["dropped"] = report.merge_counts(w["dropped"] for w in windows)
+        out["saturated"] = sorted({p for w in windows for p in w["saturated"]})
+        out["window"] = chosen
+        out["windows"] = [{"commit_to_client_ms": {k: w["commit_to_client_ms"][k]
+                                                   for k in ("p50", "p99", "p999", "max")},
+                           "server_cpu_s_per_1000": w["server_cpu_s_per_1000"],
+                           "saturated": w["saturated"]} for w in windows]
+        return out
 
     def latency(self, rate: float | None = None, batch: int = 1, seconds: float | None = None,
                 raw: str | None = "latency", profile: bool = True) -> dict[str, Any]:
@@ -730,8 +764,9 @@ def _scenarios(bench: Bench, out: dict[str, Any]) -> None:
     peer that breaks down keeps what it had done)."""
     scale = bench.scale
     out["idle_memory"] = bench.idle_memory()
-    out["latency"] = bench.latency()
-    out["latency_fast"] = bench.latency(scale.fast_rate, scale.fast_batch, raw="latency_fast")
+    out["latency"] = bench.latency_windows()
+    out["latency_fast"] = bench.latency_windows(scale.fast_rate, scale.fast_batch,
+                                                raw="latency_fast")
     out["fanout"] = bench.fanout()
     out["most_connections"] = bench.most_connections()
     out["storm"] = bench.storm()
