@@ -81,8 +81,13 @@ class Authenticator:
             # a key stays unregistered: its tokens are refused as not allowed.
             keys = settings.jwt_secrets if alg.startswith("HS") else (
                 (settings.jwt_public_key,) if settings.jwt_public_key else ())
-            if alg in defaults and any(keys):
-                self._jws.register_algorithm(alg, _PreparedKeys(defaults[alg], keys))
+            if alg not in defaults or not any(keys):
+                continue
+            try:
+                prepared = _PreparedKeys(defaults[alg], keys)
+            except (jwt.PyJWTError, ValueError, TypeError):
+                continue  # a key of another family (an RSA key beside ES256): none verifies
+            self._jws.register_algorithm(alg, prepared)
 
     def verify(self, token: str) -> Identity:
         if len(token) > MAX_TOKEN_LENGTH:

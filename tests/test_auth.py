@@ -221,3 +221,22 @@ def test_claims_are_checked_with_pyjwts_meaning_of_aud_and_iss() -> None:
         assert str(caught.value) == reason
     with pytest.raises(AuthError, match="token audience not accepted"):  # not all strings
         auth.verify(token(aud=["app", 7], iss="https://id"))
+
+
+def test_a_public_key_of_another_family_verifies_nothing_of_it(tmp_path: Path) -> None:
+    """RS256 and ES256 allowed with an RSA key: RS256 tokens verify, ES256 ones are refused
+    as not allowed (no key of theirs), and the key mix is no start-up error."""
+    from notifyd.auth import Authenticator
+    from notifyd.config import Settings, validate
+    from notifyd.errors import AuthError
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    auth = Authenticator(validate(Settings(jwt_algorithms=("RS256", "ES256"),
+                                           jwt_public_key_file=key_file)))
+    assert auth.verify(jwt.encode(_claims(sub="r"), rsa_key, "RS256")).user_id == "r"
+    ec_token = jwt.encode(_claims(), ec.generate_private_key(ec.SECP256R1()), "ES256")
+    with pytest.raises(AuthError, match="token algorithm not allowed"):
+        auth.verify(ec_token)
