@@ -54,6 +54,10 @@ log = logging.getLogger("notifyd.app")
 
 PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see presence events
 TICK_SECONDS = 0.1  # resolution of the timing wheel
+# Connections checked per turn of the loop: those opened in the same seconds (a storm, a
+# deploy) are due together, for their pings and, with tokens issued together, their expiry;
+# checked all at once they would hold deliveries back for as long as that takes.
+TICK_BATCH = 64
 CATCH_UP_PAGE = 10_000
 RETENTION_EVERY = 600.0  # seconds between retention runs (jittered: many processes share one DB)
 PRUNE_BATCH = 250  # rows per prune transaction: short locks (bench/retention.py)
@@ -551,11 +555,14 @@ class App:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            self.tick(loop.time(), time.time())
+            while self.tick(loop.time(), time.time(), TICK_BATCH):
+                await asyncio.sleep(0)  # deliveries and reads go between the batches
 
-    def tick(self, now: float, wall: float) -> None:
-        """Deadlines and keepalive of the connections that are due, from one timer."""
-        for conn in self.timers.pop_due(now):
+    def tick(self, now: float, wall: float, limit: int | None = None) -> bool:
+        """Deadlines and keepalive of the connections that are due, from one timer: at most
+        `limit` of them; True when that left some due."""
+        popped = self.timers.pop_due(now, limit)
+        for conn in popped:
             if conn.session.state is State.CLOSED or now + TICK_SECONDS < conn.deadline:
                 continue  # closed, or a stale entry: the connection is due later
             try:
@@ -566,6 +573,7 @@ class App:
             if due is not None:
                 conn.deadline = due
                 self.timers.schedule(conn, due)
+        return limit is not None and len(popped) == limit
 
     def _check_deadlines(self, conn: Connection, now: float, wall: float) -> float | None:
         """Acts on what is due for `conn`; returns when to look again (None: it was closed)."""

@@ -26,13 +26,21 @@ class TimerWheel(Generic[T]):
         else:
             bucket.append(item)
 
-    def pop_due(self, now: float) -> list[T]:
+    def pop_due(self, now: float, limit: int | None = None) -> list[T]:
+        """What is due by `now`, earliest slot first; at most `limit` items (the rest stay
+        due, for the next call)."""
         last = math.floor(now / self._resolution)
         due: list[T] = []
         while self._cursor <= last:
-            bucket = self._slots.pop(self._cursor, None)
+            bucket = self._slots.get(self._cursor)
             if bucket:
+                room = len(bucket) if limit is None else limit - len(due)
+                if len(bucket) > room:
+                    due.extend(bucket[:room])
+                    del bucket[:room]
+                    return due
                 due.extend(bucket)
+            self._slots.pop(self._cursor, None)
             self._cursor += 1
         return due
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from support import running_daemon
 from websockets.client import ClientProtocol
@@ -52,3 +53,23 @@ async def test_answered_pings_keep_the_connection(fresh_db: str) -> None:
         client = await d.connect("k2")  # the websockets client answers pings by itself
         await asyncio.sleep(2.5)
         assert (await client.request("ping", {}, "pong"))["type"] == "pong"
+
+
+async def test_connections_due_together_are_checked_a_batch_per_turn(fresh_db: str) -> None:
+    """Tokens issued together expire together: the timer checks at most TICK_BATCH of the
+    connections due per call (the loop delivers between calls) and, call by call, all."""
+    from notifyd.app import TICK_BATCH
+
+    async with running_daemon(fresh_db) as d:
+        n = 2 * TICK_BATCH + 10
+        clients = [await d.connect(f"b{i}") for i in range(n)]
+        loop = asyncio.get_running_loop()
+        later, wall = loop.time() + 7200, time.time() + 7200  # every token (an hour) expired
+        left = [len(d.app.connections)]
+        while d.app.tick(later, wall, TICK_BATCH):
+            left.append(len(d.app.connections))
+        left.append(len(d.app.connections))
+        assert left == [n, n - TICK_BATCH, n - 2 * TICK_BATCH, 0]
+        for client in (clients[0], clients[-1]):
+            code, reason = await client.closed(timeout=5)
+            assert code == 4001 and reason == "token expired"
