@@ -359,7 +359,9 @@ def summary(results: dict[str, Any]) -> str:
         t.section(f"6. sustained targeted throughput (steps until p99 passes "
                   f"{ramp['p99_limit_ms']:g} ms)")
         for step in ramp["steps"]:
-            t.row(f"{step['rate']:,.0f}/s ({step['batch']} per INSERT): p50 / p99, committed",
+            again = ", again" if step.get("attempt", 1) > 1 else ""
+            t.row(f"{step['rate']:,.0f}/s ({step['batch']} per INSERT{again}): p50 / p99, "
+                  "committed",
                   f"{_num(step['p50'], 1)} / {_num(step['p99'], 1)} ms, "
                   f"{step['commit_rate']:,.0f}/s")
         t.row(f"highest rate delivered with p99 <= {ramp['p99_limit_ms']:g} ms (committed)",
@@ -395,15 +397,23 @@ def summary(results: dict[str, Any]) -> str:
 
     low = results.get("floor")
     if low:
-        send, heard = low["send"], low["notify"]["commit_to_listener_ms"]
+        send = low["send"]
         t.section("8. floors on this machine (no server: what none can go below)")
         t.row(f"one bare send() to each of {send['connections']:,} loopback connections, CPU / N",
               f"{_num(send['cpu_us_per_conn'])} us")
         t.row("  wall time / N", f"{_num(send['wall_us_per_conn'])} us")
-        t.row(f"commit -> bare LISTEN client at {low['notify']['rate']:,.0f}/s: p50 / p99 / "
-              "p99.9", f"{_num(heard['p50'], 3)} / {_num(heard['p99'], 3)} / "
-              f"{_num(heard['p999'], 3)} ms")
-        t.row("  heard / sent", f"{low['notify']['heard']:,} / {low['notify']['sent']:,}")
+        for notify in (low["notify"], low.get("notify_fast")):
+            if not notify:
+                continue
+            heard = notify["commit_to_listener_ms"]
+            t.row(f"commit -> bare LISTEN client at {notify['rate']:,.0f}/s "
+                  f"({notify.get('batch', 1)} per INSERT): p50 / p99 / p99.9",
+                  f"{_num(heard['p50'], 3)} / {_num(heard['p99'], 3)} / "
+                  f"{_num(heard['p999'], 3)} ms")
+            if len(notify.get("windows") or ()) > 1:
+                t.row("  p99 of each window", " / ".join(
+                    _num(w["p99"], 2) for w in notify["windows"]) + " ms")
+            t.row("  heard / sent", f"{notify['heard']:,} / {notify['sent']:,}")
 
     head = (f"notifyd bench ({meta['mode']}) {meta['started']}  |  {meta['cpus']} cores, "
             f"Python {meta['python']}, websockets {meta['websockets']}, PostgreSQL "
@@ -537,12 +547,18 @@ def side_by_side(results: dict[str, Any]) -> str:
     low = results.get("floor")
     if low:
         send, heard = low["send"], low["notify"]["commit_to_listener_ms"]
+        fast = low.get("notify_fast")
+        fast_heard = fast["commit_to_listener_ms"] if fast else {}
         lines.append(
             f"Floors in the same run, no server: one bare send() to each of "
             f"{send['connections']:,} loopback connections costs {_num(send['cpu_us_per_conn'])} "
             f"µs of CPU per connection; commit -> a bare LISTEN client at "
             f"{low['notify']['rate']:,.0f}/s: p50 {_num(heard['p50'], 3)} ms, p99 "
-            f"{_num(heard['p99'], 3)} ms, p99.9 {_num(heard['p999'], 3)} ms.")
+            f"{_num(heard['p99'], 3)} ms, p99.9 {_num(heard['p999'], 3)} ms" + (
+                "" if not fast else
+                f"; at {fast['rate']:,.0f}/s ({fast['batch']} per INSERT): p50 "
+                f"{_num(fast_heard['p50'], 3)} ms, p99 {_num(fast_heard['p99'], 3)} ms, p99.9 "
+                f"{_num(fast_heard['p999'], 3)} ms") + ".")
     if marked:
         lines.append("†: the load generator set the pace (a client process above "
                      f"{SATURATED:.0%} of a core, or the writer behind its schedule): a bound "
