@@ -3,6 +3,7 @@
 # wrong `aud`/`iss` when configured. Messages never echo the token.
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 
 from notifyd.config import Settings
 from notifyd.errors import AuthError
+
+log = logging.getLogger("notifyd.auth")
 
 MAX_TOKEN_LENGTH = 8192
 MAX_ROLES = 64
@@ -85,8 +88,11 @@ class Authenticator:
                 continue
             try:
                 prepared = _PreparedKeys(defaults[alg], keys)
-            except (jwt.PyJWTError, ValueError, TypeError):
-                continue  # a key of another family (an RSA key beside ES256): none verifies
+            except (jwt.PyJWTError, ValueError, TypeError) as exc:
+                # e.g. an RSA key beside ES256: that algorithm's tokens are refused as not
+                # allowed; an operator who meant both must hear of it
+                log.warning("no key for %s: %s; its tokens are refused", alg, exc)
+                continue
             self._jws.register_algorithm(alg, prepared)
 
     def verify(self, token: str) -> Identity:
@@ -106,6 +112,9 @@ class Authenticator:
             raise AuthError("token invalid") from None
         if not isinstance(claims, dict):
             raise AuthError("token invalid")
+        for name in ("sub", "jti"):  # registered claims that are strings where present
+            if name in claims and not isinstance(claims[name], str):
+                raise AuthError(f"token {name!r} claim is not a string")
         self._check_audience_and_issuer(claims)
         return self._identity(claims)
 

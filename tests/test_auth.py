@@ -214,6 +214,8 @@ def test_claims_are_checked_with_pyjwts_meaning_of_aud_and_iss() -> None:
         "token algorithm not allowed": jwt.encode(_claims(aud="app", iss="https://id"),
                                                   SECRET, "HS384"),
         "malformed token": "a.b",
+        "token 'sub' claim is not a string": token(aud="app", iss="https://id", sub=42),
+        "token 'jti' claim is not a string": token(aud="app", iss="https://id", jti=7),
     }
     for reason, bad in refused.items():
         with pytest.raises(AuthError) as caught:
@@ -223,9 +225,10 @@ def test_claims_are_checked_with_pyjwts_meaning_of_aud_and_iss() -> None:
         auth.verify(token(aud=["app", 7], iss="https://id"))
 
 
-def test_a_public_key_of_another_family_verifies_nothing_of_it(tmp_path: Path) -> None:
+def test_a_public_key_of_another_family_verifies_nothing_of_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """RS256 and ES256 allowed with an RSA key: RS256 tokens verify, ES256 ones are refused
-    as not allowed (no key of theirs), and the key mix is no start-up error."""
+    as not allowed (no key of theirs, which is logged), and the key mix is no start-up error."""
     from notifyd.auth import Authenticator
     from notifyd.config import Settings, validate
     from notifyd.errors import AuthError
@@ -236,6 +239,7 @@ def test_a_public_key_of_another_family_verifies_nothing_of_it(tmp_path: Path) -
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     auth = Authenticator(validate(Settings(jwt_algorithms=("RS256", "ES256"),
                                            jwt_public_key_file=key_file)))
+    assert [r.getMessage()[:14] for r in caplog.records] == ["no key for ES2"]
     assert auth.verify(jwt.encode(_claims(sub="r"), rsa_key, "RS256")).user_id == "r"
     ec_token = jwt.encode(_claims(), ec.generate_private_key(ec.SECP256R1()), "ES256")
     with pytest.raises(AuthError, match="token algorithm not allowed"):
