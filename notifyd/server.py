@@ -317,7 +317,10 @@ class Connection(asyncio.Protocol):
         """Replace the handshake protocol by a frame-level one. ServerProtocol's parser keeps
         the parsed request (headers and all, about 2.5 kB) alive for the life of the
         connection; the fresh Protocol starts clean. Nothing is lost: the handshake protocol
-        was fed the request and nothing after it (see data_received)."""
+        was fed the request and nothing after it (see data_received). Its parser, a generator
+        holding the protocol, is closed: a cycle the collector may have frozen (gcpolicy) would
+        otherwise outlive the connection until the next thaw."""
+        self.ws.parser.close()
         self.ws = Protocol(SERVER, state=OPEN, max_size=self.hub.settings.max_frame_bytes)
 
     def greet(self, head: bytes = b"") -> None:

@@ -97,3 +97,29 @@ async def test_closed_connections_leave_no_cycles_while_frozen(daemon: Daemon) -
     assert left == []
     alive = [o for o in gc.get_objects() if type(o) is Connection]
     assert alive == [], [gc.get_referrers(o) for o in alive[:1]]
+
+
+async def test_a_handshake_protocol_frozen_before_the_upgrade_is_freed_by_it(
+        daemon: Daemon) -> None:
+    """A full collection while a connection waits for its request freezes the handshake
+    protocol; the upgrade that replaces it frees it, frozen or not (no cycle left of it)."""
+    policy = FreezeAfterFullCollections()
+    policy.install()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
+        await asyncio.sleep(0.1)  # accepted: its handshake protocol exists
+        waiting = [weakref.ref(o) for o in gc.get_objects() if type(o) is ServerProtocol]
+        assert len(waiting) == 1
+        gc.collect()  # ... and is frozen now
+        assert gc.get_freeze_count() > 0
+        writer.write((f"GET /ws?token={daemon.token('f1')} HTTP/1.1\r\nHost: x\r\n"
+                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        assert waiting[0]() is None
+        writer.close()
+    finally:
+        policy.uninstall()
