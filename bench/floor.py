@@ -184,7 +184,8 @@ def notify_floor(dsn: str, writer: Worker, rate: float, seconds: float, users: l
                  batch: int = 1, windows: int = 1) -> dict[str, Any]:
     """The writer's load of a latency scenario (`batch` notifications per INSERT, `windows`
     back-to-back windows) with no server: commit -> a bare asyncpg LISTEN client at nice 0
-    (where a server would be). Like the servers' figure, the window with the median p99."""
+    (where a server would be). Like the servers' figure, the window with the median p99; every
+    window's percentiles beside it, in order."""
     listener = Worker("listener", listener_main, dsn)
     runs: list[dict[str, Any]] = []
     try:
@@ -200,8 +201,8 @@ def notify_floor(dsn: str, writer: Worker, rate: float, seconds: float, users: l
                          "commit_to_listener_ms": report.distribution_ms(delays)})
     finally:
         listener.stop()
-    runs.sort(key=lambda run: run["commit_to_listener_ms"]["p99"])
-    out = {"rate": rate, "batch": batch, "seconds": seconds, **runs[len(runs) // 2],
+    chosen = report.median_window([run["commit_to_listener_ms"]["p99"] for run in runs])
+    out = {"rate": rate, "batch": batch, "seconds": seconds, **runs[chosen], "window": chosen,
            "sent": sum(run["sent"] for run in runs), "heard": sum(run["heard"] for run in runs),
            "windows": [{k: run["commit_to_listener_ms"][k] for k in ("p50", "p99", "p999", "max")}
                        for run in runs]}

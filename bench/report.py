@@ -43,6 +43,12 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def median_window(p99s: Sequence[float]) -> int:
+    """Which of back-to-back windows is the figure: the one with the median p99 (the tail of
+    one window moves with whatever else the shared cores did then)."""
+    return sorted(range(len(p99s)), key=lambda i: p99s[i])[len(p99s) // 2]
+
+
 def distribution_ms(seconds: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99/p99.9/max/mean of durations given in seconds, in milliseconds."""
     values = sorted(s * 1000 for s in seconds)
@@ -546,19 +552,21 @@ def side_by_side(results: dict[str, Any]) -> str:
                      "by p99 (every window's figures are in the JSON results).")
     low = results.get("floor")
     if low:
-        send, heard = low["send"], low["notify"]["commit_to_listener_ms"]
+        send = low["send"]
+
+        def heard(notify: dict[str, Any]) -> str:
+            ms = notify["commit_to_listener_ms"]
+            return (f"p50 {_num(ms['p50'], 3)} ms, p99 {_num(ms['p99'], 3)} ms, p99.9 "
+                    f"{_num(ms['p999'], 3)} ms")
+
         fast = low.get("notify_fast")
-        fast_heard = fast["commit_to_listener_ms"] if fast else {}
         lines.append(
             f"Floors in the same run, no server: one bare send() to each of "
             f"{send['connections']:,} loopback connections costs {_num(send['cpu_us_per_conn'])} "
             f"µs of CPU per connection; commit -> a bare LISTEN client at "
-            f"{low['notify']['rate']:,.0f}/s: p50 {_num(heard['p50'], 3)} ms, p99 "
-            f"{_num(heard['p99'], 3)} ms, p99.9 {_num(heard['p999'], 3)} ms" + (
-                "" if not fast else
-                f"; at {fast['rate']:,.0f}/s ({fast['batch']} per INSERT): p50 "
-                f"{_num(fast_heard['p50'], 3)} ms, p99 {_num(fast_heard['p99'], 3)} ms, p99.9 "
-                f"{_num(fast_heard['p999'], 3)} ms") + ".")
+            f"{low['notify']['rate']:,.0f}/s: {heard(low['notify'])}" + (
+                f"; at {fast['rate']:,.0f}/s ({fast['batch']} per INSERT): {heard(fast)}"
+                if fast else "") + ".")
     if marked:
         lines.append("†: the load generator set the pace (a client process above "
                      f"{SATURATED:.0%} of a core, or the writer behind its schedule): a bound "

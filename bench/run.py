@@ -248,9 +248,7 @@ class Bench:
         others' percentiles are listed beside it, and what went wrong in any window counts."""
         windows = [self.latency(rate, batch, raw=f"{raw}#{i}", profile=i == 0)
                    for i in range(self.scale.latency_windows)]
-        order = sorted(range(len(windows)),
-                       key=lambda i: windows[i]["commit_to_client_ms"]["p99"])
-        chosen = order[len(order) // 2]
+        chosen = report.median_window([w["commit_to_client_ms"]["p99"] for w in windows])
         for i in range(len(windows)):
             times = self.raw.pop(f"{raw}#{i}")
             if i == chosen:
@@ -554,13 +552,12 @@ class Bench:
                     "server_cpu_s_per_1000": run["server_cpu_s_per_1000"], "cpu": run["cpu"],
                     "saturated": run["saturated"], "insert_errors": run["insert_errors"]})
                 self._forget_late()
-                wrong = (run["missing"] or run["duplicates"] or run["misrouted"]
-                         or run["insert_errors"])
-                load_bound = run["saturated"] or (
-                    c["p99"] <= RAMP_P99_MS and run["commit_rate"] < RAMP_KEEP_UP * rate)
-                if wrong or not load_bound:
+                wrong = bool(run["missing"] or run["duplicates"] or run["misrouted"]
+                             or run["insert_errors"])
+                behind = run["commit_rate"] < RAMP_KEEP_UP * rate
+                if wrong or not (run["saturated"] or (behind and c["p99"] <= RAMP_P99_MS)):
                     break
-            if run["missing"] or run["duplicates"] or run["misrouted"] or run["insert_errors"]:
+            if wrong:
                 stopped_by = (f"notifications missing after a {DRAIN_TIMEOUT:g} s drain, "
                               "duplicated or misrouted")
                 break
@@ -571,7 +568,7 @@ class Bench:
                 stopped_by = f"p99 over {RAMP_P99_MS:g} ms"
                 break
             held = max(held, run["commit_rate"])
-            if run["commit_rate"] < RAMP_KEEP_UP * rate:
+            if behind:
                 stopped_by = ("the writer fell behind its schedule (PostgreSQL on the same "
                               "cores): a lower bound")
                 break

@@ -10,6 +10,8 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
+from notifyd.app import TICK_BATCH
+
 
 async def raw_client(url: str) -> tuple[ClientProtocol, asyncio.StreamReader,
                                          asyncio.StreamWriter]:
@@ -58,8 +60,6 @@ async def test_answered_pings_keep_the_connection(fresh_db: str) -> None:
 async def test_connections_due_together_are_checked_a_batch_per_turn(fresh_db: str) -> None:
     """Tokens issued together expire together: the timer checks at most TICK_BATCH of the
     connections due per call (the loop delivers between calls) and, call by call, all."""
-    from notifyd.app import TICK_BATCH
-
     async with running_daemon(fresh_db) as d:
         n = 2 * TICK_BATCH + 10
         clients = [await d.connect(f"b{i}") for i in range(n)]
