@@ -16,6 +16,7 @@ from websockets.datastructures import Headers
 
 from notifyd import PROTOCOL_VERSION, logs
 from notifyd.auth import Authenticator, Identity
+from notifyd.channel import Channel
 from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
 from notifyd.errors import AuthError, ClientError, PruneBusy, StoreError
@@ -85,10 +86,13 @@ class App:
         self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
         self.policy = PresencePolicy(settings.presence_roles, settings.presence_public_roles or ())
         self.presence = ClusterPresence(settings, self._presence_event, self.metrics)
-        self.listener = Listener(settings.dsn or "", self.router.feed, self._listening,
-                                 self.router.block)
+        self.channel = Channel()
+        self.channel.refused = self.metrics.notify_refused
+        self.listener = Listener(settings.dsn or "", self.channel, self.router.feed,
+                                 self._listening, self.router.block)
         self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
         self.router.on_revoked = self._revoked
+        self.router.on_revocations_stale = lambda: self.spawn(self._recheck_revocations())
         self.connections: set[Connection] = set()
         self.timers: TimerWheel[Connection] = TimerWheel(time.monotonic(), TICK_SECONDS)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -111,6 +115,7 @@ class App:
             published=lambda: self.router.published,
             listener_up=lambda: float(listener.up),
             listener_reconnects=lambda: listener.reconnects,
+            notify_stale=lambda: self.channel.stale,
             reloads=lambda: self.reloads)
 
     # -- life cycle ---------------------------------------------------------------------
@@ -240,9 +245,19 @@ class App:
     async def _listening(self) -> int:
         """The LISTEN connection is (again) up: reload revocations (one may have been missed
         meanwhile), then catch up on notifications."""
+        await self._reload_revocations()
+        return await self.router.catch_up()
+
+    async def _reload_revocations(self) -> None:
         for user_id, at in (await self.store.revocations()).items():
             self._revoked(user_id, at)
-        return await self.router.catch_up()
+
+    async def _recheck_revocations(self) -> None:
+        """A stale payload claimed a revocation: what the table says is applied instead."""
+        try:
+            await self._reload_revocations()
+        except StoreError as exc:  # the next LISTEN connect reads them again
+            log.warning("re-reading revocations failed: %s", exc)
 
     def opened(self, conn: Connection) -> None:
         self.connections.add(conn)

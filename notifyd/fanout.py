@@ -61,6 +61,7 @@ class Router:
         self.observe_latency: Callable[[float], None] | None = None
         self.on_published: Callable[[str, dict[str, Any]], None] | None = None
         self.on_revoked: Callable[[str, float], None] | None = None
+        self.on_revocations_stale: Callable[[], None] | None = None
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -82,20 +83,15 @@ class Router:
 
     # -- events from the listener -------------------------------------------------------
 
-    def feed(self, payload: str) -> None:
-        """One NOTIFY payload (a JSON array of events), called from the listener callback."""
-        try:
-            events = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            log.error("undecodable NOTIFY payload dropped (%d bytes)", len(payload))
-            return
-        if not isinstance(events, list):
-            log.error("NOTIFY payload is not a list; dropped")
-            return
+    def feed(self, events: list[dict[str, Any]], stale: bool = False) -> None:
+        """The events of one verified NOTIFY payload (channel.Channel.open), in commit order.
+        `stale`: the payload may be a replay; only what the tables confirm is kept."""
+        if stale:
+            events = self._recheck(events)
         if not self._blocked and self._draining is None and not self._queue:
             # Fast path: nothing ahead of us and nothing to fetch.
             for i, event in enumerate(events):
-                if event.get("k") == "n" and "n" not in event:
+                if _by_reference(event):
                     self._queue.extend(events[i:])
                     self._start_drain()
                     return
@@ -103,6 +99,26 @@ class Router:
             return
         self._queue.extend(events)
         self._start_drain()
+
+    def _recheck(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A stale payload's events as claims to check: a new notification is fetched by id
+        (so it is what committed) and published only above what this node has published or
+        its subscribers read at connect; a revocation makes the revocations be read again.
+        Read marks, unread items, deletions and counts are dropped: a replay of an old one
+        would undo a newer state (a count or read mark that is current comes again with the
+        next change, and on every connect and sync)."""
+        kept: list[dict[str, Any]] = []
+        for event in events:
+            kind = event.get("k")
+            if kind == "n":
+                wire = event.get("n")
+                ref = ({"id": wire["id"], "s": wire["stream"], "q": wire["seq"]}
+                       if isinstance(wire, dict) else
+                       {"id": event["id"], "s": event["s"], "q": event["q"]})
+                kept.append({"k": "n", **ref, "recheck": True})
+            elif kind == "x" and self.on_revocations_stale is not None:
+                self.on_revocations_stale()
+        return kept
 
     def block(self) -> None:
         """The LISTEN connection is down: queue events until catch_up() has run."""
@@ -116,7 +132,7 @@ class Router:
         try:
             while self._queue and not self._blocked:
                 event = self._queue[0]
-                if event.get("k") == "n" and "n" not in event:
+                if _by_reference(event):
                     await self._resolve_large()
                     continue
                 self._queue.popleft()
@@ -126,7 +142,7 @@ class Router:
 
     async def _resolve_large(self) -> None:
         """Fetch every by-reference row queued so far in one query, then keep the order."""
-        refs = [e["id"] for e in self._queue if e.get("k") == "n" and "n" not in e]
+        refs = [e["id"] for e in self._queue if _by_reference(e)]
         try:
             rows = await self._fetch_ids(refs)
         except Exception:
@@ -135,7 +151,7 @@ class Router:
             return
         wanted = set(refs)  # references queued during the fetch wait for the next one
         for event in self._queue:
-            if event.get("k") == "n" and "n" not in event and event["id"] in wanted:
+            if _by_reference(event) and event["id"] in wanted:
                 wire = rows.get(event["id"])
                 # A row deleted before we fetched it: its deletion event follows in the queue.
                 event["n"] = orjson.Fragment(wire) if wire is not None else None
@@ -165,21 +181,28 @@ class Router:
                 stream, seq = event["s"], event["q"]
             else:
                 stream, seq = notification["stream"], notification["seq"]
+            if "recheck" in event and seq <= self.last_seq.get(stream,
+                                                               self._floor.get(stream, seq)):
+                return  # a replayed notification this node's subscribers had before
             self._publish_new(stream, seq, notification, self._unread_frame(stream, event),
                               event.get("t"))
+        elif kind == "m":
+            notification = event["n"]
+            if notification is not None:  # else deleted before it was fetched
+                stream = event["s"] if "s" in event else notification["stream"]
+                self._broadcast(stream, websocket_text(
+                    encode("notification:updated", {"notification": notification})))
         elif kind == "r":
             stream = event["s"]
-            if event.get("at") is not None:
-                frame = websocket_text(encode("notification:read",
-                                              {"ids": event["ids"], "readAt": event["at"]}))
-                origin = event.get("o")
-                sent = 0
-                for conn in list(self.index.subscribers(stream)):
-                    if conn.session.connection_id != origin:
-                        conn.deliver(frame)
-                        sent += 1
-                self._count(sent, sent * len(frame))
-            self._unread(stream, event)
+            frame = websocket_text(encode("notification:read",
+                                          {"ids": event["ids"], "readAt": event["at"]}))
+            origin = event.get("o")
+            sent = 0
+            for conn in list(self.index.subscribers(stream)):
+                if conn.session.connection_id != origin:
+                    conn.deliver(frame)
+                    sent += 1
+            self._count(sent, sent * len(frame))
         elif kind == "d":
             frame = websocket_text(encode("notification:deleted",
                                           {"id": event["id"], "stream": event["s"]}))
@@ -258,3 +281,8 @@ class Router:
             log.info("fan-out to %d connections took %.3f ms, %.3f ms CPU (%s seq %d)",
                      len(members), (time.perf_counter() - started) * 1000,
                      (time.thread_time() - cpu_started) * 1000, stream, seq)
+
+
+def _by_reference(event: dict[str, Any]) -> bool:
+    """A new or changed notification sent by id (too large for a payload): fetched first."""
+    return "n" not in event and event.get("k") in ("n", "m")

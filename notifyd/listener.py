@@ -1,19 +1,31 @@
 # The one LISTEN connection of a daemon: connect, LISTEN, watch it (termination callback and a
 # periodic probe), reconnect with backoff and jitter, and after every (re)connect run the
-# catch-up before declaring itself up. Payloads go to a callback; routing is not done here.
+# catch-up before declaring itself up. Payloads are verified (notifyd.channel) with the keys
+# read here, at every connect and probe; their events go to a callback, routed elsewhere.
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
 import random
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
+
+from notifyd.channel import Channel
 
 log = logging.getLogger("notifyd.listener")
 
 CHANNEL = "notifyd"
+REFUSAL_LOG_EVERY = 10.0  # seconds: refused payloads are logged once per burst, then counted
+_KEYS = "SELECT id, secret FROM notifyd_private.channel_keys"
+_NEW_KEY = "SELECT notifyd_private.new_channel_key()"
+# The nonce sequence's position; is_called false: nothing was drawn from it yet
+_NONCE = ("SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
+          "FROM notifyd_private.payload_nonce")
 
 
 class Listener:
@@ -22,7 +34,8 @@ class Listener:
     def __init__(
         self,
         dsn: str,
-        on_payload: Callable[[str], None],
+        channel: Channel,
+        on_events: Callable[[list[dict[str, Any]], bool], None],
         on_connected: Callable[[], Awaitable[int]],
         on_lost: Callable[[], None],
         *,
@@ -31,7 +44,10 @@ class Listener:
         backoff_max: float = 5.0,
     ) -> None:
         self._dsn = dsn
-        self._on_payload = on_payload
+        self._channel = channel
+        self._on_events = on_events
+        self._refusals: Counter[str] = Counter()  # since the last log line
+        self._refusals_logged = -REFUSAL_LOG_EVERY
         self._on_connected = on_connected
         self._on_lost = on_lost
         self._probe_interval = probe_interval
@@ -99,12 +115,41 @@ class Listener:
         conn = await asyncpg.connect(self._dsn, timeout=10)
         self._conn = conn
         conn.add_termination_listener(lambda _c: self._lost.set())
+        await self._read_keys()
+        # Before LISTEN: a payload numbered up to here was signed before this process
+        # listened, so it is checked against the tables rather than trusted (see channel).
+        self._channel.listening_from(await conn.fetchval(_NONCE))
         await conn.add_listener(CHANNEL, self._notified)
         self.backend_pid = conn.get_server_pid()
         log.info("listening on channel %r (backend pid %s)", CHANNEL, self.backend_pid)
 
-    def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        self._on_payload(str(payload))
+    async def _read_keys(self) -> None:
+        """The channel keys, made on first use when there are none (a restore without them)."""
+        assert self._conn is not None
+        rows = await self._conn.fetch(_KEYS)
+        if not rows:
+            await self._conn.fetchval(_NEW_KEY)
+            rows = await self._conn.fetch(_KEYS)
+        self._channel.set_keys({r["id"]: bytes(r["secret"]) for r in rows})
+
+    def _notified(self, _conn: object, pid: int, _channel: str, payload: object) -> None:
+        opened = self._channel.open(str(payload))
+        if isinstance(opened, str):
+            self._refused(opened, pid)
+            return
+        self._on_events(opened.events, opened.stale)
+
+    def _refused(self, reason: str, pid: int) -> None:
+        """Logged once per burst: a flood of forged payloads must not flood the log too."""
+        self._refusals[reason] += 1
+        now = time.monotonic()
+        if now - self._refusals_logged >= REFUSAL_LOG_EVERY:
+            log.warning("NOTIFY payloads refused (%s), the last from backend pid %d; the "
+                        "next are counted for %.0fs (notifyd_notify_payloads_refused_total)",
+                        ", ".join(f"{n} {r}" for r, n in sorted(self._refusals.items())),
+                        pid, REFUSAL_LOG_EVERY)
+            self._refusals.clear()
+            self._refusals_logged = now
 
     async def _watch(self) -> None:
         """Returns when the connection is lost: terminated, or a probe failed."""
@@ -119,7 +164,9 @@ class Listener:
                 pass
             if self._conn.is_closed():
                 raise ConnectionError("LISTEN connection closed")
-            await self._conn.fetchval("SELECT 1", timeout=max(self._probe_interval, 1.0))
+            # the probe re-reads the keys: a new one signs only once every process has it
+            async with asyncio.timeout(max(self._probe_interval, 1.0)):
+                await self._read_keys()
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None

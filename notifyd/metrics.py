@@ -67,6 +67,7 @@ class Metrics(Collector):
         self.slow_consumer_closes = 0
         self.rate_limited = 0
         self.pruned = 0
+        self.notify_refused: Tally[str] = Tally()  # NOTIFY payloads dropped, by reason
         # -- read from their owners at scrape time (see watch()) --
         self._live: dict[str, Callable[[], float]] = {}
         self.latency = LatencyHistogram()
@@ -154,6 +155,14 @@ class Metrics(Collector):
         yield counter("notifyd_listener_reconnects",
                       "Times the LISTEN connection was lost or a reconnect attempt failed",
                       owned("listener_reconnects"))
+        yield tally("notifyd_notify_payloads_refused",
+                    "NOTIFY payloads dropped unread, by reason: malformed, unknown-key (signed "
+                    "with a key this process does not hold), signature (forged or modified), "
+                    "replayed (a payload already seen)", "reason", self.notify_refused)
+        yield counter("notifyd_notify_payloads_stale",
+                      "Signed NOTIFY payloads numbered before this LISTEN connection or the "
+                      "replay window, whose events were checked against the tables instead",
+                      owned("notify_stale"))
         yield counter("notifyd_pruned_notifications",
                       "Notifications removed by retention (NOTIFYD_RETENTION_DAYS) by this "
                       "process", self.pruned)

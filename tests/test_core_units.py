@@ -292,6 +292,12 @@ def wire(stream: str, seq: int, nid: int) -> dict[str, object]:
             "createdAt": "2026-01-01T00:00:00.000000Z"}
 
 
+def events_of(text: str) -> list[dict[str, object]]:
+    """The events of a payload body, as channel.Channel.open() hands them to the router."""
+    events: list[dict[str, object]] = orjson.loads(text)
+    return events
+
+
 async def test_router_orders_large_rows_and_catches_up() -> None:
     fetched: list[list[int]] = []
 
@@ -311,14 +317,14 @@ async def test_router_orders_large_rows_and_catches_up() -> None:
     conn = FakeConn(live_session())
     index.add(conn, ["user:1", "all"])
     router.note_floor("user:1", 0)
-    router.feed('[{"k":"n","n":' + orjson.dumps(wire("user:1", 1, 1)).decode() + ',"u":1}]')
+    router.feed(events_of(
+        '[{"k":"n","n":' + orjson.dumps(wire("user:1", 1, 1)).decode() + ',"u":1}]'))
     assert conn.frames == []  # blocked until the listener's first catch-up
     await router.catch_up()
-    router.feed('[{"k":"n","id":2,"s":"user:1","q":2,"u":2},'
-                '{"k":"n","n":' + orjson.dumps(wire("user:1", 3, 3)).decode() + '}]')
-    router.feed("not json")
-    router.feed('{"k":"n"}')
-    router.feed('[{"k":"?"}, {"k":"c","s":"user:1","u":0}, {"k":"d","id":1,"s":"user:1"}]')
+    router.feed(events_of('[{"k":"n","id":2,"s":"user:1","q":2,"u":2},'
+                '{"k":"n","n":' + orjson.dumps(wire("user:1", 3, 3)).decode() + '}]'))
+    router.feed(events_of(
+        '[{"k":"?"}, {"k":"c","s":"user:1","u":0}, {"k":"d","id":1,"s":"user:1"}]'))
     await asyncio.sleep(0.05)
     assert fetched == [[2]]
     kinds = [(f["type"], f["data"].get("notification", {}).get("seq"))  # type: ignore[union-attr]
@@ -329,7 +335,7 @@ async def test_router_orders_large_rows_and_catches_up() -> None:
                      ("notification:deleted", None)]
     # the LISTEN connection was lost: events queue until catch-up has published 4..8
     router.block()
-    router.feed('[{"k":"n","n":' + orjson.dumps(wire("user:1", 9, 9)).decode() + '}]')
+    router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("user:1", 9, 9)).decode() + '}]'))
     conn.frames.clear()
     missed.extend(range(1, 9))
     assert await router.catch_up() == 5
@@ -357,7 +363,7 @@ async def test_router_floor_never_drops_live_items() -> None:
     index.add(conn, ["user:1"])
     # the new subscriber's state query saw seq 10 already committed; its NOTIFY comes later
     router.note_floor("user:1", 10)
-    router.feed('[{"k":"n","n":' + orjson.dumps(wire("user:1", 10, 10)).decode() + '}]')
+    router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("user:1", 10, 10)).decode() + '}]'))
     assert len(conn.frames) == 1
     assert router.catch_up_points() == {"user:1": 10}
 
@@ -409,7 +415,7 @@ def test_large_fanout_logs_its_write_time(caplog: pytest.LogCaptureFixture) -> N
     for conn in conns:
         index.add(conn, ["all"])
     with caplog.at_level("INFO", logger="notifyd.fanout"):
-        router.feed('[{"k":"n","n":' + orjson.dumps(wire("all", 3, 9)).decode() + '}]')
+        router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("all", 3, 9)).decode() + '}]'))
     assert all(len(c.frames) == 1 for c in conns)
     logged = re.search(rf"fan-out to {FANOUT_LOG_MIN} connections took ([\d.]+) ms, "
                        r"([\d.]+) ms CPU \(all seq 3\)", caplog.text)
