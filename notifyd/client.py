@@ -193,7 +193,8 @@ class NotifydClient:
             elif kind == "notification:unread-count":
                 self.unread_count = data["count"]
                 yield Event("unread", data)
-            elif kind in ("notification:read", "notification:deleted", "error"):
+            elif kind in ("notification:read", "notification:updated", "notification:deleted",
+                          "error"):
                 yield Event(kind.removeprefix("notification:"), data)
             elif kind.startswith("presence:") and kind != "presence:state":
                 yield Event("presence", {**data, "online": kind == "presence:online"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -387,3 +388,70 @@ async def test_sync_flag_without_a_sync_request_sends_nothing_live_and_still_cou
         count = await client.next_data("notification:unread-count")
     assert count["count"] == 1
     assert not [f for f in client.seen if f["type"] == "notification:new"]
+
+
+# -- what one statement sends ----------------------------------------------------------------
+
+
+async def _frames_until(client: Client, done: Callable[[list[dict[str, Any]]], bool],
+                        timeout: float = 10.0) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while not done(frames):
+            frames.append(await client.recv(timeout))
+    return frames + await client.quiet(0.3)
+
+
+def _kinds(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [f["data"] for f in frames if f["type"] == kind]
+
+
+async def test_one_statement_sends_one_unread_count_per_user(daemon: Daemon) -> None:
+    phone, laptop = await daemon.connect("bulk"), await daemon.connect("bulk")
+    await daemon.sql("INSERT INTO notifyd.notifications (user_id, type, title) "
+                     "SELECT 'bulk', 'bulk', 'n' || i FROM generate_series(1, 1500) AS i")
+    frames = await _frames_until(
+        phone, lambda fs: len(_kinds(fs, "notification:new")) == 1500)
+    assert [n["notification"]["seq"] for n in _kinds(frames, "notification:new")] == \
+        list(range(1, 1501))
+    assert _kinds(frames, "notification:unread-count") == [{"count": 1500}]
+    assert frames[-1]["type"] == "notification:unread-count"
+    await laptop.quiet(0.5)
+    reply = await phone.request("notification:mark-all-read", {}, "notification:read")
+    assert len(reply["data"]["ids"]) == 1500
+    frames = await _frames_until(
+        laptop, lambda fs: sum(len(r["ids"]) for r in _kinds(fs, "notification:read")) == 1500)
+    assert _kinds(frames, "notification:unread-count") == [{"count": 0}]
+
+
+async def test_read_marks_of_long_ids_are_chunked_to_fit_notify(daemon: Daemon) -> None:
+    await daemon.sql("ALTER TABLE notifyd.notifications ALTER COLUMN id RESTART WITH "
+                     "1000000000000000")
+    phone, laptop = await daemon.connect("long"), await daemon.connect("long")
+    await daemon.sql("INSERT INTO notifyd.notifications (user_id, type) "
+                     "SELECT 'long', 'bulk' FROM generate_series(1, 600)")
+    await _frames_until(laptop, lambda fs: len(_kinds(fs, "notification:new")) == 600)
+    await phone.quiet(0.5)
+    reply = await phone.request("notification:mark-all-read", {}, "notification:read")
+    assert len(reply["data"]["ids"]) == 600 and min(reply["data"]["ids"]) >= 10**15
+    frames = await _frames_until(
+        laptop, lambda fs: sum(len(r["ids"]) for r in _kinds(fs, "notification:read")) == 600)
+    assert len(_kinds(frames, "notification:read")) > 1  # several payloads
+    assert sorted(i for r in _kinds(frames, "notification:read") for i in r["ids"]) == \
+        reply["data"]["ids"]
+    assert _kinds(frames, "notification:unread-count") == [{"count": 0}]
+
+
+async def test_marking_unread_from_sql_sends_the_item_whole(daemon: Daemon) -> None:
+    phone, laptop = await daemon.connect("u1"), await daemon.connect("u1")
+    nid = await daemon.notify("u1", "again")
+    await daemon.sql("UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", nid)
+    for client in (phone, laptop):
+        await client.expect("notification:read")
+        await client.quiet(0.2)
+    await daemon.sql("UPDATE notifyd.notifications SET read_at = NULL WHERE id = $1", nid)
+    for client in (phone, laptop):
+        updated = (await client.next_data("notification:updated"))["notification"]
+        assert (updated["id"], updated["title"], updated["read"], updated["readAt"]) == \
+            (nid, "again", False, None)
+        assert (await client.next_data("notification:unread-count"))["count"] == 1

@@ -308,6 +308,9 @@ export class NotifydClient {
         this.unreadCount = data.count;
         this.emit("unread", data.count);
         break;
+      case "notification:updated":
+        this.emit("updated", data.notification);
+        break;
       case "notification:read":
         this.emit("read", data);
         break;
