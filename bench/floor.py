@@ -148,24 +148,55 @@ def _shares(n: int) -> list[int]:
 # -- (2) the NOTIFY floor ----------------------------------------------------------------------
 
 class _Listener:
-    def __init__(self, dsn: str) -> None:
+    """A bare LISTEN client. With `readback`, it also reads every notification back by id (one
+    query at a time; the ids heard meanwhile go in the next): what delivering by reference,
+    rather than trusting the payload's content, would cost."""
+
+    def __init__(self, dsn: str, readback: bool = False) -> None:
         self.dsn = dsn
+        self.readback = readback
         self.conn: asyncpg.Connection | None = None
+        self.reader: asyncpg.Connection | None = None
         self.ids: list[int] = []
         self.times: list[float] = []
+        self.pending: list[int] = []
+        self.reading = False
 
     def notified(self, _conn: asyncpg.Connection | PoolConnectionProxy, _pid: int,
                  _channel: str, payload: object) -> None:
         now = time.time()
         # the events of a signed payload (after 64 hex digits of signature), not verified
-        for event in orjson.loads(str(payload)[64:])["e"]:
-            if event.get("k") == "n" and event.get("n"):
-                self.ids.append(event["n"]["id"])
-                self.times.append(now)
+        ids = [event["n"]["id"] for event in orjson.loads(str(payload)[64:])["e"]
+               if event.get("k") == "n" and event.get("n")]
+        if not self.readback:
+            self.ids += ids
+            self.times += [now] * len(ids)
+            return
+        self.pending += ids
+        if not self.reading:
+            self.reading = True
+            asyncio.get_running_loop().create_task(self._read_back())
+
+    async def _read_back(self) -> None:
+        assert self.reader is not None
+        try:
+            while self.pending:
+                ids, self.pending = self.pending, []
+                rows = await self.reader.fetch(
+                    "SELECT n.id, notifyd.to_wire(n)::text AS wire, s.unread "
+                    "FROM notifyd.notifications n JOIN notifyd.streams s USING (stream) "
+                    "WHERE n.id = ANY($1::bigint[])", ids)
+                now = time.time()
+                self.ids += [r["id"] for r in rows]
+                self.times += [now] * len(rows)
+        finally:
+            self.reading = False
 
     async def handle(self, command: str, args: Sequence[Any]) -> Any:
         if command == "listen":
             self.conn = await asyncpg.connect(self.dsn)
+            if self.readback:
+                self.reader = await asyncpg.connect(self.dsn)
             await self.conn.add_listener(CHANNEL, self.notified)
             return True
         if command == "take":  # after a short wait for stragglers
@@ -176,18 +207,18 @@ class _Listener:
         raise ValueError(f"unknown command {command!r}")
 
 
-def listener_main(pipe: Pipe, dsn: str) -> None:
+def listener_main(pipe: Pipe, dsn: str, readback: bool = False) -> None:
     infra.worker_setup()
-    uvloop.run(infra.command_loop(pipe, _Listener(dsn).handle))
+    uvloop.run(infra.command_loop(pipe, _Listener(dsn, readback).handle))
 
 
 def notify_floor(dsn: str, writer: Worker, rate: float, seconds: float, users: list[str],
-                 batch: int = 1, windows: int = 1) -> dict[str, Any]:
+                 batch: int = 1, windows: int = 1, readback: bool = False) -> dict[str, Any]:
     """The writer's load of a latency scenario (`batch` notifications per INSERT, `windows`
     back-to-back windows) with no server: commit -> a bare asyncpg LISTEN client at nice 0
     (where a server would be). Like the servers' figure, the window with the median p99; every
     window's percentiles beside it, in order."""
-    listener = Worker("listener", listener_main, dsn)
+    listener = Worker("listener", listener_main, dsn, readback)
     runs: list[dict[str, Any]] = []
     try:
         listener.call("listen", timeout=30)
