@@ -435,7 +435,8 @@ class App:
             "reset": result.reset,
             "hasMore": bool(result.has_more),
         }, ref))
-        for frame in conn.session.finish_sync(result.cursors, result.has_more):
+        fresh = {*latest, *result.reset}  # given as they are now, live items included
+        for frame in conn.session.finish_sync(result.cursors, result.has_more, fresh):
             conn.write(frame)
 
     async def _mark_read(self, conn: Connection, event: MarkRead | MarkAllRead,

@@ -254,8 +254,9 @@ class Store:
     ) -> SyncResult:
         """Answer a sync-request in one snapshot. `cursors`: streams with a cursor; `latest`:
         streams without one (items created after `since`, else the latest `limit`).
-        `in_flight`: per stream, the seq range this connection was sent live since its last
-        sync; it may still be on its way, so it is left out and not sent twice."""
+        `in_flight`: per stream, the seq range this connection was sent live since it last
+        synced that stream; it may still be on its way, so a stream with a cursor leaves it out
+        (never twice). A stream without a cursor, or reset, gets its rows as they are now."""
         in_flight = in_flight or {}
         if cursors and not latest:
             answered = await self._sync_after_cursors(cursors, limit, in_flight)
@@ -299,8 +300,7 @@ class Store:
                     self._take(stream, rows, limit, max(cursor, last), result)
                 for stream in latest:
                     last_seq, _ = states.get(stream, (0, 0))
-                    await self._latest(conn, stream, since, limit, last_seq, result,
-                                       in_flight.get(stream, (0, -1)))
+                    await self._latest(conn, stream, since, limit, last_seq, result)
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return result
@@ -356,26 +356,24 @@ class Store:
         limit: int,
         last_seq: int,
         result: SyncResult,
-        skip: tuple[int, int] = (0, -1),
     ) -> None:
-        """A stream without a cursor: items created after `since`, else its latest `limit`;
-        either way never the `skip` range (sent live on this connection already)."""
+        """A stream without a cursor: items created after `since`, else its latest `limit`,
+        as they are now (whether or not this connection was sent them live)."""
         if since is not None:
             rows = await conn.fetch(
                 f"SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
-                "WHERE n.stream = $1 AND n.created_at > $2 AND n.seq NOT BETWEEN $4 AND $5 "
+                "WHERE n.stream = $1 AND n.created_at > $2 "
                 "ORDER BY n.seq LIMIT $3",
-                stream, since, limit + 1, *skip)
+                stream, since, limit + 1)
             if len(rows) > limit:
                 self._take(stream, rows, limit, 0, result)
                 return
         else:
             rows = list(reversed(await conn.fetch(
                 f"SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
-                "WHERE n.stream = $1 AND n.seq NOT BETWEEN $3 AND $4 "
-                "ORDER BY n.seq DESC LIMIT $2",
-                stream, limit, *skip)))
+                "WHERE n.stream = $1 ORDER BY n.seq DESC LIMIT $2",
+                stream, limit)))
         for r in rows:
             result.notifications.append(orjson.Fragment(r["wire"]))
         # Nothing more is missing: the client is now at the stream's head.
-        result.cursors[stream] = max(last_seq, skip[1])
+        result.cursors[stream] = last_seq

@@ -343,6 +343,38 @@ async def test_sync_does_not_repeat_what_the_connection_was_just_sent(daemon: Da
     assert result["cursors"]["user:race"] == 2
 
 
+async def test_a_stream_without_cursor_gets_its_items_as_they_are_even_just_sent_live(
+        daemon: Daemon) -> None:
+    """Never twice is for cursors: a stream asked without one (its latest items, or those
+    since a time) or reset gets its items as they are now, those just sent live included, so
+    a refresh of read state, or a cache rebuilt from the response, misses nothing."""
+    client = await daemon.connect("fresh")
+    first = await daemon.notify("fresh", "n1")
+    await daemon.notify("fresh", "n2")
+    await collect_new(client, 2)  # sent live: in flight, for a cursor
+    await daemon.sql("UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", first)
+    latest = await client.sync({})
+    assert [(n["seq"], n["read"]) for n in latest["notifications"]] == [(1, True), (2, False)]
+    assert latest["cursors"]["user:fresh"] == 2
+
+    await daemon.notify("fresh", "n3")
+    await collect_new(client, 1)
+    epoch = "2000-01-01T00:00:00Z"
+    since = await client.sync({}, since=epoch)
+    assert [n["seq"] for n in since["notifications"]] == [1, 2, 3]
+
+    await daemon.notify("fresh", "n4")
+    await collect_new(client, 1)
+    reset = await client.sync({"user:fresh": 99})
+    assert reset["reset"] == ["user:fresh"]
+    assert [n["seq"] for n in reset["notifications"]] == [1, 2, 3, 4]
+
+    await daemon.notify("fresh", "n5")
+    await collect_new(client, 1)
+    caught_up = await client.sync({"user:fresh": 4})  # a cursor: n5 is on its way already
+    assert caught_up["notifications"] == [] and caught_up["cursors"]["user:fresh"] == 5
+
+
 async def test_large_row_queued_during_a_fetch_is_not_dropped(daemon: Daemon) -> None:
     """Two rows too large for NOTIFY, committed a moment apart: the second arrives while the
     first is being fetched by id, and must be fetched too, not taken for deleted."""
