@@ -418,7 +418,8 @@ class App:
         try:
             result = await self.store.sync(req.cursors, latest, req.since,
                                            req.limit or self.settings.sync_limit,
-                                           conn.session.in_flight())
+                                           conn.session.in_flight(),
+                                           max_bytes=self.settings.max_response_bytes)
         except StoreError as exc:
             log.warning("sync failed: %s", exc)
             for frame in conn.session.abort_sync():

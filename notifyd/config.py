@@ -81,6 +81,10 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.1, maximum=3600, reload=True),
     Setting("sync_limit", "int", 100, "default items per stream in a sync-response",
             minimum=1, maximum=1000, reload=True),
+    Setting("max_response_bytes", "int", 1048576,
+            "bytes of notifications in one sync-response or poll answer; more wait for the next "
+            "page (a single larger notification goes alone)",
+            minimum=1024, maximum=2**30, reload=True),
     Setting("max_send_buffer", "int", 1048576, "send buffer bytes before a slow client gets 4008",
             minimum=4096, maximum=2**30, reload=True),
     Setting("rate_limit", "float", 20.0, "client frames per second per connection (sustained)",
@@ -128,6 +132,7 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     sync_limit: int = 100
+    max_response_bytes: int = 1048576
     max_send_buffer: int = 1048576
     rate_limit: float = 20.0
     rate_burst: int = 40

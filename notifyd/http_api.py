@@ -3,7 +3,8 @@
 # page and its helpers; and the admin listener's health and metrics. The server adapter hands
 # over a parsed request and writes the HttpAnswer back.
 # The /v1 API is authenticated by a bearer token, never a cookie, so any page may call it (CORS
-# `*`) unless NOTIFYD_ALLOWED_ORIGINS names the pages that may.
+# `*`) unless NOTIFYD_ALLOWED_ORIGINS names the pages that may. An answer holds at most
+# NOTIFYD_MAX_RESPONSE_BYTES of notifications (store.sync pages by bytes).
 from __future__ import annotations
 
 import dataclasses
@@ -168,7 +169,8 @@ class HttpApi:
                 raise ClientError("forbidden", f"not subscribed to stream {stream[:80]!r}")
         latest = [s for s in streams if s not in req.cursors]
         result = await self.store.sync(req.cursors, latest, req.since,
-                                       req.limit or self.settings.sync_limit)
+                                       req.limit or self.settings.sync_limit,
+                                       max_bytes=self.settings.max_response_bytes)
         return HttpAnswer(200, orjson.dumps({
             "notifications": result.notifications, "cursors": result.cursors,
             "reset": result.reset, "hasMore": bool(result.has_more)}))

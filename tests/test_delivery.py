@@ -8,7 +8,7 @@ import random
 from typing import Any
 
 import asyncpg
-from support import Client, Daemon
+from support import Client, Daemon, running_daemon
 
 
 async def collect_new(client: Client, count: int, timeout: float = 10.0) -> list[dict]:
@@ -373,6 +373,23 @@ async def test_a_stream_without_cursor_gets_its_items_as_they_are_even_just_sent
     await collect_new(client, 1)
     caught_up = await client.sync({"user:fresh": 4})  # a cursor: n5 is on its way already
     assert caught_up["notifications"] == [] and caught_up["cursors"]["user:fresh"] == 5
+
+
+async def test_pages_after_a_stream_without_cursor_leave_out_nothing_sent_live(
+        fresh_db: str) -> None:
+    """The latest items cut by the response's byte budget: the pages that follow, asked with
+    its cursors, give the rest, items sent live before the first request included."""
+    async with running_daemon(fresh_db, max_response_bytes=4096) as d:
+        client = await d.connect("fresh2")
+        for i in range(4):
+            await d.sql("SELECT notifyd.notify('fresh2', 't', $1, repeat('x', 1500))", f"n{i}")
+        await collect_new(client, 4)
+        page = await client.sync({})
+        assert [n["seq"] for n in page["notifications"]] == [1, 2] and page["hasMore"]
+        page = await client.sync(page["cursors"])
+        assert [n["seq"] for n in page["notifications"]] == [3, 4] and not page["hasMore"]
+        await d.notify("fresh2", "live")
+        assert (await client.next_data("notification:new"))["notification"]["seq"] == 5
 
 
 async def test_large_row_queued_during_a_fetch_is_not_dropped(daemon: Daemon) -> None:
