@@ -9,7 +9,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from websockets.datastructures import Headers
@@ -90,6 +90,8 @@ class App:
         self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
         self.router.on_revoked = self._revoked
         self.connections: set[Connection] = set()
+        # plain HTTP connections whose /v1 answer is on its way: done() once they close
+        self._answering: dict[Connection, Callable[[], None]] = {}
         self.timers: TimerWheel[Connection] = TimerWheel(time.monotonic(), TICK_SECONDS)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -278,6 +280,9 @@ class App:
 
     def closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        answered = self._answering.pop(conn, None)
+        if answered is not None:
+            answered()
         identity = conn.session.identity
         if conn.upgraded:  # a WebSocket, not a plain HTTP request
             code, reason, by = conn.close_info()
@@ -310,6 +315,11 @@ class App:
             log.exception("%s %s failed", method, target.split("?", 1)[0][:200])
             answer = HttpAnswer(500, b"internal error\n", "text/plain; charset=utf-8")
         conn.respond(answer.status, answer.content_type, answer.body, answer.headers)
+        if answer.done is not None:
+            if conn.transport is None:  # gone meanwhile: closed() has been and gone
+                answer.done()
+            else:
+                self._answering[conn] = answer.done
 
     def handle(self, conn: Connection, frame: ClientFrame) -> None:
         event, session = frame.event, conn.session

@@ -93,6 +93,9 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1, maximum=100000, reload=True),
     Setting("max_connections_per_user", "int", 20, "live connections per user on one process",
             minimum=1, maximum=100000, reload=True),
+    Setting("max_http_requests_per_user", "int", 8,
+            "/v1 requests of one user in flight on one process; more get HTTP 429",
+            minimum=1, maximum=100000, reload=True),
     Setting("shutdown_timeout", "float", 10.0, "seconds to close connections on SIGTERM",
             minimum=0, maximum=600, reload=True),
     Setting("log_level", "str", "INFO", "DEBUG, INFO, WARNING or ERROR", reload=True),
@@ -137,6 +140,7 @@ class Settings:
     rate_limit: float = 20.0
     rate_burst: int = 40
     max_connections_per_user: int = 20
+    max_http_requests_per_user: int = 8
     shutdown_timeout: float = 10.0
     log_level: str = "INFO"
     retention_days: float = 0.0

@@ -1,16 +1,23 @@
 # What one answer may cost the daemon: a sync-response and a poll's body hold at most
 # NOTIFYD_MAX_RESPONSE_BYTES of notifications (a row larger than that goes alone), the rest
-# follows page by page, each item once and in seq order, with and without cursors.
+# follows page by page, each item once and in seq order, with and without cursors; and a user
+# has at most NOTIFYD_MAX_HTTP_REQUESTS_PER_USER /v1 requests in flight on a process, an
+# answer holding its slot until it has left (a client that does not read keeps it).
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import orjson
+import pytest
 import pytest_asyncio
 from protocol_schema import validate_server_frame
 from support import Client, Daemon, http_request, running_daemon
+
+from notifyd.http_api import UserRequests
 
 BUDGET = 4096
 # A row's message sizes: pages of two, then one larger than any page, alone.
@@ -140,3 +147,80 @@ async def test_poll_pages_by_bytes(small_pages: Daemon) -> None:
     # without a cursor as well
     pages = await walk(await poll({}), poll)
     check_pages(pages, await wire_sizes(d), {"user:b3": list(range(1, 9))})
+
+
+def stalled_poll(port: int, token: str) -> socket.socket:
+    """A poll whose answer is never read (a small receive window: it cannot all be sent)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        f"GET /v1/notifications HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    return sock
+
+
+async def test_a_users_requests_in_flight_are_capped_until_their_answers_leave(
+    fresh_db: str,
+) -> None:
+    async with running_daemon(fresh_db, max_http_requests_per_user=2, auth_timeout=120.0) as d:
+        await write(d, "h1", [3_000_000])  # one row: every answer is 3 MB, too much to buffer
+        token = d.token("h1")
+        stalled = [stalled_poll(d.app.port, token) for _ in range(2)]
+        try:
+
+            async def status_of(tok: str) -> tuple[int, Any]:
+                status, _, body = await http_request(
+                    d.app.port, "GET", "/v1/unread-count", {"Authorization": f"Bearer {tok}"}
+                )
+                return status, orjson.loads(body)
+
+            async def refused() -> Any:
+                while True:  # until both stalled polls hold their slots
+                    status, body = await status_of(token)
+                    if status == 429:
+                        return body
+                    await asyncio.sleep(0.05)
+
+            body = await asyncio.wait_for(refused(), 10)
+            assert body["code"] == "too-many-requests" and "2 requests" in body["message"]
+            assert (await status_of(d.token("h2")))[0] == 200  # other users are not held up
+            assert d.app.http_api.requests.in_flight("h1") == 2
+            stalled.pop().close()  # one answer is gone with its connection: its slot too
+            while (answer := await status_of(token))[0] == 429:
+                await asyncio.sleep(0.05)
+            assert answer == (200, {"count": 1})
+        finally:
+            for sock in stalled:
+                sock.close()
+        while d.app.http_api.requests.in_flight("h1"):
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/notifications", "/v1/notifications?cursor=user:x:1", "/v1/notifications/read?ids=1"],
+)
+async def test_answered_requests_give_their_slot_back(daemon: Daemon, path: str) -> None:
+    """Answers (refusals too: 403, 405) give their slot back once sent."""
+    token = daemon.token("h3")
+    for _ in range(3 * daemon.settings.max_http_requests_per_user):
+        await http_request(daemon.app.port, "GET", path, {"Authorization": f"Bearer {token}"})
+    while daemon.app.http_api.requests.in_flight("h3"):
+        await asyncio.sleep(0.05)  # the last connections close a moment after their answer
+    status, _, _ = await http_request(
+        daemon.app.port, "GET", "/v1/unread-count", {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200
+
+
+def test_a_slot_is_given_back_once_however_often_its_answer_says_done() -> None:
+    requests = UserRequests()
+    first, second = requests.take("u", 2), requests.take("u", 2)
+    assert first is not None and second is not None
+    assert requests.take("u", 2) is None and requests.take("v", 2) is not None
+    first()
+    first()  # a second call changes nothing: the other slot stays taken
+    assert requests.in_flight("u") == 1
+    assert requests.take("u", 2) is not None and requests.take("u", 2) is None
