@@ -47,9 +47,9 @@ class HttpAnswer:
 
 
 class UserRequests:
-    """/v1 requests in flight per user: from the token's check until the answer has left (its
-    connection closed), so a client that does not read its answers keeps its slots until the
-    server drops the connection."""
+    """/v1 requests in flight per user: from the token's check until the answer has left the
+    process (its connection closed), so an answer that a client does not read holds its slot
+    for as long as it waits in the process's buffers."""
 
     def __init__(self) -> None:
         self._count: dict[str, int] = {}
