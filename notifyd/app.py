@@ -9,7 +9,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from websockets.datastructures import Headers
@@ -94,6 +94,8 @@ class App:
         self.router.on_revoked = self._revoked
         self.router.on_revocations_stale = lambda: self.spawn(self._recheck_revocations())
         self.connections: set[Connection] = set()
+        # plain HTTP connections whose /v1 answer is on its way: done() once they close
+        self._answering: dict[Connection, Callable[[], None]] = {}
         self.timers: TimerWheel[Connection] = TimerWheel(time.monotonic(), TICK_SECONDS)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -293,6 +295,9 @@ class App:
 
     def closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        answered = self._answering.pop(conn, None)
+        if answered is not None:
+            answered()
         identity = conn.session.identity
         if conn.upgraded:  # a WebSocket, not a plain HTTP request
             code, reason, by = conn.close_info()
@@ -325,6 +330,11 @@ class App:
             log.exception("%s %s failed", method, target.split("?", 1)[0][:200])
             answer = HttpAnswer(500, b"internal error\n", "text/plain; charset=utf-8")
         conn.respond(answer.status, answer.content_type, answer.body, answer.headers)
+        if answer.done is not None:
+            if conn.transport is None:  # gone meanwhile: closed() has been and gone
+                answer.done()
+            else:
+                self._answering[conn] = answer.done
 
     def handle(self, conn: Connection, frame: ClientFrame) -> None:
         event, session = frame.event, conn.session
@@ -433,7 +443,8 @@ class App:
         try:
             result = await self.store.sync(req.cursors, latest, req.since,
                                            req.limit or self.settings.sync_limit,
-                                           conn.session.in_flight())
+                                           conn.session.in_flight(),
+                                           max_bytes=self.settings.max_response_bytes)
         except StoreError as exc:
             log.warning("sync failed: %s", exc)
             for frame in conn.session.abort_sync():
@@ -450,7 +461,8 @@ class App:
             "reset": result.reset,
             "hasMore": bool(result.has_more),
         }, ref))
-        for frame in conn.session.finish_sync(result.cursors, result.has_more):
+        fresh = {*latest, *result.reset}  # given as they are now, live items included
+        for frame in conn.session.finish_sync(result.cursors, result.has_more, fresh):
             conn.write(frame)
 
     async def _mark_read(self, conn: Connection, event: MarkRead | MarkAllRead,

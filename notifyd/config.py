@@ -81,6 +81,10 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.1, maximum=3600, reload=True),
     Setting("sync_limit", "int", 100, "default items per stream in a sync-response",
             minimum=1, maximum=1000, reload=True),
+    Setting("max_response_bytes", "int", 1048576,
+            "bytes of notifications in one sync-response or poll answer; more wait for the next "
+            "page (a single larger notification goes alone)",
+            minimum=1024, maximum=2**30, reload=True),
     Setting("max_send_buffer", "int", 1048576, "send buffer bytes before a slow client gets 4008",
             minimum=4096, maximum=2**30, reload=True),
     Setting("rate_limit", "float", 20.0, "client frames per second per connection (sustained)",
@@ -88,6 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rate_burst", "int", 40, "client frames a connection may send at once",
             minimum=1, maximum=100000, reload=True),
     Setting("max_connections_per_user", "int", 20, "live connections per user on one process",
+            minimum=1, maximum=100000, reload=True),
+    Setting("max_http_requests_per_user", "int", 8,
+            "/v1 requests of one user in flight on one process; more get HTTP 429",
             minimum=1, maximum=100000, reload=True),
     Setting("shutdown_timeout", "float", 10.0, "seconds to close connections on SIGTERM",
             minimum=0, maximum=600, reload=True),
@@ -128,10 +135,12 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     sync_limit: int = 100
+    max_response_bytes: int = 1048576
     max_send_buffer: int = 1048576
     rate_limit: float = 20.0
     rate_burst: int = 40
     max_connections_per_user: int = 20
+    max_http_requests_per_user: int = 8
     shutdown_timeout: float = 10.0
     log_level: str = "INFO"
     retention_days: float = 0.0

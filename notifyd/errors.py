@@ -26,6 +26,7 @@ ERROR_CODES: dict[str, str] = {
     "forbidden": "this connection is not subscribed to that stream",
     "sync-in-progress": "the previous sync-request has not been answered yet",
     "rate-limited": "too many frames; slow down (persisting closes the connection with 1008)",
+    "too-many-requests": "too many HTTP requests of this user at once; wait for an answer",
     "unavailable": "the database is unreachable right now; retry later",
     "internal-error": "an unexpected server error",
 }

@@ -3,7 +3,9 @@
 # page and its helpers; and the admin listener's health and metrics. The server adapter hands
 # over a parsed request and writes the HttpAnswer back.
 # The /v1 API is authenticated by a bearer token, never a cookie, so any page may call it (CORS
-# `*`) unless NOTIFYD_ALLOWED_ORIGINS names the pages that may.
+# `*`) unless NOTIFYD_ALLOWED_ORIGINS names the pages that may. Its memory is bounded per user:
+# an answer holds at most NOTIFYD_MAX_RESPONSE_BYTES of notifications (store.sync pages by
+# bytes), and a user has at most NOTIFYD_MAX_HTTP_REQUESTS_PER_USER requests in flight.
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +32,8 @@ JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 DEV_TOKEN_TTL = 24 * 3600
 OPERATIONS = ("/healthz", "/readyz", "/metrics")  # all the admin listener serves
-STATUS_OF = {"invalid-data": 400, "auth-failed": 401, "forbidden": 403, "unavailable": 503}
+STATUS_OF = {"invalid-data": 400, "auth-failed": 401, "forbidden": 403,
+             "too-many-requests": 429, "unavailable": 503}
 
 
 @dataclasses.dataclass(slots=True)
@@ -39,6 +42,41 @@ class HttpAnswer:
     body: bytes
     content_type: str = JSON
     headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # to call once the answer is sent, or its connection gone: gives the request's slot back
+    done: Callable[[], None] | None = None
+
+
+class UserRequests:
+    """/v1 requests in flight per user: from the token's check until the answer has left the
+    process (its connection closed), so an answer that a client does not read holds its slot
+    for as long as it waits in the process's buffers."""
+
+    def __init__(self) -> None:
+        self._count: dict[str, int] = {}
+
+    def take(self, user_id: str, limit: int) -> Callable[[], None] | None:
+        """A slot of `user_id`'s: the function that gives it back (once, however often it is
+        called), or None when the user has `limit` requests in flight already."""
+        count = self._count.get(user_id, 0)
+        if count >= limit:
+            return None
+        self._count[user_id] = count + 1
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if given_back:
+                return
+            given_back = True
+            left = self._count[user_id] - 1
+            if left:
+                self._count[user_id] = left
+            else:
+                del self._count[user_id]
+        return give_back
+
+    def in_flight(self, user_id: str) -> int:
+        return self._count.get(user_id, 0)
 
 
 def _static(name: str) -> bytes:
@@ -47,6 +85,10 @@ def _static(name: str) -> bytes:
 
 def _error(status: int, code: str, message: str) -> HttpAnswer:
     return HttpAnswer(status, orjson.dumps({"code": code, "message": message}))
+
+
+def _refused(exc: ClientError) -> HttpAnswer:
+    return _error(STATUS_OF.get(exc.code, 400), exc.code, exc.message)
 
 
 class HttpApi:
@@ -61,6 +103,7 @@ class HttpApi:
         self.readiness = readiness
         self.metrics = metrics
         self.dev = dev
+        self.requests = UserRequests()
         self.client_js = _static("notifyd.js")
         self.demo = _static("demo.html") if dev else b""
         self.routes: dict[tuple[str, str], Callable[..., Awaitable[HttpAnswer]]] = {
@@ -147,15 +190,26 @@ class HttpApi:
             return _error(401, "auth-failed", "send Authorization: Bearer <token>")
         try:
             identity = self.verify(token)
-            result: HttpAnswer = await handler(identity, route, query)
-            return result
         except AuthError as exc:
             return _error(401, "auth-failed", str(exc))
+        limit = self.settings.max_http_requests_per_user
+        done = self.requests.take(identity.user_id, limit)
+        if done is None:
+            return _refused(ClientError(
+                "too-many-requests", f"this user has {limit} requests in flight already; "
+                "send the next once one is answered"))
+        try:
+            answer: HttpAnswer = await handler(identity, route, query)
         except ClientError as exc:
-            return _error(STATUS_OF.get(exc.code, 400), exc.code, exc.message)
+            answer = _refused(exc)
         except StoreError as exc:
             log.warning("%s %s failed: %s", method, route, exc)
-            return _error(503, "unavailable", ClientError("unavailable").message)
+            answer = _refused(ClientError("unavailable"))
+        except BaseException:
+            done()
+            raise
+        answer.done = done
+        return answer
 
     async def _notifications(self, identity: Identity, route: str,
                              query: dict[str, list[str]]) -> HttpAnswer:
@@ -168,7 +222,8 @@ class HttpApi:
                 raise ClientError("forbidden", f"not subscribed to stream {stream[:80]!r}")
         latest = [s for s in streams if s not in req.cursors]
         result = await self.store.sync(req.cursors, latest, req.since,
-                                       req.limit or self.settings.sync_limit)
+                                       req.limit or self.settings.sync_limit,
+                                       max_bytes=self.settings.max_response_bytes)
         return HttpAnswer(200, orjson.dumps({
             "notifications": result.notifications, "cursors": result.cursors,
             "reset": result.reset, "hasMore": bool(result.has_more)}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Collection
 
 from notifyd.auth import Identity
 from notifyd.errors import ClientError
@@ -31,7 +32,8 @@ class Session:
         self._cursors: dict[str, int] | None = None
         # stream -> first seq sent live since the last sync (or connect). Live items of a
         # stream come without gaps, so [_live_from, _cursors] is exactly what may still be on
-        # its way to a client that sends a sync-request now: the sync never repeats it.
+        # its way to a client that sends a sync-request now: a cursor for that stream never
+        # gets it again (a stream asked without one gets it as it is now).
         self._live_from: dict[str, int] | None = None
         # stream -> [(seq, frame)] held while a sync for that stream runs
         self._held: dict[str, list[tuple[int, bytes]]] | None = None
@@ -100,18 +102,25 @@ class Session:
             raise ClientError("sync-in-progress")
         self._held = {s: [] for s in streams}
 
-    def finish_sync(self, cursors: dict[str, int], has_more: set[str]) -> list[bytes]:
-        """The sync-response went out with `cursors`; returns the held frames to send next."""
+    def finish_sync(self, cursors: dict[str, int], has_more: set[str],
+                    fresh: Collection[str] = ()) -> list[bytes]:
+        """The sync-response went out with `cursors`; returns the held frames to send next.
+        `fresh`: the streams it gave as they are now (asked without a cursor, or reset), items
+        sent live before included; their next pages leave nothing out either."""
         held, self._held = self._held or {}, None
         self._waiting = False
         if self._cursors is None:
             self._cursors = {}
+        if self._live_from is None:
+            self._live_from = {}
         out: list[bytes] = []
         for stream, items in held.items():
             cursor = cursors.get(stream, 0)
+            if stream in fresh:
+                self._live_from.pop(stream, None)
             if stream in has_more:
                 # Another page follows: live items wait, and what was sent live stays out of
-                # the next pages too.
+                # the next pages too (of a stream with a cursor: `fresh` ones forgot it above).
                 if self._behind is None:
                     self._behind = set()
                 self._behind.add(stream)
@@ -119,8 +128,6 @@ class Session:
                 continue
             if self._behind is not None:
                 self._behind.discard(stream)
-            if self._live_from is None:
-                self._live_from = {}
             self._live_from.pop(stream, None)
             for seq, frame in sorted(items, key=lambda item: item[0]):
                 if seq > cursor:

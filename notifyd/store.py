@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -42,6 +43,8 @@ class SyncResult:
     cursors: dict[str, int] = field(default_factory=dict)
     reset: list[str] = field(default_factory=list)
     has_more: set[str] = field(default_factory=set)
+    # bytes of wire text given so far, kept by the transaction: its queries share one budget
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,21 +55,55 @@ class Row:
 
 
 _WIRE = "notifyd.to_wire(n)::text"
+# A sync page is bounded by count (`limit` per stream) and by bytes: the rows' wire text,
+# streams in turn, stops at the response's byte budget, save its first row, which goes however
+# large (it would fit no page). Each stream's candidates are its first `limit` rows and one
+# more, a probe (wire NULL: never built) that only tells that more follow. The running sum is
+# taken in the query, so rows left out cross the wire as a seq without their text.
+_FITS = "upto <= {budget} OR ({first} AND upto = octet_length(wire))"
+_RUNNING_BYTES = "sum(octet_length({wire})) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING)"
 # A sync-request with a cursor for every stream, in one statement (one snapshot, one round trip
 # instead of a transaction of five): each stream's state beside the rows after its cursor,
 # without the range sent live meanwhile; streams in the request's order, rows in seq order.
 _SYNC_AFTER_CURSORS = f"""
-SELECT c.stream, coalesce(s.last_seq, 0) AS last_seq, coalesce(s.pruned_below, 0) AS pruned_below,
-       r.seq, r.wire
-FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) WITH ORDINALITY
-     AS c(stream, after, skip_first, skip_last, i)
-LEFT JOIN notifyd.streams s ON s.stream = c.stream
-LEFT JOIN LATERAL (
+SELECT stream, last_seq, pruned_below, seq,
+       CASE WHEN {_FITS.format(budget="$6", first="true")} THEN wire END AS wire
+FROM (
+    SELECT c.i, c.stream, coalesce(s.last_seq, 0) AS last_seq,
+           coalesce(s.pruned_below, 0) AS pruned_below, r.seq, r.wire,
+           {_RUNNING_BYTES.format(wire="r.wire", order="c.i, r.seq")} AS upto
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) WITH ORDINALITY
+         AS c(stream, after, skip_first, skip_last, i)
+    LEFT JOIN notifyd.streams s ON s.stream = c.stream
+    LEFT JOIN LATERAL (
+        SELECT n.seq, CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_WIRE} END AS wire
+        FROM notifyd.notifications n
+        WHERE n.stream = c.stream AND n.seq > c.after
+          AND n.seq NOT BETWEEN c.skip_first AND c.skip_last
+        ORDER BY n.seq LIMIT $5 + 1) r ON true) page
+ORDER BY i, seq"""
+# One stream's page inside the transaction: its candidate rows (a query of (seq, wire) with
+# parameters from $3) cut at the bytes left ($1), the first row given anyway when nothing was
+# given before it ($2).
+_PAGE = f"""
+SELECT seq, upto,
+       CASE WHEN {_FITS.format(budget="$1", first="$2::boolean")} THEN wire END AS wire
+FROM (SELECT seq, wire, {_RUNNING_BYTES.format(wire="wire", order="seq")} AS upto
+      FROM ({{rows}}) r) page
+ORDER BY seq"""
+_AFTER_CURSOR = _PAGE.format(rows=f"""
+    SELECT n.seq, CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_WIRE} END AS wire
+    FROM notifyd.notifications n
+    WHERE n.stream = $3 AND n.seq > $4 AND n.seq NOT BETWEEN $6 AND $7
+    ORDER BY n.seq LIMIT $5 + 1""")
+_CREATED_SINCE = _PAGE.format(rows=f"""
+    SELECT n.seq, CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_WIRE} END AS wire
+    FROM notifyd.notifications n
+    WHERE n.stream = $3 AND n.created_at > $4
+    ORDER BY n.seq LIMIT $5 + 1""")
+_LATEST = _PAGE.format(rows=f"""
     SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n
-    WHERE n.stream = c.stream AND n.seq > c.after
-      AND n.seq NOT BETWEEN c.skip_first AND c.skip_last
-    ORDER BY n.seq LIMIT $5) r ON true
-ORDER BY c.i, r.seq"""
+    WHERE n.stream = $3 ORDER BY n.seq DESC LIMIT $4""")
 _PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
 
 
@@ -251,17 +288,24 @@ class Store:
         since: dt.datetime | None,
         limit: int,
         in_flight: dict[str, tuple[int, int]] | None = None,
+        *,
+        max_bytes: int,
     ) -> SyncResult:
         """Answer a sync-request in one snapshot. `cursors`: streams with a cursor; `latest`:
         streams without one (items created after `since`, else the latest `limit`).
-        `in_flight`: per stream, the seq range this connection was sent live since its last
-        sync; it may still be on its way, so it is left out and not sent twice."""
+        A page: at most `limit` rows per stream and, streams in that order, `max_bytes` of the
+        rows' wire text in all, save its first row, given whatever its size. A stream cut short
+        either way is in `has_more`, its cursor the last row given.
+        `in_flight`: per stream, the seq range this connection was sent live since it last
+        synced that stream; it may still be on its way, so a stream with a cursor leaves it out
+        (never twice). A stream without a cursor, or reset, gets its rows as they are now."""
         in_flight = in_flight or {}
         if cursors and not latest:
-            answered = await self._sync_after_cursors(cursors, limit, in_flight)
+            answered = await self._sync_after_cursors(cursors, limit, max_bytes, in_flight)
             if answered is not None:
                 return answered
-        return await self._sync_in_transaction(cursors, latest, since, limit, in_flight)
+        return await self._sync_in_transaction(cursors, latest, since, limit, max_bytes,
+                                               in_flight)
 
     async def _sync_in_transaction(
         self,
@@ -269,6 +313,7 @@ class Store:
         latest: list[str],
         since: dt.datetime | None,
         limit: int,
+        max_bytes: int,
         in_flight: dict[str, tuple[int, int]],
     ) -> SyncResult:
         """sync() in a repeatable-read transaction: any mix of streams, resets included."""
@@ -288,24 +333,21 @@ class Store:
                     last_seq, pruned_below = states.get(stream, (0, 0))
                     if cursor > last_seq or cursor + 1 < pruned_below:
                         result.reset.append(stream)
-                        await self._latest(conn, stream, None, limit, last_seq, result)
+                        await self._latest(conn, stream, None, limit, max_bytes, last_seq,
+                                           result)
                         continue
                     first, last = in_flight.get(stream, (0, -1))
-                    rows = await conn.fetch(
-                        f"SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
-                        "WHERE n.stream = $1 AND n.seq > $2 AND n.seq NOT BETWEEN $4 AND $5 "
-                        "ORDER BY n.seq LIMIT $3",
-                        stream, cursor, limit + 1, first, last)
-                    self._take(stream, rows, limit, max(cursor, last), result)
+                    rows = await self._page(conn, _AFTER_CURSOR, max_bytes, result,
+                                            stream, cursor, limit, first, last)
+                    self._take(stream, rows, limit, cursor, max(cursor, last), result)
                 for stream in latest:
                     last_seq, _ = states.get(stream, (0, 0))
-                    await self._latest(conn, stream, since, limit, last_seq, result,
-                                       in_flight.get(stream, (0, -1)))
+                    await self._latest(conn, stream, since, limit, max_bytes, last_seq, result)
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return result
 
-    async def _sync_after_cursors(self, cursors: dict[str, int], limit: int,
+    async def _sync_after_cursors(self, cursors: dict[str, int], limit: int, max_bytes: int,
                                   in_flight: dict[str, tuple[int, int]]) -> SyncResult | None:
         """sync() when every stream has a cursor (a reconnecting client's request): one
         statement; None when a stream must be reset (its cursor is ahead of the stream or
@@ -315,7 +357,7 @@ class Store:
         try:
             rows = await self._pool.fetch(
                 _SYNC_AFTER_CURSORS, streams, [cursors[s] for s in streams],
-                [first for first, _ in skips], [last for _, last in skips], limit + 1)
+                [first for first, _ in skips], [last for _, last in skips], limit, max_bytes)
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         found: dict[str, list[asyncpg.Record]] = {}
@@ -330,22 +372,35 @@ class Store:
                 found[stream].append(r)
         result = SyncResult()
         for stream, (_, last) in zip(streams, skips, strict=True):
-            self._take(stream, found[stream], limit, max(cursors[stream], last), result)
+            cursor = cursors[stream]
+            self._take(stream, found[stream], limit, cursor, max(cursor, last), result)
         return result
 
     @staticmethod
-    def _take(
-        stream: str, rows: list[asyncpg.Record], limit: int, floor: int, result: SyncResult
-    ) -> None:
-        """Rows in seq order; the cursor is the last one given, or `floor` (what the client
-        has without them) when that is higher and no page follows."""
-        if len(rows) > limit:
+    async def _page(conn: asyncpg.pool.PoolConnectionProxy, query: str, max_bytes: int,
+                    result: SyncResult, *args: object) -> list[asyncpg.Record]:
+        """One stream's candidate rows by `query` (see _PAGE), cut at what is left of the
+        response's byte budget; counts the bytes of those given."""
+        rows = await conn.fetch(query, max_bytes - result.size, not result.notifications, *args)
+        given = [r for r in rows if r["wire"] is not None]
+        if given:
+            result.size += given[-1]["upto"]
+        return rows
+
+    @staticmethod
+    def _take(stream: str, rows: list[asyncpg.Record], limit: int, start: int, floor: int,
+              result: SyncResult) -> None:
+        """A stream's candidate rows in seq order: those that came with their wire text go
+        out (a prefix). When any was left out, by count or by bytes, the next page continues
+        after the last one given (from `start` when none was); otherwise the cursor is the last
+        one given or `floor` (what the client has without them), whichever is higher."""
+        given = list(itertools.takewhile(lambda r: r["wire"] is not None, rows[:limit]))
+        if len(given) < len(rows):
             result.has_more.add(stream)
-            rows = rows[:limit]
-            result.cursors[stream] = rows[-1]["seq"]
+            result.cursors[stream] = given[-1]["seq"] if given else start
         else:
-            result.cursors[stream] = max(rows[-1]["seq"], floor) if rows else floor
-        for r in rows:
+            result.cursors[stream] = max(given[-1]["seq"], floor) if given else floor
+        for r in given:
             result.notifications.append(orjson.Fragment(r["wire"]))
 
     async def _latest(
@@ -354,28 +409,17 @@ class Store:
         stream: str,
         since: dt.datetime | None,
         limit: int,
+        max_bytes: int,
         last_seq: int,
         result: SyncResult,
-        skip: tuple[int, int] = (0, -1),
     ) -> None:
-        """A stream without a cursor: items created after `since`, else its latest `limit`;
-        either way never the `skip` range (sent live on this connection already)."""
+        """A stream without a cursor: items created after `since`, else its latest `limit`,
+        as they are now (whether or not this connection was sent them live). The client is then
+        at the stream's head, unless the page was cut: the next continues after it."""
         if since is not None:
-            rows = await conn.fetch(
-                f"SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
-                "WHERE n.stream = $1 AND n.created_at > $2 AND n.seq NOT BETWEEN $4 AND $5 "
-                "ORDER BY n.seq LIMIT $3",
-                stream, since, limit + 1, *skip)
-            if len(rows) > limit:
-                self._take(stream, rows, limit, 0, result)
-                return
+            rows = await self._page(conn, _CREATED_SINCE, max_bytes, result,
+                                    stream, since, limit)
         else:
-            rows = list(reversed(await conn.fetch(
-                f"SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
-                "WHERE n.stream = $1 AND n.seq NOT BETWEEN $3 AND $4 "
-                "ORDER BY n.seq DESC LIMIT $2",
-                stream, limit, *skip)))
-        for r in rows:
-            result.notifications.append(orjson.Fragment(r["wire"]))
-        # Nothing more is missing: the client is now at the stream's head.
-        result.cursors[stream] = max(last_seq, skip[1])
+            rows = await self._page(conn, _LATEST, max_bytes, result, stream, limit)
+        start = rows[0]["seq"] - 1 if rows else last_seq
+        self._take(stream, rows, limit, start, last_seq, result)

@@ -200,6 +200,21 @@ def test_session_in_flight_covers_live_and_released_items_until_the_next_sync() 
     assert s.in_flight() == {}
 
 
+def test_session_streams_given_as_they_are_leave_nothing_out_of_their_next_pages() -> None:
+    s = live_session()
+    s.offer("user:1", 3, b"f3")
+    s.offer("user:1", 4, b"f4")
+    s.offer("all", 7, b"a7")
+    s.begin_sync(["user:1", "all"])
+    # user:1 asked without a cursor (or reset): 3 and 4 are in its response or its next pages
+    assert s.finish_sync({"user:1": 2, "all": 5}, {"user:1", "all"}, fresh={"user:1"}) == []
+    assert s.in_flight() == {"all": (7, 7)}  # all had a cursor: still never twice
+    s.begin_sync(["user:1", "all"])
+    assert s.finish_sync({"user:1": 4, "all": 7}, set()) == []
+    assert s.in_flight() == {}
+    assert s.offer("user:1", 4, b"dup") is None and s.offer("user:1", 5, b"f5") == b"f5"
+
+
 def test_session_waiting_for_sync_sends_nothing_live_until_the_response() -> None:
     s = live_session()
     s.wait_for_sync()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-from support import Client, Daemon
+from support import Client, Daemon, running_daemon
 
 
 async def collect_new(client: Client, count: int, timeout: float = 10.0) -> list[dict]:
@@ -342,6 +342,55 @@ async def test_sync_does_not_repeat_what_the_connection_was_just_sent(daemon: Da
             if f["type"] == "notification:new"]
     assert sorted(seqs + live) == [1, 2] and len(seqs + live) == 2  # each exactly once
     assert result["cursors"]["user:race"] == 2
+
+
+async def test_a_stream_without_cursor_gets_its_items_as_they_are_even_just_sent_live(
+        daemon: Daemon) -> None:
+    """Never twice is for cursors: a stream asked without one (its latest items, or those
+    since a time) or reset gets its items as they are now, those just sent live included, so
+    a refresh of read state, or a cache rebuilt from the response, misses nothing."""
+    client = await daemon.connect("fresh")
+    first = await daemon.notify("fresh", "n1")
+    await daemon.notify("fresh", "n2")
+    await collect_new(client, 2)  # sent live: in flight, for a cursor
+    await daemon.sql("UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", first)
+    latest = await client.sync({})
+    assert [(n["seq"], n["read"]) for n in latest["notifications"]] == [(1, True), (2, False)]
+    assert latest["cursors"]["user:fresh"] == 2
+
+    await daemon.notify("fresh", "n3")
+    await collect_new(client, 1)
+    epoch = "2000-01-01T00:00:00Z"
+    since = await client.sync({}, since=epoch)
+    assert [n["seq"] for n in since["notifications"]] == [1, 2, 3]
+
+    await daemon.notify("fresh", "n4")
+    await collect_new(client, 1)
+    reset = await client.sync({"user:fresh": 99})
+    assert reset["reset"] == ["user:fresh"]
+    assert [n["seq"] for n in reset["notifications"]] == [1, 2, 3, 4]
+
+    await daemon.notify("fresh", "n5")
+    await collect_new(client, 1)
+    caught_up = await client.sync({"user:fresh": 4})  # a cursor: n5 is on its way already
+    assert caught_up["notifications"] == [] and caught_up["cursors"]["user:fresh"] == 5
+
+
+async def test_pages_after_a_stream_without_cursor_leave_out_nothing_sent_live(
+        fresh_db: str) -> None:
+    """The latest items cut by the response's byte budget: the pages that follow, asked with
+    its cursors, give the rest, items sent live before the first request included."""
+    async with running_daemon(fresh_db, max_response_bytes=4096) as d:
+        client = await d.connect("fresh2")
+        for i in range(4):
+            await d.sql("SELECT notifyd.notify('fresh2', 't', $1, repeat('x', 1500))", f"n{i}")
+        await collect_new(client, 4)
+        page = await client.sync({})
+        assert [n["seq"] for n in page["notifications"]] == [1, 2] and page["hasMore"]
+        page = await client.sync(page["cursors"])
+        assert [n["seq"] for n in page["notifications"]] == [3, 4] and not page["hasMore"]
+        await d.notify("fresh2", "live")
+        assert (await client.next_data("notification:new"))["notification"]["seq"] == 5
 
 
 async def test_large_row_queued_during_a_fetch_is_not_dropped(daemon: Daemon) -> None:

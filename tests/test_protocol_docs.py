@@ -39,6 +39,7 @@ ERROR_CODES = (
     "forbidden",
     "sync-in-progress",
     "rate-limited",
+    "too-many-requests",
     "unavailable",
     "internal-error",
 )

@@ -112,7 +112,7 @@ async def test_no_query_leaves_session_state_on_a_pool_connection(fresh_db: str)
         await store.mark_read("user:u1", (nid,), "conn-1")  # sets notifyd.origin locally
         await store.mark_read("user:u1", None, "conn-2")
         await store.stream_states(["user:u1", "all"])
-        await store.sync({"user:u1": 0}, ["all"], None, 10)
+        await store.sync({"user:u1": 0}, ["all"], None, 10, max_bytes=2**20)
         await store.fetch_after({"user:u1": 0})
         await store.fetch_ids([nid])
         await store.revocations()
@@ -227,12 +227,13 @@ async def sync_store(fresh_db: str) -> AsyncIterator[Store]:
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cursors=st.dictionaries(st.sampled_from(SYNC_STREAMS), st.integers(0, 15), min_size=1),
        in_flight=st.dictionaries(st.sampled_from(SYNC_STREAMS), in_flight_range),
-       limit=st.integers(1, 6))
+       limit=st.integers(1, 6), max_bytes=st.integers(1, 3000) | st.just(2**20))
 async def test_a_sync_with_every_cursor_is_answered_as_the_transaction_answers_it(
         sync_store: Store, cursors: dict[str, int], in_flight: dict[str, tuple[int, int]],
-        limit: int) -> None:
-    one_statement = await sync_store._sync_after_cursors(cursors, limit, in_flight)
-    general = await sync_store._sync_in_transaction(cursors, [], None, limit, in_flight)
+        limit: int, max_bytes: int) -> None:
+    one_statement = await sync_store._sync_after_cursors(cursors, limit, max_bytes, in_flight)
+    general = await sync_store._sync_in_transaction(cursors, [], None, limit, max_bytes,
+                                                     in_flight)
     if one_statement is None:  # a stream to reset: left to the transaction
         assert general.reset
         return
@@ -240,6 +241,10 @@ async def test_a_sync_with_every_cursor_is_answered_as_the_transaction_answers_i
     assert orjson.dumps(one_statement.notifications) == orjson.dumps(general.notifications)
     assert one_statement.cursors == general.cursors
     assert one_statement.has_more == general.has_more
+    # within the byte budget, but for a first row larger than it, given alone
+    size = sum(len(orjson.dumps(n)) for n in general.notifications)
+    assert size <= max_bytes or len(general.notifications) == 1
     # and sync() itself takes the one statement
-    assert orjson.dumps((await sync_store.sync(cursors, [], None, limit, in_flight)
+    assert orjson.dumps((await sync_store.sync(cursors, [], None, limit, in_flight,
+                                               max_bytes=max_bytes)
                          ).notifications) == orjson.dumps(general.notifications)
