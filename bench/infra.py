@@ -283,8 +283,38 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def migrate(dsn: str) -> None:
-    result = subprocess.run(notifyd_command("migrate"), env=child_env(NOTIFYD_DSN=dsn),
+@contextlib.contextmanager
+def sibling_database(dsn: str, suffix: str) -> Iterator[str]:
+    """Another fresh database on the server of `dsn` (bench_database's), removed afterwards."""
+    name = f"{urlsplit(dsn).path.lstrip('/')}_{suffix}"
+    _admin(dsn, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+    try:
+        yield with_database(dsn, name)
+    finally:
+        _quietly(f"dropping database {name}", _admin, dsn,
+                 f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def export_tree(rev: str, target: Path) -> str:
+    """The repository's files at `rev` (a commit, tag or branch) under `target`; returns the
+    commit's full hash."""
+    top = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(top), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+            capture_output=True, text=True, check=True).stdout.strip()
+        target.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(top), "archive", commit], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise BenchError(f"cannot export {rev!r}: {exc}") from None
+    return commit
+
+
+def migrate(dsn: str, **env: str) -> None:
+    """`notifyd migrate`; `env`: more of the environment (PYTHONPATH for another tree)."""
+    result = subprocess.run(notifyd_command("migrate"), env=child_env(NOTIFYD_DSN=dsn, **env),
                             capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
         raise BenchError(f"notifyd migrate exited {result.returncode}: "

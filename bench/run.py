@@ -9,6 +9,7 @@
     python bench/run.py --peers ''        notifyd alone
     python bench/run.py --profile         also sample the daemon with py-spy (latency, fan-out)
     python bench/run.py --profile native  the same with C frames (pauses the daemon per sample)
+    python bench/run.py --baseline REV    also notifyd at git commit REV, beside this tree's
 
 PostgreSQL: $NOTIFYD_BENCH_DSN (a server URL; a database notifyd_bench_<pid> is created on it
 and dropped afterwards), else an embedded server in a temporary directory. Results go to
@@ -749,6 +750,12 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         for client in clients:
             client.stop()
         daemon.stop()
+        if args.baseline:
+            # before and after in one run: notifyd at another commit, same load and machine
+            name = f"notifyd@{args.baseline}"
+            results["peers"] = {}
+            results["peers"][name], results["raw"][name] = run_baseline(
+                args.baseline, dsn, secret, workdir, scale)
         say("floors: bare send() to as many loopback connections; commit -> bare LISTEN")
         users = [f"u{i}" for i in range(scale.connections)]
         try:
@@ -764,7 +771,7 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
             say(f"floors not measured: {exc!r}")
             results["floor_error"] = repr(exc)[:500]
         # The same scenarios, load and database against each peer, one server at a time.
-        results["peers"] = {}
+        results.setdefault("peers", {})
         for name in args.peers:
             results["peers"][name], results["raw"][name] = run_peer(
                 peers.PEERS[name], dsn, secret, workdir, writer, scale)
@@ -826,6 +833,48 @@ def _run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer
             out["peak_rss_kb"] = _peak_rss(server.pid)
 
 
+def run_baseline(rev: str, dsn: str, secret: str, workdir: Path,
+                 scale: Scale) -> tuple[dict[str, Any], dict[str, Any]]:
+    """notifyd at commit `rev` (exported under `workdir`, run from there with this Python and
+    its packages) on a database of its own migrated by that version, with a writer of its own:
+    every scenario, reported like a peer's."""
+    tree = workdir / "baseline"
+    commit = infra.export_tree(rev, tree)
+    out: dict[str, Any] = {"title": f"notifyd {commit[:10]}", "versions": {"commit": commit}}
+    raw: dict[str, Any] = {}
+    env = {"PYTHONPATH": str(tree)}
+    try:
+        with contextlib.ExitStack() as stack:
+            base_dsn = stack.enter_context(infra.sibling_database(dsn, "baseline"))
+            infra.migrate(base_dsn, **env)
+            daemon = Daemon(base_dsn, secret, workdir, log_level=DAEMON_LOG_LEVEL,
+                            shared_log=workdir / "baseline.log", PYTHONPATH=str(tree))
+            stack.callback(daemon.stop)
+            say(f"notifyd at {commit[:10]} started (pid {daemon.pid}, port {daemon.port})")
+            writer = Worker("writer-baseline", sql_writer.main, base_dsn, WRITER_POOL)
+            stack.callback(writer.stop)
+            clients = []
+            for i in range(CLIENT_PROCESSES):
+                client = Worker(f"client-{i}", ws_clients.main, daemon.url, secret,
+                                HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES)
+                stack.callback(client.stop)
+                clients.append(client)
+            daemon.wait_ready()
+            writer.call("open", timeout=60)
+            bench = Bench(daemon, clients, writer, scale, None)
+            bench.raw = raw
+            try:
+                _scenarios(bench, out)
+                bench.close_all()
+            finally:
+                out["warnings"] = daemon.warnings(20)
+                out["peak_rss_kb"] = _peak_rss(daemon.pid)
+    except BenchError as exc:
+        say(f"notifyd at {commit[:10]} stopped: {exc}")
+        out["error"] = str(exc)[:1000]
+    return out, raw
+
+
 def _peak_rss(pid: int) -> int | None:
     with contextlib.suppress(OSError, ValueError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -847,6 +896,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default=",".join(peers.PEERS),
                         help="comma-separated peers to measure after notifyd (default: "
                              f"{','.join(peers.PEERS)}; '' for none)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also measure notifyd at this git commit (or tag, branch), right "
+                             "after this tree's notifyd, on a database of its own: before and "
+                             "after, side by side")
     args = parser.parse_args(argv)
     args.peers = [p for p in args.peers.split(",") if p]
     unknown = [p for p in args.peers if p not in peers.PEERS]
