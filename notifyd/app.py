@@ -224,8 +224,7 @@ class App:
 
     def _is_revoked(self, identity: Identity) -> bool:
         at = self.revoked.get(identity.user_id)
-        # A token without iat cannot show it was issued after the revocation.
-        return at is not None and (identity.issued_at is None or identity.issued_at <= at)
+        return at is not None and identity.revoked_by(at)
 
     def _revoked(self, user_id: str, at: float) -> None:
         """notifyd.revoke_user() ran: close the user's connections whose token predates it."""
@@ -251,10 +250,7 @@ class App:
     def went_live(self, conn: Connection) -> bytes:
         identity = conn.session.identity
         assert identity is not None
-        streams = list(identity.streams)
-        if self.policy.is_watcher(identity.roles):
-            streams.append(PRESENCE_STREAM)
-        self.index.add(conn, streams)
+        self.index.add(conn, self._subscriptions(identity))
         self.metrics.connections_opened += 1
         if log.isEnabledFor(logging.INFO):
             log.info("connection open", extra={
@@ -358,9 +354,59 @@ class App:
         except ClientError as exc:
             self._refuse(conn, exc, ref)
             return
+        self._resubscribe(conn, self._subscriptions(before), self._subscriptions(identity))
+        # A token expiring before the connection's next check (expiry is checked with it).
+        due = asyncio.get_running_loop().time() + identity.expires_at - time.time()
+        if due < conn.deadline:
+            conn.deadline = due
+            self.timers.schedule(conn, due)
         conn.send(encode("auth:refreshed", {
-            "expiresAt": format_epoch(identity.expires_at)},
+            "expiresAt": format_epoch(identity.expires_at), "roles": list(identity.roles)},
             ref))
+
+    def _subscriptions(self, identity: Identity) -> list[str]:
+        """What a connection of `identity` is indexed under: its streams, and the presence
+        pseudo-stream when its roles make it a watcher."""
+        streams = list(identity.streams)
+        if self.policy.is_watcher(identity.roles):
+            streams.append(PRESENCE_STREAM)
+        return streams
+
+    def _resubscribe(self, conn: Connection, old: list[str], new: list[str]) -> None:
+        """Move a live connection from the streams `old` to `new` (a refresh changed its
+        roles), as went_live() and closed() index and unindex a whole connection."""
+        dropped = [s for s in old if s not in new]
+        gained = [s for s in new if s not in old]
+        if dropped:
+            gone = self.index.remove(conn, dropped)
+            self.router.forget(gone)
+            for stream in gone:
+                self._unread_epoch.pop(stream, None)
+        if gained:
+            first = [s for s in self.index.add(conn, gained) if s != PRESENCE_STREAM]
+            if first:
+                self.spawn(self._note_floors(conn, first))
+        if dropped or gained:
+            log.info("connection roles changed", extra={
+                "conn": conn.session.connection_id, "dropped": dropped, "gained": gained})
+
+    async def _note_floors(self, conn: Connection, streams: list[str]) -> None:
+        """Streams that just got their first local subscriber: their last seq is where a
+        catch-up starts should the LISTEN connection be lost (see _send_initial_state)."""
+        delay = 0.1
+        while conn.session.state is State.LIVE:
+            try:
+                states = await self.store.stream_states(streams)
+            except StoreError as exc:
+                log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            for stream in streams:
+                if self.index.subscribers(stream):  # not dropped again meanwhile
+                    state = states.get(stream)
+                    self.router.note_floor(stream, state.last_seq if state else 0)
+            return
 
     async def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
         streams = list(identity.streams)
