@@ -9,7 +9,8 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from websockets.datastructures import Headers
@@ -332,9 +333,11 @@ class App:
         elif isinstance(event, SyncRequest):
             self._start_sync(conn, event, frame.ref)
         elif isinstance(event, MarkRead | MarkAllRead):
-            self.spawn(self._mark_read(conn, event, frame.ref))
+            self.spawn(self._answered(conn, frame.ref,
+                                      partial(self._mark_read, conn, event, frame.ref)))
         elif isinstance(event, PresenceQuery):
-            self.spawn(self._presence_query(conn, event, frame.ref))
+            self.spawn(self._answered(conn, frame.ref,
+                                      partial(self._presence_query, conn, event, frame.ref)))
         else:
             self._refresh(conn, event, frame.ref)
 
@@ -344,8 +347,24 @@ class App:
         exc.ref = ref
         conn.send(error_frame(exc))
 
+    async def _answered(self, conn: Connection, ref: str | None,
+                        operation: Callable[[], Awaitable[None]]) -> None:
+        """Runs a client operation that answers its frame itself (made only here: a task
+        cancelled before it starts leaves no coroutine unawaited); one that fails in a way it
+        did not expect is answered `internal-error` instead of leaving the client waiting."""
+        try:
+            await operation()
+        except Exception:
+            log.exception("a client operation failed on connection %s",
+                          conn.session.connection_id)
+            self._refuse(conn, ClientError("internal-error"), ref)
+
     def _refresh(self, conn: Connection, event: Auth, ref: str | None) -> None:
-        """A fresh token on a live connection: same user only; extends the connection."""
+        """A fresh token on a live connection: same user only. It extends the connection, and
+        its roles replace the connection's: the streams of roles it lacks stop at once, those of
+        roles it adds start live from now, and presence rights follow the new roles."""
+        before = conn.session.identity
+        assert before is not None
         try:
             identity = conn.session.authenticate(self.verify(event.token))
         except AuthError as exc:
@@ -456,7 +475,7 @@ class App:
         except ClientError as exc:
             self._refuse(conn, exc, ref)
             return
-        self.spawn(self._sync(conn, req, ref, list(allowed)))
+        self.spawn(self._answered(conn, ref, partial(self._sync, conn, req, ref, list(allowed))))
 
     async def _sync(self, conn: Connection, req: SyncRequest, ref: str | None,
                     streams: list[str]) -> None:

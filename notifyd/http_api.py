@@ -21,7 +21,14 @@ from notifyd.config import Settings
 from notifyd.errors import AuthError, ClientError, StoreError
 from notifyd.metrics import CONTENT_TYPE as METRICS_TYPE
 from notifyd.metrics import Metrics
-from notifyd.protocol import format_time, mark_read_request, poll_request
+from notifyd.protocol import (
+    HTTP_TOKEN,
+    format_time,
+    mark_all_read_request,
+    mark_read_request,
+    poll_request,
+    unread_count_request,
+)
 from notifyd.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,15 @@ def _static(name: str) -> bytes:
 
 def _error(status: int, code: str, message: str) -> HttpAnswer:
     return HttpAnswer(status, orjson.dumps({"code": code, "message": message}))
+
+
+def _header(headers: Any, name: str) -> str | None:
+    """A header that may be given once; given more than once, it is refused (which one a
+    proxy or a browser would have honoured is anyone's guess)."""
+    values: list[str] = headers.get_all(name)
+    if len(values) > 1:
+        raise ClientError("invalid-data", f"more than one {name} header")
+    return values[0] if values else None
 
 
 class HttpApi:
@@ -82,7 +98,11 @@ class HttpApi:
             if method != "GET":
                 return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", "GET")])
             return await self._operations(route, admin)
-        cors = self._cors(headers.get("Origin"))
+        try:
+            origin = _header(headers, "Origin")
+        except ClientError as exc:
+            return _error(400, exc.code, exc.message)
+        cors = self._cors(origin)
         if route.startswith("/v1/"):
             if method == "OPTIONS":  # a browser's preflight for the Authorization header
                 return HttpAnswer(204, b"", TEXT, [
@@ -140,12 +160,12 @@ class HttpApi:
             if any(r == route for _, r in self.routes):
                 return _error(405, "method-not-allowed", f"{method} is not allowed here")
             return _error(404, "not-found", "no such endpoint")
-        header = headers.get("Authorization") or ""
-        token = header[7:].strip() if header[:7].lower() == "bearer " else None
-        token = token or (query.get("token") or [""])[-1]
-        if not token:
-            return _error(401, "auth-failed", "send Authorization: Bearer <token>")
         try:
+            header = _header(headers, "Authorization") or ""
+            token = header[7:].strip() if header[:7].lower() == "bearer " else None
+            token = token or (query.get(HTTP_TOKEN) or [""])[-1]
+            if not token:
+                return _error(401, "auth-failed", "send Authorization: Bearer <token>")
             identity = self.verify(token)
             result: HttpAnswer = await handler(identity, route, query)
             return result
@@ -156,6 +176,9 @@ class HttpApi:
         except StoreError as exc:
             log.warning("%s %s failed: %s", method, route, exc)
             return _error(503, "unavailable", ClientError("unavailable").message)
+        except Exception:  # a bug: answered in the API's own terms, not as a bare 500
+            log.exception("%s %s failed", method, route)
+            return _error(500, "internal-error", ClientError("internal-error").message)
 
     async def _notifications(self, identity: Identity, route: str,
                              query: dict[str, list[str]]) -> HttpAnswer:
@@ -175,13 +198,18 @@ class HttpApi:
 
     async def _unread_count(self, identity: Identity, route: str,
                             query: dict[str, list[str]]) -> HttpAnswer:
+        unread_count_request(query)
         states = await self.store.stream_states([identity.user_stream])
         state = states.get(identity.user_stream)
         return HttpAnswer(200, orjson.dumps({"count": state.unread if state else 0}))
 
     async def _mark_read(self, identity: Identity, route: str,
                          query: dict[str, list[str]]) -> HttpAnswer:
-        ids = None if route.endswith("read-all") else mark_read_request(query).ids
+        if route.endswith("read-all"):
+            mark_all_read_request(query)
+            ids = None
+        else:
+            ids = mark_read_request(query).ids
         changed, read_at = await self.store.mark_read(identity.user_stream, ids, "http")
         return HttpAnswer(200, orjson.dumps({
             "ids": changed, "readAt": format_time(read_at) if read_at else None}))
