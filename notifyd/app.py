@@ -75,13 +75,16 @@ def _now_iso() -> str:
 class App:
     """One notifyd process."""
 
-    def __init__(self, settings: Settings, store: Store, dev: bool = False) -> None:
+    def __init__(self, settings: Settings, store: Store, dev: bool = False,
+                 dev_key: str | None = None) -> None:
         self.settings = settings
         self.store = store
         self.auth = Authenticator(settings)
-        # `dev`: the demo page and its token and send helpers (`notifyd dev` only)
+        # `dev`: the demo page and its token and send helpers (`notifyd dev` only), which need
+        # `dev_key` (made when not given: http_api.dev.key)
         self.metrics = Metrics()
-        self.http_api = HttpApi(settings, store, self.verify, self.readiness, self.metrics, dev)
+        self.http_api = HttpApi(settings, store, self.verify, self.readiness, self.metrics, dev,
+                                dev_key=dev_key, port=lambda: self.port)
         self.index: StreamIndex[Connection] = StreamIndex()
         self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
         self.policy = PresencePolicy(settings.presence_roles, settings.presence_public_roles or ())

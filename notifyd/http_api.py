@@ -3,7 +3,8 @@
 # page and its helpers; and the admin listener's health and metrics. The server adapter hands
 # over a parsed request and writes the HttpAnswer back.
 # The /v1 API is authenticated by a bearer token, never a cookie, so any page may call it (CORS
-# `*`) unless NOTIFYD_ALLOWED_ORIGINS names the pages that may.
+# `*`) unless NOTIFYD_ALLOWED_ORIGINS names the pages that may. The dev routes answer only
+# requests to the dev server's own address, from its own pages, with the key of the run.
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +19,7 @@ import orjson
 
 from notifyd.auth import Identity, issue_token
 from notifyd.config import Settings
+from notifyd.devserver import DevAccess, new_dev_key
 from notifyd.errors import AuthError, ClientError, StoreError
 from notifyd.metrics import CONTENT_TYPE as METRICS_TYPE
 from notifyd.metrics import Metrics
@@ -37,6 +39,8 @@ JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 DEV_TOKEN_TTL = 24 * 3600
 OPERATIONS = ("/healthz", "/readyz", "/metrics")  # all the admin listener serves
+DEMO = ("/", "/index.html")  # the demo page, under `notifyd dev`
+DEV_HELPERS = ("/dev/token", "/dev/notify")  # what it calls, with the run's key
 STATUS_OF = {"invalid-data": 400, "auth-failed": 401, "forbidden": 403, "unavailable": 503}
 
 
@@ -70,13 +74,16 @@ class HttpApi:
 
     def __init__(self, settings: Settings, store: Store, verify: Callable[[str], Identity],
                  readiness: Callable[[], Awaitable[dict[str, bool]]], metrics: Metrics,
-                 dev: bool = False) -> None:
+                 dev: bool = False, *, dev_key: str | None = None,
+                 port: Callable[[], int] = lambda: 0) -> None:
+        """`dev`: serve the demo page and its helpers, which need `dev_key` (one is made when
+        none is given); `port`: the port the server listens on, once bound."""
         self.settings = settings
         self.store = store
         self.verify = verify
         self.readiness = readiness
         self.metrics = metrics
-        self.dev = dev
+        self.dev = DevAccess(dev_key or new_dev_key(), port) if dev else None
         self.client_js = _static("notifyd.js")
         self.demo = _static("demo.html") if dev else b""
         self.routes: dict[tuple[str, str], Callable[..., Awaitable[HttpAnswer]]] = {
@@ -112,8 +119,8 @@ class HttpApi:
             answer = await self._api(method, route, query, headers)
             answer.headers += [*cors, ("Cache-Control", "no-store")]
             return answer
-        if self.dev and route == "/dev/notify" and method == "POST":
-            return await self._dev_notify(query)
+        if self.dev is not None and route in (*DEMO, *DEV_HELPERS):
+            return await self._dev(self.dev, method, route, query, headers)
         if method != "GET":
             return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", "GET")])
         if route in OPERATIONS:
@@ -123,11 +130,6 @@ class HttpApi:
             return HttpAnswer(200, self.client_js, "text/javascript; charset=utf-8",
                               [("Access-Control-Allow-Origin", "*"),
                                ("Cache-Control", "no-cache")])
-        if self.dev and route in ("/", "/index.html"):
-            return HttpAnswer(200, self.demo, "text/html; charset=utf-8",
-                              [("Cache-Control", "no-cache")])
-        if self.dev and route == "/dev/token":
-            return self._dev_token(query)
         return HttpAnswer(404, b"not found\n", TEXT)
 
     async def _operations(self, route: str, admin: bool) -> HttpAnswer:
@@ -215,6 +217,24 @@ class HttpApi:
             "ids": changed, "readAt": format_time(read_at) if read_at else None}))
 
     # -- `notifyd dev` only ----------------------------------------------------------------
+
+    async def _dev(self, dev: DevAccess, method: str, route: str, query: dict[str, list[str]],
+                   headers: Any) -> HttpAnswer:
+        """The demo page and its helpers: for this dev server's address and pages only (no
+        other site's page, nor one reached by DNS rebinding, may mint tokens or send), and the
+        helpers only with the key of this run."""
+        refusal = dev.refusal(headers, need_key=route in DEV_HELPERS)
+        if refusal is not None:
+            return _error(403, "forbidden", refusal)
+        allowed = "POST" if route == "/dev/notify" else "GET"
+        if method != allowed:
+            return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", allowed)])
+        if route == "/dev/notify":
+            return await self._dev_notify(query)
+        if route == "/dev/token":
+            return self._dev_token(query)
+        return HttpAnswer(200, self.demo, "text/html; charset=utf-8",
+                          [("Cache-Control", "no-cache")])
 
     def _dev_token(self, query: dict[str, list[str]]) -> HttpAnswer:
         user = (query.get("user") or ["alice"])[-1][:64]
