@@ -30,10 +30,34 @@ from notifyd.session import Session
 # under C.UTF-8, under LC_CTYPE 'C' and under an ICU Turkish locale all differ on some of these.
 KELVIN = "\u212a"  # K, the Kelvin sign: Python and ICU lower it to an ASCII k
 ROLE_CASES = [
-    "admin", "Admin", "ADMIN", "IT", "it", "\u0130T", "i\u0307t", "\u0131t", "\u00c4RZTE",
-    "\u00e4rzte", "STRASSE", "stra\u00dfe", "\u00df", KELVIN, "k", f"{KELVIN}ELVIN", "\ufb00",
-    "org:42/Team_Lead+x", "a b", " admin", "tab\tx", "x" * 128, "X" * 129, "!~", "'quote'",
-    "back\\slash", "null\x00byte", "",
+    "admin",
+    "Admin",
+    "ADMIN",
+    "IT",
+    "it",
+    "\u0130T",
+    "i\u0307t",
+    "\u0131t",
+    "\u00c4RZTE",
+    "\u00e4rzte",
+    "STRASSE",
+    "stra\u00dfe",
+    "\u00df",
+    KELVIN,
+    "k",
+    f"{KELVIN}ELVIN",
+    "\ufb00",
+    "org:42/Team_Lead+x",
+    "a b",
+    " admin",
+    "tab\tx",
+    "x" * 128,
+    "X" * 129,
+    "!~",
+    "'quote'",
+    "back\\slash",
+    "null\x00byte",
+    "",
 ]
 
 
@@ -41,14 +65,27 @@ def test_role_names_fold_only_a_to_z_and_refuse_the_rest() -> None:
     assert role_name("ADMIN") == role_name("Admin") == "admin"
     assert role_name("Org:42/Team_Lead+x") == "org:42/team_lead+x"
     assert role_name("x" * 128) == "x" * 128
-    for refused in ("\u0130T", "\u0131t", "\u00c4RZTE", "stra\u00dfe", KELVIN, "\ufb00", "a b", "",
-                    "x" * 129, "tab\tx", "null\x00byte"):
+    for refused in (
+        "\u0130T",
+        "\u0131t",
+        "\u00c4RZTE",
+        "stra\u00dfe",
+        KELVIN,
+        "\ufb00",
+        "a b",
+        "",
+        "x" * 129,
+        "tab\tx",
+        "null\x00byte",
+    ):
         assert role_name(refused) is None, refused
 
 
 def _auth(**settings: object) -> Authenticator:
-    return Authenticator(validate(Settings(jwt_secret=SECRET, **settings)),  # type: ignore[arg-type]
-                         clock=lambda: 1_800_000_000.0)
+    return Authenticator(
+        validate(Settings(jwt_secret=SECRET, **settings)),  # type: ignore[arg-type]
+        clock=lambda: 1_800_000_000.0,
+    )
 
 
 def _token(**claims: object) -> str:
@@ -98,9 +135,11 @@ async def _sql_role(conn: asyncpg.Connection, raw: str) -> str | None:
         async with conn.transaction():
             nid = await conn.fetchval("SELECT notifyd.notify_role($1, 't', 'title', 'm')", raw)
             role: str = await conn.fetchval(
-                "SELECT role FROM notifyd.notifications WHERE id = $1", nid)
+                "SELECT role FROM notifyd.notifications WHERE id = $1", nid
+            )
             stream = await conn.fetchval(
-                "SELECT stream FROM notifyd.notifications WHERE id = $1", nid)
+                "SELECT stream FROM notifyd.notifications WHERE id = $1", nid
+            )
             assert stream == f"role:{role}"
             return role
     except asyncpg.CheckViolationError:
@@ -110,8 +149,9 @@ async def _sql_role(conn: asyncpg.Connection, raw: str) -> str | None:
 async def _server_has_icu(pg_server: str) -> bool:
     conn = await asyncpg.connect(pg_server)
     try:
-        return bool(await conn.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_collation WHERE collprovider = 'i')"))
+        return bool(
+            await conn.fetchval("SELECT EXISTS (SELECT FROM pg_collation WHERE collprovider = 'i')")
+        )
     finally:
         await conn.close()
 
@@ -129,8 +169,11 @@ async def locale_db(request: pytest.FixtureRequest, pg_server: str) -> AsyncIter
     if request.param == "ICU tr-TR" and not await _server_has_icu(pg_server):
         pytest.skip("this PostgreSQL has no ICU collations")
     name = f"notifyd_locale_{os.getpid()}_{sorted(LOCALES).index(request.param)}"
-    await admin_exec(pg_server, f"DROP DATABASE IF EXISTS {name}",
-                     f"CREATE DATABASE {name} {LOCALES[request.param]}")
+    await admin_exec(
+        pg_server,
+        f"DROP DATABASE IF EXISTS {name}",
+        f"CREATE DATABASE {name} {LOCALES[request.param]}",
+    )
     dsn = with_database(pg_server, name)
     await migrate(dsn)
     yield dsn
@@ -172,11 +215,16 @@ NO_RECIPIENT_STREAMS = ["user:42", "role:admin", "@presence", "whatever:garbage"
 async def test_a_row_without_recipient_is_refused(daemon: Daemon, stream: str) -> None:
     await daemon.notify("42", "counted")
     with pytest.raises(asyncpg.CheckViolationError, match="recipient"):
-        await daemon.sql("INSERT INTO notifyd.notifications (stream, type) VALUES ($1, 't')",
-                         stream)
+        await daemon.sql(
+            "INSERT INTO notifyd.notifications (stream, type) VALUES ($1, 't')", stream
+        )
     # the trigger refused it before it took a seq: no counter moved
-    assert await daemon.sql(
-        "SELECT last_seq * 1000 + unread FROM notifyd.streams WHERE stream = 'user:42'") == 1001
+    assert (
+        await daemon.sql(
+            "SELECT last_seq * 1000 + unread FROM notifyd.streams WHERE stream = 'user:42'"
+        )
+        == 1001
+    )
     assert await daemon.sql("SELECT count(*) FROM notifyd.streams") == 1
 
 
@@ -185,34 +233,46 @@ async def test_the_table_check_refuses_such_a_row_without_the_trigger(daemon: Da
     data-only restore does) is refused too."""
     pool = await daemon.pool()
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("ALTER TABLE notifyd.notifications "
-                           "DISABLE TRIGGER notifications_assign_seq")
+        await conn.execute(
+            "ALTER TABLE notifyd.notifications DISABLE TRIGGER notifications_assign_seq"
+        )
         for stream in NO_RECIPIENT_STREAMS:
             with pytest.raises(asyncpg.CheckViolationError, match="notifications_stream_check"):
                 async with conn.transaction():
-                    await conn.execute("INSERT INTO notifyd.notifications (stream, seq, type) "
-                                       "VALUES ($1, 1, 't')", stream)
-        await conn.execute("INSERT INTO notifyd.notifications (stream, seq, type) "
-                           "VALUES ('all', 1, 't')")
-        await conn.execute("INSERT INTO notifyd.notifications (user_id, stream, seq, type) "
-                           "VALUES ('7', 'user:7', 1, 't')")
+                    await conn.execute(
+                        "INSERT INTO notifyd.notifications (stream, seq, type) VALUES ($1, 1, 't')",
+                        stream,
+                    )
+        await conn.execute(
+            "INSERT INTO notifyd.notifications (stream, seq, type) VALUES ('all', 1, 't')"
+        )
+        await conn.execute(
+            "INSERT INTO notifyd.notifications (user_id, stream, seq, type) "
+            "VALUES ('7', 'user:7', 1, 't')"
+        )
 
 
-@pytest.mark.parametrize(("columns", "values"), [
-    ("user_id, stream", "'42', 'user:43'"),
-    ("role, stream", "'admin', 'role:root'"),
-    ("user_id, role, stream", "'42', 'admin', 'user:42'"),
-    ("user_id, stream", "'42', 'all'"),
-])
-async def test_an_explicit_stream_must_be_the_recipients(daemon: Daemon, columns: str,
-                                                         values: str) -> None:
+@pytest.mark.parametrize(
+    ("columns", "values"),
+    [
+        ("user_id, stream", "'42', 'user:43'"),
+        ("role, stream", "'admin', 'role:root'"),
+        ("user_id, role, stream", "'42', 'admin', 'user:42'"),
+        ("user_id, stream", "'42', 'all'"),
+    ],
+)
+async def test_an_explicit_stream_must_be_the_recipients(
+    daemon: Daemon, columns: str, values: str
+) -> None:
     with pytest.raises(asyncpg.CheckViolationError):
-        await daemon.sql(f"INSERT INTO notifyd.notifications ({columns}, type) "
-                         f"VALUES ({values}, 't')")
+        await daemon.sql(
+            f"INSERT INTO notifyd.notifications ({columns}, type) VALUES ({values}, 't')"
+        )
 
 
-async def test_the_migration_stops_at_rows_without_recipient(pg_server: str,
-                                                              tmp_path: Path) -> None:
+async def test_the_migration_stops_at_rows_without_recipient(
+    pg_server: str, tmp_path: Path
+) -> None:
     """A database whose table already holds such rows (as version 1's CHECK let through):
     version 5 is refused with a message saying how to find them, and applies once they are
     gone."""
@@ -227,25 +287,32 @@ async def test_the_migration_stops_at_rows_without_recipient(pg_server: str,
     try:
         await migrate(dsn, old)
         await admin_exec(
-            dsn, "INSERT INTO notifyd.notifications (stream, type) "
-                 "SELECT s, 't' FROM unnest(ARRAY['user:42', 'role:admin', '@presence']) s",
-            "SELECT notifyd.notify('42', 't', 'fine', 'm')")
+            dsn,
+            "INSERT INTO notifyd.notifications (stream, type) "
+            "SELECT s, 't' FROM unnest(ARRAY['user:42', 'role:admin', '@presence']) s",
+            "SELECT notifyd.notify('42', 't', 'fine', 'm')",
+        )
         with pytest.raises(MigrationError) as caught:
             await migrate(dsn)
         message = str(caught.value)
         assert "0005_identity.sql" in message and "3 notifications" in message
         assert "DELETE FROM notifyd.notifications WHERE user_id IS NULL" in message
-        await admin_exec(dsn, "DELETE FROM notifyd.notifications "
-                              "WHERE user_id IS NULL AND role IS NULL AND stream <> 'all'")
+        await admin_exec(
+            dsn,
+            "DELETE FROM notifyd.notifications "
+            "WHERE user_id IS NULL AND role IS NULL AND stream <> 'all'",
+        )
         assert await migrate(dsn) == ["0005_identity.sql"]
         with pytest.raises(asyncpg.CheckViolationError):
-            await admin_exec(dsn, "INSERT INTO notifyd.notifications (stream, type) "
-                                  "VALUES ('user:42', 't')")
+            await admin_exec(
+                dsn, "INSERT INTO notifyd.notifications (stream, type) VALUES ('user:42', 't')"
+            )
     finally:
         await admin_exec(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # -- iat, exp and revocation ---------------------------------------------------------------
+
 
 def test_an_iat_in_the_future_is_refused_and_a_near_one_counts_as_now() -> None:
     auth = _auth()
@@ -282,12 +349,14 @@ async def test_a_token_from_a_fast_clock_does_not_outlive_a_revocation(daemon: D
     code, _ = await client.closed()
     assert code == 4003
     framed = await daemon.connect("v2")  # and a refresh with such a token is refused
-    reply = await framed.request("auth", {"token": daemon.token("v2", iat=int(time.time()) + 60)},
-                                 "auth:refreshed")
+    reply = await framed.request(
+        "auth", {"token": daemon.token("v2", iat=int(time.time()) + 60)}, "auth:refreshed"
+    )
     assert reply["data"] == {"code": "auth-failed", "message": "token issued in the future"}
 
 
 # -- a refresh that changes the roles ------------------------------------------------------
+
 
 async def _refresh(client: Client, token: str, ref: str = "auth-2") -> dict[str, object]:
     reply = await client.request("auth", {"token": token}, "auth:refreshed", ref=ref)
@@ -307,13 +376,15 @@ async def test_a_refresh_applies_the_new_tokens_roles(daemon: Daemon) -> None:
     await d.connect("someone")
     query = await admin.request("presence:query", {"userIds": ["someone"]}, "presence:state")
     assert query["data"]["code"] == "forbidden"
-    sync = await admin.request("notification:sync-request", {"cursors": {"role:admin": 0}},
-                               "notification:sync-response")
+    sync = await admin.request(
+        "notification:sync-request", {"cursors": {"role:admin": 0}}, "notification:sync-response"
+    )
     assert sync["data"]["code"] == "forbidden"
     await d.notify("a1", "mine")
     frames = await admin.quiet(0.5)
-    assert [f["data"]["notification"]["title"] for f in frames
-            if f["type"] == "notification:new"] == ["mine"]
+    assert [
+        f["data"]["notification"]["title"] for f in frames if f["type"] == "notification:new"
+    ] == ["mine"]
     assert not [f for f in frames if f["type"].startswith("presence:")]
     # roles gained: live from now on, and the sync-request may name them
     data = await _refresh(admin, d.token("a1", ["Doctor", "admin"]), ref="auth-3")
@@ -328,8 +399,11 @@ async def test_a_refresh_applies_the_new_tokens_roles(daemon: Daemon) -> None:
 
 
 def _conn(d: Daemon, user: str) -> object:
-    return next(c for c in d.app.connections
-                if c.session.identity is not None and c.session.identity.user_id == user)
+    return next(
+        c
+        for c in d.app.connections
+        if c.session.identity is not None and c.session.identity.user_id == user
+    )
 
 
 async def test_a_dropped_stream_is_forgotten_by_the_router(daemon: Daemon) -> None:
@@ -343,8 +417,11 @@ async def test_a_dropped_stream_is_forgotten_by_the_router(daemon: Daemon) -> No
         await d.sql("SELECT notifyd.notify_role('sre', 't', 'before the refresh', 'm')")
     assert d.app.router.catch_up_points() == {"role:ops": 1, "user:f1": 0, "all": 0}
     await _refresh(client, d.token("f1", ["sre"]))
-    await eventually(lambda: d.app.router.catch_up_points().get("role:sre") == 2, 5,
-                     "the gained stream's floor is noted")
+    await eventually(
+        lambda: d.app.router.catch_up_points().get("role:sre") == 2,
+        5,
+        "the gained stream's floor is noted",
+    )
     assert "role:ops" not in d.app.router.catch_up_points()
     await d.sql("SELECT notifyd.notify_role('sre', 't', 'after', 'm')")
     n = (await client.next_data("notification:new"))["notification"]
