@@ -11,6 +11,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -108,13 +109,30 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: floa
     raise SystemExit(f"{what} did not listen on {port}")
 
 
-async def check(name: str, cert: Path, proxy_port: int, daemon_port: int,
+def dev_key(banner: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
+    """The key of this `notifyd dev` run, from the demo page's link in its banner: the dev
+    helpers answer only requests that carry it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"#key=([\w-]+)", banner.read_text())
+        if found:
+            return found.group(1)
+        if proc.poll() is not None:
+            raise SystemExit(f"notifyd dev exited with {proc.returncode}")
+        time.sleep(0.1)
+    raise SystemExit("notifyd dev printed no demo page link")
+
+
+async def check(name: str, cert: Path, proxy_port: int, daemon_port: int, key: str,
                 logs: list[Path]) -> None:
     started = time.monotonic()
     ctx = ssl.create_default_context(cafile=str(cert))
     ctx.check_hostname = True
     base = f"{SITE}:{proxy_port}"
-    with urllib.request.urlopen(f"http://127.0.0.1:{daemon_port}/dev/token?user=alice") as r:
+    dev = {"X-Notifyd-Dev-Key": key}
+    token_request = urllib.request.Request(
+        f"http://127.0.0.1:{daemon_port}/dev/token?user=alice", headers=dev)
+    with urllib.request.urlopen(token_request) as r:
         token = json.load(r)["token"]
 
     def https(path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -131,7 +149,7 @@ async def check(name: str, cert: Path, proxy_port: int, daemon_port: int,
         title = f"through {name}"
         req = urllib.request.Request(
             f"http://127.0.0.1:{daemon_port}/dev/notify?user=alice&title="
-            + title.replace(" ", "+"), method="POST")
+            + title.replace(" ", "+"), method="POST", headers=dev)
         urllib.request.urlopen(req).close()
         async with asyncio.timeout(10):
             while True:
@@ -165,13 +183,14 @@ def main() -> int:
     try:
         cert, key = self_signed(work)
         daemon_port = free_port()
-        with open(work / "notifyd.log", "wb") as log:
+        with open(work / "notifyd.log", "wb") as log, open(work / "banner.txt", "wb") as out:
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "notifyd", "dev", "--data-dir", str(work / "dev"),
-                 "--port", str(daemon_port)], stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
+                 "--port", str(daemon_port)], stdout=out, stderr=log, cwd=ROOT,
                 env={k: v for k, v in os.environ.items() if not k.startswith("NOTIFYD_")})
         procs.append(daemon)
         wait_port(daemon_port, daemon, "notifyd dev", timeout=90)
+        helpers_key = dev_key(work / "banner.txt", daemon)
         for name, build in (("nginx", nginx), ("caddy", caddy)):
             directory = work / name
             directory.mkdir()
@@ -183,7 +202,8 @@ def main() -> int:
             procs.append(proc)
             wait_port(port, proc, name)
             try:
-                asyncio.run(check(name, cert, port, daemon_port, list(directory.glob("*.log"))))
+                asyncio.run(check(name, cert, port, daemon_port, helpers_key,
+                                  list(directory.glob("*.log"))))
             except BaseException:
                 for log in directory.glob("*.log"):
                     print(f"--- {log}\n{log.read_text()[-3000:]}", file=sys.stderr)

@@ -9,7 +9,8 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from websockets.datastructures import Headers
@@ -75,13 +76,16 @@ def _now_iso() -> str:
 class App:
     """One notifyd process."""
 
-    def __init__(self, settings: Settings, store: Store, dev: bool = False) -> None:
+    def __init__(self, settings: Settings, store: Store, dev: bool = False,
+                 dev_key: str | None = None) -> None:
         self.settings = settings
         self.store = store
         self.auth = Authenticator(settings)
-        # `dev`: the demo page and its token and send helpers (`notifyd dev` only)
+        # `dev`: the demo page and its token and send helpers (`notifyd dev` only), which need
+        # `dev_key` (made when not given: http_api.dev.key)
         self.metrics = Metrics()
-        self.http_api = HttpApi(settings, store, self.verify, self.readiness, self.metrics, dev)
+        self.http_api = HttpApi(settings, store, self.verify, self.readiness, self.metrics, dev,
+                                dev_key=dev_key, port=lambda: self.port)
         self.index: StreamIndex[Connection] = StreamIndex()
         self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
         self.policy = PresencePolicy(settings.presence_roles, settings.presence_public_roles or ())
@@ -231,8 +235,7 @@ class App:
 
     def _is_revoked(self, identity: Identity) -> bool:
         at = self.revoked.get(identity.user_id)
-        # A token without iat cannot show it was issued after the revocation.
-        return at is not None and (identity.issued_at is None or identity.issued_at <= at)
+        return at is not None and identity.revoked_by(at)
 
     def _revoked(self, user_id: str, at: float) -> None:
         """notifyd.revoke_user() ran: close the user's connections whose token predates it."""
@@ -268,10 +271,7 @@ class App:
     def went_live(self, conn: Connection) -> bytes:
         identity = conn.session.identity
         assert identity is not None
-        streams = list(identity.streams)
-        if self.policy.is_watcher(identity.roles):
-            streams.append(PRESENCE_STREAM)
-        self.index.add(conn, streams)
+        self.index.add(conn, self._subscriptions(identity))
         self.metrics.connections_opened += 1
         if log.isEnabledFor(logging.INFO):
             log.info("connection open", extra={
@@ -361,9 +361,11 @@ class App:
         elif isinstance(event, SyncRequest):
             self._start_sync(conn, event, frame.ref)
         elif isinstance(event, MarkRead | MarkAllRead):
-            self.spawn(self._mark_read(conn, event, frame.ref))
+            self.spawn(self._answered(conn, frame.ref,
+                                      partial(self._mark_read, conn, event, frame.ref)))
         elif isinstance(event, PresenceQuery):
-            self.spawn(self._presence_query(conn, event, frame.ref))
+            self.spawn(self._answered(conn, frame.ref,
+                                      partial(self._presence_query, conn, event, frame.ref)))
         else:
             self._refresh(conn, event, frame.ref)
 
@@ -373,8 +375,24 @@ class App:
         exc.ref = ref
         conn.send(error_frame(exc))
 
+    async def _answered(self, conn: Connection, ref: str | None,
+                        operation: Callable[[], Awaitable[None]]) -> None:
+        """Runs a client operation that answers its frame itself (made only here: a task
+        cancelled before it starts leaves no coroutine unawaited); one that fails in a way it
+        did not expect is answered `internal-error` instead of leaving the client waiting."""
+        try:
+            await operation()
+        except Exception:
+            log.exception("a client operation failed on connection %s",
+                          conn.session.connection_id)
+            self._refuse(conn, ClientError("internal-error"), ref)
+
     def _refresh(self, conn: Connection, event: Auth, ref: str | None) -> None:
-        """A fresh token on a live connection: same user only; extends the connection."""
+        """A fresh token on a live connection: same user only. It extends the connection, and
+        its roles replace the connection's: the streams of roles it lacks stop at once, those of
+        roles it adds start live from now, and presence rights follow the new roles."""
+        before = conn.session.identity
+        assert before is not None
         try:
             identity = conn.session.authenticate(self.verify(event.token))
         except AuthError as exc:
@@ -383,9 +401,59 @@ class App:
         except ClientError as exc:
             self._refuse(conn, exc, ref)
             return
+        self._resubscribe(conn, self._subscriptions(before), self._subscriptions(identity))
+        # A token expiring before the connection's next check (expiry is checked with it).
+        due = asyncio.get_running_loop().time() + identity.expires_at - time.time()
+        if due < conn.deadline:
+            conn.deadline = due
+            self.timers.schedule(conn, due)
         conn.send(encode("auth:refreshed", {
-            "expiresAt": format_epoch(identity.expires_at)},
+            "expiresAt": format_epoch(identity.expires_at), "roles": list(identity.roles)},
             ref))
+
+    def _subscriptions(self, identity: Identity) -> list[str]:
+        """What a connection of `identity` is indexed under: its streams, and the presence
+        pseudo-stream when its roles make it a watcher."""
+        streams = list(identity.streams)
+        if self.policy.is_watcher(identity.roles):
+            streams.append(PRESENCE_STREAM)
+        return streams
+
+    def _resubscribe(self, conn: Connection, old: list[str], new: list[str]) -> None:
+        """Move a live connection from the streams `old` to `new` (a refresh changed its
+        roles), as went_live() and closed() index and unindex a whole connection."""
+        dropped = [s for s in old if s not in new]
+        gained = [s for s in new if s not in old]
+        if dropped:
+            gone = self.index.remove(conn, dropped)
+            self.router.forget(gone)
+            for stream in gone:
+                self._unread_epoch.pop(stream, None)
+        if gained:
+            first = [s for s in self.index.add(conn, gained) if s != PRESENCE_STREAM]
+            if first:
+                self.spawn(self._note_floors(conn, first))
+        if dropped or gained:
+            log.info("connection roles changed", extra={
+                "conn": conn.session.connection_id, "dropped": dropped, "gained": gained})
+
+    async def _note_floors(self, conn: Connection, streams: list[str]) -> None:
+        """Streams that just got their first local subscriber: their last seq is where a
+        catch-up starts should the LISTEN connection be lost (see _send_initial_state)."""
+        delay = 0.1
+        while conn.session.state is State.LIVE:
+            try:
+                states = await self.store.stream_states(streams)
+            except StoreError as exc:
+                log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            for stream in streams:
+                if self.index.subscribers(stream):  # not dropped again meanwhile
+                    state = states.get(stream)
+                    self.router.note_floor(stream, state.last_seq if state else 0)
+            return
 
     async def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
         streams = list(identity.streams)
@@ -435,7 +503,7 @@ class App:
         except ClientError as exc:
             self._refuse(conn, exc, ref)
             return
-        self.spawn(self._sync(conn, req, ref, list(allowed)))
+        self.spawn(self._answered(conn, ref, partial(self._sync, conn, req, ref, list(allowed))))
 
     async def _sync(self, conn: Connection, req: SyncRequest, ref: str | None,
                     streams: list[str]) -> None:

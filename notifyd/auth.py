@@ -1,13 +1,14 @@
 # JWT -> Identity (user, roles, expiry). Pure: the clock is injectable, keys come from Settings.
-# Refuses `alg: none`, algorithms outside the allow-list, a missing `exp` or user claim, and
-# wrong `aud`/`iss` when configured. Messages never echo the token.
+# Refuses `alg: none`, algorithms outside the allow-list, a missing `exp` or user claim, an `exp`
+# past the year 9999, an `iat` in the future, and wrong `aud`/`iss` when configured. Messages
+# never echo the token. Role names are normalised by notifyd.roles, as the database does.
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import jwt
 import orjson
@@ -15,12 +16,20 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 
 from notifyd.config import Settings
 from notifyd.errors import AuthError
+from notifyd.roles import role_name
 
 log = logging.getLogger("notifyd.auth")
 
 MAX_TOKEN_LENGTH = 8192
 MAX_ROLES = 64
 BAD_SIGNATURE = "token signature invalid"
+# The latest `exp` that is a time at all (9999-12-31T23:59:59Z): a later one cannot be told to
+# the client (auth:refreshed) nor be a deadline.
+MAX_EXP = 253_402_300_799
+# Seconds an `iat` may be ahead of this clock (the issuer's clock running a little fast). A later
+# one is refused: its token would outlive a revocation (notifyd.revoke_user refuses the tokens
+# issued at or before it, by their `iat`).
+IAT_LEEWAY = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +37,8 @@ class Identity:
     user_id: str
     roles: tuple[str, ...]
     expires_at: float  # seconds since the epoch
+    # the token's `iat`, but never later than its first verification (so a revocation after
+    # that moment covers it); None when the token had none
     issued_at: float | None
 
     @property
@@ -38,6 +49,11 @@ class Identity:
     @property
     def user_stream(self) -> str:
         return f"user:{self.user_id}"
+
+    def revoked_by(self, revoked_at: float) -> bool:
+        """Whether a revocation of this user at `revoked_at` covers this token: it was issued
+        at or before that moment, or cannot show when it was issued."""
+        return self.issued_at is None or self.issued_at <= revoked_at
 
 
 class _PreparedKeys(Algorithm):
@@ -141,13 +157,21 @@ class Authenticator:
         exp = claims.get("exp")
         if exp is None:
             raise AuthError("token lacks the 'exp' claim")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
+        if not _is_number(exp):
             raise AuthError("token exp is not a number")
         if exp <= now:
             raise AuthError("token expired")
+        if exp > MAX_EXP:
+            raise AuthError("token exp is out of range")
         nbf = claims.get("nbf")
-        if isinstance(nbf, int | float) and not isinstance(nbf, bool) and nbf > now:
+        if _is_number(nbf) and nbf > now:
             raise AuthError("token not valid yet")
+        iat = claims.get("iat")
+        issued = None
+        if _is_number(iat):
+            if iat > now + IAT_LEEWAY:
+                raise AuthError("token issued in the future")
+            issued = min(float(iat), now)
         user = claims.get(s.jwt_user_claim)
         if isinstance(user, int) and not isinstance(user, bool):
             user = str(user)
@@ -162,12 +186,17 @@ class Authenticator:
         single = claims.get("role")
         if isinstance(single, str):
             roles.append(single)
-        clean = tuple(dict.fromkeys(r.lower() for r in roles if r and len(r) <= 128))
+        # A role that is no role name (notifyd.roles) is dropped: no notification can be
+        # addressed to it (the database refuses it too).
+        named = (role_name(r) for r in roles)
+        clean = tuple(dict.fromkeys(r for r in named if r is not None))
         if len(clean) > MAX_ROLES:
             raise AuthError("token has too many roles")
-        iat = claims.get("iat")
-        issued = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
         return Identity(user, clean, float(exp), issued)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def issue_token(

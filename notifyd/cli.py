@@ -122,10 +122,11 @@ def _migrate(dsn: str) -> int:
     return 0
 
 
-def _serve(settings: config.Settings, announce: str | None = None, dev: bool = False,
+def _serve(settings: config.Settings, announce: str | None = None, dev_key: str | None = None,
            reload: Callable[[], config.Settings] | None = None) -> int:
     """Run the daemon until SIGTERM or SIGINT. `reload` reads the configuration again
-    (SIGHUP); without it (`notifyd dev`) SIGHUP only logs that nothing was reloaded."""
+    (SIGHUP); without it (`notifyd dev`) SIGHUP only logs that nothing was reloaded.
+    `dev_key`: serve the demo page and its helpers, which need this key (`notifyd dev`)."""
     import uvloop
 
     from notifyd.app import App
@@ -157,7 +158,7 @@ def _serve(settings: config.Settings, announce: str | None = None, dev: bool = F
             await store.close()
             return 1
         FreezeAfterFullCollections().install()
-        app = App(settings, store, dev=dev)
+        app = App(settings, store, dev=dev_key is not None, dev_key=dev_key)
         try:
             await app.start()
         except TimeoutError as exc:  # (a subclass of OSError)
@@ -233,7 +234,7 @@ async def _watchdog(app: App, notifier: SystemdNotifier, every: float) -> None:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from notifyd.devserver import banner, dev_secret, start_postgres
+    from notifyd.devserver import banner, dev_secret, new_dev_key, start_postgres
     from notifyd.migrate import migrate
 
     data_dir = Path(args.data_dir).resolve()
@@ -248,8 +249,9 @@ def _dev(args: argparse.Namespace) -> int:
         return 1
     settings = config.validate(config.Settings(dsn=dsn, jwt_secret=secret, port=args.port,
                                                host="127.0.0.1"))
+    key = new_dev_key()
     try:
-        return _serve(settings, banner(dsn, psql, secret, settings.host, settings.port),
-                      dev=True)
+        return _serve(settings, banner(dsn, psql, secret, settings.host, settings.port, key),
+                      dev_key=key)
     finally:
         server.cleanup()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from notifyd.errors import ConfigError
+from notifyd.roles import ROLE_RULE, role_name
 
 ENV_PREFIX = "NOTIFYD_"
 SUPPORTED_ALGORITHMS = frozenset(
@@ -303,11 +304,22 @@ def validate(settings: Settings) -> Settings:
     if settings.redis_url is not None and not settings.redis_url.startswith(
             ("redis://", "rediss://", "unix://")):
         raise ConfigError("NOTIFYD_REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
-    # Token roles are lower-cased (auth.py); so are the roles they are compared with.
-    changes["presence_roles"] = tuple(r.lower() for r in settings.presence_roles)
+    # Named as token roles are (notifyd.roles), the roles they are compared with.
+    changes["presence_roles"] = _role_names("NOTIFYD_PRESENCE_ROLES", settings.presence_roles)
     if settings.presence_public_roles is not None:
-        changes["presence_public_roles"] = tuple(r.lower() for r in settings.presence_public_roles)
+        changes["presence_public_roles"] = _role_names("NOTIFYD_PRESENCE_PUBLIC_ROLES",
+                                                       settings.presence_public_roles)
     return dataclasses.replace(settings, **changes)
+
+
+def _role_names(env: str, roles: tuple[str, ...]) -> tuple[str, ...]:
+    named = []
+    for raw in roles:
+        name = role_name(raw)
+        if name is None:
+            raise ConfigError(env, f"{raw[:40]!r} is not a role name ({ROLE_RULE})")
+        named.append(name)
+    return tuple(named)
 
 
 def require_serving(settings: Settings) -> None:

@@ -6,6 +6,8 @@
 # `*`) unless NOTIFYD_ALLOWED_ORIGINS names the pages that may. Its memory is bounded per user:
 # an answer holds at most NOTIFYD_MAX_RESPONSE_BYTES of notifications (store.sync pages by
 # bytes), and a user has at most NOTIFYD_MAX_HTTP_REQUESTS_PER_USER requests in flight.
+# The dev routes answer only requests to the dev server's own address, from its own
+# pages, with the key of the run.
 from __future__ import annotations
 
 import dataclasses
@@ -20,10 +22,18 @@ import orjson
 
 from notifyd.auth import Identity, issue_token
 from notifyd.config import Settings
+from notifyd.devserver import DevAccess, new_dev_key
 from notifyd.errors import AuthError, ClientError, StoreError
 from notifyd.metrics import CONTENT_TYPE as METRICS_TYPE
 from notifyd.metrics import Metrics
-from notifyd.protocol import format_time, mark_read_request, poll_request
+from notifyd.protocol import (
+    HTTP_TOKEN,
+    format_time,
+    mark_all_read_request,
+    mark_read_request,
+    poll_request,
+    unread_count_request,
+)
 from notifyd.store import Store
 
 log = logging.getLogger(__name__)
@@ -32,8 +42,10 @@ JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 DEV_TOKEN_TTL = 24 * 3600
 OPERATIONS = ("/healthz", "/readyz", "/metrics")  # all the admin listener serves
+DEMO = ("/", "/index.html")  # the demo page, under `notifyd dev`
+DEV_HELPERS = ("/dev/token", "/dev/notify")  # what it calls, with the run's key
 STATUS_OF = {"invalid-data": 400, "auth-failed": 401, "forbidden": 403,
-             "too-many-requests": 429, "unavailable": 503}
+             "too-many-requests": 429, "internal-error": 500, "unavailable": 503}
 
 
 @dataclasses.dataclass(slots=True)
@@ -91,18 +103,30 @@ def _refused(exc: ClientError) -> HttpAnswer:
     return _error(STATUS_OF.get(exc.code, 400), exc.code, exc.message)
 
 
+def _header(headers: Any, name: str) -> str | None:
+    """A header that may be given once; given more than once, it is refused (which one a
+    proxy or a browser would have honoured is anyone's guess)."""
+    values: list[str] = headers.get_all(name)
+    if len(values) > 1:
+        raise ClientError("invalid-data", f"more than one {name} header")
+    return values[0] if values else None
+
+
 class HttpApi:
     """Answers every request on the port but the WebSocket upgrade."""
 
     def __init__(self, settings: Settings, store: Store, verify: Callable[[str], Identity],
                  readiness: Callable[[], Awaitable[dict[str, bool]]], metrics: Metrics,
-                 dev: bool = False) -> None:
+                 dev: bool = False, *, dev_key: str | None = None,
+                 port: Callable[[], int] = lambda: 0) -> None:
+        """`dev`: serve the demo page and its helpers, which need `dev_key` (one is made when
+        none is given); `port`: the port the server listens on, once bound."""
         self.settings = settings
         self.store = store
         self.verify = verify
         self.readiness = readiness
         self.metrics = metrics
-        self.dev = dev
+        self.dev = DevAccess(dev_key or new_dev_key(), port) if dev else None
         self.requests = UserRequests()
         self.client_js = _static("notifyd.js")
         self.demo = _static("demo.html") if dev else b""
@@ -125,7 +149,11 @@ class HttpApi:
             if method != "GET":
                 return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", "GET")])
             return await self._operations(route, admin)
-        cors = self._cors(headers.get("Origin"))
+        try:
+            origin = _header(headers, "Origin")
+        except ClientError as exc:
+            return _error(400, exc.code, exc.message)
+        cors = self._cors(origin)
         if route.startswith("/v1/"):
             if method == "OPTIONS":  # a browser's preflight for the Authorization header
                 return HttpAnswer(204, b"", TEXT, [
@@ -135,8 +163,8 @@ class HttpApi:
             answer = await self._api(method, route, query, headers)
             answer.headers += [*cors, ("Cache-Control", "no-store")]
             return answer
-        if self.dev and route == "/dev/notify" and method == "POST":
-            return await self._dev_notify(query)
+        if self.dev is not None and route in (*DEMO, *DEV_HELPERS):
+            return await self._dev(self.dev, method, route, query, headers)
         if method != "GET":
             return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", "GET")])
         if route in OPERATIONS:
@@ -146,11 +174,6 @@ class HttpApi:
             return HttpAnswer(200, self.client_js, "text/javascript; charset=utf-8",
                               [("Access-Control-Allow-Origin", "*"),
                                ("Cache-Control", "no-cache")])
-        if self.dev and route in ("/", "/index.html"):
-            return HttpAnswer(200, self.demo, "text/html; charset=utf-8",
-                              [("Cache-Control", "no-cache")])
-        if self.dev and route == "/dev/token":
-            return self._dev_token(query)
         return HttpAnswer(404, b"not found\n", TEXT)
 
     async def _operations(self, route: str, admin: bool) -> HttpAnswer:
@@ -183,15 +206,17 @@ class HttpApi:
             if any(r == route for _, r in self.routes):
                 return _error(405, "method-not-allowed", f"{method} is not allowed here")
             return _error(404, "not-found", "no such endpoint")
-        header = headers.get("Authorization") or ""
-        token = header[7:].strip() if header[:7].lower() == "bearer " else None
-        token = token or (query.get("token") or [""])[-1]
-        if not token:
-            return _error(401, "auth-failed", "send Authorization: Bearer <token>")
         try:
+            header = _header(headers, "Authorization") or ""
+            token = header[7:].strip() if header[:7].lower() == "bearer " else None
+            token = token or (query.get(HTTP_TOKEN) or [""])[-1]
+            if not token:
+                return _error(401, "auth-failed", "send Authorization: Bearer <token>")
             identity = self.verify(token)
         except AuthError as exc:
             return _error(401, "auth-failed", str(exc))
+        except ClientError as exc:  # e.g. two Authorization headers
+            return _refused(exc)
         limit = self.settings.max_http_requests_per_user
         done = self.requests.take(identity.user_id, limit)
         if done is None:
@@ -205,6 +230,9 @@ class HttpApi:
         except StoreError as exc:
             log.warning("%s %s failed: %s", method, route, exc)
             answer = _refused(ClientError("unavailable"))
+        except Exception:  # a bug: answered in the API's own terms, not as a bare 500
+            log.exception("%s %s failed", method, route)
+            answer = _refused(ClientError("internal-error"))
         except BaseException:
             done()
             raise
@@ -230,18 +258,41 @@ class HttpApi:
 
     async def _unread_count(self, identity: Identity, route: str,
                             query: dict[str, list[str]]) -> HttpAnswer:
+        unread_count_request(query)
         states = await self.store.stream_states([identity.user_stream])
         state = states.get(identity.user_stream)
         return HttpAnswer(200, orjson.dumps({"count": state.unread if state else 0}))
 
     async def _mark_read(self, identity: Identity, route: str,
                          query: dict[str, list[str]]) -> HttpAnswer:
-        ids = None if route.endswith("read-all") else mark_read_request(query).ids
+        if route.endswith("read-all"):
+            mark_all_read_request(query)
+            ids = None
+        else:
+            ids = mark_read_request(query).ids
         changed, read_at = await self.store.mark_read(identity.user_stream, ids, "http")
         return HttpAnswer(200, orjson.dumps({
             "ids": changed, "readAt": format_time(read_at) if read_at else None}))
 
     # -- `notifyd dev` only ----------------------------------------------------------------
+
+    async def _dev(self, dev: DevAccess, method: str, route: str, query: dict[str, list[str]],
+                   headers: Any) -> HttpAnswer:
+        """The demo page and its helpers: for this dev server's address and pages only (no
+        other site's page, nor one reached by DNS rebinding, may mint tokens or send), and the
+        helpers only with the key of this run."""
+        refusal = dev.refusal(headers, need_key=route in DEV_HELPERS)
+        if refusal is not None:
+            return _error(403, "forbidden", refusal)
+        allowed = "POST" if route == "/dev/notify" else "GET"
+        if method != allowed:
+            return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", allowed)])
+        if route == "/dev/notify":
+            return await self._dev_notify(query)
+        if route == "/dev/token":
+            return self._dev_token(query)
+        return HttpAnswer(200, self.demo, "text/html; charset=utf-8",
+                          [("Cache-Control", "no-cache")])
 
     def _dev_token(self, query: dict[str, list[str]]) -> HttpAnswer:
         user = (query.get("user") or ["alice"])[-1][:64]

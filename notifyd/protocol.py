@@ -1,17 +1,19 @@
 # Wire events of protocol version 1: decode and validate client frames into typed events,
 # encode server frames (orjson). Pure: no I/O, no asyncio; raises ClientError for bad input.
-# protocol/README.md and protocol/schema/ are the contract this module implements.
+# protocol/README.md and protocol/schema/ are the contract this module implements: each decoder
+# names the fields of its event's `data` once, and any other field is refused.
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from websockets.frames import Frame, Opcode
 
 from notifyd.errors import ClientError
+from notifyd.roles import ROLE_RULE, role_name
 
 MAX_REF_LENGTH = 128
 MAX_SYNC_LIMIT = 1000
@@ -19,6 +21,8 @@ MAX_MARK_IDS = 1000
 MAX_PRESENCE_USERS = 100
 MAX_PRESENCE_ROLES = 20
 MAX_ID = 2**63 - 1
+MAX_ID_DIGITS = len(str(MAX_ID))  # longer decimal numbers in a query are out of range unread
+HTTP_TOKEN = "token"  # the query parameter that may carry the token on every /v1 request
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +76,15 @@ def _is_int(value: object) -> bool:
 
 
 def parse_time(text: str) -> dt.datetime:
-    """ISO 8601 with an offset (or Z); naive times are refused, since they are ambiguous."""
+    """ISO 8601 with an offset (or Z); naive times are refused, since they are ambiguous.
+    Raises ValueError, also for a time that is no moment in UTC's years 1 to 9999."""
     value = dt.datetime.fromisoformat(text)
     if value.tzinfo is None:
         raise ValueError("no UTC offset")
-    return value.astimezone(dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00, before the year 1 in UTC
+        raise ValueError("out of range") from None
 
 
 def format_time(value: dt.datetime) -> str:
@@ -88,6 +96,24 @@ def format_epoch(seconds: float) -> str:
     return format_time(dt.datetime.fromtimestamp(seconds, dt.UTC))
 
 
+Decode = Callable[[dict[str, Any]], ClientEvent]
+E = TypeVar("E", bound=ClientEvent)
+# event -> (the fields its data may have, its decoder)
+_DECODERS: dict[str, tuple[frozenset[str], Decode]] = {}
+
+
+def _decoder(event: str, *fields: str) -> Callable[[Callable[[dict[str, Any]], E]],
+                                                   Callable[[dict[str, Any]], E]]:
+    """Registers the decoder of `event`, whose data may hold `fields` and nothing else."""
+
+    def register(decode: Callable[[dict[str, Any]], E]) -> Callable[[dict[str, Any]], E]:
+        _DECODERS[event] = (frozenset(fields), decode)
+        return decode
+
+    return register
+
+
+@_decoder("auth", "token")
 def _auth(data: dict[str, Any]) -> Auth:
     token = data.get("token")
     if not isinstance(token, str) or not token:
@@ -95,13 +121,14 @@ def _auth(data: dict[str, Any]) -> Auth:
     return Auth(token)
 
 
+@_decoder("notification:sync-request", "cursors", "since", "limit")
 def _sync(data: dict[str, Any]) -> SyncRequest:
     cursors = data.get("cursors", {})
     if not isinstance(cursors, dict):
         raise _invalid("cursors", "an object mapping stream to last seq")
     for stream, seq in cursors.items():
         if not _is_int(seq) or not 0 <= seq <= MAX_ID:
-            raise _invalid(f"cursors[{stream!r}]", "an integer >= 0")
+            raise _invalid(f"cursors[{stream[:80]!r}]", "an integer >= 0")
     since_raw = data.get("since")
     since = None
     if since_raw is not None:
@@ -117,6 +144,7 @@ def _sync(data: dict[str, Any]) -> SyncRequest:
     return SyncRequest(dict(cursors), since, limit)
 
 
+@_decoder("notification:mark-read", "ids")
 def _mark_read(data: dict[str, Any]) -> MarkRead:
     ids = data.get("ids")
     if (
@@ -128,10 +156,12 @@ def _mark_read(data: dict[str, Any]) -> MarkRead:
     return MarkRead(tuple(dict.fromkeys(ids)))
 
 
+@_decoder("notification:mark-all-read")
 def _mark_all_read(data: dict[str, Any]) -> MarkAllRead:
     return MarkAllRead()
 
 
+@_decoder("presence:query", "userIds", "roles")
 def _presence_query(data: dict[str, Any]) -> PresenceQuery:
     users = data.get("userIds", [])
     roles = data.get("roles", [])
@@ -141,18 +171,19 @@ def _presence_query(data: dict[str, Any]) -> PresenceQuery:
         or not all(isinstance(u, str) and u for u in users)
     ):
         raise _invalid("userIds", f"a list of up to {MAX_PRESENCE_USERS} user ids")
-    if (
-        not isinstance(roles, list)
-        or len(roles) > MAX_PRESENCE_ROLES
-        or not all(isinstance(r, str) and 0 < len(r) <= 200 for r in roles)
-    ):
+    if not isinstance(roles, list) or len(roles) > MAX_PRESENCE_ROLES:
         raise _invalid("roles", f"a list of up to {MAX_PRESENCE_ROLES} role names")
+    # named as token roles are (notifyd.roles), so the query asks about the roles users hold
+    named = [role_name(r) if isinstance(r, str) else None for r in roles]
+    if None in named:
+        raise _invalid("roles", f"role names of {ROLE_RULE}")
     if not users and not roles:
         raise _invalid("userIds", "at least one user id or role")
     return PresenceQuery(tuple(dict.fromkeys(users)),
-                         tuple(dict.fromkeys(r.lower() for r in roles)))
+                         tuple(dict.fromkeys(r for r in named if r is not None)))
 
 
+@_decoder("ping", "timestamp")
 def _ping(data: dict[str, Any]) -> Ping:
     ts = data.get("timestamp")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float | str)):
@@ -160,38 +191,62 @@ def _ping(data: dict[str, Any]) -> Ping:
     return Ping(ts)
 
 
-_DECODERS: dict[str, Callable[[dict[str, Any]], ClientEvent]] = {
-    "auth": _auth,
-    "notification:sync-request": _sync,
-    "notification:mark-read": _mark_read,
-    "notification:mark-all-read": _mark_all_read,
-    "presence:query": _presence_query,
-    "ping": _ping,
-}
 CLIENT_EVENTS = frozenset(_DECODERS)
+# event -> the fields its data may have (the schema's properties of that event's data)
+CLIENT_EVENT_FIELDS = {event: fields for event, (fields, _) in _DECODERS.items()}
+
+
+def _decimal(text: str) -> int | str:
+    """A decimal number of a query string, or the text unchanged when it is none (the decoder
+    then refuses it). Only ASCII digits count ('²' is a digit to str.isdigit), and no more than
+    a bigint has: int() of thousands of digits is slow, and refused past 4300."""
+    text = text.strip()
+    if text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS:
+        return int(text)
+    return text
+
+
+def _only(query: dict[str, list[str]], *names: str) -> None:
+    """Refuses a query parameter of a /v1 request other than `names` and the token."""
+    for name in query:
+        if name not in names and name != HTTP_TOKEN:
+            raise ClientError("invalid-data", f"unknown query parameter {name[:64]!r}")
 
 
 def poll_request(query: dict[str, list[str]]) -> SyncRequest:
     """GET /v1/notifications: `cursor=<stream>:<seq>` (repeatable), `since`, `limit`, read as
     the sync-request they stand for."""
+    _only(query, "cursor", "since", "limit")
     data: dict[str, Any] = {"cursors": {}}
     for item in query.get("cursor", []):
         stream, _, seq = item.rpartition(":")  # streams hold colons; the seq does not
-        if not stream or not seq.isdigit():
+        number = _decimal(seq)
+        if not stream or not isinstance(number, int):
             raise _invalid("cursor", "<stream>:<seq>, e.g. user:42:17")
-        data["cursors"][stream] = int(seq)
-    for name in ("since", "limit"):
-        if query.get(name):
-            value = query[name][-1]
-            data[name] = int(value) if name == "limit" and value.isdigit() else value
+        data["cursors"][stream] = number
+    if query.get("since"):
+        data["since"] = query["since"][-1]
+    if query.get("limit"):
+        data["limit"] = _decimal(query["limit"][-1])
     return _sync(data)
 
 
 def mark_read_request(query: dict[str, list[str]]) -> MarkRead:
     """POST /v1/notifications/read?ids=1,2,3"""
+    _only(query, "ids")
     raw = ",".join(query.get("ids", [])).split(",")
-    ids: list[Any] = [int(i) if i.strip().isdigit() else i for i in raw if i.strip()]
-    return _mark_read({"ids": ids})
+    return _mark_read({"ids": [_decimal(i) for i in raw if i.strip()]})
+
+
+def mark_all_read_request(query: dict[str, list[str]]) -> MarkAllRead:
+    """POST /v1/notifications/read-all (nothing but the token)"""
+    _only(query)
+    return MarkAllRead()
+
+
+def unread_count_request(query: dict[str, list[str]]) -> None:
+    """GET /v1/unread-count (nothing but the token)"""
+    _only(query)
 
 
 def decode_client_frame(text: str | bytes) -> ClientFrame:
@@ -219,7 +274,13 @@ def decode_client_frame(text: str | bytes) -> ClientFrame:
         decoder = _DECODERS.get(kind)
         if decoder is None:
             raise ClientError("unknown-event", f"unknown event {kind[:64]!r}")
-        return ClientFrame(decoder(data), ref)
+        fields, decode = decoder
+        unknown = data.keys() - fields
+        if unknown:
+            expected = ", ".join(sorted(fields)) or "no field"
+            raise ClientError("invalid-data", f"data.{sorted(unknown)[0][:64]}: not a field "
+                              f"of {kind} (expected {expected})")
+        return ClientFrame(decode(data), ref)
     except ClientError as exc:
         exc.ref = ref
         raise

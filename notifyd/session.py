@@ -3,7 +3,6 @@
 # live items of its streams are held; after the response, only those above the cursor go out.
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Collection
 
@@ -45,16 +44,31 @@ class Session:
 
     def authenticate(self, identity: Identity) -> Identity:
         """First authentication, or a fresh token on a live connection: then only for the same
-        user, and only the expiry changes (subscriptions stay as they were at connect)."""
+        user, and it replaces the current one whole: expiry and roles. The streams of roles it
+        lacks are forgotten here (the caller unsubscribes the connection from them); those of
+        roles it adds start from the next live item. The roles cannot change while a sync is
+        answered: that sync covers the streams it began with."""
         current = self.identity
         if current is not None:
             if identity.user_id != current.user_id:
                 raise ClientError("auth-user-mismatch")
-            identity = dataclasses.replace(current, expires_at=identity.expires_at,
-                                           issued_at=identity.issued_at)
+            before, after = set(current.streams), set(identity.streams)
+            if self._held is not None and before != after:
+                raise ClientError("sync-in-progress", "this token changes the connection's "
+                                  "roles: send it again once the sync-response has come")
+            for stream in before - after:
+                self._forget(stream)
         self.identity = identity
         self.state = State.LIVE
         return identity
+
+    def _forget(self, stream: str) -> None:
+        if self._cursors is not None:
+            self._cursors.pop(stream, None)
+        if self._live_from is not None:
+            self._live_from.pop(stream, None)
+        if self._behind is not None:
+            self._behind.discard(stream)
 
     def wait_for_sync(self) -> None:
         self._waiting = True

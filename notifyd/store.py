@@ -249,7 +249,8 @@ class Store:
                     "UPDATE notifyd.notifications SET read_at = now() "
                     f"WHERE stream = $1 AND read_at IS NULL {where} RETURNING id, read_at",
                     *args)
-        except _UNAVAILABLE as exc:
+        # and any error of the UPDATE: a statement timeout, a lock timeout, an app's trigger
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreError(str(exc)) from exc
         if not rows:
             return [], None

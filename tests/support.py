@@ -242,9 +242,12 @@ async def running_daemon(dsn: str, dev: bool = False, **overrides: Any
 async def http_request(port: int, method: str, path: str,
                        headers: dict[str, str] | None = None, timeout: float = 10
                        ) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers with lower-case names, body) of one plain HTTP request to the daemon."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
-             *(f"{k}: {v}" for k, v in (headers or {}).items()), "", ""]
+    """(status, headers with lower-case names, body) of one plain HTTP request to the daemon.
+    `headers` may replace the Host header (the daemon's address by default)."""
+    given = headers or {}
+    host = [] if any(k.lower() == "host" for k in given) else [f"Host: 127.0.0.1:{port}"]
+    lines = [f"{method} {path} HTTP/1.1", *host, "Connection: close",
+             *(f"{k}: {v}" for k, v in given.items()), "", ""]
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:

@@ -6,7 +6,7 @@ import asyncio
 
 import orjson
 import pytest
-from support import Daemon, running_daemon
+from support import Daemon, http_request, running_daemon
 from websockets.exceptions import InvalidStatus
 
 BAD_FRAMES = [
@@ -36,6 +36,31 @@ BAD_FRAMES = [
     ('{"type": "presence:query", "data": {"roles": [""]}}', "invalid-data"),
     ('{"type": "ping", "data": {"timestamp": {}}}', "invalid-data"),
     ('{"type": "auth", "data": {"token": ""}}', "invalid-data"),
+    # times that are no moment of UTC's years 1 to 9999
+    ('{"type": "notification:sync-request", "data": {"since": "0001-01-01T00:00:00+14:00"}}',
+     "invalid-data"),
+    ('{"type": "notification:sync-request", "data": {"since": "9999-12-31T23:59:59-14:00"}}',
+     "invalid-data"),
+    # numbers past a bigint, or past a double
+    ('{"type": "notification:mark-read", "data": {"ids": [18446744073709551615]}}',
+     "invalid-data"),
+    ('{"type": "notification:mark-read", "data": {"ids": [100000000000000000000000000000]}}',
+     "invalid-data"),
+    ('{"type": "notification:sync-request", "data": {"cursors": {"all": 1e30}}}',
+     "invalid-data"),
+    ('{"type": "ping", "data": {"timestamp": 1e400}}', "invalid-json"),
+    ('{"type": "ping", "data": {"timestamp": NaN}}', "invalid-json"),
+    # presence roles are role names, as token roles are
+    ('{"type": "presence:query", "data": {"roles": ["\\u0130T"]}}', "invalid-data"),
+    ('{"type": "presence:query", "data": {"roles": ["' + "x" * 129 + '"]}}', "invalid-data"),
+    # a field the event does not define: one per event
+    ('{"type": "auth", "data": {"token": "t", "roles": ["admin"]}}', "invalid-data"),
+    ('{"type": "notification:sync-request", "data": {"cursor": {"all": 3}}}', "invalid-data"),
+    ('{"type": "notification:mark-read", "data": {"ids": [1], "all": true}}', "invalid-data"),
+    ('{"type": "notification:mark-all-read", "data": {"ids": [1]}}', "invalid-data"),
+    ('{"type": "presence:query", "data": {"userIds": ["1"], "role": ["admin"]}}',
+     "invalid-data"),
+    ('{"type": "ping", "data": {"timestamp": 1, "ts": 2}}', "invalid-data"),
 ]
 
 
@@ -172,3 +197,113 @@ async def test_silent_tcp_connection_is_dropped_at_the_handshake_deadline(fresh_
         assert await asyncio.wait_for(reader.read(), 5) == b""  # sent nothing: aborted
         writer.close()
         assert not d.app.connections
+
+
+async def test_an_unknown_field_is_named_and_nothing_is_done(daemon: Daemon) -> None:
+    """mark-all-read with ids marks nothing; a sync-request with `cursor` is no sync."""
+    client = await daemon.connect("u1")
+    await daemon.notify("u1", "stays unread")
+    reply = await client.request("notification:mark-all-read", {"ids": [1]},
+                                 "notification:read")
+    assert reply["data"]["code"] == "invalid-data"
+    assert "data.ids" in reply["data"]["message"]
+    reply = await client.request("notification:sync-request", {"cursor": {"user:u1": 0}},
+                                 "notification:sync-response")
+    assert reply["data"]["code"] == "invalid-data"
+    assert reply["data"]["message"].startswith("data.cursor: not a field")
+    assert await daemon.sql("SELECT count(*) FROM notifyd.notifications WHERE read_at IS NULL") == 1
+
+
+async def test_a_time_out_of_range_before_authentication_is_answered(daemon: Daemon) -> None:
+    """Decoded before the auth check: an error frame, not a dropped connection."""
+    client = await daemon.raw()
+    reply = await client.request("notification:sync-request",
+                                 {"since": "0001-01-01T00:00:00+14:00"}, "error", ref="early")
+    assert reply["data"]["code"] == "invalid-data" and "since" in reply["data"]["message"]
+    await client.send("auth", {"token": daemon.token("t1")})
+    assert (await client.next_data("connection-confirmed"))["userId"] == "t1"
+
+
+HTTP_BAD = [
+    ("POST", "/v1/notifications/read?ids=%C2%B2", "invalid-data"),  # '²' is a digit to isdigit
+    ("POST", "/v1/notifications/read?ids=" + "9" * 5000, "invalid-data"),
+    ("POST", "/v1/notifications/read?ids=9223372036854775808", "invalid-data"),
+    ("POST", "/v1/notifications/read?ids=1&id=2", "invalid-data"),
+    ("POST", "/v1/notifications/read-all?ids=1", "invalid-data"),
+    ("GET", "/v1/notifications?cursor=user:h1:%C2%B2", "invalid-data"),
+    ("GET", "/v1/notifications?cursor=user:h1:" + "1" * 5000, "invalid-data"),
+    ("GET", "/v1/notifications?limit=%C2%B2", "invalid-data"),
+    ("GET", "/v1/notifications?limit=" + "1" * 5000, "invalid-data"),
+    ("GET", "/v1/notifications?since=0001-01-01T00:00:00%2B14:00", "invalid-data"),
+    ("GET", "/v1/notifications?cursors=user:h1:0", "invalid-data"),
+    ("GET", "/v1/unread-count?user=someone", "invalid-data"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "code"), HTTP_BAD,
+                         ids=[f"{m} {p[:60]}" for m, p, _ in HTTP_BAD])
+async def test_bad_http_input_gets_its_documented_status(daemon: Daemon, method: str,
+                                                         path: str, code: str) -> None:
+    await daemon.notify("h1", "stays unread")
+    bearer = {"Authorization": f"Bearer {daemon.token('h1')}"}
+    status, headers, body = await http_request(daemon.app.port, method, path, bearer)
+    assert (status, orjson.loads(body)["code"]) == (400, code), body
+    assert headers["content-type"] == "application/json"
+    assert await daemon.sql("SELECT count(*) FROM notifyd.notifications WHERE read_at IS NULL") == 1
+
+
+async def test_a_header_given_twice_is_refused(daemon: Daemon) -> None:
+    token = daemon.token("h2")
+    status, _, body = await http_request(
+        daemon.app.port, "GET", "/v1/unread-count",
+        {"Authorization": f"Bearer {token}", "authorization": f"Bearer {token}"})
+    assert (status, orjson.loads(body)["code"]) == (400, "invalid-data")
+    status, _, body = await http_request(
+        daemon.app.port, "GET", f"/v1/unread-count?token={token}",
+        {"Origin": "https://a.example", "origin": "https://b.example"})
+    assert (status, orjson.loads(body)["code"]) == (400, "invalid-data")
+
+
+async def test_a_database_error_in_mark_read_is_answered(daemon: Daemon) -> None:
+    """An error of the UPDATE itself (here an app's trigger; a statement timeout is another):
+    the WebSocket frame gets `unavailable`, the HTTP request 503, and the connection lives."""
+    await daemon.sql("CREATE FUNCTION refuse_reads() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                     "BEGIN RAISE EXCEPTION 'reads are closed'; END $$")
+    await daemon.sql("CREATE TRIGGER refuse_reads BEFORE UPDATE ON notifyd.notifications "
+                     "FOR EACH ROW EXECUTE FUNCTION refuse_reads()")
+    client = await daemon.connect("d1")
+    nid = await daemon.notify("d1", "unread")
+    for kind, data in (("notification:mark-read", {"ids": [nid]}),
+                       ("notification:mark-all-read", {})):
+        reply = await client.request(kind, data, "notification:read", ref=f"r-{kind}")
+        assert (reply["type"], reply["data"]["code"]) == ("error", "unavailable")
+    status, _, body = await http_request(
+        daemon.app.port, "POST", f"/v1/notifications/read?ids={nid}",
+        {"Authorization": f"Bearer {daemon.token('d1')}"})
+    assert (status, orjson.loads(body)["code"]) == (503, "unavailable")
+    assert (await client.request("ping", {}, "pong"))["type"] == "pong"
+
+
+async def test_an_operation_that_fails_unexpectedly_is_still_answered(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever goes wrong in a spawned client operation, its frame gets an answer, and a
+    sync that failed so leaves the connection able to sync again."""
+    client = await daemon.connect("i1")
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    real_sync = daemon.app.store.sync
+    for name in ("mark_read", "sync"):
+        monkeypatch.setattr(daemon.app.store, name, broken)
+    reply = await client.request("notification:mark-read", {"ids": [1]}, "notification:read")
+    assert (reply["type"], reply["data"]["code"]) == ("error", "internal-error")
+    reply = await client.request("notification:sync-request", {}, "notification:sync-response",
+                                 ref="s1")
+    assert (reply["type"], reply["data"]["code"]) == ("error", "internal-error")
+    status, _, body = await http_request(
+        daemon.app.port, "POST", "/v1/notifications/read-all",
+        {"Authorization": f"Bearer {daemon.token('i1')}"})
+    assert (status, orjson.loads(body)["code"]) == (500, "internal-error")
+    monkeypatch.setattr(daemon.app.store, "sync", real_sync)
+    assert (await client.sync())["cursors"]["user:i1"] == 0

@@ -55,12 +55,18 @@ async def dev_daemon(fresh_db: str) -> AsyncIterator[Daemon]:
         yield d
 
 
+def demo_url(d: Daemon, query: str) -> str:
+    """The demo page as the banner links it: with the run's key, which its helpers need."""
+    assert d.app.http_api.dev is not None
+    return f"{d.http}/?{query}#key={d.app.http_api.dev.key}"
+
+
 async def open_demo(browser: Browser, d: Daemon, user: str, context: object = None) -> Page:
     ctx = context or await browser.new_context()
     page: Page = await ctx.new_page()  # type: ignore[attr-defined]
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await page.goto(f"{d.http}/?user={user}&poll=300")
+    await page.goto(demo_url(d, f"user={user}&poll=300"))
     await expect(page.locator("#state")).to_have_text("open", timeout=TIMEOUT_MS)
     page.errors = errors  # type: ignore[attr-defined]
     return page
@@ -152,7 +158,7 @@ async def test_with_websockets_blocked_polling_delivers_and_websocket_returns(
 
     await context.route_web_socket("**/ws*", block)
     page = await context.new_page()
-    await page.goto(f"{d.http}/?user=dan&poll=300")
+    await page.goto(demo_url(d, "user=dan&poll=300"))
     await expect(page.locator("#state")).to_have_text("polling", timeout=TIMEOUT_MS)
     await d.notify("dan", "by polling")
     await expect(items(page)).to_have_count(1, timeout=TIMEOUT_MS)
@@ -164,6 +170,20 @@ async def test_with_websockets_blocked_polling_delivers_and_websocket_returns(
     await expect(page.locator("#state")).to_have_text("open", timeout=40_000)
     await d.notify("dan", "live again")
     await expect(items(page)).to_have_count(2, timeout=TIMEOUT_MS)
+    await context.close()
+
+
+async def test_the_demo_page_without_its_key_says_where_to_get_it(browser: Browser,
+                                                                   dev_daemon: Daemon) -> None:
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(f"{dev_daemon.http}/?user=eve")
+    await expect(page.locator("#notice")).to_contain_text("#key=", timeout=TIMEOUT_MS)
+    await expect(page.locator("#state")).not_to_have_text("open")
+    wrong = await context.new_page()
+    await wrong.goto(demo_url(dev_daemon, "user=eve").replace("#key=", "#key=wrong"))
+    await expect(wrong.locator("#notice")).to_contain_text("X-Notifyd-Dev-Key",
+                                                           timeout=TIMEOUT_MS)
     await context.close()
 
 
@@ -217,3 +237,34 @@ async def test_a_patient_page_sees_whether_doctors_are_online(browser: Browser,
         assert result["counts"] == {"doctor": 1}
         assert result["refused"] == "forbidden"
         await doctor.close()
+
+
+async def test_the_client_follows_a_refresh_that_changes_the_roles(browser: Browser,
+                                                                  dev_daemon: Daemon) -> None:
+    """auth:refreshed carries the new roles: the client drops the streams lost (a `reset`)
+    and syncs those gained, whose earlier items it then has."""
+    d = dev_daemon
+    await d.sql("SELECT notifyd.notify_role('sre', 't', 'before the refresh', 'm')")
+    page = await (await browser.new_context()).new_page()
+    await page.goto(f"{d.http}/notifyd.js")  # same origin as the daemon
+    result = await page.evaluate("""async ([first, fresh]) => {
+        const m = await import("/notifyd.js");
+        const client = new m.NotifydClient({ token: first, storage: null });
+        const seen = { resets: [], titles: [] };
+        client.on("reset", (stream) => seen.resets.push(stream));
+        const open = new Promise((ok) => client.on("state", (s) => s === "open" && ok()));
+        const gained = new Promise((ok) => client.on("notification", (n) => {
+            seen.titles.push(n.title);
+            if (n.stream === "role:sre") ok();
+        }));
+        client.start();
+        await open;
+        while (!client.synced) await new Promise((ok) => setTimeout(ok, 20));
+        await client.request("auth", { token: fresh });
+        await gained;
+        seen.roles = client.roles;
+        client.stop();
+        return seen;
+    }""", [d.token("ref", ["ops"]), d.token("ref", ["sre"])])
+    assert result == {"resets": ["role:ops"], "titles": ["before the refresh"],
+                      "roles": ["sre"]}

@@ -22,6 +22,7 @@ from support import (
     SECRET,
     Client,
     free_port,
+    http_request,
     notifyd_cmd,
     run_cli,
     subprocess_env,
@@ -246,6 +247,13 @@ async def test_dev_from_nothing_to_a_pasted_insert_arriving(tmp_path: Path) -> N
         text = "".join(lines)
         token = re.search(r"^\s+(ey[\w-]+\.[\w-]+\.[\w-]+)\s*$", text, re.M)
         assert token, text
+        # the demo page's link carries this run's key, which the dev helpers need
+        link = re.search(rf"^Demo page: (http://127\.0\.0\.1:{port}/)#key=([\w-]+)$", text, re.M)
+        assert link, text
+        for key, status in ((link.group(2), 200), ("", 403), ("guess", 403)):
+            got, _, _ = await http_request(port, "GET", "/dev/token?user=7",
+                                           {"X-Notifyd-Dev-Key": key})
+            assert got == status, key
         client = Client(await connect(f"ws://127.0.0.1:{port}/ws?token={token.group(1)}"))
         await client.expect("connection-confirmed")
         psql_line = next(line for line in lines if " -c " in line).strip()

@@ -229,11 +229,12 @@ def test_session_waiting_for_sync_sends_nothing_live_until_the_response() -> Non
     assert s.offer("user:1", 5, b"f5") == b"f5"
 
 
-def test_session_refresh_keeps_subscriptions() -> None:
+def test_session_refresh_takes_the_fresh_tokens_roles() -> None:
     s = live_session()
     auth = Authenticator(config.load({"NOTIFYD_JWT_SECRET": SECRET}))
     refreshed = s.authenticate(auth.verify(issue_token(SECRET, "1", ["admin"], ttl=9999)))
-    assert refreshed.roles == () and refreshed.expires_at > 0
+    assert refreshed.roles == ("admin",) and refreshed.expires_at > 0
+    assert s.identity == refreshed
     with pytest.raises(ClientError) as info:
         s.authenticate(auth.verify(issue_token(SECRET, "2")))
     assert info.value.code == "auth-user-mismatch"

@@ -1,5 +1,6 @@
 # The plain-HTTP side of the port: the polling API (/v1/...) answering like a sync-response,
-# its errors and CORS, the browser client at /notifyd.js, and the dev-only demo routes.
+# its errors and CORS, the browser client at /notifyd.js, and the dev-only demo routes, which
+# answer only their own address and pages, with the run's key.
 from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
@@ -8,7 +9,13 @@ import orjson
 from protocol_schema import validate_server_frame
 from support import ROOT, Daemon, http_request, running_daemon
 
+from notifyd.devserver import DEV_KEY_HEADER
 from notifyd.protocol import poll_request
+
+
+def dev_key(d: Daemon) -> str:
+    assert d.app.http_api.dev is not None
+    return d.app.http_api.dev.key
 
 
 async def api(d: Daemon, method: str, path: str, token: str | None = None,
@@ -121,12 +128,13 @@ async def test_client_script_is_served_and_demo_routes_only_in_dev(fresh_db: str
     async with running_daemon(fresh_db, dev=True) as d:
         status, headers, body = await http_request(d.app.port, "GET", "/")
         assert status == 200 and b"notifyd demo" in body
-        status, _, body = await http_request(d.app.port, "GET", "/dev/token?user=zoe")
+        key = {DEV_KEY_HEADER: dev_key(d)}
+        status, _, body = await http_request(d.app.port, "GET", "/dev/token?user=zoe", key)
         token = orjson.loads(body)["token"]
         assert d.app.verify(token).user_id == "zoe"
         device = await d.connect("zoe")
         status, _, body = await http_request(d.app.port, "POST",
-                                             "/dev/notify?user=zoe&title=Hi&priority=high")
+                                             "/dev/notify?user=zoe&title=Hi&priority=high", key)
         assert status == 200
         n = (await device.next_data("notification:new"))["notification"]
         assert (n["title"], n["priority"], n["id"]) == ("Hi", "high", orjson.loads(body)["id"])
@@ -142,3 +150,61 @@ def test_the_documented_poll_example_is_valid() -> None:
     assert req.cursors == {"user:42": 318, "all": 11}
     body = block.rstrip().rsplit("\n\n", 1)[1]
     as_sync_response(orjson.loads(body))
+
+
+async def test_dev_helpers_answer_only_their_own_address_pages_and_key(fresh_db: str) -> None:
+    """What a page of another site can do against `notifyd dev` on this machine: a DNS
+    rebinding (its own name in Host), a cross-site form or text/plain POST (its own Origin),
+    a guess without the key printed in the banner. Each is refused; nothing is minted or sent."""
+    async with running_daemon(fresh_db, dev=True) as d:
+        port = d.app.port
+        key = dev_key(d)
+        own = {DEV_KEY_HEADER: key}
+
+        async def status_of(method: str, path: str, **headers: str) -> int:
+            status, _, body = await http_request(port, method, path, headers)
+            if status == 403:
+                assert orjson.loads(body)["code"] == "forbidden"
+            return status
+
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}",
+                     f"[::1]:{port}"):
+            assert await status_of("GET", "/dev/token?user=u", Host=host, **own) == 200
+        assert await status_of("GET", "/dev/token?user=u", Origin=f"http://127.0.0.1:{port}",
+                               **own) == 200
+        refused = [
+            {"Host": f"evil.example:{port}", **own},  # DNS rebinding
+            {"Host": "127.0.0.1", **own},  # another port (80)
+            {"Host": f"127.0.0.1:{port + 1}", **own},
+            {"Origin": "http://evil.example", **own},
+            {"Origin": f"https://127.0.0.1:{port}", **own},
+            {"Origin": "null", **own},
+            {},  # no key
+            {DEV_KEY_HEADER: key[:-1] + ("x" if key[-1] != "x" else "y")},
+            {DEV_KEY_HEADER: "\u00e9" + key},
+        ]
+        for headers in refused:
+            for method, path in (("GET", "/dev/token?user=42&role=admin"),
+                                 ("POST", "/dev/notify?user=42&title=pwned")):
+                assert await status_of(method, path, **headers) == 403, (path, headers)
+        # the page itself holds no secret, but it too answers its own address only
+        assert await status_of("GET", "/", Host=f"evil.example:{port}") == 403
+        assert await status_of("GET", "/") == 200
+        # a cross-site text/plain POST, as a browser sends it
+        assert await status_of("POST", "/dev/notify?user=42&title=pwned",
+                               **{"Origin": "http://evil.example",
+                                  "Content-Type": "text/plain"}) == 403
+        assert await d.sql("SELECT count(*) FROM notifyd.notifications") == 0
+        assert await status_of("GET", "/dev/notify", **own) == 405
+
+
+def test_the_dev_banner_links_the_demo_page_with_the_key() -> None:
+    from pathlib import Path
+
+    from notifyd.devserver import banner, new_dev_key
+
+    key = new_dev_key()
+    assert key != new_dev_key() and len(key) >= 32
+    text = banner("postgresql://x", Path("/usr/bin/psql"), "s" * 40, "127.0.0.1", 8765, key)
+    assert f"Demo page: http://127.0.0.1:8765/#key={key}" in text
+    assert f"http://127.0.0.1:8765/?user=bob#key={key}" in text

@@ -21,7 +21,9 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import orjson
+import pytest
 import pytest_asyncio
 from faults_support import DOCUMENTED_ERRORS, RawClient, http_get, logged_errors
 from hypothesis import HealthCheck, Phase, event, example, given, settings
@@ -30,6 +32,7 @@ from support import Client, Daemon, running_daemon
 from websockets.exceptions import ConnectionClosed
 
 from notifyd.protocol import CLIENT_EVENTS, MAX_REF_LENGTH
+from notifyd.roles import role_name
 
 SETTINGS = {
     "deadline": None,
@@ -290,7 +293,9 @@ STREAMS = sorted({f"user:{u}" for u in USERS} | {f"role:{r.lower()}" for r in RO
 
 
 def own_streams(user: str, roles: list[str]) -> set[str]:
-    return {f"user:{user}", *(f"role:{r.lower()}" for r in roles), "all"}
+    """A token's streams: a role that is no role name (\"a \") is dropped."""
+    named = (role_name(r) for r in roles)
+    return {f"user:{user}", *(f"role:{r}" for r in named if r is not None), "all"}
 
 
 index = st.integers(0, 3)
@@ -328,10 +333,17 @@ async def test_nobody_receives_syncs_or_marks_what_is_not_theirs(
     marked_by: dict[int, str] = {}  # id -> the user stream whose connection marked it
     clients = [await d.connect(user, roles) for user, roles in conns]
     mine = [own_streams(user, roles) for user, roles in conns]
+    # per connection: (index in client.seen from which it holds, the streams) for each set of
+    # streams it held: a refresh replaces them, and its reply divides what came before and after
+    held = [[(0, own)] for own in mine]
     try:
         for n, step in enumerate(steps):
             await _run_step(d, step, n, clients, conns, mine, stream_of, unread, created,
                             marked_by)
+            if step[0] == "refresh":
+                i = step[1] % len(clients)
+                if held[i][-1][1] != mine[i]:
+                    held[i].append((len(clients[i].seen), mine[i]))
         # settle: a full sync ends any paging, then a broadcast marks the end of the stream
         for i, client in enumerate(clients):
             result = await client.sync({}, limit=1000)
@@ -349,20 +361,21 @@ async def test_nobody_receives_syncs_or_marks_what_is_not_theirs(
                 assert marked_by.get(i) == stream, (i, stream, marked_by.get(i))
         for i, ((user, _), client) in enumerate(zip(conns, clients, strict=True)):
             received: set[int] = set()
-            for frame in client.seen:
+            for k, frame in enumerate(client.seen):
                 kind, data = frame["type"], frame["data"]
+                streams = next(own for start, own in reversed(held[i]) if start <= k)
                 if kind == "notification:new":
-                    assert data["notification"]["stream"] in mine[i], (user, frame)
+                    assert data["notification"]["stream"] in streams, (user, frame)
                     received.add(data["notification"]["id"])
                 elif kind == "notification:sync-response":
                     for item in data["notifications"]:
-                        assert item["stream"] in mine[i], (user, item)
+                        assert item["stream"] in streams, (user, item)
                         received.add(item["id"])
-                    assert set(data["cursors"]) == mine[i]
+                    assert set(data["cursors"]) == streams
                 elif kind == "notification:read":
                     assert all(after[x][0] == f"user:{user}" for x in data["ids"]), frame
                 elif kind == "notification:deleted":
-                    assert data["stream"] in mine[i]
+                    assert data["stream"] in streams
                 assert not kind.startswith("presence:"), frame  # no presence role here
             # and each got what is theirs (so the checks above are not vacuous)
             theirs = {x for x in created if after[x][0] in mine[i]}
@@ -385,9 +398,15 @@ async def _run_step(d: Daemon, step: tuple[Any, ...], n: int, clients: list[Clie
             nid = await d.sql("SELECT notifyd.notify($1, 'iso', $2, 'm')", user, f"s{n}")
             stream = f"user:{user}"
         elif kind == "notify_role":
+            named = role_name(step[1])
+            if named is None:  # no role name: refused, as a token's role of it is dropped
+                with pytest.raises(asyncpg.CheckViolationError):
+                    await d.sql("SELECT notifyd.notify_role($1, 'iso', $2, 'm')", step[1],
+                                f"s{n}")
+                return
             nid = await d.sql("SELECT notifyd.notify_role($1, 'iso', $2, 'm')", step[1],
                               f"s{n}")
-            stream = f"role:{step[1].lower()}"
+            stream = f"role:{named}"
         else:
             nid = await d.sql("SELECT notifyd.broadcast('iso', $1, 'm')", f"s{n}")
             stream = "all"
@@ -444,5 +463,6 @@ async def _run_step(d: Daemon, step: tuple[Any, ...], n: int, clients: list[Clie
                                      ref=f"auth-{n}")
         if step[2] == user:
             assert reply["type"] == "auth:refreshed", reply
+            mine[i] = own_streams(user, ["a"])  # the fresh token's roles replace the old
         else:
             assert reply["data"]["code"] == "auth-user-mismatch", reply

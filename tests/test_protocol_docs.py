@@ -155,6 +155,20 @@ def test_event_type_sets() -> None:
     assert {"auth", "notification:sync-request", "ping"} <= CLIENT_EVENT_TYPES
 
 
+def test_each_client_decoder_accepts_exactly_the_fields_of_its_schema() -> None:
+    """The server refuses a field of `data` that its event's schema does not define, and
+    accepts every one it does: one list of fields, in the schema and in the decoder."""
+    from notifyd.protocol import CLIENT_EVENT_FIELDS
+
+    resolver = REGISTRY.resolver(base_uri=CLIENT_FRAME_SCHEMA["$id"])
+    assert set(CLIENT_EVENT_FIELDS) == CLIENT_EVENT_TYPES
+    for branch in CLIENT_FRAME_SCHEMA["allOf"]:
+        event = branch["if"]["properties"]["type"]["const"]
+        data = resolver.lookup(branch["then"]["properties"]["data"]["$ref"]).contents
+        assert data["additionalProperties"] is False, event
+        assert set(data["properties"]) == CLIENT_EVENT_FIELDS[event], event
+
+
 def test_error_code_enum_matches_the_specification() -> None:
     enum = SERVER_FRAME_SCHEMA["$defs"]["error"]["properties"]["code"]["enum"]
     assert sorted(enum) == sorted(ERROR_CODES)
@@ -299,6 +313,14 @@ INVALID_SERVER: dict[str, object] = {
         },
     },
     "readAt null with ids": {"type": "notification:read", "data": {"ids": [1], "readAt": None}},
+    "auth:refreshed without roles": {
+        "type": "auth:refreshed",
+        "data": {"expiresAt": "2026-11-23T10:41:07.000000Z"},
+    },
+    "upper-case role": {
+        "type": "auth:refreshed",
+        "data": {"expiresAt": "2026-11-23T10:41:07.000000Z", "roles": ["Admin"]},
+    },
     "unknown error code": {"type": "error", "data": {"code": "oops", "message": "x"}},
     "empty ref": {"type": "pong", "data": {"timestamp": 1}, "ref": ""},
     "not an object": ["pong", {}],
@@ -328,6 +350,12 @@ INVALID_CLIENT: dict[str, object] = {
         "data": {"roles": [f"r{i}" for i in range(21)]},
     },
     "ping null timestamp": {"type": "ping", "data": {"timestamp": None}},
+    "sync-request cursor for cursors": {
+        "type": "notification:sync-request",
+        "data": {"cursor": {"user:42": 1}},
+    },
+    "mark-all-read with ids": {"type": "notification:mark-all-read", "data": {"ids": [1]}},
+    "presence non-ASCII role": {"type": "presence:query", "data": {"roles": ["\u00e4rzte"]}},
     "unknown type": {"type": "subscribe", "data": {}},
     "server event from client": {"type": "pong", "data": {"timestamp": 1}},
     "extra top-level key": {"type": "ping", "data": {}, "token": "x"},

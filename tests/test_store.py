@@ -214,8 +214,8 @@ async def sync_store(fresh_db: str) -> AsyncIterator[Store]:
                            "FROM generate_series(1, $2) k", user, count)
     await pool.execute("SELECT notifyd.broadcast('t', 'n' || k, 'm') "
                        "FROM generate_series(1, 3) k")
-    await pool.execute("INSERT INTO notifyd.notifications (stream, type, title) "
-                       "SELECT 'role:x', 't', 'n' || k FROM generate_series(1, 5) k")
+    await pool.execute("INSERT INTO notifyd.notifications (role, type, title) "
+                       "SELECT 'x', 't', 'n' || k FROM generate_series(1, 5) k")
     await pool.execute("DELETE FROM notifyd.notifications WHERE stream = 'user:p' AND seq < 5")
     await pool.execute("UPDATE notifyd.streams SET pruned_below = 5 WHERE stream = 'user:p'")
     yield store

@@ -285,6 +285,7 @@ export class NotifydClient {
       case "connection-confirmed":
         this.confirmed = true;
         this.synced = false;
+        this.resync = false;
         this.attempt = 0;
         this.failures = 0;
         this.identify(data.userId, data.roles);
@@ -296,7 +297,13 @@ export class NotifydClient {
       case "notification:sync-response":
         this.absorb(data);
         if (data.hasMore) this.requestSync(data.cursors);
-        else this.synced = true;
+        else if (this.resync) {
+          this.resync = false; // a refresh gained a stream while this sync ran: sync it too
+          this.requestSync();
+        } else this.synced = true;
+        break;
+      case "auth:refreshed":
+        this.refreshed(data.roles);
         break;
       case "notification:new":
         if (this.ledger.admit(data.notification)) this.emit("notification", data.notification);
@@ -338,6 +345,29 @@ export class NotifydClient {
     this.roles = roles || [];
   }
 
+  /** A fresh token's roles replace the connection's: drop the streams lost, sync those gained
+   * (they start live from the refresh). */
+  refreshed(roles) {
+    if (!roles) return;
+    const before = this.streams();
+    this.roles = roles;
+    const after = this.streams();
+    for (const stream of before) {
+      if (!after.has(stream)) {
+        this.ledger.drop(stream);
+        this.emit("reset", stream);
+      }
+    }
+    if ([...after].some((stream) => !before.has(stream))) {
+      if (this.synced) {
+        this.synced = false;
+        this.requestSync();
+      } else {
+        this.resync = true;
+      }
+    }
+  }
+
   streams() {
     return new Set([`user:${this.userId}`, ...this.roles.map((r) => `role:${r}`), "all"]);
   }
@@ -361,18 +391,21 @@ export class NotifydClient {
     this.ledger.advance(data.cursors || {});
   }
 
-  scheduleRefresh() {
+  scheduleRefresh(after) {
     if (typeof this.options.token !== "function") return;
     const exp = tokenExpiry(this.token);
     if (!exp) return;
-    const due = Math.max(1000, exp - Date.now() - this.options.refreshBefore * 1000);
+    const due = after ?? Math.max(1000, exp - Date.now() - this.options.refreshBefore * 1000);
     clearTimeout(this.refreshTimer);
     this.refreshTimer = this.later(async () => {
       try {
         await this.freshToken(true);
-        if (this.send("auth", { token: this.token }, `auth-${++this.refs}`)) this.scheduleRefresh();
+        await this.request("auth", { token: this.token }); // auth:refreshed: see refreshed()
+        this.scheduleRefresh();
       } catch (err) {
-        this.emit("error", err);
+        // a token that changes the roles waits for the sync-request being answered
+        if (err.code === "sync-in-progress") this.scheduleRefresh(1000);
+        else this.emit("error", err);
       }
     }, due);
   }

@@ -1,0 +1,461 @@
+# Who a connection is and who a notification is for: role names, one normalisation on both
+# sides (Python and PostgreSQL, whatever the database's locale), the recipient check of the
+# table and its insert trigger (and the migration that brought it), `iat` and revocation, and a
+# token refresh that changes the connection's roles.
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import jwt
+import pytest
+import pytest_asyncio
+from faults_support import eventually
+from support import SECRET, Client, Daemon, admin_exec, running_daemon, with_database
+from websockets.exceptions import InvalidStatus
+
+from notifyd.auth import IAT_LEEWAY, MAX_EXP, Authenticator, Identity
+from notifyd.config import Settings, validate
+from notifyd.errors import AuthError, ClientError, ConfigError, MigrationError
+from notifyd.migrate import migrate, sql_dir
+from notifyd.protocol import PresenceQuery, decode_client_frame
+from notifyd.roles import role_name
+from notifyd.session import Session
+
+# Role spellings on which case mappings disagree: Python's str.lower(), PostgreSQL's lower()
+# under C.UTF-8, under LC_CTYPE 'C' and under an ICU Turkish locale all differ on some of these.
+KELVIN = "\u212a"  # K, the Kelvin sign: Python and ICU lower it to an ASCII k
+ROLE_CASES = [
+    "admin",
+    "Admin",
+    "ADMIN",
+    "IT",
+    "it",
+    "\u0130T",
+    "i\u0307t",
+    "\u0131t",
+    "\u00c4RZTE",
+    "\u00e4rzte",
+    "STRASSE",
+    "stra\u00dfe",
+    "\u00df",
+    KELVIN,
+    "k",
+    f"{KELVIN}ELVIN",
+    "\ufb00",
+    "org:42/Team_Lead+x",
+    "a b",
+    " admin",
+    "tab\tx",
+    "x" * 128,
+    "X" * 129,
+    "!~",
+    "'quote'",
+    "back\\slash",
+    "null\x00byte",
+    "",
+]
+
+
+def test_role_names_fold_only_a_to_z_and_refuse_the_rest() -> None:
+    assert role_name("ADMIN") == role_name("Admin") == "admin"
+    assert role_name("Org:42/Team_Lead+x") == "org:42/team_lead+x"
+    assert role_name("x" * 128) == "x" * 128
+    for refused in (
+        "\u0130T",
+        "\u0131t",
+        "\u00c4RZTE",
+        "stra\u00dfe",
+        KELVIN,
+        "\ufb00",
+        "a b",
+        "",
+        "x" * 129,
+        "tab\tx",
+        "null\x00byte",
+    ):
+        assert role_name(refused) is None, refused
+
+
+def _auth(**settings: object) -> Authenticator:
+    return Authenticator(
+        validate(Settings(jwt_secret=SECRET, **settings)),  # type: ignore[arg-type]
+        clock=lambda: 1_800_000_000.0,
+    )
+
+
+def _token(**claims: object) -> str:
+    base: dict[str, object] = {"sub": "42", "exp": 1_800_000_600, "iat": 1_800_000_000}
+    base.update(claims)
+    return jwt.encode({k: v for k, v in base.items() if v is not None}, SECRET, "HS256")
+
+
+def test_token_roles_are_named_as_the_database_names_them() -> None:
+    """Each case as one token role: kept under its role name, or dropped (the token stays
+    good); a presence:query asks about the same name, or refuses a string that is none."""
+    auth = _auth()
+    for raw in ROLE_CASES:
+        named = role_name(raw)
+        assert auth.verify(_token(roles=[raw])).roles == ((named,) if named else ()), raw
+        frame = {"type": "presence:query", "data": {"roles": [raw]}}
+        if named is None:
+            with pytest.raises(ClientError) as caught:
+                decode_client_frame(_json(frame))
+            assert caught.value.code == "invalid-data"
+        else:
+            event = decode_client_frame(_json(frame)).event
+            assert event == PresenceQuery((), (named,))
+    # the claim's roles and the single `role` claim, deduplicated by name
+    identity = auth.verify(_token(roles=["Doctor", "DOCTOR", "\u0130T"], role="doctor"))
+    assert identity.roles == ("doctor",)
+
+
+def test_presence_role_settings_are_role_names() -> None:
+    settings = validate(Settings(presence_roles=("Admin",), presence_public_roles=("DOCTOR",)))
+    assert settings.presence_roles == ("admin",)
+    assert settings.presence_public_roles == ("doctor",)
+    with pytest.raises(ConfigError, match="NOTIFYD_PRESENCE_ROLES"):
+        validate(Settings(presence_roles=("\u00c4rzte",)))
+
+
+def _json(frame: object) -> str:
+    import orjson
+
+    return orjson.dumps(frame).decode()
+
+
+async def _sql_role(conn: asyncpg.Connection, raw: str) -> str | None:
+    """What the database makes of `raw` as a notification's role: the stored role, or None
+    when it refuses it (check_violation)."""
+    try:
+        async with conn.transaction():
+            nid = await conn.fetchval("SELECT notifyd.notify_role($1, 't', 'title', 'm')", raw)
+            role: str = await conn.fetchval(
+                "SELECT role FROM notifyd.notifications WHERE id = $1", nid
+            )
+            stream = await conn.fetchval(
+                "SELECT stream FROM notifyd.notifications WHERE id = $1", nid
+            )
+            assert stream == f"role:{role}"
+            return role
+    except asyncpg.CheckViolationError:
+        return None
+
+
+async def _server_has_icu(pg_server: str) -> bool:
+    conn = await asyncpg.connect(pg_server)
+    try:
+        return bool(
+            await conn.fetchval("SELECT EXISTS (SELECT FROM pg_collation WHERE collprovider = 'i')")
+        )
+    finally:
+        await conn.close()
+
+
+LOCALES = {
+    "the server's default": "",
+    "LC_CTYPE C": "TEMPLATE template0 LC_CTYPE 'C' LC_COLLATE 'C'",
+    "ICU tr-TR": "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'tr-TR' LOCALE 'C.UTF-8'",
+}
+
+
+@pytest_asyncio.fixture(params=sorted(LOCALES))
+async def locale_db(request: pytest.FixtureRequest, pg_server: str) -> AsyncIterator[str]:
+    """A database migrated from scratch under each locale (lower() differs between them)."""
+    if request.param == "ICU tr-TR" and not await _server_has_icu(pg_server):
+        pytest.skip("this PostgreSQL has no ICU collations")
+    name = f"notifyd_locale_{os.getpid()}_{sorted(LOCALES).index(request.param)}"
+    await admin_exec(
+        pg_server,
+        f"DROP DATABASE IF EXISTS {name}",
+        f"CREATE DATABASE {name} {LOCALES[request.param]}",
+    )
+    dsn = with_database(pg_server, name)
+    await migrate(dsn)
+    yield dsn
+    await admin_exec(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def test_the_database_names_roles_exactly_as_python_does(locale_db: str) -> None:
+    conn = await asyncpg.connect(locale_db)
+    try:
+        # the locale really differs here, where it may: lower() is not what names roles
+        lowered = await conn.fetchval("SELECT lower('TITLE \u00c4RZTE')")
+        assert lowered in ("title \u00e4rzte", "t\u0131tle \u00e4rzte", "title \u00c4rzte")
+        for raw in ROLE_CASES:
+            if "\x00" in raw:  # PostgreSQL text cannot hold it: nothing to compare
+                continue
+            assert await _sql_role(conn, raw) == role_name(raw), raw
+    finally:
+        await conn.close()
+
+
+async def test_a_token_role_reaches_what_notify_role_sent_to_it(daemon: Daemon) -> None:
+    token = daemon.token("r1", ["ADMIN", "\u0130T", "Ops Team"])
+    client = await daemon.raw(f"?token={token}")
+    confirmed = await client.next_data("connection-confirmed")
+    assert confirmed["roles"] == ["admin"]  # the others are no role names: dropped
+    with pytest.raises(asyncpg.CheckViolationError):
+        await daemon.sql("SELECT notifyd.notify_role($1, 't', 'x', 'm')", "\u0130T")
+    await daemon.sql("SELECT notifyd.notify_role('Admin', 't', 'to admins', 'm')")
+    n = (await client.next_data("notification:new"))["notification"]
+    assert (n["stream"], n["title"]) == ("role:admin", "to admins")
+
+
+# -- the recipient check -------------------------------------------------------------------
+
+NO_RECIPIENT_STREAMS = ["user:42", "role:admin", "@presence", "whatever:garbage"]
+
+
+@pytest.mark.parametrize("stream", NO_RECIPIENT_STREAMS)
+async def test_a_row_without_recipient_is_refused(daemon: Daemon, stream: str) -> None:
+    await daemon.notify("42", "counted")
+    with pytest.raises(asyncpg.CheckViolationError, match="recipient"):
+        await daemon.sql(
+            "INSERT INTO notifyd.notifications (stream, type) VALUES ($1, 't')", stream
+        )
+    # the trigger refused it before it took a seq: no counter moved
+    assert (
+        await daemon.sql(
+            "SELECT last_seq * 1000 + unread FROM notifyd.streams WHERE stream = 'user:42'"
+        )
+        == 1001
+    )
+    assert await daemon.sql("SELECT count(*) FROM notifyd.streams") == 1
+
+
+async def test_the_table_check_refuses_such_a_row_without_the_trigger(daemon: Daemon) -> None:
+    """The CHECK itself is never NULL: a row written with the insert trigger disabled (as a
+    data-only restore does) is refused too."""
+    pool = await daemon.pool()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "ALTER TABLE notifyd.notifications DISABLE TRIGGER notifications_assign_seq"
+        )
+        for stream in NO_RECIPIENT_STREAMS:
+            with pytest.raises(asyncpg.CheckViolationError, match="notifications_stream_check"):
+                async with conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO notifyd.notifications (stream, seq, type) VALUES ($1, 1, 't')",
+                        stream,
+                    )
+        await conn.execute(
+            "INSERT INTO notifyd.notifications (stream, seq, type) VALUES ('all', 1, 't')"
+        )
+        await conn.execute(
+            "INSERT INTO notifyd.notifications (user_id, stream, seq, type) "
+            "VALUES ('7', 'user:7', 1, 't')"
+        )
+
+
+@pytest.mark.parametrize(
+    ("columns", "values"),
+    [
+        ("user_id, stream", "'42', 'user:43'"),
+        ("role, stream", "'admin', 'role:root'"),
+        ("user_id, role, stream", "'42', 'admin', 'user:42'"),
+        ("user_id, stream", "'42', 'all'"),
+    ],
+)
+async def test_an_explicit_stream_must_be_the_recipients(
+    daemon: Daemon, columns: str, values: str
+) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        await daemon.sql(
+            f"INSERT INTO notifyd.notifications ({columns}, type) VALUES ({values}, 't')"
+        )
+
+
+async def test_the_migration_stops_at_rows_without_recipient(
+    pg_server: str, tmp_path: Path
+) -> None:
+    """A database whose table already holds such rows (as version 1's CHECK let through):
+    version 5 is refused with a message saying how to find them, and applies once they are
+    gone."""
+    old = tmp_path / "sql"
+    old.mkdir()
+    for path in sorted(sql_dir().glob("*.sql")):
+        if int(path.name[:4]) < 5:
+            shutil.copy(path, old / path.name)
+    name = f"notifyd_v4_{os.getpid()}"
+    await admin_exec(pg_server, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+    dsn = with_database(pg_server, name)
+    try:
+        await migrate(dsn, old)
+        await admin_exec(
+            dsn,
+            "INSERT INTO notifyd.notifications (stream, type) "
+            "SELECT s, 't' FROM unnest(ARRAY['user:42', 'role:admin', '@presence']) s",
+            "SELECT notifyd.notify('42', 't', 'fine', 'm')",
+        )
+        with pytest.raises(MigrationError) as caught:
+            await migrate(dsn)
+        message = str(caught.value)
+        assert "0005_identity.sql" in message and "3 notifications" in message
+        assert "DELETE FROM notifyd.notifications WHERE user_id IS NULL" in message
+        await admin_exec(
+            dsn,
+            "DELETE FROM notifyd.notifications "
+            "WHERE user_id IS NULL AND role IS NULL AND stream <> 'all'",
+        )
+        assert await migrate(dsn) == ["0005_identity.sql"]
+        with pytest.raises(asyncpg.CheckViolationError):
+            await admin_exec(
+                dsn, "INSERT INTO notifyd.notifications (stream, type) VALUES ('user:42', 't')"
+            )
+    finally:
+        await admin_exec(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# -- iat, exp and revocation ---------------------------------------------------------------
+
+
+def test_an_iat_in_the_future_is_refused_and_a_near_one_counts_as_now() -> None:
+    auth = _auth()
+    now = 1_800_000_000.0
+    with pytest.raises(AuthError, match="token issued in the future"):
+        auth.verify(_token(iat=now + 120))
+    near = auth.verify(_token(iat=now + IAT_LEEWAY))
+    assert near.issued_at == now  # no later than its verification
+    assert near.revoked_by(now) and not near.revoked_by(now - 1)
+    assert auth.verify(_token(iat=now - 30)).issued_at == now - 30
+    assert auth.verify(_token(iat=None)).revoked_by(0.0)  # no iat: any revocation covers it
+
+
+def test_an_exp_past_the_year_9999_is_refused() -> None:
+    auth = _auth()
+    assert auth.verify(_token(exp=MAX_EXP)).expires_at == MAX_EXP
+    for exp in (MAX_EXP + 1, 1e300, 2**70):
+        with pytest.raises(AuthError, match="token exp is out of range"):
+            auth.verify(_token(exp=exp))
+
+
+async def test_a_token_from_a_fast_clock_does_not_outlive_a_revocation(daemon: Daemon) -> None:
+    """A token whose iat is 2 minutes ahead (the issuer's clock) is refused outright; one a
+    few seconds ahead is taken as issued when it was verified, so revoking its user right
+    after still closes its connection."""
+    ahead = daemon.token("v1", iat=int(time.time()) + 120)
+    with pytest.raises(InvalidStatus) as refused:
+        await daemon.raw(f"?token={ahead}")
+    assert refused.value.response.status_code == 401
+    near = daemon.token("v1", iat=int(time.time()) + 3)
+    client = await daemon.raw(f"?token={near}")
+    await client.next_data("connection-confirmed")
+    await daemon.sql("SELECT notifyd.revoke_user('v1')")
+    code, _ = await client.closed()
+    assert code == 4003
+    framed = await daemon.connect("v2")  # and a refresh with such a token is refused
+    reply = await framed.request(
+        "auth", {"token": daemon.token("v2", iat=int(time.time()) + 60)}, "auth:refreshed"
+    )
+    assert reply["data"] == {"code": "auth-failed", "message": "token issued in the future"}
+
+
+# -- a refresh that changes the roles ------------------------------------------------------
+
+
+async def _refresh(client: Client, token: str, ref: str = "auth-2") -> dict[str, object]:
+    reply = await client.request("auth", {"token": token}, "auth:refreshed", ref=ref)
+    assert reply["type"] == "auth:refreshed", reply
+    data: dict[str, object] = reply["data"]
+    return data
+
+
+async def test_a_refresh_applies_the_new_tokens_roles(daemon: Daemon) -> None:
+    d = daemon
+    admin = await d.connect("a1", ["admin"])  # a presence watcher (NOTIFYD_PRESENCE_ROLES)
+    assert d.app.index.subscribers("role:admin") == {_conn(d, "a1")}
+    assert (await _refresh(admin, d.token("a1", [])))["roles"] == []
+    # no role:admin item, no presence event, no presence query any more
+    assert not d.app.index.subscribers("role:admin") and not d.app.index.subscribers("@presence")
+    await d.sql("SELECT notifyd.notify_role('admin', 't', 'for admins', 'm')")
+    await d.connect("someone")
+    query = await admin.request("presence:query", {"userIds": ["someone"]}, "presence:state")
+    assert query["data"]["code"] == "forbidden"
+    sync = await admin.request(
+        "notification:sync-request", {"cursors": {"role:admin": 0}}, "notification:sync-response"
+    )
+    assert sync["data"]["code"] == "forbidden"
+    await d.notify("a1", "mine")
+    frames = await admin.quiet(0.5)
+    assert [
+        f["data"]["notification"]["title"] for f in frames if f["type"] == "notification:new"
+    ] == ["mine"]
+    assert not [f for f in frames if f["type"].startswith("presence:")]
+    # roles gained: live from now on, and the sync-request may name them
+    data = await _refresh(admin, d.token("a1", ["Doctor", "admin"]), ref="auth-3")
+    assert data["roles"] == ["doctor", "admin"]
+    await d.sql("SELECT notifyd.notify_role('doctor', 't', 'for doctors', 'm')")
+    n = (await admin.next_data("notification:new"))["notification"]
+    assert (n["stream"], n["title"]) == ("role:doctor", "for doctors")
+    sync = await admin.sync({"user:a1": 1, "role:admin": 0, "role:doctor": 1})
+    assert [n["title"] for n in sync["notifications"]] == ["for admins"]
+    await d.connect("other")
+    assert (await admin.next_data("presence:online"))["userId"] == "other"
+
+
+def _conn(d: Daemon, user: str) -> object:
+    return next(
+        c
+        for c in d.app.connections
+        if c.session.identity is not None and c.session.identity.user_id == user
+    )
+
+
+async def test_a_dropped_stream_is_forgotten_by_the_router(daemon: Daemon) -> None:
+    """A stream whose last local subscriber dropped its role leaves the catch-up points; a
+    stream first gained by a refresh gets its floor (its last seq), as at connect."""
+    d = daemon
+    client = await d.connect("f1", ["ops"])
+    await d.sql("SELECT notifyd.notify_role('ops', 't', 'live', 'm')")
+    await client.next_data("notification:new")
+    for _ in range(2):
+        await d.sql("SELECT notifyd.notify_role('sre', 't', 'before the refresh', 'm')")
+    assert d.app.router.catch_up_points() == {"role:ops": 1, "user:f1": 0, "all": 0}
+    await _refresh(client, d.token("f1", ["sre"]))
+    await eventually(
+        lambda: d.app.router.catch_up_points().get("role:sre") == 2,
+        5,
+        "the gained stream's floor is noted",
+    )
+    assert "role:ops" not in d.app.router.catch_up_points()
+    await d.sql("SELECT notifyd.notify_role('sre', 't', 'after', 'm')")
+    n = (await client.next_data("notification:new"))["notification"]
+    assert (n["stream"], n["seq"]) == ("role:sre", 3)
+
+
+async def test_a_refresh_can_move_the_expiry_earlier(fresh_db: str) -> None:
+    async with running_daemon(fresh_db) as d:
+        client = await d.connect("x1")
+        await _refresh(client, d.token("x1", ttl=1))
+        code, reason = await client.closed(timeout=5)
+        assert code == 4001 and "expired" in (reason or "")
+
+
+def test_roles_cannot_change_while_a_sync_is_answered() -> None:
+    session = Session("c1")
+    session.authenticate(Identity("42", ("admin",), 2e9, None))
+    session.begin_sync(["user:42", "role:admin", "all"])
+    session.authenticate(Identity("42", ("admin",), 3e9, None))  # same roles: fine
+    with pytest.raises(ClientError) as caught:
+        session.authenticate(Identity("42", (), 3e9, None))
+    assert caught.value.code == "sync-in-progress"
+    assert session.identity is not None and session.identity.roles == ("admin",)
+    session.finish_sync({}, set())
+    session.offer("role:admin", 5, b"frame")
+    assert session.in_flight() == {"role:admin": (5, 5)}
+    session.authenticate(Identity("42", ("doctor",), 3e9, None))
+    assert session.in_flight() == {}  # what was sent of a dropped stream is forgotten
+    assert session.offer("role:doctor", 9, b"new") == b"new"  # gained: live from here
+
+
+async def test_refresh_with_an_exp_out_of_range_keeps_the_connection(daemon: Daemon) -> None:
+    client = await daemon.connect("o1")
+    token = jwt.encode({"sub": "o1", "exp": 1e300}, SECRET, "HS256")
+    reply = await client.request("auth", {"token": token}, "auth:refreshed")
+    assert reply["data"] == {"code": "auth-failed", "message": "token exp is out of range"}
+    assert (await client.request("ping", {"timestamp": 1}, "pong"))["data"] == {"timestamp": 1}
