@@ -840,7 +840,7 @@ def run_baseline(rev: str, dsn: str, secret: str, workdir: Path,
     every scenario, reported like a peer's."""
     tree = workdir / "baseline"
     commit = infra.export_tree(rev, tree)
-    out: dict[str, Any] = {"title": f"notifyd {commit[:10]}", "versions": {"commit": commit}}
+    out: dict[str, Any] = {"title": f"notifyd at {rev}", "versions": {"commit": commit[:12]}}
     raw: dict[str, Any] = {}
     env = {"PYTHONPATH": str(tree)}
     try:
