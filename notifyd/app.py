@@ -45,6 +45,7 @@ from notifyd.server import (
     AdminConnection,
     Connection,
     connection_factory,
+    tune_listener,
 )
 from notifyd.session import State
 from notifyd.store import Store
@@ -128,6 +129,8 @@ class App:
             self._server = await loop.create_server(
                 factory, self.settings.host, self.settings.port, backlog=4096,
                 reuse_address=True, reuse_port=self.settings.reuse_port or None)
+        for listening in self._server.sockets:
+            tune_listener(listening)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.settings.admin_port is not None:
             self._admin = await loop.create_server(
@@ -174,20 +177,21 @@ class App:
             self._server.close()
         if self._admin is not None:
             self._admin.close()
-        transports = [c.transport for c in self.connections if c.transport is not None]
-        for conn in list(self.connections):
+        closing = list(self.connections)
+        for conn in closing:
             conn.close(1001, "server going away")
-        # Give buffered frames (the close frames among them) until the deadline to drain.
+        # Give buffered frames (the close frames among them) and the closing handshakes until
+        # the deadline (a client that takes nothing is reset sooner: server.CLOSE_GRACE).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
-        while loop.time() < deadline and any(t.get_write_buffer_size() for t in transports):
+        while loop.time() < deadline and any(c.transport is not None for c in closing):
             await asyncio.sleep(0.05)
-        stuck = [t for t in transports if t.get_write_buffer_size()]
+        stuck = [c for c in closing if c.transport is not None]
         if stuck:
-            log.warning("%d connections still sending after %.1fs; aborting them",
+            log.warning("%d connections still sending after %.1fs; resetting them",
                         len(stuck), limit)
-            for transport in stuck:
-                transport.abort()
+            for conn in stuck:
+                conn.reset()
         for background in (self._ticker, self._retention):
             if background is not None:
                 background.cancel()

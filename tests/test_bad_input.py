@@ -8,6 +8,7 @@ import orjson
 import pytest
 from support import Daemon, running_daemon
 from websockets.exceptions import InvalidStatus
+from wire_support import CONT, TEXT, WireClient, frame
 
 BAD_FRAMES = [
     ("not json at all", "invalid-json"),
@@ -172,3 +173,20 @@ async def test_silent_tcp_connection_is_dropped_at_the_handshake_deadline(fresh_
         assert await asyncio.wait_for(reader.read(), 5) == b""  # sent nothing: aborted
         writer.close()
         assert not d.app.connections
+
+
+
+async def test_a_fragmented_message_over_the_size_limit_closes_with_1009(
+    daemon: Daemon,
+) -> None:
+    """The limit is per message: fragments each under it add up."""
+    client = await WireClient.open(daemon.app.port, f"?token={daemon.token('u3')}")
+    try:
+        part = b"x" * (daemon.settings.max_frame_bytes // 2)
+        client.send(frame(TEXT, b"[" + part, fin=False) + frame(CONT, part, fin=False)
+                    + frame(CONT, part + b"]"))
+        await client.read_until(lambda c: c.close_code is not None, 10)
+        assert client.close_code == 1009
+    finally:
+        client.close()
+
