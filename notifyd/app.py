@@ -252,7 +252,7 @@ class App:
         self.connections.add(conn)
         self.timers.schedule(conn, conn.deadline)
 
-    def went_live(self, conn: Connection) -> bytes:
+    def went_live(self, conn: Connection, ref: str | None = None) -> bytes:
         identity = conn.session.identity
         assert identity is not None
         streams = list(identity.streams)
@@ -278,7 +278,7 @@ class App:
             "connectionId": conn.session.connection_id,
             "serverTime": _now_iso(),
             "protocolVersion": PROTOCOL_VERSION,
-        }))
+        }, ref))
 
     def closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -332,7 +332,7 @@ class App:
                 conn.close(1008, refusal)
                 return
             conn.session.authenticate(identity)
-            conn.greet()
+            conn.greet(ref=frame.ref)
             return
         if isinstance(event, Ping):
             ts = event.timestamp if event.timestamp is not None else int(time.time() * 1000)

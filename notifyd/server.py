@@ -24,6 +24,7 @@ from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeaderValue
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, SERVER, Protocol, State
@@ -46,6 +47,7 @@ logging.getLogger("websockets").setLevel(logging.WARNING)
 CLOSE_TOKEN = 4001
 CLOSE_REVOKED = 4003
 CLOSE_SLOW = 4008
+CLOSE_INVALID_UTF8 = 1007
 CLOSE_RATE = 1008
 # A closing connection keeps its socket until the client has taken every byte still waiting
 # for it (in this process and in the kernel) and closed too; it is reset (RST, both queues
@@ -107,9 +109,10 @@ class Hub(TypingProtocol):
     def verify(self, token: str) -> Identity: ...
     def admit(self, identity: Identity) -> str | None: ...
     def opened(self, conn: Connection) -> None: ...
-    def went_live(self, conn: Connection) -> bytes:
-        """Index the authenticated connection; returns its greeting (connection-confirmed)
-        as a frame for the caller to write."""
+    def went_live(self, conn: Connection, ref: str | None = None) -> bytes:
+        """Index the authenticated connection; returns its greeting (connection-confirmed,
+        with the `ref` of the auth frame that authenticated it) as a frame for the caller to
+        write."""
     def closed(self, conn: Connection) -> None: ...
     def handle(self, conn: Connection, frame: ClientFrame) -> None: ...
     def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None: ...
@@ -469,6 +472,12 @@ class Connection(asyncio.Protocol):
             return
         response = ws.accept(request)
         if response.status_code != 101:
+            refused = ws.handshake_exc
+            if (isinstance(refused, InvalidHeaderValue)
+                    and refused.name == "Sec-WebSocket-Version"):
+                # RFC 6455 §4.4: name the version this server speaks
+                response = ws.reject(426, "WebSocket protocol version 13 only\n")
+                response.headers["Sec-WebSocket-Version"] = "13"
             ws.send_response(response)
             return
         token, from_cookie = token_from_request(request, self.hub.settings)
@@ -522,9 +531,10 @@ class Connection(asyncio.Protocol):
         self.ws.parser.close()
         self.ws = FrameProtocol(SERVER, state=OPEN, max_size=self.hub.settings.max_frame_bytes)
 
-    def greet(self, head: bytes = b"") -> None:
-        """Go live (the session is authenticated): `head`, then the greeting frame."""
-        greeting = self.hub.went_live(self)
+    def greet(self, head: bytes = b"", ref: str | None = None) -> None:
+        """Go live (the session is authenticated): `head`, then the greeting frame, which
+        carries `ref` (that of the auth frame)."""
+        greeting = self.hub.went_live(self, ref)
         metrics = self.hub.metrics
         metrics.frames_sent += 1
         metrics.bytes_sent += len(greeting)
@@ -574,18 +584,36 @@ class Connection(asyncio.Protocol):
     def _on_text(self, data: bytes, refused: bool) -> None:
         if self.session.state is SessionState.CLOSED:
             return
-        if refused:
-            self._error(ClientError("rate-limited"))
-            return
         try:
             frame = decode_client_frame(data)
         except ClientError as exc:
-            self._error(exc)
+            if exc.code == "invalid-json" and not _is_utf8(data):
+                # RFC 6455 §8.1: a text message that is not UTF-8 fails the connection
+                self.close(CLOSE_INVALID_UTF8, "invalid UTF-8 in a text frame")
+                return
+            self._error(_rate_limited(exc.ref) if refused else exc)
+            return
+        if refused:  # decoded all the same, for its ref
+            self._error(_rate_limited(frame.ref))
             return
         self.hub.handle(self, frame)
 
     def _error(self, exc: ClientError) -> None:
         self.send(error_frame(exc))
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _rate_limited(ref: str | None) -> ClientError:
+    exc = ClientError("rate-limited")
+    exc.ref = ref
+    return exc
 
 
 class AdminConnection(Connection):

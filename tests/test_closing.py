@@ -50,6 +50,7 @@ def fill(client: WireClient, pings: int) -> None:
 @contextlib.asynccontextmanager
 async def sending(client: WireClient, chunk: bytes = FLOOD) -> AsyncIterator[None]:
     """The client keeps sending `chunk` (a few MB/s at most) for as long as the block runs."""
+
     async def flood() -> None:
         while not client.eof and not client.writer.is_closing():
             if client.writer.transport.get_write_buffer_size() < 1 << 20:
@@ -66,7 +67,10 @@ async def sending(client: WireClient, chunk: bytes = FLOOD) -> AsyncIterator[Non
 
 
 async def closed_by_server_while_sending(
-    d: Daemon, client: WireClient, conn: Connection, trigger: Callable[[], Awaitable[Any]],
+    d: Daemon,
+    client: WireClient,
+    conn: Connection,
+    trigger: Callable[[], Awaitable[Any]],
     chunk: bytes = FLOOD,
 ) -> None:
     """The client keeps sending and does not read until the server has closed the connection
@@ -85,9 +89,8 @@ async def check(client: WireClient, code: int) -> None:
     assert client.eof and not client.reset
 
 
-@pytest.mark.parametrize("code", [1008, 1009, 4001, 4003, 4008, 1011])
-async def test_every_close_reaches_a_client_that_keeps_sending(fresh_db: str,
-                                                               code: int) -> None:
+@pytest.mark.parametrize("code", [1008, 1009, 1007, 4001, 4003, 4008, 1011])
+async def test_every_close_reaches_a_client_that_keeps_sending(fresh_db: str, code: int) -> None:
     settings: dict[str, Any] = {"rate_limit": 100000.0, "rate_burst": 100000}
     if code == 1008:
         settings = {"rate_limit": 5.0, "rate_burst": 5}
@@ -109,13 +112,18 @@ async def test_every_close_reaches_a_client_that_keeps_sending(fresh_db: str,
                 chunk = text({"type": "ping", "ref": "over"}) * 50
             elif code == 1009:
                 client.send(frame(TEXT, b"x" * (d.settings.max_frame_bytes + 1)))
+            elif code == 1007:
+                client.send(frame(TEXT, b'{"type": "ping", "ref": "\xff"}'))
             elif code == 4003:
+
                 async def trigger() -> None:
                     await d.sql("SELECT notifyd.revoke_user('c1')")
             elif code == 4008:
+
                 async def trigger() -> None:
                     while conn in d.app.connections:
                         await d.notify("c1", "big", data={"x": "y" * 20000})
+
             if code == 1011:  # silent, not answering the keepalive ping, until closed
                 await eventually(lambda: conn not in d.app.connections, 30, "1011")
             await closed_by_server_while_sending(d, client, conn, trigger, chunk)
@@ -152,9 +160,12 @@ async def test_a_client_that_stops_reading_is_reset_with_its_kernel_queue(
         # The server has given up on it; it must not keep what it queued, in the process or
         # in the kernel (an orphan socket in FIN-WAIT-1 with its send queue), for longer
         # than the grace: 2 s without progress once the client's window is full.
-        await eventually(lambda: not server_sockets(d.app.port, client.local_port),
-                         4 * CLOSE_GRACE, "the server's socket is gone",
-                         interval=0.05)
+        await eventually(
+            lambda: not server_sockets(d.app.port, client.local_port),
+            4 * CLOSE_GRACE,
+            "the server's socket is gone",
+            interval=0.05,
+        )
         assert conn.transport is None
         await client.read_to_end(10)
         assert client.reset  # the reset dropped what was queued, close frame included
@@ -192,16 +203,16 @@ async def test_a_frame_larger_than_the_send_bound_reaches_a_reading_client(
         await d.notify("b1", "huge", data={"x": huge})
 
         def has(title: str) -> Callable[[WireClient], bool]:
-            return lambda c: any(t["type"] == "notification:new"
-                                 and t["data"]["notification"]["title"] == title
-                                 for t in c.texts)
+            return lambda c: any(
+                t["type"] == "notification:new" and t["data"]["notification"]["title"] == title
+                for t in c.texts
+            )
 
         await client.read_until(has("huge"), 60, size=65536, pause=0.002)
         await d.notify("b1", "after")
         await client.read_until(has("after"), 10)
         assert client.close_code is None and conn in d.app.connections
-        new = [t["data"]["notification"] for t in client.texts
-               if t["type"] == "notification:new"]
+        new = [t["data"]["notification"] for t in client.texts if t["type"] == "notification:new"]
         assert [n["title"] for n in new] == ["huge", "after"]
         assert new[0]["data"] == {"x": huge}
         # and so does a sync-response holding it, on a connection made afterwards

@@ -220,3 +220,22 @@ async def test_fragments_take_tokens_too(fresh_db: str) -> None:
         finally:
             client.close()
 
+
+async def test_a_refused_frame_is_answered_with_its_ref(fresh_db: str) -> None:
+    """`rate-limited` carries the refused frame's ref, like every reply; a frame that is not
+    a JSON object with a valid ref has none to give."""
+    async with running_daemon(fresh_db, rate_limit=0.1, rate_burst=3) as d:
+        client = await WireClient.open(d.app.port, f"?token={d.token('p4')}")
+        try:
+            client.send(b"".join(text({"type": "ping", "ref": f"p{i}"}) for i in range(3))
+                        + text({"type": "ping", "ref": "refused"})  # the bucket is empty
+                        + frame(TEXT, b"not json"))
+            await client.read_until(lambda c: len(c.texts) >= 7, 10)
+            replies = [t for t in client.texts if t["type"] in ("pong", "error")]
+            assert [r.get("ref") for r in replies[:3]] == ["p0", "p1", "p2"]
+            assert replies[3]["data"]["code"] == "rate-limited"
+            assert replies[3]["ref"] == "refused"
+            assert replies[4]["data"]["code"] == "rate-limited" and "ref" not in replies[4]
+            assert client.close_code is None
+        finally:
+            client.close()
