@@ -13,7 +13,7 @@ arrival, measured in a separate client process) is recorded.
   1. baseline: --slow clients of role `slow` (in another process) read everything.
   2. slow: as many raw sockets with role `slow` complete the handshake and never read again
      (receive buffer 4 KB). Each is closed with 4008 once NOTIFYD_MAX_SEND_BUFFER bytes wait
-     for it, and aborted 2 s later.
+     for it, and reset (RST) once 2 s pass in which it takes none of what is queued.
 
 Prints the fast client's p50/p99/max in both phases, the daemon's RSS (before, peak, after) and
 how many slow clients were closed; writes bench/results/slow_consumers.json. Exit status 1 if a

@@ -47,6 +47,7 @@ from notifyd.server import (
     AdminConnection,
     Connection,
     connection_factory,
+    tune_listener,
 )
 from notifyd.session import State
 from notifyd.store import Store
@@ -139,6 +140,8 @@ class App:
             self._server = await loop.create_server(
                 factory, self.settings.host, self.settings.port, backlog=4096,
                 reuse_address=True, reuse_port=self.settings.reuse_port or None)
+        for listening in self._server.sockets:
+            tune_listener(listening)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.settings.admin_port is not None:
             self._admin = await loop.create_server(
@@ -185,20 +188,21 @@ class App:
             self._server.close()
         if self._admin is not None:
             self._admin.close()
-        transports = [c.transport for c in self.connections if c.transport is not None]
-        for conn in list(self.connections):
+        closing = list(self.connections)
+        for conn in closing:
             conn.close(1001, "server going away")
-        # Give buffered frames (the close frames among them) until the deadline to drain.
+        # Give buffered frames (the close frames among them) and the closing handshakes until
+        # the deadline (a client that takes nothing is reset sooner: server.CLOSE_GRACE).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
-        while loop.time() < deadline and any(t.get_write_buffer_size() for t in transports):
+        while loop.time() < deadline and any(c.transport is not None for c in closing):
             await asyncio.sleep(0.05)
-        stuck = [t for t in transports if t.get_write_buffer_size()]
+        stuck = [c for c in closing if c.transport is not None]
         if stuck:
-            log.warning("%d connections still sending after %.1fs; aborting them",
+            log.warning("%d connections still sending after %.1fs; resetting them",
                         len(stuck), limit)
-            for transport in stuck:
-                transport.abort()
+            for conn in stuck:
+                conn.reset()
         for background in (self._ticker, self._retention):
             if background is not None:
                 background.cancel()
@@ -268,7 +272,7 @@ class App:
         self.connections.add(conn)
         self.timers.schedule(conn, conn.deadline)
 
-    def went_live(self, conn: Connection) -> bytes:
+    def went_live(self, conn: Connection, ref: str | None = None) -> bytes:
         identity = conn.session.identity
         assert identity is not None
         self.index.add(conn, self._subscriptions(identity))
@@ -291,7 +295,7 @@ class App:
             "connectionId": conn.session.connection_id,
             "serverTime": _now_iso(),
             "protocolVersion": PROTOCOL_VERSION,
-        }))
+        }, ref))
 
     def closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -353,7 +357,7 @@ class App:
                 conn.close(1008, refusal)
                 return
             conn.session.authenticate(identity)
-            conn.greet()
+            conn.greet(ref=frame.ref)
             return
         if isinstance(event, Ping):
             ts = event.timestamp if event.timestamp is not None else int(time.time() * 1000)

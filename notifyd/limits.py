@@ -1,7 +1,10 @@
-# Per-connection rate limit on client frames: a token bucket refilled at `rate` frames per
-# second up to `burst`. A frame that finds the bucket empty is refused (an `error` frame);
-# a client that keeps sending while refused (`burst` refusals in a row) is closed with 1008.
-# Pure: the time is passed in.
+# Per-connection limits, pure (the time is passed in):
+# - TokenBucket: the rate limit on client frames, refilled at `rate` frames per second up to
+#   `burst`. A frame that finds the bucket empty is refused (an `error` frame, or no pong);
+#   a client that keeps sending while refused (`burst` refusals in a row) is closed with 1008.
+# - CloseGrace: how long a closing connection may keep its socket. After its close frame a
+#   connection stays until the client has taken every byte still waiting for it and answered;
+#   one that stops taking bytes for `grace` seconds, or is not done after `limit`, is reset.
 from __future__ import annotations
 
 from enum import Enum
@@ -9,7 +12,7 @@ from enum import Enum
 
 class Verdict(Enum):
     ALLOW = "allow"
-    REFUSE = "refuse"  # answer with error `rate-limited`
+    REFUSE = "refuse"  # answer with error `rate-limited` (a ping: no pong)
     CLOSE = "close"  # persistent abuse: close with 1008
 
 
@@ -30,3 +33,25 @@ class TokenBucket:
             return Verdict.ALLOW
         self._strikes += 1
         return Verdict.CLOSE if self._strikes >= burst else Verdict.REFUSE
+
+
+class CloseGrace:
+    """The grace of one closing connection, looked at from time to time with the bytes still
+    waiting for the client (in the process and in the kernel). Progress is any drop of that
+    figure, reaching zero included: the client is reading. It expires when `grace` seconds
+    pass without progress (a client that stopped reading, or that has everything and does not
+    close), or `limit` seconds after the close, however slowly the client reads."""
+
+    __slots__ = ("_grace", "_least", "_progress", "_until")
+
+    def __init__(self, waiting: int, now: float, grace: float, limit: float) -> None:
+        self._least = waiting
+        self._progress = now
+        self._grace = grace
+        self._until = now + limit
+
+    def expired(self, waiting: int, now: float) -> bool:
+        if waiting < self._least:
+            self._least = waiting
+            self._progress = now
+        return now - self._progress >= self._grace or now >= self._until

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from support import Daemon, http_request, running_daemon
 from websockets.exceptions import InvalidStatus
+from wire_support import CONT, TEXT, WireClient, frame
 
 BAD_FRAMES = [
     ("not json at all", "invalid-json"),
@@ -307,3 +308,71 @@ async def test_an_operation_that_fails_unexpectedly_is_still_answered(
     assert (status, orjson.loads(body)["code"]) == (500, "internal-error")
     monkeypatch.setattr(daemon.app.store, "sync", real_sync)
     assert (await client.sync())["cursors"]["user:i1"] == 0
+
+
+async def test_connection_confirmed_carries_the_ref_of_the_auth_frame(daemon: Daemon) -> None:
+    client = await daemon.raw()
+    await client.send("auth", {"token": daemon.token("r1")}, ref="auth-1")
+    confirmed = await client.expect("connection-confirmed")
+    assert confirmed["ref"] == "auth-1" and confirmed["data"]["userId"] == "r1"
+    unref = await daemon.raw()
+    await unref.send("auth", {"token": daemon.token("r2")})
+    assert "ref" not in await unref.expect("connection-confirmed")
+
+
+@pytest.mark.parametrize("fragments", [
+    [b'{"type": "ping", "ref": "\xff"}'],  # not UTF-8 at all
+    [b'{"type": "ping", "ref": "\xed\xa0\x80"}'],  # an encoded surrogate
+    [b'{"type": "ping", "ref": "\xe2\x82'],  # a sequence cut short by the end of the message
+    [b'{"type": "ping", "ref": "\xe2', b'\x28"}'],  # a bad sequence across two fragments
+])
+async def test_invalid_utf8_in_a_text_message_closes_with_1007(
+    daemon: Daemon, fragments: list[bytes]
+) -> None:
+    client = await WireClient.open(daemon.app.port, f"?token={daemon.token('u1')}")
+    try:
+        *first, last = fragments
+        for i, part in enumerate(first):
+            client.send(frame(TEXT if i == 0 else CONT, part, fin=False))
+        client.send(frame(CONT if first else TEXT, last))
+        await client.read_until(lambda c: c.close_code is not None, 10)
+        assert client.close_code == 1007
+        assert [t for t in client.texts if t["type"] == "error"] == []
+    finally:
+        client.close()
+
+
+async def test_utf8_split_across_fragments_is_fine(daemon: Daemon) -> None:
+    client = await WireClient.open(daemon.app.port, f"?token={daemon.token('u2')}")
+    try:
+        whole = '{"type": "ping", "ref": "caf\u00e9"}'.encode()
+        cut = whole.index(b"\xc3") + 1  # between the two bytes of é
+        client.send(frame(TEXT, whole[:cut], fin=False) + frame(CONT, whole[cut:]))
+        await client.read_until(lambda c: any(t["type"] == "pong" for t in c.texts), 10)
+        assert next(t for t in client.texts if t["type"] == "pong")["ref"] == "caf\u00e9"
+    finally:
+        client.close()
+
+
+async def test_a_fragmented_message_over_the_size_limit_closes_with_1009(
+    daemon: Daemon,
+) -> None:
+    """The limit is per message: fragments each under it add up."""
+    client = await WireClient.open(daemon.app.port, f"?token={daemon.token('u3')}")
+    try:
+        part = b"x" * (daemon.settings.max_frame_bytes // 2)
+        client.send(frame(TEXT, b"[" + part, fin=False) + frame(CONT, part, fin=False)
+                    + frame(CONT, part + b"]"))
+        await client.read_until(lambda c: c.close_code is not None, 10)
+        assert client.close_code == 1009
+    finally:
+        client.close()
+
+
+async def test_an_unsupported_websocket_version_gets_426_naming_13(daemon: Daemon) -> None:
+    client = await WireClient.open(daemon.app.port, f"?token={daemon.token('u4')}",
+                                   version="8", expect=426)
+    try:
+        assert b"\r\nSec-WebSocket-Version: 13\r\n" in client.head
+    finally:
+        client.close()

@@ -1,18 +1,23 @@
-# Abuse limits and access revocation: the per-connection rate limit (error, then 1008), the
-# per-user connection cap (429 at the handshake, 1008 after an auth frame), and
-# notifyd.revoke_user() closing live connections on every process with 4003 and refusing
-# tokens issued before it, also after a restart.
+# Abuse limits and access revocation: the per-connection rate limit (error, then 1008) on
+# every client frame, control frames and fragments included; the send bound on every byte
+# written, pongs too; the closing grace; the per-user connection cap (429 at the handshake,
+# 1008 after an auth frame); and notifyd.revoke_user() closing live connections on every
+# process with 4003 and refusing tokens issued before it, also after a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
+from faults_support import eventually
 from support import Daemon, running_daemon
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from wire_support import CONT, PING, PONG, TEXT, WireClient, frame, text
 
-from notifyd.limits import TokenBucket, Verdict
+from notifyd.limits import CloseGrace, TokenBucket, Verdict
+from notifyd.server import Connection
 
 
 def test_token_bucket() -> None:
@@ -109,3 +114,128 @@ async def test_revoke_user_needs_a_user(daemon: Daemon) -> None:
 
     with pytest.raises(asyncpg.CheckViolationError):
         await daemon.sql("SELECT notifyd.revoke_user('')")
+
+
+def test_close_grace() -> None:
+    grace = CloseGrace(waiting=1000, now=0.0, grace=2.0, limit=30.0)
+    assert not grace.expired(1000, 1.9)  # nothing taken yet, within the grace
+    assert grace.expired(1000, 2.0)  # 2 s without progress
+    grace = CloseGrace(waiting=1000, now=0.0, grace=2.0, limit=30.0)
+    assert not grace.expired(900, 1.5)  # progress at 1.5 s
+    assert not grace.expired(900, 3.4)
+    assert grace.expired(900, 3.5)
+    grace = CloseGrace(waiting=1000, now=0.0, grace=2.0, limit=30.0)
+    assert not grace.expired(0, 1.0)  # took everything at 1 s: 2 s to answer from then
+    assert not grace.expired(0, 2.9)
+    assert grace.expired(0, 3.0)
+    grace = CloseGrace(waiting=10**9, now=0.0, grace=2.0, limit=30.0)
+    for t in range(1, 30):  # a trickle keeps it alive, but not past the limit
+        assert not grace.expired(10**9 - t, float(t))
+    assert grace.expired(10**9 - 30, 30.0)
+
+
+def conn_of(d: Daemon, client: WireClient) -> Connection:
+    return next(c for c in d.app.connections if c.peer().endswith(f":{client.local_port}"))
+
+
+async def test_a_ping_flood_from_a_client_that_never_reads_is_closed(fresh_db: str) -> None:
+    """Pings take tokens like data frames: an unauthenticated client flooding them, reading
+    nothing, is refused pongs and closed with 1008; what waits for it stays within the
+    bound, and another client is served meanwhile."""
+    async with running_daemon(fresh_db) as d:
+        polite = await d.connect("p-polite")
+        flooder = await WireClient.open(d.app.port)
+        try:
+            conn = conn_of(d, flooder)
+            burst = frame(PING, b"p" * 125) * 1000  # 131 kB
+            most = 0
+            for _ in range(100):  # up to 13 MB of pings, until the server closes
+                if conn.ws.close_sent is not None or conn.transport is None:
+                    break
+                flooder.send(burst)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(flooder.drain(), 1)
+                if conn.transport is not None:
+                    most = max(most, conn.queued + conn.transport.get_write_buffer_size())
+            assert conn.ws.close_sent is not None and conn.ws.close_sent.code == 1008
+            assert most <= d.settings.max_send_buffer + 256
+            await d.notify("p-polite", "served")
+            assert (await polite.next_data("notification:new"))["notification"]["title"] == \
+                "served"
+        finally:
+            flooder.abort()
+
+
+async def test_pongs_count_against_the_send_bound(fresh_db: str) -> None:
+    """Without a rate limit in the way, the pongs of a client that does not read are held
+    to the send bound like any frame: it is closed with 4008."""
+    async with running_daemon(fresh_db, rate_limit=100000.0, rate_burst=100000,
+                              max_send_buffer=65536) as d:
+        flooder = await WireClient.open(d.app.port, f"?token={d.token('p1')}")
+        try:
+            await eventually(lambda: bool(d.app.index.subscribers("user:p1")), 10, "live")
+            conn = conn_of(d, flooder)
+            burst = frame(PING, b"p" * 125) * 1000
+            most = 0
+            for _ in range(200):
+                if conn.ws.close_sent is not None or conn.transport is None:
+                    break
+                flooder.send(burst)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(flooder.drain(), 1)
+                if conn.transport is not None:
+                    most = max(most, conn.queued + conn.transport.get_write_buffer_size())
+            assert conn.ws.close_sent is not None and conn.ws.close_sent.code == 4008
+            assert most <= 65536 + 256
+        finally:
+            flooder.abort()
+
+
+async def test_refused_pings_get_no_pong(fresh_db: str) -> None:
+    async with running_daemon(fresh_db, rate_limit=5, rate_burst=5) as d:
+        client = await WireClient.open(d.app.port, f"?token={d.token('p2')}")
+        try:
+            await client.read_until(lambda c: len(c.texts) >= 2, 10)  # greeting and count
+            client.send(frame(PING, b"1") * 9)  # 5 allowed, 4 refused: no close yet
+            await asyncio.sleep(0.3)  # the bucket refills a token...
+            client.send(text({"type": "ping", "ref": "after"}))  # ... for this one
+            await client.read_until(lambda c: len(c.texts) >= 3, 10)
+            await asyncio.sleep(0.2)
+            await client.read_some()
+            assert [op for op, _ in client.frames].count(PONG) == 5
+            assert client.texts[2]["type"] == "pong" and client.texts[2]["ref"] == "after"
+            assert client.close_code is None
+        finally:
+            client.close()
+
+
+async def test_fragments_take_tokens_too(fresh_db: str) -> None:
+    """A message that never ends, in tiny fragments, is no way around the rate limit."""
+    async with running_daemon(fresh_db, rate_limit=5, rate_burst=5) as d:
+        client = await WireClient.open(d.app.port, f"?token={d.token('p3')}")
+        try:
+            client.send(frame(TEXT, b"[", fin=False) + frame(CONT, b" ", fin=False) * 200)
+            await client.read_until(lambda c: c.close_code is not None, 10)
+            assert client.close_code == 1008
+        finally:
+            client.close()
+
+
+async def test_a_refused_frame_is_answered_with_its_ref(fresh_db: str) -> None:
+    """`rate-limited` carries the refused frame's ref, like every reply; a frame that is not
+    a JSON object with a valid ref has none to give."""
+    async with running_daemon(fresh_db, rate_limit=0.1, rate_burst=3) as d:
+        client = await WireClient.open(d.app.port, f"?token={d.token('p4')}")
+        try:
+            client.send(b"".join(text({"type": "ping", "ref": f"p{i}"}) for i in range(3))
+                        + text({"type": "ping", "ref": "refused"})  # the bucket is empty
+                        + frame(TEXT, b"not json"))
+            await client.read_until(lambda c: len(c.texts) >= 7, 10)
+            replies = [t for t in client.texts if t["type"] in ("pong", "error")]
+            assert [r.get("ref") for r in replies[:3]] == ["p0", "p1", "p2"]
+            assert replies[3]["data"]["code"] == "rate-limited"
+            assert replies[3]["ref"] == "refused"
+            assert replies[4]["data"]["code"] == "rate-limited" and "ref" not in replies[4]
+            assert client.close_code is None
+        finally:
+            client.close()

@@ -19,6 +19,7 @@ from notifyd.server import CLOSE_GRACE, Connection
 MAX_SEND_BUFFER = 65536
 LARGE = "é" * 10_000  # 20 kB of UTF-8 per notification: far above a NOTIFY payload too
 ROWS = 200
+FRAME_MAX = 2 * len(LARGE.encode()) + 1000  # a notification:new frame of LARGE, and slack
 
 
 @dataclass
@@ -98,7 +99,14 @@ async def wait_until_dropped(s: Scene) -> None:
     await eventually(lambda: s.slow_conn not in s.d.app.connections, 60,
                      "the slow client is dropped")
     assert not s.d.app.index.subscribers("user:slow")
-    assert s.slow_conn.transport is not None and s.slow_conn.transport.is_closing()
+    # Its output is over: the 4008 close frame was the last thing written, the frames not yet
+    # begun were dropped, and the socket is half-closed behind it (the server reads on, for
+    # the client's close), holding at most the bound and one frame.
+    conn = s.slow_conn
+    assert conn.ws.close_sent is not None and conn.ws.close_sent.code == 4008
+    assert conn.closing is not None and conn.backlog is None and conn.queued == 0
+    assert conn.transport is not None
+    assert conn.transport.get_write_buffer_size() <= MAX_SEND_BUFFER + FRAME_MAX
 
 
 async def test_slow_client_that_resumes_reading_gets_4008_last(scene: Scene) -> None:
