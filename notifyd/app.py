@@ -299,9 +299,6 @@ class App:
 
     def closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        answered = self._answering.pop(conn, None)
-        if answered is not None:
-            answered()
         identity = conn.session.identity
         if conn.upgraded:  # a WebSocket, not a plain HTTP request
             code, reason, by = conn.close_info()
@@ -335,10 +332,16 @@ class App:
             answer = HttpAnswer(500, b"internal error\n", "text/plain; charset=utf-8")
         conn.respond(answer.status, answer.content_type, answer.body, answer.headers)
         if answer.done is not None:
-            if conn.transport is None:  # gone meanwhile: closed() has been and gone
+            if conn.transport is None:  # gone meanwhile: gone() has been and gone
                 answer.done()
             else:
                 self._answering[conn] = answer.done
+
+    def gone(self, conn: Connection) -> None:
+        """The socket is closed: an HTTP answer has left the process (or never will)."""
+        answered = self._answering.pop(conn, None)
+        if answered is not None:
+            answered()
 
     def handle(self, conn: Connection, frame: ClientFrame) -> None:
         event, session = frame.event, conn.session

@@ -114,6 +114,9 @@ class Hub(TypingProtocol):
         with the `ref` of the auth frame that authenticated it) as a frame for the caller to
         write."""
     def closed(self, conn: Connection) -> None: ...
+    def gone(self, conn: Connection) -> None:
+        """The socket is closed (after closed(): a closing connection keeps its socket until
+        the client has what was written, or the grace runs out)."""
     def handle(self, conn: Connection, frame: ClientFrame) -> None: ...
     def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None: ...
 
@@ -249,6 +252,7 @@ class Connection(asyncio.Protocol):
             self.close_timer.cancel()
             self.close_timer = None
         self._ended()
+        self.hub.gone(self)
         # websockets' parser is a generator holding its protocol, and the error that ended it
         # (a peer gone without a closing handshake) holds the generator's frame: reference
         # cycles. Broken here (no data comes any more), the connection is freed by reference
