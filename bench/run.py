@@ -816,21 +816,29 @@ def _run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer
         server = peers.Peer(kind, dsn, secret, workdir)
         stack.callback(server.stop)
         say(f"{kind.title} started (pid {server.pid}, port {server.port}): {out['versions']}")
-        clients = []
-        for i in range(CLIENT_PROCESSES):
-            client = Worker(f"client-{i}", ws_clients.main, server.url, secret,
-                            HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES, kind.protocol)
-            stack.callback(client.stop)
-            clients.append(client)
-        server.wait_ready()
-        bench = Bench(server, clients, writer, scale, None)
-        bench.raw = raw
-        try:
-            _scenarios(bench, out)
-            bench.close_all()
-        finally:
-            out["warnings"] = server.warnings(20)
-            out["peak_rss_kb"] = _peak_rss(server.pid)
+        _measure(stack, server, writer, secret, scale, out, raw, kind.protocol)
+
+
+def _measure(stack: contextlib.ExitStack, server: Daemon, writer: Worker, secret: str,
+             scale: Scale, out: dict[str, Any], raw: dict[str, Any],
+             protocol: str = "notifyd") -> None:
+    """Every scenario against a started server (a peer, or notifyd at another commit), with
+    clients of its own; its results and warnings into `out`, per-sample data into `raw`."""
+    clients = []
+    for i in range(CLIENT_PROCESSES):
+        client = Worker(f"client-{i}", ws_clients.main, server.url, secret,
+                        HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES, protocol)
+        stack.callback(client.stop)
+        clients.append(client)
+    server.wait_ready()
+    bench = Bench(server, clients, writer, scale, None)
+    bench.raw = raw
+    try:
+        _scenarios(bench, out)
+        bench.close_all()
+    finally:
+        out["warnings"] = server.warnings(20)
+        out["peak_rss_kb"] = _peak_rss(server.pid)
 
 
 def run_baseline(rev: str, dsn: str, secret: str, workdir: Path,
@@ -853,22 +861,8 @@ def run_baseline(rev: str, dsn: str, secret: str, workdir: Path,
             say(f"notifyd at {commit[:10]} started (pid {daemon.pid}, port {daemon.port})")
             writer = Worker("writer-baseline", sql_writer.main, base_dsn, WRITER_POOL)
             stack.callback(writer.stop)
-            clients = []
-            for i in range(CLIENT_PROCESSES):
-                client = Worker(f"client-{i}", ws_clients.main, daemon.url, secret,
-                                HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES)
-                stack.callback(client.stop)
-                clients.append(client)
-            daemon.wait_ready()
             writer.call("open", timeout=60)
-            bench = Bench(daemon, clients, writer, scale, None)
-            bench.raw = raw
-            try:
-                _scenarios(bench, out)
-                bench.close_all()
-            finally:
-                out["warnings"] = daemon.warnings(20)
-                out["peak_rss_kb"] = _peak_rss(daemon.pid)
+            _measure(stack, daemon, writer, secret, scale, out, raw)
     except BenchError as exc:
         say(f"notifyd at {commit[:10]} stopped: {exc}")
         out["error"] = str(exc)[:1000]
