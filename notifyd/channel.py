@@ -64,6 +64,12 @@ class Channel:
     def listening_from(self, nonce: int) -> None:
         """LISTEN (again) with the nonce sequence at `nonce`: a payload numbered up to it was
         signed before this process listened, so a first copy of it may have gone unseen."""
+        if nonce < self._high:
+            # The sequence went back: another database (restored, or replaced behind the same
+            # address). What was seen of the old one says nothing of the new one's nonces.
+            self._seen[:] = bytes(len(self._seen))
+            self._high = self._floor = nonce
+            return
         self._advance(nonce)
         self._floor = max(self._floor, nonce)
 

@@ -60,6 +60,11 @@ def test_channel_opens_only_signed_unseen_payloads() -> None:
     assert dict(channel.refused) == {"replayed": 2, "signature": 2, "unknown-key": 1,
                                      "malformed": 7}
     assert channel.stale == 2
+    # the sequence went back (a restored database): its payloads are fresh again, once each
+    channel.listening_from(5)
+    assert channel.open(_signed(key, 1, 5, events)) == Opened(events, stale=True)
+    assert channel.open(_signed(key, 1, 6, events)) == Opened(events, stale=False)
+    assert channel.open(_signed(key, 1, 6, events)) == "replayed"
 
 
 # -- against the database --------------------------------------------------------------------
