@@ -17,7 +17,7 @@ from websockets.datastructures import Headers
 
 from notifyd import PROTOCOL_VERSION, logs
 from notifyd.auth import Authenticator, Identity
-from notifyd.channel import Channel
+from notifyd.channel import Channel, Opened
 from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
 from notifyd.errors import AuthError, ClientError, PruneBusy, StoreError
@@ -93,11 +93,14 @@ class App:
         self.presence = ClusterPresence(settings, self._presence_event, self.metrics)
         self.channel = Channel()
         self.channel.refused = self.metrics.notify_refused
-        self.listener = Listener(settings.dsn or "", self.channel, self.router.feed,
+        self.listener = Listener(settings.dsn or "", self.channel, self._heard,
                                  self._listening, self.router.block)
         self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
-        self.router.on_revoked = self._revoked
-        self.router.on_revocations_stale = lambda: self.spawn(self._recheck_revocations())
+        # A revocation event says only "read the table again": it holds what committed.
+        self.router.on_revoked = lambda _user, _at: self._revocations_changed()
+        self.router.on_revocations_stale = self._revocations_changed
+        self._revocations_read: asyncio.Task[None] | None = None
+        self._revocations_again = False
         self.connections: set[Connection] = set()
         # plain HTTP connections whose /v1 answer is on its way: done() once they close
         self._answering: dict[Connection, Callable[[], None]] = {}
@@ -241,9 +244,8 @@ class App:
         at = self.revoked.get(identity.user_id)
         return at is not None and identity.revoked_by(at)
 
-    def _revoked(self, user_id: str, at: float) -> None:
-        """notifyd.revoke_user() ran: close the user's connections whose token predates it."""
-        self.revoked[user_id] = max(at, self.revoked.get(user_id, at))
+    def _revoke(self, user_id: str) -> None:
+        """Close the user's connections whose token predates their revocation."""
         for conn in list(self.index.subscribers(f"user:{user_id}")):
             identity = conn.session.identity
             if identity is not None and self._is_revoked(identity):
@@ -257,16 +259,50 @@ class App:
         await self._reload_revocations()
         return await self.router.catch_up()
 
-    async def _reload_revocations(self) -> None:
-        for user_id, at in (await self.store.revocations()).items():
-            self._revoked(user_id, at)
+    def _heard(self, opened: Opened) -> None:
+        """A verified NOTIFY payload (notifyd.channel)."""
+        if opened.resync:
+            self.spawn(self._resync())
+        else:
+            self.router.feed(opened.events, opened.stale)
 
-    async def _recheck_revocations(self) -> None:
-        """A stale payload claimed a revocation: what the table says is applied instead."""
+    async def _resync(self) -> None:
+        """A genuine payload could not be decoded: what it announced is caught up from the
+        tables for every stream with local subscribers, as after a lost LISTEN connection."""
         try:
-            await self._reload_revocations()
-        except StoreError as exc:  # the next LISTEN connect reads them again
-            log.warning("re-reading revocations failed: %s", exc)
+            await self.router.catch_up()
+        except StoreError as exc:
+            log.warning("catching up after an undecodable payload failed: %s", exc)
+            self.router.resume()
+
+    async def _reload_revocations(self) -> None:
+        """notifyd.revocations as it is: what it holds, and nothing else, is revoked (a row
+        inserted and deleted in one transaction revokes nobody)."""
+        before, self.revoked = self.revoked, await self.store.revocations()
+        for user_id, at in self.revoked.items():
+            if before.get(user_id) != at:
+                self._revoke(user_id)
+
+    def _revocations_changed(self) -> None:
+        """A revocation was announced: the table is read again, one read at a time (a burst
+        of announcements makes at most one more)."""
+        if self._revocations_read is not None and not self._revocations_read.done():
+            self._revocations_again = True
+            return
+        task = asyncio.get_running_loop().create_task(self._read_revocations())
+        self._revocations_read = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read_revocations(self) -> None:
+        again = True
+        while again:
+            self._revocations_again = False
+            try:
+                await self._reload_revocations()
+            except StoreError as exc:  # the next LISTEN connect reads them again
+                log.warning("re-reading revocations failed: %s", exc)
+            again = self._revocations_again
 
     def opened(self, conn: Connection) -> None:
         self.connections.add(conn)

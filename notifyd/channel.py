@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,9 @@ import orjson
 
 MAC_LENGTH = 64  # hex digits of HMAC-SHA256
 NONCE_WINDOW = 1 << 22  # nonces remembered: 512 KiB of bits, over an hour at 1,000 payloads/s
+STALE_KEPT = 65536  # stale nonces remembered, so that a stale payload counts once
+_HEX = re.compile(r"[0-9a-f]{64}")
+_KEY_ID = re.compile(r'\{"k":(\d{1,9}),')
 REFUSALS = ("malformed", "unknown-key", "signature", "replayed")
 
 
@@ -41,6 +45,7 @@ class Opened:
 
     events: list[dict[str, Any]]
     stale: bool
+    resync: bool = False  # genuine but undecodable: catch the streams up from the tables
 
 
 class Channel:
@@ -56,6 +61,8 @@ class Channel:
         self._floor = 0  # nonces at or below it are stale
         self.refused: Counter[str] = Counter()
         self.stale = 0  # payloads opened as stale
+        self.undecodable = 0  # genuine payloads the parser could not read
+        self._stale_seen: set[int] = set()  # stale nonces met since they were last cleared
 
     def set_keys(self, keys: dict[int, bytes]) -> None:
         """The keys of notifyd_private.channel_keys (read at LISTEN and on every probe)."""
@@ -68,6 +75,7 @@ class Channel:
             # The sequence went back: another database (restored, or replaced behind the same
             # address). What was seen of the old one says nothing of the new one's nonces.
             self._seen[:] = bytes(len(self._seen))
+            self._stale_seen.clear()
             self._high = self._floor = nonce
             return
         self._advance(nonce)
@@ -81,25 +89,34 @@ class Channel:
         return reason
 
     def _check(self, payload: str) -> Opened | str:
-        mac, body = payload[:MAC_LENGTH], payload[MAC_LENGTH:]
+        mac = payload[:MAC_LENGTH]
+        if len(mac) < MAC_LENGTH or not _HEX.fullmatch(mac):
+            return "malformed"
+        # The signature is checked on the bytes before anything is parsed: a payload that
+        # verifies is the database's, whatever its body holds.
+        body = payload[MAC_LENGTH:]
+        raw = body.encode()
+        key_id = next((k for k, key in self._keys.items() if hmac.compare_digest(
+            mac, hmac.new(key, raw, hashlib.sha256).hexdigest())), None)
+        if key_id is None:
+            claimed = _key_of(body)
+            if claimed is None:
+                return "malformed"
+            return "signature" if claimed in self._keys else "unknown-key"
         try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return "malformed"
-        if not isinstance(parsed, dict):
-            return "malformed"
-        key_id, nonce, events = parsed.get("k"), parsed.get("i"), parsed.get("e")
-        if (type(key_id) is not int or type(nonce) is not int or nonce < 1
-                or not isinstance(events, list)):
-            return "malformed"
-        key = self._keys.get(key_id)
-        if key is None:
-            return "unknown-key"
-        expected = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(mac, expected):
-            return "signature"
-        # Signed by the database from here on: the events are well-formed dicts.
+            parsed = orjson.loads(raw)
+            nonce, events = parsed["i"], parsed["e"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            # Genuine but beyond the parser (a row's data nested too deep): its events are
+            # lost to this path, so the streams are caught up from the tables instead.
+            self.undecodable += 1
+            return Opened([], stale=True, resync=True)
         if nonce <= self._floor or nonce <= self._high - self._window:
+            if nonce in self._stale_seen:
+                return "replayed"
+            if len(self._stale_seen) >= STALE_KEPT:
+                self._stale_seen.clear()  # forgotten: a later copy is re-checked, not trusted
+            self._stale_seen.add(nonce)
             self.stale += 1
             return Opened(events, stale=True)
         byte, bit = divmod(nonce % self._window, 8)
@@ -120,3 +137,9 @@ class Channel:
                 byte, bit = divmod(passed % self._window, 8)
                 self._seen[byte] &= ~(1 << bit) & 0xFF
         self._high = nonce
+
+
+def _key_of(body: str) -> int | None:
+    """The key id a payload claims (for the reason of a refusal), or None: not one of ours."""
+    match = _KEY_ID.match(body)
+    return int(match[1]) if match else None

@@ -124,6 +124,11 @@ class Router:
         """The LISTEN connection is down: queue events until catch_up() has run."""
         self._blocked = True
 
+    def resume(self) -> None:
+        """A catch_up() that failed: deliver the events queued meanwhile, as they come."""
+        self._blocked = False
+        self._start_drain()
+
     def _start_drain(self) -> None:
         if self._draining is None and not self._blocked and self._queue:
             self._draining = asyncio.get_running_loop().create_task(self._drain())

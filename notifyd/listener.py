@@ -11,11 +11,10 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncpg
 
-from notifyd.channel import Channel
+from notifyd.channel import Channel, Opened
 
 log = logging.getLogger("notifyd.listener")
 
@@ -35,7 +34,7 @@ class Listener:
         self,
         dsn: str,
         channel: Channel,
-        on_events: Callable[[list[dict[str, Any]], bool], None],
+        on_events: Callable[[Opened], None],
         on_connected: Callable[[], Awaitable[int]],
         on_lost: Callable[[], None],
         *,
@@ -116,10 +115,11 @@ class Listener:
         self._conn = conn
         conn.add_termination_listener(lambda _c: self._lost.set())
         await self._read_keys()
-        # Before LISTEN: a payload numbered up to here was signed before this process
-        # listened, so it is checked against the tables rather than trusted (see channel).
-        self._channel.listening_from(await conn.fetchval(_NONCE))
         await conn.add_listener(CHANNEL, self._notified)
+        # After LISTEN: a payload numbered up to here may have been sent before this process
+        # listened, so a copy of it is checked against the tables rather than trusted (see
+        # channel); one sent before this read and heard is remembered as seen.
+        self._channel.listening_from(await conn.fetchval(_NONCE))
         self.backend_pid = conn.get_server_pid()
         log.info("listening on channel %r (backend pid %s)", CHANNEL, self.backend_pid)
 
@@ -133,11 +133,15 @@ class Listener:
         self._channel.set_keys({r["id"]: bytes(r["secret"]) for r in rows})
 
     def _notified(self, _conn: object, pid: int, _channel: str, payload: object) -> None:
-        opened = self._channel.open(str(payload))
+        try:
+            opened = self._channel.open(str(payload))
+        except Exception:  # pragma: no cover - a bug must not let payloads flood the log
+            log.exception("checking a NOTIFY payload failed")
+            opened = "malformed"
         if isinstance(opened, str):
             self._refused(opened, pid)
             return
-        self._on_events(opened.events, opened.stale)
+        self._on_events(opened)
 
     def _refused(self, reason: str, pid: int) -> None:
         """Logged once per burst: a flood of forged payloads must not flood the log too."""

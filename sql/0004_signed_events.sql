@@ -9,8 +9,12 @@
 --    app role's statements still announce their changes; EXECUTE on them is revoked from
 --    PUBLIC, so no other role can attach them to a table of its own, and each checks the
 --    table it fires for.
--- 3. Revocations are announced by a trigger on notifyd.revocations: a committed row, however
---    it was written, is the event.
+-- 3. Revocations are announced by a trigger on notifyd.revocations (insert, update and delete);
+--    the daemon then reads the table, which holds what committed.
+-- 5. Retention's deletes are silent only by a proof no other role can give: prune() runs as
+--    the owner, in a transaction that has written nothing else, and leaves its transaction id
+--    in notifyd_private.pruning while it deletes (a setting, which any role may set, was the
+--    sign before).
 -- 4. Events: an INSERT's unread count travels on the last row of each stream only (one
 --    unread-count frame per statement, not one per row); read marks are chunked by bytes, not
 --    by count (ids of 16 digits overflowed a payload); an item marked unread again is sent
@@ -157,7 +161,7 @@ $$;
 CREATE OR REPLACE FUNCTION notifyd.after_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    origin text := nullif(current_setting('notifyd.origin', true), '');
+    origin text := left(nullif(current_setting('notifyd.origin', true), ''), 64);
     events jsonb[];
 BEGIN
     PERFORM notifyd_private.check_table(TG_RELID, 'notifyd.notifications');
@@ -204,12 +208,13 @@ BEGIN
 END
 $$;
 
--- AFTER DELETE, per statement: as in version 3 ({"k":"d", "id", "s"} per row unless pruning,
--- then each changed unread count), sent signed.
+-- AFTER DELETE, per statement: as in version 3 ({"k":"d", "id", "s"} per row unless prune()
+-- deletes, then each changed unread count), sent signed.
 CREATE OR REPLACE FUNCTION notifyd.after_delete() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pruning boolean := coalesce(current_setting('notifyd.pruning', true), '') = 'on';
+    pruning boolean := EXISTS (SELECT FROM notifyd_private.pruning
+                               WHERE txid = pg_current_xact_id());
     events  jsonb[];
 BEGIN
     PERFORM notifyd_private.check_table(TG_RELID, 'notifyd.notifications');
@@ -234,20 +239,72 @@ BEGIN
 END
 $$;
 
--- AFTER INSERT OR UPDATE of a revocation, per row: {"k":"x", "user", "at": seconds}.
+-- AFTER INSERT, UPDATE or DELETE of a revocation, per row: {"k":"x", "user", "at": seconds}.
+-- The daemon takes it as "read notifyd.revocations again": a row inserted and deleted in one
+-- transaction revokes nobody.
 CREATE FUNCTION notifyd.after_revocation() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r notifyd.revocations := CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
 BEGIN
     PERFORM notifyd_private.check_table(TG_RELID, 'notifyd.revocations');
     PERFORM notifyd_private.send_events(ARRAY[jsonb_build_object(
-        'k', 'x', 'user', NEW.user_id, 'at', extract(epoch FROM NEW.revoked_at))]);
+        'k', 'x', 'user', r.user_id, 'at', extract(epoch FROM r.revoked_at))]);
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER revocations_announce
-    AFTER INSERT OR UPDATE ON notifyd.revocations
+    AFTER INSERT OR UPDATE OR DELETE ON notifyd.revocations
     FOR EACH ROW EXECUTE FUNCTION notifyd.after_revocation();
+
+-- The transactions of prune() while it deletes: their deletes are retention's (not announced).
+CREATE TABLE IF NOT EXISTS notifyd_private.pruning (txid xid8 PRIMARY KEY);
+REVOKE ALL ON notifyd_private.pruning FROM PUBLIC;
+
+-- As in version 3, but as the owner, with the proof above instead of a setting, and only in a
+-- transaction that has written nothing yet (so no row of the caller's own can be removed
+-- unannounced).
+CREATE OR REPLACE FUNCTION notifyd.prune(older_than interval, batch_size integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '200ms'
+AS $$
+DECLARE
+    deleted integer;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' OR batch_size IS NULL
+       OR batch_size < 1 THEN
+        RAISE EXCEPTION 'notifyd: prune needs a non-negative interval and a positive batch size'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'notifyd: prune runs in a transaction of its own (this one has written)'
+            USING ERRCODE = 'active_sql_transaction';
+    END IF;
+    INSERT INTO notifyd_private.pruning VALUES (pg_current_xact_id());
+    WITH gone AS (
+        -- = ANY (ARRAY(...)): probes the primary key per id; `IN (subquery)` was planned
+        -- as a hash join scanning the whole table in every batch.
+        DELETE FROM notifyd.notifications n
+        WHERE n.id = ANY (ARRAY(SELECT id FROM notifyd.notifications
+                                WHERE created_at < now() - older_than
+                                ORDER BY created_at LIMIT batch_size
+                                FOR UPDATE SKIP LOCKED))
+        RETURNING n.stream, n.seq
+    ), floors AS (
+        UPDATE notifyd.streams s
+        SET pruned_below = greatest(s.pruned_below, f.max_seq + 1)
+        FROM (SELECT stream, max(seq) AS max_seq FROM gone GROUP BY stream) f
+        WHERE s.stream = f.stream
+        RETURNING 1
+    )
+    SELECT count(*) INTO deleted FROM gone;
+    DELETE FROM notifyd_private.pruning WHERE txid = pg_current_xact_id();
+    RETURN deleted;
+END
+$$;
 
 -- revoke_user() records the moment; the trigger above announces it.
 CREATE OR REPLACE FUNCTION notifyd.revoke_user(user_id text) RETURNS timestamptz

@@ -27,9 +27,12 @@ $$;
 
 -- As in version 1, with the role named by notifyd.role_name(), and a row whose stream is not its
 -- recipient's refused before it takes a seq (the table's CHECK would refuse it later, too).
+-- As the owner (SECURITY DEFINER), like the other trigger functions: an app role needs no
+-- grant on notifyd.streams, so it cannot set a stream's seq or counts.
 CREATE OR REPLACE FUNCTION notifyd.assign_seq() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM notifyd_private.check_table(TG_RELID, 'notifyd.notifications');
     IF NEW.role IS NOT NULL THEN
         NEW.role := notifyd.role_name(NEW.role);
     END IF;
@@ -92,3 +95,13 @@ ALTER TABLE notifyd.notifications ADD CONSTRAINT notifications_stream_check CHEC
     (stream = 'all' AND user_id IS NULL AND role IS NULL)
     OR (user_id IS NOT NULL AND role IS NULL AND stream = 'user:' || user_id)
     OR (role IS NOT NULL AND user_id IS NULL AND stream = 'role:' || role), false));
+
+-- A user id is what a token's user claim may hold (at most 256 characters): a longer one could
+-- never connect, and its stream name would crowd the events out of a NOTIFY payload.
+ALTER TABLE notifyd.notifications ADD CONSTRAINT notifications_user_id_length
+    CHECK (char_length(user_id) <= 256);
+ALTER TABLE notifyd.revocations ADD CONSTRAINT revocations_user_id_length
+    CHECK (char_length(user_id) <= 256);
+
+-- Like the other trigger functions: no role may attach it to a table of its own.
+REVOKE ALL ON FUNCTION notifyd.assign_seq() FROM PUBLIC;
