@@ -147,16 +147,7 @@ async def test_a_ping_flood_from_a_client_that_never_reads_is_closed(fresh_db: s
         flooder = await WireClient.open(d.app.port)
         try:
             conn = conn_of(d, flooder)
-            burst = frame(PING, b"p" * 125) * 1000  # 131 kB
-            most = 0
-            for _ in range(100):  # up to 13 MB of pings, until the server closes
-                if conn.ws.close_sent is not None or conn.transport is None:
-                    break
-                flooder.send(burst)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(flooder.drain(), 1)
-                if conn.transport is not None:
-                    most = max(most, conn.queued + conn.transport.get_write_buffer_size())
+            most = await _flood_pings(conn, flooder, 100)  # up to 13 MB of pings
             assert conn.ws.close_sent is not None and conn.ws.close_sent.code == 1008
             assert most <= d.settings.max_send_buffer + 256
             await d.notify("p-polite", "served")
@@ -164,6 +155,22 @@ async def test_a_ping_flood_from_a_client_that_never_reads_is_closed(fresh_db: s
                 "served"
         finally:
             flooder.abort()
+
+
+async def _flood_pings(conn: Connection, flooder: WireClient, rounds: int) -> int:
+    """Bursts of 1,000 pings (131 kB) that the client never reads the answers of, until the
+    server closes or `rounds` bursts went; returns the most bytes the server held for it."""
+    burst = frame(PING, b"p" * 125) * 1000
+    most = 0
+    for _ in range(rounds):
+        if conn.ws.close_sent is not None or conn.transport is None:
+            break
+        flooder.send(burst)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(flooder.drain(), 1)
+        if conn.transport is not None:
+            most = max(most, conn.queued + conn.transport.get_write_buffer_size())
+    return most
 
 
 async def test_pongs_count_against_the_send_bound(fresh_db: str) -> None:
@@ -175,16 +182,7 @@ async def test_pongs_count_against_the_send_bound(fresh_db: str) -> None:
         try:
             await eventually(lambda: bool(d.app.index.subscribers("user:p1")), 10, "live")
             conn = conn_of(d, flooder)
-            burst = frame(PING, b"p" * 125) * 1000
-            most = 0
-            for _ in range(200):
-                if conn.ws.close_sent is not None or conn.transport is None:
-                    break
-                flooder.send(burst)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(flooder.drain(), 1)
-                if conn.transport is not None:
-                    most = max(most, conn.queued + conn.transport.get_write_buffer_size())
+            most = await _flood_pings(conn, flooder, 200)
             assert conn.ws.close_sent is not None and conn.ws.close_sent.code == 4008
             assert most <= 65536 + 256
         finally:
