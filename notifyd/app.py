@@ -97,8 +97,7 @@ class App:
                                  self._listening, self.router.block)
         self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
         # A revocation event says only "read the table again": it holds what committed.
-        self.router.on_revoked = lambda _user, _at: self._revocations_changed()
-        self.router.on_revocations_stale = self._revocations_changed
+        self.router.on_revocations = self._revocations_changed
         self._revocations_read: asyncio.Task[None] | None = None
         self._revocations_again = False
         self.connections: set[Connection] = set()

@@ -60,8 +60,8 @@ class Router:
         # written to the last local recipient.
         self.observe_latency: Callable[[float], None] | None = None
         self.on_published: Callable[[str, dict[str, Any]], None] | None = None
-        self.on_revoked: Callable[[str, float], None] | None = None
-        self.on_revocations_stale: Callable[[], None] | None = None
+        # A revocation was announced (fresh or stale): the table says who is revoked
+        self.on_revocations: Callable[[], None] | None = None
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -116,8 +116,8 @@ class Router:
                        if isinstance(wire, dict) else
                        {"id": event["id"], "s": event["s"], "q": event["q"]})
                 kept.append({"k": "n", **ref, "recheck": True})
-            elif kind == "x" and self.on_revocations_stale is not None:
-                self.on_revocations_stale()
+            elif kind == "x":  # it only makes the table be read again
+                kept.append(event)
         return kept
 
     def block(self) -> None:
@@ -215,8 +215,8 @@ class Router:
         elif kind == "c":
             self._unread(event["s"], event)
         elif kind == "x":
-            if self.on_revoked is not None:
-                self.on_revoked(event["user"], float(event["at"]))
+            if self.on_revocations is not None:
+                self.on_revocations()
         else:
             log.error("unknown NOTIFY event kind %r dropped", kind)
         if self.on_published is not None:
