@@ -52,47 +52,64 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SITE)])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName(SITE), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(SITE), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
 def nginx(work: Path, cert: Path, key: Path, port: int, upstream: int) -> list[str]:
     site = (ROOT / "systemd" / "nginx.conf").read_text()
-    site = (site.replace("listen 443 ", f"listen {port} ")
-            .replace("listen [::]:443 ", f"listen [::1]:{port} ")
-            .replace(f"/etc/letsencrypt/live/{SITE}/fullchain.pem", str(cert))
-            .replace(f"/etc/letsencrypt/live/{SITE}/privkey.pem", str(key))
-            .replace("/var/log/nginx/", f"{work}/")
-            .replace("127.0.0.1:8765", f"127.0.0.1:{upstream}"))
+    site = (
+        site.replace("listen 443 ", f"listen {port} ")
+        .replace("listen [::]:443 ", f"listen [::1]:{port} ")
+        .replace(f"/etc/letsencrypt/live/{SITE}/fullchain.pem", str(cert))
+        .replace(f"/etc/letsencrypt/live/{SITE}/privkey.pem", str(key))
+        .replace("/var/log/nginx/", f"{work}/")
+        .replace("127.0.0.1:8765", f"127.0.0.1:{upstream}")
+    )
     (work / "site.conf").write_text(site)
     (work / "nginx.conf").write_text(
         f"user root;\npid {work}/nginx.pid;\nerror_log {work}/error.log;\n"
         "events {}\n"
         f"http {{\n  access_log {work}/access.log;\n"
         f"  client_body_temp_path {work}/body;\n  proxy_temp_path {work}/proxy;\n"
-        f"  include {work}/site.conf;\n}}\n")
+        f"  include {work}/site.conf;\n}}\n"
+    )
     return ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work), "-g", "daemon off;"]
 
 
 def caddy(work: Path, cert: Path, key: Path, port: int, upstream: int) -> list[str]:
     site = (ROOT / "systemd" / "Caddyfile").read_text()
-    site = (site.replace(f"{SITE} {{", f"https://{SITE}:{port} {{\n\ttls {cert} {key}")
-            .replace("127.0.0.1:8765", f"127.0.0.1:{upstream}"))
-    (work / "Caddyfile").write_text("{\n\tadmin off\n\tauto_https disable_redirects\n"
-                                    "\tstorage file_system " + str(work / "data") + "\n}\n"
-                                    + site)
+    site = site.replace(f"{SITE} {{", f"https://{SITE}:{port} {{\n\ttls {cert} {key}").replace(
+        "127.0.0.1:8765", f"127.0.0.1:{upstream}"
+    )
+    (work / "Caddyfile").write_text(
+        "{\n\tadmin off\n\tauto_https disable_redirects\n"
+        "\tstorage file_system " + str(work / "data") + "\n}\n" + site
+    )
     return ["caddy", "run", "--config", str(work / "Caddyfile"), "--adapter", "caddyfile"]
 
 
@@ -123,15 +140,17 @@ def dev_key(banner: Path, proc: subprocess.Popen[bytes], timeout: float = 30) ->
     raise SystemExit("notifyd dev printed no demo page link")
 
 
-async def check(name: str, cert: Path, proxy_port: int, daemon_port: int, key: str,
-                logs: list[Path]) -> None:
+async def check(
+    name: str, cert: Path, proxy_port: int, daemon_port: int, key: str, logs: list[Path]
+) -> None:
     started = time.monotonic()
     ctx = ssl.create_default_context(cafile=str(cert))
     ctx.check_hostname = True
     base = f"{SITE}:{proxy_port}"
     dev = {"X-Notifyd-Dev-Key": key}
     token_request = urllib.request.Request(
-        f"http://127.0.0.1:{daemon_port}/dev/token?user=alice", headers=dev)
+        f"http://127.0.0.1:{daemon_port}/dev/token?user=alice", headers=dev
+    )
     with urllib.request.urlopen(token_request) as r:
         token = json.load(r)["token"]
 
@@ -149,7 +168,10 @@ async def check(name: str, cert: Path, proxy_port: int, daemon_port: int, key: s
         title = f"through {name}"
         req = urllib.request.Request(
             f"http://127.0.0.1:{daemon_port}/dev/notify?user=alice&title="
-            + title.replace(" ", "+"), method="POST", headers=dev)
+            + title.replace(" ", "+"),
+            method="POST",
+            headers=dev,
+        )
         urllib.request.urlopen(req).close()
         async with asyncio.timeout(10):
             while True:
@@ -157,8 +179,9 @@ async def check(name: str, cert: Path, proxy_port: int, daemon_port: int, key: s
                 if frame["type"] == "notification:new":
                     assert frame["data"]["notification"]["title"] == title, frame
                     break
-    status, body = await asyncio.to_thread(https, "/v1/unread-count",
-                                           {"Authorization": f"Bearer {token}"})
+    status, body = await asyncio.to_thread(
+        https, "/v1/unread-count", {"Authorization": f"Bearer {token}"}
+    )
     assert status == 200 and json.loads(body)["count"] >= 1, (status, body)
     status, body = await asyncio.to_thread(https, "/notifyd.js")
     assert status == 200 and b"NotifydClient" in body, status
@@ -168,15 +191,20 @@ async def check(name: str, cert: Path, proxy_port: int, daemon_port: int, key: s
     await asyncio.sleep(0.2)  # the proxy writes its access log after the response
     for log in logs:
         assert token not in log.read_text(), f"{log} holds the token"
-    print(f"{name}: wss:// notification, https:// polling API and client, internal routes "
-          f"404: ok ({time.monotonic() - started:.1f}s)", flush=True)
+    print(
+        f"{name}: wss:// notification, https:// polling API and client, internal routes "
+        f"404: ok ({time.monotonic() - started:.1f}s)",
+        flush=True,
+    )
 
 
 def main() -> int:
     for tool in ("nginx", "caddy"):
         if shutil.which(tool) is None:
-            print(f"proxy-check: {tool} is not installed (apt-get install nginx-light caddy)",
-                  file=sys.stderr)
+            print(
+                f"proxy-check: {tool} is not installed (apt-get install nginx-light caddy)",
+                file=sys.stderr,
+            )
             return 1
     work = Path(tempfile.mkdtemp(prefix="notifyd-proxy-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -185,9 +213,21 @@ def main() -> int:
         daemon_port = free_port()
         with open(work / "notifyd.log", "wb") as log, open(work / "banner.txt", "wb") as out:
             daemon = subprocess.Popen(
-                [sys.executable, "-m", "notifyd", "dev", "--data-dir", str(work / "dev"),
-                 "--port", str(daemon_port)], stdout=out, stderr=log, cwd=ROOT,
-                env={k: v for k, v in os.environ.items() if not k.startswith("NOTIFYD_")})
+                [
+                    sys.executable,
+                    "-m",
+                    "notifyd",
+                    "dev",
+                    "--data-dir",
+                    str(work / "dev"),
+                    "--port",
+                    str(daemon_port),
+                ],
+                stdout=out,
+                stderr=log,
+                cwd=ROOT,
+                env={k: v for k, v in os.environ.items() if not k.startswith("NOTIFYD_")},
+            )
         procs.append(daemon)
         wait_port(daemon_port, daemon, "notifyd dev", timeout=90)
         helpers_key = dev_key(work / "banner.txt", daemon)
@@ -196,14 +236,19 @@ def main() -> int:
             directory.mkdir()
             port = free_port()
             with open(directory / "out.log", "wb") as out:
-                proc = subprocess.Popen(build(directory, cert, key, port, daemon_port),
-                                        stdout=out, stderr=subprocess.STDOUT, cwd=directory,
-                                        env={**os.environ, "HOME": str(directory)})
+                proc = subprocess.Popen(
+                    build(directory, cert, key, port, daemon_port),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=directory,
+                    env={**os.environ, "HOME": str(directory)},
+                )
             procs.append(proc)
             wait_port(port, proc, name)
             try:
-                asyncio.run(check(name, cert, port, daemon_port, helpers_key,
-                                  list(directory.glob("*.log"))))
+                asyncio.run(
+                    check(name, cert, port, daemon_port, helpers_key, list(directory.glob("*.log")))
+                )
             except BaseException:
                 for log in directory.glob("*.log"):
                     print(f"--- {log}\n{log.read_text()[-3000:]}", file=sys.stderr)

@@ -30,6 +30,7 @@ Summary on stdout, progress on stderr, JSON in bench/results/chaos.json, the dae
 bench/results/chaos-notifyd.log. Exit status 1 when anything was lost, duplicated, out of order,
 misrouted or phantom (or the run broke), else 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,8 +87,10 @@ KEPT_LOG_LINES = 20000
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
+
 def sql(dsn: str, query: str, *args: Any, timeout: float = 30.0) -> list[asyncpg.Record]:
     """One query on a fresh connection, bounded."""
+
     async def run() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(dsn, timeout=10)
         try:
@@ -110,8 +113,11 @@ class Postgres:
 
         # missing from the module's stubs, there at run time: pg_ctl as the server's user
         out: str = _commands.pg_ctl(  # type: ignore[attr-defined]
-            list(args), pgdata=self.handle.pgdata, user=self.handle.system_user,
-            timeout=PG_CTL_TIMEOUT)
+            list(args),
+            pgdata=self.handle.pgdata,
+            user=self.handle.system_user,
+            timeout=PG_CTL_TIMEOUT,
+        )
         self._refresh()
         return out
 
@@ -133,8 +139,18 @@ class Postgres:
         socket_dir = self.handle._postmaster_info.socket_dir
         self.pg_ctl("-w", "-t", "50", "stop", "-m", "fast")
         time.sleep(down)
-        self.pg_ctl("-w", "-t", "50", "-o", '-h ""', "-o", f"-k {socket_dir}",
-                    "-l", str(self.handle.log), "start")
+        self.pg_ctl(
+            "-w",
+            "-t",
+            "50",
+            "-o",
+            '-h ""',
+            "-o",
+            f"-k {socket_dir}",
+            "-l",
+            str(self.handle.log),
+            "start",
+        )
 
     def stop(self) -> None:
         try:
@@ -164,6 +180,7 @@ def start_postgres(tmp: Path, stack: contextlib.ExitStack) -> tuple[Postgres, st
 
 
 # -- the daemon ---------------------------------------------------------------------------------
+
 
 def daemon_port() -> int:
     """A free port below the ephemeral range: while the daemon is down, the clients' many
@@ -209,6 +226,7 @@ class Instance:
 
 # -- the run ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Event:
     t: float  # seconds since the load started
@@ -248,8 +266,9 @@ class Chaos:
         return round(time.monotonic() - self.t0, 3)
 
     def event(self, kind: str, **detail: Any) -> Event:
-        ev = Event(self.now(), time.time(), kind, detail,
-                   self.daemon.log_size() if self.daemon else 0)
+        ev = Event(
+            self.now(), time.time(), kind, detail, self.daemon.log_size() if self.daemon else 0
+        )
         self.events.append(ev)
         return ev
 
@@ -268,7 +287,8 @@ class Chaos:
             t = self.now()
             for line in lines:
                 if len(self.log_lines) < KEPT_LOG_LINES and (
-                        not infra._chatter(line) or "notifyd.listener" in line):
+                    not infra._chatter(line) or "notifyd.listener" in line
+                ):
                     self.log_lines.append((t, line[:600]))
 
     def listener_pid(self) -> int | None:
@@ -286,8 +306,14 @@ class Chaos:
     def start_daemon(self, why: str) -> None:
         last: Exception | None = None
         for attempt in range(3):
-            daemon = infra.Daemon(self.dsn, self.secret, self.log_path.parent, "INFO",
-                                  port=self.port, shared_log=self.log_path)
+            daemon = infra.Daemon(
+                self.dsn,
+                self.secret,
+                self.log_path.parent,
+                "INFO",
+                port=self.port,
+                shared_log=self.log_path,
+            )
             self.daemon = daemon
             inst = Instance(len(self.instances) + 1, daemon.pid, self.now())
             self.instances.append(inst)
@@ -327,9 +353,14 @@ class Chaos:
         inst.ended_by = sig.name + (" (then SIGKILL: it did not exit)" if killed else "")
         inst.exit_code = daemon.proc.returncode
         self.sample()
-        return {"pid": daemon.pid, "exit_code": daemon.proc.returncode,
-                "seconds_to_exit": round(time.monotonic() - started, 3),
-                "needed_sigkill": killed, "rss_kb": inst.last_rss_kb, "hwm_kb": inst.hwm_kb}
+        return {
+            "pid": daemon.pid,
+            "exit_code": daemon.proc.returncode,
+            "seconds_to_exit": round(time.monotonic() - started, 3),
+            "needed_sigkill": killed,
+            "rss_kb": inst.last_rss_kb,
+            "hwm_kb": inst.hwm_kb,
+        }
 
     def check_daemon(self) -> None:
         """A daemon that exited by itself is a finding: recorded, then started again."""
@@ -340,8 +371,9 @@ class Chaos:
         inst.ended_by = "exited by itself"
         inst.exit_code = daemon.proc.returncode
         self.sample()
-        self.event("daemon_exit_unexpected", exit_code=daemon.proc.returncode,
-                   log_tail=daemon.log_tail(15))
+        self.event(
+            "daemon_exit_unexpected", exit_code=daemon.proc.returncode, log_tail=daemon.log_tail(15)
+        )
         say(f"warning: notifyd exited by itself ({daemon.proc.returncode}); starting it again")
         self.start_daemon("after an unexpected exit")
 
@@ -355,20 +387,29 @@ class Chaos:
         detail = ev.detail
         detail["seconds"] = round(time.monotonic() - started, 3)
         self.faults[kind] += 1
-        say(f"t={self.now():6.1f}s fault {kind}: "
-            + ", ".join(f"{k}={v}" for k, v in detail.items() if k != "backends"))
+        say(
+            f"t={self.now():6.1f}s fault {kind}: "
+            + ", ".join(f"{k}={v}" for k, v in detail.items() if k != "backends")
+        )
 
     def fault_listen_kill(self) -> dict[str, Any]:
         logged = self.listener_pid()
-        rows = sql(self.dsn,
-                   "SELECT pid, query, pg_terminate_backend(pid) AS terminated "
-                   "FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-                   "AND (pid = $1 OR query ILIKE 'LISTEN%')", logged or 0)
-        backends = [{"pid": r["pid"], "query": r["query"][:40], "terminated": r["terminated"]}
-                    for r in rows]
-        return {"logged_pid": logged, "terminated": sum(1 for b in backends if b["terminated"]),
-                "by_query": sum(1 for b in backends if b["query"].upper().startswith("LISTEN")),
-                "backends": backends}
+        rows = sql(
+            self.dsn,
+            "SELECT pid, query, pg_terminate_backend(pid) AS terminated "
+            "FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND (pid = $1 OR query ILIKE 'LISTEN%')",
+            logged or 0,
+        )
+        backends = [
+            {"pid": r["pid"], "query": r["query"][:40], "terminated": r["terminated"]} for r in rows
+        ]
+        return {
+            "logged_pid": logged,
+            "terminated": sum(1 for b in backends if b["terminated"]),
+            "by_query": sum(1 for b in backends if b["query"].upper().startswith("LISTEN")),
+            "backends": backends,
+        }
 
     def fault_pg_restart(self) -> dict[str, Any]:
         how = self.rng.choice(("fast", "immediate", "down"))
@@ -402,8 +443,10 @@ class Chaos:
         for client in self.clients:
             client.send("drop", per, self.rng.randrange(2**31))
         answers = [c.receive(WORKER_TIMEOUT) for c in self.clients]
-        return {"aborted": sum(a["aborted"] for a in answers),
-                "closed": sum(a["closed"] for a in answers)}
+        return {
+            "aborted": sum(a["aborted"] for a in answers),
+            "closed": sum(a["closed"] for a in answers),
+        }
 
     def schedule(self, seconds: float) -> list[tuple[float, str]]:
         """Fault times spread over the run with jitter, kinds dealt from shuffled decks so
@@ -416,8 +459,9 @@ class Chaos:
             block = list(KINDS)
             self.rng.shuffle(block)
             deck += block
-        return [(lead + (i + 0.5 + self.rng.uniform(-0.35, 0.35)) * span, deck[i])
-                for i in range(n)]
+        return [
+            (lead + (i + 0.5 + self.rng.uniform(-0.35, 0.35)) * span, deck[i]) for i in range(n)
+        ]
 
     # -- clients ------------------------------------------------------------------------
 
@@ -437,10 +481,11 @@ class Chaos:
         answers = [c.receive(WORKER_TIMEOUT) for c in self.clients]
         crashed = [x for a in answers for x in a["crashed"]]
         if crashed:
-            raise BenchError("a client device crashed (a bug of the chaos client):\n"
-                             + crashed[0])
-        return {k: sum(a[k] for a in answers)
-                for k in ("devices", "open", "synced", "connects", "received")}
+            raise BenchError("a client device crashed (a bug of the chaos client):\n" + crashed[0])
+        return {
+            k: sum(a[k] for a in answers)
+            for k in ("devices", "open", "synced", "connects", "received")
+        }
 
     def wait_synced(self, timeout: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -451,9 +496,11 @@ class Chaos:
             if status["synced"] == status["devices"]:
                 return status
             if time.monotonic() > deadline:
-                raise BenchError(f"{what}: only {status['synced']} of {status['devices']} "
-                                 f"devices connected and synced after {timeout:.0f} s "
-                                 f"({status['open']} open)")
+                raise BenchError(
+                    f"{what}: only {status['synced']} of {status['devices']} "
+                    f"devices connected and synced after {timeout:.0f} s "
+                    f"({status['open']} open)"
+                )
             time.sleep(0.25)
 
     # -- phases -------------------------------------------------------------------------
@@ -463,8 +510,10 @@ class Chaos:
         seconds = args.minutes * 60
         stack.callback(infra._quietly, "stopping notifyd", self._final_stop)
         self.start_daemon("first start")
-        say(f"notifyd serve started (pid {self.daemon.pid if self.daemon else '?'}, "
-            f"port {self.port})")
+        say(
+            f"notifyd serve started (pid {self.daemon.pid if self.daemon else '?'}, "
+            f"port {self.port})"
+        )
         users = self.make_devices()
         url = f"ws://127.0.0.1:{self.port}/ws"
         for i in range(args.client_processes):
@@ -472,15 +521,25 @@ class Chaos:
             stack.callback(client.stop)
             self.clients.append(client)
         for i, client in enumerate(self.clients):
-            client.call("start", self.devices[i::len(self.clients)], timeout=WORKER_TIMEOUT)
+            client.call("start", self.devices[i :: len(self.clients)], timeout=WORKER_TIMEOUT)
         status = self.wait_synced(60, "connecting the devices")
         self.sample()
         self.first_connected_rss = status_field(self.instances[-1].pid, "VmRSS")
-        say(f"{status['devices']} devices of {len(users)} users connected and synced; "
-            f"daemon RSS {self.first_connected_rss} kB")
+        say(
+            f"{status['devices']} devices of {len(users)} users connected and synced; "
+            f"daemon RSS {self.first_connected_rss} kB"
+        )
 
-        writer = Worker("writers", chaos_client.writers_main, self.dsn, WRITERS, args.rate,
-                        users, [*ROLES, UNHEARD_ROLE], args.seed)
+        writer = Worker(
+            "writers",
+            chaos_client.writers_main,
+            self.dsn,
+            WRITERS,
+            args.rate,
+            users,
+            [*ROLES, UNHEARD_ROLE],
+            args.seed,
+        )
         stack.callback(writer.stop)
         self.writer = writer
         plan = self.schedule(seconds)
@@ -510,10 +569,12 @@ class Chaos:
                 next_progress += PROGRESS_EVERY
                 w = writer.call("stats", timeout=WORKER_TIMEOUT)
                 c = self.client_status()
-                say(f"t={self.now():6.1f}s committed {w['committed']}, faults "
+                say(
+                    f"t={self.now():6.1f}s committed {w['committed']}, faults "
                     f"{sum(self.faults.values())}, devices open {c['open']}/{c['devices']}, "
                     f"received {c['received']}, daemon RSS "
-                    f"{self.instances[-1].last_rss_kb} kB")
+                    f"{self.instances[-1].last_rss_kb} kB"
+                )
             time.sleep(MONITOR_INTERVAL)
 
         say("stopping the writers")
@@ -531,8 +592,9 @@ class Chaos:
         finals = [c.receive(FINAL_SYNC_TIMEOUT + 30) for c in self.clients]
         pending = [name for f in finals for name in f["pending"]]
         if pending:
-            raise BenchError(f"the final sync did not complete on {len(pending)} devices, "
-                             f"e.g. {pending[:5]}")
+            raise BenchError(
+                f"the final sync did not complete on {len(pending)} devices, e.g. {pending[:5]}"
+            )
         time.sleep(QUIET_SECONDS)  # stray live frames would show up as duplicates now
         self.check_daemon()
         self.sample()
@@ -561,20 +623,33 @@ class Chaos:
             self.instances[-1].ended_by = "end of run (SIGTERM)"
 
     def read_table(self) -> dict[str, Any]:
-        rows = sql(self.dsn,
-                   "SELECT stream, seq, id, extract(epoch FROM created_at)::float8 AS at, "
-                   "(data->>'w')::int AS w, (data->>'k')::int AS k, data ? 'pad' AS large "
-                   "FROM notifyd.notifications ORDER BY stream, seq", timeout=60)
+        rows = sql(
+            self.dsn,
+            "SELECT stream, seq, id, extract(epoch FROM created_at)::float8 AS at, "
+            "(data->>'w')::int AS w, (data->>'k')::int AS k, data ? 'pad' AS large "
+            "FROM notifyd.notifications ORDER BY stream, seq",
+            timeout=60,
+        )
         seqs: dict[str, list[int]] = defaultdict(list)
         created: dict[tuple[str, int], dict[str, Any]] = {}
         for r in rows:
             seqs[r["stream"]].append(r["seq"])
-            created[(r["stream"], r["seq"])] = {"id": r["id"], "at": r["at"], "writer": r["w"],
-                                                "key": r["k"], "large": r["large"]}
+            created[(r["stream"], r["seq"])] = {
+                "id": r["id"],
+                "at": r["at"],
+                "writer": r["w"],
+                "key": r["k"],
+                "large": r["large"],
+            }
         version = sql(self.dsn, "SHOW server_version")[0][0]
         large = sorted((r["at"], r["id"], r["stream"], r["seq"]) for r in rows if r["large"])
-        return {"seqs": dict(seqs), "created": created, "count": len(rows), "large": large,
-                "server_version": version}
+        return {
+            "seqs": dict(seqs),
+            "created": created,
+            "count": len(rows),
+            "large": large,
+            "server_version": version,
+        }
 
     # -- results ------------------------------------------------------------------------
 
@@ -584,8 +659,13 @@ class Chaos:
         before = [e for e in faults if e.at <= at][-n:]
         return [f"{e.kind} at t={e.t:.1f}s ({at - e.at:.2f}s before)" for e in before]
 
-    def evaluate(self, reports: list[dict[str, Any]], table: dict[str, Any],
-                 writers: dict[str, Any], seconds: float) -> dict[str, Any]:
+    def evaluate(
+        self,
+        reports: list[dict[str, Any]],
+        table: dict[str, Any],
+        writers: dict[str, Any],
+        seconds: float,
+    ) -> dict[str, Any]:
         seqs: dict[str, list[int]] = table["seqs"]
         created: dict[tuple[str, int], dict[str, Any]] = table["created"]
         expected = delivered = lost = phantom = 0
@@ -617,8 +697,15 @@ class Chaos:
                 phantom += len(extra)
                 phantom_examples += [f"{rep['name']} {stream} seq {q}" for q in sorted(extra)][:5]
             dups.update(rep["dups"])
-            for key in ("misrouted", "gaps", "resets",
-                        "connects", "responses", "sync_retries", "dropped_by_us"):
+            for key in (
+                "misrouted",
+                "gaps",
+                "resets",
+                "connects",
+                "responses",
+                "sync_retries",
+                "dropped_by_us",
+            ):
                 totals[key] += rep[key]
             close_codes.update(rep["close_codes"])
             connect_failures.update(rep["connect_failures"])
@@ -640,24 +727,39 @@ class Chaos:
             at = row["at"]
             # rows over NOTIFY's limit go by reference and are fetched by the daemon: which
             # others were committed around this one (created_at: transaction start)
-            near = [{"id": i, "stream": s, "seq": n, "ms": round((a - at) * 1000, 1)}
-                    for a, i, s, n in table["large"] if abs(a - at) <= 1.0 and i != row.get("id")]
-            lost_list.append({"stream": stream, "seq": q, "devices": len(names),
-                              "subscribed_devices": subscribed[stream],
-                              "device_examples": names[:5],
-                              "created_t": round(at - self.t0_wall, 3),
-                              **{k: v for k, v in row.items() if k != "at"},
-                              "large_rows_within_1s": near,
-                              "after_faults": self.preceding(at)})
+            near = [
+                {"id": i, "stream": s, "seq": n, "ms": round((a - at) * 1000, 1)}
+                for a, i, s, n in table["large"]
+                if abs(a - at) <= 1.0 and i != row.get("id")
+            ]
+            lost_list.append(
+                {
+                    "stream": stream,
+                    "seq": q,
+                    "devices": len(names),
+                    "subscribed_devices": subscribed[stream],
+                    "device_examples": names[:5],
+                    "created_t": round(at - self.t0_wall, 3),
+                    **{k: v for k, v in row.items() if k != "at"},
+                    "large_rows_within_1s": near,
+                    "after_faults": self.preceding(at),
+                }
+            )
         log = self.log_summary()
         inst = self.instances
         peak = max((i.hwm_kb or 0 for i in inst), default=0)
-        committed_by = {kind: sum(len(q) for s, q in seqs.items() if s.split(":")[0] == kind)
-                        for kind in ("user", "role", "all")}
+        committed_by = {
+            kind: sum(len(q) for s, q in seqs.items() if s.split(":")[0] == kind)
+            for kind in ("user", "role", "all")
+        }
         problems = []
-        for name, value in (("lost", lost), ("duplicated", duplicated),
-                            ("out of order", totals["gaps"]),
-                            ("misrouted", totals["misrouted"]), ("phantom", phantom)):
+        for name, value in (
+            ("lost", lost),
+            ("duplicated", duplicated),
+            ("out of order", totals["gaps"]),
+            ("misrouted", totals["misrouted"]),
+            ("phantom", phantom),
+        ):
             if value:
                 problems.append(f"{value} deliveries {name}")
         unexpected = [e for e in self.events if e.kind == "daemon_exit_unexpected"]
@@ -665,17 +767,25 @@ class Chaos:
             problems.append(f"the daemon exited by itself {len(unexpected)} time(s)")
         notes = []
         if writers["committed"] != table["count"]:
-            notes.append(f"the writers counted {writers['committed']} commits, the table has "
-                         f"{table['count']} rows")
+            notes.append(
+                f"the writers counted {writers['committed']} commits, the table has "
+                f"{table['count']} rows"
+            )
         if anomalies:
             notes.append(f"{len(anomalies)} client anomalies")
         return {
             "meta": {
                 "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-                "minutes": self.args.minutes, "run_seconds": seconds, "seed": self.args.seed,
-                "rate": self.args.rate, "users": self.args.users, "devices": len(reports),
-                "client_processes": self.args.client_processes, "writers": WRITERS,
-                "postgres": table["server_version"], "git_head": infra.git_head(),
+                "minutes": self.args.minutes,
+                "run_seconds": seconds,
+                "seed": self.args.seed,
+                "rate": self.args.rate,
+                "users": self.args.users,
+                "devices": len(reports),
+                "client_processes": self.args.client_processes,
+                "writers": WRITERS,
+                "postgres": table["server_version"],
+                "git_head": infra.git_head(),
                 "cpus": os.cpu_count(),
             },
             "faults": {k: self.faults.get(k, 0) for k in KINDS},
@@ -683,34 +793,51 @@ class Chaos:
             "notifications_committed": table["count"],
             "committed_by_stream_kind": committed_by,
             "writers": writers,
-            "deliveries": {"expected": expected, "delivered": delivered, "lost": lost,
-                           "duplicated": duplicated, "misrouted": totals["misrouted"],
-                           "phantom": phantom,
-                           "out_of_order": totals["gaps"], "resets": totals["resets"]},
+            "deliveries": {
+                "expected": expected,
+                "delivered": delivered,
+                "lost": lost,
+                "duplicated": duplicated,
+                "misrouted": totals["misrouted"],
+                "phantom": phantom,
+                "out_of_order": totals["gaps"],
+                "resets": totals["resets"],
+            },
             "duplicates_by_kind": dict(dups),
-            "lost_items": lost_list[:200], "lost_distinct_items": len(lost_list),
-            "duplicate_examples": dup_examples[:50], "gap_examples": gap_examples[:50],
+            "lost_items": lost_list[:200],
+            "lost_distinct_items": len(lost_list),
+            "duplicate_examples": dup_examples[:50],
+            "gap_examples": gap_examples[:50],
             "misrouted_examples": misrouted_examples[:20],
-            "phantom_examples": phantom_examples[:20], "client_anomalies": anomalies[:50],
-            "clients": {"connects": totals["connects"],
-                        "reconnects": totals["connects"] - len(reports),
-                        "dropped_by_chaos": totals["dropped_by_us"],
-                        "close_codes": dict(close_codes),
-                        "connect_failures": dict(connect_failures),
-                        "sync_responses": totals["responses"],
-                        "sync_retries": totals["sync_retries"], "errors": dict(errors)},
+            "phantom_examples": phantom_examples[:20],
+            "client_anomalies": anomalies[:50],
+            "clients": {
+                "connects": totals["connects"],
+                "reconnects": totals["connects"] - len(reports),
+                "dropped_by_chaos": totals["dropped_by_us"],
+                "close_codes": dict(close_codes),
+                "connect_failures": dict(connect_failures),
+                "sync_responses": totals["responses"],
+                "sync_retries": totals["sync_retries"],
+                "errors": dict(errors),
+            },
             "daemon": {
                 "instances": len(inst),
-                "rss_kb": {"first_at_ready": inst[0].ready_rss_kb,
-                           "first_with_devices": self.first_connected_rss,
-                           "last_at_ready": inst[-1].ready_rss_kb, "end": self.end_rss,
-                           "last_peak": inst[-1].hwm_kb, "peak_any_instance": peak},
+                "rss_kb": {
+                    "first_at_ready": inst[0].ready_rss_kb,
+                    "first_with_devices": self.first_connected_rss,
+                    "last_at_ready": inst[-1].ready_rss_kb,
+                    "end": self.end_rss,
+                    "last_peak": inst[-1].hwm_kb,
+                    "peak_any_instance": peak,
+                },
                 "per_instance": [asdict(i) for i in inst],
                 "log": log,
                 # warnings and listener lines, with the run time at which they were read
                 "log_timeline": [f"{t:8.2f} {line}" for t, line in self.log_lines[:3000]],
             },
-            "problems": problems, "notes": notes,
+            "problems": problems,
+            "notes": notes,
         }
 
     def log_summary(self) -> dict[str, Any]:
@@ -739,13 +866,19 @@ class Chaos:
                 warnings[re.sub(r"[0-9a-f]{32}|\d+(\.\d+)?", "N", msg)[:90]] += 1
             elif level in ("error", "critical") and len(errors) < 20:
                 errors.append(line[:1500])
-        return {"lines_by_level": dict(levels), "warnings": dict(warnings.most_common(25)),
-                "errors": errors, "non_json_lines": other,
-                "listen_restored": len(caught_up), "caught_up_total": sum(caught_up),
-                "caught_up_each": caught_up}
+        return {
+            "lines_by_level": dict(levels),
+            "warnings": dict(warnings.most_common(25)),
+            "errors": errors,
+            "non_json_lines": other,
+            "listen_restored": len(caught_up),
+            "caught_up_total": sum(caught_up),
+            "caught_up_each": caught_up,
+        }
 
 
 # -- summary ------------------------------------------------------------------------------------
+
 
 def render(r: dict[str, Any]) -> str:
     d = r["deliveries"]
@@ -793,29 +926,50 @@ def render(r: dict[str, Any]) -> str:
     ]
     for e in r["daemon"]["log"]["errors"][:5]:
         lines.append(f"    error: {e[:300]}")
-    for name, key in (("lost", "lost_items"), ("duplicate", "duplicate_examples"),
-                      ("out of order", "gap_examples")):
+    for name, key in (
+        ("lost", "lost_items"),
+        ("duplicate", "duplicate_examples"),
+        ("out of order", "gap_examples"),
+    ):
         for ex in r[key][:8]:
             lines.append(f"  {name}: {json.dumps(ex)[:400]}")
     for note in r["notes"]:
         lines.append(f"  note: {note}")
-    lines.append("  RESULT: " + ("FAIL - " + "; ".join(r["problems"]) if r["problems"]
-                                 else "PASS (nothing lost, duplicated, out of order or misrouted)"))
+    lines.append(
+        "  RESULT: "
+        + (
+            "FAIL - " + "; ".join(r["problems"])
+            if r["problems"]
+            else "PASS (nothing lost, duplicated, out of order or misrouted)"
+        )
+    )
     return "\n".join(lines)
 
 
 # -- main ---------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=5.0,
-                        help="minutes of load and faults (default 5)")
-    parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
-                        help=f"inserts per second, all writers (default {DEFAULT_RATE:g})")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=5.0, help="minutes of load and faults (default 5)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULT_RATE,
+        help=f"inserts per second, all writers (default {DEFAULT_RATE:g})",
+    )
     parser.add_argument("--users", type=int, default=USERS, help=f"default {USERS}")
-    parser.add_argument("--client-processes", type=int, default=CLIENT_PROCESSES,
-                        choices=(1, 2, 3, 4), help=f"default {CLIENT_PROCESSES}")
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=CLIENT_PROCESSES,
+        choices=(1, 2, 3, 4),
+        help=f"default {CLIENT_PROCESSES}",
+    )
     parser.add_argument("--seed", type=int, default=None, help="for the schedule and the mix")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "chaos.json")
     args = parser.parse_args(argv)

@@ -38,6 +38,7 @@ EXAMPLES = 20  # examples kept per kind of anomaly and device
 
 # -- devices ----------------------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class Request:
     ref: str
@@ -111,10 +112,15 @@ class Device:
         while not pool.stopping:
             code: int | None = None
             try:
-                ws = await connect(f"{pool.url}?sync=1&token={self.token}",
-                                   open_timeout=OPEN_TIMEOUT, close_timeout=CLOSE_TIMEOUT,
-                                   compression=None, proxy=None, max_size=None,
-                                   max_queue=None)
+                ws = await connect(
+                    f"{pool.url}?sync=1&token={self.token}",
+                    open_timeout=OPEN_TIMEOUT,
+                    close_timeout=CLOSE_TIMEOUT,
+                    compression=None,
+                    proxy=None,
+                    max_size=None,
+                    max_queue=None,
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -131,7 +137,7 @@ class Device:
             if code in (1001, 4008):
                 base = QUICK_BASE
             else:
-                base = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** self.attempt)
+                base = min(BACKOFF_CAP, BACKOFF_BASE * 2**self.attempt)
                 self.attempt += 1
             await asyncio.sleep(base / 2 + random.random() * base / 2)
 
@@ -187,8 +193,15 @@ class Device:
             self.first_cursors = dict(cursors)
         self.request = request
         self.requested = True
-        await ws.send(orjson.dumps({"type": "notification:sync-request",
-                                    "data": {"cursors": cursors}, "ref": request.ref}).decode())
+        await ws.send(
+            orjson.dumps(
+                {
+                    "type": "notification:sync-request",
+                    "data": {"cursors": cursors},
+                    "ref": request.ref,
+                }
+            ).decode()
+        )
 
     def on_error(self, ws: ClientConnection, data: dict[str, Any], ref: str | None) -> None:
         code = str(data.get("code"))
@@ -208,15 +221,17 @@ class Device:
         await asyncio.sleep(delay)
         if self.ws is ws and self.request is None and not self.synced:
             with contextlib.suppress(ConnectionClosed):
-                await self.send_sync(ws, {s: c for s, c in self.cursors.items()
-                                          if s in self.streams})
+                await self.send_sync(
+                    ws, {s: c for s, c in self.cursors.items() if s in self.streams}
+                )
 
     def on_response(self, data: dict[str, Any], ref: str | None, tick: int) -> bool:
         """README §7 step 3; returns whether to send the next sync-request (hasMore)."""
         request = self.request
         if request is None or ref != request.ref:
-            self.anomalies.append(f"sync-response {ref!r} while awaiting "
-                                  f"{request.ref if request else None!r}")
+            self.anomalies.append(
+                f"sync-response {ref!r} while awaiting {request.ref if request else None!r}"
+            )
             request = Request(str(ref), tick, {}, 0)
         self.request = None
         self.responses += 1
@@ -226,8 +241,9 @@ class Device:
             self.cursors.pop(stream, None)  # store.dropStream (the accounting keeps all)
         # a stream a previous page did not hold back went live since: the request's cursor
         # (that page's) is behind what came live, and the response goes on from the latter
-        expect = {s: max(c, self.upto.get(s, c)) for s, c in request.cursors.items()
-                  if s not in reset}
+        expect = {
+            s: max(c, self.upto.get(s, c)) for s, c in request.cursors.items() if s not in reset
+        }
         for n in data["notifications"]:
             stream, seq = n["stream"], n["seq"]
             self.receive(stream, seq, tick, request, reset)
@@ -265,8 +281,9 @@ class Device:
         if self.synced:
             self.cursors[stream] = seq  # README §7 step 4, exactly as its code does
 
-    def receive(self, stream: str, seq: int, tick: int, request: Request | None,
-                reset: set[str]) -> bool:
+    def receive(
+        self, stream: str, seq: int, tick: int, request: Request | None, reset: set[str]
+    ) -> bool:
         """Account for one received item; False when it is of a stream not ours."""
         seen = self.received.get(stream)
         if seen is None:
@@ -294,9 +311,15 @@ class Device:
             kind = "live repeat after the sync-response"
         self.dups[kind] += 1
         if len(self.dup_examples) < EXAMPLES:
-            example = {"device": self.name, "stream": stream, "seq": seq, "kind": kind,
-                       "at": time.time(), "connection": self.connects,
-                       "frames_since_previous": tick - prev}
+            example = {
+                "device": self.name,
+                "stream": stream,
+                "seq": seq,
+                "kind": kind,
+                "at": time.time(),
+                "connection": self.connects,
+                "frames_since_previous": tick - prev,
+            }
             if request is not None:
                 # > 0: the first copy came that many frames after the request was sent
                 example["previous_frames_after_request"] = prev - request.tick
@@ -306,17 +329,24 @@ class Device:
     def gap(self, where: str, stream: str, last: int, seq: int) -> None:
         self.gap_count += 1
         if len(self.gaps) < EXAMPLES:
-            self.gaps.append({"device": self.name, "where": where, "stream": stream,
-                              "after": last, "got": seq, "at": time.time(),
-                              "connection": self.connects})
+            self.gaps.append(
+                {
+                    "device": self.name,
+                    "where": where,
+                    "stream": stream,
+                    "after": last,
+                    "got": seq,
+                    "at": time.time(),
+                    "connection": self.connects,
+                }
+            )
 
     async def final_sync(self) -> None:
         ws = self.ws
         if ws is None or not self.synced or self.request is not None:
             return  # the sync that is running or comes with the next connection counts
         with contextlib.suppress(ConnectionClosed):
-            await self.send_sync(ws, {s: c for s, c in self.cursors.items()
-                                      if s in self.streams})
+            await self.send_sync(ws, {s: c for s, c in self.cursors.items() if s in self.streams})
 
     def drop(self, abrupt: bool) -> bool:
         ws = self.ws
@@ -331,17 +361,29 @@ class Device:
 
     def report(self) -> dict[str, Any]:
         return {
-            "name": self.name, "user": self.user, "roles": self.roles,
-            "streams": sorted(self.streams), "first_cursors": self.first_cursors,
+            "name": self.name,
+            "user": self.user,
+            "roles": self.roles,
+            "streams": sorted(self.streams),
+            "first_cursors": self.first_cursors,
             "received": {s: _ranges(sorted(seqs)) for s, seqs in self.received.items()},
-            "dups": dict(self.dups), "dup_examples": self.dup_examples,
-            "misrouted": self.misrouted, "misrouted_examples": self.misrouted_examples,
-            "gaps": self.gap_count, "gap_examples": self.gaps, "resets": self.resets,
-            "connects": self.connects, "connect_failures": dict(self.connect_failures),
-            "close_codes": dict(self.close_codes), "responses": self.responses,
-            "sync_retries": self.sync_retries, "errors": dict(self.errors),
-            "anomalies": self.anomalies, "dropped_by_us": self.dropped_by_us,
-            "final_done": self.final_done, "crashed": self.crashed,
+            "dups": dict(self.dups),
+            "dup_examples": self.dup_examples,
+            "misrouted": self.misrouted,
+            "misrouted_examples": self.misrouted_examples,
+            "gaps": self.gap_count,
+            "gap_examples": self.gaps,
+            "resets": self.resets,
+            "connects": self.connects,
+            "connect_failures": dict(self.connect_failures),
+            "close_codes": dict(self.close_codes),
+            "responses": self.responses,
+            "sync_retries": self.sync_retries,
+            "errors": dict(self.errors),
+            "anomalies": self.anomalies,
+            "dropped_by_us": self.dropped_by_us,
+            "final_done": self.final_done,
+            "crashed": self.crashed,
         }
 
 
@@ -471,8 +513,9 @@ class Writers:
     row's data carries {"w": writer, "k": key}: an insert whose commit is unknown (the
     connection broke) is looked up after reconnecting, and inserted again only if absent."""
 
-    def __init__(self, dsn: str, count: int, rate: float, users: list[str], roles: list[str],
-                 seed: int) -> None:
+    def __init__(
+        self, dsn: str, count: int, rate: float, users: list[str], roles: list[str], seed: int
+    ) -> None:
         self.dsn = dsn
         self.count = count
         self.rate = rate
@@ -506,14 +549,20 @@ class Writers:
         raise ValueError(f"unknown command {command!r}")
 
     def stats(self) -> dict[str, Any]:
-        return {"committed": sum(self.committed.values()), "by_kind": dict(self.committed),
-                "large": self.large, "unknown_outcome": self.unknown,
-                "unknown_found_committed": self.found_committed,
-                "unknown_retried": self.retried, "abandoned": self.abandoned[:10],
-                "abandoned_count": len(self.abandoned), "errors": dict(self.errors),
-                "reconnects": self.reconnects,
-                "max_insert_seconds": round(self.max_insert_seconds, 3),
-                "crashed": self.crashed}
+        return {
+            "committed": sum(self.committed.values()),
+            "by_kind": dict(self.committed),
+            "large": self.large,
+            "unknown_outcome": self.unknown,
+            "unknown_found_committed": self.found_committed,
+            "unknown_retried": self.retried,
+            "abandoned": self.abandoned[:10],
+            "abandoned_count": len(self.abandoned),
+            "errors": dict(self.errors),
+            "reconnects": self.reconnects,
+            "max_insert_seconds": round(self.max_insert_seconds, 3),
+            "crashed": self.crashed,
+        }
 
     async def stop(self, timeout: float) -> dict[str, Any]:
         self.stopping = True
@@ -604,8 +653,9 @@ class Writers:
             self.committed[kind] += 1
             self.max_insert_seconds = max(self.max_insert_seconds, time.monotonic() - started)
             return
-        self.abandoned.append(f"writer {w} key {key} ({kind}; outcome "
-                              f"{'unknown' if unknown else 'not committed'})")
+        self.abandoned.append(
+            f"writer {w} key {key} ({kind}; outcome {'unknown' if unknown else 'not committed'})"
+        )
 
     async def _connection(self, w: int) -> asyncpg.Connection | None:
         conn = self.conns[w]
@@ -628,8 +678,9 @@ class Writers:
         return None
 
 
-def writers_main(pipe: Pipe, dsn: str, count: int, rate: float, users: list[str],
-                 roles: list[str], seed: int) -> None:
+def writers_main(
+    pipe: Pipe, dsn: str, count: int, rate: float, users: list[str], roles: list[str], seed: int
+) -> None:
     """Writer process entry point (multiprocessing, spawn)."""
     infra.worker_setup()
     writers = Writers(dsn, count, rate, users, roles, seed)

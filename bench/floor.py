@@ -32,6 +32,7 @@ CHANNEL = "notifyd"
 
 # -- (1) the send() floor -------------------------------------------------------------------
 
+
 class _Sink(asyncio.Protocol):
     def __init__(self, pool: _Sinks) -> None:
         self.pool = pool
@@ -65,7 +66,8 @@ class _Sinks:
             async def one() -> None:
                 async with gate:
                     transport, _ = await loop.create_connection(
-                        lambda: _Sink(self), "127.0.0.1", self.port)
+                        lambda: _Sink(self), "127.0.0.1", self.port
+                    )
                     self.transports.append(transport)
 
             await asyncio.gather(*(one() for _ in range(args[0])))
@@ -129,10 +131,15 @@ def send_floor(n: int, rounds: int = ROUNDS) -> dict[str, Any]:
                 raise BenchError(f"send floor: {got} of {expected} bytes arrived")
         for sink in sinks:
             sink.call("close", timeout=30)
-        return {"connections": n, "frame_bytes": FRAME_BYTES, "rounds": rounds,
-                "cpu_us_per_conn": statistics.median(cpu_us),
-                "wall_us_per_conn": statistics.median(wall_us),
-                "cpu_us_runs": cpu_us, "wall_us_runs": wall_us}
+        return {
+            "connections": n,
+            "frame_bytes": FRAME_BYTES,
+            "rounds": rounds,
+            "cpu_us_per_conn": statistics.median(cpu_us),
+            "wall_us_per_conn": statistics.median(wall_us),
+            "cpu_us_runs": cpu_us,
+            "wall_us_runs": wall_us,
+        }
     finally:
         for sock in socks:
             sock.close()
@@ -146,6 +153,7 @@ def _shares(n: int) -> list[int]:
 
 
 # -- (2) the NOTIFY floor ----------------------------------------------------------------------
+
 
 class _Listener:
     """A bare LISTEN client. With `readback`, it also reads every notification back by id (one
@@ -162,12 +170,20 @@ class _Listener:
         self.pending: list[int] = []
         self.reading = False
 
-    def notified(self, _conn: asyncpg.Connection | PoolConnectionProxy, _pid: int,
-                 _channel: str, payload: object) -> None:
+    def notified(
+        self,
+        _conn: asyncpg.Connection | PoolConnectionProxy,
+        _pid: int,
+        _channel: str,
+        payload: object,
+    ) -> None:
         now = time.time()
         # the events of a signed payload (after 64 hex digits of signature), not verified
-        ids = [event["n"]["id"] for event in orjson.loads(str(payload)[64:])["e"]
-               if event.get("k") == "n" and event.get("n")]
+        ids = [
+            event["n"]["id"]
+            for event in orjson.loads(str(payload)[64:])["e"]
+            if event.get("k") == "n" and event.get("n")
+        ]
         if not self.readback:
             self.ids += ids
             self.times += [now] * len(ids)
@@ -185,7 +201,9 @@ class _Listener:
                 rows = await self.reader.fetch(
                     "SELECT n.id, notifyd.to_wire(n)::text AS wire, s.unread "
                     "FROM notifyd.notifications n JOIN notifyd.streams s USING (stream) "
-                    "WHERE n.id = ANY($1::bigint[])", ids)
+                    "WHERE n.id = ANY($1::bigint[])",
+                    ids,
+                )
                 now = time.time()
                 self.ids += [r["id"] for r in rows]
                 self.times += [now] * len(rows)
@@ -212,8 +230,16 @@ def listener_main(pipe: Pipe, dsn: str, readback: bool = False) -> None:
     uvloop.run(infra.command_loop(pipe, _Listener(dsn, readback).handle))
 
 
-def notify_floor(dsn: str, writer: Worker, rate: float, seconds: float, users: list[str],
-                 batch: int = 1, windows: int = 1, readback: bool = False) -> dict[str, Any]:
+def notify_floor(
+    dsn: str,
+    writer: Worker,
+    rate: float,
+    seconds: float,
+    users: list[str],
+    batch: int = 1,
+    windows: int = 1,
+    readback: bool = False,
+) -> dict[str, Any]:
     """The writer's load of a latency scenario (`batch` notifications per INSERT, `windows`
     back-to-back windows) with no server: commit -> a bare asyncpg LISTEN client at nice 0
     (where a server would be). Like the servers' figure, the window with the median p99; every
@@ -223,21 +249,47 @@ def notify_floor(dsn: str, writer: Worker, rate: float, seconds: float, users: l
     try:
         listener.call("listen", timeout=30)
         for window in range(windows):
-            sent = writer.call("rate_run", users, rate, seconds, os.getpid() + 1 + window,
-                               batch, timeout=seconds + 90)
+            sent = writer.call(
+                "rate_run",
+                users,
+                rate,
+                seconds,
+                os.getpid() + 1 + window,
+                batch,
+                timeout=seconds + 90,
+            )
             got = listener.call("take", 1.0, timeout=30)
             commit = dict(zip(sent["ids"], sent["t1"], strict=True))
-            delays = [at - commit[nid] for nid, at in zip(got["ids"], got["times"], strict=True)
-                      if nid in commit]
-            runs.append({"sent": len(commit), "heard": len(delays),
-                         "commit_to_listener_ms": report.distribution_ms(delays)})
+            delays = [
+                at - commit[nid]
+                for nid, at in zip(got["ids"], got["times"], strict=True)
+                if nid in commit
+            ]
+            runs.append(
+                {
+                    "sent": len(commit),
+                    "heard": len(delays),
+                    "commit_to_listener_ms": report.distribution_ms(delays),
+                }
+            )
     finally:
         listener.stop()
     chosen = report.median_window([run["commit_to_listener_ms"]["p99"] for run in runs])
-    out = {"rate": rate, "batch": batch, "seconds": seconds, **runs[chosen], "window": chosen,
-           "sent": sum(run["sent"] for run in runs), "heard": sum(run["heard"] for run in runs),
-           "windows": [{k: run["commit_to_listener_ms"][k] for k in ("p50", "p99", "p999", "max")}
-                       for run in runs]}
-    say(f"NOTIFY floor at {rate:,.0f}/s: {out['heard']:,} of {out['sent']:,} notifications "
-        f"heard; p99 by window {[round(w['p99'], 2) for w in out['windows']]} ms")
+    out = {
+        "rate": rate,
+        "batch": batch,
+        "seconds": seconds,
+        **runs[chosen],
+        "window": chosen,
+        "sent": sum(run["sent"] for run in runs),
+        "heard": sum(run["heard"] for run in runs),
+        "windows": [
+            {k: run["commit_to_listener_ms"][k] for k in ("p50", "p99", "p999", "max")}
+            for run in runs
+        ],
+    }
+    say(
+        f"NOTIFY floor at {rate:,.0f}/s: {out['heard']:,} of {out['sent']:,} notifications "
+        f"heard; p99 by window {[round(w['p99'], 2) for w in out['windows']]} ms"
+    )
     return out

@@ -46,6 +46,7 @@ def say(message: str) -> None:
 
 # -- this process and its children ------------------------------------------------------------
 
+
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -74,9 +75,13 @@ def guarded(body: Callable[[], dict[str, Any]]) -> dict[str, Any] | int:
 def git_head() -> str:
     """The commit being measured, for the results file."""
     try:
-        return subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent),
-                               "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -108,6 +113,7 @@ def free_port() -> int:
 
 # -- /proc -------------------------------------------------------------------------------------
 
+
 def fd_limit_of(pid: int) -> int | None:
     """The soft open-file limit of a process (from /proc)."""
     with contextlib.suppress(OSError, ValueError, IndexError):
@@ -128,7 +134,7 @@ def rss_kb(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process, in seconds (CLK_TCK resolution, usually 10 ms)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -157,12 +163,14 @@ class CpuMeter:
     def stop(self) -> dict[str, float]:
         """Fractions of one core; the CPU seconds themselves are left in `self.seconds`."""
         wall = max(time.monotonic() - self._wall, 1e-9)
-        self.seconds = {name: oncpu_seconds(pid) - self._start[name]
-                        for name, pid in self.pids.items()}
+        self.seconds = {
+            name: oncpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()
+        }
         return {name: round(used / wall, 3) for name, used in self.seconds.items()}
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
+
 
 def with_database(dsn: str, name: str) -> str:
     """The same server URL pointing at database `name` (a socket host may be in the query)."""
@@ -215,10 +223,16 @@ def bench_database() -> Iterator[str]:
         try:
             _admin(server, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            raise BenchError(f"cannot create database {name} on {_redact(server)}: "
-                             f"{exc!r}") from None
-        stack.callback(_quietly, f"dropping database {name}", _admin, server,
-                       f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            raise BenchError(
+                f"cannot create database {name} on {_redact(server)}: {exc!r}"
+            ) from None
+        stack.callback(
+            _quietly,
+            f"dropping database {name}",
+            _admin,
+            server,
+            f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+        )
         yield with_database(server, name)
 
 
@@ -291,8 +305,9 @@ def sibling_database(dsn: str, suffix: str) -> Iterator[str]:
     try:
         yield with_database(dsn, name)
     finally:
-        _quietly(f"dropping database {name}", _admin, dsn,
-                 f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        _quietly(
+            f"dropping database {name}", _admin, dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )
 
 
 def export_tree(rev: str, target: Path) -> str:
@@ -302,10 +317,14 @@ def export_tree(rev: str, target: Path) -> str:
     try:
         commit = subprocess.run(
             ["git", "-C", str(top), "rev-parse", "--verify", f"{rev}^{{commit}}"],
-            capture_output=True, text=True, check=True).stdout.strip()
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         target.mkdir(parents=True)
-        archive = subprocess.run(["git", "-C", str(top), "archive", commit], capture_output=True,
-                                 check=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(top), "archive", commit], capture_output=True, check=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise BenchError(f"cannot export {rev!r}: {exc}") from None
@@ -314,15 +333,24 @@ def export_tree(rev: str, target: Path) -> str:
 
 def migrate(dsn: str, **env: str) -> None:
     """`notifyd migrate`; `env`: more of the environment (PYTHONPATH for another tree)."""
-    result = subprocess.run(notifyd_command("migrate"), env=child_env(NOTIFYD_DSN=dsn, **env),
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        notifyd_command("migrate"),
+        env=child_env(NOTIFYD_DSN=dsn, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if result.returncode != 0:
-        raise BenchError(f"notifyd migrate exited {result.returncode}: "
-                         f"{(result.stderr or result.stdout).strip()[-2000:]}")
+        raise BenchError(
+            f"notifyd migrate exited {result.returncode}: "
+            f"{(result.stderr or result.stdout).strip()[-2000:]}"
+        )
     say(result.stdout.strip())
 
 
 # -- the daemon ---------------------------------------------------------------------------------
+
 
 class Daemon:
     """`notifyd serve` as a subprocess in its own session (Ctrl-C reaches only the bench,
@@ -330,15 +358,28 @@ class Daemon:
 
     name = "notifyd"
 
-    def __init__(self, dsn: str, secret: str, workdir: Path, log_level: str = "WARNING",
-                 port: int | None = None, shared_log: Path | None = None,
-                 **settings: str) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        secret: str,
+        workdir: Path,
+        log_level: str = "WARNING",
+        port: int | None = None,
+        shared_log: Path | None = None,
+        **settings: str,
+    ) -> None:
         """A fresh port and log unless given: `shared_log` is appended to (one log for the
         successive instances of a run)."""
         self.port = port or free_port()
         self.log_path = shared_log or workdir / "notifyd.log"
-        env = child_env(NOTIFYD_DSN=dsn, NOTIFYD_JWT_SECRET=secret, NOTIFYD_HOST="127.0.0.1",
-                        NOTIFYD_PORT=str(self.port), NOTIFYD_LOG_LEVEL=log_level, **settings)
+        env = child_env(
+            NOTIFYD_DSN=dsn,
+            NOTIFYD_JWT_SECRET=secret,
+            NOTIFYD_HOST="127.0.0.1",
+            NOTIFYD_PORT=str(self.port),
+            NOTIFYD_LOG_LEVEL=log_level,
+            **settings,
+        )
         self._spawn(notifyd_command("serve"), env, append=shared_log is not None)
         self.url = f"ws://127.0.0.1:{self.port}/ws"
 
@@ -346,8 +387,14 @@ class Daemon:
         """Start the server in its own session, stdout and stderr into self.log_path."""
         with self.log_path.open("ab" if append else "wb") as log:
             self.proc = subprocess.Popen(
-                cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=die_with_parent)
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         self.pid = self.proc.pid
 
     def ready(self) -> bool:
@@ -357,8 +404,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} exited {self.proc.returncode}:\n"
-                                 f"{self.log_tail()}")
+                raise BenchError(f"{self.name} exited {self.proc.returncode}:\n{self.log_tail()}")
             if self.ready():
                 return
             time.sleep(0.1)
@@ -376,8 +422,9 @@ class Daemon:
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise BenchError(f"{self.name} exited {self.proc.returncode} during the bench:\n"
-                             f"{self.log_tail()}")
+            raise BenchError(
+                f"{self.name} exited {self.proc.returncode} during the bench:\n{self.log_tail()}"
+            )
 
     def rss_kb(self) -> int:
         return rss_kb(self.pid)

@@ -31,8 +31,10 @@ RATES = ((1_000.0, 1), (5_000.0, 10))  # notifications per second, per INSERT
 
 
 def measure(seconds: float, windows: int) -> dict[str, Any]:
-    results: dict[str, Any] = {"meta": {"git_head": infra.git_head(), "seconds": seconds,
-                                        "windows": windows}, "runs": []}
+    results: dict[str, Any] = {
+        "meta": {"git_head": infra.git_head(), "seconds": seconds, "windows": windows},
+        "runs": [],
+    }
     with infra.bench_database() as dsn:
         infra.migrate(dsn)
         writer = Worker("writer", sql_writer.main, dsn, 4)
@@ -43,25 +45,35 @@ def measure(seconds: float, windows: int) -> dict[str, Any]:
                 runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
                 for _ in range(windows):
                     for readback in (False, True):
-                        runs[readback].append(floor.notify_floor(
-                            dsn, writer, rate, seconds, users, batch, 1, readback))
+                        runs[readback].append(
+                            floor.notify_floor(
+                                dsn, writer, rate, seconds, users, batch, 1, readback
+                            )
+                        )
                 for readback, done in runs.items():
                     chosen = sorted(done, key=lambda r: r["commit_to_listener_ms"]["p99"])[
-                        len(done) // 2]
-                    results["runs"].append({
-                        "rate": rate, "batch": batch, "readback": readback,
-                        "sent": sum(r["sent"] for r in done),
-                        "heard": sum(r["heard"] for r in done),
-                        "ms": chosen["commit_to_listener_ms"],
-                        "windows_p99": [r["commit_to_listener_ms"]["p99"] for r in done]})
+                        len(done) // 2
+                    ]
+                    results["runs"].append(
+                        {
+                            "rate": rate,
+                            "batch": batch,
+                            "readback": readback,
+                            "sent": sum(r["sent"] for r in done),
+                            "heard": sum(r["heard"] for r in done),
+                            "ms": chosen["commit_to_listener_ms"],
+                            "windows_p99": [r["commit_to_listener_ms"]["p99"] for r in done],
+                        }
+                    )
         finally:
             writer.stop()
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="1 window of 2 s per way and rate")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "notify_readback.json")
     args = parser.parse_args(argv)
@@ -73,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     for run in results["runs"]:
         way = "read back by id" if run["readback"] else "from the payload"
         ms = run["ms"]
-        print(f"| {run['rate']:,.0f}/s | {way} | {ms['p50']:.2f} | {ms['p99']:.2f} | "
-              f"{ms['p999']:.2f} |")
+        print(
+            f"| {run['rate']:,.0f}/s | {way} | {ms['p50']:.2f} | {ms['p99']:.2f} | "
+            f"{ms['p999']:.2f} |"
+        )
         lost += run["sent"] - run["heard"]
     if lost:
         say(f"FAILED: {lost} notifications not heard")

@@ -50,15 +50,34 @@ def install(name: str) -> dict[str, str]:
         venv = INSTALLED / "socketio-py" / "venv"
         python = venv / "bin" / "python"
         probe = "import socketio, aiohttp, asyncpg, jwt, uvloop"
-        if not python.exists() or subprocess.run([str(python), "-c", probe],
-                                                 capture_output=True).returncode:
+        if (
+            not python.exists()
+            or subprocess.run([str(python), "-c", probe], capture_output=True).returncode
+        ):
             say("installing the python-socketio peer's dependencies (pip)")
             _run([sys.executable, "-m", "venv", "--clear", str(venv)], 120)
-            _run([str(python), "-m", "pip", "install", "-q", "-r",
-                  str(SOURCES / "socketio_py" / "requirements.txt")], 600)
-        versions = _run([str(python), "-c", "import importlib.metadata as m, json; print("
-                         "json.dumps({p: m.version(p) for p in ('python-socketio', "
-                         "'python-engineio', 'aiohttp')}))"], 60)
+            _run(
+                [
+                    str(python),
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "-r",
+                    str(SOURCES / "socketio_py" / "requirements.txt"),
+                ],
+                600,
+            )
+        versions = _run(
+            [
+                str(python),
+                "-c",
+                "import importlib.metadata as m, json; print("
+                "json.dumps({p: m.version(p) for p in ('python-socketio', "
+                "'python-engineio', 'aiohttp')}))",
+            ],
+            60,
+        )
         return dict(json.loads(versions))
     raise ValueError(f"unknown peer {name!r}")
 
@@ -69,8 +88,10 @@ def _run(cmd: list[str], timeout: float) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BenchError(f"{cmd[0]} failed: {exc}") from exc
     if done.returncode:
-        raise BenchError(f"{' '.join(cmd[:3])} exited {done.returncode}: "
-                         f"{(done.stderr or done.stdout).strip()[-1500:]}")
+        raise BenchError(
+            f"{' '.join(cmd[:3])} exited {done.returncode}: "
+            f"{(done.stderr or done.stdout).strip()[-1500:]}"
+        )
     return done.stdout
 
 
@@ -82,13 +103,19 @@ class Peer(Daemon):
         self.name = kind.name
         self.port = free_port()
         self.log_path = workdir / f"{kind.name}.log"
-        env = child_env(PEER_PORT=str(self.port), PEER_DSN=dsn, PEER_JWT_SECRET=secret,
-                        NODE_PATH=str(INSTALLED / "socketio-node" / "node_modules"))
+        env = child_env(
+            PEER_PORT=str(self.port),
+            PEER_DSN=dsn,
+            PEER_JWT_SECRET=secret,
+            NODE_PATH=str(INSTALLED / "socketio-node" / "node_modules"),
+        )
         if kind.name == "socketio-node":
             cmd = ["node", str(SOURCES / "socketio-node" / "server.js")]
         else:
-            cmd = [str(INSTALLED / "socketio-py" / "venv" / "bin" / "python"),
-                   str(SOURCES / "socketio_py" / "server.py")]
+            cmd = [
+                str(INSTALLED / "socketio-py" / "venv" / "bin" / "python"),
+                str(SOURCES / "socketio_py" / "server.py"),
+            ]
         self._spawn(cmd, env)
         self.url = f"ws://127.0.0.1:{self.port}{SOCKETIO_PATH}"
 

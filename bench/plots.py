@@ -8,6 +8,7 @@
 Writes latency-cdf.png and memory-per-connection.png (headless, Agg) beside the results file
 unless told otherwise; a plot with no data for any server is not written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,17 @@ FLOOR_MS = 0.01  # log axis: a commit -> client latency at or below this is draw
 PERCENTILES = [50.0, 90.0, 99.0, 99.9, 99.99, 99.999]  # ticks, as far as samples reach
 POINTS = 600  # per line: percentiles picked evenly on the log axis (the tail point included)
 NOTIFYD_COLOUR = "tab:blue"
-PEER_COLOURS = ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
-                "tab:olive", "tab:cyan", "tab:gray"]
+PEER_COLOURS = [
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "tab:gray",
+]
 FIGSIZE = (10.0, 4.0)
 DPI = 120
 
@@ -45,15 +55,16 @@ def servers(results: dict[str, Any]) -> list[Server]:
     out: list[Server] = [("notifyd", "notifyd", results, NOTIFYD_COLOUR)]
     peers: dict[str, Any] = results.get("peers") or {}
     for i, (name, peer) in enumerate(peers.items()):
-        out.append((name, str(peer.get("title", name)), peer,
-                    PEER_COLOURS[i % len(PEER_COLOURS)]))
+        out.append((name, str(peer.get("title", name)), peer, PEER_COLOURS[i % len(PEER_COLOURS)]))
     return out
 
 
 def run_label(results: dict[str, Any]) -> str:
     meta: dict[str, Any] = results.get("meta") or {}
-    return (f"{meta.get('mode', '?')} run, {meta.get('started', '?')}, "
-            f"{meta.get('cpus', '?')} cores, PostgreSQL {meta.get('postgres', '?')}")
+    return (
+        f"{meta.get('mode', '?')} run, {meta.get('started', '?')}, "
+        f"{meta.get('cpus', '?')} cores, PostgreSQL {meta.get('postgres', '?')}"
+    )
 
 
 def render(results: dict[str, Any], raw: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -72,17 +83,22 @@ def render(results: dict[str, Any], raw: dict[str, Any], out_dir: Path) -> list[
 
 def _figure(bottom: float) -> Figure:
     """A README-width figure, laid out above a caption strip `bottom` high (figure fraction)."""
-    return Figure(figsize=FIGSIZE, dpi=DPI,
-                  layout=ConstrainedLayoutEngine(rect=(0.0, bottom, 1.0, 1.0 - bottom)))
+    return Figure(
+        figsize=FIGSIZE,
+        dpi=DPI,
+        layout=ConstrainedLayoutEngine(rect=(0.0, bottom, 1.0, 1.0 - bottom)),
+    )
 
 
 # -- commit -> client latency -------------------------------------------------------------------
 
+
 def commit_to_client_ms(scenario: dict[str, Any]) -> npt.NDArray[np.float64]:
     """t_received - t_commit_returned per notification id (its first row only), in ms."""
     columns: list[str] = scenario["columns"]
-    i_id, i_commit, i_received = (columns.index(c)
-                                  for c in ("id", "t_commit_returned", "t_received"))
+    i_id, i_commit, i_received = (
+        columns.index(c) for c in ("id", "t_commit_returned", "t_received")
+    )
     first: dict[Any, float] = {}
     for row in scenario["rows"]:
         if row[i_id] not in first:
@@ -91,7 +107,7 @@ def commit_to_client_ms(scenario: dict[str, Any]) -> npt.NDArray[np.float64]:
 
 
 def percentile_curve(
-        sorted_ms: npt.NDArray[np.float64],
+    sorted_ms: npt.NDArray[np.float64],
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """(1 / (1 - p), value) of n sorted values: the i-th smallest at p = i / n (the largest at
     x = n), thinned to about POINTS points spread evenly on a log x axis."""
@@ -106,8 +122,7 @@ def _scenario_title(scenario: str, runs: list[Server]) -> str:
         figures = res.get(scenario)
         if isinstance(figures, dict) and "rate" in figures:
             batch = figures.get("batch", 1)
-            return (f"{float(figures['rate']):,.0f} notifications/s, "
-                    f"{batch} per INSERT")
+            return f"{float(figures['rate']):,.0f} notifications/s, {batch} per INSERT"
     return SCENARIOS[scenario]
 
 
@@ -145,8 +160,9 @@ def _latency_figure(results: dict[str, Any], raw: dict[str, Any]) -> Figure | No
         ax.set_xscale("log")
         ax.set_yscale("log")
         ticks = [p for p in PERCENTILES if 1 / (1 - p / 100) <= most * (1 + 1e-9)]
-        ax.set_xticks([1 / (1 - p / 100) for p in ticks],
-                      labels=[_percentile_label(p) for p in ticks])
+        ax.set_xticks(
+            [1 / (1 - p / 100) for p in ticks], labels=[_percentile_label(p) for p in ticks]
+        )
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlim(1.0, float(most))
         ax.yaxis.set_major_formatter(FuncFormatter(_ms_label))
@@ -157,21 +173,32 @@ def _latency_figure(results: dict[str, Any], raw: dict[str, Any]) -> Figure | No
         ax.legend(fontsize=8, loc="upper left")
     axes[0].set_ylabel("commit → client (ms)")
     fig.suptitle(f"Commit → client latency by percentile ({run_label(results)})", fontsize=11)
-    fig.text(0.01, 0.015,
-             "commit → client: receipt time minus the writer's commit reply, first delivery per "
-             f"notification; below {FLOOR_MS:g} ms (received before the commit reply) drawn at "
-             f"{FLOOR_MS:g} ms: {clipped:,} of {total:,}.", fontsize=7, color="0.35")
+    fig.text(
+        0.01,
+        0.015,
+        "commit → client: receipt time minus the writer's commit reply, first delivery per "
+        f"notification; below {FLOOR_MS:g} ms (received before the commit reply) drawn at "
+        f"{FLOOR_MS:g} ms: {clipped:,} of {total:,}.",
+        fontsize=7,
+        color="0.35",
+    )
     return fig
 
 
 # -- memory per connection ----------------------------------------------------------------------
 
+
 def memory_points(res: dict[str, Any]) -> list[tuple[int, int]]:
     """(open connections, RSS KB) of the idle levels and the most-connections levels, by count."""
-    levels: list[dict[str, Any]] = [*(res.get("idle_memory") or {}).get("levels", []),
-                                    *(res.get("most_connections") or {}).get("levels", [])]
-    return sorted((int(lv["live"]), int(lv["rss_kb"])) for lv in levels
-                  if "error" not in lv and "live" in lv and "rss_kb" in lv)
+    levels: list[dict[str, Any]] = [
+        *(res.get("idle_memory") or {}).get("levels", []),
+        *(res.get("most_connections") or {}).get("levels", []),
+    ]
+    return sorted(
+        (int(lv["live"]), int(lv["rss_kb"]))
+        for lv in levels
+        if "error" not in lv and "live" in lv and "rss_kb" in lv
+    )
 
 
 def kb_per_connection(res: dict[str, Any], points: list[tuple[int, int]]) -> tuple[float, int]:
@@ -201,8 +228,15 @@ def _memory_figure(results: dict[str, Any], _raw: dict[str, Any]) -> Figure | No
     bars: list[tuple[str, float, int, str]] = []
     for (_, title, res, colour), points in rows:
         live, rss = zip(*points, strict=True)
-        left.plot(live, [kb / 1024 for kb in rss], color=colour, marker="o", markersize=3.5,
-                  linewidth=1.5, label=title)
+        left.plot(
+            live,
+            [kb / 1024 for kb in rss],
+            color=colour,
+            marker="o",
+            markersize=3.5,
+            linewidth=1.5,
+            label=title,
+        )
         kb, at = kb_per_connection(res, points)
         if not math.isnan(kb):
             bars.append((title, kb, at, colour))
@@ -217,16 +251,14 @@ def _memory_figure(results: dict[str, Any], _raw: dict[str, Any]) -> Figure | No
     if bars:
         ypos = list(range(len(bars)))
         drawn = right.barh(ypos, [b[1] for b in bars], color=[b[3] for b in bars], height=0.6)
-        right.bar_label(drawn, labels=[f" {b[1]:,.1f} KB (at {b[2]:,})" for b in bars],
-                        fontsize=8)
+        right.bar_label(drawn, labels=[f" {b[1]:,.1f} KB (at {b[2]:,})" for b in bars], fontsize=8)
         right.set_yticks(ypos, labels=[b[0] for b in bars], fontsize=8)
         right.invert_yaxis()  # notifyd on top
         right.set_xlim(0, max(max(b[1] for b in bars), 0.0) * 1.6 or 1.0)
     else:
         right.set_yticks([])
     right.set_xlabel("KB per connection")
-    right.set_title("RSS per idle connection\n(at the most connections, above none)",
-                    fontsize=10)
+    right.set_title("RSS per idle connection\n(at the most connections, above none)", fontsize=10)
     right.grid(True, axis="x", linewidth=0.5, alpha=0.5)
     fig.suptitle(f"Memory per connection ({run_label(results)})", fontsize=11)
     return fig
@@ -234,19 +266,29 @@ def _memory_figure(results: dict[str, Any], _raw: dict[str, Any]) -> Figure | No
 
 # -- command line -------------------------------------------------------------------------------
 
+
 def _load(path: Path) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads(path.read_text())
     return loaded
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     here = Path(__file__).resolve().parent
-    parser.add_argument("--results", type=Path, default=here / "results" / "latest.json",
-                        help="the run's results JSON (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the PNGs (default: the results file's folder)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=here / "results" / "latest.json",
+        help="the run's results JSON (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the PNGs (default: the results file's folder)",
+    )
     args = parser.parse_args(argv)
     results_path: Path = args.results
     if not results_path.is_file():

@@ -81,8 +81,13 @@ def measure(processes: int, dsn: str, connections: int, workdir: Path) -> dict[s
         idle_rss = sum(d.rss_kb() for d in daemons)
         clients = []
         for i in range(CLIENT_PROCESSES):
-            c = Worker(f"client-{i}", ws_clients.main, daemons[0].url, secret,
-                       HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES)
+            c = Worker(
+                f"client-{i}",
+                ws_clients.main,
+                daemons[0].url,
+                secret,
+                HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES,
+            )
             stack.callback(c.stop)
             clients.append(c)
         writer = Worker("writer", sql_writer.main, dsn, 2)
@@ -98,8 +103,9 @@ def measure(processes: int, dsn: str, connections: int, workdir: Path) -> dict[s
         answers = [c.receive(120 + 0.02 * connections) for c in clients]
         seconds = time.monotonic() - started
         failed = sum(a["failed"] for a in answers)
-        handshake_cpu = sum(infra.cpu_seconds(d.pid) - c0 for d, c0 in zip(daemons, cpu0,
-                                                                          strict=True))
+        handshake_cpu = sum(
+            infra.cpu_seconds(d.pid) - c0 for d, c0 in zip(daemons, cpu0, strict=True)
+        )
         per_process = spread(daemons, port)
         time.sleep(1.0)
         rss = sum(d.rss_kb() for d in daemons)
@@ -120,27 +126,33 @@ def measure(processes: int, dsn: str, connections: int, workdir: Path) -> dict[s
         for client in clients:
             client.call("close", timeout=60)
         return {
-            "processes": processes, "connections": connections - failed, "failed": failed,
+            "processes": processes,
+            "connections": connections - failed,
+            "failed": failed,
             "per_process": per_process,
             "handshakes_per_s": (connections - failed) / seconds,
             "daemon_cpu_us_per_handshake": handshake_cpu * 1e6 / max(1, connections - failed),
             "announcement_last_ms_median": sorted(lasts)[len(lasts) // 2],
             "announcement_last_ms": lasts,
-            "rss_idle_mb": idle_rss / 1024, "rss_mb": rss / 1024,
+            "rss_idle_mb": idle_rss / 1024,
+            "rss_mb": rss / 1024,
             "kb_per_connection": (rss - idle_rss) / max(1, connections - failed),
         }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    out = ["| processes | connections per process | handshakes/s | daemon CPU per handshake "
-           "| announcement: commit → last client (median of 5) | RSS all processes |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "| processes | connections per process | handshakes/s | daemon CPU per handshake "
+        "| announcement: commit → last client (median of 5) | RSS all processes |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         out.append(
             f"| {r['processes']} | {' / '.join(map(str, r['per_process']))} "
             f"| {r['handshakes_per_s']:,.0f} | {r['daemon_cpu_us_per_handshake']:.0f} µs "
             f"| {r['announcement_last_ms_median']:.0f} ms "
-            f"| {r['rss_mb']:.1f} MB ({r['kb_per_connection']:.1f} KB/conn) |")
+            f"| {r['rss_mb']:.1f} MB ({r['kb_per_connection']:.1f} KB/conn) |"
+        )
     return "\n".join(out)
 
 
@@ -161,8 +173,10 @@ def main() -> dict[str, Any]:
                 rows.append(measure(n, dsn, connections, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    say(f"{os.cpu_count()} cores shared by the daemons, {CLIENT_PROCESSES} client processes "
-        "and the writer")
+    say(
+        f"{os.cpu_count()} cores shared by the daemons, {CLIENT_PROCESSES} client processes "
+        "and the writer"
+    )
     print(table(rows))
     result = {"git_head": infra.git_head(), "cores": os.cpu_count(), "rows": rows}
     if not args.quick:

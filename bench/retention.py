@@ -18,6 +18,7 @@ uvloop): 4 connections, one autocommit notifyd.notify() per transaction, paced t
 all, into random streams among the seeded ones. Tables to stdout, JSON to
 bench/results/retention.json. Exit status 1 when a writer insert failed or a check did not hold.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,24 +64,38 @@ PRUNE = "SELECT notifyd.prune(make_interval(secs => $1), $2)"
 NOTIFY = "SELECT notifyd.notify($1, 'bench', 't', 'm')"
 # rows lo..hi: user (g mod 2000), every other one read, created `age` ago minus 10 ms per row
 # still to come (the oldest first, so created_at order is seq order in each stream)
-SEED = ("INSERT INTO notifyd.notifications (user_id, type, title, message, read_at, created_at) "
-        "SELECT (g % {users})::text, 'bench', 't', 'm', "
-        "CASE WHEN g % 2 = 0 THEN now() - interval '{age}' + interval '1 hour' END, "
-        "now() - interval '{age}' - ({hi} - g) * interval '10 ms' "
-        "FROM generate_series({lo}, {hi}) g")
-OLD_MAX_SEQ = ("SELECT stream, max(seq) FROM notifyd.notifications "
-               "WHERE created_at < now() - make_interval(secs => $1) GROUP BY stream")
-OLD_COUNT = ("SELECT count(*) FROM notifyd.notifications "
-             "WHERE created_at < now() - make_interval(secs => $1)")
-KEPT_COUNT = ("SELECT count(*) FROM notifyd.notifications "
-              "WHERE created_at >= now() - make_interval(secs => $1)")
-UNREAD_WRONG = ("SELECT count(*) FROM notifyd.streams s WHERE s.unread <> "
-                "(SELECT count(*) FROM notifyd.notifications n WHERE n.stream = s.stream "
-                "AND n.read_at IS NULL AND n.user_id IS NOT NULL)")
-SEQ_SCAN = re.compile(r"Seq Scan on notifications n .*?actual time=[\d.]+\.\.([\d.]+) "
-                      r"rows=(\d+)")
-LOCK_WAITS = ("SELECT application_name, wait_event FROM pg_stat_activity "
-              "WHERE application_name = ANY($1) AND wait_event_type IN ('Lock', 'LWLock')")
+SEED = (
+    "INSERT INTO notifyd.notifications (user_id, type, title, message, read_at, created_at) "
+    "SELECT (g % {users})::text, 'bench', 't', 'm', "
+    "CASE WHEN g % 2 = 0 THEN now() - interval '{age}' + interval '1 hour' END, "
+    "now() - interval '{age}' - ({hi} - g) * interval '10 ms' "
+    "FROM generate_series({lo}, {hi}) g"
+)
+OLD_MAX_SEQ = (
+    "SELECT stream, max(seq) FROM notifyd.notifications "
+    "WHERE created_at < now() - make_interval(secs => $1) GROUP BY stream"
+)
+OLD_COUNT = (
+    "SELECT count(*) FROM notifyd.notifications "
+    "WHERE created_at < now() - make_interval(secs => $1)"
+)
+KEPT_COUNT = (
+    "SELECT count(*) FROM notifyd.notifications "
+    "WHERE created_at >= now() - make_interval(secs => $1)"
+)
+UNREAD_WRONG = (
+    "SELECT count(*) FROM notifyd.streams s WHERE s.unread <> "
+    "(SELECT count(*) FROM notifyd.notifications n WHERE n.stream = s.stream "
+    "AND n.read_at IS NULL AND n.user_id IS NOT NULL)"
+)
+SEQ_SCAN = re.compile(
+    r"Seq Scan on notifications n .*?actual time=[\d.]+\.\.([\d.]+) "
+    r"rows=(\d+)"
+)
+LOCK_WAITS = (
+    "SELECT application_name, wait_event FROM pg_stat_activity "
+    "WHERE application_name = ANY($1) AND wait_event_type IN ('Lock', 'LWLock')"
+)
 
 
 def machine_busy() -> tuple[int, int]:
@@ -98,6 +113,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 # -- seeding --------------------------------------------------------------------------------------
+
 
 async def seed(dsn: str, old: int, recent: int) -> dict[str, Any]:
     """`old` rows 40 days old (and `recent` rows from the last hour) over the USERS streams,
@@ -118,11 +134,17 @@ async def seed(dsn: str, old: int, recent: int) -> dict[str, Any]:
         old_max = {r[0]: r[1] for r in await conn.fetch(OLD_MAX_SEQ, RETENTION_DAYS * 86400.0)}
     finally:
         await conn.close()
-    return {"old_rows": old, "recent_rows": recent, "insert_s": round(inserted, 1),
-            "total_s": round(time.monotonic() - started, 1), "old_max_seq": old_max}
+    return {
+        "old_rows": old,
+        "recent_rows": recent,
+        "insert_s": round(inserted, 1),
+        "total_s": round(time.monotonic() - started, 1),
+        "old_max_seq": old_max,
+    }
 
 
 # -- the phases -----------------------------------------------------------------------------------
+
 
 class Writers:
     """WRITERS connections inserting one notification per autocommit transaction, the k-th due
@@ -136,10 +158,19 @@ class Writers:
         self.failures: list[str] = []  # every failed insert: a defect
 
     async def open(self) -> None:
-        self.conns = list(await asyncio.gather(*(
-            asyncpg.connect(self.dsn, timeout=30, command_timeout=60,
-                            server_settings={"application_name": WRITER_APP})
-            for _ in range(WRITERS))))
+        self.conns = list(
+            await asyncio.gather(
+                *(
+                    asyncpg.connect(
+                        self.dsn,
+                        timeout=30,
+                        command_timeout=60,
+                        server_settings={"application_name": WRITER_APP},
+                    )
+                    for _ in range(WRITERS)
+                )
+            )
+        )
         for conn in self.conns:  # warm-up: the plans
             await self.insert(conn)
 
@@ -201,8 +232,12 @@ async def sample_waits(dsn: str, stop: asyncio.Event) -> dict[str, Any]:
                 await asyncio.wait_for(stop.wait(), 0.02)
     finally:
         await conn.close()
-    return {"samples": samples, "writers_waiting_share": round(writer_samples / max(samples, 1), 3),
-            "writers_waiting_max": most, "wait_events": dict(events.most_common())}
+    return {
+        "samples": samples,
+        "writers_waiting_share": round(writer_samples / max(samples, 1), 3),
+        "writers_waiting_max": most,
+        "wait_events": dict(events.most_common()),
+    }
 
 
 class Pruner:
@@ -223,8 +258,7 @@ class Pruner:
             if not await self.conn.fetchval(TRY_LOCK, PRUNE_LOCK):
                 raise infra.BenchError("another process holds notifyd's retention lock")
             try:
-                deleted: int = await self.conn.fetchval(
-                    PRUNE, RETENTION_DAYS * 86400.0, self.batch)
+                deleted: int = await self.conn.fetchval(PRUNE, RETENTION_DAYS * 86400.0, self.batch)
             except asyncpg.LockNotAvailableError:
                 return None  # the transaction is rolled back
         return deleted
@@ -251,11 +285,19 @@ class Pruner:
         self.busy = sum(self.durations)
 
 
-async def phase(dsn: str, writers: Writers, name: str, short: str, batch: int | None,
-                pause: float, seconds: float) -> dict[str, Any]:
+async def phase(
+    dsn: str,
+    writers: Writers,
+    name: str,
+    short: str,
+    batch: int | None,
+    pause: float,
+    seconds: float,
+) -> dict[str, Any]:
     """Writers alone for `seconds` (batch None), or writers while a pruner runs to the end."""
-    pruner_conn = await asyncpg.connect(dsn, timeout=30, command_timeout=120,
-                                        server_settings={"application_name": PRUNER_APP})
+    pruner_conn = await asyncpg.connect(
+        dsn, timeout=30, command_timeout=120, server_settings={"application_name": PRUNER_APP}
+    )
     stop = asyncio.Event()
     busy0, wall0 = machine_busy(), time.monotonic()
     try:
@@ -277,9 +319,12 @@ async def phase(dsn: str, writers: Writers, name: str, short: str, batch: int | 
     elapsed = time.monotonic() - wall0
     pruned = sum(pruner.counts)
     row: dict[str, Any] = {
-        "phase": name, "short": short, "batch": batch,
+        "phase": name,
+        "short": short,
+        "batch": batch,
         "pause_ms": round(pause * 1000) if batch else None,
-        "seconds": round(elapsed, 1), "rows_pruned": pruned if batch else None,
+        "seconds": round(elapsed, 1),
+        "rows_pruned": pruned if batch else None,
         "batches": len(pruner.durations) if batch else None,
         "pruned_per_s_busy": round(pruned / pruner.busy) if pruner.busy else None,
         "pruned_per_s_wall": round(pruned / pruner.wall) if pruner.wall else None,
@@ -287,14 +332,18 @@ async def phase(dsn: str, writers: Writers, name: str, short: str, batch: int | 
         "batch_p99_ms": pct(pruner.durations, 99) if batch else None,
         "batch_max_ms": pct(pruner.durations, 100) if batch else None,
         "lock_timeouts": pruner.lock_timeouts if batch else None,
-        "writer_commits": len(latencies), "writer_per_s": round(len(latencies) / elapsed),
-        "writer_p50_ms": pct(latencies, 50), "writer_p99_ms": pct(latencies, 99),
+        "writer_commits": len(latencies),
+        "writer_per_s": round(len(latencies) / elapsed),
+        "writer_p50_ms": pct(latencies, 50),
+        "writer_p99_ms": pct(latencies, 99),
         "writer_max_ms": pct(latencies, 100),
         "writer_over_100ms": sum(1 for x in latencies if x > 0.1),
-        "writer_from_due_p99_ms": pct(from_due, 99), "writer_from_due_max_ms": pct(from_due, 100),
+        "writer_from_due_p99_ms": pct(from_due, 99),
+        "writer_from_due_max_ms": pct(from_due, 100),
         "machine_busy": round((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1), 2),
         "waits": waits,
-        "batch_ms": [round(d * 1000, 1) for d in pruner.durations]}
+        "batch_ms": [round(d * 1000, 1) for d in pruner.durations],
+    }
     return row
 
 
@@ -309,9 +358,11 @@ async def prune_plan(dsn: str) -> dict[str, Any]:
             await conn.execute("LOAD 'auto_explain'")
         except asyncpg.PostgresError as exc:
             return {"available": False, "why": str(exc)}
-        await conn.execute("SET auto_explain.log_min_duration = 0; "
-                           "SET auto_explain.log_nested_statements = on; "
-                           "SET auto_explain.log_analyze = on; SET client_min_messages = log")
+        await conn.execute(
+            "SET auto_explain.log_min_duration = 0; "
+            "SET auto_explain.log_nested_statements = on; "
+            "SET auto_explain.log_analyze = on; SET client_min_messages = log"
+        )
         rows = await conn.fetchval("SELECT count(*) FROM notifyd.notifications")
         tx = conn.transaction()
         await tx.start()
@@ -327,11 +378,15 @@ async def prune_plan(dsn: str) -> dict[str, Any]:
         await conn.close()
     delete = next((m for m in messages if "DELETE FROM notifyd.notifications" in m), "")
     scan = SEQ_SCAN.search(delete)
-    return {"available": True, "table_rows": rows, "batch_ms": round(took * 1000, 1),
-            "seq_scan": scan is not None,
-            "seq_scan_ms": float(scan.group(1)) if scan else None,
-            "seq_scan_rows": int(scan.group(2)) if scan else None,
-            "delete_plan": delete.split("\n")}
+    return {
+        "available": True,
+        "table_rows": rows,
+        "batch_ms": round(took * 1000, 1),
+        "seq_scan": scan is not None,
+        "seq_scan_ms": float(scan.group(1)) if scan else None,
+        "seq_scan_rows": int(scan.group(2)) if scan else None,
+        "delete_plan": delete.split("\n"),
+    }
 
 
 async def checks(dsn: str, old_max: dict[str, int], kept: int) -> list[str]:
@@ -343,17 +398,25 @@ async def checks(dsn: str, old_max: dict[str, int], kept: int) -> list[str]:
         left = await conn.fetchval(OLD_COUNT, secs)
         if left:
             problems.append(f"{left} rows older than {RETENTION_DAYS:g} days are left")
-        floors = {r[0]: r[1] for r in await conn.fetch(
-            "SELECT stream, pruned_below FROM notifyd.streams WHERE stream = ANY($1)",
-            list(old_max))}
+        floors = {
+            r[0]: r[1]
+            for r in await conn.fetch(
+                "SELECT stream, pruned_below FROM notifyd.streams WHERE stream = ANY($1)",
+                list(old_max),
+            )
+        }
         behind = [s for s, seq in old_max.items() if floors.get(s, 0) <= seq]
         if behind:
-            problems.append(f"{len(behind)} of {len(old_max)} streams with old rows have "
-                            f"pruned_below at or below their last old seq (e.g. {behind[0]})")
+            problems.append(
+                f"{len(behind)} of {len(old_max)} streams with old rows have "
+                f"pruned_below at or below their last old seq (e.g. {behind[0]})"
+            )
         now_kept = await conn.fetchval(KEPT_COUNT, secs)
         if now_kept != kept:
-            problems.append(f"{now_kept} rows younger than {RETENTION_DAYS:g} days, expected "
-                            f"{kept} (the recent seed and every writer insert)")
+            problems.append(
+                f"{now_kept} rows younger than {RETENTION_DAYS:g} days, expected "
+                f"{kept} (the recent seed and every writer insert)"
+            )
         wrong = await conn.fetchval(UNREAD_WRONG)
         if wrong:
             problems.append(f"{wrong} streams' unread count differs from their unread rows")
@@ -363,6 +426,7 @@ async def checks(dsn: str, old_max: dict[str, int], kept: int) -> list[str]:
 
 
 # -- orchestration --------------------------------------------------------------------------------
+
 
 async def bench(dsn: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
     recent = args.old_rows // 10
@@ -377,57 +441,81 @@ async def bench(dsn: str, args: argparse.Namespace, results: dict[str, Any]) -> 
     try:
         await writers.open()
         phases = results["phases"] = []
-        row = await phase(dsn, writers, "baseline (no pruning)", "baseline", None, 0.0,
-                          args.baseline)
+        row = await phase(
+            dsn, writers, "baseline (no pruning)", "baseline", None, 0.0, args.baseline
+        )
         say(f"baseline: {row['writer_commits']} commits, p99 {row['writer_p99_ms']} ms")
         phases.append(row)
         for name, short, batch, pause in (
-                (f"daemon: batches of {DAEMON_BATCH:,}, {DAEMON_PAUSE * 1000:.0f} ms pause",
-                 "daemon", DAEMON_BATCH, DAEMON_PAUSE),
-                (f"batches of {BIG_BATCH:,}, no pause", f"{BIG_BATCH:,}", BIG_BATCH, 0.0)):
+            (
+                f"daemon: batches of {DAEMON_BATCH:,}, {DAEMON_PAUSE * 1000:.0f} ms pause",
+                "daemon",
+                DAEMON_BATCH,
+                DAEMON_PAUSE,
+            ),
+            (f"batches of {BIG_BATCH:,}, no pause", f"{BIG_BATCH:,}", BIG_BATCH, 0.0),
+        ):
             if batch == BIG_BATCH:
                 s = await seed(dsn, args.old_rows, 0)  # the same old rows again
                 say(f"re-seeded {args.old_rows:,} old rows in {s['total_s']} s")
                 results["seeds"].append({k: v for k, v in s.items() if k != "old_max_seq"})
             row = await phase(dsn, writers, name, short, batch, pause, 0.0)
-            say(f"{name}: {row['rows_pruned']:,} rows in {row['batches']} batches, batch max "
+            say(
+                f"{name}: {row['rows_pruned']:,} rows in {row['batches']} batches, batch max "
                 f"{row['batch_max_ms']} ms; writers p99 {row['writer_p99_ms']} ms, max "
-                f"{row['writer_max_ms']} ms")
+                f"{row['writer_max_ms']} ms"
+            )
             row["problems"] = await checks(dsn, s["old_max_seq"], recent + writers.inserted)
             phases.append(row)
     finally:
         await writers.close()
-    results["writer_failures"] = {"count": len(writers.failures),
-                                  "first": writers.failures[:10]}
+    results["writer_failures"] = {"count": len(writers.failures), "first": writers.failures[:10]}
     results["problems"] = [f"{r['phase']}: {p}" for r in phases for p in r.get("problems", ())]
     if writers.failures:
-        results["problems"].insert(0, f"{len(writers.failures)} writer inserts FAILED, e.g. "
-                                      f"{writers.failures[0]}")
+        results["problems"].insert(
+            0, f"{len(writers.failures)} writer inserts FAILED, e.g. {writers.failures[0]}"
+        )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    results: dict[str, Any] = {"meta": {
-        "mode": "quick" if args.quick else "full", "cpus": CORES, "git_head": infra.git_head(),
-        "postgres_source": "NOTIFYD_BENCH_DSN" if os.environ.get("NOTIFYD_BENCH_DSN")
-        else "embedded", "old_rows": args.old_rows, "users": USERS, "writers": WRITERS,
-        "writer_rate": RATE, "baseline_seconds": args.baseline,
-        "retention_days": RETENTION_DAYS, "load_before": os.getloadavg()[0]}}
+    results: dict[str, Any] = {
+        "meta": {
+            "mode": "quick" if args.quick else "full",
+            "cpus": CORES,
+            "git_head": infra.git_head(),
+            "postgres_source": "NOTIFYD_BENCH_DSN"
+            if os.environ.get("NOTIFYD_BENCH_DSN")
+            else "embedded",
+            "old_rows": args.old_rows,
+            "users": USERS,
+            "writers": WRITERS,
+            "writer_rate": RATE,
+            "baseline_seconds": args.baseline,
+            "retention_days": RETENTION_DAYS,
+            "load_before": os.getloadavg()[0],
+        }
+    }
     with infra.bench_database() as dsn:
         infra.migrate(dsn)
-        version, sync_commit, autovacuum = uvloop.run(admin(
-            dsn, "SHOW server_version", "SHOW synchronous_commit", "SHOW autovacuum"))
-        results["meta"].update(postgres=version, synchronous_commit=sync_commit,
-                               autovacuum=autovacuum)
+        version, sync_commit, autovacuum = uvloop.run(
+            admin(dsn, "SHOW server_version", "SHOW synchronous_commit", "SHOW autovacuum")
+        )
+        results["meta"].update(
+            postgres=version, synchronous_commit=sync_commit, autovacuum=autovacuum
+        )
         uvloop.run(bench(dsn, args, results))
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
     return results
 
 
-def table(rows: list[dict[str, Any]], columns: list[tuple[str, Callable[[dict[str, Any]], str]]]
-          ) -> str:
-    lines = ["| " + " | ".join(title for title, _ in columns) + " |",
-             "|" + "---|" + "---:|" * (len(columns) - 1)]
+def table(
+    rows: list[dict[str, Any]], columns: list[tuple[str, Callable[[dict[str, Any]], str]]]
+) -> str:
+    lines = [
+        "| " + " | ".join(title for title, _ in columns) + " |",
+        "|" + "---|" + "---:|" * (len(columns) - 1),
+    ]
     lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -451,40 +539,66 @@ def summary(results: dict[str, Any]) -> str:
         f"notifyd.notify()/s into the same streams; notifyd.prune('{meta['retention_days']:g} "
         "days') one batch per transaction, as Store.prune",
         "",
-        table(results["phases"], [
-            ("phase", lambda r: r["phase"]),
-            ("rows pruned", lambda r: num(r["rows_pruned"])),
-            ("pruned rows/s (in batches / overall)",
-             lambda r: f"{num(r['pruned_per_s_busy'])} / {num(r['pruned_per_s_wall'])}"
-             if r["batch"] else "-"),
-            ("batches", lambda r: num(r["batches"])),
-            ("batch ms p50 / p99 / max",
-             lambda r: f"{r['batch_p50_ms']} / {r['batch_p99_ms']} / {r['batch_max_ms']}"
-             if r["batch"] else "-"),
-            ("writer commits", lambda r: f"{r['writer_commits']:,} ({r['writer_per_s']}/s)"),
-            ("writer ms p50 / p99 / max",
-             lambda r: f"{r['writer_p50_ms']} / {r['writer_p99_ms']} / {r['writer_max_ms']}"),
-            ("writer commits > 100 ms", lambda r: num(r["writer_over_100ms"])),
-            ("writer ms from due time p99 / max",
-             lambda r: f"{r['writer_from_due_p99_ms']} / {r['writer_from_due_max_ms']}"),
-            ("writers seen waiting on a lock (share of samples, most at once)",
-             lambda r: f"{r['waits']['writers_waiting_share']:.0%}, "
-             f"{r['waits']['writers_waiting_max']}"),
-            ("lock timeouts", lambda r: num(r["lock_timeouts"])),
-            ("machine busy", lambda r: f"{r['machine_busy']:.0%}")]),
+        table(
+            results["phases"],
+            [
+                ("phase", lambda r: r["phase"]),
+                ("rows pruned", lambda r: num(r["rows_pruned"])),
+                (
+                    "pruned rows/s (in batches / overall)",
+                    lambda r: (
+                        f"{num(r['pruned_per_s_busy'])} / {num(r['pruned_per_s_wall'])}"
+                        if r["batch"]
+                        else "-"
+                    ),
+                ),
+                ("batches", lambda r: num(r["batches"])),
+                (
+                    "batch ms p50 / p99 / max",
+                    lambda r: (
+                        f"{r['batch_p50_ms']} / {r['batch_p99_ms']} / {r['batch_max_ms']}"
+                        if r["batch"]
+                        else "-"
+                    ),
+                ),
+                ("writer commits", lambda r: f"{r['writer_commits']:,} ({r['writer_per_s']}/s)"),
+                (
+                    "writer ms p50 / p99 / max",
+                    lambda r: f"{r['writer_p50_ms']} / {r['writer_p99_ms']} / {r['writer_max_ms']}",
+                ),
+                ("writer commits > 100 ms", lambda r: num(r["writer_over_100ms"])),
+                (
+                    "writer ms from due time p99 / max",
+                    lambda r: f"{r['writer_from_due_p99_ms']} / {r['writer_from_due_max_ms']}",
+                ),
+                (
+                    "writers seen waiting on a lock (share of samples, most at once)",
+                    lambda r: (
+                        f"{r['waits']['writers_waiting_share']:.0%}, "
+                        f"{r['waits']['writers_waiting_max']}"
+                    ),
+                ),
+                ("lock timeouts", lambda r: num(r["lock_timeouts"])),
+                ("machine busy", lambda r: f"{r['machine_busy']:.0%}"),
+            ],
+        ),
         "",
-        "lock waits seen (20 ms samples): " + "; ".join(
+        "lock waits seen (20 ms samples): "
+        + "; ".join(
             f"{r['short']}: "
             + (", ".join(f"{k} {v}" for k, v in r["waits"]["wait_events"].items()) or "none")
-            for r in results["phases"]),
+            for r in results["phases"]
+        ),
         f"writer inserts failed: {results['writer_failures']['count']}",
         plan_line(results["prune_plan"]),
     ]
     if results["problems"]:
         out += ["", "PROBLEMS:"] + [f"  - {p}" for p in results["problems"]]
     else:
-        out.append("checks: no old row left, every stream's pruned_below past its old rows, "
-                   "every recent row and writer insert kept, unread counts consistent")
+        out.append(
+            "checks: no old row left, every stream's pruned_below past its old rows, "
+            "every recent row and writer insert kept, unread counts consistent"
+        )
     return "\n".join(out)
 
 
@@ -492,19 +606,22 @@ def plan_line(plan: dict[str, Any]) -> str:
     if not plan["available"]:
         return f"plan of a prune batch: unknown (auto_explain: {plan['why']})"
     if not plan["seq_scan"]:
-        return (f"plan of a prune batch ({plan['table_rows']:,} rows in the table): the DELETE "
-                f"finds its rows by index ({plan['batch_ms']} ms under EXPLAIN ANALYZE)")
-    return (f"note: with {plan['table_rows']:,} rows in the table, each prune batch's DELETE "
-            f"(id IN (subquery), planned as a hash semi join) reads the whole table: Seq Scan "
-            f"of {plan['seq_scan_rows']:,} rows, {plan['seq_scan_ms']} ms of a "
-            f"{plan['batch_ms']} ms batch under EXPLAIN ANALYZE (the planner's estimate at "
-            "this size; a fixed cost per batch, whatever the batch size)")
+        return (
+            f"plan of a prune batch ({plan['table_rows']:,} rows in the table): the DELETE "
+            f"finds its rows by index ({plan['batch_ms']} ms under EXPLAIN ANALYZE)"
+        )
+    return (
+        f"note: with {plan['table_rows']:,} rows in the table, each prune batch's DELETE "
+        f"(id IN (subquery), planned as a hash semi join) reads the whole table: Seq Scan "
+        f"of {plan['seq_scan_rows']:,} rows, {plan['seq_scan_ms']} ms of a "
+        f"{plan['batch_ms']} ms batch under EXPLAIN ANALYZE (the planner's estimate at "
+        "this size; a fixed cost per batch, whatever the batch size)"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="20,000 old rows and a 2 s baseline")
+    parser.add_argument("--quick", action="store_true", help="20,000 old rows and a 2 s baseline")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.old_rows, args.baseline = (20_000, 2.0) if args.quick else (200_000, 5.0)

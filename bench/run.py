@@ -27,6 +27,7 @@ the figures; 1 when something broke in notifyd's part (notifications missing, du
 misrouted, connections failed or dropped, a process died or timed out); a peer that breaks down
 is reported beside its figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,18 +100,39 @@ class Scale:
 
 
 # 19,500: what one process can hold under this machine's 20,000 open files per process
-FULL = Scale(idle_levels=(0, 1_000, 10_000), latency_rate=1000, latency_seconds=10,
-             latency_windows=3, fast_rate=5000, fast_batch=10, broadcasts=5, broadcast_gap=1.0,
-             storm=True,
-             ramp=(1_000, 1_500, 2_000, 3_000, 4_000, 5_000, 7_000, 10_000, 14_000, 20_000,
-                   28_000, 40_000), ramp_seconds=5,
-             handshakes=5_000, most=19_500, most_step=2_500)
+FULL = Scale(
+    idle_levels=(0, 1_000, 10_000),
+    latency_rate=1000,
+    latency_seconds=10,
+    latency_windows=3,
+    fast_rate=5000,
+    fast_batch=10,
+    broadcasts=5,
+    broadcast_gap=1.0,
+    storm=True,
+    ramp=(1_000, 1_500, 2_000, 3_000, 4_000, 5_000, 7_000, 10_000, 14_000, 20_000, 28_000, 40_000),
+    ramp_seconds=5,
+    handshakes=5_000,
+    most=19_500,
+    most_step=2_500,
+)
 # (1,500 connections: the daemon logs its write time for fan-outs to 1,000 or more)
-QUICK = Scale(idle_levels=(0, 200, 1_500), latency_rate=1000, latency_seconds=2,
-              latency_windows=1, fast_rate=5000, fast_batch=10, broadcasts=5,
-              broadcast_gap=0.5, storm=True,
-              ramp=(1_000, 5_000), ramp_seconds=1, handshakes=500, most=0,
-              most_step=0)
+QUICK = Scale(
+    idle_levels=(0, 200, 1_500),
+    latency_rate=1000,
+    latency_seconds=2,
+    latency_windows=1,
+    fast_rate=5000,
+    fast_batch=10,
+    broadcasts=5,
+    broadcast_gap=0.5,
+    storm=True,
+    ramp=(1_000, 5_000),
+    ramp_seconds=1,
+    handshakes=500,
+    most=0,
+    most_step=0,
+)
 HANDSHAKES_CLOSE_TIMEOUT = 3.0  # then the sockets still open are aborted: not measured
 RAMP_P99_MS = 100.0  # sustained throughput: the highest rate whose p99 stays under this
 RAMP_COMMITS = 500  # per second at most: beyond, more notifications per INSERT
@@ -124,8 +146,15 @@ class Bench:
     """The three scenarios, run in order on one daemon: the connections opened for the idle
     memory reading are the ones notified in the latency and fan-out scenarios."""
 
-    def __init__(self, daemon: Daemon, clients: list[Worker], writer: Worker, scale: Scale,
-                 profile_dir: Path | None, profile_native: bool = False) -> None:
+    def __init__(
+        self,
+        daemon: Daemon,
+        clients: list[Worker],
+        writer: Worker,
+        scale: Scale,
+        profile_dir: Path | None,
+        profile_native: bool = False,
+    ) -> None:
         self.daemon = daemon
         self.clients = clients
         self.writer = writer
@@ -133,8 +162,9 @@ class Bench:
         self.profile_dir = profile_dir
         self.profile_native = profile_native
         self.users_of: list[list[str]] = [[] for _ in clients]  # connected users per process
-        self.meter = CpuMeter({"daemon": daemon.pid, **{c.name: c.pid for c in clients},
-                               "writer": writer.pid})
+        self.meter = CpuMeter(
+            {"daemon": daemon.pid, **{c.name: c.pid for c in clients}, "writer": writer.pid}
+        )
         self.profiles: dict[str, dict[str, Any]] = {}
         self.raw: dict[str, Any] = {}  # per-sample data, for bench/results/*.raw.json
         # each client's counters at its last answer: frames, and the reads they came in
@@ -156,12 +186,13 @@ class Bench:
 
     def client_cpu(self) -> dict[str, float]:
         """CPU seconds of each client process in the meter's last window."""
-        return {name: used for name, used in self.meter.seconds.items()
-                if name.startswith("client")}
+        return {
+            name: used for name, used in self.meter.seconds.items() if name.startswith("client")
+        }
 
     def connect(self, users: list[str]) -> dict[str, Any]:
         """Open connections for `users`, dealt round-robin to the client processes."""
-        parts = [users[i::len(self.clients)] for i in range(len(self.clients))]
+        parts = [users[i :: len(self.clients)] for i in range(len(self.clients))]
         for client, part in zip(self.clients, parts, strict=True):
             client.send("connect", part)
         timeout = 60 + 0.02 * len(users)
@@ -175,8 +206,11 @@ class Bench:
             say(f"warning: {failed} of {len(users)} connections failed: {errors}")
             if failed > 0.05 * len(users):
                 raise BenchError(f"{failed} of {len(users)} connections failed: {errors}")
-        return {"opened": len(users) - failed, "failed": failed,
-                "seconds": max(a["seconds"] for a in answers)}
+        return {
+            "opened": len(users) - failed,
+            "failed": failed,
+            "seconds": max(a["seconds"] for a in answers),
+        }
 
     def live(self) -> int:
         answers = [c.call("stats", timeout=30) for c in self.clients]
@@ -193,9 +227,13 @@ class Bench:
             yield
             return
         mode = "native" if self.profile_native else "python"
-        recording = spy.Recording(exe, self.daemon.pid, seconds,
-                                  self.profile_dir / f"profile-{name}-{mode}.txt",
-                                  native=self.profile_native)
+        recording = spy.Recording(
+            exe,
+            self.daemon.pid,
+            seconds,
+            self.profile_dir / f"profile-{name}-{mode}.txt",
+            native=self.profile_native,
+        )
         try:
             yield
         finally:
@@ -229,34 +267,55 @@ class Bench:
         client_seconds = sum(self.client_cpu().values())
         opened_total = sum(lv.get("opened", 0) for lv in levels)
         base = levels[0]["rss_kb"]
-        per_conn = {str(lv["connections"]): (lv["rss_kb"] - base) / lv["live"]
-                    for lv in levels[1:] if lv["live"]}
-        return {"levels": levels, "kb_per_connection": per_conn,
-                "connect_rate": connected / connect_seconds if connect_seconds else 0.0,
-                "failed": sum(lv.get("failed", 0) for lv in levels),
-                "client_cpu_seconds": client_seconds,
-                "client_cpu_us_per_connection":
-                    client_seconds * 1e6 / opened_total if opened_total else float("nan"),
-                "cpu": cpu, "saturated": report.saturated(cpu)}
+        per_conn = {
+            str(lv["connections"]): (lv["rss_kb"] - base) / lv["live"]
+            for lv in levels[1:]
+            if lv["live"]
+        }
+        return {
+            "levels": levels,
+            "kb_per_connection": per_conn,
+            "connect_rate": connected / connect_seconds if connect_seconds else 0.0,
+            "failed": sum(lv.get("failed", 0) for lv in levels),
+            "client_cpu_seconds": client_seconds,
+            "client_cpu_us_per_connection": client_seconds * 1e6 / opened_total
+            if opened_total
+            else float("nan"),
+            "cpu": cpu,
+            "saturated": report.saturated(cpu),
+        }
 
     # -- scenario 2 ---------------------------------------------------------------------
 
-    def latency_windows(self, rate: float | None = None, batch: int = 1,
-                        raw: str = "latency") -> dict[str, Any]:
+    def latency_windows(
+        self, rate: float | None = None, batch: int = 1, raw: str = "latency"
+    ) -> dict[str, Any]:
         """latency() in scale.latency_windows back-to-back windows: one window's tail moves
         with whatever else the shared cores did then (twice over between windows of the same
         server, here), so the window with the median p99 is the figure, its raw times kept; the
         others' percentiles are listed beside it, and what went wrong in any window counts."""
-        windows = [self.latency(rate, batch, raw=f"{raw}#{i}", profile=i == 0)
-                   for i in range(self.scale.latency_windows)]
+        windows = [
+            self.latency(rate, batch, raw=f"{raw}#{i}", profile=i == 0)
+            for i in range(self.scale.latency_windows)
+        ]
         chosen = report.median_window([w["commit_to_client_ms"]["p99"] for w in windows])
         for i in range(len(windows)):
             times = self.raw.pop(f"{raw}#{i}")
             if i == chosen:
                 self.raw[raw] = times
         out = dict(windows[chosen])
-        for key in ("planned", "sent", "received", "missing", "duplicates", "unexpected",
-                    "misrouted", "foreign", "malformed", "unfinished_inserts"):
+        for key in (
+            "planned",
+            "sent",
+            "received",
+            "missing",
+            "duplicates",
+            "unexpected",
+            "misrouted",
+            "foreign",
+            "malformed",
+            "unfinished_inserts",
+        ):
             out[key] = sum(w[key] for w in windows)
         out["insert_errors"] = [e for w in windows for e in w["insert_errors"]]
         for key in ("foreign_examples", "malformed_examples"):
@@ -264,14 +323,26 @@ class Bench:
         out["dropped"] = report.merge_counts(w["dropped"] for w in windows)
         out["saturated"] = sorted({p for w in windows for p in w["saturated"]})
         out["window"] = chosen
-        out["windows"] = [{"commit_to_client_ms": {k: w["commit_to_client_ms"][k]
-                                                   for k in ("p50", "p99", "p999", "max")},
-                           "server_cpu_s_per_1000": w["server_cpu_s_per_1000"],
-                           "saturated": w["saturated"]} for w in windows]
+        out["windows"] = [
+            {
+                "commit_to_client_ms": {
+                    k: w["commit_to_client_ms"][k] for k in ("p50", "p99", "p999", "max")
+                },
+                "server_cpu_s_per_1000": w["server_cpu_s_per_1000"],
+                "saturated": w["saturated"],
+            }
+            for w in windows
+        ]
         return out
 
-    def latency(self, rate: float | None = None, batch: int = 1, seconds: float | None = None,
-                raw: str | None = "latency", profile: bool = True) -> dict[str, Any]:
+    def latency(
+        self,
+        rate: float | None = None,
+        batch: int = 1,
+        seconds: float | None = None,
+        raw: str | None = "latency",
+        profile: bool = True,
+    ) -> dict[str, Any]:
         """`rate` notifications/s for `seconds` to random connected users, `batch` per INSERT;
         the per-notification times are kept under `raw` in the raw results."""
         s = self.scale
@@ -279,13 +350,17 @@ class Bench:
         seconds = seconds or s.latency_seconds
         users = [u for part in self.users_of for u in part]
         owner = {u: i for i, part in enumerate(self.users_of) for u in part}
-        say(f"latency: {rate:,.0f} notifications/s ({batch} per INSERT) for "
-            f"{seconds:g} s over {len(users):,} users")
+        say(
+            f"latency: {rate:,.0f} notifications/s ({batch} per INSERT) for "
+            f"{seconds:g} s over {len(users):,} users"
+        )
         self.meter.start()
-        with (self.profiled(f"latency-{rate:g}", seconds + 1) if profile
-              else contextlib.nullcontext()):
-            sent = self.writer.call("rate_run", users, rate, seconds,
-                                    os.getpid(), batch, timeout=seconds + 90)
+        with (
+            self.profiled(f"latency-{rate:g}", seconds + 1) if profile else contextlib.nullcontext()
+        ):
+            sent = self.writer.call(
+                "rate_run", users, rate, seconds, os.getpid(), batch, timeout=seconds + 90
+            )
             expected = [0] * len(self.clients)
             for user in sent["users"]:
                 expected[owner[user]] += 1
@@ -300,15 +375,18 @@ class Bench:
         if sent["errors"]:
             say(f"warning: insert errors: {sent['errors']}")
 
-        by_id = {nid: (t0, t1, user) for nid, t0, t1, user
-                 in zip(sent["ids"], sent["t0"], sent["t1"], sent["users"], strict=True)}
+        by_id = {
+            nid: (t0, t1, user)
+            for nid, t0, t1, user in zip(
+                sent["ids"], sent["t0"], sent["t1"], sent["users"], strict=True
+            )
+        }
         counts: Counter[int] = Counter()
         commit_to_client: list[float] = []
         insert_to_client: list[float] = []
         misrouted = unexpected = 0
         for answer in got:
-            for nid, at, user in zip(answer["ids"], answer["times"], answer["users"],
-                                     strict=True):
+            for nid, at, user in zip(answer["ids"], answer["times"], answer["users"], strict=True):
                 counts[nid] += 1
                 origin = by_id.get(nid)
                 if origin is None:
@@ -326,39 +404,49 @@ class Bench:
                     if nid in by_id:
                         t0, t1, user = by_id[nid]
                         rows.append([nid, user, t0, t1, at])
-            self.raw[raw] = {"columns": ["id", "user", "t_before_insert", "t_commit_returned",
-                                         "t_received"], "rows": rows}
+            self.raw[raw] = {
+                "columns": ["id", "user", "t_before_insert", "t_commit_returned", "t_received"],
+                "rows": rows,
+            }
         round_trip = [t1 - t0 for t0, t1 in zip(sent["t0"], sent["t1"], strict=True)]
         span = max(sent["t1"]) - min(sent["t0"]) if sent["t0"] else 0.0
         # commits per second from the first to the last (a statement's round trip left out:
         # on a short run it would pass for the writer falling behind)
         commit_span = (max(sent["t1"]) - min(sent["t1"]) + batch / rate) if sent["t1"] else 0.0
         return {
-            "users": len(users), "rate": rate, "batch": batch, "seconds": seconds,
-            "planned": sent["planned"], "sent": len(by_id),
+            "users": len(users),
+            "rate": rate,
+            "batch": batch,
+            "seconds": seconds,
+            "planned": sent["planned"],
+            "sent": len(by_id),
             "received": sum(1 for nid in counts if nid in by_id),
             "missing": sum(1 for nid in by_id if nid not in counts),
             "duplicates": sum(n - 1 for n in counts.values() if n > 1),
-            "unexpected": unexpected, "misrouted": misrouted,
+            "unexpected": unexpected,
+            "misrouted": misrouted,
             "foreign": sum(a["foreign"] for a in got),
             "foreign_examples": [e for a in got for e in a["foreign_examples"]][:5],
             "dropped": report.merge_counts(a["dropped"] for a in got),
             "malformed": sum(a["malformed"] for a in got),
             "malformed_examples": [e for a in got for e in a["malformed_examples"]][:3],
-            "frames": frames, "reads": reads, "client_cpu_seconds": client_seconds,
+            "frames": frames,
+            "reads": reads,
+            "client_cpu_seconds": client_seconds,
             # the server's CPU over the run (idle work included) per 1,000 delivered
             "server_cpu_seconds": server_seconds,
-            "server_cpu_s_per_1000": (server_seconds * 1000 / len(counts)
-                                      if counts else math.nan),
+            "server_cpu_s_per_1000": (server_seconds * 1000 / len(counts) if counts else math.nan),
             "client_cpu_us_per_frame": client_seconds * 1e6 / frames if frames else math.nan,
-            "insert_errors": sent["errors"], "unfinished_inserts": sent["unfinished"],
+            "insert_errors": sent["errors"],
+            "unfinished_inserts": sent["unfinished"],
             "achieved_rate": len(by_id) / span if span else 0.0,
             "commit_rate": len(by_id) / commit_span if commit_span else 0.0,
             "max_schedule_lag_ms": sent["max_schedule_lag_ms"],
             "commit_to_client_ms": report.distribution_ms(commit_to_client),
             "insert_to_client_ms": report.distribution_ms(insert_to_client),
             "insert_round_trip_ms": report.distribution_ms(round_trip),
-            "cpu": cpu, "saturated": report.saturated(cpu),
+            "cpu": cpu,
+            "saturated": report.saturated(cpu),
             "cores_busy": report.cores_busy(cpu, CORES),
         }
 
@@ -371,8 +459,10 @@ class Bench:
         before = infra.oncpu_seconds(pid)
         time.sleep(IDLE_BASELINE_SECONDS)
         idle_rate = (infra.oncpu_seconds(pid) - before) / IDLE_BASELINE_SECONDS
-        say(f"fan-out: {s.broadcasts} broadcasts to {n:,} connections "
-            f"(daemon idle CPU {idle_rate * 100:.1f}%)")
+        say(
+            f"fan-out: {s.broadcasts} broadcasts to {n:,} connections "
+            f"(daemon idle CPU {idle_rate * 100:.1f}%)"
+        )
         runs: list[dict[str, Any]] = []
         seconds = s.broadcasts * (s.broadcast_gap + 0.5) + 1
         with self.profiled("fanout", seconds):
@@ -386,23 +476,39 @@ class Bench:
             values = [r[key] for r in runs if not math.isnan(r[key])]
             return float(statistics.median(values)) if values else math.nan
 
-        keys = ("last_ms", "first_ms", "wall_us_per_conn", "cpu_us_per_conn",
-                "oncpu_us_per_conn", "net_us_per_conn", "last_from_insert_ms",
-                "server_write_ms", "server_write_us_per_conn", "server_write_cpu_us_per_conn",
-                "client_busy",
-                "client_cpu_us_per_frame")
+        keys = (
+            "last_ms",
+            "first_ms",
+            "wall_us_per_conn",
+            "cpu_us_per_conn",
+            "oncpu_us_per_conn",
+            "net_us_per_conn",
+            "last_from_insert_ms",
+            "server_write_ms",
+            "server_write_us_per_conn",
+            "server_write_cpu_us_per_conn",
+            "client_busy",
+            "client_cpu_us_per_frame",
+        )
         last = runs[-1]
-        return {"connections": n, "runs": runs, "median": {k: median(k) for k in keys},
-                "idle_cpu_fraction": idle_rate,
-                "received_total": sum(r["received"] for r in runs),
-                "expected_total": sum(r["expected"] for r in runs),
-                "server_write_logged": sum(1 for r in runs if r["server_write"] is not None),
-                "foreign": last["foreign"], "foreign_examples": last["foreign_examples"],
-                "dropped": last["dropped"], "malformed": last["malformed"],
-                "malformed_examples": last["malformed_examples"],
-                "cpu_max": cpu_max, "saturated": report.saturated(cpu_max),
-                "clients_saturated": median("client_busy") > report.SATURATED,
-                "cores_busy": any(r["cores_busy"] for r in runs)}
+        return {
+            "connections": n,
+            "runs": runs,
+            "median": {k: median(k) for k in keys},
+            "idle_cpu_fraction": idle_rate,
+            "received_total": sum(r["received"] for r in runs),
+            "expected_total": sum(r["expected"] for r in runs),
+            "server_write_logged": sum(1 for r in runs if r["server_write"] is not None),
+            "foreign": last["foreign"],
+            "foreign_examples": last["foreign_examples"],
+            "dropped": last["dropped"],
+            "malformed": last["malformed"],
+            "malformed_examples": last["malformed_examples"],
+            "cpu_max": cpu_max,
+            "saturated": report.saturated(cpu_max),
+            "clients_saturated": median("client_busy") > report.SATURATED,
+            "cores_busy": any(r["cores_busy"] for r in runs),
+        }
 
     def _one_broadcast(self, n: int, idle_rate: float) -> dict[str, Any]:
         pid = self.daemon.pid
@@ -427,8 +533,11 @@ class Bench:
         commit_to_last = last - sent["t1"]
         write = self._server_write(log_offset)
         return {
-            "id": sent["id"], "received": received, "expected": expected,
-            "last_ms": commit_to_last * 1000, "first_ms": (first - sent["t1"]) * 1000,
+            "id": sent["id"],
+            "received": received,
+            "expected": expected,
+            "last_ms": commit_to_last * 1000,
+            "first_ms": (first - sent["t1"]) * 1000,
             "last_from_insert_ms": (last - sent["t0"]) * 1000,
             "wall_us_per_conn": commit_to_last * 1e6 / n,
             "cpu_us_per_conn": (cpu1 - cpu0) * 1e6 / n,
@@ -439,12 +548,16 @@ class Bench:
             "server_write_us_per_conn": write["us_per_conn"] if write else math.nan,
             "server_write_cpu_us_per_conn": write["cpu_us_per_conn"] if write else math.nan,
             # the busiest client's CPU over commit -> last: above 0.9 it set the pace
-            "client_busy": (max(client_cpu.values()) / commit_to_last
-                            if commit_to_last > 0 else math.nan),
-            "frames": frames, "reads": reads,
-            "client_cpu_us_per_frame": (sum(client_cpu.values()) * 1e6 / frames
-                                        if frames else math.nan),
-            "window_ms": (wall1 - wall0) * 1000, "cpu": cpu,
+            "client_busy": (
+                max(client_cpu.values()) / commit_to_last if commit_to_last > 0 else math.nan
+            ),
+            "frames": frames,
+            "reads": reads,
+            "client_cpu_us_per_frame": (
+                sum(client_cpu.values()) * 1e6 / frames if frames else math.nan
+            ),
+            "window_ms": (wall1 - wall0) * 1000,
+            "cpu": cpu,
             "cores_busy": report.cores_busy(cpu, CORES),
             "foreign": sum(a["foreign"] for a in got),
             "foreign_examples": [e for a in got for e in a["foreign_examples"]][:5],
@@ -474,9 +587,12 @@ class Bench:
             return None
         # the broadcast's fan-out is to stream `all`; no other stream has 1000 members here
         best = max(found, key=lambda f: (f["stream"] == "all", f["connections"]))
-        return {**best, "us_per_conn": best["ms"] * 1000 / best["connections"],
-                "cpu_us_per_conn": best["cpu_ms"] * 1000 / best["connections"],
-                "lines": len(found)}
+        return {
+            **best,
+            "us_per_conn": best["ms"] * 1000 / best["connections"],
+            "cpu_us_per_conn": best["cpu_ms"] * 1000 / best["connections"],
+            "lines": len(found),
+        }
 
     # -- scenario 5: reconnect storm ----------------------------------------------------------
 
@@ -502,30 +618,39 @@ class Bench:
         say(f"reconnect storm: {len(users):,} clients reconnect and sync")
         self.meter.start()
         for client, part in zip(self.clients, users_of, strict=True):
-            client.send("storm", part,
-                        {u: {f"user:{u}": last.get(f"user:{u}", 0), **shared} for u in part},
-                        {u: [missed["own"][u], missed["broadcast"]] for u in part})
+            client.send(
+                "storm",
+                part,
+                {u: {f"user:{u}": last.get(f"user:{u}", 0), **shared} for u in part},
+                {u: [missed["own"][u], missed["broadcast"]] for u in part},
+            )
         answers = [c.receive(120 + 0.02 * len(users)) for c in self.clients]
         cpu = self.meter.stop()
         self.new_frames(answers)
         self.daemon.check_alive()
-        self.users_of = [_opened(part, answer)
-                         for part, answer in zip(users_of, answers, strict=True)]
+        self.users_of = [
+            _opened(part, answer) for part, answer in zip(users_of, answers, strict=True)
+        ]
         started = min(a["started_at"] for a in answers)  # after the clients signed tokens
         caught_up = sorted(t - started for a in answers for t in a["times"])
         problems = report.merge_counts(a["problems"] for a in answers)
         failed = sum(a["failed"] for a in answers)
         if failed or problems:
             say(f"warning: reconnect storm: {failed} failed, sync problems {problems}")
-        return {"clients": len(users), "caught_up": len(caught_up), "failed": failed,
-                "errors": sorted({e for a in answers for e in a["errors"]})[:5],
-                "problems": problems,
-                "problem_examples": [e for a in answers for e in a["problem_examples"]][:5],
-                "all_caught_up_s": caught_up[-1] if caught_up else math.nan,
-                "caught_up_s": report.distribution_ms(caught_up),
-                "server_cpu_seconds": self.meter.seconds["daemon"],
-                "client_cpu_seconds": sum(self.client_cpu().values()),
-                "cpu": cpu, "saturated": report.saturated(cpu)}
+        return {
+            "clients": len(users),
+            "caught_up": len(caught_up),
+            "failed": failed,
+            "errors": sorted({e for a in answers for e in a["errors"]})[:5],
+            "problems": problems,
+            "problem_examples": [e for a in answers for e in a["problem_examples"]][:5],
+            "all_caught_up_s": caught_up[-1] if caught_up else math.nan,
+            "caught_up_s": report.distribution_ms(caught_up),
+            "server_cpu_seconds": self.meter.seconds["daemon"],
+            "client_cpu_seconds": sum(self.client_cpu().values()),
+            "cpu": cpu,
+            "saturated": report.saturated(cpu),
+        }
 
     # -- scenario 6: sustained throughput ------------------------------------------------------
 
@@ -544,23 +669,38 @@ class Bench:
             for attempt in range(1, RAMP_ATTEMPTS + 1):
                 run = self.latency(rate, batch, s.ramp_seconds, raw=None, profile=False)
                 c = run["commit_to_client_ms"]
-                steps.append({
-                    "rate": rate, "batch": batch, "attempt": attempt,
-                    "commit_rate": run["commit_rate"], "sent": run["sent"],
-                    "received": run["received"], "missing": run["missing"],
-                    "duplicates": run["duplicates"], "misrouted": run["misrouted"],
-                    "p50": c["p50"], "p99": c["p99"], "max": c["max"],
-                    "server_cpu_s_per_1000": run["server_cpu_s_per_1000"], "cpu": run["cpu"],
-                    "saturated": run["saturated"], "insert_errors": run["insert_errors"]})
+                steps.append(
+                    {
+                        "rate": rate,
+                        "batch": batch,
+                        "attempt": attempt,
+                        "commit_rate": run["commit_rate"],
+                        "sent": run["sent"],
+                        "received": run["received"],
+                        "missing": run["missing"],
+                        "duplicates": run["duplicates"],
+                        "misrouted": run["misrouted"],
+                        "p50": c["p50"],
+                        "p99": c["p99"],
+                        "max": c["max"],
+                        "server_cpu_s_per_1000": run["server_cpu_s_per_1000"],
+                        "cpu": run["cpu"],
+                        "saturated": run["saturated"],
+                        "insert_errors": run["insert_errors"],
+                    }
+                )
                 self._forget_late()
-                wrong = bool(run["missing"] or run["duplicates"] or run["misrouted"]
-                             or run["insert_errors"])
+                wrong = bool(
+                    run["missing"] or run["duplicates"] or run["misrouted"] or run["insert_errors"]
+                )
                 behind = run["commit_rate"] < RAMP_KEEP_UP * rate
                 if wrong or not (run["saturated"] or (behind and c["p99"] <= RAMP_P99_MS)):
                     break
             if wrong:
-                stopped_by = (f"notifications missing after a {DRAIN_TIMEOUT:g} s drain, "
-                              "duplicated or misrouted")
+                stopped_by = (
+                    f"notifications missing after a {DRAIN_TIMEOUT:g} s drain, "
+                    "duplicated or misrouted"
+                )
                 break
             if run["saturated"]:  # whatever p99 was, the clients set the pace
                 stopped_by = f"load generator saturated ({', '.join(run['saturated'])})"
@@ -570,12 +710,18 @@ class Bench:
                 break
             held = max(held, run["commit_rate"])
             if behind:
-                stopped_by = ("the writer fell behind its schedule (PostgreSQL on the same "
-                              "cores): a lower bound")
+                stopped_by = (
+                    "the writer fell behind its schedule (PostgreSQL on the same "
+                    "cores): a lower bound"
+                )
                 break
-        return {"p99_limit_ms": RAMP_P99_MS, "steps": steps, "held": held,
-                "stopped_by": stopped_by,
-                "load_bound": stopped_by.startswith(("the writer", "load generator"))}
+        return {
+            "p99_limit_ms": RAMP_P99_MS,
+            "steps": steps,
+            "held": held,
+            "stopped_by": stopped_by,
+            "load_bound": stopped_by.startswith(("the writer", "load generator")),
+        }
 
     def _forget_late(self) -> None:
         """After a step that fell behind, what still arrives later belongs to no run."""
@@ -593,7 +739,7 @@ class Bench:
         if not n:
             return {}
         users = [f"h{i}" for i in range(n)]
-        parts = [users[i::len(self.clients)] for i in range(len(self.clients))]
+        parts = [users[i :: len(self.clients)] for i in range(len(self.clients))]
         say(f"handshakes: opening {n:,} new connections")
         self.meter.start()
         for client, part in zip(self.clients, parts, strict=True):
@@ -607,14 +753,18 @@ class Bench:
         self.daemon.check_alive()
         opened = sum(a["opened"] for a in answers)
         seconds = max(a["seconds"] for a in answers)
-        return {"tried": n, "opened": opened, "failed": n - opened,
-                "errors": sorted({e for a in answers for e in a["errors"]})[:5],
-                "seconds": seconds, "per_second": opened / seconds if seconds else math.nan,
-                "server_cpu_us_per_handshake":
-                    server_seconds * 1e6 / opened if opened else math.nan,
-                "client_cpu_us_per_handshake":
-                    client_seconds * 1e6 / opened if opened else math.nan,
-                "cpu": cpu, "saturated": report.saturated(cpu)}
+        return {
+            "tried": n,
+            "opened": opened,
+            "failed": n - opened,
+            "errors": sorted({e for a in answers for e in a["errors"]})[:5],
+            "seconds": seconds,
+            "per_second": opened / seconds if seconds else math.nan,
+            "server_cpu_us_per_handshake": server_seconds * 1e6 / opened if opened else math.nan,
+            "client_cpu_us_per_handshake": client_seconds * 1e6 / opened if opened else math.nan,
+            "cpu": cpu,
+            "saturated": report.saturated(cpu),
+        }
 
     # -- scenario 4 ---------------------------------------------------------------------
 
@@ -645,8 +795,13 @@ class Bench:
                 break
         held = [lv for lv in levels if "live" in lv]
         top = held[-1] if held else {"live": live, "rss_kb": self.daemon.rss_kb()}
-        out = {"target": s.most, "levels": levels, "held": top["live"],
-               "rss_kb": top["rss_kb"], "fd_limit": infra.fd_limit_of(self.daemon.pid)}
+        out = {
+            "target": s.most,
+            "levels": levels,
+            "held": top["live"],
+            "rss_kb": top["rss_kb"],
+            "fd_limit": infra.fd_limit_of(self.daemon.pid),
+        }
         # back to the idle level's connections for the scenarios that follow
         extra = {f"u{i}" for i in range(s.idle_levels[-1], next_user)}
         self.close_users([[u for u in part if u in extra] for part in self.users_of])
@@ -657,11 +812,13 @@ class Bench:
         """The clients' counters at the end: what the server did to them over every
         scenario (connections it closed, frames of another user's stream, malformed ones)."""
         answers = [c.call("stats", timeout=30) for c in self.clients]
-        return {"dropped": report.merge_counts(a["dropped"] for a in answers),
-                "foreign": sum(a["foreign"] for a in answers),
-                "foreign_examples": [e for a in answers for e in a["foreign_examples"]][:5],
-                "malformed": sum(a["malformed"] for a in answers),
-                "malformed_examples": [e for a in answers for e in a["malformed_examples"]][:3]}
+        return {
+            "dropped": report.merge_counts(a["dropped"] for a in answers),
+            "foreign": sum(a["foreign"] for a in answers),
+            "foreign_examples": [e for a in answers for e in a["foreign_examples"]][:5],
+            "malformed": sum(a["malformed"] for a in answers),
+            "malformed_examples": [e for a in answers for e in a["malformed_examples"]][:3],
+        }
 
     def close_users(self, parts: list[list[str]]) -> None:
         """Close these users' connections, a part per client process; what has not closed
@@ -702,23 +859,39 @@ def _fanout_record(line: str) -> dict[str, Any] | None:
     if m is None:
         return None
     where = FANOUT_STREAM.search(msg, m.end())
-    return {"connections": int(m[1]), "ms": float(m[2]),
-            "cpu_ms": float(m[3]) if m[3] else math.nan, "msg": msg,
-            "stream": where[1] if where else None, "seq": int(where[2]) if where else None}
+    return {
+        "connections": int(m[1]),
+        "ms": float(m[2]),
+        "cpu_ms": float(m[3]) if m[3] else math.nan,
+        "msg": msg,
+        "stream": where[1] if where else None,
+        "seq": int(where[2]) if where else None,
+    }
 
 
 # -- orchestration ------------------------------------------------------------------------------
 
+
 def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]:
-    results: dict[str, Any] = {"meta": {
-        "mode": "quick" if args.quick else "full",
-        "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "cpus": CORES, "python": platform.python_version(),
-        "websockets": version("websockets"), "git_head": infra.git_head(),
-        "postgres_source": "NOTIFYD_BENCH_DSN" if os.environ.get("NOTIFYD_BENCH_DSN")
-        else "embedded", "fd_limit": fd_limit, "client_processes": CLIENT_PROCESSES,
-        "scale": asdict(scale), "profiled": args.profile, "daemon_log_level": DAEMON_LOG_LEVEL},
-        "targets": {key: asdict(target) for key, target in report.TARGETS.items()}}
+    results: dict[str, Any] = {
+        "meta": {
+            "mode": "quick" if args.quick else "full",
+            "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "cpus": CORES,
+            "python": platform.python_version(),
+            "websockets": version("websockets"),
+            "git_head": infra.git_head(),
+            "postgres_source": "NOTIFYD_BENCH_DSN"
+            if os.environ.get("NOTIFYD_BENCH_DSN")
+            else "embedded",
+            "fd_limit": fd_limit,
+            "client_processes": CLIENT_PROCESSES,
+            "scale": asdict(scale),
+            "profiled": args.profile,
+            "daemon_log_level": DAEMON_LOG_LEVEL,
+        },
+        "targets": {key: asdict(target) for key, target in report.TARGETS.items()},
+    }
     with contextlib.ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="notifyd-bench-"))
         stack.callback(shutil.rmtree, workdir, True)
@@ -730,8 +903,13 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         say(f"notifyd serve started (pid {daemon.pid}, port {daemon.port})")
         clients: list[Worker] = []
         for i in range(CLIENT_PROCESSES):
-            client = Worker(f"client-{i}", ws_clients.main, daemon.url, secret,
-                            HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES)
+            client = Worker(
+                f"client-{i}",
+                ws_clients.main,
+                daemon.url,
+                secret,
+                HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES,
+            )
             stack.callback(client.stop)
             clients.append(client)
         writer = Worker("writer", sql_writer.main, dsn, WRITER_POOL)
@@ -739,8 +917,14 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         daemon.wait_ready()
         results["meta"]["postgres"] = writer.call("open", timeout=60)["server_version"]
 
-        bench = Bench(daemon, clients, writer, scale,
-                      HERE / "results" if args.profile else None, args.profile == "native")
+        bench = Bench(
+            daemon,
+            clients,
+            writer,
+            scale,
+            HERE / "results" if args.profile else None,
+            args.profile == "native",
+        )
         _scenarios(bench, results)
         results["profiles"] = bench.profiles
         results["raw"] = {"notifyd": bench.raw}
@@ -755,18 +939,31 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
             name = f"notifyd@{args.baseline}"
             results["peers"] = {}
             results["peers"][name], results["raw"][name] = run_baseline(
-                args.baseline, dsn, secret, workdir, scale)
+                args.baseline, dsn, secret, workdir, scale
+            )
         say("floors: bare send() to as many loopback connections; commit -> bare LISTEN")
         users = [f"u{i}" for i in range(scale.connections)]
         try:
             results["floor"] = {
                 "send": floor.send_floor(scale.connections, rounds=3 if args.quick else 5),
-                "notify": floor.notify_floor(dsn, writer, scale.latency_rate,
-                                             scale.latency_seconds, users,
-                                             windows=scale.latency_windows),
-                "notify_fast": floor.notify_floor(dsn, writer, scale.fast_rate,
-                                                  scale.latency_seconds, users,
-                                                  scale.fast_batch, scale.latency_windows)}
+                "notify": floor.notify_floor(
+                    dsn,
+                    writer,
+                    scale.latency_rate,
+                    scale.latency_seconds,
+                    users,
+                    windows=scale.latency_windows,
+                ),
+                "notify_fast": floor.notify_floor(
+                    dsn,
+                    writer,
+                    scale.fast_rate,
+                    scale.latency_seconds,
+                    users,
+                    scale.fast_batch,
+                    scale.latency_windows,
+                ),
+            }
         except (BenchError, OSError) as exc:  # the servers' figures stand without it
             say(f"floors not measured: {exc!r}")
             results["floor_error"] = repr(exc)[:500]
@@ -774,7 +971,8 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         results.setdefault("peers", {})
         for name in args.peers:
             results["peers"][name], results["raw"][name] = run_peer(
-                peers.PEERS[name], dsn, secret, workdir, writer, scale)
+                peers.PEERS[name], dsn, secret, workdir, writer, scale
+            )
     return results
 
 
@@ -784,8 +982,9 @@ def _scenarios(bench: Bench, out: dict[str, Any]) -> None:
     scale = bench.scale
     out["idle_memory"] = bench.idle_memory()
     out["latency"] = bench.latency_windows()
-    out["latency_fast"] = bench.latency_windows(scale.fast_rate, scale.fast_batch,
-                                                raw="latency_fast")
+    out["latency_fast"] = bench.latency_windows(
+        scale.fast_rate, scale.fast_batch, raw="latency_fast"
+    )
     out["fanout"] = bench.fanout()
     out["most_connections"] = bench.most_connections()
     out["storm"] = bench.storm()
@@ -794,8 +993,9 @@ def _scenarios(bench: Bench, out: dict[str, Any]) -> None:
     out["clients_final"] = bench.final_stats()
 
 
-def run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer: Worker,
-             scale: Scale) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_peer(
+    kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer: Worker, scale: Scale
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The peer's results, and its raw per-notification times. A peer that breaks down (it
     dies, or stops answering) ends its own part of the run, not the run: its results say
     where it stopped."""
@@ -810,8 +1010,16 @@ def run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer:
     return out, raw
 
 
-def _run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer: Worker,
-              scale: Scale, out: dict[str, Any], raw: dict[str, Any]) -> None:
+def _run_peer(
+    kind: peers.PeerKind,
+    dsn: str,
+    secret: str,
+    workdir: Path,
+    writer: Worker,
+    scale: Scale,
+    out: dict[str, Any],
+    raw: dict[str, Any],
+) -> None:
     with contextlib.ExitStack() as stack:
         server = peers.Peer(kind, dsn, secret, workdir)
         stack.callback(server.stop)
@@ -819,15 +1027,28 @@ def _run_peer(kind: peers.PeerKind, dsn: str, secret: str, workdir: Path, writer
         _measure(stack, server, writer, secret, scale, out, raw, kind.protocol)
 
 
-def _measure(stack: contextlib.ExitStack, server: Daemon, writer: Worker, secret: str,
-             scale: Scale, out: dict[str, Any], raw: dict[str, Any],
-             protocol: str = "notifyd") -> None:
+def _measure(
+    stack: contextlib.ExitStack,
+    server: Daemon,
+    writer: Worker,
+    secret: str,
+    scale: Scale,
+    out: dict[str, Any],
+    raw: dict[str, Any],
+    protocol: str = "notifyd",
+) -> None:
     """Every scenario against a started server (a peer, or notifyd at another commit), with
     clients of its own; its results and warnings into `out`, per-sample data into `raw`."""
     clients = []
     for i in range(CLIENT_PROCESSES):
-        client = Worker(f"client-{i}", ws_clients.main, server.url, secret,
-                        HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES, protocol)
+        client = Worker(
+            f"client-{i}",
+            ws_clients.main,
+            server.url,
+            secret,
+            HANDSHAKES_IN_FLIGHT // CLIENT_PROCESSES,
+            protocol,
+        )
         stack.callback(client.stop)
         clients.append(client)
     server.wait_ready()
@@ -841,8 +1062,9 @@ def _measure(stack: contextlib.ExitStack, server: Daemon, writer: Worker, secret
         out["peak_rss_kb"] = _peak_rss(server.pid)
 
 
-def run_baseline(rev: str, dsn: str, secret: str, workdir: Path,
-                 scale: Scale) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_baseline(
+    rev: str, dsn: str, secret: str, workdir: Path, scale: Scale
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """notifyd at commit `rev` (exported under `workdir`, run from there with this Python and
     its packages) on a database of its own migrated by that version, with a writer of its own:
     every scenario, reported like a peer's."""
@@ -855,8 +1077,14 @@ def run_baseline(rev: str, dsn: str, secret: str, workdir: Path,
         with contextlib.ExitStack() as stack:
             base_dsn = stack.enter_context(infra.sibling_database(dsn, "baseline"))
             infra.migrate(base_dsn, **env)
-            daemon = Daemon(base_dsn, secret, workdir, log_level=DAEMON_LOG_LEVEL,
-                            shared_log=workdir / "baseline.log", PYTHONPATH=str(tree))
+            daemon = Daemon(
+                base_dsn,
+                secret,
+                workdir,
+                log_level=DAEMON_LOG_LEVEL,
+                shared_log=workdir / "baseline.log",
+                PYTHONPATH=str(tree),
+            )
             stack.callback(daemon.stop)
             say(f"notifyd at {commit[:10]} started (pid {daemon.pid}, port {daemon.port})")
             writer = Worker("writer-baseline", sql_writer.main, base_dsn, WRITER_POOL)
@@ -878,22 +1106,38 @@ def _peak_rss(pid: int) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="scaled-down smoke run (CI)")
-    parser.add_argument("--profile", nargs="?", const="python", choices=("python", "native"),
-                        help="sample the daemon with py-spy in scenarios 2 and 3: Python "
-                             "frames without pausing it (default), or native frames too, "
-                             "which pauses it for each sample (perturbs the figures more)")
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json",
-                        help="JSON results (default bench/results/latest.json)")
-    parser.add_argument("--peers", default=",".join(peers.PEERS),
-                        help="comma-separated peers to measure after notifyd (default: "
-                             f"{','.join(peers.PEERS)}; '' for none)")
-    parser.add_argument("--baseline", metavar="REV",
-                        help="also measure notifyd at this git commit (or tag, branch), right "
-                             "after this tree's notifyd, on a database of its own: before and "
-                             "after, side by side")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="python",
+        choices=("python", "native"),
+        help="sample the daemon with py-spy in scenarios 2 and 3: Python "
+        "frames without pausing it (default), or native frames too, "
+        "which pauses it for each sample (perturbs the figures more)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=HERE / "results" / "latest.json",
+        help="JSON results (default bench/results/latest.json)",
+    )
+    parser.add_argument(
+        "--peers",
+        default=",".join(peers.PEERS),
+        help="comma-separated peers to measure after notifyd (default: "
+        f"{','.join(peers.PEERS)}; '' for none)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure notifyd at this git commit (or tag, branch), right "
+        "after this tree's notifyd, on a database of its own: before and "
+        "after, side by side",
+    )
     args = parser.parse_args(argv)
     args.peers = [p for p in args.peers.split(",") if p]
     unknown = [p for p in args.peers if p not in peers.PEERS]

@@ -12,6 +12,7 @@ PostgreSQL: $NOTIFYD_BENCH_DSN (a database notifyd_bench_<pid> is created on it 
 afterwards), else an embedded server. The writers run in this process (asyncpg, uvloop), one
 autocommit transaction per INSERT. Tables to stdout, JSON to bench/results/scaling.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,15 +39,21 @@ from infra import admin_values as admin
 CORES = os.cpu_count() or 1
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
 APP = "bench-scaling"  # application_name of the writer connections
-NOTIFY_SQL = ("INSERT INTO notifyd.notifications (user_id, type, title, message) "
-              "SELECT $1::text, 'bench', 't', 'm' FROM generate_series(1, {rows})")
-PLAIN_SQL = ("INSERT INTO bench_plain (user_id, stream, seq, type, title, message) "
-             "SELECT $1::text, 'user:' || $1::text, $2::bigint + g, 'bench', 't', 'm' "
-             "FROM generate_series(0, {rows} - 1) g")
+NOTIFY_SQL = (
+    "INSERT INTO notifyd.notifications (user_id, type, title, message) "
+    "SELECT $1::text, 'bench', 't', 'm' FROM generate_series(1, {rows})"
+)
+PLAIN_SQL = (
+    "INSERT INTO bench_plain (user_id, stream, seq, type, title, message) "
+    "SELECT $1::text, 'user:' || $1::text, $2::bigint + g, 'bench', 't', 'm' "
+    "FROM generate_series(0, {rows} - 1) g"
+)
 # all of notifications' columns, defaults, identity, checks and indexes; LIKE copies no trigger
 PLAIN_TABLE = "CREATE TABLE bench_plain (LIKE notifyd.notifications INCLUDING ALL)"
-LOCK_WAITS = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-              "AND wait_event_type = 'Lock' AND wait_event = 'object'")
+LOCK_WAITS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+    "AND wait_event_type = 'Lock' AND wait_event = 'object'"
+)
 
 
 def machine_busy() -> tuple[int, int]:
@@ -59,8 +66,11 @@ class Window:
     """Wall time, this process's CPU (the load generator) and the machine's CPU over a run."""
 
     def __enter__(self) -> Window:
-        self.wall, self.cpu, self.busy = (time.monotonic(), infra.oncpu_seconds(os.getpid()),
-                                          machine_busy())
+        self.wall, self.cpu, self.busy = (
+            time.monotonic(),
+            infra.oncpu_seconds(os.getpid()),
+            machine_busy(),
+        )
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -79,15 +89,22 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def connect(dsn: str, n: int) -> list[asyncpg.Connection]:
-    return list(await asyncio.gather(*(
-        asyncpg.connect(dsn, timeout=30, server_settings={"application_name": APP})
-        for _ in range(n))))
+    return list(
+        await asyncio.gather(
+            *(
+                asyncpg.connect(dsn, timeout=30, server_settings={"application_name": APP})
+                for _ in range(n)
+            )
+        )
+    )
 
 
 # -- part 1: commits per second under the NOTIFY lock -------------------------------------------
 
-async def closed_loop(dsn: str, plain: bool, writers: int, rows: int, seconds: float,
-                      tag: str) -> dict[str, Any]:
+
+async def closed_loop(
+    dsn: str, plain: bool, writers: int, rows: int, seconds: float, tag: str
+) -> dict[str, Any]:
     """`writers` connections inserting `rows` rows per statement back to back, each for its own
     user (no contention on the stream counters), for `seconds`."""
     sql = (PLAIN_SQL if plain else NOTIFY_SQL).format(rows=rows)
@@ -123,11 +140,18 @@ async def closed_loop(dsn: str, plain: bool, writers: int, rows: int, seconds: f
     finally:
         await asyncio.gather(monitor.close(), *(c.close() for c in conns))
     tps = len(latencies) / w.seconds
-    return {"table": "bench_plain" if plain else "notifyd.notifications", "writers": writers,
-            "rows_per_tx": rows, "commits_per_s": round(tps), "rows_per_s": round(tps * rows),
-            "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
-            "lock_waiters_avg": round(statistics.fmean(lock_waits), 1) if lock_waits else 0,
-            "generator_cores": round(w.generator, 2), "machine_busy": round(w.machine, 2)}
+    return {
+        "table": "bench_plain" if plain else "notifyd.notifications",
+        "writers": writers,
+        "rows_per_tx": rows,
+        "commits_per_s": round(tps),
+        "rows_per_s": round(tps * rows),
+        "p50_ms": pct(latencies, 50),
+        "p99_ms": pct(latencies, 99),
+        "lock_waiters_avg": round(statistics.fmean(lock_waits), 1) if lock_waits else 0,
+        "generator_cores": round(w.generator, 2),
+        "machine_busy": round(w.machine, 2),
+    }
 
 
 def commit_lock(dsn: str, seconds: float) -> list[dict[str, Any]]:
@@ -143,6 +167,7 @@ def commit_lock(dsn: str, seconds: float) -> list[dict[str, Any]]:
 
 
 # -- part 2: every daemon receives every NOTIFY -------------------------------------------------
+
 
 async def paced(dsn: str, rate: float, seconds: float, writers: int) -> dict[str, Any]:
     """rate*seconds single-row INSERTs, the k-th due at start + k/rate, dealt round-robin to
@@ -174,9 +199,14 @@ async def paced(dsn: str, rate: float, seconds: float, writers: int) -> dict[str
         await asyncio.sleep(0.3)  # the last payloads, decoded
     finally:
         await asyncio.gather(*(c.close() for c in conns))
-    return {"notifications": len(latencies), "achieved_per_s": round(len(latencies) / w.seconds),
-            "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
-            "machine_busy": round(w.machine, 2), "drain_s": round(time.monotonic() - drained, 1)}
+    return {
+        "notifications": len(latencies),
+        "achieved_per_s": round(len(latencies) / w.seconds),
+        "p50_ms": pct(latencies, 50),
+        "p99_ms": pct(latencies, 99),
+        "machine_busy": round(w.machine, 2),
+        "drain_s": round(time.monotonic() - drained, 1),
+    }
 
 
 async def backend_pids(dsn: str) -> list[int]:
@@ -184,9 +214,13 @@ async def backend_pids(dsn: str) -> list[int]:
     this machine (their /proc entries are postgres processes); else none."""
     conn = await asyncpg.connect(dsn, timeout=30)
     try:
-        pids = [r[0] for r in await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")]
+        pids = [
+            r[0]
+            for r in await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        ]
     finally:
         await conn.close()
     with contextlib.suppress(OSError):
@@ -199,8 +233,9 @@ def cpu(pids: list[int]) -> list[float]:
     return [infra.oncpu_seconds(pid) for pid in pids]
 
 
-def listeners(dsn: str, workdir: Path, rate: float, seconds: float,
-              idle: float) -> list[dict[str, Any]]:
+def listeners(
+    dsn: str, workdir: Path, rate: float, seconds: float, idle: float
+) -> list[dict[str, Any]]:
     rows = []
     secret = secrets.token_urlsafe(48)
     for n in (0, 1, 4, 16):
@@ -222,8 +257,9 @@ def listeners(dsn: str, workdir: Path, rate: float, seconds: float,
             row: dict[str, Any] = {"daemons": n}
             row.update(uvloop.run(paced(dsn, rate, seconds, writers=8)))
             elapsed = time.monotonic() - started
-            used = [b - a - i * elapsed
-                    for a, b, i in zip(before, cpu(pids), idle_cpu, strict=True)]
+            used = [
+                b - a - i * elapsed for a, b, i in zip(before, cpu(pids), idle_cpu, strict=True)
+            ]
             pg_used = sum(cpu(backends)) - sum(pg_before)
             for d in daemons:
                 d.check_alive()
@@ -233,15 +269,23 @@ def listeners(dsn: str, workdir: Path, rate: float, seconds: float,
             for d in daemons:
                 d.stop()
         per_1000 = [u / row["notifications"] * 1e6 for u in used]  # ms per 1,000
-        row.update({
-            "daemon_cpu_ms_per_1000_mean": round(statistics.fmean(per_1000), 1) if n else None,
-            "daemon_cpu_ms_per_1000_max": round(max(per_1000), 1) if n else None,
-            "daemon_idle_cpu_ms_per_s": round(statistics.fmean(idle_cpu) * 1000, 1) if n else None,
-            "daemons_cpu_s_total": round(sum(used), 2),
-            "pg_backend_cpu_ms_per_1000_per_daemon": round(
-                pg_used / row["notifications"] * 1e6 / n, 1) if n and backends else None,
-            "idle_rss_kb_first": rss[0] if n else None,
-            "idle_rss_kb_mean": round(statistics.fmean(rss)) if n else None})
+        row.update(
+            {
+                "daemon_cpu_ms_per_1000_mean": round(statistics.fmean(per_1000), 1) if n else None,
+                "daemon_cpu_ms_per_1000_max": round(max(per_1000), 1) if n else None,
+                "daemon_idle_cpu_ms_per_s": round(statistics.fmean(idle_cpu) * 1000, 1)
+                if n
+                else None,
+                "daemons_cpu_s_total": round(sum(used), 2),
+                "pg_backend_cpu_ms_per_1000_per_daemon": round(
+                    pg_used / row["notifications"] * 1e6 / n, 1
+                )
+                if n and backends
+                else None,
+                "idle_rss_kb_first": rss[0] if n else None,
+                "idle_rss_kb_mean": round(statistics.fmean(rss)) if n else None,
+            }
+        )
         say(f"part 2: {row}")
         rows.append(row)
     return rows
@@ -249,35 +293,49 @@ def listeners(dsn: str, workdir: Path, rate: float, seconds: float,
 
 # -- orchestration ------------------------------------------------------------------------------
 
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    results: dict[str, Any] = {"meta": {
-        "mode": "quick" if args.quick else "full", "cpus": CORES, "git_head": infra.git_head(),
-        "postgres_source": "NOTIFYD_BENCH_DSN" if os.environ.get("NOTIFYD_BENCH_DSN")
-        else "embedded", "seconds_per_run": args.seconds, "rate": args.rate,
-        "listen_seconds": args.listen_seconds}}
+    results: dict[str, Any] = {
+        "meta": {
+            "mode": "quick" if args.quick else "full",
+            "cpus": CORES,
+            "git_head": infra.git_head(),
+            "postgres_source": "NOTIFYD_BENCH_DSN"
+            if os.environ.get("NOTIFYD_BENCH_DSN")
+            else "embedded",
+            "seconds_per_run": args.seconds,
+            "rate": args.rate,
+            "listen_seconds": args.listen_seconds,
+        }
+    }
     with contextlib.ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="notifyd-scaling-"))
         stack.callback(shutil.rmtree, workdir, True)
         dsn = stack.enter_context(infra.bench_database())
         infra.migrate(dsn)
 
-        version, sync_commit = uvloop.run(admin(dsn, PLAIN_TABLE, "SHOW server_version",
-                                                "SHOW synchronous_commit"))[1:]
+        version, sync_commit = uvloop.run(
+            admin(dsn, PLAIN_TABLE, "SHOW server_version", "SHOW synchronous_commit")
+        )[1:]
         results["meta"].update(postgres=version, synchronous_commit=sync_commit)
         results["commit_lock"] = commit_lock(dsn, args.seconds)
         uvloop.run(admin(dsn, "DROP TABLE bench_plain", "VACUUM ANALYZE"))  # no autovacuum next
-        results["listeners"] = listeners(dsn, workdir, args.rate, args.listen_seconds,
-                                         args.idle_seconds)
+        results["listeners"] = listeners(
+            dsn, workdir, args.rate, args.listen_seconds, args.idle_seconds
+        )
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
     return results
 
 
-def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]],
-          fmt: Callable[[Any], str] = lambda v: v if isinstance(v, str)
-          else "-" if v is None else f"{v:,}") -> str:
-    lines = ["| " + " | ".join(title for title, _ in columns) + " |",
-             "|" + "---:|" * len(columns)]
+def table(
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, str]],
+    fmt: Callable[[Any], str] = lambda v: (
+        v if isinstance(v, str) else "-" if v is None else f"{v:,}"
+    ),
+) -> str:
+    lines = ["| " + " | ".join(title for title, _ in columns) + " |", "|" + "---:|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row[key]) for _, key in columns) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -285,40 +343,69 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]],
 def summary(results: dict[str, Any]) -> str:
     meta = results["meta"]
     part1 = [dict(r, table=r["table"].removeprefix("notifyd.")) for r in results["commit_lock"]]
-    return "\n".join([
-        f"notifyd scaling ({meta['mode']}): {meta['cpus']} CPU cores shared by PostgreSQL "
-        f"{meta['postgres'].split()[0]} (synchronous_commit={meta['synchronous_commit']}), the "
-        f"writers (one Python process) and the daemons; {meta['seconds']:.0f} s",
-        "", f"1. commits, {meta['seconds_per_run']:g} s per row, one autocommit INSERT per "
-        "transaction, one user per writer",
-        table(part1, [("table", "table"), ("writers", "writers"), ("rows/tx", "rows_per_tx"),
-                      ("commits/s", "commits_per_s"), ("rows/s", "rows_per_s"),
-                      ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
-                      ("waiting on NOTIFY lock (avg)", "lock_waiters_avg"),
-                      ("writer process, cores", "generator_cores"),
-                      ("machine busy", "machine_busy")]),
-        "", f"2. N idle daemons (no clients), {meta['rate']:g} notifications/s for "
-        f"{meta['listen_seconds']:g} s from 8 writers; daemon CPU net of its idle CPU",
-        table(results["listeners"], [
-            ("daemons", "daemons"), ("commits/s", "achieved_per_s"), ("p50 ms", "p50_ms"),
-            ("p99 ms", "p99_ms"), ("daemon CPU ms / 1,000 (mean)", "daemon_cpu_ms_per_1000_mean"),
-            ("(max)", "daemon_cpu_ms_per_1000_max"),
-            ("idle daemon CPU ms/s", "daemon_idle_cpu_ms_per_s"),
-            ("PostgreSQL CPU ms / 1,000 per daemon", "pg_backend_cpu_ms_per_1000_per_daemon"),
-            ("all daemons, CPU s", "daemons_cpu_s_total"),
-            ("idle RSS KB (one daemon)", "idle_rss_kb_first"), ("machine busy", "machine_busy")]),
-    ])
+    return "\n".join(
+        [
+            f"notifyd scaling ({meta['mode']}): {meta['cpus']} CPU cores shared by PostgreSQL "
+            f"{meta['postgres'].split()[0]} (synchronous_commit={meta['synchronous_commit']}), the "
+            f"writers (one Python process) and the daemons; {meta['seconds']:.0f} s",
+            "",
+            f"1. commits, {meta['seconds_per_run']:g} s per row, one autocommit INSERT per "
+            "transaction, one user per writer",
+            table(
+                part1,
+                [
+                    ("table", "table"),
+                    ("writers", "writers"),
+                    ("rows/tx", "rows_per_tx"),
+                    ("commits/s", "commits_per_s"),
+                    ("rows/s", "rows_per_s"),
+                    ("p50 ms", "p50_ms"),
+                    ("p99 ms", "p99_ms"),
+                    ("waiting on NOTIFY lock (avg)", "lock_waiters_avg"),
+                    ("writer process, cores", "generator_cores"),
+                    ("machine busy", "machine_busy"),
+                ],
+            ),
+            "",
+            f"2. N idle daemons (no clients), {meta['rate']:g} notifications/s for "
+            f"{meta['listen_seconds']:g} s from 8 writers; daemon CPU net of its idle CPU",
+            table(
+                results["listeners"],
+                [
+                    ("daemons", "daemons"),
+                    ("commits/s", "achieved_per_s"),
+                    ("p50 ms", "p50_ms"),
+                    ("p99 ms", "p99_ms"),
+                    ("daemon CPU ms / 1,000 (mean)", "daemon_cpu_ms_per_1000_mean"),
+                    ("(max)", "daemon_cpu_ms_per_1000_max"),
+                    ("idle daemon CPU ms/s", "daemon_idle_cpu_ms_per_s"),
+                    (
+                        "PostgreSQL CPU ms / 1,000 per daemon",
+                        "pg_backend_cpu_ms_per_1000_per_daemon",
+                    ),
+                    ("all daemons, CPU s", "daemons_cpu_s_total"),
+                    ("idle RSS KB (one daemon)", "idle_rss_kb_first"),
+                    ("machine busy", "machine_busy"),
+                ],
+            ),
+        ]
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 s per part-1 row, 2 s part 2")
-    parser.add_argument("--rate", type=float, default=1000.0,
-                        help="notifications per second in part 2 (default 1000)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=1000.0,
+        help="notifications per second in part 2 (default 1000)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    args.seconds, args.listen_seconds, args.idle_seconds = ((1.0, 2.0, 1.0) if args.quick
-                                                          else (5.0, 5.0, 2.0))
+    args.seconds, args.listen_seconds, args.idle_seconds = (
+        (1.0, 2.0, 1.0) if args.quick else (5.0, 5.0, 2.0)
+    )
     results = infra.guarded(lambda: run(args))
     if isinstance(results, int):
         return results

@@ -19,6 +19,7 @@ Prints the fast client's p50/p99/max in both phases, the daemon's RSS (before, p
 how many slow clients were closed; writes bench/results/slow_consumers.json. Exit status 1 if a
 slow client was not closed or the fast client missed a notification.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,10 @@ RESULTS = Path(__file__).parent / "results" / "slow_consumers.json"
 
 # -- the fast client: a separate process ----------------------------------------------------------
 
+
 def fast_main(pipe: Any, url: str, token: str) -> None:
     infra.worker_setup()
-    uvloop.run(infra.command_loop(pipe, FastClient(url.removesuffix('/ws'), token).handle))
+    uvloop.run(infra.command_loop(pipe, FastClient(url.removesuffix("/ws"), token).handle))
 
 
 class FastClient:
@@ -81,11 +83,14 @@ class FastClient:
 
 # -- the role's clients: raw sockets that read and discard (a process), or never read -------
 
+
 def upgrade_request(token: str) -> bytes:
-    return (f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    return (
+        f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
 
 
 def open_slow(port: int, token: str) -> socket.socket:
@@ -121,6 +126,7 @@ def readers_main(pipe: Any, port: int, tokens: list[str]) -> None:
 
 # -- phases ---------------------------------------------------------------------------------------
 
+
 async def load(dsn: str, seconds: float, rate: float) -> dict[str, int]:
     """Announcements to role `slow` at `rate`/s and a notification to `fast` every 10 ms,
     each on its own schedule (open loop)."""
@@ -139,10 +145,16 @@ async def load(dsn: str, seconds: float, rate: float) -> dict[str, int]:
 
     try:
         await asyncio.gather(
-            every(FAST_EVERY, "SELECT notifyd.notify('fast', 'b', 't', 'm', $1::jsonb)", (),
-                  "fast"),
-            every(1 / rate, "SELECT notifyd.notify_role('slow', 'b', 't', $1, $2::jsonb)",
-                  (LARGE,), "slow"))
+            every(
+                FAST_EVERY, "SELECT notifyd.notify('fast', 'b', 't', 'm', $1::jsonb)", (), "fast"
+            ),
+            every(
+                1 / rate,
+                "SELECT notifyd.notify_role('slow', 'b', 't', $1, $2::jsonb)",
+                (LARGE,),
+                "slow",
+            ),
+        )
     finally:
         await pool.close()
     return counts
@@ -152,13 +164,17 @@ def summary(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
     if not ordered:
         return {"n": 0}
-    return {"n": len(ordered), "p50": round(statistics.median(ordered), 2),
-            "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
-            "max": round(ordered[-1], 2)}
+    return {
+        "n": len(ordered),
+        "p50": round(statistics.median(ordered), 2),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+        "max": round(ordered[-1], 2),
+    }
 
 
-def run_phase(name: str, daemon: infra.Daemon, fast: infra.Worker, dsn: str, seconds: float,
-              rate: float) -> dict[str, Any]:
+def run_phase(
+    name: str, daemon: infra.Daemon, fast: infra.Worker, dsn: str, seconds: float, rate: float
+) -> dict[str, Any]:
     fast.call("take", timeout=10)
     rss: list[int] = []
     sampling = True
@@ -182,9 +198,13 @@ def run_phase(name: str, daemon: infra.Daemon, fast: infra.Worker, dsn: str, sec
     counts = asyncio.run(go())
     got = fast.call("take", timeout=10)
     daemon.check_alive()
-    result = {"phase": name, "inserted": counts, "fast": summary(got),
-              "fast_missing": counts["fast"] - len(got),
-              "rss_kb": {"before": before, "peak": max(rss), "after": daemon.rss_kb()}}
+    result = {
+        "phase": name,
+        "inserted": counts,
+        "fast": summary(got),
+        "fast_missing": counts["fast"] - len(got),
+        "rss_kb": {"before": before, "peak": max(rss), "after": daemon.rss_kb()},
+    }
     infra.say(f"{name}: {json.dumps(result)}")
     return result
 
@@ -196,12 +216,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slow", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--rate", type=float, default=20.0,
-                        help="20 KB announcements per second to the slow clients' role")
-    parser.add_argument("--max-send-buffer", type=int, default=1 << 20,
-                        help="NOTIFYD_MAX_SEND_BUFFER (default: its default, 1 MiB)")
-    parser.add_argument("--quick", action="store_true",
-                        help="20 clients, 5 s, 60 announcements/s, a 128 KiB send buffer")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        help="20 KB announcements per second to the slow clients' role",
+    )
+    parser.add_argument(
+        "--max-send-buffer",
+        type=int,
+        default=1 << 20,
+        help="NOTIFYD_MAX_SEND_BUFFER (default: its default, 1 MiB)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="20 clients, 5 s, 60 announcements/s, a 128 KiB send buffer",
+    )
     args = parser.parse_args()
     if args.quick:
         args.slow, args.seconds, args.max_send_buffer, args.rate = 20, 5.0, 128 << 10, 60.0
@@ -209,19 +240,27 @@ def main() -> int:
     infra.raise_fd_limit()
     with infra.bench_database() as dsn, tempfile.TemporaryDirectory() as tmp:
         infra.migrate(dsn)
-        daemon = infra.Daemon(dsn, SECRET, Path(tmp),
-                              NOTIFYD_MAX_SEND_BUFFER=str(max_send_buffer),
-                              NOTIFYD_MAX_CONNECTIONS_PER_USER="1000")
-        fast = infra.Worker("fast client", fast_main, daemon.url,
-                            issue_token(SECRET, "fast", [], 3600))
+        daemon = infra.Daemon(
+            dsn,
+            SECRET,
+            Path(tmp),
+            NOTIFYD_MAX_SEND_BUFFER=str(max_send_buffer),
+            NOTIFYD_MAX_CONNECTIONS_PER_USER="1000",
+        )
+        fast = infra.Worker(
+            "fast client", fast_main, daemon.url, issue_token(SECRET, "fast", [], 3600)
+        )
         sockets: list[socket.socket] = []
         readers: infra.Worker | None = None
         try:
             daemon.wait_ready()
             fast.call("start", timeout=30)
-            readers = infra.Worker("reading clients", readers_main, daemon.port,
-                                   [issue_token(SECRET, f"reader{i}", ["slow"], 3600)
-                                    for i in range(args.slow)])
+            readers = infra.Worker(
+                "reading clients",
+                readers_main,
+                daemon.port,
+                [issue_token(SECRET, f"reader{i}", ["slow"], 3600) for i in range(args.slow)],
+            )
             readers.call("start", timeout=60)
             log_offset = daemon.log_size()
             baseline = run_phase("baseline", daemon, fast, dsn, args.seconds, args.rate)
@@ -230,8 +269,9 @@ def main() -> int:
             readers.stop()
             time.sleep(1.0)
             for i in range(args.slow):
-                sockets.append(open_slow(daemon.port,
-                                         issue_token(SECRET, f"slow{i}", ["slow"], 3600)))
+                sockets.append(
+                    open_slow(daemon.port, issue_token(SECRET, f"slow{i}", ["slow"], 3600))
+                )
             time.sleep(1.0)  # handshakes done
             slow = run_phase("slow", daemon, fast, dsn, args.seconds, args.rate)
             lines, _ = daemon.log_since(log_offset)
@@ -244,27 +284,43 @@ def main() -> int:
             fast.stop()
             daemon.stop()
     bound_kb = args.slow * max_send_buffer // 1024
-    report = {"slow_clients": args.slow, "seconds": args.seconds, "rate": args.rate,
-              "max_send_buffer": max_send_buffer, "bound_kb": bound_kb,
-              "baseline": baseline, "slow": slow}
+    report = {
+        "slow_clients": args.slow,
+        "seconds": args.seconds,
+        "rate": args.rate,
+        "max_send_buffer": max_send_buffer,
+        "bound_kb": bound_kb,
+        "baseline": baseline,
+        "slow": slow,
+    }
     write_json(report, RESULTS)
     b, s = baseline, slow
-    print(f"slow consumers: {args.slow} clients that never read, {args.rate:g} x 20 KB "
-          f"announcements/s to them, {args.seconds:g} s per phase")
+    print(
+        f"slow consumers: {args.slow} clients that never read, {args.rate:g} x 20 KB "
+        f"announcements/s to them, {args.seconds:g} s per phase"
+    )
     print(f"| | {args.slow} clients reading | {args.slow} clients never reading |")
     print("|---|---|---|")
     for key in ("p50", "p99", "max"):
         print(f"| fast client {key}, ms | {b['fast'].get(key)} | {s['fast'].get(key)} |")
     print(f"| fast client missing | {b['fast_missing']} | {s['fast_missing']} |")
     for key in ("before", "peak", "after"):
-        print(f"| daemon RSS {key}, MB | {b['rss_kb'][key] / 1024:.1f} | "
-              f"{s['rss_kb'][key] / 1024:.1f} |")
+        print(
+            f"| daemon RSS {key}, MB | {b['rss_kb'][key] / 1024:.1f} | "
+            f"{s['rss_kb'][key] / 1024:.1f} |"
+        )
     print(f"| closed with 4008 | {b['closed_4008']} | {s['closed_4008']} of {args.slow} |")
-    print(f"bound on buffered bytes: {args.slow} x {max_send_buffer // 1024} KB = "
-          f"{bound_kb / 1024:.0f} MB; peak growth over baseline "
-          f"{(s['rss_kb']['peak'] - b['rss_kb']['peak']) / 1024:.1f} MB")
-    ok = (s["closed_4008"] == args.slow and not b["closed_4008"] and not b["fast_missing"]
-          and not s["fast_missing"])
+    print(
+        f"bound on buffered bytes: {args.slow} x {max_send_buffer // 1024} KB = "
+        f"{bound_kb / 1024:.0f} MB; peak growth over baseline "
+        f"{(s['rss_kb']['peak'] - b['rss_kb']['peak']) / 1024:.1f} MB"
+    )
+    ok = (
+        s["closed_4008"] == args.slow
+        and not b["closed_4008"]
+        and not b["fast_missing"]
+        and not s["fast_missing"]
+    )
     return 0 if ok else 1
 
 

@@ -30,9 +30,25 @@ class Recording:
         # --native (C frames: uvloop, libc, the kernel entry) must pause the target to unwind
         mode = ["--native"] if native else ["--nonblocking"]
         self.proc = subprocess.Popen(
-            [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-             "--rate", "250", *mode, "--format", "raw", "--output", str(out)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(max(1, round(seconds))),
+                "--rate",
+                "250",
+                *mode,
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     def finish(self, top: int = 12) -> dict[str, Any]:
         """Stop sampling (SIGINT makes py-spy write what it has) and summarise."""
@@ -78,14 +94,13 @@ def top_frames(collapsed: str, top: int) -> dict[str, Any]:
     inclusive: Counter[str] = Counter()
     for frames, n in stacks:
         leaf[frames[-1]] += n
-        for frame in set(frames[len(entry):]):
+        for frame in set(frames[len(entry) :]):
             inclusive[frame] += n
 
     def shares(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(top)]
 
-    return {"samples": total, "entry": entry, "self": shares(leaf),
-            "inclusive": shares(inclusive)}
+    return {"samples": total, "entry": entry, "self": shares(leaf), "inclusive": shares(inclusive)}
 
 
 def _common_prefix(stacks: list[list[str]]) -> list[str]:
@@ -104,9 +119,11 @@ def _common_prefix(stacks: list[list[str]]) -> list[str]:
 def render(name: str, profile: dict[str, Any]) -> str:
     if "error" in profile:
         return f"py-spy during {name}: failed: {profile['error']}"
-    lines = [f"py-spy during {name}: {profile['samples']} non-idle samples ({profile['file']})",
-             "  self time (a Python frame's self time includes the C code it calls, e.g. "
-             "the event loop's own I/O under Runner.run):"]
+    lines = [
+        f"py-spy during {name}: {profile['samples']} non-idle samples ({profile['file']})",
+        "  self time (a Python frame's self time includes the C code it calls, e.g. "
+        "the event loop's own I/O under Runner.run):",
+    ]
     lines += [f"    {pct:5.1f}%  {frame}" for frame, pct in profile["self"]]
     lines.append(f"  inclusive time, below {' > '.join(profile['entry'][-2:]) or 'the root'}:")
     lines += [f"    {pct:5.1f}%  {frame}" for frame, pct in profile["inclusive"]]

@@ -18,9 +18,11 @@ NOTIFY = "SELECT notifyd.notify($1, 'bench', 't', 'm', $2::jsonb)"
 BROADCAST = "SELECT notifyd.broadcast('bench', 't', 'm', $1::jsonb)"
 # `batch` notifications in one statement (one commit): past the NOTIFY commit lock's rate
 # (in user order: concurrent statements that lock the same streams in other orders deadlock)
-NOTIFY_MANY = ("INSERT INTO notifyd.notifications (user_id, type, title, message, data) "
-               "SELECT u, 'bench', 't', 'm', $2::jsonb FROM unnest($1::text[]) AS x(u) "
-               "ORDER BY u RETURNING id, user_id")
+NOTIFY_MANY = (
+    "INSERT INTO notifyd.notifications (user_id, type, title, message, data) "
+    "SELECT u, 'bench', 't', 'm', $2::jsonb FROM unnest($1::text[]) AS x(u) "
+    "ORDER BY u RETURNING id, user_id"
+)
 WARM_UP_USER = "bench-warm-up"
 LAST_SEQ = "SELECT stream, max(seq) FROM notifyd.notifications GROUP BY stream"
 MISSED_CHUNK = 1000  # users per INSERT while the storm's clients are away
@@ -46,8 +48,9 @@ class Writer:
     async def open(self) -> dict[str, Any]:
         """Connect the pool and warm every connection up (prepared statements, function
         plans) with statements in a transaction that is rolled back: nothing is delivered."""
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=self.pool_size,
-                                              max_size=self.pool_size, timeout=30)
+        self.pool = await asyncpg.create_pool(
+            self.dsn, min_size=self.pool_size, max_size=self.pool_size, timeout=30
+        )
         pool = self.pool
 
         async def warm() -> None:
@@ -63,8 +66,9 @@ class Writer:
         version = await pool.fetchval("SHOW server_version")
         return {"pool": self.pool_size, "server_version": version}
 
-    async def rate_run(self, users: list[str], rate: float, seconds: float,
-                       seed: int, batch: int = 1) -> dict[str, Any]:
+    async def rate_run(
+        self, users: list[str], rate: float, seconds: float, seed: int, batch: int = 1
+    ) -> dict[str, Any]:
         """Insert rate*seconds notifications, each for a random user of `users`, `batch` per
         statement; the i-th statement started at start + i*batch/rate (open loop: a slow
         commit does not delay the next ones)."""
@@ -83,8 +87,10 @@ class Writer:
                 if batch == 1:
                     rows = [(await pool.fetchval(NOTIFY, targets[i][0], data), targets[i][0])]
                 else:
-                    rows = [(r["id"], r["user_id"])
-                            for r in await pool.fetch(NOTIFY_MANY, targets[i], data)]
+                    rows = [
+                        (r["id"], r["user_id"])
+                        for r in await pool.fetch(NOTIFY_MANY, targets[i], data)
+                    ]
             except Exception as exc:
                 errors.append(repr(exc))
                 return
@@ -111,9 +117,9 @@ class Writer:
             "users": [r[1] for r in done],
             "t0": [r[2] for r in done],
             "t1": [r[3] for r in done],
-            "planned": n * batch, "batch": batch,
-            "errors": errors[:5] + ([f"... and {len(errors) - 5} more"] if len(errors) > 5
-                                    else []),
+            "planned": n * batch,
+            "batch": batch,
+            "errors": errors[:5] + ([f"... and {len(errors) - 5} more"] if len(errors) > 5 else []),
             "unfinished": len(pending),
             "max_schedule_lag_ms": max_lag * 1000,
         }
@@ -125,7 +131,6 @@ class Writer:
         t1 = time.time()
         return {"id": nid, "t0": t0, "t1": t1}
 
-
     async def missed(self, users: list[str]) -> dict[str, Any]:
         """For the reconnect storm, while every client is away: the last seq of every stream
         (what the clients have seen: they were drained), then one notification for each of
@@ -135,7 +140,7 @@ class Writer:
         own: dict[str, int] = {}
         data = orjson.dumps({"t0": time.time()}).decode()
         for i in range(0, len(users), MISSED_CHUNK):
-            rows = await self.pool.fetch(NOTIFY_MANY, users[i:i + MISSED_CHUNK], data)
+            rows = await self.pool.fetch(NOTIFY_MANY, users[i : i + MISSED_CHUNK], data)
             own.update((r["user_id"], r["id"]) for r in rows)
         broadcast = await self.pool.fetchval(BROADCAST, data)
         return {"last_seq": last, "own": own, "broadcast": broadcast}

@@ -38,13 +38,17 @@ class Conn(asyncio.Protocol):
     protocol itself must (close and pong frames, which the ClientProtocol queues); the text
     frames it looks into are the greeting and notification:new."""
 
-    __slots__ = ("cursors", "greeted", "opened", "own", "parts", "pool", "transport", "user",
-                 "ws")
+    __slots__ = ("cursors", "greeted", "opened", "own", "parts", "pool", "transport", "user", "ws")
     GREETING: tuple[bytes, ...] = GREETING
 
-    def __init__(self, pool: ClientPool, user: str, uri: WebSocketURI,
-                 opened: asyncio.Future[None],
-                 cursors: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        pool: ClientPool,
+        user: str,
+        uri: WebSocketURI,
+        opened: asyncio.Future[None],
+        cursors: dict[str, int] | None = None,
+    ) -> None:
         self.pool = pool
         self.user = user
         self.own = f"user:{user}"
@@ -103,8 +107,13 @@ class Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.transports.discard(self)
         if not self.opened.done():
-            why = self.ws.handshake_exc or exc or ConnectionError(
-                f"closed before the greeting ({self.greeted} of {len(self.GREETING)} frames)")
+            why = (
+                self.ws.handshake_exc
+                or exc
+                or ConnectionError(
+                    f"closed before the greeting ({self.greeted} of {len(self.GREETING)} frames)"
+                )
+            )
             self.opened.set_exception(why)
         self.pool.gone(self)
 
@@ -149,8 +158,11 @@ class Conn(asyncio.Protocol):
             self.opened.set_result(None)
 
     def send_sync(self, cursors: dict[str, int]) -> None:
-        self.ws.send_text(orjson.dumps({"type": "notification:sync-request",
-                                        "data": {"cursors": cursors}, "ref": "storm"}))
+        self.ws.send_text(
+            orjson.dumps(
+                {"type": "notification:sync-request", "data": {"cursors": cursors}, "ref": "storm"}
+            )
+        )
 
     def synced(self, data: Any, now: float) -> None:
         """The sync-response: checked against what this user missed; then the connection is
@@ -202,8 +214,7 @@ class SioConn(Conn):
         # 40 (connected), 41 (disconnect) and the rest: nothing to do
 
     def send_sync(self, cursors: dict[str, int]) -> None:
-        self.ws.send_text(b"42" + orjson.dumps(["notification:sync-request",
-                                               {"cursors": cursors}]))
+        self.ws.send_text(b"42" + orjson.dumps(["notification:sync-request", {"cursors": cursors}]))
 
     @staticmethod
     def notification(payload: bytes | bytearray) -> Any:
@@ -216,8 +227,7 @@ PROTOCOLS: dict[str, type[Conn]] = {"notifyd": Conn, "socketio": SioConn}
 class ClientPool:
     """The connections of one load-generator process and what they received."""
 
-    def __init__(self, url: str, secret: str, concurrency: int,
-                 protocol: str = "notifyd") -> None:
+    def __init__(self, url: str, secret: str, concurrency: int, protocol: str = "notifyd") -> None:
         self.conn_class = PROTOCOLS[protocol]
         self.url = url
         self.secret = secret
@@ -265,8 +275,9 @@ class ClientPool:
 
     # -- commands -------------------------------------------------------------------------
 
-    async def connect(self, users: list[str],
-                      cursors: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+    async def connect(
+        self, users: list[str], cursors: dict[str, dict[str, int]] | None = None
+    ) -> dict[str, Any]:
         """Open one authenticated connection per user, `concurrency` handshakes at a time;
         each counts once its connection-confirmed and unread-count frames arrived (with
         `cursors`, user -> its sync-request's cursors: once its sync-response arrived)."""
@@ -274,14 +285,22 @@ class ClientPool:
         tokens = [self._token(user) for user in users]  # not the server's time: before the clock
         started, started_at = time.monotonic(), time.time()
         results = await asyncio.gather(
-            *(self._open(user, token, gate, cursors[user] if cursors else None)
-              for user, token in zip(users, tokens, strict=True)),
-            return_exceptions=True)
+            *(
+                self._open(user, token, gate, cursors[user] if cursors else None)
+                for user, token in zip(users, tokens, strict=True)
+            ),
+            return_exceptions=True,
+        )
         errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
-        return {"opened": len(users) - len(errors), "failed": len(errors),
-                "errors": sorted(set(errors))[:5], "seconds": time.monotonic() - started,
-                "started_at": started_at,
-                "live_users": list(self.conns) if errors else [], **self.stats()}
+        return {
+            "opened": len(users) - len(errors),
+            "failed": len(errors),
+            "errors": sorted(set(errors))[:5],
+            "seconds": time.monotonic() - started,
+            "started_at": started_at,
+            "live_users": list(self.conns) if errors else [],
+            **self.stats(),
+        }
 
     def drop(self) -> dict[str, Any]:
         """Cut every connection as a network failure would (TCP reset, no closing handshake),
@@ -293,8 +312,9 @@ class ClientPool:
                 conn.transport.abort()
         return {"dropped": len(conns)}
 
-    async def storm(self, users: list[str], cursors: dict[str, dict[str, int]],
-                    missed: dict[str, list[int]]) -> dict[str, Any]:
+    async def storm(
+        self, users: list[str], cursors: dict[str, dict[str, int]], missed: dict[str, list[int]]
+    ) -> dict[str, Any]:
         """Reconnect every user at once (`concurrency` handshakes in flight), each sending a
         sync-request with its cursors once greeted: ready when its sync-response arrived,
         which must hold exactly the notifications in `missed[user]`, each once."""
@@ -303,8 +323,12 @@ class ClientPool:
         self.sync_problems = Counter()
         self.sync_examples = []
         opened = await self.connect(users, cursors)
-        return {**opened, "times": self.sync_times, "problems": dict(self.sync_problems),
-                "problem_examples": self.sync_examples[:5]}
+        return {
+            **opened,
+            "times": self.sync_times,
+            "problems": dict(self.sync_problems),
+            "problem_examples": self.sync_examples[:5],
+        }
 
     async def drain(self, expected: int, timeout: float) -> dict[str, Any]:
         """Wait (bounded) until `expected` own-stream notifications arrived, then hand over
@@ -326,17 +350,29 @@ class ClientPool:
             await self._wait(timeout)
             self.want_broadcast = (0, 0)
         count, first, last = self.broadcasts.pop(nid, [0, 0.0, 0.0])
-        return {"count": int(count), "expected": target, "first": first, "last": last,
-                **self.stats()}
+        return {
+            "count": int(count),
+            "expected": target,
+            "first": first,
+            "last": last,
+            **self.stats(),
+        }
 
     def stats(self) -> dict[str, Any]:
-        return {"live": self.live(), "frames": self.frames, "reads": self.reads,
-                "dropped": dict(self.dropped),
-                "foreign": len(self.foreign), "foreign_examples": self.foreign[:5],
-                "malformed": len(self.malformed), "malformed_examples": self.malformed[:3]}
+        return {
+            "live": self.live(),
+            "frames": self.frames,
+            "reads": self.reads,
+            "dropped": dict(self.dropped),
+            "foreign": len(self.foreign),
+            "foreign_examples": self.foreign[:5],
+            "malformed": len(self.malformed),
+            "malformed_examples": self.malformed[:3],
+        }
 
-    async def close(self, users: list[str] | None = None,
-                    timeout: float = CLOSE_TIMEOUT) -> dict[str, Any]:
+    async def close(
+        self, users: list[str] | None = None, timeout: float = CLOSE_TIMEOUT
+    ) -> dict[str, Any]:
         """Closing handshake on every connection, or on those of `users` (the server closes
         the sockets), for `timeout` at most; whatever of them is still open then is aborted."""
         if users is None:
@@ -455,11 +491,15 @@ class ClientPool:
     # -- connections ----------------------------------------------------------------------
 
     def _token(self, user: str) -> str:
-        return jwt.encode({"sub": user, "roles": ["user"], "exp": int(time.time()) + 3600},
-                          self.secret, algorithm="HS256")
+        return jwt.encode(
+            {"sub": user, "roles": ["user"], "exp": int(time.time()) + 3600},
+            self.secret,
+            algorithm="HS256",
+        )
 
-    async def _open(self, user: str, token: str, gate: asyncio.Semaphore,
-                    cursors: dict[str, int] | None = None) -> None:
+    async def _open(
+        self, user: str, token: str, gate: asyncio.Semaphore, cursors: dict[str, int] | None = None
+    ) -> None:
         kind = self.conn_class
         # Socket.IO sends the token in its connect packet; notifyd takes it in the query, and
         # with sync=1 holds live notifications until it has answered the sync-request
@@ -489,8 +529,7 @@ class ClientPool:
                 raise
 
 
-def main(pipe: Pipe, url: str, secret: str, concurrency: int,
-         protocol: str = "notifyd") -> None:
+def main(pipe: Pipe, url: str, secret: str, concurrency: int, protocol: str = "notifyd") -> None:
     """Process entry point (multiprocessing, spawn). `protocol`: notifyd or socketio."""
     infra.worker_setup()
     # The daemon is what is measured. In production its clients are on other machines; here

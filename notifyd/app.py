@@ -66,8 +66,24 @@ RETENTION_EVERY = 600.0  # seconds between retention runs (jittered: many proces
 PRUNE_BATCH = 250  # rows per prune transaction: short locks (bench/retention.py)
 PRUNE_PAUSE = 0.05  # seconds between batches, so the database serves others meanwhile
 PRUNE_RETRIES = 5  # a batch that gave way to an app transaction is retried this often per run
-CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011,
-                         CLOSE_TOKEN, CLOSE_REVOKED, 4008})  # metric labels; others: "other"
+CLOSE_CODES = frozenset(
+    {
+        1000,
+        1001,
+        1002,
+        1003,
+        1005,
+        1006,
+        1007,
+        1008,
+        1009,
+        1010,
+        1011,
+        CLOSE_TOKEN,
+        CLOSE_REVOKED,
+        4008,
+    }
+)  # metric labels; others: "other"
 
 
 def _now_iso() -> str:
@@ -77,24 +93,34 @@ def _now_iso() -> str:
 class App:
     """One notifyd process."""
 
-    def __init__(self, settings: Settings, store: Store, dev: bool = False,
-                 dev_key: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, dev: bool = False, dev_key: str | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.auth = Authenticator(settings)
         # `dev`: the demo page and its token and send helpers (`notifyd dev` only), which need
         # `dev_key` (made when not given: http_api.dev.key)
         self.metrics = Metrics()
-        self.http_api = HttpApi(settings, store, self.verify, self.readiness, self.metrics, dev,
-                                dev_key=dev_key, port=lambda: self.port)
+        self.http_api = HttpApi(
+            settings,
+            store,
+            self.verify,
+            self.readiness,
+            self.metrics,
+            dev,
+            dev_key=dev_key,
+            port=lambda: self.port,
+        )
         self.index: StreamIndex[Connection] = StreamIndex()
         self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
         self.policy = PresencePolicy(settings.presence_roles, settings.presence_public_roles or ())
         self.presence = ClusterPresence(settings, self._presence_event, self.metrics)
         self.channel = Channel()
         self.channel.refused = self.metrics.notify_refused
-        self.listener = Listener(settings.dsn or "", self.channel, self._heard,
-                                 self._listening, self.router.block)
+        self.listener = Listener(
+            settings.dsn or "", self.channel, self._heard, self._listening, self.router.block
+        )
         self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
         # A revocation event says only "read the table again": it holds what committed.
         self.router.on_revocations = self._revocations_changed
@@ -125,7 +151,8 @@ class App:
             listener_up=lambda: float(listener.up),
             listener_reconnects=lambda: listener.reconnects,
             notify_stale=lambda: self.channel.stale,
-            reloads=lambda: self.reloads)
+            reloads=lambda: self.reloads,
+        )
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -140,18 +167,29 @@ class App:
             self._server = await loop.create_server(factory, sock=sock, backlog=4096)
         else:
             self._server = await loop.create_server(
-                factory, self.settings.host, self.settings.port, backlog=4096,
-                reuse_address=True, reuse_port=self.settings.reuse_port or None)
+                factory,
+                self.settings.host,
+                self.settings.port,
+                backlog=4096,
+                reuse_address=True,
+                reuse_port=self.settings.reuse_port or None,
+            )
         for listening in self._server.sockets:
             tune_listener(listening)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.settings.admin_port is not None:
             self._admin = await loop.create_server(
-                connection_factory(self, loop.time, admin=True), self.settings.admin_host,
-                self.settings.admin_port, reuse_address=True)
+                connection_factory(self, loop.time, admin=True),
+                self.settings.admin_host,
+                self.settings.admin_port,
+                reuse_address=True,
+            )
             self.admin_port = self._admin.sockets[0].getsockname()[1]
-            log.info("admin listener (health, metrics) on %s:%d", self.settings.admin_host,
-                     self.admin_port)
+            log.info(
+                "admin listener (health, metrics) on %s:%d",
+                self.settings.admin_host,
+                self.admin_port,
+            )
         self._ticker = loop.create_task(self._tick_forever(), name="notifyd-tick")
         self._retention = loop.create_task(self._retain_forever(), name="notifyd-retention")
         log.info("serving on %s:%d", self.settings.host, self.port)
@@ -163,8 +201,11 @@ class App:
 
     async def readiness(self) -> dict[str, bool]:
         """What /readyz checks: the two of `ready`, and that the database answers a query."""
-        checks = {"listening": self._server is not None and self._server.is_serving(),
-                  "listen_connection": self.listener.up, "database": True}
+        checks = {
+            "listening": self._server is not None and self._server.is_serving(),
+            "listen_connection": self.listener.up,
+            "database": True,
+        }
         try:
             await self.store.ping()
         except StoreError:
@@ -201,8 +242,9 @@ class App:
             await asyncio.sleep(0.05)
         stuck = [c for c in closing if c.transport is not None]
         if stuck:
-            log.warning("%d connections still sending after %.1fs; resetting them",
-                        len(stuck), limit)
+            log.warning(
+                "%d connections still sending after %.1fs; resetting them", len(stuck), limit
+            )
             for conn in stuck:
                 conn.reset()
         for background in (self._ticker, self._retention):
@@ -248,8 +290,11 @@ class App:
         for conn in list(self.index.subscribers(f"user:{user_id}")):
             identity = conn.session.identity
             if identity is not None and self._is_revoked(identity):
-                log.info("closing connection %s: access of user %s revoked",
-                         conn.session.connection_id, user_id)
+                log.info(
+                    "closing connection %s: access of user %s revoked",
+                    conn.session.connection_id,
+                    user_id,
+                )
                 conn.close(CLOSE_REVOKED, "access revoked")
 
     async def _listening(self) -> int:
@@ -313,24 +358,38 @@ class App:
         self.index.add(conn, self._subscriptions(identity))
         self.metrics.connections_opened += 1
         if log.isEnabledFor(logging.INFO):
-            log.info("connection open", extra={
-                "conn": conn.session.connection_id, "user": identity.user_id,
-                "roles": list(identity.roles), "peer": conn.peer()})
+            log.info(
+                "connection open",
+                extra={
+                    "conn": conn.session.connection_id,
+                    "user": identity.user_id,
+                    "roles": list(identity.roles),
+                    "peer": conn.peer(),
+                },
+            )
         self.presence.connected(identity.user_id, identity.roles)
         self.spawn(self._send_initial_state(conn, identity))
         loop = asyncio.get_running_loop()
-        due = min(conn.last_recv + self.settings.ping_interval,
-                  loop.time() + identity.expires_at - time.time())
+        due = min(
+            conn.last_recv + self.settings.ping_interval,
+            loop.time() + identity.expires_at - time.time(),
+        )
         if due < conn.deadline:  # e.g. a token expiring before the auth deadline
             conn.deadline = due
             self.timers.schedule(conn, due)
-        return websocket_text(encode("connection-confirmed", {
-            "userId": identity.user_id,
-            "roles": list(identity.roles),
-            "connectionId": conn.session.connection_id,
-            "serverTime": _now_iso(),
-            "protocolVersion": PROTOCOL_VERSION,
-        }, ref))
+        return websocket_text(
+            encode(
+                "connection-confirmed",
+                {
+                    "userId": identity.user_id,
+                    "roles": list(identity.roles),
+                    "connectionId": conn.session.connection_id,
+                    "serverTime": _now_iso(),
+                    "protocolVersion": PROTOCOL_VERSION,
+                },
+                ref,
+            )
+        )
 
     def closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -340,11 +399,17 @@ class App:
             if identity is not None:  # counted like connections_opened: live ones
                 self.metrics.closes[str(code) if code in CLOSE_CODES else "other"] += 1
             if log.isEnabledFor(logging.INFO):
-                log.info("connection closed", extra={
-                    "conn": conn.session.connection_id,
-                    "user": identity.user_id if identity is not None else None,
-                    "code": code, "reason": reason, "by": by,
-                    "seconds": round(asyncio.get_running_loop().time() - conn.opened_at, 3)})
+                log.info(
+                    "connection closed",
+                    extra={
+                        "conn": conn.session.connection_id,
+                        "user": identity.user_id if identity is not None else None,
+                        "code": code,
+                        "reason": reason,
+                        "by": by,
+                        "seconds": round(asyncio.get_running_loop().time() - conn.opened_at, 3),
+                    },
+                )
         if identity is None:
             return
         streams = [*identity.streams, PRESENCE_STREAM]
@@ -359,8 +424,9 @@ class App:
 
     async def _http(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
         try:
-            answer = await self.http_api.answer(method, target, headers,
-                                                admin=isinstance(conn, AdminConnection))
+            answer = await self.http_api.answer(
+                method, target, headers, admin=isinstance(conn, AdminConnection)
+            )
         except Exception:
             # the path only: the query may hold a token
             log.exception("%s %s failed", method, target.split("?", 1)[0][:200])
@@ -403,11 +469,15 @@ class App:
         elif isinstance(event, SyncRequest):
             self._start_sync(conn, event, frame.ref)
         elif isinstance(event, MarkRead | MarkAllRead):
-            self.spawn(self._answered(conn, frame.ref,
-                                      partial(self._mark_read, conn, event, frame.ref)))
+            self.spawn(
+                self._answered(conn, frame.ref, partial(self._mark_read, conn, event, frame.ref))
+            )
         elif isinstance(event, PresenceQuery):
-            self.spawn(self._answered(conn, frame.ref,
-                                      partial(self._presence_query, conn, event, frame.ref)))
+            self.spawn(
+                self._answered(
+                    conn, frame.ref, partial(self._presence_query, conn, event, frame.ref)
+                )
+            )
         else:
             self._refresh(conn, event, frame.ref)
 
@@ -417,16 +487,16 @@ class App:
         exc.ref = ref
         conn.send(error_frame(exc))
 
-    async def _answered(self, conn: Connection, ref: str | None,
-                        operation: Callable[[], Awaitable[None]]) -> None:
+    async def _answered(
+        self, conn: Connection, ref: str | None, operation: Callable[[], Awaitable[None]]
+    ) -> None:
         """Runs a client operation that answers its frame itself (made only here: a task
         cancelled before it starts leaves no coroutine unawaited); one that fails in a way it
         did not expect is answered `internal-error` instead of leaving the client waiting."""
         try:
             await operation()
         except Exception:
-            log.exception("a client operation failed on connection %s",
-                          conn.session.connection_id)
+            log.exception("a client operation failed on connection %s", conn.session.connection_id)
             self._refuse(conn, ClientError("internal-error"), ref)
 
     def _refresh(self, conn: Connection, event: Auth, ref: str | None) -> None:
@@ -449,9 +519,13 @@ class App:
         if due < conn.deadline:
             conn.deadline = due
             self.timers.schedule(conn, due)
-        conn.send(encode("auth:refreshed", {
-            "expiresAt": format_epoch(identity.expires_at), "roles": list(identity.roles)},
-            ref))
+        conn.send(
+            encode(
+                "auth:refreshed",
+                {"expiresAt": format_epoch(identity.expires_at), "roles": list(identity.roles)},
+                ref,
+            )
+        )
 
     def _subscriptions(self, identity: Identity) -> list[str]:
         """What a connection of `identity` is indexed under: its streams, and the presence
@@ -476,8 +550,10 @@ class App:
             if first:
                 self.spawn(self._note_floors(conn, first))
         if dropped or gained:
-            log.info("connection roles changed", extra={
-                "conn": conn.session.connection_id, "dropped": dropped, "gained": gained})
+            log.info(
+                "connection roles changed",
+                extra={"conn": conn.session.connection_id, "dropped": dropped, "gained": gained},
+            )
 
     async def _note_floors(self, conn: Connection, streams: list[str]) -> None:
         """Streams that just got their first local subscriber: their last seq is where a
@@ -521,8 +597,7 @@ class App:
         # A live count that arrived meanwhile is at least as new as what we read.
         if self._unread_epoch.get(identity.user_stream, 0) == epoch:
             state = states.get(identity.user_stream)
-            conn.send(encode("notification:unread-count",
-                             {"count": state.unread if state else 0}))
+            conn.send(encode("notification:unread-count", {"count": state.unread if state else 0}))
 
     def _note_published(self, kind: str, event: dict[str, Any]) -> None:
         if "u" in event:
@@ -537,8 +612,9 @@ class App:
         self.metrics.sync_requests["websocket"] += 1
         for stream in req.cursors:
             if stream not in allowed:
-                self._refuse(conn, ClientError(
-                    "forbidden", f"not subscribed to stream {stream[:80]!r}"), ref)
+                self._refuse(
+                    conn, ClientError("forbidden", f"not subscribed to stream {stream[:80]!r}"), ref
+                )
                 return
         try:
             conn.session.begin_sync(list(allowed))
@@ -547,14 +623,19 @@ class App:
             return
         self.spawn(self._answered(conn, ref, partial(self._sync, conn, req, ref, list(allowed))))
 
-    async def _sync(self, conn: Connection, req: SyncRequest, ref: str | None,
-                    streams: list[str]) -> None:
+    async def _sync(
+        self, conn: Connection, req: SyncRequest, ref: str | None, streams: list[str]
+    ) -> None:
         latest = [s for s in streams if s not in req.cursors]
         try:
-            result = await self.store.sync(req.cursors, latest, req.since,
-                                           req.limit or self.settings.sync_limit,
-                                           conn.session.in_flight(),
-                                           max_bytes=self.settings.max_response_bytes)
+            result = await self.store.sync(
+                req.cursors,
+                latest,
+                req.since,
+                req.limit or self.settings.sync_limit,
+                conn.session.in_flight(),
+                max_bytes=self.settings.max_response_bytes,
+            )
         except StoreError as exc:
             log.warning("sync failed: %s", exc)
             for frame in conn.session.abort_sync():
@@ -565,52 +646,76 @@ class App:
             for frame in conn.session.abort_sync():
                 conn.write(frame)
             raise
-        conn.send(encode("notification:sync-response", {
-            "notifications": result.notifications,
-            "cursors": result.cursors,
-            "reset": result.reset,
-            "hasMore": bool(result.has_more),
-        }, ref))
+        conn.send(
+            encode(
+                "notification:sync-response",
+                {
+                    "notifications": result.notifications,
+                    "cursors": result.cursors,
+                    "reset": result.reset,
+                    "hasMore": bool(result.has_more),
+                },
+                ref,
+            )
+        )
         fresh = {*latest, *result.reset}  # given as they are now, live items included
         for frame in conn.session.finish_sync(result.cursors, result.has_more, fresh):
             conn.write(frame)
 
-    async def _mark_read(self, conn: Connection, event: MarkRead | MarkAllRead,
-                         ref: str | None) -> None:
+    async def _mark_read(
+        self, conn: Connection, event: MarkRead | MarkAllRead, ref: str | None
+    ) -> None:
         identity = conn.session.identity
         assert identity is not None
         ids = event.ids if isinstance(event, MarkRead) else None
         try:
-            changed, read_at = await self.store.mark_read(identity.user_stream, ids,
-                                                          conn.session.connection_id)
+            changed, read_at = await self.store.mark_read(
+                identity.user_stream, ids, conn.session.connection_id
+            )
         except StoreError as exc:
             log.warning("mark-read failed: %s", exc)
             self._refuse(conn, ClientError("unavailable"), ref)
             return
-        conn.send(encode("notification:read", {
-            "ids": changed, "readAt": format_time(read_at) if read_at else None}, ref))
+        conn.send(
+            encode(
+                "notification:read",
+                {"ids": changed, "readAt": format_time(read_at) if read_at else None},
+                ref,
+            )
+        )
 
-    async def _presence_query(self, conn: Connection, event: PresenceQuery,
-                              ref: str | None) -> None:
+    async def _presence_query(
+        self, conn: Connection, event: PresenceQuery, ref: str | None
+    ) -> None:
         identity = conn.session.identity
         assert identity is not None
         viewer = identity.roles
         if not self.policy.may_query(viewer):
-            self._refuse(conn, ClientError("forbidden", "presence is not visible to your roles"),
-                         ref)
+            self._refuse(
+                conn, ClientError("forbidden", "presence is not visible to your roles"), ref
+            )
             return
         hidden = [r for r in event.roles if not self.policy.countable(viewer, r)]
         if hidden:
-            self._refuse(conn, ClientError(
-                "forbidden", f"the presence of role {hidden[0][:80]!r} is not visible to you"),
-                ref)
+            self._refuse(
+                conn,
+                ClientError(
+                    "forbidden", f"the presence of role {hidden[0][:80]!r} is not visible to you"
+                ),
+                ref,
+            )
             return
         users, counts = await self.presence.query(event.user_ids, event.roles)
-        data: dict[str, Any] = {"users": [{
-            "userId": u.user_id,
-            "online": u.online,
-            "lastSeen": format_epoch(u.last_seen) if u.last_seen is not None else None,
-        } for u in (self.policy.shown(viewer, user) for user in users)]}
+        data: dict[str, Any] = {
+            "users": [
+                {
+                    "userId": u.user_id,
+                    "online": u.online,
+                    "lastSeen": format_epoch(u.last_seen) if u.last_seen is not None else None,
+                }
+                for u in (self.policy.shown(viewer, user) for user in users)
+            ]
+        }
         if event.roles:
             data["roles"] = counts
         conn.send(encode("presence:state", data, ref))
@@ -621,9 +726,16 @@ class App:
         if not watchers:
             return
         kind = "presence:online" if change.online else "presence:offline"
-        frame = websocket_text(encode(kind, {
-            "userId": change.user_id, "roles": list(change.roles),
-            "at": format_epoch(change.at)}))
+        frame = websocket_text(
+            encode(
+                kind,
+                {
+                    "userId": change.user_id,
+                    "roles": list(change.roles),
+                    "at": format_epoch(change.at),
+                },
+            )
+        )
         for watcher in list(watchers):
             watcher_identity = watcher.session.identity
             if watcher_identity is not None and watcher_identity.user_id != change.user_id:
@@ -638,8 +750,9 @@ class App:
                 try:
                     await self.prune()
                 except StoreError as exc:
-                    log.warning("retention run failed (next in about %.0fs): %s",
-                                RETENTION_EVERY, exc)
+                    log.warning(
+                        "retention run failed (next in about %.0fs): %s", RETENTION_EVERY, exc
+                    )
                 except Exception:  # pragma: no cover - a bug must not end retention
                     log.exception("retention run failed")
             await asyncio.sleep(RETENTION_EVERY * random.uniform(0.75, 1.25))
@@ -655,8 +768,9 @@ class App:
             except PruneBusy:
                 busy += 1
                 if busy > PRUNE_RETRIES:
-                    log.info("retention gave way to app transactions %d times; next run later",
-                             busy)
+                    log.info(
+                        "retention gave way to app transactions %d times; next run later", busy
+                    )
                     break
                 await asyncio.sleep(busy * 0.5)
                 continue
@@ -669,8 +783,13 @@ class App:
                 break
             await asyncio.sleep(PRUNE_PAUSE)
         if total:
-            log.info("pruned %d notifications older than %g days in %.2fs (%d batches)",
-                     total, days, time.monotonic() - started, batches)
+            log.info(
+                "pruned %d notifications older than %g days in %.2fs (%d batches)",
+                total,
+                days,
+                time.monotonic() - started,
+                batches,
+            )
         return total
 
     # -- catch-up and the timer ---------------------------------------------------------

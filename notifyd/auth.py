@@ -98,8 +98,11 @@ class Authenticator:
             # The key follows the algorithm family, so a public key can never be used as an
             # HMAC secret (the classic RS256 -> HS256 confusion). An allowed algorithm without
             # a key stays unregistered: its tokens are refused as not allowed.
-            keys = settings.jwt_secrets if alg.startswith("HS") else (
-                (settings.jwt_public_key,) if settings.jwt_public_key else ())
+            keys = (
+                settings.jwt_secrets
+                if alg.startswith("HS")
+                else ((settings.jwt_public_key,) if settings.jwt_public_key else ())
+            )
             if alg not in defaults or not any(keys):
                 continue
             try:
@@ -142,8 +145,11 @@ class Authenticator:
                 raise AuthError("token lacks the 'aud' claim")
             if isinstance(audiences, str):
                 audiences = [audiences]
-            if (not isinstance(audiences, list) or s.jwt_audience not in audiences
-                    or not all(isinstance(a, str) for a in audiences)):
+            if (
+                not isinstance(audiences, list)
+                or s.jwt_audience not in audiences
+                or not all(isinstance(a, str) for a in audiences)
+            ):
                 raise AuthError("token audience not accepted")
         if s.jwt_issuer is not None:
             if "iss" not in claims:
@@ -211,7 +217,11 @@ def issue_token(
 ) -> str:
     """An HS* token for development and tests (`notifyd token`)."""
     now = int(clock())
-    claims: dict[str, object] = {"sub": user_id, "roles": list(roles), "iat": now,
-                                 "exp": now + int(ttl)}
+    claims: dict[str, object] = {
+        "sub": user_id,
+        "roles": list(roles),
+        "iat": now,
+        "exp": now + int(ttl),
+    }
     claims.update(extra or {})
     return jwt.encode(claims, secret, algorithm=algorithm)

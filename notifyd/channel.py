@@ -96,8 +96,14 @@ class Channel:
         # verifies is the database's, whatever its body holds.
         body = payload[MAC_LENGTH:]
         raw = body.encode()
-        key_id = next((k for k, key in self._keys.items() if hmac.compare_digest(
-            mac, hmac.new(key, raw, hashlib.sha256).hexdigest())), None)
+        key_id = next(
+            (
+                k
+                for k, key in self._keys.items()
+                if hmac.compare_digest(mac, hmac.new(key, raw, hashlib.sha256).hexdigest())
+            ),
+            None,
+        )
         if key_id is None:
             claimed = _key_of(body)
             if claimed is None:

@@ -27,8 +27,9 @@ log = logging.getLogger("notifyd")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="notifyd", description="Real-time notifications from "
-                                "PostgreSQL to WebSocket clients.")
+    p = argparse.ArgumentParser(
+        prog="notifyd", description="Real-time notifications from PostgreSQL to WebSocket clients."
+    )
     p.add_argument("--version", action="version", version=f"notifyd {__version__}")
     p.add_argument("--config", metavar="PATH", help="TOML settings file (or NOTIFYD_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -95,8 +96,11 @@ def _tail(url: str, token: str, as_json: bool) -> int:
                 print(json.dumps({"event": event.kind, **event.data}), flush=True)
             elif event.kind == "notification":
                 n = event.data
-                print(f"{n['createdAt']}  {n['stream']} #{n['seq']}  [{n['priority']}] "
-                      f"{n['title']}: {n['message']}", flush=True)
+                print(
+                    f"{n['createdAt']}  {n['stream']} #{n['seq']}  [{n['priority']}] "
+                    f"{n['title']}: {n['message']}",
+                    flush=True,
+                )
             elif event.kind == "unread":
                 print(f"unread: {event.data['count']}", flush=True)
             elif event.kind in ("read", "deleted", "error"):
@@ -117,13 +121,19 @@ def _migrate(dsn: str) -> int:
     except MigrationError as exc:
         print(f"notifyd: migration failed: {exc}", file=sys.stderr)
         return 1
-    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else
-                                                     "; the schema is up to date"))
+    print(
+        f"applied {len(applied)} migration(s)"
+        + (f": {', '.join(applied)}" if applied else "; the schema is up to date")
+    )
     return 0
 
 
-def _serve(settings: config.Settings, announce: str | None = None, dev_key: str | None = None,
-           reload: Callable[[], config.Settings] | None = None) -> int:
+def _serve(
+    settings: config.Settings,
+    announce: str | None = None,
+    dev_key: str | None = None,
+    reload: Callable[[], config.Settings] | None = None,
+) -> int:
     """Run the daemon until SIGTERM or SIGINT. `reload` reads the configuration again
     (SIGHUP); without it (`notifyd dev`) SIGHUP only logs that nothing was reloaded.
     `dev_key`: serve the demo page and its helpers, which need this key (`notifyd dev`)."""
@@ -153,8 +163,12 @@ def _serve(settings: config.Settings, announce: str | None = None, dev_key: str 
             await store.close()
             return 1
         if have < need:
-            log.error("the database schema is at version %d; this notifyd needs version %d: "
-                      "run `notifyd migrate` first", have, need)
+            log.error(
+                "the database schema is at version %d; this notifyd needs version %d: "
+                "run `notifyd migrate` first",
+                have,
+                need,
+            )
             await store.close()
             return 1
         FreezeAfterFullCollections().install()
@@ -197,8 +211,9 @@ def _ignored(why: str) -> Callable[[], None]:
     return lambda: log.warning("%s: ignored", why)
 
 
-def _reloader(app: App, notifier: SystemdNotifier,
-              reload: Callable[[], config.Settings] | None) -> Callable[[], None]:
+def _reloader(
+    app: App, notifier: SystemdNotifier, reload: Callable[[], config.Settings] | None
+) -> Callable[[], None]:
     def on_sighup() -> None:
         if reload is None:
             log.warning("SIGHUP: notifyd dev has no configuration to reload")
@@ -209,17 +224,19 @@ def _reloader(app: App, notifier: SystemdNotifier,
             merged, changed, ignored = config.reloaded(app.settings, fresh)
             config.require_serving(merged)
         except ConfigError as exc:
-            log.error("reload refused, the running configuration stays: invalid setting %s",
-                      exc)
+            log.error("reload refused, the running configuration stays: invalid setting %s", exc)
         except Exception:  # whatever went wrong, the daemon serves on as it was
             log.exception("reload failed, the running configuration stays")
         else:
             for key in ignored:
-                log.warning("%s changed but only takes effect after a restart",
-                            config.ENV_PREFIX + key.upper())
+                log.warning(
+                    "%s changed but only takes effect after a restart",
+                    config.ENV_PREFIX + key.upper(),
+                )
             app.reload(merged, changed)
         finally:  # systemd waits for READY=1 after RELOADING=1, whatever happened
             notifier.ready(f"serving on {app.settings.host}:{app.port}")
+
     return on_sighup
 
 
@@ -227,8 +244,10 @@ async def _watchdog(app: App, notifier: SystemdNotifier, every: float) -> None:
     """WATCHDOG=1 at half of WatchdogSec while the event loop runs: a hung loop gets the
     process restarted. STATUS shows what `systemctl status` should."""
     while True:
-        status = (f"{len(app.connections)} connections; LISTEN "
-                  f"{'up' if app.listener.up else 'down (reconnecting)'}")
+        status = (
+            f"{len(app.connections)} connections; LISTEN "
+            f"{'up' if app.listener.up else 'down (reconnecting)'}"
+        )
         notifier.watchdog(status)
         await asyncio.sleep(every)
 
@@ -247,11 +266,13 @@ def _dev(args: argparse.Namespace) -> int:
     except MigrationError as exc:
         print(f"notifyd: migration failed: {exc}", file=sys.stderr)
         return 1
-    settings = config.validate(config.Settings(dsn=dsn, jwt_secret=secret, port=args.port,
-                                               host="127.0.0.1"))
+    settings = config.validate(
+        config.Settings(dsn=dsn, jwt_secret=secret, port=args.port, host="127.0.0.1")
+    )
     key = new_dev_key()
     try:
-        return _serve(settings, banner(dsn, psql, secret, settings.host, settings.port, key),
-                      dev_key=key)
+        return _serve(
+            settings, banner(dsn, psql, secret, settings.host, settings.port, key), dev_key=key
+        )
     finally:
         server.cleanup()

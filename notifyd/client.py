@@ -19,8 +19,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 TokenSource = str | Callable[[], Awaitable[str]]
 
 
-def backoff_delay(attempt: int, base: float = 0.5, cap: float = 30.0,
-                  rand: Callable[[], float] = random.random) -> float:
+def backoff_delay(
+    attempt: int, base: float = 0.5, cap: float = 30.0, rand: Callable[[], float] = random.random
+) -> float:
     """Seconds before reconnect attempt `attempt` (0, 1, ...): doubling up to `cap`, half of it
     random so that many clients spread out."""
     ceiling: float = min(cap, base * 2.0 ** min(attempt, 30))
@@ -70,8 +71,14 @@ class Ledger:
 class NotifydClient:
     """async for event in NotifydClient("ws://127.0.0.1:8765", token).events(): ..."""
 
-    def __init__(self, url: str, token: TokenSource, cursors: dict[str, int] | None = None,
-                 backoff_base: float = 0.5, backoff_cap: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: TokenSource,
+        cursors: dict[str, int] | None = None,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+    ) -> None:
         base = url.rstrip("/").removesuffix("/ws")
         self.url = f"{base}/ws?sync=1"
         self.token = token
@@ -121,11 +128,15 @@ class NotifydClient:
             yield self._set_state("connecting")
             code = None
             try:
-                async with connect(self.url, compression=None, open_timeout=10,
-                                   max_size=None) as ws:
+                async with connect(
+                    self.url, compression=None, open_timeout=10, max_size=None
+                ) as ws:
                     self._ws = ws
-                    await ws.send(_text({"type": "auth", "ref": "auth",
-                                         "data": {"token": await self._token()}}))
+                    await ws.send(
+                        _text(
+                            {"type": "auth", "ref": "auth", "data": {"token": await self._token()}}
+                        )
+                    )
                     async for event in self._converse(ws):
                         attempt = 0
                         yield event
@@ -193,16 +204,21 @@ class NotifydClient:
             elif kind == "notification:unread-count":
                 self.unread_count = data["count"]
                 yield Event("unread", data)
-            elif kind in ("notification:read", "notification:updated", "notification:deleted",
-                          "error"):
+            elif kind in (
+                "notification:read",
+                "notification:updated",
+                "notification:deleted",
+                "error",
+            ):
                 yield Event(kind.removeprefix("notification:"), data)
             elif kind.startswith("presence:") and kind != "presence:state":
                 yield Event("presence", {**data, "online": kind == "presence:online"})
 
     async def _sync(self, ws: ClientConnection, cursors: dict[str, int]) -> None:
         ref = f"sync-{next(self._refs)}"
-        await ws.send(_text({"type": "notification:sync-request",
-                             "data": {"cursors": cursors}, "ref": ref}))
+        await ws.send(
+            _text({"type": "notification:sync-request", "data": {"cursors": cursors}, "ref": ref})
+        )
 
     async def request(self, kind: str, data: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
         """Send one client event and return the server's answer frame (an `error` frame

@@ -91,7 +91,9 @@ end
 
 # Heartbeat, changes and reaping in one call. -1: this node is unknown (Redis restarted, or
 # the node was silent too long and dropped): nothing applied, reconcile instead.
-_APPLY = _PRELUDE + """
+_APPLY = (
+    _PRELUDE
+    + """
 if not redis.call('ZSCORE', p .. 'nodes', node) then return -1 end
 redis.call('ZADD', p .. 'nodes', now + grace, node)
 for i = 5, #ARGV, 3 do
@@ -99,9 +101,12 @@ for i = 5, #ARGV, 3 do
 end
 return reap()
 """
+)
 
 # Make Redis hold exactly this node's users (ARGV from 5: user, roles pairs).
-_RECONCILE = _PRELUDE + """
+_RECONCILE = (
+    _PRELUDE
+    + """
 redis.call('ZADD', p .. 'nodes', now + grace, node)
 local want = {}
 for i = 5, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
@@ -111,11 +116,15 @@ end
 for user, roles in pairs(want) do join(user, roles) end
 return reap()
 """
+)
 
-_LEAVE = _PRELUDE + """
+_LEAVE = (
+    _PRELUDE
+    + """
 drop(node)
 return 0
 """
+)
 
 
 def _roles_json(roles: Iterable[str]) -> str:
@@ -126,8 +135,9 @@ class ClusterPresence:
     """Presence for the App: `connected`/`disconnected` per device, `query`, and `deliver`
     called with every change the local watchers should see, from whichever node."""
 
-    def __init__(self, settings: Settings, deliver: Callable[[PresenceChange], None],
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, deliver: Callable[[PresenceChange], None], metrics: Metrics
+    ) -> None:
         self.local = LocalPresence()
         self.deliver = deliver
         self.metrics = metrics
@@ -182,8 +192,9 @@ class ClusterPresence:
         except Exception:
             log.exception("delivering a presence change failed")
 
-    async def query(self, user_ids: Sequence[str], roles: Sequence[str]
-                    ) -> tuple[list[UserPresence], dict[str, int]]:
+    async def query(
+        self, user_ids: Sequence[str], roles: Sequence[str]
+    ) -> tuple[list[UserPresence], dict[str, int]]:
         """Each user's presence and the online users of each role, cluster-wide if possible."""
         now = time.time()
         local = [self.local.state(u, now) for u in user_ids]
@@ -205,15 +216,21 @@ class ClusterPresence:
             if mine.online:  # its coming online may not have reached Redis yet
                 users.append(mine)
             elif nodes is not None and int(nodes) > 0:
-                users.append(UserPresence(mine.user_id, True, now,
-                                          tuple(orjson.loads(roles_json or "[]"))))
+                users.append(
+                    UserPresence(mine.user_id, True, now, tuple(orjson.loads(roles_json or "[]")))
+                )
             elif seen is not None:
-                users.append(UserPresence(mine.user_id, False, int(seen) / 1000,
-                                          tuple(orjson.loads(roles_json or "[]"))))
+                users.append(
+                    UserPresence(
+                        mine.user_id,
+                        False,
+                        int(seen) / 1000,
+                        tuple(orjson.loads(roles_json or "[]")),
+                    )
+                )
             else:
                 users.append(mine)
-        counts = {r: int(n or 0) for r, n in zip(roles, answers[-1], strict=True)} \
-            if roles else {}
+        counts = {r: int(n or 0) for r, n in zip(roles, answers[-1], strict=True)} if roles else {}
         return users, counts
 
     # -- life cycle -----------------------------------------------------------------------
@@ -223,18 +240,26 @@ class ClusterPresence:
         if self.url is None:
             return
         self._redis = aioredis.from_url(
-            self.url, decode_responses=True, socket_timeout=REDIS_TIMEOUT,
-            socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 0),
-            socket_keepalive=True, health_check_interval=max(1, int(self.beat)))
-        self._scripts = {name: self._redis.register_script(src) for name, src in
-                         (("apply", _APPLY), ("reconcile", _RECONCILE), ("leave", _LEAVE))}
+            self.url,
+            decode_responses=True,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+            socket_keepalive=True,
+            health_check_interval=max(1, int(self.beat)),
+        )
+        self._scripts = {
+            name: self._redis.register_script(src)
+            for name, src in (("apply", _APPLY), ("reconcile", _RECONCILE), ("leave", _LEAVE))
+        }
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="presence")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(JOIN_TIMEOUT):
                 await self._joined.wait()
         if not self.up:
-            log.warning("Redis is unreachable at start: presence is local to this process "
-                        "until it is back")
+            log.warning(
+                "Redis is unreachable at start: presence is local to this process until it is back"
+            )
 
     async def stop(self) -> None:
         """Leave the cluster: this node's users who have no other device go offline now."""
@@ -256,8 +281,9 @@ class ClusterPresence:
     # -- keeping Redis in step ------------------------------------------------------------
 
     async def _script(self, name: str, *extra: str | float) -> int:
-        result = await self._scripts[name](args=[
-            self.prefix, self.node_id, self.grace_ms, KEEP_LAST_SEEN, *extra])
+        result = await self._scripts[name](
+            args=[self.prefix, self.node_id, self.grace_ms, KEEP_LAST_SEEN, *extra]
+        )
         return int(result)
 
     async def _run(self) -> None:
@@ -285,7 +311,8 @@ class ClusterPresence:
         pubsub = self._redis.pubsub()
         await pubsub.subscribe(f"{self.prefix}presence")
         self._subscriber = asyncio.get_running_loop().create_task(
-            self._follow(pubsub), name="presence-subscriber")
+            self._follow(pubsub), name="presence-subscriber"
+        )
         # From here on changes queue for Redis (apply after reconcile is idempotent).
         self._joining = True
         await self._reconcile()
@@ -297,8 +324,10 @@ class ClusterPresence:
         self._joined.set()
         self.metrics.redis_up.set(1)
         if was_down is not None:
-            log.warning("Redis is reachable again after %.1fs: presence is cluster-wide again",
-                        time.monotonic() - was_down)
+            log.warning(
+                "Redis is reachable again after %.1fs: presence is cluster-wide again",
+                time.monotonic() - was_down,
+            )
             self._down_since = None
         else:
             log.info("presence is cluster-wide through Redis (node %s)", self.node_id)
@@ -321,8 +350,9 @@ class ClusterPresence:
                     pipe.hget(f"{self.prefix}user:{other}", "roles")
                 answers = await pipe.execute()
             for other, roles_json in zip(new, answers, strict=True):
-                self._deliver(PresenceChange(True, other,
-                                             tuple(orjson.loads(roles_json or "[]")), now))
+                self._deliver(
+                    PresenceChange(True, other, tuple(orjson.loads(roles_json or "[]")), now)
+                )
 
     async def _reconcile(self) -> None:
         pairs: list[str] = []
@@ -348,14 +378,19 @@ class ClusterPresence:
         self._inflight = changes
         ops: list[str] = []
         for change in changes:
-            ops += ("+", change.user_id, _roles_json(change.roles)) if change.online \
+            ops += (
+                ("+", change.user_id, _roles_json(change.roles))
+                if change.online
                 else ("-", change.user_id, "")
+            )
         result = await self._script("apply", *ops)
         self._inflight = []
         if result < 0:
-            log.warning("this node was unknown to Redis (restarted, or this process was "
-                        "silent too long); registering its %d online users again",
-                        len(self.local.online()))
+            log.warning(
+                "this node was unknown to Redis (restarted, or this process was "
+                "silent too long); registering its %d online users again",
+                len(self.local.online()),
+            )
             await self._reconcile()
         elif result:
             log.info("dropped %d presence nodes that stopped heartbeating", result)
@@ -371,8 +406,9 @@ class ClusterPresence:
                     at = float(event["at"]) / 1000
                     if not 0 <= at < 1e11:
                         raise ValueError(f"time {at!r} out of range")
-                    change = PresenceChange(bool(event["on"]), str(event["u"]),
-                                            tuple(map(str, event["r"])), at)
+                    change = PresenceChange(
+                        bool(event["on"]), str(event["u"]), tuple(map(str, event["r"])), at
+                    )
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                     log.warning("ignoring a malformed presence message: %s", exc)
                     continue
@@ -401,5 +437,8 @@ class ClusterPresence:
         self.up = False
         self._down_since = time.monotonic()
         self.metrics.redis_up.set(0)
-        log.warning("Redis failed (%s): presence is local to this process until it is back; "
-                    "notifications are not affected", exc or type(exc).__name__)
+        log.warning(
+            "Redis failed (%s): presence is local to this process until it is back; "
+            "notifications are not affected",
+            exc or type(exc).__name__,
+        )

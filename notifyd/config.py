@@ -16,8 +16,21 @@ from notifyd.roles import ROLE_RULE, role_name
 
 ENV_PREFIX = "NOTIFYD_"
 SUPPORTED_ALGORITHMS = frozenset(
-    {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512",
-     "PS256", "PS384", "PS512", "EdDSA"}
+    {
+        "HS256",
+        "HS384",
+        "HS512",
+        "RS256",
+        "RS384",
+        "RS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "EdDSA",
+    }
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -33,7 +46,6 @@ class Setting:
     maximum: float | None = None
     reload: bool = False  # SIGHUP applies a new value without a restart
 
-
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.key.upper()
@@ -44,69 +56,188 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", "str", "127.0.0.1", "listen address"),
     Setting("port", "int", 8765, "listen port (0 picks a free one)", minimum=0, maximum=65535),
     Setting("admin_host", "str", "127.0.0.1", "address of the admin listener"),
-    Setting("admin_port", "int", None,
-            "port of a listener for /healthz, /readyz and /metrics only, for this process alone "
-            "(when set, /metrics leaves the public port)", minimum=0, maximum=65535),
+    Setting(
+        "admin_port",
+        "int",
+        None,
+        "port of a listener for /healthz, /readyz and /metrics only, for this process alone "
+        "(when set, /metrics leaves the public port)",
+        minimum=0,
+        maximum=65535,
+    ),
     Setting("jwt_secret", "str", None, "HS256 secret", secret=True, reload=True),
-    Setting("jwt_secret_file", "path", None,
-            "file holding the HS256 secret (one per line: all are accepted, the first signs)",
-            reload=True),
+    Setting(
+        "jwt_secret_file",
+        "path",
+        None,
+        "file holding the HS256 secret (one per line: all are accepted, the first signs)",
+        reload=True,
+    ),
     Setting("jwt_public_key_file", "path", None, "PEM public key for RS256/ES256", reload=True),
     Setting("jwt_algorithms", "list", ("HS256",), "allow-list of JWT algorithms", reload=True),
     Setting("jwt_audience", "str", None, "required `aud` when set", reload=True),
     Setting("jwt_issuer", "str", None, "required `iss` when set", reload=True),
     Setting("jwt_user_claim", "str", "sub", "claim holding the user id", reload=True),
-    Setting("jwt_roles_claim", "str", "roles",
-            "list claim of roles (a string `role` is read too)", reload=True),
-    Setting("jwt_cookie", "str", None, "cookie that may carry the JWT (allowed Origins only)",
-            reload=True),
-    Setting("allowed_origins", "list", None, "Origins allowed to connect; others get HTTP 403",
-            reload=True),
+    Setting(
+        "jwt_roles_claim",
+        "str",
+        "roles",
+        "list claim of roles (a string `role` is read too)",
+        reload=True,
+    ),
+    Setting(
+        "jwt_cookie",
+        "str",
+        None,
+        "cookie that may carry the JWT (allowed Origins only)",
+        reload=True,
+    ),
+    Setting(
+        "allowed_origins",
+        "list",
+        None,
+        "Origins allowed to connect; others get HTTP 403",
+        reload=True,
+    ),
     Setting("redis_url", "str", None, "Redis URL for cluster-wide presence", secret=True),
     Setting("redis_prefix", "str", "notifyd:", "prefix of notifyd's Redis keys and channel"),
     Setting("presence_roles", "list", ("admin",), "roles that see presence events and may query"),
-    Setting("presence_public_roles", "list", None,
-            "roles whose users' presence anyone may query (e.g. doctor)"),
-    Setting("presence_ttl", "float", 30.0,
-            "seconds within which a dead process's users go offline cluster-wide",
-            minimum=1, maximum=3600),
-    Setting("reuse_port", "bool", False,
-            "bind with SO_REUSEPORT so several processes share the port"),
-    Setting("max_frame_bytes", "int", 65536,
-            "largest client message (its fragments together); larger ones close with 1009",
-            minimum=256, maximum=16 * 2**20, reload=True),
-    Setting("auth_timeout", "float", 10.0, "seconds to wait for a first `auth` frame",
-            minimum=0.1, maximum=300, reload=True),
-    Setting("ping_interval", "float", 20.0, "seconds between WebSocket keepalive pings",
-            minimum=0.1, maximum=3600, reload=True),
-    Setting("ping_timeout", "float", 20.0,
-            "seconds without anything from the client after a ping before closing (1011)",
-            minimum=0.1, maximum=3600, reload=True),
-    Setting("sync_limit", "int", 100, "default items per stream in a sync-response",
-            minimum=1, maximum=1000, reload=True),
-    Setting("max_response_bytes", "int", 1048576,
-            "bytes of notifications in one sync-response or poll answer; more wait for the next "
-            "page (a single larger notification goes alone)",
-            minimum=1024, maximum=2**30, reload=True),
-    Setting("max_send_buffer", "int", 1048576,
-            "bytes that may wait for a client before the next frame closes it with 4008",
-            minimum=4096, maximum=2**30, reload=True),
-    Setting("rate_limit", "float", 20.0,
-            "client frames (pings, pongs, fragments too) per second per connection (sustained)",
-            minimum=0.1, maximum=100000, reload=True),
-    Setting("rate_burst", "int", 40, "client frames a connection may send at once",
-            minimum=1, maximum=100000, reload=True),
-    Setting("max_connections_per_user", "int", 20, "live connections per user on one process",
-            minimum=1, maximum=100000, reload=True),
-    Setting("max_http_requests_per_user", "int", 8,
-            "/v1 requests of one user in flight on one process; more get HTTP 429",
-            minimum=1, maximum=100000, reload=True),
-    Setting("shutdown_timeout", "float", 10.0, "seconds to close connections on SIGTERM",
-            minimum=0, maximum=600, reload=True),
+    Setting(
+        "presence_public_roles",
+        "list",
+        None,
+        "roles whose users' presence anyone may query (e.g. doctor)",
+    ),
+    Setting(
+        "presence_ttl",
+        "float",
+        30.0,
+        "seconds within which a dead process's users go offline cluster-wide",
+        minimum=1,
+        maximum=3600,
+    ),
+    Setting(
+        "reuse_port", "bool", False, "bind with SO_REUSEPORT so several processes share the port"
+    ),
+    Setting(
+        "max_frame_bytes",
+        "int",
+        65536,
+        "largest client message (its fragments together); larger ones close with 1009",
+        minimum=256,
+        maximum=16 * 2**20,
+        reload=True,
+    ),
+    Setting(
+        "auth_timeout",
+        "float",
+        10.0,
+        "seconds to wait for a first `auth` frame",
+        minimum=0.1,
+        maximum=300,
+        reload=True,
+    ),
+    Setting(
+        "ping_interval",
+        "float",
+        20.0,
+        "seconds between WebSocket keepalive pings",
+        minimum=0.1,
+        maximum=3600,
+        reload=True,
+    ),
+    Setting(
+        "ping_timeout",
+        "float",
+        20.0,
+        "seconds without anything from the client after a ping before closing (1011)",
+        minimum=0.1,
+        maximum=3600,
+        reload=True,
+    ),
+    Setting(
+        "sync_limit",
+        "int",
+        100,
+        "default items per stream in a sync-response",
+        minimum=1,
+        maximum=1000,
+        reload=True,
+    ),
+    Setting(
+        "max_response_bytes",
+        "int",
+        1048576,
+        "bytes of notifications in one sync-response or poll answer; more wait for the next "
+        "page (a single larger notification goes alone)",
+        minimum=1024,
+        maximum=2**30,
+        reload=True,
+    ),
+    Setting(
+        "max_send_buffer",
+        "int",
+        1048576,
+        "bytes that may wait for a client before the next frame closes it with 4008",
+        minimum=4096,
+        maximum=2**30,
+        reload=True,
+    ),
+    Setting(
+        "rate_limit",
+        "float",
+        20.0,
+        "client frames (pings, pongs, fragments too) per second per connection (sustained)",
+        minimum=0.1,
+        maximum=100000,
+        reload=True,
+    ),
+    Setting(
+        "rate_burst",
+        "int",
+        40,
+        "client frames a connection may send at once",
+        minimum=1,
+        maximum=100000,
+        reload=True,
+    ),
+    Setting(
+        "max_connections_per_user",
+        "int",
+        20,
+        "live connections per user on one process",
+        minimum=1,
+        maximum=100000,
+        reload=True,
+    ),
+    Setting(
+        "max_http_requests_per_user",
+        "int",
+        8,
+        "/v1 requests of one user in flight on one process; more get HTTP 429",
+        minimum=1,
+        maximum=100000,
+        reload=True,
+    ),
+    Setting(
+        "shutdown_timeout",
+        "float",
+        10.0,
+        "seconds to close connections on SIGTERM",
+        minimum=0,
+        maximum=600,
+        reload=True,
+    ),
     Setting("log_level", "str", "INFO", "DEBUG, INFO, WARNING or ERROR", reload=True),
-    Setting("retention_days", "float", 0.0,
-            "notifications older than this are pruned in small batches; 0 keeps everything",
-            minimum=0, maximum=36500, reload=True),
+    Setting(
+        "retention_days",
+        "float",
+        0.0,
+        "notifications older than this are pruned in small batches; 0 keeps everything",
+        minimum=0,
+        maximum=36500,
+        reload=True,
+    ),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -171,8 +302,16 @@ class Settings:
         return out
 
 
-_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
-             "0": False, "false": False, "no": False, "off": False}
+_BOOLEANS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 
 
 def _cast(setting: Setting, raw: Any) -> Any:
@@ -269,8 +408,9 @@ def _from_credentials(directory: Path, values: dict[str, Any]) -> None:
 def validate(settings: Settings) -> Settings:
     """Check relations between settings and read key files; returns the completed settings."""
     changes: dict[str, Any] = {}
-    algorithms = tuple(a.upper() if a.lower() != "eddsa" else "EdDSA"
-                       for a in settings.jwt_algorithms)
+    algorithms = tuple(
+        a.upper() if a.lower() != "eddsa" else "EdDSA" for a in settings.jwt_algorithms
+    )
     for alg in algorithms:
         if alg.lower() == "none":
             raise ConfigError("NOTIFYD_JWT_ALGORITHMS", "'none' is never accepted")
@@ -306,13 +446,15 @@ def validate(settings: Settings) -> Settings:
     if settings.dsn is not None and not settings.dsn.startswith(("postgres://", "postgresql://")):
         raise ConfigError("NOTIFYD_DSN", "expected a postgresql:// URL")
     if settings.redis_url is not None and not settings.redis_url.startswith(
-            ("redis://", "rediss://", "unix://")):
+        ("redis://", "rediss://", "unix://")
+    ):
         raise ConfigError("NOTIFYD_REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
     # Named as token roles are (notifyd.roles), the roles they are compared with.
     changes["presence_roles"] = _role_names("NOTIFYD_PRESENCE_ROLES", settings.presence_roles)
     if settings.presence_public_roles is not None:
-        changes["presence_public_roles"] = _role_names("NOTIFYD_PRESENCE_PUBLIC_ROLES",
-                                                       settings.presence_public_roles)
+        changes["presence_public_roles"] = _role_names(
+            "NOTIFYD_PRESENCE_PUBLIC_ROLES", settings.presence_public_roles
+        )
     return dataclasses.replace(settings, **changes)
 
 
@@ -342,10 +484,12 @@ def reloaded(current: Settings, fresh: Settings) -> tuple[Settings, list[str], l
     that changed but need a restart (kept as they are)."""
     keep = {s.key: getattr(current, s.key) for s in SETTINGS if not s.reload}
     merged = dataclasses.replace(fresh, **keep)
-    changed = [s.key for s in SETTINGS if s.reload
-               and getattr(merged, s.key) != getattr(current, s.key)]
+    changed = [
+        s.key for s in SETTINGS if s.reload and getattr(merged, s.key) != getattr(current, s.key)
+    ]
     if merged.jwt_public_key != current.jwt_public_key and "jwt_public_key_file" not in changed:
         changed.append("jwt_public_key_file")  # same file, new key
-    ignored = [s.key for s in SETTINGS if not s.reload
-               and getattr(fresh, s.key) != getattr(current, s.key)]
+    ignored = [
+        s.key for s in SETTINGS if not s.reload and getattr(fresh, s.key) != getattr(current, s.key)
+    ]
     return merged, changed, ignored

@@ -39,18 +39,24 @@ class DevAccess:
         names = {f"{name}:{self.port()}" for name in LOOPBACK_NAMES}
         hosts: list[str] = headers.get_all("Host")
         if len(hosts) != 1 or hosts[0].lower() not in names:
-            return "the dev server answers only requests to its own address, e.g. " \
-                   f"127.0.0.1:{self.port()}"
+            return (
+                "the dev server answers only requests to its own address, e.g. "
+                f"127.0.0.1:{self.port()}"
+            )
         origins: list[str] = headers.get_all("Origin")
-        if origins and (len(origins) > 1 or origins[0].lower() not in
-                        {f"http://{name}" for name in names}):
+        if origins and (
+            len(origins) > 1 or origins[0].lower() not in {f"http://{name}" for name in names}
+        ):
             return "the dev helpers answer only the dev server's own pages"
         if need_key:
             given: list[str] = headers.get_all(DEV_KEY_HEADER)
             if len(given) != 1 or not hmac.compare_digest(
-                    given[0].encode("utf-8", "surrogateescape"), self.key.encode()):
-                return f"the dev helpers need the {DEV_KEY_HEADER} header of this run, " \
-                       "given in the demo page's link that `notifyd dev` printed"
+                given[0].encode("utf-8", "surrogateescape"), self.key.encode()
+            ):
+                return (
+                    f"the dev helpers need the {DEV_KEY_HEADER} header of this run, "
+                    "given in the demo page's link that `notifyd dev` printed"
+                )
         return None
 
 
@@ -74,26 +80,31 @@ def dev_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def banner(dsn: str, psql: Path, secret: str, host: str, port: int, key: str,
-           user: str = "42") -> str:
+def banner(
+    dsn: str, psql: Path, secret: str, host: str, port: int, key: str, user: str = "42"
+) -> str:
     token = issue_token(secret, user, ["user"], ttl=7 * 24 * 3600)
-    insert = ("INSERT INTO notifyd.notifications (user_id, type, title, message) "
-              f"VALUES ('{user}', 'demo:hello', 'Hello', 'It works');")
+    insert = (
+        "INSERT INTO notifyd.notifications (user_id, type, title, message) "
+        f"VALUES ('{user}', 'demo:hello', 'Hello', 'It works');"
+    )
     base = f"{host}:{port}"
-    return "\n".join([
-        "",
-        f"notifyd dev is running on ws://{base}/ws  (Ctrl-C stops everything)",
-        "",
-        f"Demo page: http://{base}/#key={key}",
-        f"  (http://{base}/?user=bob#key={key} for another user; the key is new every run)",
-        "",
-        f"Token for user {user} (valid 7 days):",
-        f"  {token}",
-        "",
-        "Connect a WebSocket client, e.g.:",
-        f"  {sys.executable} -m websockets 'ws://{base}/ws?token={token}'",
-        "",
-        "Then send a notification from another terminal:",
-        f"  {psql} '{dsn}' -c \"{insert}\"",
-        "",
-    ])
+    return "\n".join(
+        [
+            "",
+            f"notifyd dev is running on ws://{base}/ws  (Ctrl-C stops everything)",
+            "",
+            f"Demo page: http://{base}/#key={key}",
+            f"  (http://{base}/?user=bob#key={key} for another user; the key is new every run)",
+            "",
+            f"Token for user {user} (valid 7 days):",
+            f"  {token}",
+            "",
+            "Connect a WebSocket client, e.g.:",
+            f"  {sys.executable} -m websockets 'ws://{base}/ws?token={token}'",
+            "",
+            "Then send a notification from another terminal:",
+            f"  {psql} '{dsn}' -c \"{insert}\"",
+            "",
+        ]
+    )

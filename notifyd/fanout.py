@@ -112,9 +112,11 @@ class Router:
             kind = event.get("k")
             if kind == "n":
                 wire = event.get("n")
-                ref = ({"id": wire["id"], "s": wire["stream"], "q": wire["seq"]}
-                       if isinstance(wire, dict) else
-                       {"id": event["id"], "s": event["s"], "q": event["q"]})
+                ref = (
+                    {"id": wire["id"], "s": wire["stream"], "q": wire["seq"]}
+                    if isinstance(wire, dict)
+                    else {"id": event["id"], "s": event["s"], "q": event["q"]}
+                )
                 kept.append({"k": "n", **ref, "recheck": True})
             elif kind == "x":  # it only makes the table be read again
                 kept.append(event)
@@ -186,21 +188,26 @@ class Router:
                 stream, seq = event["s"], event["q"]
             else:
                 stream, seq = notification["stream"], notification["seq"]
-            if "recheck" in event and seq <= self.last_seq.get(stream,
-                                                               self._floor.get(stream, seq)):
+            if "recheck" in event and seq <= self.last_seq.get(
+                stream, self._floor.get(stream, seq)
+            ):
                 return  # a replayed notification this node's subscribers had before
-            self._publish_new(stream, seq, notification, self._unread_frame(stream, event),
-                              event.get("t"))
+            self._publish_new(
+                stream, seq, notification, self._unread_frame(stream, event), event.get("t")
+            )
         elif kind == "m":
             notification = event["n"]
             if notification is not None:  # else deleted before it was fetched
                 stream = event["s"] if "s" in event else notification["stream"]
-                self._broadcast(stream, websocket_text(
-                    encode("notification:updated", {"notification": notification})))
+                self._broadcast(
+                    stream,
+                    websocket_text(encode("notification:updated", {"notification": notification})),
+                )
         elif kind == "r":
             stream = event["s"]
-            frame = websocket_text(encode("notification:read",
-                                          {"ids": event["ids"], "readAt": event["at"]}))
+            frame = websocket_text(
+                encode("notification:read", {"ids": event["ids"], "readAt": event["at"]})
+            )
             origin = event.get("o")
             sent = 0
             for conn in list(self.index.subscribers(stream)):
@@ -209,8 +216,9 @@ class Router:
                     sent += 1
             self._count(sent, sent * len(frame))
         elif kind == "d":
-            frame = websocket_text(encode("notification:deleted",
-                                          {"id": event["id"], "stream": event["s"]}))
+            frame = websocket_text(
+                encode("notification:deleted", {"id": event["id"], "stream": event["s"]})
+            )
             self._broadcast(event["s"], frame)
         elif kind == "c":
             self._unread(event["s"], event)
@@ -249,8 +257,14 @@ class Router:
         self.frames_out += frames
         self.bytes_out += size
 
-    def _publish_new(self, stream: str, seq: int, notification: Any,
-                     trailer: bytes | None = None, committed: float | None = None) -> None:
+    def _publish_new(
+        self,
+        stream: str,
+        seq: int,
+        notification: Any,
+        trailer: bytes | None = None,
+        committed: float | None = None,
+    ) -> None:
         """One notification:new to every subscriber of `stream`; `trailer` (the new unread
         count) goes out in the same write, so a user's device gets one system call."""
         last = self.last_seq.get(stream)
@@ -283,9 +297,14 @@ class Router:
         if committed is not None and self.observe_latency is not None:
             self.observe_latency(max(0.0, time.time() - committed))
         if timed:
-            log.info("fan-out to %d connections took %.3f ms, %.3f ms CPU (%s seq %d)",
-                     len(members), (time.perf_counter() - started) * 1000,
-                     (time.thread_time() - cpu_started) * 1000, stream, seq)
+            log.info(
+                "fan-out to %d connections took %.3f ms, %.3f ms CPU (%s seq %d)",
+                len(members),
+                (time.perf_counter() - started) * 1000,
+                (time.thread_time() - cpu_started) * 1000,
+                stream,
+                seq,
+            )
 
 
 def _by_reference(event: dict[str, Any]) -> bool:

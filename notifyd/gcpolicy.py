@@ -19,8 +19,9 @@ THAW_EVERY = 900.0  # seconds
 class FreezeAfterFullCollections:
     """Installed by `notifyd serve` for the life of the process."""
 
-    def __init__(self, thaw_every: float = THAW_EVERY,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, thaw_every: float = THAW_EVERY, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.thaw_every = thaw_every
         self._clock = clock
         self._thaw_at = clock() + thaw_every

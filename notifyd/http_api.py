@@ -44,8 +44,14 @@ DEV_TOKEN_TTL = 24 * 3600
 OPERATIONS = ("/healthz", "/readyz", "/metrics")  # all the admin listener serves
 DEMO = ("/", "/index.html")  # the demo page, under `notifyd dev`
 DEV_HELPERS = ("/dev/token", "/dev/notify")  # what it calls, with the run's key
-STATUS_OF = {"invalid-data": 400, "auth-failed": 401, "forbidden": 403,
-             "too-many-requests": 429, "internal-error": 500, "unavailable": 503}
+STATUS_OF = {
+    "invalid-data": 400,
+    "auth-failed": 401,
+    "forbidden": 403,
+    "too-many-requests": 429,
+    "internal-error": 500,
+    "unavailable": 503,
+}
 
 
 @dataclasses.dataclass(slots=True)
@@ -85,6 +91,7 @@ class UserRequests:
                 self._count[user_id] = left
             else:
                 del self._count[user_id]
+
         return give_back
 
     def in_flight(self, user_id: str) -> int:
@@ -115,10 +122,18 @@ def _header(headers: Any, name: str) -> str | None:
 class HttpApi:
     """Answers every request on the port but the WebSocket upgrade."""
 
-    def __init__(self, settings: Settings, store: Store, verify: Callable[[str], Identity],
-                 readiness: Callable[[], Awaitable[dict[str, bool]]], metrics: Metrics,
-                 dev: bool = False, *, dev_key: str | None = None,
-                 port: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        verify: Callable[[str], Identity],
+        readiness: Callable[[], Awaitable[dict[str, bool]]],
+        metrics: Metrics,
+        dev: bool = False,
+        *,
+        dev_key: str | None = None,
+        port: Callable[[], int] = lambda: 0,
+    ) -> None:
         """`dev`: serve the demo page and its helpers, which need `dev_key` (one is made when
         none is given); `port`: the port the server listens on, once bound."""
         self.settings = settings
@@ -137,8 +152,9 @@ class HttpApi:
             ("POST", "/v1/notifications/read-all"): self._mark_read,
         }
 
-    async def answer(self, method: str, target: str, headers: Any,
-                     admin: bool = False) -> HttpAnswer:
+    async def answer(
+        self, method: str, target: str, headers: Any, admin: bool = False
+    ) -> HttpAnswer:
         """`admin`: the request came to the admin listener, which serves only health and
         metrics; /metrics is on the public port only when there is no admin listener."""
         parts = urlsplit(target)
@@ -156,10 +172,17 @@ class HttpApi:
         cors = self._cors(origin)
         if route.startswith("/v1/"):
             if method == "OPTIONS":  # a browser's preflight for the Authorization header
-                return HttpAnswer(204, b"", TEXT, [
-                    *cors, ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
-                    ("Access-Control-Allow-Headers", "Authorization"),
-                    ("Access-Control-Max-Age", "600")])
+                return HttpAnswer(
+                    204,
+                    b"",
+                    TEXT,
+                    [
+                        *cors,
+                        ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                        ("Access-Control-Allow-Headers", "Authorization"),
+                        ("Access-Control-Max-Age", "600"),
+                    ],
+                )
             answer = await self._api(method, route, query, headers)
             answer.headers += [*cors, ("Cache-Control", "no-store")]
             return answer
@@ -171,9 +194,12 @@ class HttpApi:
             return await self._operations(route, admin)
         if route == "/notifyd.js":
             # a module script from another origin needs CORS; it holds no secret
-            return HttpAnswer(200, self.client_js, "text/javascript; charset=utf-8",
-                              [("Access-Control-Allow-Origin", "*"),
-                               ("Cache-Control", "no-cache")])
+            return HttpAnswer(
+                200,
+                self.client_js,
+                "text/javascript; charset=utf-8",
+                [("Access-Control-Allow-Origin", "*"), ("Cache-Control", "no-cache")],
+            )
         return HttpAnswer(404, b"not found\n", TEXT)
 
     async def _operations(self, route: str, admin: bool) -> HttpAnswer:
@@ -199,8 +225,9 @@ class HttpApi:
 
     # -- /v1 ------------------------------------------------------------------------------
 
-    async def _api(self, method: str, route: str, query: dict[str, list[str]],
-                   headers: Any) -> HttpAnswer:
+    async def _api(
+        self, method: str, route: str, query: dict[str, list[str]], headers: Any
+    ) -> HttpAnswer:
         handler = self.routes.get((method, route))
         if handler is None:
             if any(r == route for _, r in self.routes):
@@ -220,9 +247,13 @@ class HttpApi:
         limit = self.settings.max_http_requests_per_user
         done = self.requests.take(identity.user_id, limit)
         if done is None:
-            return _refused(ClientError(
-                "too-many-requests", f"this user has {limit} requests in flight already; "
-                "send the next once one is answered"))
+            return _refused(
+                ClientError(
+                    "too-many-requests",
+                    f"this user has {limit} requests in flight already; "
+                    "send the next once one is answered",
+                )
+            )
         try:
             answer: HttpAnswer = await handler(identity, route, query)
         except ClientError as exc:
@@ -239,8 +270,9 @@ class HttpApi:
         answer.done = done
         return answer
 
-    async def _notifications(self, identity: Identity, route: str,
-                             query: dict[str, list[str]]) -> HttpAnswer:
+    async def _notifications(
+        self, identity: Identity, route: str, query: dict[str, list[str]]
+    ) -> HttpAnswer:
         """Like a sync-request on a connection of this identity."""
         req = poll_request(query)
         self.metrics.sync_requests["http"] += 1
@@ -249,35 +281,51 @@ class HttpApi:
             if stream not in streams:
                 raise ClientError("forbidden", f"not subscribed to stream {stream[:80]!r}")
         latest = [s for s in streams if s not in req.cursors]
-        result = await self.store.sync(req.cursors, latest, req.since,
-                                       req.limit or self.settings.sync_limit,
-                                       max_bytes=self.settings.max_response_bytes)
-        return HttpAnswer(200, orjson.dumps({
-            "notifications": result.notifications, "cursors": result.cursors,
-            "reset": result.reset, "hasMore": bool(result.has_more)}))
+        result = await self.store.sync(
+            req.cursors,
+            latest,
+            req.since,
+            req.limit or self.settings.sync_limit,
+            max_bytes=self.settings.max_response_bytes,
+        )
+        return HttpAnswer(
+            200,
+            orjson.dumps(
+                {
+                    "notifications": result.notifications,
+                    "cursors": result.cursors,
+                    "reset": result.reset,
+                    "hasMore": bool(result.has_more),
+                }
+            ),
+        )
 
-    async def _unread_count(self, identity: Identity, route: str,
-                            query: dict[str, list[str]]) -> HttpAnswer:
+    async def _unread_count(
+        self, identity: Identity, route: str, query: dict[str, list[str]]
+    ) -> HttpAnswer:
         unread_count_request(query)
         states = await self.store.stream_states([identity.user_stream])
         state = states.get(identity.user_stream)
         return HttpAnswer(200, orjson.dumps({"count": state.unread if state else 0}))
 
-    async def _mark_read(self, identity: Identity, route: str,
-                         query: dict[str, list[str]]) -> HttpAnswer:
+    async def _mark_read(
+        self, identity: Identity, route: str, query: dict[str, list[str]]
+    ) -> HttpAnswer:
         if route.endswith("read-all"):
             mark_all_read_request(query)
             ids = None
         else:
             ids = mark_read_request(query).ids
         changed, read_at = await self.store.mark_read(identity.user_stream, ids, "http")
-        return HttpAnswer(200, orjson.dumps({
-            "ids": changed, "readAt": format_time(read_at) if read_at else None}))
+        return HttpAnswer(
+            200, orjson.dumps({"ids": changed, "readAt": format_time(read_at) if read_at else None})
+        )
 
     # -- `notifyd dev` only ----------------------------------------------------------------
 
-    async def _dev(self, dev: DevAccess, method: str, route: str, query: dict[str, list[str]],
-                   headers: Any) -> HttpAnswer:
+    async def _dev(
+        self, dev: DevAccess, method: str, route: str, query: dict[str, list[str]], headers: Any
+    ) -> HttpAnswer:
         """The demo page and its helpers: for this dev server's address and pages only (no
         other site's page, nor one reached by DNS rebinding, may mint tokens or send), and the
         helpers only with the key of this run."""
@@ -291,25 +339,34 @@ class HttpApi:
             return await self._dev_notify(query)
         if route == "/dev/token":
             return self._dev_token(query)
-        return HttpAnswer(200, self.demo, "text/html; charset=utf-8",
-                          [("Cache-Control", "no-cache")])
+        return HttpAnswer(
+            200, self.demo, "text/html; charset=utf-8", [("Cache-Control", "no-cache")]
+        )
 
     def _dev_token(self, query: dict[str, list[str]]) -> HttpAnswer:
         user = (query.get("user") or ["alice"])[-1][:64]
         roles = [r for r in (query.get("role") or ["user"]) if r][:8]
         token = issue_token(self.settings.jwt_secrets[0], user, roles, ttl=DEV_TOKEN_TTL)
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=DEV_TOKEN_TTL)
-        return HttpAnswer(200, orjson.dumps({"token": token, "user": user, "roles": roles,
-                                             "expiresAt": format_time(expires)}),
-                          headers=[("Cache-Control", "no-store")])
+        return HttpAnswer(
+            200,
+            orjson.dumps(
+                {"token": token, "user": user, "roles": roles, "expiresAt": format_time(expires)}
+            ),
+            headers=[("Cache-Control", "no-store")],
+        )
 
     async def _dev_notify(self, query: dict[str, list[str]]) -> HttpAnswer:
         def one(name: str, default: str) -> str:
             return (query.get(name) or [default])[-1][:2000]
 
         try:
-            nid = await self.store.insert_demo(one("user", "alice"), one("title", "Hello"),
-                                               one("message", ""), one("priority", "medium"))
+            nid = await self.store.insert_demo(
+                one("user", "alice"),
+                one("title", "Hello"),
+                one("message", ""),
+                one("priority", "medium"),
+            )
         except StoreError as exc:
             return _error(503, "unavailable", str(exc))
         return HttpAnswer(200, orjson.dumps({"id": nid}))

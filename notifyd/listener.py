@@ -23,8 +23,7 @@ REFUSAL_LOG_EVERY = 10.0  # seconds: refused payloads are logged once per burst,
 _KEYS = "SELECT id, secret FROM notifyd_private.channel_keys"
 _NEW_KEY = "SELECT notifyd_private.new_channel_key()"
 # The nonce sequence's position; is_called false: nothing was drawn from it yet
-_NONCE = ("SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
-          "FROM notifyd_private.payload_nonce")
+_NONCE = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM notifyd_private.payload_nonce"
 
 
 class Listener:
@@ -67,8 +66,9 @@ class Listener:
         """Start watching; returns once listening for the first time."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="notifyd-listener")
         waiter = asyncio.ensure_future(self._up.wait())
-        done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {waiter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if waiter not in done:
             waiter.cancel()
             if self._task in done:
@@ -90,8 +90,7 @@ class Listener:
                 await self._connect()
                 caught_up = await self._on_connected()
                 if not first:
-                    log.warning("LISTEN connection restored; caught up %d notifications",
-                                caught_up)
+                    log.warning("LISTEN connection restored; caught up %d notifications", caught_up)
                 first = False
                 self._up.set()
                 delay = self._backoff_initial
@@ -148,10 +147,13 @@ class Listener:
         self._refusals[reason] += 1
         now = time.monotonic()
         if now - self._refusals_logged >= REFUSAL_LOG_EVERY:
-            log.warning("NOTIFY payloads refused (%s), the last from backend pid %d; the "
-                        "next are counted for %.0fs (notifyd_notify_payloads_refused_total)",
-                        ", ".join(f"{n} {r}" for r, n in sorted(self._refusals.items())),
-                        pid, REFUSAL_LOG_EVERY)
+            log.warning(
+                "NOTIFY payloads refused (%s), the last from backend pid %d; the "
+                "next are counted for %.0fs (notifyd_notify_payloads_refused_total)",
+                ", ".join(f"{n} {r}" for r, n in sorted(self._refusals.items())),
+                pid,
+                REFUSAL_LOG_EVERY,
+            )
             self._refusals.clear()
             self._refusals_logged = now
 

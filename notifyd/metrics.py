@@ -26,8 +26,22 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Commit-to-send latency buckets, in seconds: the target is milliseconds, the tail matters.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                   5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 class LatencyHistogram:
@@ -46,8 +60,7 @@ class LatencyHistogram:
 
     def family(self, name: str, doc: str) -> HistogramMetricFamily:
         cumulative, running = [], 0
-        for bound, count in zip((*(str(b) for b in self.bounds), "+Inf"), self.counts,
-                                strict=True):
+        for bound, count in zip((*(str(b) for b in self.bounds), "+Inf"), self.counts, strict=True):
             running += count
             cumulative.append((bound, running))
         return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=self.sum)
@@ -74,9 +87,14 @@ class Metrics(Collector):
         self.redis_up = Gauge(
             "notifyd_presence_redis_up",
             "1 while presence is cluster-wide through Redis, 0 while NOTIFYD_REDIS_URL is set "
-            "but Redis is unreachable (presence is then local to this process)", registry=r)
-        self.redis_errors = Counter("notifyd_presence_redis_errors",
-                                    "Failed Redis calls of the presence cluster", registry=r)
+            "but Redis is unreachable (presence is then local to this process)",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "notifyd_presence_redis_errors",
+            "Failed Redis calls of the presence cluster",
+            registry=r,
+        )
         r.register(self)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, RSS, open fds
 
@@ -114,61 +132,107 @@ class Metrics(Collector):
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, value=value)
 
-        def tally(name: str, doc: str, label: str, counts: Tally[str],
-                  always: tuple[str, ...] = ()) -> CounterMetricFamily:
+        def tally(
+            name: str, doc: str, label: str, counts: Tally[str], always: tuple[str, ...] = ()
+        ) -> CounterMetricFamily:
             family = CounterMetricFamily(name, doc, labels=[label])
             for key in sorted({*always, *counts}):
                 family.add_metric([key], counts[key])
             return family
 
         # every authenticated connection is counted once opened and once closed
-        yield GaugeMetricFamily("notifyd_connections", "Authenticated WebSocket connections",
-                                value=self.connections_opened - self.closes.total())
-        yield gauge("notifyd_online_users", "Users with at least one device on this process",
-                    "online_users")
-        yield gauge("notifyd_listen_up", "1 while the LISTEN connection is up and caught up",
-                    "listener_up")
-        yield counter("notifyd_connections_opened", "WebSocket connections authenticated",
-                      self.connections_opened)
-        yield tally("notifyd_connections_closed",
-                    "Authenticated WebSocket connections closed, by close code (1006: lost "
-                    "without a close; other: a code outside the protocol's)", "code", self.closes)
-        yield counter("notifyd_frames_sent", "WebSocket data frames written to clients",
-                      self.frames_sent + owned("router_frames"))
-        yield counter("notifyd_sent_bytes", "Bytes of those frames",
-                      self.bytes_sent + owned("router_bytes"))
-        yield counter("notifyd_notifications_received",
-                      "Notifications heard on the LISTEN connection (or caught up) that had "
-                      "at least one local recipient", owned("published"))
-        yield counter("notifyd_notifications_delivered",
-                      "notification:new frames written, one per recipient connection",
-                      owned("delivered"))
-        yield tally("notifyd_sync_requests", "Sync requests (websocket) and polls (http)",
-                    "via", self.sync_requests, ("http", "websocket"))
-        yield counter("notifyd_slow_consumer_closes",
-                      "Connections closed with 4008 because their send buffer overflowed",
-                      self.slow_consumer_closes)
-        yield counter("notifyd_rate_limited",
-                      "Client frames refused by the rate limit", self.rate_limited)
-        yield tally("notifyd_auth_failures", "Refused tokens, by reason", "reason",
-                    self.auth_failures, ("expired", "invalid", "revoked"))
-        yield counter("notifyd_listener_reconnects",
-                      "Times the LISTEN connection was lost or a reconnect attempt failed",
-                      owned("listener_reconnects"))
-        yield tally("notifyd_notify_payloads_refused",
-                    "NOTIFY payloads dropped unread, by reason: malformed, unknown-key (signed "
-                    "with a key this process does not hold), signature (forged or modified), "
-                    "replayed (a payload already seen)", "reason", self.notify_refused)
-        yield counter("notifyd_notify_payloads_stale",
-                      "Signed NOTIFY payloads numbered before this LISTEN connection or the "
-                      "replay window, whose events were checked against the tables instead",
-                      owned("notify_stale"))
-        yield counter("notifyd_pruned_notifications",
-                      "Notifications removed by retention (NOTIFYD_RETENTION_DAYS) by this "
-                      "process", self.pruned)
+        yield GaugeMetricFamily(
+            "notifyd_connections",
+            "Authenticated WebSocket connections",
+            value=self.connections_opened - self.closes.total(),
+        )
+        yield gauge(
+            "notifyd_online_users", "Users with at least one device on this process", "online_users"
+        )
+        yield gauge(
+            "notifyd_listen_up", "1 while the LISTEN connection is up and caught up", "listener_up"
+        )
+        yield counter(
+            "notifyd_connections_opened",
+            "WebSocket connections authenticated",
+            self.connections_opened,
+        )
+        yield tally(
+            "notifyd_connections_closed",
+            "Authenticated WebSocket connections closed, by close code (1006: lost "
+            "without a close; other: a code outside the protocol's)",
+            "code",
+            self.closes,
+        )
+        yield counter(
+            "notifyd_frames_sent",
+            "WebSocket data frames written to clients",
+            self.frames_sent + owned("router_frames"),
+        )
+        yield counter(
+            "notifyd_sent_bytes", "Bytes of those frames", self.bytes_sent + owned("router_bytes")
+        )
+        yield counter(
+            "notifyd_notifications_received",
+            "Notifications heard on the LISTEN connection (or caught up) that had "
+            "at least one local recipient",
+            owned("published"),
+        )
+        yield counter(
+            "notifyd_notifications_delivered",
+            "notification:new frames written, one per recipient connection",
+            owned("delivered"),
+        )
+        yield tally(
+            "notifyd_sync_requests",
+            "Sync requests (websocket) and polls (http)",
+            "via",
+            self.sync_requests,
+            ("http", "websocket"),
+        )
+        yield counter(
+            "notifyd_slow_consumer_closes",
+            "Connections closed with 4008 because their send buffer overflowed",
+            self.slow_consumer_closes,
+        )
+        yield counter(
+            "notifyd_rate_limited", "Client frames refused by the rate limit", self.rate_limited
+        )
+        yield tally(
+            "notifyd_auth_failures",
+            "Refused tokens, by reason",
+            "reason",
+            self.auth_failures,
+            ("expired", "invalid", "revoked"),
+        )
+        yield counter(
+            "notifyd_listener_reconnects",
+            "Times the LISTEN connection was lost or a reconnect attempt failed",
+            owned("listener_reconnects"),
+        )
+        yield tally(
+            "notifyd_notify_payloads_refused",
+            "NOTIFY payloads dropped unread, by reason: malformed, unknown-key (signed "
+            "with a key this process does not hold), signature (forged or modified), "
+            "replayed (a payload already seen)",
+            "reason",
+            self.notify_refused,
+        )
+        yield counter(
+            "notifyd_notify_payloads_stale",
+            "Signed NOTIFY payloads numbered before this LISTEN connection or the "
+            "replay window, whose events were checked against the tables instead",
+            owned("notify_stale"),
+        )
+        yield counter(
+            "notifyd_pruned_notifications",
+            "Notifications removed by retention (NOTIFYD_RETENTION_DAYS) by this process",
+            self.pruned,
+        )
         yield counter("notifyd_config_reloads", "Successful SIGHUP reloads", owned("reloads"))
         yield self.latency.family(
             "notifyd_delivery_latency_seconds",
             "From the end of the inserting statement in PostgreSQL to the notification written "
             "to the last local recipient's socket, for live deliveries (not catch-up after a "
-            "lost LISTEN connection); the clocks of both hosts must agree")
+            "lost LISTEN connection); the clocks of both hosts must agree",
+        )

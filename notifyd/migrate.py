@@ -51,9 +51,12 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
                 "CREATE SCHEMA IF NOT EXISTS notifyd;"
                 "CREATE TABLE IF NOT EXISTS notifyd.schema_migrations ("
                 " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())")
-            done = {r["version"] for r in
-                    await conn.fetch("SELECT version FROM notifyd.schema_migrations")}
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {
+                r["version"]
+                for r in await conn.fetch("SELECT version FROM notifyd.schema_migrations")
+            }
             for version, name, sql in pending:
                 if version in done:
                     continue
@@ -63,7 +66,9 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
                     raise MigrationError(f"{name}: {exc}") from exc
                 await conn.execute(
                     "INSERT INTO notifyd.schema_migrations (version, name) VALUES ($1, $2)",
-                    version, name)
+                    version,
+                    name,
+                )
                 applied.append(name)
     finally:
         await conn.close()

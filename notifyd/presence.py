@@ -37,8 +37,7 @@ class LocalPresence:
         self._per_role: dict[str, int] = {}
         self._last_seen: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
 
-    def connected(self, user_id: str, roles: tuple[str, ...], now: float
-                  ) -> PresenceChange | None:
+    def connected(self, user_id: str, roles: tuple[str, ...], now: float) -> PresenceChange | None:
         """Counts a device; the change when the user just came online."""
         n = self._devices.get(user_id, 0)
         self._devices[user_id] = n + 1

@@ -102,8 +102,9 @@ E = TypeVar("E", bound=ClientEvent)
 _DECODERS: dict[str, tuple[frozenset[str], Decode]] = {}
 
 
-def _decoder(event: str, *fields: str) -> Callable[[Callable[[dict[str, Any]], E]],
-                                                   Callable[[dict[str, Any]], E]]:
+def _decoder(
+    event: str, *fields: str
+) -> Callable[[Callable[[dict[str, Any]], E]], Callable[[dict[str, Any]], E]]:
     """Registers the decoder of `event`, whose data may hold `fields` and nothing else."""
 
     def register(decode: Callable[[dict[str, Any]], E]) -> Callable[[dict[str, Any]], E]:
@@ -179,8 +180,9 @@ def _presence_query(data: dict[str, Any]) -> PresenceQuery:
         raise _invalid("roles", f"role names of {ROLE_RULE}")
     if not users and not roles:
         raise _invalid("userIds", "at least one user id or role")
-    return PresenceQuery(tuple(dict.fromkeys(users)),
-                         tuple(dict.fromkeys(r for r in named if r is not None)))
+    return PresenceQuery(
+        tuple(dict.fromkeys(users)), tuple(dict.fromkeys(r for r in named if r is not None))
+    )
 
 
 @_decoder("ping", "timestamp")
@@ -259,8 +261,9 @@ def decode_client_frame(text: str | bytes) -> ClientFrame:
         raise ClientError("invalid-frame", "a frame is a JSON object")
     ref = frame.get("ref")
     if ref is not None and (not isinstance(ref, str) or not 1 <= len(ref) <= MAX_REF_LENGTH):
-        raise ClientError("invalid-frame",
-                          f"ref: expected a string of 1 to {MAX_REF_LENGTH} characters")
+        raise ClientError(
+            "invalid-frame", f"ref: expected a string of 1 to {MAX_REF_LENGTH} characters"
+        )
     try:
         extra = frame.keys() - {"type", "data", "ref"}
         if extra:
@@ -278,8 +281,10 @@ def decode_client_frame(text: str | bytes) -> ClientFrame:
         unknown = data.keys() - fields
         if unknown:
             expected = ", ".join(sorted(fields)) or "no field"
-            raise ClientError("invalid-data", f"data.{sorted(unknown)[0][:64]}: not a field "
-                              f"of {kind} (expected {expected})")
+            raise ClientError(
+                "invalid-data",
+                f"data.{sorted(unknown)[0][:64]}: not a field of {kind} (expected {expected})",
+            )
         return ClientFrame(decode(data), ref)
     except ClientError as exc:
         exc.ref = ref

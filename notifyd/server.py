@@ -113,10 +113,12 @@ class Hub(TypingProtocol):
         """Index the authenticated connection; returns its greeting (connection-confirmed,
         with the `ref` of the auth frame that authenticated it) as a frame for the caller to
         write."""
+
     def closed(self, conn: Connection) -> None: ...
     def gone(self, conn: Connection) -> None:
         """The socket is closed (after closed(): a closing connection keeps its socket until
         the client has what was written, or the grace runs out)."""
+
     def handle(self, conn: Connection, frame: ClientFrame) -> None: ...
     def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None: ...
 
@@ -160,9 +162,24 @@ class Connection(asyncio.Protocol):
     see CLOSE_GRACE for a client that does not.
     """
 
-    __slots__ = ("backlog", "bucket", "close_timer", "closing", "deadline", "hub", "last_recv",
-                 "limited", "opened_at", "partial", "pending", "ping_sent", "queued", "session",
-                 "transport", "ws")
+    __slots__ = (
+        "backlog",
+        "bucket",
+        "close_timer",
+        "closing",
+        "deadline",
+        "hub",
+        "last_recv",
+        "limited",
+        "opened_at",
+        "partial",
+        "pending",
+        "ping_sent",
+        "queued",
+        "session",
+        "transport",
+        "ws",
+    )
 
     def __init__(self, hub: Hub, now: float) -> None:
         self.hub = hub
@@ -317,8 +334,11 @@ class Connection(asyncio.Protocol):
             bound = self.hub.settings.max_send_buffer
             if self.queued + transport.get_write_buffer_size() > bound:
                 self.hub.metrics.slow_consumer_closes += 1
-                log.warning("closing slow consumer %s (more than %d bytes waiting)",
-                            self.session.connection_id, bound)
+                log.warning(
+                    "closing slow consumer %s (more than %d bytes waiting)",
+                    self.session.connection_id,
+                    bound,
+                )
                 self.close(CLOSE_SLOW, "too slow: reconnect and sync", drop=True)
                 return
         backlog.append(data)
@@ -394,8 +414,7 @@ class Connection(asyncio.Protocol):
                 self.reset()
                 return
         loop = asyncio.get_running_loop()
-        self.closing = CloseGrace(self._waiting(transport), loop.time(), CLOSE_GRACE,
-                                  CLOSE_LIMIT)
+        self.closing = CloseGrace(self._waiting(transport), loop.time(), CLOSE_GRACE, CLOSE_LIMIT)
         self.close_timer = loop.call_later(CLOSE_CHECK, self._check_close)
         self._ended()
 
@@ -420,12 +439,14 @@ class Connection(asyncio.Protocol):
         if not waiting and (ws.close_rcvd is not None or ws.state is State.CLOSED):
             transport.close()
         elif grace.expired(waiting, asyncio.get_running_loop().time()):
-            log.info("resetting %s: %d bytes not taken by the client after its close",
-                     self.session.connection_id, waiting)
+            log.info(
+                "resetting %s: %d bytes not taken by the client after its close",
+                self.session.connection_id,
+                waiting,
+            )
             self.reset()
         else:
-            self.close_timer = asyncio.get_running_loop().call_later(CLOSE_CHECK,
-                                                                     self._check_close)
+            self.close_timer = asyncio.get_running_loop().call_later(CLOSE_CHECK, self._check_close)
 
     @property
     def upgraded(self) -> bool:
@@ -477,8 +498,7 @@ class Connection(asyncio.Protocol):
         response = ws.accept(request)
         if response.status_code != 101:
             refused = ws.handshake_exc
-            if (isinstance(refused, InvalidHeaderValue)
-                    and refused.name == "Sec-WebSocket-Version"):
+            if isinstance(refused, InvalidHeaderValue) and refused.name == "Sec-WebSocket-Version":
                 # RFC 6455 §4.4: name the version this server speaks
                 response = ws.reject(426, "WebSocket protocol version 13 only\n")
                 response.headers["Sec-WebSocket-Version"] = "13"
@@ -514,15 +534,29 @@ class Connection(asyncio.Protocol):
         self.session.authenticate(identity)
         self.greet(head)
 
-    def respond(self, status: int, content_type: str, body: bytes,
-                headers: list[tuple[str, str]]) -> None:
+    def respond(
+        self, status: int, content_type: str, body: bytes, headers: list[tuple[str, str]]
+    ) -> None:
         """The answer to a plain HTTP request (see http_api); the connection then closes."""
         ws = self.ws
         if self.transport is None or not isinstance(ws, ServerProtocol):
             return
-        ws.send_response(Response(status, HTTPStatus(status).phrase, Headers([
-            ("Date", formatdate(usegmt=True)), ("Content-Type", content_type),
-            ("Content-Length", str(len(body))), ("Connection", "close"), *headers]), body))
+        ws.send_response(
+            Response(
+                status,
+                HTTPStatus(status).phrase,
+                Headers(
+                    [
+                        ("Date", formatdate(usegmt=True)),
+                        ("Content-Type", content_type),
+                        ("Content-Length", str(len(body))),
+                        ("Connection", "close"),
+                        *headers,
+                    ]
+                ),
+                body,
+            )
+        )
         self._flush()
 
     def _upgrade(self) -> None:
@@ -630,10 +664,12 @@ class AdminConnection(Connection):
         self.hub.http(self, request.method, request.path, request.headers)
 
 
-def connection_factory(hub: Hub, clock: Callable[[], float],
-                       admin: bool = False) -> Callable[[], Connection]:
+def connection_factory(
+    hub: Hub, clock: Callable[[], float], admin: bool = False
+) -> Callable[[], Connection]:
     kind = AdminConnection if admin else Connection
 
     def make() -> Connection:
         return kind(hub, clock())
+
     return make

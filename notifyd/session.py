@@ -19,8 +19,16 @@ class State(enum.Enum):
 class Session:
     """What the server knows of one connection; the server adapter does the I/O."""
 
-    __slots__ = ("_behind", "_cursors", "_held", "_live_from", "_waiting", "connection_id",
-                 "identity", "state")
+    __slots__ = (
+        "_behind",
+        "_cursors",
+        "_held",
+        "_live_from",
+        "_waiting",
+        "connection_id",
+        "identity",
+        "state",
+    )
 
     def __init__(self, connection_id: str) -> None:
         self.connection_id = connection_id
@@ -54,8 +62,11 @@ class Session:
                 raise ClientError("auth-user-mismatch")
             before, after = set(current.streams), set(identity.streams)
             if self._held is not None and before != after:
-                raise ClientError("sync-in-progress", "this token changes the connection's "
-                                  "roles: send it again once the sync-response has come")
+                raise ClientError(
+                    "sync-in-progress",
+                    "this token changes the connection's "
+                    "roles: send it again once the sync-response has come",
+                )
             for stream in before - after:
                 self._forget(stream)
         self.identity = identity
@@ -116,8 +127,9 @@ class Session:
             raise ClientError("sync-in-progress")
         self._held = {s: [] for s in streams}
 
-    def finish_sync(self, cursors: dict[str, int], has_more: set[str],
-                    fresh: Collection[str] = ()) -> list[bytes]:
+    def finish_sync(
+        self, cursors: dict[str, int], has_more: set[str], fresh: Collection[str] = ()
+    ) -> list[bytes]:
         """The sync-response went out with `cursors`; returns the held frames to send next.
         `fresh`: the streams it gave as they are now (asked without a cursor, or reset), items
         sent live before included; their next pages leave nothing out either."""

@@ -14,13 +14,17 @@ import orjson
 from notifyd.errors import PruneBusy, StoreError
 
 # Connection errors and server shutdowns: the database is unavailable, not the request bad.
-_UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                asyncpg.OperatorInterventionError,  # shutting down, cannot connect now
-                asyncpg.InsufficientResourcesError,  # too many connections, disk full
-                asyncpg.InvalidCatalogNameError,  # the database is gone
-                asyncpg.ObjectNotInPrerequisiteStateError,  # it does not accept connections
-                asyncpg.InternalClientError,  # a connection cut in the middle of a call
-                TimeoutError)
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,  # shutting down, cannot connect now
+    asyncpg.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.InvalidCatalogNameError,  # the database is gone
+    asyncpg.ObjectNotInPrerequisiteStateError,  # it does not accept connections
+    asyncpg.InternalClientError,  # a connection cut in the middle of a call
+    TimeoutError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,7 @@ class StreamState:
 class _StateBatch:
     """Stream-state reads asked for while the previous batch's query ran (or, with none
     running, in the same turn of the event loop): one query for all."""
+
     streams: set[str] = field(default_factory=set)
     done: asyncio.Task[dict[str, StreamState]] | None = None
 
@@ -91,19 +96,25 @@ SELECT seq, upto,
 FROM (SELECT seq, wire, {_RUNNING_BYTES.format(wire="wire", order="seq")} AS upto
       FROM ({{rows}}) r) page
 ORDER BY seq"""
-_AFTER_CURSOR = _PAGE.format(rows=f"""
+_AFTER_CURSOR = _PAGE.format(
+    rows=f"""
     SELECT n.seq, CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_WIRE} END AS wire
     FROM notifyd.notifications n
     WHERE n.stream = $3 AND n.seq > $4 AND n.seq NOT BETWEEN $6 AND $7
-    ORDER BY n.seq LIMIT $5 + 1""")
-_CREATED_SINCE = _PAGE.format(rows=f"""
+    ORDER BY n.seq LIMIT $5 + 1"""
+)
+_CREATED_SINCE = _PAGE.format(
+    rows=f"""
     SELECT n.seq, CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_WIRE} END AS wire
     FROM notifyd.notifications n
     WHERE n.stream = $3 AND n.created_at > $4
-    ORDER BY n.seq LIMIT $5 + 1""")
-_LATEST = _PAGE.format(rows=f"""
+    ORDER BY n.seq LIMIT $5 + 1"""
+)
+_LATEST = _PAGE.format(
+    rows=f"""
     SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n
-    WHERE n.stream = $3 ORDER BY n.seq DESC LIMIT $4""")
+    WHERE n.stream = $3 ORDER BY n.seq DESC LIMIT $4"""
+)
 _PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
 
 
@@ -126,8 +137,9 @@ class Store:
     @classmethod
     async def open(cls, dsn: str, *, max_size: int = 10) -> Store:
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size,
-                                             command_timeout=30, reset=_keep_session)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=max_size, command_timeout=30, reset=_keep_session
+            )
         except _UNAVAILABLE as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
         return cls(pool)
@@ -151,10 +163,12 @@ class Store:
         try:
             # Two queries: a missing table fails a query that names it even in a dead branch.
             if not await self._pool.fetchval(
-                    "SELECT to_regclass('notifyd.schema_migrations') IS NOT NULL"):
+                "SELECT to_regclass('notifyd.schema_migrations') IS NOT NULL"
+            ):
                 return 0
             version = await self._pool.fetchval(
-                "SELECT coalesce(max(version), 0) FROM notifyd.schema_migrations")
+                "SELECT coalesce(max(version), 0) FROM notifyd.schema_migrations"
+            )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return int(version)
@@ -168,7 +182,8 @@ class Store:
                 if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _PRUNE_LOCK):
                     return None
                 deleted: int = await conn.fetchval(
-                    "SELECT notifyd.prune(make_interval(secs => $1), $2)", days * 86400.0, batch)
+                    "SELECT notifyd.prune(make_interval(secs => $1), $2)", days * 86400.0, batch
+                )
         except asyncpg.LockNotAvailableError as exc:
             raise PruneBusy(str(exc)) from exc
         except _UNAVAILABLE as exc:
@@ -184,8 +199,7 @@ class Store:
         batch = self._state_batch
         if batch is None:
             batch = self._state_batch = _StateBatch(set(streams))
-            task = asyncio.get_running_loop().create_task(
-                self._read_batch(batch, self._state_read))
+            task = asyncio.get_running_loop().create_task(self._read_batch(batch, self._state_read))
             # retrieved here, so that a failure nobody waits for any more is not reported
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             batch.done = self._state_read = task
@@ -194,9 +208,9 @@ class Store:
         assert batch.done is not None
         return await asyncio.shield(batch.done)
 
-    async def _read_batch(self, batch: _StateBatch,
-                          running: asyncio.Task[dict[str, StreamState]] | None
-                          ) -> dict[str, StreamState]:
+    async def _read_batch(
+        self, batch: _StateBatch, running: asyncio.Task[dict[str, StreamState]] | None
+    ) -> dict[str, StreamState]:
         if running is not None and not running.done():
             await asyncio.wait([running])  # its outcome is its own readers'
         else:
@@ -208,7 +222,8 @@ class Store:
         try:
             rows = await self._pool.fetch(
                 "SELECT stream, last_seq, unread FROM notifyd.streams WHERE stream = ANY($1)",
-                streams)
+                streams,
+            )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return {r["stream"]: StreamState(r["last_seq"], r["unread"]) for r in rows}
@@ -218,7 +233,8 @@ class Store:
         try:
             rows = await self._pool.fetch(
                 "SELECT user_id, extract(epoch FROM revoked_at)::float8 AS at "
-                "FROM notifyd.revocations")
+                "FROM notifyd.revocations"
+            )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return {r["user_id"]: r["at"] for r in rows}
@@ -230,7 +246,11 @@ class Store:
         try:
             nid: int = await self._pool.fetchval(
                 "SELECT notifyd.notify($1, 'demo:message', $2, $3, '{}', $4)",
-                user_id, title, message, priority)
+                user_id,
+                title,
+                message,
+                priority,
+            )
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreError(str(exc)) from exc
         return nid
@@ -248,7 +268,8 @@ class Store:
                 rows = await conn.fetch(
                     "UPDATE notifyd.notifications SET read_at = now() "
                     f"WHERE stream = $1 AND read_at IS NULL {where} RETURNING id, read_at",
-                    *args)
+                    *args,
+                )
         # and any error of the UPDATE: a statement timeout, a lock timeout, an app's trigger
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreError(str(exc)) from exc
@@ -267,7 +288,10 @@ class Store:
                 "CROSS JOIN LATERAL (SELECT * FROM notifyd.notifications n "
                 "  WHERE n.stream = a.stream AND n.seq > a.after ORDER BY n.seq LIMIT $3) n "
                 "ORDER BY n.stream, n.seq",
-                list(after), list(after.values()), limit)
+                list(after),
+                list(after.values()),
+                limit,
+            )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return [Row(r["stream"], r["seq"], r["wire"].encode()) for r in records]
@@ -277,7 +301,9 @@ class Store:
         try:
             records = await self._pool.fetch(
                 f"SELECT n.id, {_WIRE} AS wire FROM notifyd.notifications n "
-                "WHERE n.id = ANY($1::bigint[])", ids)
+                "WHERE n.id = ANY($1::bigint[])",
+                ids,
+            )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return {r["id"]: r["wire"].encode() for r in records}
@@ -305,8 +331,7 @@ class Store:
             answered = await self._sync_after_cursors(cursors, limit, max_bytes, in_flight)
             if answered is not None:
                 return answered
-        return await self._sync_in_transaction(cursors, latest, since, limit, max_bytes,
-                                               in_flight)
+        return await self._sync_in_transaction(cursors, latest, since, limit, max_bytes, in_flight)
 
     async def _sync_in_transaction(
         self,
@@ -321,25 +346,28 @@ class Store:
         result = SyncResult()
         streams = [*cursors, *latest]
         try:
-            async with self._pool.acquire() as conn, conn.transaction(
-                isolation="repeatable_read", readonly=True
+            async with (
+                self._pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
             ):
                 states = {
                     r["stream"]: (r["last_seq"], r["pruned_below"])
                     for r in await conn.fetch(
                         "SELECT stream, last_seq, pruned_below FROM notifyd.streams "
-                        "WHERE stream = ANY($1)", streams)
+                        "WHERE stream = ANY($1)",
+                        streams,
+                    )
                 }
                 for stream, cursor in cursors.items():
                     last_seq, pruned_below = states.get(stream, (0, 0))
                     if cursor > last_seq or cursor + 1 < pruned_below:
                         result.reset.append(stream)
-                        await self._latest(conn, stream, None, limit, max_bytes, last_seq,
-                                           result)
+                        await self._latest(conn, stream, None, limit, max_bytes, last_seq, result)
                         continue
                     first, last = in_flight.get(stream, (0, -1))
-                    rows = await self._page(conn, _AFTER_CURSOR, max_bytes, result,
-                                            stream, cursor, limit, first, last)
+                    rows = await self._page(
+                        conn, _AFTER_CURSOR, max_bytes, result, stream, cursor, limit, first, last
+                    )
                     self._take(stream, rows, limit, cursor, max(cursor, last), result)
                 for stream in latest:
                     last_seq, _ = states.get(stream, (0, 0))
@@ -348,8 +376,13 @@ class Store:
             raise StoreError(str(exc)) from exc
         return result
 
-    async def _sync_after_cursors(self, cursors: dict[str, int], limit: int, max_bytes: int,
-                                  in_flight: dict[str, tuple[int, int]]) -> SyncResult | None:
+    async def _sync_after_cursors(
+        self,
+        cursors: dict[str, int],
+        limit: int,
+        max_bytes: int,
+        in_flight: dict[str, tuple[int, int]],
+    ) -> SyncResult | None:
         """sync() when every stream has a cursor (a reconnecting client's request): one
         statement; None when a stream must be reset (its cursor is ahead of the stream or
         behind what retention kept), which sync() answers in a transaction of its own."""
@@ -357,8 +390,14 @@ class Store:
         skips = [in_flight.get(stream, (0, -1)) for stream in streams]
         try:
             rows = await self._pool.fetch(
-                _SYNC_AFTER_CURSORS, streams, [cursors[s] for s in streams],
-                [first for first, _ in skips], [last for _, last in skips], limit, max_bytes)
+                _SYNC_AFTER_CURSORS,
+                streams,
+                [cursors[s] for s in streams],
+                [first for first, _ in skips],
+                [last for _, last in skips],
+                limit,
+                max_bytes,
+            )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         found: dict[str, list[asyncpg.Record]] = {}
@@ -378,8 +417,13 @@ class Store:
         return result
 
     @staticmethod
-    async def _page(conn: asyncpg.pool.PoolConnectionProxy, query: str, max_bytes: int,
-                    result: SyncResult, *args: object) -> list[asyncpg.Record]:
+    async def _page(
+        conn: asyncpg.pool.PoolConnectionProxy,
+        query: str,
+        max_bytes: int,
+        result: SyncResult,
+        *args: object,
+    ) -> list[asyncpg.Record]:
         """One stream's candidate rows by `query` (see _PAGE), cut at what is left of the
         response's byte budget; counts the bytes of those given."""
         rows = await conn.fetch(query, max_bytes - result.size, not result.notifications, *args)
@@ -389,8 +433,14 @@ class Store:
         return rows
 
     @staticmethod
-    def _take(stream: str, rows: list[asyncpg.Record], limit: int, start: int, floor: int,
-              result: SyncResult) -> None:
+    def _take(
+        stream: str,
+        rows: list[asyncpg.Record],
+        limit: int,
+        start: int,
+        floor: int,
+        result: SyncResult,
+    ) -> None:
         """A stream's candidate rows in seq order: those that came with their wire text go
         out (a prefix). When any was left out, by count or by bytes, the next page continues
         after the last one given (from `start` when none was); otherwise the cursor is the last
@@ -418,8 +468,7 @@ class Store:
         as they are now (whether or not this connection was sent them live). The client is then
         at the stream's head, unless the page was cut: the next continues after it."""
         if since is not None:
-            rows = await self._page(conn, _CREATED_SINCE, max_bytes, result,
-                                    stream, since, limit)
+            rows = await self._page(conn, _CREATED_SINCE, max_bytes, result, stream, since, limit)
         else:
             rows = await self._page(conn, _LATEST, max_bytes, result, stream, limit)
         start = rows[0]["seq"] - 1 if rows else last_seq

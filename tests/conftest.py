@@ -46,8 +46,7 @@ async def template_db(pg_server: str) -> AsyncIterator[str]:
     """A migrated database that per-test databases are cloned from."""
     name = f"notifyd_tmpl_{os.getpid()}"
     try:
-        await admin_exec(pg_server, f"DROP DATABASE IF EXISTS {name}",
-                         f"CREATE DATABASE {name}")
+        await admin_exec(pg_server, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.fail(f"cannot use PostgreSQL at NOTIFYD_TEST_DSN ({exc}); {HOW_TO_PROVIDE_PG}")
     await migrate(with_database(pg_server, name))

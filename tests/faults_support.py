@@ -27,11 +27,22 @@ from websockets.uri import parse_uri
 
 from notifyd.auth import issue_token
 
-DOCUMENTED_ERRORS = frozenset({
-    "invalid-json", "invalid-frame", "unknown-event", "invalid-data", "binary-not-supported",
-    "not-authenticated", "auth-failed", "auth-user-mismatch", "forbidden", "sync-in-progress",
-    "rate-limited", "unavailable",
-})  # internal-error is documented too, but a test that provokes it has found a bug
+DOCUMENTED_ERRORS = frozenset(
+    {
+        "invalid-json",
+        "invalid-frame",
+        "unknown-event",
+        "invalid-data",
+        "binary-not-supported",
+        "not-authenticated",
+        "auth-failed",
+        "auth-user-mismatch",
+        "forbidden",
+        "sync-in-progress",
+        "rate-limited",
+        "unavailable",
+    }
+)  # internal-error is documented too, but a test that provokes it has found a bug
 
 
 async def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
@@ -40,8 +51,9 @@ async def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, byte
     return status, body
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float, what: str,
-                     interval: float = 0.01) -> None:
+async def eventually(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.01
+) -> None:
     """Wait until `predicate()` holds (a generous timeout only guards against hangs)."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -86,17 +98,31 @@ class ServeProcess:
 
     async def start(self, timeout: float = 30) -> None:
         self.starts += 1
-        env = subprocess_env(**{"NOTIFYD_DSN": self.dsn, "NOTIFYD_JWT_SECRET": SECRET,
-                                "NOTIFYD_PORT": str(self.port), **self.env})
+        env = subprocess_env(
+            **{
+                "NOTIFYD_DSN": self.dsn,
+                "NOTIFYD_JWT_SECRET": SECRET,
+                "NOTIFYD_PORT": str(self.port),
+                **self.env,
+            }
+        )
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(notifyd_cmd("serve"), env=env, cwd=ROOT,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                notifyd_cmd("serve"),
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
         deadline = time.monotonic() + timeout
         shared = self.env.get("NOTIFYD_REUSE_PORT") == "1"
         while True:
             if self.proc.poll() is not None:
-                raise AssertionError(f"notifyd exited with {self.proc.returncode}: "
-                                     f"{self.log_path.read_text()[-2000:]}")
+                raise AssertionError(
+                    f"notifyd exited with {self.proc.returncode}: "
+                    f"{self.log_path.read_text()[-2000:]}"
+                )
             if shared:  # /readyz may be answered by another process on the port
                 if "serving on" in self.log_path.read_text():
                     return
@@ -132,8 +158,9 @@ class RawClient:
     only when told to, so the server's send buffer fills up. Text frames it reads are
     validated against protocol/schema/ like support.Client's."""
 
-    def __init__(self, proto: ClientProtocol, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, proto: ClientProtocol, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.proto, self.reader, self.writer = proto, reader, writer
         self.frames: list[Frame] = []
         self.texts: list[dict[str, Any]] = []
@@ -187,8 +214,9 @@ class RawClient:
                 validate_server_frame(frame)
                 self.texts.append(frame)
 
-    async def read_frames_until(self, predicate: Callable[[RawClient], bool],
-                                timeout: float) -> None:
+    async def read_frames_until(
+        self, predicate: Callable[[RawClient], bool], timeout: float
+    ) -> None:
         async with asyncio.timeout(timeout):
             while not self.eof and not predicate(self):
                 await self._read_some()
@@ -253,8 +281,7 @@ class CursorClient:
         await asyncio.wait_for(self.task, 30)
 
     def caught_up(self, last: dict[str, int]) -> bool:
-        return self.synced and all(self.cursors.get(s, 0) >= last.get(s, 0)
-                                   for s in self.streams)
+        return self.synced and all(self.cursors.get(s, 0) >= last.get(s, 0) for s in self.streams)
 
     async def _run(self) -> None:
         token = issue_token(SECRET, self.user, self.roles, 3600)
@@ -279,8 +306,11 @@ class CursorClient:
         self._requests += 1
         self.trace.append(f"request {cursors}")
         self._sent = dict(cursors)
-        await client.send("notification:sync-request", {"cursors": cursors, "limit": self.limit},
-                          f"sync-{self._requests}")
+        await client.send(
+            "notification:sync-request",
+            {"cursors": cursors, "limit": self.limit},
+            f"sync-{self._requests}",
+        )
 
     async def _session(self, client: Client) -> None:
         self.synced = self.responded = False
@@ -310,8 +340,10 @@ class CursorClient:
 
     async def _on_sync_response(self, client: Client, data: dict[str, Any]) -> None:
         self.responded = True
-        self.trace.append(f"response {self._sent} -> {data['cursors']} "
-                          f"{[(n['stream'], n['seq']) for n in data['notifications']]}")
+        self.trace.append(
+            f"response {self._sent} -> {data['cursors']} "
+            f"{[(n['stream'], n['seq']) for n in data['notifications']]}"
+        )
         if data["reset"]:
             self.violations.append(f"unexpected reset {data['reset']}")
         by_stream: dict[str, list[int]] = {}
@@ -333,8 +365,10 @@ class CursorClient:
             base = max(sent, self.cursors[stream])
             if seqs != list(range(base + 1, cursor + 1)):
                 self.context = self.context or list(self.trace)
-                self.violations.append(f"{stream} sync after cursor {base} gave {seqs}, "
-                                       f"cursor {cursor}: not exactly the items in between")
+                self.violations.append(
+                    f"{stream} sync after cursor {base} gave {seqs}, "
+                    f"cursor {cursor}: not exactly the items in between"
+                )
             self.have[stream].update(seqs)
             self.accepted[stream].extend(seqs)
             self.cursors[stream] = cursor
@@ -355,8 +389,9 @@ class CursorClient:
             return
         cursor = self.cursors[stream]
         if seq <= cursor:
-            self.violations.append(f"duplicate {stream} seq {seq} live after sync "
-                                   f"(cursor {cursor})")
+            self.violations.append(
+                f"duplicate {stream} seq {seq} live after sync (cursor {cursor})"
+            )
             return
         if seq != cursor + 1:
             self.violations.append(f"gap in {stream} live: {cursor} then {seq}")

@@ -54,19 +54,36 @@ class RedisServer:
     def start(self, timeout: float = 10) -> None:
         with (self.dir / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(self.dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.dir),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
         deadline = time.monotonic() + timeout
         while True:
-            with contextlib.suppress(OSError), \
-                    socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.5) as s,
+            ):
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
                     return
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start: "
-                                   f"{(self.dir / 'redis.log').read_text()[-1000:]}")
+                raise RuntimeError(
+                    f"redis-server did not start: {(self.dir / 'redis.log').read_text()[-1000:]}"
+                )
             time.sleep(0.05)
 
     def kill(self) -> None:

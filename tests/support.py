@@ -60,8 +60,11 @@ def free_port() -> int:
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for a notifyd subprocess: no stray NOTIFYD_* from the developer's shell."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("NOTIFYD_") or k.startswith("NOTIFYD_TEST_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NOTIFYD_") or k.startswith("NOTIFYD_TEST_")
+    }
     env.update(extra)
     return env
 
@@ -116,8 +119,9 @@ class Client:
     def drop_backlog(self) -> None:
         self._backlog = []
 
-    async def send(self, kind: str, data: dict[str, Any] | None = None,
-                   ref: str | None = None) -> None:
+    async def send(
+        self, kind: str, data: dict[str, Any] | None = None, ref: str | None = None
+    ) -> None:
         frame: dict[str, Any] = {"type": kind}
         if data is not None:
             frame["data"] = data
@@ -125,8 +129,14 @@ class Client:
             frame["ref"] = ref
         await self.ws.send(orjson.dumps(frame).decode())
 
-    async def request(self, kind: str, data: dict[str, Any] | None, reply: str,
-                      ref: str = "r1", timeout: float = 5.0) -> dict[str, Any]:
+    async def request(
+        self,
+        kind: str,
+        data: dict[str, Any] | None,
+        reply: str,
+        ref: str = "r1",
+        timeout: float = 5.0,
+    ) -> dict[str, Any]:
         """Send a frame with `ref` and return the reply of type `reply` echoing it."""
         await self.send(kind, data, ref)
         deadline = time.monotonic() + timeout
@@ -143,8 +153,7 @@ class Client:
 
     async def sync(self, cursors: dict[str, int] | None = None, **extra: Any) -> dict[str, Any]:
         data: dict[str, Any] = {"cursors": cursors or {}, **extra}
-        frame = await self.request("notification:sync-request", data,
-                                   "notification:sync-response")
+        frame = await self.request("notification:sync-request", data, "notification:sync-response")
         assert frame["type"] == "notification:sync-response", frame
         result: dict[str, Any] = frame["data"]
         return result
@@ -181,14 +190,21 @@ class Daemon:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.app.port}"
 
-    def token(self, user: str, roles: Iterable[str] = (), ttl: float = 3600,
-              **extra: object) -> str:
+    def token(
+        self, user: str, roles: Iterable[str] = (), ttl: float = 3600, **extra: object
+    ) -> str:
         return issue_token(SECRET, user, list(roles), ttl, extra=extra or None)
 
-    async def raw(self, query: str = "", headers: dict[str, str] | None = None,
-                  **kwargs: Any) -> Client:
-        ws = await connect(self.url + query, additional_headers=headers, compression=None,
-                           ping_interval=None, **kwargs)
+    async def raw(
+        self, query: str = "", headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> Client:
+        ws = await connect(
+            self.url + query,
+            additional_headers=headers,
+            compression=None,
+            ping_interval=None,
+            **kwargs,
+        )
         client = Client(ws)
         self.clients.append(client)
         return client
@@ -212,7 +228,8 @@ class Daemon:
     async def notify(self, user: str, title: str = "t", **kw: Any) -> int:
         data = orjson.dumps(kw.pop("data", {})).decode()
         nid: int = await self.sql(
-            "SELECT notifyd.notify($1, 'test', $2, 'message', $3::jsonb)", user, title, data)
+            "SELECT notifyd.notify($1, 'test', $2, 'message', $3::jsonb)", user, title, data
+        )
         return nid
 
     async def aclose(self) -> None:
@@ -225,10 +242,10 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(dsn: str, dev: bool = False, **overrides: Any
-                         ) -> AsyncIterator[Daemon]:
-    settings = config.validate(config.Settings(
-        dsn=dsn, jwt_secret=SECRET, **{"port": 0, **overrides}))
+async def running_daemon(dsn: str, dev: bool = False, **overrides: Any) -> AsyncIterator[Daemon]:
+    settings = config.validate(
+        config.Settings(dsn=dsn, jwt_secret=SECRET, **{"port": 0, **overrides})
+    )
     store = await Store.open(dsn)
     app = App(settings, store, dev=dev)
     await app.start()
@@ -239,15 +256,21 @@ async def running_daemon(dsn: str, dev: bool = False, **overrides: Any
         await daemon.aclose()
 
 
-async def http_request(port: int, method: str, path: str,
-                       headers: dict[str, str] | None = None, timeout: float = 10
-                       ) -> tuple[int, dict[str, str], bytes]:
+async def http_request(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None, timeout: float = 10
+) -> tuple[int, dict[str, str], bytes]:
     """(status, headers with lower-case names, body) of one plain HTTP request to the daemon.
     `headers` may replace the Host header (the daemon's address by default)."""
     given = headers or {}
     host = [] if any(k.lower() == "host" for k in given) else [f"Host: 127.0.0.1:{port}"]
-    lines = [f"{method} {path} HTTP/1.1", *host, "Connection: close",
-             *(f"{k}: {v}" for k, v in given.items()), "", ""]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        *host,
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in given.items()),
+        "",
+        "",
+    ]
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
@@ -257,12 +280,20 @@ async def http_request(port: int, method: str, path: str,
             writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    parsed = {k.strip().lower(): v.strip() for k, _, v in
-              (line.partition(":") for line in header_lines)}
+    parsed = {
+        k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)
+    }
     return int(status_line.split(" ", 2)[1]), parsed, body
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(notifyd_cmd(*args), env=env or subprocess_env(), text=True,
-                          capture_output=True, timeout=timeout, cwd=ROOT)
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        notifyd_cmd(*args),
+        env=env or subprocess_env(),
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )

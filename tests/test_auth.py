@@ -43,11 +43,14 @@ async def handshake_status(url: str, **kwargs: object) -> int:
 
 
 @pytest.mark.parametrize("name", sorted(BAD_TOKENS))
-async def test_bad_tokens_are_refused_at_the_handshake_with_401(daemon: Daemon,
-                                                                 name: str) -> None:
+async def test_bad_tokens_are_refused_at_the_handshake_with_401(daemon: Daemon, name: str) -> None:
     assert await handshake_status(f"{daemon.url}?token={BAD_TOKENS[name]}") == 401
-    assert await handshake_status(
-        daemon.url, additional_headers={"Authorization": f"Bearer {BAD_TOKENS[name]}"}) == 401
+    assert (
+        await handshake_status(
+            daemon.url, additional_headers={"Authorization": f"Bearer {BAD_TOKENS[name]}"}
+        )
+        == 401
+    )
 
 
 @pytest.mark.parametrize("name", ["expired", "alg none", "wrong signature"])
@@ -88,8 +91,7 @@ async def test_expired_token_closes_live_connection_unless_refreshed(fresh_db: s
         short = await d.raw(f"?token={d.token('e1', ttl=1)}")
         refreshed = await d.raw(f"?token={d.token('e2', ttl=1)}")
         await refreshed.next_data("connection-confirmed")
-        reply = await refreshed.request("auth", {"token": d.token("e2", ttl=600)},
-                                        "auth:refreshed")
+        reply = await refreshed.request("auth", {"token": d.token("e2", ttl=600)}, "auth:refreshed")
         assert reply["type"] == "auth:refreshed"
         code, reason = await short.closed(timeout=5)
         assert code == 4001 and "expired" in (reason or "")
@@ -110,22 +112,31 @@ async def test_audience_and_issuer_are_enforced(fresh_db: str) -> None:
     async with running_daemon(fresh_db, jwt_audience="app", jwt_issuer="https://id") as d:
         good = jwt.encode(_claims(aud="app", iss="https://id"), SECRET, "HS256")
         assert await handshake_status(f"{d.url}?token={good}") == 101
-        for claims in (_claims(aud="other", iss="https://id"), _claims(iss="https://id"),
-                       _claims(aud="app", iss="https://evil"), _claims(aud="app")):
+        for claims in (
+            _claims(aud="other", iss="https://id"),
+            _claims(iss="https://id"),
+            _claims(aud="app", iss="https://evil"),
+            _claims(aud="app"),
+        ):
             token = jwt.encode(claims, SECRET, "HS256")
             assert await handshake_status(f"{d.url}?token={token}") == 401
 
 
 @pytest.mark.parametrize("kind", ["RS256", "ES256"])
 async def test_public_key_algorithms(fresh_db: str, tmp_path: Path, kind: str) -> None:
-    private = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "RS256"
-               else ec.generate_private_key(ec.SECP256R1()))
-    pem = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    private = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind == "RS256"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     key_file = tmp_path / "key.pem"
     key_file.write_bytes(pem)
-    async with running_daemon(fresh_db, jwt_algorithms=(kind, "HS256"),
-                              jwt_public_key_file=key_file) as d:
+    async with running_daemon(
+        fresh_db, jwt_algorithms=(kind, "HS256"), jwt_public_key_file=key_file
+    ) as d:
         token = jwt.encode(_claims(sub="pk"), private, kind)
         client = await d.raw(f"?token={token}")
         assert (await client.next_data("connection-confirmed"))["userId"] == "pk"
@@ -140,14 +151,17 @@ async def test_cookie_token_needs_an_allowed_origin(fresh_db: str) -> None:
         client = await no_origins.raw(headers={"Cookie": f"session={no_origins.token('k1')}"})
         reply = await client.request("ping", {}, "pong")
         assert reply["data"]["code"] == "not-authenticated"
-    async with running_daemon(fresh_db, jwt_cookie="session",
-                              allowed_origins=("https://app.example",)) as d:
+    async with running_daemon(
+        fresh_db, jwt_cookie="session", allowed_origins=("https://app.example",)
+    ) as d:
         cookie = {"Cookie": f"theme=dark; session={d.token('k2')}"}
         client = await d.raw(headers=cookie, origin="https://app.example")  # type: ignore[arg-type]
         assert (await client.next_data("connection-confirmed"))["userId"] == "k2"
         # a page on another site: 403 before anything else
-        assert await handshake_status(d.url, additional_headers=cookie,
-                                      origin="https://evil.example") == 403
+        assert (
+            await handshake_status(d.url, additional_headers=cookie, origin="https://evil.example")
+            == 403
+        )
         # a cookie without any Origin is not a browser page we allowed
         assert await handshake_status(d.url, additional_headers=cookie) == 403
         # native clients without Origin still authenticate with a token
@@ -184,8 +198,9 @@ def test_notifyd_token_signs_with_the_first_secret(tmp_path: Path) -> None:
     new = "new-secret-" + "n" * 32
     secret_file = tmp_path / "jwt_secret"
     secret_file.write_text(f"{new}\n{SECRET}\n")
-    result = run_cli("token", "--sub", "7",
-                     env=subprocess_env(NOTIFYD_JWT_SECRET_FILE=str(secret_file)))
+    result = run_cli(
+        "token", "--sub", "7", env=subprocess_env(NOTIFYD_JWT_SECRET_FILE=str(secret_file))
+    )
     assert result.returncode == 0, result.stderr
     assert jwt.decode(result.stdout.strip(), new, ["HS256"])["sub"] == "7"
 
@@ -197,8 +212,9 @@ def test_claims_are_checked_with_pyjwts_meaning_of_aud_and_iss() -> None:
     from notifyd.config import Settings, validate
     from notifyd.errors import AuthError
 
-    auth = Authenticator(validate(Settings(jwt_secret=SECRET, jwt_audience="app",
-                                           jwt_issuer="https://id")))
+    auth = Authenticator(
+        validate(Settings(jwt_secret=SECRET, jwt_audience="app", jwt_issuer="https://id"))
+    )
 
     def token(**claims: object) -> str:
         return jwt.encode(_claims(**claims), SECRET, "HS256")
@@ -211,8 +227,9 @@ def test_claims_are_checked_with_pyjwts_meaning_of_aud_and_iss() -> None:
         "token issuer not accepted": token(aud="app", iss="https://evil"),
         "token invalid": jwt.PyJWS().encode(b"[1, 2]", SECRET, "HS256"),
         "token lacks the 'exp' claim": token(aud="app", iss="https://id", exp=None),
-        "token algorithm not allowed": jwt.encode(_claims(aud="app", iss="https://id"),
-                                                  SECRET, "HS384"),
+        "token algorithm not allowed": jwt.encode(
+            _claims(aud="app", iss="https://id"), SECRET, "HS384"
+        ),
         "malformed token": "a.b",
         "token 'sub' claim is not a string": token(aud="app", iss="https://id", sub=42),
         "token 'jti' claim is not a string": token(aud="app", iss="https://id", jti=7),
@@ -226,7 +243,8 @@ def test_claims_are_checked_with_pyjwts_meaning_of_aud_and_iss() -> None:
 
 
 def test_a_public_key_of_another_family_verifies_nothing_of_it(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """RS256 and ES256 allowed with an RSA key: RS256 tokens verify, ES256 ones are refused
     as not allowed (no key of theirs, which is logged), and the key mix is no start-up error."""
     from notifyd.auth import Authenticator
@@ -235,10 +253,14 @@ def test_a_public_key_of_another_family_verifies_nothing_of_it(
 
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = tmp_path / "key.pem"
-    key_file.write_bytes(rsa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    auth = Authenticator(validate(Settings(jwt_algorithms=("RS256", "ES256"),
-                                           jwt_public_key_file=key_file)))
+    key_file.write_bytes(
+        rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    auth = Authenticator(
+        validate(Settings(jwt_algorithms=("RS256", "ES256"), jwt_public_key_file=key_file))
+    )
     assert [r.getMessage()[:14] for r in caplog.records] == ["no key for ES2"]
     assert auth.verify(jwt.encode(_claims(sub="r"), rsa_key, "RS256")).user_id == "r"
     ec_token = jwt.encode(_claims(), ec.generate_private_key(ec.SECP256R1()), "ES256")

@@ -24,12 +24,13 @@ BAD_FRAMES = [
     ('{"type": "notification:mark-read", "data": {"ids": []}}', "invalid-data"),
     ('{"type": "notification:mark-read", "data": {"ids": [true]}}', "invalid-data"),
     ('{"type": "notification:sync-request", "data": {"limit": 0}}', "invalid-data"),
-    ('{"type": "notification:sync-request", "data": {"cursors": {"user:1": -1}}}',
-     "invalid-data"),
+    ('{"type": "notification:sync-request", "data": {"cursors": {"user:1": -1}}}', "invalid-data"),
     ('{"type": "notification:sync-request", "data": {"cursors": []}}', "invalid-data"),
     ('{"type": "notification:sync-request", "data": {"since": "yesterday"}}', "invalid-data"),
-    ('{"type": "notification:sync-request", "data": {"since": "2026-01-01T00:00:00"}}',
-     "invalid-data"),
+    (
+        '{"type": "notification:sync-request", "data": {"since": "2026-01-01T00:00:00"}}',
+        "invalid-data",
+    ),
     ('{"type": "presence:query", "data": {"userIds": [1]}}', "invalid-data"),
     ('{"type": "presence:query", "data": {}}', "invalid-data"),
     ('{"type": "presence:query", "data": {"userIds": [], "roles": []}}', "invalid-data"),
@@ -38,17 +39,21 @@ BAD_FRAMES = [
     ('{"type": "ping", "data": {"timestamp": {}}}', "invalid-data"),
     ('{"type": "auth", "data": {"token": ""}}', "invalid-data"),
     # times that are no moment of UTC's years 1 to 9999
-    ('{"type": "notification:sync-request", "data": {"since": "0001-01-01T00:00:00+14:00"}}',
-     "invalid-data"),
-    ('{"type": "notification:sync-request", "data": {"since": "9999-12-31T23:59:59-14:00"}}',
-     "invalid-data"),
+    (
+        '{"type": "notification:sync-request", "data": {"since": "0001-01-01T00:00:00+14:00"}}',
+        "invalid-data",
+    ),
+    (
+        '{"type": "notification:sync-request", "data": {"since": "9999-12-31T23:59:59-14:00"}}',
+        "invalid-data",
+    ),
     # numbers past a bigint, or past a double
-    ('{"type": "notification:mark-read", "data": {"ids": [18446744073709551615]}}',
-     "invalid-data"),
-    ('{"type": "notification:mark-read", "data": {"ids": [100000000000000000000000000000]}}',
-     "invalid-data"),
-    ('{"type": "notification:sync-request", "data": {"cursors": {"all": 1e30}}}',
-     "invalid-data"),
+    ('{"type": "notification:mark-read", "data": {"ids": [18446744073709551615]}}', "invalid-data"),
+    (
+        '{"type": "notification:mark-read", "data": {"ids": [100000000000000000000000000000]}}',
+        "invalid-data",
+    ),
+    ('{"type": "notification:sync-request", "data": {"cursors": {"all": 1e30}}}', "invalid-data"),
     ('{"type": "ping", "data": {"timestamp": 1e400}}', "invalid-json"),
     ('{"type": "ping", "data": {"timestamp": NaN}}', "invalid-json"),
     # presence roles are role names, as token roles are
@@ -59,8 +64,7 @@ BAD_FRAMES = [
     ('{"type": "notification:sync-request", "data": {"cursor": {"all": 3}}}', "invalid-data"),
     ('{"type": "notification:mark-read", "data": {"ids": [1], "all": true}}', "invalid-data"),
     ('{"type": "notification:mark-all-read", "data": {"ids": [1]}}', "invalid-data"),
-    ('{"type": "presence:query", "data": {"userIds": ["1"], "role": ["admin"]}}',
-     "invalid-data"),
+    ('{"type": "presence:query", "data": {"userIds": ["1"], "role": ["admin"]}}', "invalid-data"),
     ('{"type": "ping", "data": {"timestamp": 1, "ts": 2}}', "invalid-data"),
 ]
 
@@ -155,9 +159,11 @@ async def test_wrong_path_for_websocket_is_404(daemon: Daemon) -> None:
 
 
 def handshake_request(path: str) -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
 
 
 async def test_frame_sent_right_behind_the_request_is_not_lost(daemon: Daemon) -> None:
@@ -204,12 +210,12 @@ async def test_an_unknown_field_is_named_and_nothing_is_done(daemon: Daemon) -> 
     """mark-all-read with ids marks nothing; a sync-request with `cursor` is no sync."""
     client = await daemon.connect("u1")
     await daemon.notify("u1", "stays unread")
-    reply = await client.request("notification:mark-all-read", {"ids": [1]},
-                                 "notification:read")
+    reply = await client.request("notification:mark-all-read", {"ids": [1]}, "notification:read")
     assert reply["data"]["code"] == "invalid-data"
     assert "data.ids" in reply["data"]["message"]
-    reply = await client.request("notification:sync-request", {"cursor": {"user:u1": 0}},
-                                 "notification:sync-response")
+    reply = await client.request(
+        "notification:sync-request", {"cursor": {"user:u1": 0}}, "notification:sync-response"
+    )
     assert reply["data"]["code"] == "invalid-data"
     assert reply["data"]["message"].startswith("data.cursor: not a field")
     assert await daemon.sql("SELECT count(*) FROM notifyd.notifications WHERE read_at IS NULL") == 1
@@ -218,8 +224,9 @@ async def test_an_unknown_field_is_named_and_nothing_is_done(daemon: Daemon) -> 
 async def test_a_time_out_of_range_before_authentication_is_answered(daemon: Daemon) -> None:
     """Decoded before the auth check: an error frame, not a dropped connection."""
     client = await daemon.raw()
-    reply = await client.request("notification:sync-request",
-                                 {"since": "0001-01-01T00:00:00+14:00"}, "error", ref="early")
+    reply = await client.request(
+        "notification:sync-request", {"since": "0001-01-01T00:00:00+14:00"}, "error", ref="early"
+    )
     assert reply["data"]["code"] == "invalid-data" and "since" in reply["data"]["message"]
     await client.send("auth", {"token": daemon.token("t1")})
     assert (await client.next_data("connection-confirmed"))["userId"] == "t1"
@@ -241,10 +248,12 @@ HTTP_BAD = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "code"), HTTP_BAD,
-                         ids=[f"{m} {p[:60]}" for m, p, _ in HTTP_BAD])
-async def test_bad_http_input_gets_its_documented_status(daemon: Daemon, method: str,
-                                                         path: str, code: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "code"), HTTP_BAD, ids=[f"{m} {p[:60]}" for m, p, _ in HTTP_BAD]
+)
+async def test_bad_http_input_gets_its_documented_status(
+    daemon: Daemon, method: str, path: str, code: str
+) -> None:
     await daemon.notify("h1", "stays unread")
     bearer = {"Authorization": f"Bearer {daemon.token('h1')}"}
     status, headers, body = await http_request(daemon.app.port, method, path, bearer)
@@ -256,37 +265,53 @@ async def test_bad_http_input_gets_its_documented_status(daemon: Daemon, method:
 async def test_a_header_given_twice_is_refused(daemon: Daemon) -> None:
     token = daemon.token("h2")
     status, _, body = await http_request(
-        daemon.app.port, "GET", "/v1/unread-count",
-        {"Authorization": f"Bearer {token}", "authorization": f"Bearer {token}"})
+        daemon.app.port,
+        "GET",
+        "/v1/unread-count",
+        {"Authorization": f"Bearer {token}", "authorization": f"Bearer {token}"},
+    )
     assert (status, orjson.loads(body)["code"]) == (400, "invalid-data")
     status, _, body = await http_request(
-        daemon.app.port, "GET", f"/v1/unread-count?token={token}",
-        {"Origin": "https://a.example", "origin": "https://b.example"})
+        daemon.app.port,
+        "GET",
+        f"/v1/unread-count?token={token}",
+        {"Origin": "https://a.example", "origin": "https://b.example"},
+    )
     assert (status, orjson.loads(body)["code"]) == (400, "invalid-data")
 
 
 async def test_a_database_error_in_mark_read_is_answered(daemon: Daemon) -> None:
     """An error of the UPDATE itself (here an app's trigger; a statement timeout is another):
     the WebSocket frame gets `unavailable`, the HTTP request 503, and the connection lives."""
-    await daemon.sql("CREATE FUNCTION refuse_reads() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                     "BEGIN RAISE EXCEPTION 'reads are closed'; END $$")
-    await daemon.sql("CREATE TRIGGER refuse_reads BEFORE UPDATE ON notifyd.notifications "
-                     "FOR EACH ROW EXECUTE FUNCTION refuse_reads()")
+    await daemon.sql(
+        "CREATE FUNCTION refuse_reads() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN RAISE EXCEPTION 'reads are closed'; END $$"
+    )
+    await daemon.sql(
+        "CREATE TRIGGER refuse_reads BEFORE UPDATE ON notifyd.notifications "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_reads()"
+    )
     client = await daemon.connect("d1")
     nid = await daemon.notify("d1", "unread")
-    for kind, data in (("notification:mark-read", {"ids": [nid]}),
-                       ("notification:mark-all-read", {})):
+    for kind, data in (
+        ("notification:mark-read", {"ids": [nid]}),
+        ("notification:mark-all-read", {}),
+    ):
         reply = await client.request(kind, data, "notification:read", ref=f"r-{kind}")
         assert (reply["type"], reply["data"]["code"]) == ("error", "unavailable")
     status, _, body = await http_request(
-        daemon.app.port, "POST", f"/v1/notifications/read?ids={nid}",
-        {"Authorization": f"Bearer {daemon.token('d1')}"})
+        daemon.app.port,
+        "POST",
+        f"/v1/notifications/read?ids={nid}",
+        {"Authorization": f"Bearer {daemon.token('d1')}"},
+    )
     assert (status, orjson.loads(body)["code"]) == (503, "unavailable")
     assert (await client.request("ping", {}, "pong"))["type"] == "pong"
 
 
 async def test_an_operation_that_fails_unexpectedly_is_still_answered(
-        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Whatever goes wrong in a spawned client operation, its frame gets an answer, and a
     sync that failed so leaves the connection able to sync again."""
     client = await daemon.connect("i1")
@@ -299,12 +324,16 @@ async def test_an_operation_that_fails_unexpectedly_is_still_answered(
         monkeypatch.setattr(daemon.app.store, name, broken)
     reply = await client.request("notification:mark-read", {"ids": [1]}, "notification:read")
     assert (reply["type"], reply["data"]["code"]) == ("error", "internal-error")
-    reply = await client.request("notification:sync-request", {}, "notification:sync-response",
-                                 ref="s1")
+    reply = await client.request(
+        "notification:sync-request", {}, "notification:sync-response", ref="s1"
+    )
     assert (reply["type"], reply["data"]["code"]) == ("error", "internal-error")
     status, _, body = await http_request(
-        daemon.app.port, "POST", "/v1/notifications/read-all",
-        {"Authorization": f"Bearer {daemon.token('i1')}"})
+        daemon.app.port,
+        "POST",
+        "/v1/notifications/read-all",
+        {"Authorization": f"Bearer {daemon.token('i1')}"},
+    )
     assert (status, orjson.loads(body)["code"]) == (500, "internal-error")
     monkeypatch.setattr(daemon.app.store, "sync", real_sync)
     assert (await client.sync())["cursors"]["user:i1"] == 0
@@ -320,12 +349,15 @@ async def test_connection_confirmed_carries_the_ref_of_the_auth_frame(daemon: Da
     assert "ref" not in await unref.expect("connection-confirmed")
 
 
-@pytest.mark.parametrize("fragments", [
-    [b'{"type": "ping", "ref": "\xff"}'],  # not UTF-8 at all
-    [b'{"type": "ping", "ref": "\xed\xa0\x80"}'],  # an encoded surrogate
-    [b'{"type": "ping", "ref": "\xe2\x82'],  # a sequence cut short by the end of the message
-    [b'{"type": "ping", "ref": "\xe2', b'\x28"}'],  # a bad sequence across two fragments
-])
+@pytest.mark.parametrize(
+    "fragments",
+    [
+        [b'{"type": "ping", "ref": "\xff"}'],  # not UTF-8 at all
+        [b'{"type": "ping", "ref": "\xed\xa0\x80"}'],  # an encoded surrogate
+        [b'{"type": "ping", "ref": "\xe2\x82'],  # a sequence cut short by the end of the message
+        [b'{"type": "ping", "ref": "\xe2', b'\x28"}'],  # a bad sequence across two fragments
+    ],
+)
 async def test_invalid_utf8_in_a_text_message_closes_with_1007(
     daemon: Daemon, fragments: list[bytes]
 ) -> None:
@@ -361,8 +393,11 @@ async def test_a_fragmented_message_over_the_size_limit_closes_with_1009(
     client = await WireClient.open(daemon.app.port, f"?token={daemon.token('u3')}")
     try:
         part = b"x" * (daemon.settings.max_frame_bytes // 2)
-        client.send(frame(TEXT, b"[" + part, fin=False) + frame(CONT, part, fin=False)
-                    + frame(CONT, part + b"]"))
+        client.send(
+            frame(TEXT, b"[" + part, fin=False)
+            + frame(CONT, part, fin=False)
+            + frame(CONT, part + b"]")
+        )
         await client.read_until(lambda c: c.close_code is not None, 10)
         assert client.close_code == 1009
     finally:
@@ -370,8 +405,9 @@ async def test_a_fragmented_message_over_the_size_limit_closes_with_1009(
 
 
 async def test_an_unsupported_websocket_version_gets_426_naming_13(daemon: Daemon) -> None:
-    client = await WireClient.open(daemon.app.port, f"?token={daemon.token('u4')}",
-                                   version="8", expect=426)
+    client = await WireClient.open(
+        daemon.app.port, f"?token={daemon.token('u4')}", version="8", expect=426
+    )
     try:
         assert b"\r\nSec-WebSocket-Version: 13\r\n" in client.head
     finally:

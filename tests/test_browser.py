@@ -28,8 +28,12 @@ def chromium_path() -> str:
         found = shutil.which(name)
         if found:
             return found
-    subprocess.run([sys.executable, "-m", "playwright", "install", "chromium"],
-                   capture_output=True, timeout=600, check=False)
+    subprocess.run(
+        [sys.executable, "-m", "playwright", "install", "chromium"],
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
     return ""  # Playwright's own, if the download worked
 
 
@@ -40,9 +44,11 @@ async def browser() -> AsyncIterator[Browser]:
         try:
             b = await p.chromium.launch(executable_path=path or None)
         except Exception as exc:
-            pytest.fail("no Chromium for the browser tests: install it (apt-get install chromium),"
-                        " or run `.venv/bin/playwright install chromium`, or set "
-                        f"NOTIFYD_TEST_CHROMIUM to a Chromium binary ({exc!s:.200})")
+            pytest.fail(
+                "no Chromium for the browser tests: install it (apt-get install chromium),"
+                " or run `.venv/bin/playwright install chromium`, or set "
+                f"NOTIFYD_TEST_CHROMIUM to a Chromium binary ({exc!s:.200})"
+            )
         try:
             yield b
         finally:
@@ -76,14 +82,17 @@ def items(page: Page) -> object:
     return page.locator("#list li[data-id]")
 
 
-async def test_a_row_inserted_in_postgresql_appears_in_the_page(browser: Browser,
-                                                                dev_daemon: Daemon) -> None:
+async def test_a_row_inserted_in_postgresql_appears_in_the_page(
+    browser: Browser, dev_daemon: Daemon
+) -> None:
     d = dev_daemon
     await d.notify("ann", "before the page opened")
     page = await open_demo(browser, d, "ann")
     await expect(items(page)).to_have_count(1, timeout=TIMEOUT_MS)  # replayed by the sync
-    await d.sql("INSERT INTO notifyd.notifications (user_id, type, title, message, priority) "
-                "VALUES ('ann', 'demo', 'From SQL', 'an INSERT', 'high')")
+    await d.sql(
+        "INSERT INTO notifyd.notifications (user_id, type, title, message, priority) "
+        "VALUES ('ann', 'demo', 'From SQL', 'an INSERT', 'high')"
+    )
     await expect(items(page)).to_have_count(2, timeout=TIMEOUT_MS)
     await expect(page.locator("#list li").first).to_contain_text("From SQL")
     await expect(page.locator("#badge")).to_have_text("2")
@@ -101,8 +110,9 @@ async def test_a_row_inserted_in_postgresql_appears_in_the_page(browser: Browser
     assert not page.errors  # type: ignore[attr-defined]
 
 
-async def test_reading_in_one_tab_clears_the_badge_in_the_other(browser: Browser,
-                                                               dev_daemon: Daemon) -> None:
+async def test_reading_in_one_tab_clears_the_badge_in_the_other(
+    browser: Browser, dev_daemon: Daemon
+) -> None:
     d = dev_daemon
     for i in range(2):
         await d.notify("bea", f"n{i}")
@@ -122,8 +132,9 @@ async def test_reading_in_one_tab_clears_the_badge_in_the_other(browser: Browser
     await context.close()
 
 
-async def test_the_page_catches_up_after_the_daemon_restarts(browser: Browser,
-                                                             fresh_db: str) -> None:
+async def test_the_page_catches_up_after_the_daemon_restarts(
+    browser: Browser, fresh_db: str
+) -> None:
     port = free_port()
     async with running_daemon(fresh_db, dev=True, port=port) as d:
         page = await open_demo(browser, d, "cat")
@@ -139,13 +150,15 @@ async def test_the_page_catches_up_after_the_daemon_restarts(browser: Browser,
         await d.notify("cat", "live again")
         await expect(items(page)).to_have_count(5, timeout=TIMEOUT_MS)
         seqs = await page.locator("#list li[data-id]").evaluate_all(
-            "els => els.map(e => e.textContent.match(/#(\\d+)/)[1]).map(Number)")
+            "els => els.map(e => e.textContent.match(/#(\\d+)/)[1]).map(Number)"
+        )
         assert sorted(seqs) == [1, 2, 3, 4, 5]  # each once
         assert not page.errors  # type: ignore[attr-defined]
 
 
 async def test_with_websockets_blocked_polling_delivers_and_websocket_returns(
-        browser: Browser, dev_daemon: Daemon) -> None:
+    browser: Browser, dev_daemon: Daemon
+) -> None:
     d = dev_daemon
     context = await browser.new_context()
     blocked = True
@@ -173,8 +186,9 @@ async def test_with_websockets_blocked_polling_delivers_and_websocket_returns(
     await context.close()
 
 
-async def test_the_demo_page_without_its_key_says_where_to_get_it(browser: Browser,
-                                                                   dev_daemon: Daemon) -> None:
+async def test_the_demo_page_without_its_key_says_where_to_get_it(
+    browser: Browser, dev_daemon: Daemon
+) -> None:
     context = await browser.new_context()
     page = await context.new_page()
     await page.goto(f"{dev_daemon.http}/?user=eve")
@@ -182,13 +196,13 @@ async def test_the_demo_page_without_its_key_says_where_to_get_it(browser: Brows
     await expect(page.locator("#state")).not_to_have_text("open")
     wrong = await context.new_page()
     await wrong.goto(demo_url(dev_daemon, "user=eve").replace("#key=", "#key=wrong"))
-    await expect(wrong.locator("#notice")).to_contain_text("X-Notifyd-Dev-Key",
-                                                           timeout=TIMEOUT_MS)
+    await expect(wrong.locator("#notice")).to_contain_text("X-Notifyd-Dev-Key", timeout=TIMEOUT_MS)
     await context.close()
 
 
-async def test_client_backoff_and_dedupe_in_the_browser(browser: Browser,
-                                                        dev_daemon: Daemon) -> None:
+async def test_client_backoff_and_dedupe_in_the_browser(
+    browser: Browser, dev_daemon: Daemon
+) -> None:
     page = await (await browser.new_context()).new_page()
     await page.goto(f"{dev_daemon.http}/notifyd.js")  # same origin for the import
     result = await page.evaluate("""async () => {
@@ -211,14 +225,16 @@ async def test_client_backoff_and_dedupe_in_the_browser(browser: Browser,
     assert result["cursor"] == 4  # cursors never move back
 
 
-async def test_a_patient_page_sees_whether_doctors_are_online(browser: Browser,
-                                                             fresh_db: str) -> None:
+async def test_a_patient_page_sees_whether_doctors_are_online(
+    browser: Browser, fresh_db: str
+) -> None:
     async with running_daemon(fresh_db, dev=True, presence_public_roles=("doctor",)) as d:
         doctor = await d.connect("dr-lee", ["doctor"])
         await d.connect("other-patient", ["patient"])
         page = await (await browser.new_context()).new_page()
         await page.goto(f"{d.http}/notifyd.js")  # same origin as the daemon
-        result = await page.evaluate("""async (token) => {
+        result = await page.evaluate(
+            """async (token) => {
             const m = await import("/notifyd.js");
             const client = new m.NotifydClient({ token, storage: null });
             const open = new Promise((ok) => client.on("state", (s) => s === "open" && ok()));
@@ -229,25 +245,32 @@ async def test_a_patient_page_sees_whether_doctors_are_online(browser: Browser,
             const refused = await client.countOnline(["patient"]).then(() => null, (e) => e.code);
             client.stop();
             return { users, counts, refused };
-        }""", d.token("pat", ["patient"]))
+        }""",
+            d.token("pat", ["patient"]),
+        )
         users = {u["userId"]: u for u in result["users"]}
         assert users["dr-lee"]["online"] is True
-        assert users["other-patient"] == {"userId": "other-patient", "online": False,
-                                          "lastSeen": None}
+        assert users["other-patient"] == {
+            "userId": "other-patient",
+            "online": False,
+            "lastSeen": None,
+        }
         assert result["counts"] == {"doctor": 1}
         assert result["refused"] == "forbidden"
         await doctor.close()
 
 
-async def test_the_client_follows_a_refresh_that_changes_the_roles(browser: Browser,
-                                                                  dev_daemon: Daemon) -> None:
+async def test_the_client_follows_a_refresh_that_changes_the_roles(
+    browser: Browser, dev_daemon: Daemon
+) -> None:
     """auth:refreshed carries the new roles: the client drops the streams lost (a `reset`)
     and syncs those gained, whose earlier items it then has."""
     d = dev_daemon
     await d.sql("SELECT notifyd.notify_role('sre', 't', 'before the refresh', 'm')")
     page = await (await browser.new_context()).new_page()
     await page.goto(f"{d.http}/notifyd.js")  # same origin as the daemon
-    result = await page.evaluate("""async ([first, fresh]) => {
+    result = await page.evaluate(
+        """async ([first, fresh]) => {
         const m = await import("/notifyd.js");
         const client = new m.NotifydClient({ token: first, storage: null });
         const seen = { resets: [], titles: [] };
@@ -265,6 +288,7 @@ async def test_the_client_follows_a_refresh_that_changes_the_roles(browser: Brow
         seen.roles = client.roles;
         client.stop();
         return seen;
-    }""", [d.token("ref", ["ops"]), d.token("ref", ["sre"])])
-    assert result == {"resets": ["role:ops"], "titles": ["before the refresh"],
-                      "roles": ["sre"]}
+    }""",
+        [d.token("ref", ["ops"]), d.token("ref", ["sre"])],
+    )
+    assert result == {"resets": ["role:ops"], "titles": ["before the refresh"], "roles": ["sre"]}

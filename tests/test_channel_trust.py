@@ -44,8 +44,15 @@ def test_channel_opens_only_signed_unseen_payloads() -> None:
     assert channel.open(good[:64] + body.replace('"u":3', '"u":0')) == "signature"
     assert channel.open("0" * 64 + body) == "signature"
     assert channel.open(_signed(os.urandom(32), 2, 12, events)) == "unknown-key"
-    for junk in ("", "[]", '[{"k":"n"}]', "x" * 64 + "[1]", "x" * 64 + '{"k":1,"i":"2","e":[]}',
-                 "x" * 64 + '{"k":1,"i":0,"e":[]}', "x" * 64 + '{"k":true,"i":5,"e":[]}'):
+    for junk in (
+        "",
+        "[]",
+        '[{"k":"n"}]',
+        "x" * 64 + "[1]",
+        "x" * 64 + '{"k":1,"i":"2","e":[]}',
+        "x" * 64 + '{"k":1,"i":0,"e":[]}',
+        "x" * 64 + '{"k":true,"i":5,"e":[]}',
+    ):
         assert channel.open(junk) == "malformed", junk
     # numbered before this process listened: genuine, but maybe a replay of one not seen
     assert channel.open(_signed(key, 1, 10, events)) == Opened(events, stale=True)
@@ -57,8 +64,12 @@ def test_channel_opens_only_signed_unseen_payloads() -> None:
     assert channel.open(_signed(key, 1, 100, events)) == Opened(events, stale=False)
     assert channel.open(_signed(key, 1, 20, events)) == Opened(events, stale=True)
     assert channel.open(_signed(key, 1, 99, events)) == Opened(events, stale=False)
-    assert dict(channel.refused) == {"replayed": 2, "signature": 2, "unknown-key": 1,
-                                     "malformed": 7}
+    assert dict(channel.refused) == {
+        "replayed": 2,
+        "signature": 2,
+        "unknown-key": 1,
+        "malformed": 7,
+    }
     assert channel.stale == 2
     # the sequence went back (a restored database): its payloads are fresh again, once each
     channel.listening_from(5)
@@ -84,11 +95,25 @@ async def hostile(daemon: Daemon) -> AsyncIterator[asyncpg.Connection]:
 
 
 def _forged_new(stream: str, seq: int, nid: int) -> dict[str, object]:
-    return {"k": "n", "u": 0, "t": 0, "n": {
-        "id": nid, "stream": stream, "seq": seq, "type": "security", "title": "Verify your account",
-        "message": "Click here", "data": {}, "priority": "high",
-        "actionUrl": "https://phish.example/login", "read": False, "readAt": None,
-        "createdAt": "2026-01-01T00:00:00.000000Z"}}
+    return {
+        "k": "n",
+        "u": 0,
+        "t": 0,
+        "n": {
+            "id": nid,
+            "stream": stream,
+            "seq": seq,
+            "type": "security",
+            "title": "Verify your account",
+            "message": "Click here",
+            "data": {},
+            "priority": "high",
+            "actionUrl": "https://phish.example/login",
+            "read": False,
+            "readAt": None,
+            "createdAt": "2026-01-01T00:00:00.000000Z",
+        },
+    }
 
 
 async def _refused(daemon: Daemon) -> dict[str, int]:
@@ -96,16 +121,20 @@ async def _refused(daemon: Daemon) -> dict[str, int]:
 
 
 async def test_a_role_without_grants_cannot_forge_events(
-        daemon: Daemon, hostile: asyncpg.Connection) -> None:
+    daemon: Daemon, hostile: asyncpg.Connection
+) -> None:
     victim = await daemon.connect("42")
     bystander = await daemon.connect("7")
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await hostile.fetchval("SELECT notifyd.notify('42', 't', 'x', 'y')")
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await hostile.fetch("SELECT * FROM notifyd_private.channel_keys")
-    forged_events = [_forged_new("user:42", 10**12, 999), _forged_new("all", 10**12, 998),
-                     {"k": "x", "user": "42", "at": 4102444800.0},
-                     {"k": "c", "s": "user:42", "u": 1000}]
+    forged_events = [
+        _forged_new("user:42", 10**12, 999),
+        _forged_new("all", 10**12, 998),
+        {"k": "x", "user": "42", "at": 4102444800.0},
+        {"k": "c", "s": "user:42", "u": 1000},
+    ]
     payloads = [
         orjson.dumps(forged_events).decode(),  # the unsigned form of earlier versions
         _signed(os.urandom(32), 1, 10**9, forged_events),  # a guessed key
@@ -115,8 +144,11 @@ async def test_a_role_without_grants_cannot_forge_events(
     ]
     for payload in payloads:
         await hostile.execute("SELECT pg_notify('notifyd', $1)", payload)
-    await eventually(lambda: sum(daemon.app.metrics.notify_refused.values()) == 5, 5,
-                     "every forged payload refused")
+    await eventually(
+        lambda: sum(daemon.app.metrics.notify_refused.values()) == 5,
+        5,
+        "every forged payload refused",
+    )
     assert await _refused(daemon) == {"malformed": 2, "unknown-key": 1, "signature": 2}
     # nothing reached the clients; the real notifications after the forged seq still do
     assert await victim.quiet(0.3) == [] and await bystander.quiet(0.1) == []
@@ -125,12 +157,13 @@ async def test_a_role_without_grants_cannot_forge_events(
     for client in (victim, bystander):
         frames = [f for f in await client.quiet(0.5) if f["type"] == "notification:new"]
         assert [f["data"]["notification"]["title"] for f in frames] == (
-            ["real", "for all"] if client is victim else ["for all"])
+            ["real", "for all"] if client is victim else ["for all"]
+        )
     # the forged revocation closed nothing and refuses no token
     fresh = await daemon.connect("42")
     await fresh.close()
     assert daemon.app.revoked == {}
-    metrics = (await asyncio.to_thread(_scrape, daemon.app.port))
+    metrics = await asyncio.to_thread(_scrape, daemon.app.port)
     assert 'notifyd_notify_payloads_refused_total{reason="signature"} 2.0' in metrics
 
 
@@ -142,7 +175,8 @@ def _scrape(port: int) -> str:
 
 
 async def test_modified_and_replayed_payloads_change_nothing(
-        daemon: Daemon, hostile: asyncpg.Connection) -> None:
+    daemon: Daemon, hostile: asyncpg.Connection
+) -> None:
     """The hostile role LISTENs too (that needs no grant), so it holds genuine payloads."""
     heard: list[str] = []
     await hostile.add_listener("notifyd", lambda _c, _p, _ch, payload: heard.append(payload))
@@ -153,12 +187,14 @@ async def test_modified_and_replayed_payloads_change_nothing(
     await eventually(lambda: len(heard) == 1, 5, "the hostile listener hears the payload")
     genuine = heard[0]
     modified = genuine.replace('"genuine"', '"phished"').replace(
-        '"actionUrl": null', '"actionUrl": "https://phish.example"')
+        '"actionUrl": null', '"actionUrl": "https://phish.example"'
+    )
     assert modified != genuine
     for payload in (modified, genuine, genuine):
         await hostile.execute("SELECT pg_notify('notifyd', $1)", payload)
-    await eventually(lambda: sum(daemon.app.metrics.notify_refused.values()) == 3, 5,
-                     "the copies refused")
+    await eventually(
+        lambda: sum(daemon.app.metrics.notify_refused.values()) == 3, 5, "the copies refused"
+    )
     assert await _refused(daemon) == {"signature": 1, "replayed": 2}
     # a device that connects after the original: a replay is still no news to it
     late = await daemon.connect("42")
@@ -167,7 +203,8 @@ async def test_modified_and_replayed_payloads_change_nothing(
 
 
 async def test_a_replay_from_before_the_listen_connection_is_checked_against_the_table(
-        daemon: Daemon, hostile: asyncpg.Connection) -> None:
+    daemon: Daemon, hostile: asyncpg.Connection
+) -> None:
     heard: list[str] = []
     await hostile.add_listener("notifyd", lambda _c, _p, _ch, payload: heard.append(payload))
     client = await daemon.connect("42")
@@ -178,8 +215,11 @@ async def test_a_replay_from_before_the_listen_connection_is_checked_against_the
     await daemon.sql("DELETE FROM notifyd.notifications")
     pid = daemon.app.listener.backend_pid
     await daemon.sql("SELECT pg_terminate_backend($1)", pid)
-    await eventually(lambda: daemon.app.listener.up and daemon.app.listener.backend_pid != pid,
-                     10, "the LISTEN connection back")
+    await eventually(
+        lambda: daemon.app.listener.up and daemon.app.listener.backend_pid != pid,
+        10,
+        "the LISTEN connection back",
+    )
     client.drop_backlog()
     await client.quiet(0.2)
     late = await daemon.connect("42")
@@ -187,8 +227,11 @@ async def test_a_replay_from_before_the_listen_connection_is_checked_against_the
     captured = list(heard)  # the insert's payload and the deletion's (it hears its own too)
     for payload in captured:
         await hostile.execute("SELECT pg_notify('notifyd', $1)", payload)
-    await eventually(lambda: daemon.app.channel.stale == stale_before + len(captured), 5,
-                     "the replays taken as stale")
+    await eventually(
+        lambda: daemon.app.channel.stale == stale_before + len(captured),
+        5,
+        "the replays taken as stale",
+    )
     # the notification is gone from the table: the replay brings it back to no one
     assert await client.quiet(0.3) == [] and await late.quiet(0.1) == []
     await daemon.notify("42", "second")
@@ -199,25 +242,30 @@ async def test_an_app_role_cannot_sign_events_either(daemon: Daemon) -> None:
     """The README's grants let an app write notifications, not sign what it likes: it cannot
     read the keys, call the signer, or attach the trigger functions to a table of its own."""
     role = f"notifyd_app_{os.getpid()}_{next(_roles)}"
-    await admin_exec(daemon.dsn, f"CREATE ROLE {role} LOGIN",
-                     f"GRANT USAGE ON SCHEMA notifyd TO {role}",
-                     f"GRANT SELECT, INSERT, UPDATE, DELETE ON notifyd.notifications, "
-                     f"notifyd.revocations TO {role}")
+    await admin_exec(
+        daemon.dsn,
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT USAGE ON SCHEMA notifyd TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON notifyd.notifications, "
+        f"notifyd.revocations TO {role}",
+    )
     conn = await asyncpg.connect(daemon.dsn, user=role)
     try:
         client = await daemon.connect("42")
         await conn.fetchval("SELECT notifyd.notify('42', 't', 'from the app', '')")
-        assert (await client.next_data("notification:new"))["notification"]["title"] == \
-            "from the app"
+        assert (await client.next_data("notification:new"))["notification"][
+            "title"
+        ] == "from the app"
         for statement in (
-                "UPDATE notifyd.streams SET last_seq = 1000000 WHERE stream = 'user:42'",
-                "INSERT INTO notifyd.schema_migrations VALUES (99, '0099_skip.sql')",
-                "SELECT * FROM notifyd_private.channel_keys",
-                "SELECT notifyd_private.send_events(ARRAY['{}'::jsonb])",
-                "CREATE TEMP TABLE mine (id bigint, stream text, user_id text, read_at "
-                "timestamptz); CREATE TRIGGER t AFTER UPDATE ON mine REFERENCING OLD TABLE AS "
-                "old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "
-                "notifyd.after_update()"):
+            "UPDATE notifyd.streams SET last_seq = 1000000 WHERE stream = 'user:42'",
+            "INSERT INTO notifyd.schema_migrations VALUES (99, '0099_skip.sql')",
+            "SELECT * FROM notifyd_private.channel_keys",
+            "SELECT notifyd_private.send_events(ARRAY['{}'::jsonb])",
+            "CREATE TEMP TABLE mine (id bigint, stream text, user_id text, read_at "
+            "timestamptz); CREATE TRIGGER t AFTER UPDATE ON mine REFERENCING OLD TABLE AS "
+            "old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "
+            "notifyd.after_update()",
+        ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(statement)
     finally:
@@ -228,9 +276,11 @@ async def test_an_app_role_cannot_sign_events_either(daemon: Daemon) -> None:
 async def test_a_trigger_function_announces_its_own_table_only(daemon: Daemon) -> None:
     """Even its owner cannot make one announce another table's rows."""
     await daemon.sql("CREATE TABLE fake (LIKE notifyd.notifications)")
-    await daemon.sql("CREATE TRIGGER t AFTER UPDATE ON fake REFERENCING OLD TABLE AS old_rows "
-                     "NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "
-                     "notifyd.after_update()")
+    await daemon.sql(
+        "CREATE TRIGGER t AFTER UPDATE ON fake REFERENCING OLD TABLE AS old_rows "
+        "NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "
+        "notifyd.after_update()"
+    )
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="notifications only"):
         await daemon.sql("UPDATE fake SET read_at = now()")
 
@@ -240,8 +290,11 @@ async def test_a_new_key_signs_once_every_process_has_read_it(daemon: Daemon) ->
     daemon.app.listener._probe_interval = 0.2
     pid = daemon.app.listener.backend_pid
     await daemon.sql("SELECT pg_terminate_backend($1)", pid)
-    await eventually(lambda: daemon.app.listener.up and daemon.app.listener.backend_pid != pid,
-                     10, "the LISTEN connection back")
+    await eventually(
+        lambda: daemon.app.listener.up and daemon.app.listener.backend_pid != pid,
+        10,
+        "the LISTEN connection back",
+    )
     client = await daemon.connect("42")
     old_key, new_key = 1, await daemon.sql("SELECT notifyd_private.new_channel_key()")
     heard: list[str] = []
@@ -251,22 +304,29 @@ async def test_a_new_key_signs_once_every_process_has_read_it(daemon: Daemon) ->
         await daemon.notify("42", "still the old key")
         await client.expect("notification:new")
         # 30 s later every process has read the new key (each re-reads them every few seconds)
-        await daemon.sql("UPDATE notifyd_private.channel_keys SET created_at = created_at "
-                         "- interval '31 seconds' WHERE id = $1", new_key)
-        await eventually(lambda: new_key in daemon.app.channel._keys, 10,
-                         "the probe reads the new key")
+        await daemon.sql(
+            "UPDATE notifyd_private.channel_keys SET created_at = created_at "
+            "- interval '31 seconds' WHERE id = $1",
+            new_key,
+        )
+        await eventually(
+            lambda: new_key in daemon.app.channel._keys, 10, "the probe reads the new key"
+        )
         await daemon.notify("42", "the new key")
-        assert (await client.next_data("notification:new"))["notification"]["title"] == \
-            "the new key"
+        assert (await client.next_data("notification:new"))["notification"][
+            "title"
+        ] == "the new key"
         await eventually(lambda: len(heard) == 2, 5, "both payloads heard")
         assert [orjson.loads(p[64:])["k"] for p in heard] == [old_key, new_key]
         # the old key, deleted, is gone at the next read: its payloads are refused then
         await daemon.sql("DELETE FROM notifyd_private.channel_keys WHERE id = $1", old_key)
-        await eventually(lambda: old_key not in daemon.app.channel._keys, 10,
-                         "the probe drops the old key")
+        await eventually(
+            lambda: old_key not in daemon.app.channel._keys, 10, "the probe drops the old key"
+        )
         await listener.execute("SELECT pg_notify('notifyd', $1)", heard[0])
-        await eventually(lambda: daemon.app.metrics.notify_refused["unknown-key"] == 1, 5,
-                         "refused")
+        await eventually(
+            lambda: daemon.app.metrics.notify_refused["unknown-key"] == 1, 5, "refused"
+        )
         assert [f for f in await client.quiet(0.3) if f["type"] == "notification:new"] == []
     finally:
         await listener.close()
@@ -286,8 +346,10 @@ async def test_a_delete_in_the_inserting_transaction_is_announced(daemon: Daemon
     # prune() cannot remove the caller's own rows unannounced: it wants a transaction of its own
     with pytest.raises(asyncpg.ActiveSQLTransactionError, match="transaction of its own"):
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("INSERT INTO notifyd.notifications (user_id, type, created_at) "
-                               "VALUES ('42', 't', now() - interval '1 year')")
+            await conn.execute(
+                "INSERT INTO notifyd.notifications (user_id, type, created_at) "
+                "VALUES ('42', 't', now() - interval '1 year')"
+            )
             await conn.fetchval("SELECT notifyd.prune(interval '0', 10)")
 
 
@@ -298,8 +360,7 @@ async def test_a_revocation_that_did_not_commit_revokes_nobody(daemon: Daemon) -
         await conn.execute("INSERT INTO notifyd.revocations VALUES ('42', '2100-01-01')")
         await conn.execute("DELETE FROM notifyd.revocations WHERE user_id = '42'")
     await daemon.notify("42", "still here")
-    assert (await client.next_data("notification:new"))["notification"]["title"] == \
-        "still here"
+    assert (await client.next_data("notification:new"))["notification"]["title"] == "still here"
     assert daemon.app.revoked == {}
     await (await daemon.connect("42")).close()
     # and one that committed, then was deleted: tokens issued before work again
@@ -310,19 +371,24 @@ async def test_a_revocation_that_did_not_commit_revokes_nobody(daemon: Daemon) -
 
 
 async def test_payloads_the_parser_cannot_read_are_counted_or_caught_up(
-        daemon: Daemon, hostile: asyncpg.Connection) -> None:
+    daemon: Daemon, hostile: asyncpg.Connection
+) -> None:
     with logged_errors() as errors:
         for payload in ("é" * 64 + '{"k":1,"i":5,"e":[]}', "Z" * 64 + "{}"):
             await hostile.execute("SELECT pg_notify('notifyd', $1)", payload)
-        await eventually(lambda: daemon.app.metrics.notify_refused["malformed"] == 2, 5,
-                         "refused as malformed")
+        await eventually(
+            lambda: daemon.app.metrics.notify_refused["malformed"] == 2, 5, "refused as malformed"
+        )
     assert errors == []
     # a genuine payload the parser cannot read (a row's data nested past its depth limit):
     # every row it announced is caught up from the table
     one, two = await daemon.connect("1"), await daemon.connect("2")
     deep = '{"a":' + "[" * 1100 + "]" * 1100 + "}"
-    await daemon.sql("INSERT INTO notifyd.notifications (user_id, type, title, data) VALUES "
-                     "('1', 't', 'innocent', '{}'), ('2', 't', 'deep', $1::jsonb)", deep)
+    await daemon.sql(
+        "INSERT INTO notifyd.notifications (user_id, type, title, data) VALUES "
+        "('1', 't', 'innocent', '{}'), ('2', 't', 'deep', $1::jsonb)",
+        deep,
+    )
     assert (await one.next_data("notification:new"))["notification"]["title"] == "innocent"
     # (too deep for this test's JSON parser too: read as text; a browser's JSON.parse copes)
     async with asyncio.timeout(10):
@@ -332,8 +398,7 @@ async def test_payloads_the_parser_cannot_read_are_counted_or_caught_up(
     assert daemon.app.channel.undecodable == 1
 
 
-async def test_a_stale_payload_counts_once(
-        daemon: Daemon, hostile: asyncpg.Connection) -> None:
+async def test_a_stale_payload_counts_once(daemon: Daemon, hostile: asyncpg.Connection) -> None:
     heard: list[str] = []
     await hostile.add_listener("notifyd", lambda _c, _p, _ch, payload: heard.append(payload))
     await daemon.sql("SELECT notifyd.revoke_user('gone')")
@@ -341,12 +406,18 @@ async def test_a_stale_payload_counts_once(
     captured = heard[0]
     pid = daemon.app.listener.backend_pid
     await daemon.sql("SELECT pg_terminate_backend($1)", pid)
-    await eventually(lambda: daemon.app.listener.up and daemon.app.listener.backend_pid != pid,
-                     10, "the LISTEN connection back")
+    await eventually(
+        lambda: daemon.app.listener.up and daemon.app.listener.backend_pid != pid,
+        10,
+        "the LISTEN connection back",
+    )
     for _ in range(50):
         await hostile.execute("SELECT pg_notify('notifyd', $1)", captured)
-    await eventually(lambda: daemon.app.metrics.notify_refused["replayed"] == 49, 5,
-                     "the copies after the first refused")
+    await eventually(
+        lambda: daemon.app.metrics.notify_refused["replayed"] == 49,
+        5,
+        "the copies after the first refused",
+    )
     assert daemon.app.channel.stale == 1
 
 

@@ -60,15 +60,31 @@ def stop(proc: subprocess.Popen[str]) -> None:
 def test_migrate_is_idempotent_and_safe_when_two_run_at_once(fresh_db: str) -> None:
     env = subprocess_env(NOTIFYD_DSN=fresh_db)
     # fresh_db is cloned from a migrated template: drop the schema to start from nothing
-    subprocess.run([sys.executable, "-c",
-                    "import asyncio, asyncpg, sys\n"
-                    "async def m():\n"
-                    "    c = await asyncpg.connect(sys.argv[1])\n"
-                    "    await c.execute('DROP SCHEMA notifyd CASCADE')\n"
-                    "    await c.close()\n"
-                    "asyncio.run(m())", fresh_db], check=True)
-    procs = [subprocess.Popen(notifyd_cmd("migrate"), env=env, text=True, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, asyncpg, sys\n"
+            "async def m():\n"
+            "    c = await asyncpg.connect(sys.argv[1])\n"
+            "    await c.execute('DROP SCHEMA notifyd CASCADE')\n"
+            "    await c.close()\n"
+            "asyncio.run(m())",
+            fresh_db,
+        ],
+        check=True,
+    )
+    procs = [
+        subprocess.Popen(
+            notifyd_cmd("migrate"),
+            env=env,
+            text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     applied = sorted(out for out, _ in outs)
@@ -87,8 +103,9 @@ def test_migrate_reports_an_unreachable_database() -> None:
 def test_check_config_prints_effective_settings_with_secrets_redacted(tmp_path: Path) -> None:
     toml = tmp_path / "notifyd.toml"
     toml.write_text('port = 9001\nhost = "0.0.0.0"\njwt_algorithms = ["HS256"]\n')
-    env = subprocess_env(NOTIFYD_DSN="postgresql://u:pw@db/app", NOTIFYD_JWT_SECRET=SECRET,
-                         NOTIFYD_PORT="9002")
+    env = subprocess_env(
+        NOTIFYD_DSN="postgresql://u:pw@db/app", NOTIFYD_JWT_SECRET=SECRET, NOTIFYD_PORT="9002"
+    )
     result = run_cli("--config", str(toml), "check-config", env=env)
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
@@ -99,8 +116,10 @@ def test_check_config_prints_effective_settings_with_secrets_redacted(tmp_path: 
 
 def test_secret_from_a_file_and_systemd_credentials(tmp_path: Path) -> None:
     (tmp_path / "jwt_secret").write_text(SECRET + "\n")
-    for extra in ({"NOTIFYD_JWT_SECRET_FILE": str(tmp_path / "jwt_secret")},
-                  {"CREDENTIALS_DIRECTORY": str(tmp_path)}):
+    for extra in (
+        {"NOTIFYD_JWT_SECRET_FILE": str(tmp_path / "jwt_secret")},
+        {"CREDENTIALS_DIRECTORY": str(tmp_path)},
+    ):
         env = subprocess_env(NOTIFYD_DSN="postgresql://db/app", **extra)
         result = run_cli("token", "--sub", "9", env=env)
         assert result.returncode == 0, result.stderr
@@ -121,36 +140,44 @@ def test_dsn_and_redis_url_from_systemd_credentials(tmp_path: Path) -> None:
     assert shown["jwt_secret_file"] == str(tmp_path / "jwt_secret")
     assert "pw-in-credential" not in result.stdout and "redispw" not in result.stdout
     from notifyd.config import load
+
     loaded = load(environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert loaded.dsn == "postgresql://app:pw-in-credential@db/app"
     assert loaded.redis_url == "redis://:redispw@cache:6379/0"
     assert "pw-in-credential" not in repr(loaded) and SECRET not in repr(loaded)
-    assert load(environ={"CREDENTIALS_DIRECTORY": str(tmp_path),
-                         "NOTIFYD_DSN": "postgresql://env/app"}).dsn == "postgresql://env/app"
+    assert (
+        load(
+            environ={"CREDENTIALS_DIRECTORY": str(tmp_path), "NOTIFYD_DSN": "postgresql://env/app"}
+        ).dsn
+        == "postgresql://env/app"
+    )
     (tmp_path / "dsn").write_text("mysql://nope\n")
     result = run_cli("check-config", env=env)
     assert result.returncode == 2 and "NOTIFYD_DSN" in result.stderr
 
 
-@pytest.mark.parametrize(("env", "name"), [
-    ({"NOTIFYD_PORT": "http"}, "NOTIFYD_PORT"),
-    ({"NOTIFYD_ADMIN_PORT": "-1"}, "NOTIFYD_ADMIN_PORT"),
-    ({"NOTIFYD_RETENTION_DAYS": "-3"}, "NOTIFYD_RETENTION_DAYS"),
-    ({"NOTIFYD_PORT": "70000"}, "NOTIFYD_PORT"),
-    ({"NOTIFYD_JWT_ALGORITHMS": "none"}, "NOTIFYD_JWT_ALGORITHMS"),
-    ({"NOTIFYD_JWT_ALGORITHMS": "HS256,XY1"}, "NOTIFYD_JWT_ALGORITHMS"),
-    ({"NOTIFYD_JWT_SECRET": "short"}, "NOTIFYD_JWT_SECRET"),
-    ({"NOTIFYD_DSN": ""}, "NOTIFYD_DSN"),
-    ({"NOTIFYD_DSN": "mysql://x"}, "NOTIFYD_DSN"),
-    ({"NOTIFYD_MAX_FRAME_BYTES": "12"}, "NOTIFYD_MAX_FRAME_BYTES"),
-    ({"NOTIFYD_LOG_LEVEL": "LOUD"}, "NOTIFYD_LOG_LEVEL"),
-    ({"NOTIFYD_JWT_ALGORITHMS": "RS256"}, "NOTIFYD_JWT_PUBLIC_KEY_FILE"),
-    ({"NOTIFYD_JWT_PUBLIC_KEY_FILE": "/nonexistent.pem"}, "NOTIFYD_JWT_PUBLIC_KEY_FILE"),
-    ({"NOTIFYD_CONFIG": "/nonexistent.toml"}, "NOTIFYD_CONFIG"),
-    ({"NOTIFYD_REUSE_PORT": "maybe"}, "NOTIFYD_REUSE_PORT"),
-    ({"NOTIFYD_REDIS_URL": "localhost:6379"}, "NOTIFYD_REDIS_URL"),
-    ({"NOTIFYD_PRESENCE_TTL": "0.5"}, "NOTIFYD_PRESENCE_TTL"),
-])
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"NOTIFYD_PORT": "http"}, "NOTIFYD_PORT"),
+        ({"NOTIFYD_ADMIN_PORT": "-1"}, "NOTIFYD_ADMIN_PORT"),
+        ({"NOTIFYD_RETENTION_DAYS": "-3"}, "NOTIFYD_RETENTION_DAYS"),
+        ({"NOTIFYD_PORT": "70000"}, "NOTIFYD_PORT"),
+        ({"NOTIFYD_JWT_ALGORITHMS": "none"}, "NOTIFYD_JWT_ALGORITHMS"),
+        ({"NOTIFYD_JWT_ALGORITHMS": "HS256,XY1"}, "NOTIFYD_JWT_ALGORITHMS"),
+        ({"NOTIFYD_JWT_SECRET": "short"}, "NOTIFYD_JWT_SECRET"),
+        ({"NOTIFYD_DSN": ""}, "NOTIFYD_DSN"),
+        ({"NOTIFYD_DSN": "mysql://x"}, "NOTIFYD_DSN"),
+        ({"NOTIFYD_MAX_FRAME_BYTES": "12"}, "NOTIFYD_MAX_FRAME_BYTES"),
+        ({"NOTIFYD_LOG_LEVEL": "LOUD"}, "NOTIFYD_LOG_LEVEL"),
+        ({"NOTIFYD_JWT_ALGORITHMS": "RS256"}, "NOTIFYD_JWT_PUBLIC_KEY_FILE"),
+        ({"NOTIFYD_JWT_PUBLIC_KEY_FILE": "/nonexistent.pem"}, "NOTIFYD_JWT_PUBLIC_KEY_FILE"),
+        ({"NOTIFYD_CONFIG": "/nonexistent.toml"}, "NOTIFYD_CONFIG"),
+        ({"NOTIFYD_REUSE_PORT": "maybe"}, "NOTIFYD_REUSE_PORT"),
+        ({"NOTIFYD_REDIS_URL": "localhost:6379"}, "NOTIFYD_REDIS_URL"),
+        ({"NOTIFYD_PRESENCE_TTL": "0.5"}, "NOTIFYD_PRESENCE_TTL"),
+    ],
+)
 @pytest.mark.parametrize("command", ["serve", "check-config"])
 def test_a_wrong_setting_stops_with_exit_2_and_one_line(
     env: dict[str, str], name: str, command: str
@@ -167,15 +194,20 @@ def test_a_wrong_setting_stops_with_exit_2_and_one_line(
 def test_unknown_key_in_config_file_is_refused(tmp_path: Path) -> None:
     toml = tmp_path / "bad.toml"
     toml.write_text("prot = 1\n")
-    result = run_cli("--config", str(toml), "check-config",
-                     env=subprocess_env(NOTIFYD_JWT_SECRET=SECRET, NOTIFYD_DSN="postgresql://x/y"))
+    result = run_cli(
+        "--config",
+        str(toml),
+        "check-config",
+        env=subprocess_env(NOTIFYD_JWT_SECRET=SECRET, NOTIFYD_DSN="postgresql://x/y"),
+    )
     assert result.returncode == 2 and "prot" in result.stderr
 
 
 def test_token_command(tmp_path: Path) -> None:
     env = subprocess_env(NOTIFYD_JWT_SECRET=SECRET)
-    result = run_cli("token", "--sub", "42", "--role", "doctor", "--role", "Admin",
-                     "--ttl", "60", env=env)
+    result = run_cli(
+        "token", "--sub", "42", "--role", "doctor", "--role", "Admin", "--ttl", "60", env=env
+    )
     assert result.returncode == 0, result.stderr
     claims = jwt.decode(result.stdout.strip(), SECRET, ["HS256"])
     assert claims["sub"] == "42" and claims["roles"] == ["doctor", "Admin"]
@@ -185,23 +217,40 @@ def test_token_command(tmp_path: Path) -> None:
 
 async def test_serve_end_to_end_and_sigterm_closes_with_1001(fresh_db: str) -> None:
     port = free_port()
-    env = subprocess_env(NOTIFYD_DSN=fresh_db, NOTIFYD_JWT_SECRET=SECRET,
-                         NOTIFYD_PORT=str(port), NOTIFYD_SHUTDOWN_TIMEOUT="3")
-    proc = subprocess.Popen(notifyd_cmd("serve"), env=env, text=True, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = subprocess_env(
+        NOTIFYD_DSN=fresh_db,
+        NOTIFYD_JWT_SECRET=SECRET,
+        NOTIFYD_PORT=str(port),
+        NOTIFYD_SHUTDOWN_TIMEOUT="3",
+    )
+    proc = subprocess.Popen(
+        notifyd_cmd("serve"),
+        env=env,
+        text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         await asyncio.to_thread(wait_ready, port, proc)
         token = issue_token(SECRET, "s1", ["user"])
         client = Client(await connect(f"ws://127.0.0.1:{port}/ws?token={token}"))
         await client.expect("connection-confirmed")
-        await asyncio.to_thread(subprocess.run, [
-            sys.executable, "-c",
-            "import asyncio, asyncpg, sys\n"
-            "async def m():\n"
-            "    c = await asyncpg.connect(sys.argv[1])\n"
-            "    await c.execute(\"SELECT notifyd.notify('s1', 't', 'from psql', 'm')\")\n"
-            "    await c.close()\n"
-            "asyncio.run(m())", fresh_db], check=True)
+        await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-c",
+                "import asyncio, asyncpg, sys\n"
+                "async def m():\n"
+                "    c = await asyncpg.connect(sys.argv[1])\n"
+                "    await c.execute(\"SELECT notifyd.notify('s1', 't', 'from psql', 'm')\")\n"
+                "    await c.close()\n"
+                "asyncio.run(m())",
+                fresh_db,
+            ],
+            check=True,
+        )
         n = (await client.next_data("notification:new"))["notification"]
         assert n["title"] == "from psql"
         started = time.monotonic()
@@ -216,7 +265,8 @@ async def test_serve_end_to_end_and_sigterm_closes_with_1001(fresh_db: str) -> N
         closed = [x for x in lines if x["msg"] == "connection closed"]
         assert [(x["user"], x["roles"]) for x in opened] == [("s1", ["user"])]
         assert [(x["user"], x["code"], x["reason"], x["by"]) for x in closed] == [
-            ("s1", 1001, "server going away", "server")]
+            ("s1", 1001, "server going away", "server")
+        ]
         assert opened[0]["conn"] == closed[0]["conn"] and closed[0]["seconds"] > 0
         assert all(x["ts"].endswith("Z") and x["level"] in ("info", "warning") for x in lines)
         assert token not in logs and SECRET not in logs
@@ -225,8 +275,11 @@ async def test_serve_end_to_end_and_sigterm_closes_with_1001(fresh_db: str) -> N
 
 
 def test_serve_exits_1_when_the_database_is_unreachable() -> None:
-    env = subprocess_env(NOTIFYD_DSN="postgresql://nobody@127.0.0.1:1/none",
-                         NOTIFYD_JWT_SECRET=SECRET, NOTIFYD_PORT=str(free_port()))
+    env = subprocess_env(
+        NOTIFYD_DSN="postgresql://nobody@127.0.0.1:1/none",
+        NOTIFYD_JWT_SECRET=SECRET,
+        NOTIFYD_PORT=str(free_port()),
+    )
     result = run_cli("serve", env=env)
     assert result.returncode == 1 and "cannot connect" in result.stderr
 
@@ -234,9 +287,14 @@ def test_serve_exits_1_when_the_database_is_unreachable() -> None:
 async def test_dev_from_nothing_to_a_pasted_insert_arriving(tmp_path: Path) -> None:
     port = free_port()
     data_dir = tmp_path / "dev"
-    proc = subprocess.Popen(notifyd_cmd("dev", "--data-dir", str(data_dir), "--port", str(port)),
-                            env=subprocess_env(), text=True, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        notifyd_cmd("dev", "--data-dir", str(data_dir), "--port", str(port)),
+        env=subprocess_env(),
+        text=True,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert proc.stdout is not None
         lines: list[str] = []
@@ -251,15 +309,17 @@ async def test_dev_from_nothing_to_a_pasted_insert_arriving(tmp_path: Path) -> N
         link = re.search(rf"^Demo page: (http://127\.0\.0\.1:{port}/)#key=([\w-]+)$", text, re.M)
         assert link, text
         for key, status in ((link.group(2), 200), ("", 403), ("guess", 403)):
-            got, _, _ = await http_request(port, "GET", "/dev/token?user=7",
-                                           {"X-Notifyd-Dev-Key": key})
+            got, _, _ = await http_request(
+                port, "GET", "/dev/token?user=7", {"X-Notifyd-Dev-Key": key}
+            )
             assert got == status, key
         client = Client(await connect(f"ws://127.0.0.1:{port}/ws?token={token.group(1)}"))
         await client.expect("connection-confirmed")
         psql_line = next(line for line in lines if " -c " in line).strip()
         # paste it into a shell, as a person would
-        result = await asyncio.to_thread(subprocess.run, psql_line, shell=True, text=True,
-                                         capture_output=True, timeout=30)
+        result = await asyncio.to_thread(
+            subprocess.run, psql_line, shell=True, text=True, capture_output=True, timeout=30
+        )
         assert result.returncode == 0, result.stderr
         n = (await client.next_data("notification:new", 10))["notification"]
         assert n["title"] == "Hello" and n["stream"] == "user:42"
@@ -273,16 +333,19 @@ async def test_dev_from_nothing_to_a_pasted_insert_arriving(tmp_path: Path) -> N
         stop(proc)
 
 
-@pytest.mark.parametrize(("raw", "value"), [("1", True), ("yes", True), ("On", True),
-                                            ("0", False), ("false", False), ("off", False)])
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("1", True), ("yes", True), ("On", True), ("0", False), ("false", False), ("off", False)],
+)
 def test_boolean_settings_read_the_usual_spellings(raw: str, value: bool) -> None:
     assert config.load({"NOTIFYD_REUSE_PORT": raw}).reuse_port is value
 
 
 def test_presence_roles_are_lower_cased_like_token_roles(tmp_path: Path) -> None:
     toml = tmp_path / "notifyd.toml"
-    toml.write_text('presence_roles = ["Admin"]\npresence_public_roles = ["Doctor"]\n'
-                    'reuse_port = true\n')
+    toml.write_text(
+        'presence_roles = ["Admin"]\npresence_public_roles = ["Doctor"]\nreuse_port = true\n'
+    )
     settings = config.load({}, toml)
     assert settings.presence_roles == ("admin",) and settings.presence_public_roles == ("doctor",)
     assert settings.reuse_port is True

@@ -55,11 +55,20 @@ async def test_client_replays_dedupes_across_restart_and_marks_read(fresh_db: st
         await d2.notify("py", "live")
         await collect(events, "notification", 7)
         titles = [e.data["title"] for e in events if e.kind == "notification"]
-        assert titles == ["missed 0", "missed 1", "missed 2", "read me", "while away 0",
-                          "while away 1", "live"]  # each once, in order
+        assert titles == [
+            "missed 0",
+            "missed 1",
+            "missed 2",
+            "read me",
+            "while away 0",
+            "while away 1",
+            "live",
+        ]  # each once, in order
         assert client.cursors["user:py"] == 7
-        assert await d2.sql("SELECT count(*) FROM notifyd.notifications "
-                            "WHERE read_at IS NOT NULL") == 1
+        assert (
+            await d2.sql("SELECT count(*) FROM notifyd.notifications WHERE read_at IS NOT NULL")
+            == 1
+        )
         states = [e.data["state"] for e in events if e.kind == "state"]
         assert states[:2] == ["connecting", "open"] and "offline" in states
         await d2.sql("SELECT notifyd.revoke_user('py')")
@@ -71,9 +80,14 @@ async def test_client_replays_dedupes_across_restart_and_marks_read(fresh_db: st
 async def test_tail_prints_notifications_live(daemon: Daemon) -> None:
     await daemon.notify("tl", "Earlier")
     proc = await asyncio.create_subprocess_exec(
-        *notifyd_cmd("tail", "--url", f"ws://127.0.0.1:{daemon.app.port}",
-                     "--token", daemon.token("tl")),
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        *notifyd_cmd(
+            "tail", "--url", f"ws://127.0.0.1:{daemon.app.port}", "--token", daemon.token("tl")
+        ),
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert proc.stdout is not None
         lines: list[str] = []

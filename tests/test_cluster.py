@@ -25,8 +25,12 @@ from notifyd.auth import issue_token
 async def live(port: int, user: str, roles: Iterable[str] = ()) -> Client:
     """A live client on `port`; `client.cid` is its connection id."""
     token = issue_token(SECRET, user, list(roles), 3600)
-    ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token}", compression=None,
-                       ping_interval=None, open_timeout=10)
+    ws = await connect(
+        f"ws://127.0.0.1:{port}/ws?token={token}",
+        compression=None,
+        ping_interval=None,
+        open_timeout=10,
+    )
     client = Client(ws)
     confirmed = await client.next_data("connection-confirmed")
     client.cid = confirmed["connectionId"]  # type: ignore[attr-defined]
@@ -50,8 +54,9 @@ async def presence_events(client: Client, seconds: float) -> list[dict[str, Any]
 
 
 @contextlib.asynccontextmanager
-async def cluster(dsn: str, tmp_path: Path, count: int, shared_port: bool = False,
-                  **env: str) -> AsyncIterator[list[ServeProcess]]:
+async def cluster(
+    dsn: str, tmp_path: Path, count: int, shared_port: bool = False, **env: str
+) -> AsyncIterator[list[ServeProcess]]:
     port = free_port()
     if shared_port:
         env["NOTIFYD_REUSE_PORT"] = "1"
@@ -78,9 +83,16 @@ def node_of(nodes: list[ServeProcess], client: Client) -> int:
 
 
 async def test_processes_share_a_port_and_each_client_gets_its_own(
-        fresh_db: str, tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
-    async with cluster(fresh_db, tmp_path, 3, shared_port=True, NOTIFYD_REDIS_URL=redis_url,
-                       NOTIFYD_REDIS_PREFIX=redis_prefix) as nodes:
+    fresh_db: str, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    async with cluster(
+        fresh_db,
+        tmp_path,
+        3,
+        shared_port=True,
+        NOTIFYD_REDIS_URL=redis_url,
+        NOTIFYD_REDIS_PREFIX=redis_prefix,
+    ) as nodes:
         port = nodes[0].port
         clients = {f"u{i}": await live(port, f"u{i}", ["staff"]) for i in range(24)}
         spread = {node_of(nodes, c) for c in clients.values()}
@@ -100,8 +112,7 @@ async def test_processes_share_a_port_and_each_client_gets_its_own(
         finally:
             await db.close()
         for user, client in clients.items():
-            got = [(await client.next_data("notification:new"))["notification"]
-                   for _ in range(2)]
+            got = [(await client.next_data("notification:new"))["notification"] for _ in range(2)]
             assert sorted(n["title"] for n in got) == sorted([user, "to staff"])
             assert not [f for f in await client.quiet(0.05) if f["type"] == "notification:new"]
         for device in devices:
@@ -113,17 +124,24 @@ async def test_processes_share_a_port_and_each_client_gets_its_own(
         assert elsewhere
         for device in elsewhere:
             assert (await device.next_data("notification:read"))["ids"] == [nid]
-            counts = [f["data"]["count"] for f in device.seen
-                      if f["type"] == "notification:unread-count"]
+            counts = [
+                f["data"]["count"] for f in device.seen if f["type"] == "notification:unread-count"
+            ]
             while counts[-1] != 0:  # 1 after the new one, then 0 after the read
                 counts.append((await device.next_data("notification:unread-count"))["count"])
 
 
-async def test_presence_is_cluster_wide(fresh_db: str, tmp_path: Path, redis_url: str,
-                                        redis_prefix: str) -> None:
-    async with cluster(fresh_db, tmp_path, 3, NOTIFYD_REDIS_URL=redis_url,
-                       NOTIFYD_REDIS_PREFIX=redis_prefix,
-                       NOTIFYD_PRESENCE_PUBLIC_ROLES="doctor") as nodes:
+async def test_presence_is_cluster_wide(
+    fresh_db: str, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    async with cluster(
+        fresh_db,
+        tmp_path,
+        3,
+        NOTIFYD_REDIS_URL=redis_url,
+        NOTIFYD_REDIS_PREFIX=redis_prefix,
+        NOTIFYD_PRESENCE_PUBLIC_ROLES="doctor",
+    ) as nodes:
         a, b, c = (n.port for n in nodes)
         admin = await live(a, "boss", ["admin"])
         doc_b = await live(b, "doc", ["doctor"])
@@ -134,8 +152,9 @@ async def test_presence_is_cluster_wide(fresh_db: str, tmp_path: Path, redis_url
         assert (await admin.next_data("presence:online"))["userId"] == "nurse1"
         assert await presence_events(admin, 0.3) == []  # doc's 2nd device changes nothing
 
-        state = await presence_state(admin, "q1", userIds=["doc", "nurse1", "ghost"],
-                                     roles=["doctor", "nurse", "admin"])
+        state = await presence_state(
+            admin, "q1", userIds=["doc", "nurse1", "ghost"], roles=["doctor", "nurse", "admin"]
+        )
         users = users_of(state)
         assert users["doc"]["online"] and users["nurse1"]["online"]
         assert users["ghost"] == {"userId": "ghost", "online": False, "lastSeen": None}
@@ -146,11 +165,11 @@ async def test_presence_is_cluster_wide(fresh_db: str, tmp_path: Path, redis_url
         assert (await admin.next_data("presence:online"))["userId"] == "pat"
         state = await presence_state(patient, "q2", userIds=["doc", "nurse1"], roles=["doctor"])
         assert users_of(state)["doc"]["online"] is True
-        assert users_of(state)["nurse1"] == {"userId": "nurse1", "online": False,
-                                             "lastSeen": None}
+        assert users_of(state)["nurse1"] == {"userId": "nurse1", "online": False, "lastSeen": None}
         assert state["roles"] == {"doctor": 1}
-        refused = await patient.request("presence:query", {"roles": ["nurse"]}, "presence:state",
-                                        ref="q3")
+        refused = await patient.request(
+            "presence:query", {"roles": ["nurse"]}, "presence:state", ref="q3"
+        )
         assert refused["type"] == "error" and refused["data"]["code"] == "forbidden"
         assert await presence_events(patient, 0.1) == []  # patients are not watchers
 
@@ -164,18 +183,27 @@ async def test_presence_is_cluster_wide(fresh_db: str, tmp_path: Path, redis_url
         assert users_of(state)["doc"]["lastSeen"] is not None
         assert state["roles"] == {"doctor": 0}
         # The patient, no watcher, was told none of these comings and goings.
-        assert [f for f in patient.seen if f["type"].startswith("presence:")
-                and f["type"] != "presence:state"] == []
+        assert [
+            f
+            for f in patient.seen
+            if f["type"].startswith("presence:") and f["type"] != "presence:state"
+        ] == []
         await nurse.close()
         assert (await admin.next_data("presence:offline"))["userId"] == "nurse1"
 
 
 async def test_a_killed_process_takes_its_users_offline_within_the_ttl(
-        fresh_db: str, tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    fresh_db: str, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
     ttl = 2.0
-    async with cluster(fresh_db, tmp_path, 2, NOTIFYD_REDIS_URL=redis_url,
-                       NOTIFYD_REDIS_PREFIX=redis_prefix,
-                       NOTIFYD_PRESENCE_TTL=str(ttl)) as (node_a, node_b):
+    async with cluster(
+        fresh_db,
+        tmp_path,
+        2,
+        NOTIFYD_REDIS_URL=redis_url,
+        NOTIFYD_REDIS_PREFIX=redis_prefix,
+        NOTIFYD_PRESENCE_TTL=str(ttl),
+    ) as (node_a, node_b):
         admin = await live(node_a.port, "boss", ["admin"])
         only_b = [await live(node_b.port, f"b{i}") for i in range(3)]
         both = [await live(node_b.port, "both"), await live(node_a.port, "both")]
@@ -185,8 +213,9 @@ async def test_a_killed_process_takes_its_users_offline_within_the_ttl(
 
         await node_b.kill9()
         killed = time.monotonic()
-        went = {(await admin.next_data("presence:offline", timeout=ttl + 2))["userId"]
-                for _ in only_b}
+        went = {
+            (await admin.next_data("presence:offline", timeout=ttl + 2))["userId"] for _ in only_b
+        }
         elapsed = time.monotonic() - killed
         print(f"offline {elapsed:.2f}s after kill -9 (TTL {ttl}s)")
         assert went == {"b0", "b1", "b2"}
@@ -199,18 +228,22 @@ async def test_a_killed_process_takes_its_users_offline_within_the_ttl(
 
 
 async def test_redis_restarted_presence_is_rebuilt_from_live_connections(
-        fresh_db: str, tmp_path: Path, private_redis: RedisServer) -> None:
-    async with cluster(fresh_db, tmp_path, 2, NOTIFYD_REDIS_URL=private_redis.url,
-                       NOTIFYD_PRESENCE_TTL="2") as (node_a, node_b):
+    fresh_db: str, tmp_path: Path, private_redis: RedisServer
+) -> None:
+    async with cluster(
+        fresh_db, tmp_path, 2, NOTIFYD_REDIS_URL=private_redis.url, NOTIFYD_PRESENCE_TTL="2"
+    ) as (node_a, node_b):
         admin = await live(node_a.port, "boss", ["admin"])
         worker = await live(node_b.port, "worker", ["staff"])
         assert (await admin.next_data("presence:online"))["userId"] == "worker"
 
         private_redis.kill()
         private_redis.start()  # empty: it kept nothing
+
         async def rebuilt() -> bool:
-            state = await presence_state(admin, f"q{time.monotonic()}", userIds=["worker"],
-                                         roles=["staff"])
+            state = await presence_state(
+                admin, f"q{time.monotonic()}", userIds=["worker"], roles=["staff"]
+            )
             return bool(users_of(state)["worker"]["online"]) and state["roles"] == {"staff": 1}
 
         deadline = time.monotonic() + 10
@@ -238,9 +271,11 @@ async def wait_presence(client: Client, kind: str, user: str, timeout: float = 5
 
 
 async def test_redis_down_presence_degrades_to_local_and_notifications_flow(
-        fresh_db: str, tmp_path: Path, private_redis: RedisServer) -> None:
-    async with cluster(fresh_db, tmp_path, 2, NOTIFYD_REDIS_URL=private_redis.url,
-                       NOTIFYD_PRESENCE_TTL="2") as (node_a, node_b):
+    fresh_db: str, tmp_path: Path, private_redis: RedisServer
+) -> None:
+    async with cluster(
+        fresh_db, tmp_path, 2, NOTIFYD_REDIS_URL=private_redis.url, NOTIFYD_PRESENCE_TTL="2"
+    ) as (node_a, node_b):
         admin = await live(node_a.port, "boss", ["admin"])
         remote = await live(node_b.port, "remote")
         assert (await admin.next_data("presence:online"))["userId"] == "remote"
@@ -248,8 +283,11 @@ async def test_redis_down_presence_degrades_to_local_and_notifications_flow(
         assert status == 200 and b"notifyd_presence_redis_up 1.0" in body
 
         private_redis.kill()
-        await eventually(lambda: "Redis failed" in node_a.log_path.read_text(), 10,
-                         "node a logs that Redis is down")
+        await eventually(
+            lambda: "Redis failed" in node_a.log_path.read_text(),
+            10,
+            "node a logs that Redis is down",
+        )
         status, body = await http_get(node_a.port, "/metrics")
         assert b"notifyd_presence_redis_up 0.0" in body
         assert b"notifyd_presence_redis_errors_total 0.0" not in body
@@ -269,8 +307,11 @@ async def test_redis_down_presence_degrades_to_local_and_notifications_flow(
         assert users_of(state)["local"]["online"] is True
 
         private_redis.start()
-        await eventually(lambda: "presence is cluster-wide again" in node_a.log_path.read_text(),
-                         10, "node a is back on Redis")
+        await eventually(
+            lambda: "presence is cluster-wide again" in node_a.log_path.read_text(),
+            10,
+            "node a is back on Redis",
+        )
         # a's watchers learn what they missed meanwhile.
         assert await wait_presence(admin, "presence:offline", "remote")
         late = await live(node_b.port, "late")
@@ -282,9 +323,11 @@ async def test_redis_down_presence_degrades_to_local_and_notifications_flow(
 
 
 async def test_a_stopped_process_takes_its_users_offline_at_once(
-        fresh_db: str, tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
-    async with cluster(fresh_db, tmp_path, 2, NOTIFYD_REDIS_URL=redis_url,
-                       NOTIFYD_REDIS_PREFIX=redis_prefix) as (node_a, node_b):
+    fresh_db: str, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    async with cluster(
+        fresh_db, tmp_path, 2, NOTIFYD_REDIS_URL=redis_url, NOTIFYD_REDIS_PREFIX=redis_prefix
+    ) as (node_a, node_b):
         admin = await live(node_a.port, "boss", ["admin"])
         await live(node_b.port, "leaving", ["staff"])
         assert (await admin.next_data("presence:online"))["userId"] == "leaving"
@@ -298,17 +341,22 @@ async def test_a_stopped_process_takes_its_users_offline_at_once(
 
 
 async def test_a_lost_subscription_is_noticed_and_restored(
-        fresh_db: str, tmp_path: Path, private_redis: RedisServer) -> None:
-    async with cluster(fresh_db, tmp_path, 2, NOTIFYD_REDIS_URL=private_redis.url,
-                       NOTIFYD_PRESENCE_TTL="2") as (node_a, node_b):
+    fresh_db: str, tmp_path: Path, private_redis: RedisServer
+) -> None:
+    async with cluster(
+        fresh_db, tmp_path, 2, NOTIFYD_REDIS_URL=private_redis.url, NOTIFYD_PRESENCE_TTL="2"
+    ) as (node_a, node_b):
         admin = await live(node_a.port, "boss", ["admin"])
         killer = aioredis.from_url(private_redis.url)
         try:
             assert await killer.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
         finally:
             await killer.aclose()
-        await eventually(lambda: "presence is cluster-wide again" in node_a.log_path.read_text(),
-                         10, "node a subscribed again")
+        await eventually(
+            lambda: "presence is cluster-wide again" in node_a.log_path.read_text(),
+            10,
+            "node a subscribed again",
+        )
         late = await live(node_b.port, "late")
         assert await wait_presence(admin, "presence:online", "late")
         await late.close()

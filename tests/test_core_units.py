@@ -41,10 +41,16 @@ SECRET = "unit-secret-" + "z" * 40
 
 # -- settings ---------------------------------------------------------------------------
 
+
 def test_settings_defaults_and_casting() -> None:
-    s = config.load({"NOTIFYD_PORT": "9000", "NOTIFYD_JWT_ALGORITHMS": "hs256, RS256",
-                     "NOTIFYD_ALLOWED_ORIGINS": "https://a, https://b",
-                     "NOTIFYD_AUTH_TIMEOUT": "2.5"})
+    s = config.load(
+        {
+            "NOTIFYD_PORT": "9000",
+            "NOTIFYD_JWT_ALGORITHMS": "hs256, RS256",
+            "NOTIFYD_ALLOWED_ORIGINS": "https://a, https://b",
+            "NOTIFYD_AUTH_TIMEOUT": "2.5",
+        }
+    )
     assert s.port == 9000 and s.host == "127.0.0.1"
     assert s.jwt_algorithms == ("HS256", "RS256")
     assert s.allowed_origins == ("https://a", "https://b") and s.auth_timeout == 2.5
@@ -90,19 +96,24 @@ def test_serving_requirements() -> None:
         config.require_serving(config.load({"NOTIFYD_JWT_SECRET": SECRET}))
     with pytest.raises(ConfigError, match="NOTIFYD_JWT_SECRET"):
         config.require_serving(config.load({"NOTIFYD_DSN": "postgresql://x/y"}))
-    config.require_serving(config.load({"NOTIFYD_DSN": "postgresql://x/y",
-                                        "NOTIFYD_JWT_SECRET": SECRET}))
+    config.require_serving(
+        config.load({"NOTIFYD_DSN": "postgresql://x/y", "NOTIFYD_JWT_SECRET": SECRET})
+    )
 
 
 # -- protocol -----------------------------------------------------------------------------
 
+
 def test_decode_client_frames() -> None:
-    frame = decode_client_frame(b'{"type": "notification:mark-read", "data": {"ids": [3, 1, 3]},'
-                                b' "ref": "x"}')
+    frame = decode_client_frame(
+        b'{"type": "notification:mark-read", "data": {"ids": [3, 1, 3]}, "ref": "x"}'
+    )
     assert frame.event == MarkRead((3, 1)) and frame.ref == "x"
-    sync = decode_client_frame('{"type": "notification:sync-request", "data": '
-                               '{"cursors": {"user:1": 4}, "since": "2026-01-01T10:00:00+02:00",'
-                               ' "limit": 5}}').event
+    sync = decode_client_frame(
+        '{"type": "notification:sync-request", "data": '
+        '{"cursors": {"user:1": 4}, "since": "2026-01-01T10:00:00+02:00",'
+        ' "limit": 5}}'
+    ).event
     assert isinstance(sync, SyncRequest) and sync.cursors == {"user:1": 4} and sync.limit == 5
     assert sync.since == dt.datetime(2026, 1, 1, 8, 0, tzinfo=dt.UTC)
     assert decode_client_frame('{"type": "ping"}').event == Ping(None)
@@ -124,6 +135,7 @@ def test_times_round_trip() -> None:
 
 # -- auth ---------------------------------------------------------------------------------
 
+
 def test_authenticator_with_a_fake_clock() -> None:
     now = [1_000_000.0]
     auth = Authenticator(config.load({"NOTIFYD_JWT_SECRET": SECRET}), clock=lambda: now[0])
@@ -139,13 +151,15 @@ def test_authenticator_with_a_fake_clock() -> None:
     many = issue_token(SECRET, "7", [f"r{i}" for i in range(100)], clock=lambda: now[0])
     with pytest.raises(AuthError, match="too many roles"):
         auth.verify(many)
-    rs_only = Authenticator(config.load({"NOTIFYD_JWT_SECRET": SECRET,
-                                         "NOTIFYD_JWT_ALGORITHMS": "HS256,RS256"}))
+    rs_only = Authenticator(
+        config.load({"NOTIFYD_JWT_SECRET": SECRET, "NOTIFYD_JWT_ALGORITHMS": "HS256,RS256"})
+    )
     with pytest.raises(AuthError, match="not allowed"):
         rs_only.verify(issue_token(SECRET, "1", algorithm="HS384"))
 
 
 # -- session: the order guarantee ---------------------------------------------------------
+
 
 def live_session() -> Session:
     s = Session("c1")
@@ -242,6 +256,7 @@ def test_session_refresh_takes_the_fresh_tokens_roles() -> None:
 
 # -- index and presence -------------------------------------------------------------------
 
+
 def test_index_tracks_streams() -> None:
     index: StreamIndex[str] = StreamIndex()
     assert index.add("a", ["user:u1", "all"]) == ["user:u1", "all"]
@@ -284,6 +299,7 @@ def test_presence_policy_public_roles() -> None:
 
 # -- router -------------------------------------------------------------------------------
 
+
 @dataclass(eq=False)
 class FakeConn:
     session: Session
@@ -298,14 +314,24 @@ class FakeConn:
         """Every frame written, parsed by websockets' own client-side protocol."""
         client = ClientProtocol(parse_uri("ws://x/"), state=OPEN)
         client.receive_data(b"".join(self.frames))
-        return [orjson.loads(f.data) for f in client.events_received()
-                if isinstance(f, Frame)]
+        return [orjson.loads(f.data) for f in client.events_received() if isinstance(f, Frame)]
 
 
 def wire(stream: str, seq: int, nid: int) -> dict[str, object]:
-    return {"id": nid, "stream": stream, "seq": seq, "type": "t", "title": "", "message": "",
-            "data": {}, "priority": "low", "actionUrl": None, "read": False, "readAt": None,
-            "createdAt": "2026-01-01T00:00:00.000000Z"}
+    return {
+        "id": nid,
+        "stream": stream,
+        "seq": seq,
+        "type": "t",
+        "title": "",
+        "message": "",
+        "data": {},
+        "priority": "low",
+        "actionUrl": None,
+        "read": False,
+        "readAt": None,
+        "createdAt": "2026-01-01T00:00:00.000000Z",
+    }
 
 
 def events_of(text: str) -> list[dict[str, object]]:
@@ -325,33 +351,49 @@ async def test_router_orders_large_rows_and_catches_up() -> None:
     missed: list[int] = []  # what was committed while the listener was down
 
     async def catch_up(after: dict[str, int]) -> list[tuple[str, int, bytes]]:
-        return [("user:1", seq, orjson.dumps(wire("user:1", seq, seq)))
-                for seq in missed if seq > after["user:1"]]
+        return [
+            ("user:1", seq, orjson.dumps(wire("user:1", seq, seq)))
+            for seq in missed
+            if seq > after["user:1"]
+        ]
 
     index: StreamIndex[FakeConn] = StreamIndex()
     router = Router(index, fetch_ids, catch_up)
     conn = FakeConn(live_session())
     index.add(conn, ["user:1", "all"])
     router.note_floor("user:1", 0)
-    router.feed(events_of(
-        '[{"k":"n","n":' + orjson.dumps(wire("user:1", 1, 1)).decode() + ',"u":1}]'))
+    router.feed(
+        events_of('[{"k":"n","n":' + orjson.dumps(wire("user:1", 1, 1)).decode() + ',"u":1}]')
+    )
     assert conn.frames == []  # blocked until the listener's first catch-up
     await router.catch_up()
-    router.feed(events_of('[{"k":"n","id":2,"s":"user:1","q":2,"u":2},'
-                '{"k":"n","n":' + orjson.dumps(wire("user:1", 3, 3)).decode() + '}]'))
-    router.feed(events_of(
-        '[{"k":"?"}, {"k":"c","s":"user:1","u":0}, {"k":"d","id":1,"s":"user:1"}]'))
+    router.feed(
+        events_of(
+            '[{"k":"n","id":2,"s":"user:1","q":2,"u":2},'
+            '{"k":"n","n":' + orjson.dumps(wire("user:1", 3, 3)).decode() + "}]"
+        )
+    )
+    router.feed(
+        events_of('[{"k":"?"}, {"k":"c","s":"user:1","u":0}, {"k":"d","id":1,"s":"user:1"}]')
+    )
     await asyncio.sleep(0.05)
     assert fetched == [[2]]
-    kinds = [(f["type"], f["data"].get("notification", {}).get("seq"))  # type: ignore[union-attr]
-             for f in conn.decoded()]
-    assert kinds == [("notification:new", 1), ("notification:unread-count", None),
-                     ("notification:new", 2), ("notification:unread-count", None),
-                     ("notification:new", 3), ("notification:unread-count", None),
-                     ("notification:deleted", None)]
+    kinds = [
+        (f["type"], f["data"].get("notification", {}).get("seq"))  # type: ignore[union-attr]
+        for f in conn.decoded()
+    ]
+    assert kinds == [
+        ("notification:new", 1),
+        ("notification:unread-count", None),
+        ("notification:new", 2),
+        ("notification:unread-count", None),
+        ("notification:new", 3),
+        ("notification:unread-count", None),
+        ("notification:deleted", None),
+    ]
     # the LISTEN connection was lost: events queue until catch-up has published 4..8
     router.block()
-    router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("user:1", 9, 9)).decode() + '}]'))
+    router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("user:1", 9, 9)).decode() + "}]"))
     conn.frames.clear()
     missed.extend(range(1, 9))
     assert await router.catch_up() == 5
@@ -379,7 +421,7 @@ async def test_router_floor_never_drops_live_items() -> None:
     index.add(conn, ["user:1"])
     # the new subscriber's state query saw seq 10 already committed; its NOTIFY comes later
     router.note_floor("user:1", 10)
-    router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("user:1", 10, 10)).decode() + '}]'))
+    router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("user:1", 10, 10)).decode() + "}]"))
     assert len(conn.frames) == 1
     assert router.catch_up_points() == {"user:1": 10}
 
@@ -390,6 +432,7 @@ def test_migration_files_are_numbered() -> None:
 
 
 # -- timers -------------------------------------------------------------------------------
+
 
 def test_timer_wheel_returns_items_once_when_due() -> None:
     wheel: TimerWheel[str] = TimerWheel(now=100.0, resolution=0.1)
@@ -431,10 +474,13 @@ def test_large_fanout_logs_its_write_time(caplog: pytest.LogCaptureFixture) -> N
     for conn in conns:
         index.add(conn, ["all"])
     with caplog.at_level("INFO", logger="notifyd.fanout"):
-        router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("all", 3, 9)).decode() + '}]'))
+        router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("all", 3, 9)).decode() + "}]"))
     assert all(len(c.frames) == 1 for c in conns)
-    logged = re.search(rf"fan-out to {FANOUT_LOG_MIN} connections took ([\d.]+) ms, "
-                       r"([\d.]+) ms CPU \(all seq 3\)", caplog.text)
+    logged = re.search(
+        rf"fan-out to {FANOUT_LOG_MIN} connections took ([\d.]+) ms, "
+        r"([\d.]+) ms CPU \(all seq 3\)",
+        caplog.text,
+    )
     assert logged is not None, caplog.text
     assert 0 < float(logged[2]) <= float(logged[1]) + 1  # CPU within wall (clock granularity)
 

@@ -43,7 +43,8 @@ async def test_app_trigger_delivers_to_both_doctor_devices(daemon: Daemon) -> No
     patient = await daemon.connect("pat-9", ["patient"])
     appt = await pool.fetchval(
         "INSERT INTO appointments (doctor_id, patient_id, starts_at) "
-        "VALUES ('doc-7', 'pat-9', now() + interval '1 day') RETURNING id")
+        "VALUES ('doc-7', 'pat-9', now() + interval '1 day') RETURNING id"
+    )
     for device in (phone, laptop):
         n = (await device.next_data("notification:new"))["notification"]
         assert n["stream"] == "user:doc-7" and n["seq"] == 1
@@ -157,8 +158,9 @@ async def test_eight_concurrent_writers_give_contiguous_seqs_in_order(daemon: Da
     assert [r["seq"] for r in seqs] == list(range(1, 8 * per_writer + 1))
 
 
-async def _sync_under_writers(daemon: Daemon, user: str, query: str
-                              ) -> tuple[Client, dict[str, Any], int]:
+async def _sync_under_writers(
+    daemon: Daemon, user: str, query: str
+) -> tuple[Client, dict[str, Any], int]:
     """50 items, then a client connecting and syncing from cursor 10 while 4 writers insert
     for the same user; returns the client, the response and how many items exist in all."""
     pool = await daemon.pool()
@@ -190,8 +192,9 @@ async def _sync_under_writers(daemon: Daemon, user: str, query: str
 
 
 def _new_seqs(client: Client) -> list[int]:
-    return [f["data"]["notification"]["seq"] for f in client.seen
-            if f["type"] == "notification:new"]
+    return [
+        f["data"]["notification"]["seq"] for f in client.seen if f["type"] == "notification:new"
+    ]
 
 
 async def test_sync_while_writers_insert_gives_every_seq_once_in_order(daemon: Daemon) -> None:
@@ -201,23 +204,29 @@ async def test_sync_while_writers_insert_gives_every_seq_once_in_order(daemon: D
     seqs = [n["seq"] for n in result["notifications"]]
     cursor = result["cursors"]["user:busy"]
     assert seqs == list(range(11, cursor + 1))
-    frames = [f["type"] for f in client.seen if f["type"].startswith("notification:")
-              and f["type"] != "notification:unread-count"]
+    frames = [
+        f["type"]
+        for f in client.seen
+        if f["type"].startswith("notification:") and f["type"] != "notification:unread-count"
+    ]
     assert frames[0] == "notification:sync-response"  # nothing live before it
     assert _new_seqs(client) == list(range(cursor + 1, written + 1))
 
 
-async def test_sync_without_flag_under_writers_still_gives_every_seq_once(
-        daemon: Daemon) -> None:
+async def test_sync_without_flag_under_writers_still_gives_every_seq_once(daemon: Daemon) -> None:
     """Without ?sync=1, items sent live before the server read the request are not repeated
     in the response: every seq above the cursor arrives exactly once."""
     client, result, written = await _sync_under_writers(daemon, "busy2", "")
     got = [n["seq"] for n in result["notifications"]] + _new_seqs(client)
     assert sorted(got) == list(range(11, written + 1))
-    answered = next(i for i, f in enumerate(client.seen)
-                    if f["type"] == "notification:sync-response")
-    after = [f["data"]["notification"]["seq"] for f in client.seen[answered:]
-             if f["type"] == "notification:new"]
+    answered = next(
+        i for i, f in enumerate(client.seen) if f["type"] == "notification:sync-response"
+    )
+    after = [
+        f["data"]["notification"]["seq"]
+        for f in client.seen[answered:]
+        if f["type"] == "notification:new"
+    ]
     assert after == sorted(after)  # live items after the response: ascending
 
 
@@ -233,8 +242,9 @@ async def test_announcements_reach_roles_and_everyone(daemon: Daemon) -> None:
         assert n["stream"] == "all" and n["type"] == "system:maintenance"
     assert not [f for f in await user.quiet(0.2) if f["type"] == "notification:new"]
     # announcements have no per-user read state: the unread count is unchanged
-    assert not [f for f in user.seen if f["type"] == "notification:unread-count"
-                and f["data"]["count"] != 0]
+    assert not [
+        f for f in user.seen if f["type"] == "notification:unread-count" and f["data"]["count"] != 0
+    ]
 
 
 async def test_rows_larger_than_a_notify_payload_are_delivered_in_order(daemon: Daemon) -> None:
@@ -252,7 +262,8 @@ async def test_rows_larger_than_a_notify_payload_are_delivered_in_order(daemon: 
     # a multi-row statement whose events span several payloads
     await pool.execute(
         "INSERT INTO notifyd.notifications (user_id, type, title, message) "
-        "SELECT 'big', 't', 'bulk ' || g, repeat('m', 300) FROM generate_series(1, 100) g")
+        "SELECT 'big', 't', 'bulk ' || g, repeat('m', 300) FROM generate_series(1, 100) g"
+    )
     bulk = await collect_new(client, 100)
     assert [n["seq"] for n in bulk] == list(range(5, 105))
 
@@ -277,8 +288,11 @@ async def test_read_by_sql_or_client_reaches_every_device(daemon: Daemon) -> Non
     assert reply["data"]["ids"] == [ids[2]]
     assert (await phone.next_data("notification:read"))["ids"] == [ids[2]]
     for device in (phone, laptop):
-        counts = [f["data"]["count"] for f in device.seen + await device.quiet(0.3)
-                  if f["type"] == "notification:unread-count"]
+        counts = [
+            f["data"]["count"]
+            for f in device.seen + await device.quiet(0.3)
+            if f["type"] == "notification:unread-count"
+        ]
         assert counts[-1] == 0
     assert await daemon.sql("SELECT unread FROM notifyd.streams WHERE stream = 'user:r1'") == 0
     # marking again changes nothing
@@ -338,14 +352,16 @@ async def test_sync_does_not_repeat_what_the_connection_was_just_sent(daemon: Da
     await daemon.notify("race", "committed later")
     result = await client.sync({"user:race": 0})
     seqs = [n["seq"] for n in result["notifications"]]
-    live = [f["data"]["notification"]["seq"] for f in client.seen
-            if f["type"] == "notification:new"]
+    live = [
+        f["data"]["notification"]["seq"] for f in client.seen if f["type"] == "notification:new"
+    ]
     assert sorted(seqs + live) == [1, 2] and len(seqs + live) == 2  # each exactly once
     assert result["cursors"]["user:race"] == 2
 
 
 async def test_a_stream_without_cursor_gets_its_items_as_they_are_even_just_sent_live(
-        daemon: Daemon) -> None:
+    daemon: Daemon,
+) -> None:
     """Never twice is for cursors: a stream asked without one (its latest items, or those
     since a time) or reset gets its items as they are now, those just sent live included, so
     a refresh of read state, or a cache rebuilt from the response, misses nothing."""
@@ -377,7 +393,8 @@ async def test_a_stream_without_cursor_gets_its_items_as_they_are_even_just_sent
 
 
 async def test_pages_after_a_stream_without_cursor_leave_out_nothing_sent_live(
-        fresh_db: str) -> None:
+    fresh_db: str,
+) -> None:
     """The latest items cut by the response's byte budget: the pages that follow, asked with
     its cursors, give the rest, items sent live before the first request included."""
     async with running_daemon(fresh_db, max_response_bytes=4096) as d:
@@ -399,15 +416,17 @@ async def test_large_row_queued_during_a_fetch_is_not_dropped(daemon: Daemon) ->
     client = await daemon.connect("big2")
     pool = await daemon.pool()
     big = "x" * 10000
-    await asyncio.gather(*(pool.execute("SELECT notifyd.notify('big2', 't', $1, $2)",
-                                        str(i), big) for i in range(6)))
+    await asyncio.gather(
+        *(pool.execute("SELECT notifyd.notify('big2', 't', $1, $2)", str(i), big) for i in range(6))
+    )
     got = await collect_new(client, 6)
     assert sorted(n["seq"] for n in got) == [1, 2, 3, 4, 5, 6]
     assert [n["seq"] for n in got] == [1, 2, 3, 4, 5, 6]
 
 
 async def test_reconnect_with_sync_flag_replays_in_order_with_writers_racing(
-        daemon: Daemon) -> None:
+    daemon: Daemon,
+) -> None:
     """?sync=1: nothing goes out live until the first sync-request, so items committed between
     the handshake and the request cannot overtake the missed ones."""
     for i in range(3):
@@ -422,13 +441,15 @@ async def test_reconnect_with_sync_flag_replays_in_order_with_writers_racing(
     assert [n["seq"] for n in result["notifications"]] == [2, 3, 4, 5, 6]
     await daemon.notify("flag", "after")
     assert (await client.next_data("notification:new"))["notification"]["seq"] == 7
-    news = [f["data"]["notification"]["seq"] for f in client.seen
-            if f["type"] == "notification:new"]
+    news = [
+        f["data"]["notification"]["seq"] for f in client.seen if f["type"] == "notification:new"
+    ]
     assert news == [7]
 
 
 async def test_sync_flag_without_a_sync_request_sends_nothing_live_and_still_counts(
-        daemon: Daemon) -> None:
+    daemon: Daemon,
+) -> None:
     client = await daemon.raw(f"?sync=1&token={daemon.token('flag2')}")
     await client.expect("connection-confirmed")
     await daemon.notify("flag2", "waits for the sync")
@@ -442,8 +463,9 @@ async def test_sync_flag_without_a_sync_request_sends_nothing_live_and_still_cou
 # -- what one statement sends ----------------------------------------------------------------
 
 
-async def _frames_until(client: Client, done: Callable[[list[dict[str, Any]]], bool],
-                        timeout: float = 10.0) -> list[dict[str, Any]]:
+async def _frames_until(
+    client: Client, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 10.0
+) -> list[dict[str, Any]]:
     frames: list[dict[str, Any]] = []
     async with asyncio.timeout(timeout):
         while not done(frames):
@@ -457,37 +479,46 @@ def _kinds(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 async def test_one_statement_sends_one_unread_count_per_user(daemon: Daemon) -> None:
     phone, laptop = await daemon.connect("bulk"), await daemon.connect("bulk")
-    await daemon.sql("INSERT INTO notifyd.notifications (user_id, type, title) "
-                     "SELECT 'bulk', 'bulk', 'n' || i FROM generate_series(1, 1500) AS i")
-    frames = await _frames_until(
-        phone, lambda fs: len(_kinds(fs, "notification:new")) == 1500)
-    assert [n["notification"]["seq"] for n in _kinds(frames, "notification:new")] == \
-        list(range(1, 1501))
+    await daemon.sql(
+        "INSERT INTO notifyd.notifications (user_id, type, title) "
+        "SELECT 'bulk', 'bulk', 'n' || i FROM generate_series(1, 1500) AS i"
+    )
+    frames = await _frames_until(phone, lambda fs: len(_kinds(fs, "notification:new")) == 1500)
+    assert [n["notification"]["seq"] for n in _kinds(frames, "notification:new")] == list(
+        range(1, 1501)
+    )
     assert _kinds(frames, "notification:unread-count") == [{"count": 1500}]
     assert frames[-1]["type"] == "notification:unread-count"
     await laptop.quiet(0.5)
     reply = await phone.request("notification:mark-all-read", {}, "notification:read")
     assert len(reply["data"]["ids"]) == 1500
     frames = await _frames_until(
-        laptop, lambda fs: sum(len(r["ids"]) for r in _kinds(fs, "notification:read")) == 1500)
+        laptop, lambda fs: sum(len(r["ids"]) for r in _kinds(fs, "notification:read")) == 1500
+    )
     assert _kinds(frames, "notification:unread-count") == [{"count": 0}]
 
 
 async def test_read_marks_of_long_ids_are_chunked_to_fit_notify(daemon: Daemon) -> None:
-    await daemon.sql("ALTER TABLE notifyd.notifications ALTER COLUMN id RESTART WITH "
-                     "1000000000000000")
+    await daemon.sql(
+        "ALTER TABLE notifyd.notifications ALTER COLUMN id RESTART WITH 1000000000000000"
+    )
     phone, laptop = await daemon.connect("long"), await daemon.connect("long")
-    await daemon.sql("INSERT INTO notifyd.notifications (user_id, type) "
-                     "SELECT 'long', 'bulk' FROM generate_series(1, 600)")
+    await daemon.sql(
+        "INSERT INTO notifyd.notifications (user_id, type) "
+        "SELECT 'long', 'bulk' FROM generate_series(1, 600)"
+    )
     await _frames_until(laptop, lambda fs: len(_kinds(fs, "notification:new")) == 600)
     await phone.quiet(0.5)
     reply = await phone.request("notification:mark-all-read", {}, "notification:read")
     assert len(reply["data"]["ids"]) == 600 and min(reply["data"]["ids"]) >= 10**15
     frames = await _frames_until(
-        laptop, lambda fs: sum(len(r["ids"]) for r in _kinds(fs, "notification:read")) == 600)
+        laptop, lambda fs: sum(len(r["ids"]) for r in _kinds(fs, "notification:read")) == 600
+    )
     assert len(_kinds(frames, "notification:read")) > 1  # several payloads
-    assert sorted(i for r in _kinds(frames, "notification:read") for i in r["ids"]) == \
-        reply["data"]["ids"]
+    assert (
+        sorted(i for r in _kinds(frames, "notification:read") for i in r["ids"])
+        == reply["data"]["ids"]
+    )
     assert _kinds(frames, "notification:unread-count") == [{"count": 0}]
 
 
@@ -501,6 +532,10 @@ async def test_marking_unread_from_sql_sends_the_item_whole(daemon: Daemon) -> N
     await daemon.sql("UPDATE notifyd.notifications SET read_at = NULL WHERE id = $1", nid)
     for client in (phone, laptop):
         updated = (await client.next_data("notification:updated"))["notification"]
-        assert (updated["id"], updated["title"], updated["read"], updated["readAt"]) == \
-            (nid, "again", False, None)
+        assert (updated["id"], updated["title"], updated["read"], updated["readAt"]) == (
+            nid,
+            "again",
+            False,
+            None,
+        )
         assert (await client.next_data("notification:unread-count"))["count"] == 1

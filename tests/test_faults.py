@@ -27,8 +27,13 @@ from notifyd.migrate import migrate
 
 # What a failed statement looks like while PostgreSQL is stopping, down or starting up.
 # (InternalClientError: asyncpg's protocol state after the server dropped it mid-statement.)
-DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-           asyncpg.InternalClientError)
+DB_DOWN = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 def insert_statement(stream: str) -> tuple[str, list[str]]:
@@ -52,9 +57,11 @@ async def table_seqs(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, list[
 def describe(stream: str, have: list[int], want: list[int]) -> str:
     twice = sorted(q for q in set(have) if have.count(q) > 1)
     disorder = next((j for j in range(1, len(have)) if have[j] <= have[j - 1]), None)
-    return (f"{stream}: {len(have)} items received, {len(want)} in the table; missing "
-            f"{sorted(set(want) - set(have))[:20]}, duplicated {twice[:20]}, first out of "
-            f"order at index {disorder}")
+    return (
+        f"{stream}: {len(have)} items received, {len(want)} in the table; missing "
+        f"{sorted(set(want) - set(have))[:20]}, duplicated {twice[:20]}, first out of "
+        f"order at index {disorder}"
+    )
 
 
 # -- a. PostgreSQL restarts -------------------------------------------------------------------
@@ -77,8 +84,16 @@ async def _restart_under_load(server: Any, dsn: str) -> None:
 
     users = {"pa": ["staff"], "pb": ["staff"], "pc": [], "pd": ["staff", "night"]}
     # user:pe has no device connected: catch-up skips it, and nobody must receive it
-    streams = ["user:pa", "user:pb", "user:pc", "user:pd", "user:pe", "role:staff",
-               "role:night", "all"]
+    streams = [
+        "user:pa",
+        "user:pb",
+        "user:pc",
+        "user:pd",
+        "user:pe",
+        "role:staff",
+        "role:night",
+        "all",
+    ]
     committed: dict[str, int] = {}  # title -> phase
     unknown: dict[str, int] = {}  # failed statements whose commit outcome is unknown
     phase = 0
@@ -149,8 +164,12 @@ async def _restart_under_load(server: Any, dsn: str) -> None:
         try:
             for _ in range(2):
                 await asyncio.sleep(1.0)
-                await asyncio.to_thread(_commands.pg_ctl, ["-w", "stop", "-m", "fast"],
-                                        pgdata=server.pgdata, user=server.system_user)
+                await asyncio.to_thread(
+                    _commands.pg_ctl,
+                    ["-w", "stop", "-m", "fast"],
+                    pgdata=server.pgdata,
+                    user=server.system_user,
+                )
                 phase += 1
                 await eventually(lambda: not d.app.ready, 15, "the daemon says it is not ready")
                 assert (await http_get(d.app.port, "/readyz"))[0] == 503
@@ -165,8 +184,12 @@ async def _restart_under_load(server: Any, dsn: str) -> None:
 
             conn = await asyncpg.connect(dsn)
             try:
-                titles = {r["title"]: (r["stream"], r["seq"]) for r in await conn.fetch(
-                    "SELECT title, stream, seq FROM notifyd.notifications")}
+                titles = {
+                    r["title"]: (r["stream"], r["seq"])
+                    for r in await conn.fetch(
+                        "SELECT title, stream, seq FROM notifyd.notifications"
+                    )
+                }
                 in_table = await table_seqs(conn)
             finally:
                 await conn.close()
@@ -184,8 +207,11 @@ async def _restart_under_load(server: Any, dsn: str) -> None:
                 return len(got[i]) >= sum(len(in_table.get(s, [])) for s in mine)
 
             with contextlib.suppress(AssertionError):  # what is missing is reported below
-                await eventually(lambda: all(complete(i, u) for i, (u, _) in enumerate(devices)),
-                                 30, "every device has as many items as its streams hold")
+                await eventually(
+                    lambda: all(complete(i, u) for i, (u, _) in enumerate(devices)),
+                    30,
+                    "every device has as many items as its streams hold",
+                )
             readers_done.set()
             await asyncio.gather(*readers)  # reads on for 0.5 s more: late duplicates show up
 
@@ -209,7 +235,7 @@ async def _restart_under_load(server: Any, dsn: str) -> None:
 
 
 async def test_large_rows_committed_while_another_is_fetched_are_all_delivered(
-    daemon: Daemon
+    daemon: Daemon,
 ) -> None:
     # Not a fault, but the path the restart test above found broken: rows too big for one
     # NOTIFY payload are fetched by id, and rows that arrive during that fetch must not be
@@ -220,8 +246,9 @@ async def test_large_rows_committed_while_another_is_fetched_are_all_delivered(
     async def writer(w: int) -> None:
         async with pool.acquire() as conn:
             for i in range(15):
-                await conn.execute("SELECT notifyd.notify('big', 't', $1, $2)", f"{w}-{i}",
-                                   "x" * 9000)
+                await conn.execute(
+                    "SELECT notifyd.notify('big', 't', $1, $2)", f"{w}-{i}", "x" * 9000
+                )
 
     await asyncio.gather(*(writer(w) for w in range(6)))
     seqs: list[int] = []
@@ -275,15 +302,19 @@ async def test_kill_9_under_load_clients_resync_without_gap_or_duplicate(
                 for stream in streams:
                     await insert(stream, f"down{kill}-{i}")
             await daemon.start()
-            await eventually(lambda: all(c.synced for c in clients), 30,
-                             "clients reconnected and synced")
+            await eventually(
+                lambda: all(c.synced for c in clients), 30, "clients reconnected and synced"
+            )
         await asyncio.sleep(0.7)
         stop.set()
         await asyncio.gather(*writers)
         last = {s: seqs[-1] for s, seqs in (await table_seqs(pool)).items()}
         assert sum(last.values()) == inserted
-        await eventually(lambda: all(c.caught_up(last) for c in clients), 30,
-                         "every client's cursors reached the end of its streams")
+        await eventually(
+            lambda: all(c.caught_up(last) for c in clients),
+            30,
+            "every client's cursors reached the end of its streams",
+        )
         await asyncio.sleep(0.3)  # anything late and duplicated would arrive now
         for c in clients:
             await c.stop()
@@ -314,21 +345,35 @@ async def test_sigterm_with_a_stalled_client_exits_within_the_shutdown_timeout(
     port = free_port()
     # 1 s: shorter than the 2 s any closed connection gets to drain, so the shutdown's own
     # deadline is what ends the stalled one
-    daemon = ServeProcess(fresh_db, port, tmp_path, NOTIFYD_SHUTDOWN_TIMEOUT="1",
-                          NOTIFYD_MAX_SEND_BUFFER=str(64 << 20))  # never closed as slow
+    daemon = ServeProcess(
+        fresh_db,
+        port,
+        tmp_path,
+        NOTIFYD_SHUTDOWN_TIMEOUT="1",
+        NOTIFYD_MAX_SEND_BUFFER=str(64 << 20),
+    )  # never closed as slow
     await daemon.start()
     stalled: RawClient | None = None
     try:
-        stalled = await RawClient.open(f"ws://127.0.0.1:{port}/ws?token="
-                                       f"{issue_token(SECRET, 'stalled', [], 3600)}")
-        reading = Client(await connect(f"ws://127.0.0.1:{port}/ws?token="
-                                       f"{issue_token(SECRET, 'reading', [], 3600)}"))
+        stalled = await RawClient.open(
+            f"ws://127.0.0.1:{port}/ws?token={issue_token(SECRET, 'stalled', [], 3600)}"
+        )
+        reading = Client(
+            await connect(
+                f"ws://127.0.0.1:{port}/ws?token={issue_token(SECRET, 'reading', [], 3600)}"
+            )
+        )
         await reading.expect("connection-confirmed")
         pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=4)
         try:
-            await asyncio.gather(*(pool.execute(
-                "SELECT notifyd.notify('stalled', 't', $1, $2)", str(i), "x" * 50_000)
-                for i in range(200)))  # 10 MB waiting for a client that does not read
+            await asyncio.gather(
+                *(
+                    pool.execute(
+                        "SELECT notifyd.notify('stalled', 't', $1, $2)", str(i), "x" * 50_000
+                    )
+                    for i in range(200)
+                )
+            )  # 10 MB waiting for a client that does not read
             # the router goes in commit order: when this arrives, all of that was written
             await pool.execute("SELECT notifyd.notify('reading', 't', 'after', 'm')")
             await reading.expect("notification:new")
@@ -359,8 +404,9 @@ async def test_bad_token_flood_does_not_keep_a_good_client_out(daemon: Daemon) -
     bad_tokens = [
         "garbage",
         "a.b.c",
-        jwt.encode({"sub": "f1", "exp": 4102444800}, "another-secret-" + "y" * 40,
-                   algorithm="HS256"),
+        jwt.encode(
+            {"sub": "f1", "exp": 4102444800}, "another-secret-" + "y" * 40, algorithm="HS256"
+        ),
         jwt.encode({"sub": "f1", "exp": 4102444800}, None, algorithm="none"),
         expired,
         issue_token(SECRET, "f1", [])[:-4] + "AAAA",  # signature altered
@@ -372,8 +418,7 @@ async def test_bad_token_flood_does_not_keep_a_good_client_out(daemon: Daemon) -
         while next(attempts) < total:
             token = bad_tokens[len(statuses) % len(bad_tokens)]
             try:
-                ws = await connect(f"{daemon.url}?token={token}", open_timeout=60,
-                                   compression=None)
+                ws = await connect(f"{daemon.url}?token={token}", open_timeout=60, compression=None)
             except InvalidStatus as exc:
                 statuses.append(exc.response.status_code)
                 continue
@@ -382,8 +427,14 @@ async def test_bad_token_flood_does_not_keep_a_good_client_out(daemon: Daemon) -
 
     flooders = [asyncio.create_task(flood(w)) for w in range(workers)]
     await eventually(lambda: len(statuses) >= 200, 60, "the flood is under way")
-    good = Client(await connect(f"{daemon.url}?token={daemon.token('good', ['user'])}",
-                                open_timeout=60, compression=None, ping_interval=None))
+    good = Client(
+        await connect(
+            f"{daemon.url}?token={daemon.token('good', ['user'])}",
+            open_timeout=60,
+            compression=None,
+            ping_interval=None,
+        )
+    )
     daemon.clients.append(good)
     confirmed = await good.next_data("connection-confirmed", 60)
     assert confirmed["userId"] == "good"

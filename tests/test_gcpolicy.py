@@ -49,8 +49,11 @@ def test_full_collections_freeze_what_survived_and_a_thaw_gives_it_back() -> Non
 
 
 def _server_side(objects: list[object]) -> list[str]:
-    return [type(o).__qualname__ for o in objects
-            if type(o) in (Connection, Session, Protocol, ServerProtocol)]  # not the client's
+    return [
+        type(o).__qualname__
+        for o in objects
+        if type(o) in (Connection, Session, Protocol, ServerProtocol)
+    ]  # not the client's
 
 
 async def test_closed_connections_leave_no_cycles_while_frozen(daemon: Daemon) -> None:
@@ -100,7 +103,8 @@ async def test_closed_connections_leave_no_cycles_while_frozen(daemon: Daemon) -
 
 
 async def test_a_handshake_protocol_frozen_before_the_upgrade_is_freed_by_it(
-        daemon: Daemon) -> None:
+    daemon: Daemon,
+) -> None:
     """A full collection while a connection waits for its request freezes the handshake
     protocol; the upgrade that replaces it frees it, frozen or not (no cycle left of it)."""
     policy = FreezeAfterFullCollections()
@@ -112,10 +116,14 @@ async def test_a_handshake_protocol_frozen_before_the_upgrade_is_freed_by_it(
         assert len(waiting) == 1
         gc.collect()  # ... and is frozen now
         assert gc.get_freeze_count() > 0
-        writer.write((f"GET /ws?token={daemon.token('f1')} HTTP/1.1\r\nHost: x\r\n"
-                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        writer.write(
+            (
+                f"GET /ws?token={daemon.token('f1')} HTTP/1.1\r\nHost: x\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         async with asyncio.timeout(10):
             head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101")

@@ -18,13 +18,17 @@ def dev_key(d: Daemon) -> str:
     return d.app.http_api.dev.key
 
 
-async def api(d: Daemon, method: str, path: str, token: str | None = None,
-              **headers: str) -> tuple[int, dict[str, str], object]:
+async def api(
+    d: Daemon, method: str, path: str, token: str | None = None, **headers: str
+) -> tuple[int, dict[str, str], object]:
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     status, got, body = await http_request(d.app.port, method, path, headers)
-    return status, got, orjson.loads(body) if body and got.get("content-type") == \
-        "application/json" else body
+    return (
+        status,
+        got,
+        orjson.loads(body) if body and got.get("content-type") == "application/json" else body,
+    )
 
 
 def as_sync_response(body: object) -> dict[str, object]:
@@ -45,14 +49,15 @@ async def test_poll_answers_like_a_sync_response(daemon: Daemon) -> None:
     assert [n["seq"] for n in first["notifications"]] == [1, 2, 3]  # type: ignore[index]
     assert first["cursors"] == {"user:h1": 3, "role:staff": 0, "all": 0}
     await daemon.notify("h1", "later")
-    status, _, body = await api(daemon, "GET",
-                                "/v1/notifications?cursor=user:h1:3&cursor=all:0&limit=10",
-                                token)
+    status, _, body = await api(
+        daemon, "GET", "/v1/notifications?cursor=user:h1:3&cursor=all:0&limit=10", token
+    )
     later = as_sync_response(body)
     assert [n["title"] for n in later["notifications"]] == ["later"]  # type: ignore[index]
     # paging, and the token in the query for a simple cross-origin GET
-    status, _, body = await api(daemon, "GET",
-                                f"/v1/notifications?cursor=user:h1:0&limit=2&token={token}")
+    status, _, body = await api(
+        daemon, "GET", f"/v1/notifications?cursor=user:h1:0&limit=2&token={token}"
+    )
     page = as_sync_response(body)
     assert status == 200 and page["hasMore"] is True and page["cursors"]["user:h1"] == 2  # type: ignore[index]
 
@@ -85,8 +90,9 @@ async def test_unread_count_and_mark_read_over_http_reach_live_devices(daemon: D
     device = await daemon.connect("h4")
     token = daemon.token("h4")
     assert (await api(daemon, "GET", "/v1/unread-count", token))[2] == {"count": 3}
-    status, _, body = await api(daemon, "POST",
-                                f"/v1/notifications/read?ids={ids[0]},{other}", token)
+    status, _, body = await api(
+        daemon, "POST", f"/v1/notifications/read?ids={ids[0]},{other}", token
+    )
     assert status == 200 and body["ids"] == [ids[0]]  # type: ignore[index]
     read = await device.next_data("notification:read")
     assert read["ids"] == [ids[0]]
@@ -95,24 +101,29 @@ async def test_unread_count_and_mark_read_over_http_reach_live_devices(daemon: D
     assert sorted(body["ids"]) == ids[1:]  # type: ignore[index]
     assert (await api(daemon, "GET", "/v1/unread-count", token))[2] == {"count": 0}
     # the other user's row was not touched
-    assert await daemon.sql("SELECT read_at FROM notifyd.notifications WHERE id = $1",
-                            other) is None
+    assert (
+        await daemon.sql("SELECT read_at FROM notifyd.notifications WHERE id = $1", other) is None
+    )
 
 
 async def test_cors_preflight_and_allowed_origins(fresh_db: str) -> None:
     async with running_daemon(fresh_db) as d:
-        status, headers, _ = await api(d, "OPTIONS", "/v1/notifications",
-                                       Origin="https://app.example",
-                                       **{"Access-Control-Request-Headers": "authorization"})
+        status, headers, _ = await api(
+            d,
+            "OPTIONS",
+            "/v1/notifications",
+            Origin="https://app.example",
+            **{"Access-Control-Request-Headers": "authorization"},
+        )
         assert status == 204 and headers["access-control-allow-origin"] == "*"
         assert "Authorization" in headers["access-control-allow-headers"]
     async with running_daemon(fresh_db, allowed_origins=("https://app.example",)) as d:
         token = d.token("h6")
-        _, headers, _ = await api(d, "GET", "/v1/unread-count", token,
-                                  Origin="https://app.example")
+        _, headers, _ = await api(d, "GET", "/v1/unread-count", token, Origin="https://app.example")
         assert headers["access-control-allow-origin"] == "https://app.example"
-        _, headers, _ = await api(d, "GET", "/v1/unread-count", token,
-                                  Origin="https://evil.example")
+        _, headers, _ = await api(
+            d, "GET", "/v1/unread-count", token, Origin="https://evil.example"
+        )
         assert "access-control-allow-origin" not in headers  # the browser withholds it
 
 
@@ -133,8 +144,9 @@ async def test_client_script_is_served_and_demo_routes_only_in_dev(fresh_db: str
         token = orjson.loads(body)["token"]
         assert d.app.verify(token).user_id == "zoe"
         device = await d.connect("zoe")
-        status, _, body = await http_request(d.app.port, "POST",
-                                             "/dev/notify?user=zoe&title=Hi&priority=high", key)
+        status, _, body = await http_request(
+            d.app.port, "POST", "/dev/notify?user=zoe&title=Hi&priority=high", key
+        )
         assert status == 200
         n = (await device.next_data("notification:new"))["notification"]
         assert (n["title"], n["priority"], n["id"]) == ("Hi", "high", orjson.loads(body)["id"])
@@ -167,11 +179,17 @@ async def test_dev_helpers_answer_only_their_own_address_pages_and_key(fresh_db:
                 assert orjson.loads(body)["code"] == "forbidden"
             return status
 
-        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}",
-                     f"[::1]:{port}"):
+        for host in (
+            f"127.0.0.1:{port}",
+            f"localhost:{port}",
+            f"LOCALHOST:{port}",
+            f"[::1]:{port}",
+        ):
             assert await status_of("GET", "/dev/token?user=u", Host=host, **own) == 200
-        assert await status_of("GET", "/dev/token?user=u", Origin=f"http://127.0.0.1:{port}",
-                               **own) == 200
+        assert (
+            await status_of("GET", "/dev/token?user=u", Origin=f"http://127.0.0.1:{port}", **own)
+            == 200
+        )
         refused = [
             {"Host": f"evil.example:{port}", **own},  # DNS rebinding
             {"Host": "127.0.0.1", **own},  # another port (80)
@@ -184,16 +202,23 @@ async def test_dev_helpers_answer_only_their_own_address_pages_and_key(fresh_db:
             {DEV_KEY_HEADER: "\u00e9" + key},
         ]
         for headers in refused:
-            for method, path in (("GET", "/dev/token?user=42&role=admin"),
-                                 ("POST", "/dev/notify?user=42&title=pwned")):
+            for method, path in (
+                ("GET", "/dev/token?user=42&role=admin"),
+                ("POST", "/dev/notify?user=42&title=pwned"),
+            ):
                 assert await status_of(method, path, **headers) == 403, (path, headers)
         # the page itself holds no secret, but it too answers its own address only
         assert await status_of("GET", "/", Host=f"evil.example:{port}") == 403
         assert await status_of("GET", "/") == 200
         # a cross-site text/plain POST, as a browser sends it
-        assert await status_of("POST", "/dev/notify?user=42&title=pwned",
-                               **{"Origin": "http://evil.example",
-                                  "Content-Type": "text/plain"}) == 403
+        assert (
+            await status_of(
+                "POST",
+                "/dev/notify?user=42&title=pwned",
+                **{"Origin": "http://evil.example", "Content-Type": "text/plain"},
+            )
+            == 403
+        )
         assert await d.sql("SELECT count(*) FROM notifyd.notifications") == 0
         assert await status_of("GET", "/dev/notify", **own) == 405
 

@@ -17,8 +17,9 @@ async def test_users_never_see_or_touch_each_others_notifications(daemon: Daemon
 
     # alice asks for bob's stream and the admin stream: refused, nothing sent
     for stream in ("user:bob", "role:admin", "user:"):
-        reply = await alice.request("notification:sync-request", {"cursors": {stream: 0}},
-                                    "notification:sync-response")
+        reply = await alice.request(
+            "notification:sync-request", {"cursors": {stream: 0}}, "notification:sync-response"
+        )
         assert reply["type"] == "error" and reply["data"]["code"] == "forbidden"
     # her own sync never includes bob's rows
     mine = await alice.sync({})
@@ -26,13 +27,15 @@ async def test_users_never_see_or_touch_each_others_notifications(daemon: Daemon
     assert set(mine["cursors"]) == {"user:alice", "role:user", "all"}
 
     # alice marks bob's ids read: nothing changes, bob hears nothing
-    reply = await alice.request("notification:mark-read", {"ids": bob_ids},
-                                "notification:read")
+    reply = await alice.request("notification:mark-read", {"ids": bob_ids}, "notification:read")
     assert reply["data"] == {"ids": [], "readAt": None}
     await alice.request("notification:mark-all-read", {}, "notification:read", ref="all")
-    assert await daemon.sql(
-        "SELECT count(*) FROM notifyd.notifications WHERE user_id = 'bob' AND read_at IS NULL"
-    ) == 3
+    assert (
+        await daemon.sql(
+            "SELECT count(*) FROM notifyd.notifications WHERE user_id = 'bob' AND read_at IS NULL"
+        )
+        == 3
+    )
     assert not [f for f in await bob.quiet(0.3) if f["type"] == "notification:read"]
 
     # nothing of bob's or the admins' ever reached alice
@@ -57,17 +60,22 @@ async def test_presence_is_visible_to_presence_roles_only(daemon: Daemon) -> Non
     user = await daemon.connect("worker", ["user"])
     online = await admin.next_data("presence:online")
     assert online["userId"] == "worker" and online["roles"] == ["user"]
-    state = await admin.request("presence:query", {"userIds": ["worker", "ghost"]},
-                                "presence:state")
+    state = await admin.request(
+        "presence:query", {"userIds": ["worker", "ghost"]}, "presence:state"
+    )
     users = {u["userId"]: u for u in state["data"]["users"]}
     assert users["worker"]["online"] is True and users["ghost"] == {
-        "userId": "ghost", "online": False, "lastSeen": None}
+        "userId": "ghost",
+        "online": False,
+        "lastSeen": None,
+    }
     refused = await user.request("presence:query", {"userIds": ["boss"]}, "presence:state")
     assert refused["data"]["code"] == "forbidden"
     await user.close()
     offline = await admin.next_data("presence:offline")
     assert offline["userId"] == "worker"
-    state = await admin.request("presence:query", {"userIds": ["worker"]}, "presence:state",
-                                ref="q2")
+    state = await admin.request(
+        "presence:query", {"userIds": ["worker"]}, "presence:state", ref="q2"
+    )
     assert state["data"]["users"][0]["online"] is False
     assert state["data"]["users"][0]["lastSeen"] is not None

@@ -13,8 +13,7 @@ from websockets.uri import parse_uri
 from notifyd.app import TICK_BATCH
 
 
-async def raw_client(url: str) -> tuple[ClientProtocol, asyncio.StreamReader,
-                                         asyncio.StreamWriter]:
+async def raw_client(url: str) -> tuple[ClientProtocol, asyncio.StreamReader, asyncio.StreamWriter]:
     """A sans-I/O client over a bare socket: it answers nothing unless we flush its writes."""
     uri = parse_uri(url)
     reader, writer = await asyncio.open_connection(uri.host, uri.port)
@@ -25,8 +24,9 @@ async def raw_client(url: str) -> tuple[ClientProtocol, asyncio.StreamReader,
     return proto, reader, writer
 
 
-async def frames_until(proto: ClientProtocol, reader: asyncio.StreamReader,
-                       opcode: Opcode, timeout: float) -> list[Frame]:
+async def frames_until(
+    proto: ClientProtocol, reader: asyncio.StreamReader, opcode: Opcode, timeout: float
+) -> list[Frame]:
     seen: list[Frame] = []
     async with asyncio.timeout(timeout):
         while not any(f.opcode is opcode for f in seen):

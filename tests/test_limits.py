@@ -151,8 +151,7 @@ async def test_a_ping_flood_from_a_client_that_never_reads_is_closed(fresh_db: s
             assert conn.ws.close_sent is not None and conn.ws.close_sent.code == 1008
             assert most <= d.settings.max_send_buffer + 256
             await d.notify("p-polite", "served")
-            assert (await polite.next_data("notification:new"))["notification"]["title"] == \
-                "served"
+            assert (await polite.next_data("notification:new"))["notification"]["title"] == "served"
         finally:
             flooder.abort()
 
@@ -176,8 +175,9 @@ async def _flood_pings(conn: Connection, flooder: WireClient, rounds: int) -> in
 async def test_pongs_count_against_the_send_bound(fresh_db: str) -> None:
     """Without a rate limit in the way, the pongs of a client that does not read are held
     to the send bound like any frame: it is closed with 4008."""
-    async with running_daemon(fresh_db, rate_limit=100000.0, rate_burst=100000,
-                              max_send_buffer=65536) as d:
+    async with running_daemon(
+        fresh_db, rate_limit=100000.0, rate_burst=100000, max_send_buffer=65536
+    ) as d:
         flooder = await WireClient.open(d.app.port, f"?token={d.token('p1')}")
         try:
             await eventually(lambda: bool(d.app.index.subscribers("user:p1")), 10, "live")
@@ -225,9 +225,11 @@ async def test_a_refused_frame_is_answered_with_its_ref(fresh_db: str) -> None:
     async with running_daemon(fresh_db, rate_limit=0.1, rate_burst=3) as d:
         client = await WireClient.open(d.app.port, f"?token={d.token('p4')}")
         try:
-            client.send(b"".join(text({"type": "ping", "ref": f"p{i}"}) for i in range(3))
-                        + text({"type": "ping", "ref": "refused"})  # the bucket is empty
-                        + frame(TEXT, b"not json"))
+            client.send(
+                b"".join(text({"type": "ping", "ref": f"p{i}"}) for i in range(3))
+                + text({"type": "ping", "ref": "refused"})  # the bucket is empty
+                + frame(TEXT, b"not json")
+            )
             await client.read_until(lambda c: len(c.texts) >= 7, 10)
             replies = [t for t in client.texts if t["type"] in ("pong", "error")]
             assert [r.get("ref") for r in replies[:3]] == ["p0", "p1", "p2"]

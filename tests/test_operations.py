@@ -61,8 +61,7 @@ class NotifySocket:
 
 
 async def client_of(url: str, token: str) -> Client:
-    client = Client(await connect(f"{url}?token={token}", ping_interval=None,
-                                  compression=None))
+    client = Client(await connect(f"{url}?token={token}", ping_interval=None, compression=None))
     await client.expect("connection-confirmed")
     await client.expect("notification:unread-count")
     return client
@@ -76,12 +75,14 @@ def log_lines(path: Path) -> list[dict[str, object]]:
 
 
 async def test_sd_notify_ready_only_when_serving_then_watchdog_reload_and_stopping(
-        fresh_db: str, tmp_path: Path) -> None:
+    fresh_db: str, tmp_path: Path
+) -> None:
     systemd = NotifySocket(tmp_path / "notify")
     port = free_port()
     # WATCHDOG_USEC as systemd sets it for WatchdogSec=0.4s: a WATCHDOG=1 every 0.2 s.
-    node = ServeProcess(fresh_db, port, tmp_path, NOTIFY_SOCKET=str(tmp_path / "notify"),
-                        WATCHDOG_USEC="400000")
+    node = ServeProcess(
+        fresh_db, port, tmp_path, NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="400000"
+    )
     try:
         starting = asyncio.ensure_future(node.start())
         ready = await systemd.next("READY")
@@ -91,8 +92,10 @@ async def test_sd_notify_ready_only_when_serving_then_watchdog_reload_and_stoppi
         assert await http_get(port, "/readyz") == (200, b"ready\n")
         await starting
         beats = [await systemd.next("WATCHDOG") for _ in range(4)]
-        assert all(b["WATCHDOG"] == "1" and b["STATUS"].startswith("0 connections; LISTEN up")
-                   for b in beats)
+        assert all(
+            b["WATCHDOG"] == "1" and b["STATUS"].startswith("0 connections; LISTEN up")
+            for b in beats
+        )
         times = [t for t, m in systemd.messages if "WATCHDOG" in m]
         assert max(b - a for a, b in itertools.pairwise(times)) < 0.4 * 2
 
@@ -123,8 +126,12 @@ def test_notifier_abstract_socket_watchdog_pid_and_no_socket(tmp_path: Path) -> 
     finally:
         listener.close()
     # The watchdog is another process's (WATCHDOG_PID), or there is no systemd at all.
-    assert SystemdNotifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000",
-                            "WATCHDOG_PID": "1"}).watchdog_seconds is None
+    assert (
+        SystemdNotifier(
+            {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}
+        ).watchdog_seconds
+        is None
+    )
     quiet = SystemdNotifier({})
     assert not quiet.enabled and not quiet.ready("x")
     # A socket that is gone: logged, never raised.
@@ -137,14 +144,16 @@ def test_notifier_abstract_socket_watchdog_pid_and_no_socket(tmp_path: Path) -> 
 
 
 async def test_sighup_rotates_the_key_and_limits_without_dropping_connections(
-        fresh_db: str, tmp_path: Path) -> None:
+    fresh_db: str, tmp_path: Path
+) -> None:
     secret_file = tmp_path / "jwt_secret"
     secret_file.write_text(SECRET)
     settings_file = tmp_path / "notifyd.toml"
     settings_file.write_text(f'jwt_secret_file = "{secret_file}"\nlog_level = "INFO"\n')
     port = free_port()
-    node = ServeProcess(fresh_db, port, tmp_path, NOTIFYD_JWT_SECRET="",
-                        NOTIFYD_CONFIG=str(settings_file))
+    node = ServeProcess(
+        fresh_db, port, tmp_path, NOTIFYD_JWT_SECRET="", NOTIFYD_CONFIG=str(settings_file)
+    )
     url = f"ws://127.0.0.1:{port}/ws"
     try:
         await node.start()
@@ -156,16 +165,25 @@ async def test_sighup_rotates_the_key_and_limits_without_dropping_connections(
         secret_file.write_text(NEW_SECRET)
         settings_file.write_text(
             f'jwt_secret_file = "{secret_file}"\nlog_level = "WARNING"\n'
-            'rate_limit = 1\nrate_burst = 3\npresence_ttl = 5\n')
+            "rate_limit = 1\nrate_burst = 3\npresence_ttl = 5\n"
+        )
         node.proc.send_signal(signal.SIGHUP)
-        await eventually(lambda: "configuration reloaded" in node.log_path.read_text(), 10,
-                         "the reload is logged")
-        reloaded = next(x for x in log_lines(node.log_path)
-                    if x["msg"] == "configuration reloaded")
+        await eventually(
+            lambda: "configuration reloaded" in node.log_path.read_text(),
+            10,
+            "the reload is logged",
+        )
+        reloaded = next(x for x in log_lines(node.log_path) if x["msg"] == "configuration reloaded")
         assert sorted(reloaded["changed"]) == [  # type: ignore[call-overload]
-            "jwt_secret", "log_level", "rate_burst", "rate_limit"]
-        assert any(x["msg"] == "NOTIFYD_PRESENCE_TTL changed but only takes effect after a restart"
-                   for x in log_lines(node.log_path))
+            "jwt_secret",
+            "log_level",
+            "rate_burst",
+            "rate_limit",
+        ]
+        assert any(
+            x["msg"] == "NOTIFYD_PRESENCE_TTL changed but only takes effect after a restart"
+            for x in log_lines(node.log_path)
+        )
 
         # The connection made with the old key lives on, and gets its notifications.
         await old.send("ping", {})
@@ -173,8 +191,9 @@ async def test_sighup_rotates_the_key_and_limits_without_dropping_connections(
         pool = await asyncpg.connect(fresh_db)
         try:
             await pool.execute("SELECT notifyd.notify('h1', 't', 'after reload', 'm')")
-            assert (await old.next_data("notification:new"))["notification"]["title"] == \
-                "after reload"
+            assert (await old.next_data("notification:new"))["notification"][
+                "title"
+            ] == "after reload"
             assert (await old.next_data("notification:unread-count"))["count"] == 1
             # The new limits apply to it: a burst of 3 (the ping above took one), then a refusal.
             for _ in range(3):
@@ -189,21 +208,25 @@ async def test_sighup_rotates_the_key_and_limits_without_dropping_connections(
                 assert exc.response.status_code == 401
             fresh = await client_of(url, issue_token(NEW_SECRET, "h2"))
             # log_level WARNING: no connection lines any more
-            assert not any(x["msg"] == "connection open" and x.get("user") == "h2"
-                           for x in log_lines(node.log_path))
+            assert not any(
+                x["msg"] == "connection open" and x.get("user") == "h2"
+                for x in log_lines(node.log_path)
+            )
 
             # A bad file is refused as a whole; the running configuration stays.
             settings_file.write_text(f'jwt_secret_file = "{secret_file}"\nrate_limit = "x"\n')
             node.proc.send_signal(signal.SIGHUP)
-            await eventually(lambda: "reload refused" in node.log_path.read_text(), 10,
-                             "the refusal is logged")
+            await eventually(
+                lambda: "reload refused" in node.log_path.read_text(), 10, "the refusal is logged"
+            )
             refusal = [x for x in log_lines(node.log_path) if "reload refused" in str(x["msg"])]
             assert "NOTIFYD_RATE_LIMIT" in str(refusal[0]["msg"])
             settings_file.write_text(f'jwt_secret_file = "{secret_file}"\n')
             secret_file.write_bytes(b"\xff\xfe not text")
             node.proc.send_signal(signal.SIGHUP)
-            await eventually(lambda: "not UTF-8" in node.log_path.read_text(), 10,
-                             "the second refusal is logged")
+            await eventually(
+                lambda: "not UTF-8" in node.log_path.read_text(), 10, "the second refusal is logged"
+            )
             await fresh.send("ping", {})
             await fresh.expect("pong")
             status, body = await http_get(port, "/metrics")
@@ -218,7 +241,8 @@ async def test_sighup_rotates_the_key_and_limits_without_dropping_connections(
 
 
 async def test_readyz_says_which_check_fails_when_the_database_refuses_connections(
-        pg_server: str, fresh_db: str) -> None:
+    pg_server: str, fresh_db: str
+) -> None:
     name = urlsplit(fresh_db).path.lstrip("/")
     async with running_daemon(fresh_db) as d:
         assert await http_get(d.app.port, "/readyz") == (200, b"ready\n")
@@ -226,8 +250,11 @@ async def test_readyz_says_which_check_fails_when_the_database_refuses_connectio
         await admin_exec(pg_server, f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
         try:
             # The pool's connections go; the LISTEN connection stays up.
-            await admin_exec(pg_server, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             f"WHERE datname = '{name}' AND pid <> {listener_pid}")
+            await admin_exec(
+                pg_server,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{name}' AND pid <> {listener_pid}",
+            )
             status, body = await http_get(d.app.port, "/readyz")
             assert (status, body) == (503, b"not ready: database down\n")
             assert d.app.listener.up
@@ -237,8 +264,7 @@ async def test_readyz_says_which_check_fails_when_the_database_refuses_connectio
         assert await http_get(d.app.port, "/readyz") == (200, b"ready\n")
 
 
-async def test_admin_listener_serves_health_and_metrics_of_this_process_only(
-        fresh_db: str) -> None:
+async def test_admin_listener_serves_health_and_metrics_of_this_process_only(fresh_db: str) -> None:
     async with running_daemon(fresh_db, admin_port=0) as d:
         admin = d.app.admin_port
         assert admin is not None and admin != d.app.port
@@ -280,10 +306,12 @@ async def test_metrics_count_what_happened(pg_server: str, fresh_db: str) -> Non
         await a2.close()
         c = await d.connect("m4")
         await c.ws.close(code=3000)
-        await admin_exec(pg_server, "SELECT pg_terminate_backend("
-                         f"{d.app.listener.backend_pid})")
-        await eventually(lambda: d.app.listener.reconnects == 1 and d.app.listener.up, 20,
-                         "the LISTEN connection is back")
+        await admin_exec(pg_server, f"SELECT pg_terminate_backend({d.app.listener.backend_pid})")
+        await eventually(
+            lambda: d.app.listener.reconnects == 1 and d.app.listener.up,
+            20,
+            "the LISTEN connection is back",
+        )
         _, body = await http_get(d.app.port, "/metrics")
 
     assert metric(body, "notifyd_connections") == 2  # a1 and b (the probe itself is not live)
@@ -314,11 +342,15 @@ async def test_metrics_count_what_happened(pg_server: str, fresh_db: str) -> Non
 
 
 async def test_logs_never_hold_a_token_a_secret_or_a_password(
-        fresh_db: str, tmp_path: Path) -> None:
+    fresh_db: str, tmp_path: Path
+) -> None:
     parts = urlsplit(fresh_db)
     password = "pw-" + "z" * 20  # trust authentication ignores it; the log must too
-    netloc = parts.netloc.replace("@", f":{password}@", 1) if "@" in parts.netloc else \
-        f"postgres:{password}@{parts.netloc}"
+    netloc = (
+        parts.netloc.replace("@", f":{password}@", 1)
+        if "@" in parts.netloc
+        else f"postgres:{password}@{parts.netloc}"
+    )
     dsn = urlunsplit(parts._replace(netloc=netloc))
     port = free_port()
     node = ServeProcess(dsn, port, tmp_path, NOTIFYD_LOG_LEVEL="DEBUG")
@@ -337,12 +369,18 @@ async def test_logs_never_hold_a_token_a_secret_or_a_password(
         auth_frame = Client(await connect(url, ping_interval=None))
         await auth_frame.send("auth", {"token": forged})
         await auth_frame.closed()
-        for path in (f"/v1/unread-count?token={good}", f"/v1/notifications?token={forged}",
-                     f"/nowhere?token={good}"):
+        for path in (
+            f"/v1/unread-count?token={good}",
+            f"/v1/notifications?token={forged}",
+            f"/nowhere?token={good}",
+        ):
             await http_get(port, path)
         await client.close()
-        await eventually(lambda: '"msg":"connection closed"' in node.log_path.read_text(), 10,
-                         "the close is logged")
+        await eventually(
+            lambda: '"msg":"connection closed"' in node.log_path.read_text(),
+            10,
+            "the close is logged",
+        )
     finally:
         node.stop()
     text = node.log_path.read_text()
@@ -355,7 +393,8 @@ async def test_logs_never_hold_a_token_a_secret_or_a_password(
 
 
 async def test_serve_refuses_a_database_whose_schema_is_behind(
-        pg_server: str, tmp_path: Path) -> None:
+    pg_server: str, tmp_path: Path
+) -> None:
     old = tmp_path / "sql"
     old.mkdir()
     for path in sorted(sql_dir().glob("000[12]_*.sql")):
@@ -364,13 +403,17 @@ async def test_serve_refuses_a_database_whose_schema_is_behind(
     await admin_exec(pg_server, f"CREATE DATABASE {name}")
     try:
         dsn = with_database(pg_server, name)
-        env = subprocess_env(NOTIFYD_DSN=dsn, NOTIFYD_JWT_SECRET=SECRET,
-                             NOTIFYD_PORT=str(free_port()))
+        env = subprocess_env(
+            NOTIFYD_DSN=dsn, NOTIFYD_JWT_SECRET=SECRET, NOTIFYD_PORT=str(free_port())
+        )
 
         async def serve_error() -> str:
             proc = await asyncio.create_subprocess_exec(
-                *notifyd_cmd("serve"), env=env, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE)
+                *notifyd_cmd("serve"),
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
             _, err = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == 1
             lines = [json.loads(x) for x in err.decode().splitlines() if x.startswith("{")]
@@ -378,11 +421,15 @@ async def test_serve_refuses_a_database_whose_schema_is_behind(
 
         # never migrated, then migrated by an older notifyd
         need = migrations()[-1][0]
-        assert f"schema is at version 0; this notifyd needs version {need}: run `notifyd " \
+        assert (
+            f"schema is at version 0; this notifyd needs version {need}: run `notifyd "
             "migrate`" in await serve_error()
+        )
         await migrate(dsn, old)
-        assert f"schema is at version 2; this notifyd needs version {need}: run `notifyd " \
+        assert (
+            f"schema is at version 2; this notifyd needs version {need}: run `notifyd "
             "migrate`" in await serve_error()
+        )
         await migrate(dsn)  # the upgrade path: migrate, then start
         assert [v for v in await _versions(dsn)] == [v for v, _, _ in migrations()]
     finally:
@@ -392,7 +439,9 @@ async def test_serve_refuses_a_database_whose_schema_is_behind(
 async def _versions(dsn: str) -> list[int]:
     conn = await asyncpg.connect(dsn)
     try:
-        return [r["version"] for r in
-                await conn.fetch("SELECT version FROM notifyd.schema_migrations ORDER BY 1")]
+        return [
+            r["version"]
+            for r in await conn.fetch("SELECT version FROM notifyd.schema_migrations ORDER BY 1")
+        ]
     finally:
         await conn.close()

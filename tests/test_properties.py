@@ -42,8 +42,14 @@ SETTINGS = {
 }
 # Close codes a client may be given for bad input (protocol/README.md §9)
 BAD_INPUT_CLOSE_CODES = {1002, 1003, 1007, 1008, 1009, 4001}
-REPLY_TYPES = {"error", "pong", "notification:sync-response", "notification:read",
-               "presence:state", "auth:refreshed"}
+REPLY_TYPES = {
+    "error",
+    "pong",
+    "notification:sync-response",
+    "notification:read",
+    "presence:state",
+    "auth:refreshed",
+}
 
 
 @pytest_asyncio.fixture
@@ -56,59 +62,92 @@ async def fuzz_daemon(fresh_db: str) -> AsyncIterator[Daemon]:
 # -- strategies -------------------------------------------------------------------------------
 
 printable = st.characters(blacklist_categories=("Cs",))  # lone surrogates cannot be sent
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-                | st.floats(allow_nan=True, allow_infinity=True) | st.text(printable, max_size=12))
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(printable, max_size=12)
+)
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
-    max_leaves=12)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 stream_names = st.sampled_from(["user:f1", "user:f2", "all", "role:admin", "user:", "x", ""])
 field_values = {
     "token": st.text(printable, max_size=40) | json_values,
-    "cursors": st.dictionaries(stream_names | st.text(max_size=8),
-                               st.integers(-3, 2**64) | json_values, max_size=3) | json_values,
-    "since": st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "yesterday",
-                              "2026-13-40T99:00:00+00:00"]) | json_values,
+    "cursors": st.dictionaries(
+        stream_names | st.text(max_size=8), st.integers(-3, 2**64) | json_values, max_size=3
+    )
+    | json_values,
+    "since": st.sampled_from(
+        ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "yesterday", "2026-13-40T99:00:00+00:00"]
+    )
+    | json_values,
     "limit": st.integers(-2, 1002) | json_values,
-    "ids": st.lists(st.integers(-2, 2**64) | st.booleans() | st.text(max_size=3),
-                    max_size=5) | json_values,
+    "ids": st.lists(st.integers(-2, 2**64) | st.booleans() | st.text(max_size=3), max_size=5)
+    | json_values,
     "userIds": st.lists(st.text(max_size=5) | st.integers(), max_size=4) | json_values,
     "timestamp": st.integers() | st.floats(allow_nan=False) | st.text(max_size=8) | json_values,
 }
 data_objects = st.dictionaries(
     st.sampled_from(sorted(field_values)) | st.text(max_size=8),
-    json_values, max_size=3,
+    json_values,
+    max_size=3,
 ) | st.fixed_dictionaries({}, optional=field_values)
 frame_objects = st.fixed_dictionaries(
-    {"type": st.sampled_from(sorted(CLIENT_EVENTS)) | st.sampled_from(
-        ["error", "pong", "notification:new", "Ping", "ping ", ""]) | json_values},
-    optional={"data": data_objects | json_values,
-              "ref": st.text(printable, min_size=0, max_size=MAX_REF_LENGTH + 4) | json_values,
-              "extra": json_values},
+    {
+        "type": st.sampled_from(sorted(CLIENT_EVENTS))
+        | st.sampled_from(["error", "pong", "notification:new", "Ping", "ping ", ""])
+        | json_values
+    },
+    optional={
+        "data": data_objects | json_values,
+        "ref": st.text(printable, min_size=0, max_size=MAX_REF_LENGTH + 4) | json_values,
+        "extra": json_values,
+    },
 )
 
 refs = st.none() | st.text(string.ascii_letters + string.digits + "-", min_size=1, max_size=12)
+
+
 # Frames that are (nearly) right, so the events' own code runs, not only the decoder.
 def _event(kind: str, data: st.SearchStrategy[dict[str, Any]] | None) -> st.SearchStrategy[Any]:
-    frame = st.fixed_dictionaries({"type": st.just(kind)} if data is None
-                                  else {"type": st.just(kind), "data": data})
+    frame = st.fixed_dictionaries(
+        {"type": st.just(kind)} if data is None else {"type": st.just(kind), "data": data}
+    )
     return st.tuples(frame, refs).map(lambda t: t[0] if t[1] is None else {**t[0], "ref": t[1]})
 
 
 well_formed = st.one_of(
     _event("ping", None),
-    _event("ping", st.fixed_dictionaries({}, optional={
-        "timestamp": st.integers() | st.text(max_size=5)})),
-    _event("notification:sync-request", st.fixed_dictionaries({}, optional={
-        "cursors": st.dictionaries(stream_names, st.integers(0, 5), max_size=2),
-        "limit": st.integers(0, 1001),
-        "since": st.just("2026-01-01T00:00:00Z")})),
-    _event("notification:mark-read", st.fixed_dictionaries({
-        "ids": st.lists(st.integers(0, 9), max_size=3)})),
+    _event(
+        "ping",
+        st.fixed_dictionaries({}, optional={"timestamp": st.integers() | st.text(max_size=5)}),
+    ),
+    _event(
+        "notification:sync-request",
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "cursors": st.dictionaries(stream_names, st.integers(0, 5), max_size=2),
+                "limit": st.integers(0, 1001),
+                "since": st.just("2026-01-01T00:00:00Z"),
+            },
+        ),
+    ),
+    _event(
+        "notification:mark-read",
+        st.fixed_dictionaries({"ids": st.lists(st.integers(0, 9), max_size=3)}),
+    ),
     _event("notification:mark-all-read", st.just({})),
-    _event("presence:query", st.fixed_dictionaries({
-        "userIds": st.lists(st.text(max_size=3), max_size=2)})),
+    _event(
+        "presence:query",
+        st.fixed_dictionaries({"userIds": st.lists(st.text(max_size=3), max_size=2)}),
+    ),
     _event("auth", st.fixed_dictionaries({"token": st.text(printable, max_size=30)})),
 )
 
@@ -118,13 +157,14 @@ def _json(value: Any) -> str:
 
 
 def _split(text: str) -> list[str] | str:
-    return [text[: len(text) // 2], text[len(text) // 2:]] if text else text
+    return [text[: len(text) // 2], text[len(text) // 2 :]] if text else text
 
 
 messages = st.one_of(
     # now and then a frame over the 65536-byte limit: 1009
     st.tuples(st.integers(0, 30), st.text(printable, max_size=80)).map(
-        lambda t: "x" * 70000 if t[0] == 30 else t[1]),
+        lambda t: "x" * 70000 if t[0] == 30 else t[1]
+    ),
     json_values.map(_json),
     frame_objects.map(_json),
     well_formed.map(_json),
@@ -171,7 +211,8 @@ async def check_daemon_and_bystander(state: FuzzState) -> None:
         state.bystander = await d.connect("f2")
     by = state.bystander
     assert (await by.request("ping", {"timestamp": state.notes}, "pong"))["data"] == {
-        "timestamp": state.notes}
+        "timestamp": state.notes
+    }
     state.notes += 1
     await d.notify("f2", f"note {state.notes}")
     n = (await by.next_data("notification:new"))["notification"]
@@ -217,7 +258,8 @@ async def test_random_frames_get_one_reply_each_or_a_documented_close(
             # exactly one reply per message, carrying its ref when it had a valid one
             assert len(replies) == len(batch), (replies, batch)
             assert Counter(f.get("ref") for f in replies if "ref" in f) == Counter(
-                r for r in map(expected_ref, batch) if r is not None)
+                r for r in map(expected_ref, batch) if r is not None
+            )
             for frame in client.seen:
                 assert frame["type"] in REPLY_TYPES | {"notification:unread-count"}, frame
                 if frame["type"] == "error":
@@ -230,8 +272,7 @@ async def test_random_frames_get_one_reply_each_or_a_documented_close(
     assert not errors, [r.getMessage() for r in errors]
 
 
-def _raw_frame(fin: bool, rsv: int, opcode: int, masked: bool, payload: bytes,
-               key: bytes) -> bytes:
+def _raw_frame(fin: bool, rsv: int, opcode: int, masked: bool, payload: bytes, key: bytes) -> bytes:
     head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
     n = len(payload)
     length = bytes([n]) if n < 126 else bytes([126]) + n.to_bytes(2, "big")
@@ -244,10 +285,12 @@ def _raw_frame(fin: bool, rsv: int, opcode: int, masked: bool, payload: bytes,
 
 wire_frames = st.builds(
     _raw_frame,
-    fin=st.booleans(), rsv=st.sampled_from([0, 0, 0, 1, 4]),
+    fin=st.booleans(),
+    rsv=st.sampled_from([0, 0, 0, 1, 4]),
     opcode=st.sampled_from([0, 1, 1, 1, 2, 3, 8, 9, 10, 11, 15]),
     masked=st.booleans() | st.just(True),
-    payload=st.binary(max_size=40) | st.text(printable, max_size=40).map(str.encode)
+    payload=st.binary(max_size=40)
+    | st.text(printable, max_size=40).map(str.encode)
     | frame_objects.map(_json).map(str.encode),
     key=st.binary(min_size=4, max_size=4),
 )
@@ -255,8 +298,7 @@ wire_frames = st.builds(
 
 @settings(max_examples=60, **SETTINGS)
 @example(chunks=[b"\x88\x80\x00\x00\x00\x00"])  # a masked close frame without a status code
-@given(chunks=st.lists(wire_frames | st.binary(min_size=1, max_size=30), min_size=1,
-                       max_size=5))
+@given(chunks=st.lists(wire_frames | st.binary(min_size=1, max_size=30), min_size=1, max_size=5))
 async def test_random_bytes_on_the_wire_end_in_a_documented_close(
     fuzz_daemon: Daemon, chunks: list[bytes]
 ) -> None:
@@ -288,8 +330,11 @@ async def test_random_bytes_on_the_wire_end_in_a_documented_close(
 
 USERS = ["1", "11", "1 ", " 1", "user:1", "a", "A", "all", "role:a", "é"]
 ROLES = ["a", "A", "b", "all", "user:1", "1", "a "]
-STREAMS = sorted({f"user:{u}" for u in USERS} | {f"role:{r.lower()}" for r in ROLES}
-                 | {"all", "user:", "role:", "User:1", "user:1\n", "ALL"})
+STREAMS = sorted(
+    {f"user:{u}" for u in USERS}
+    | {f"role:{r.lower()}" for r in ROLES}
+    | {"all", "user:", "role:", "User:1", "user:1\n", "ALL"}
+)
 
 
 def own_streams(user: str, roles: list[str]) -> set[str]:
@@ -299,24 +344,34 @@ def own_streams(user: str, roles: list[str]) -> set[str]:
 
 
 index = st.integers(0, 3)
-cursor_key = st.tuples(st.just("own"), st.integers(0, 5)) | st.tuples(st.just("any"),
-                                                                      st.sampled_from(STREAMS))
+cursor_key = st.tuples(st.just("own"), st.integers(0, 5)) | st.tuples(
+    st.just("any"), st.sampled_from(STREAMS)
+)
 actions = st.one_of(
     st.tuples(st.just("notify"), st.sampled_from(USERS) | index),  # index: a connected user
     st.tuples(st.just("notify_role"), st.sampled_from(ROLES)),
     st.tuples(st.just("broadcast")),
-    st.tuples(st.just("sync"), index, st.lists(st.tuples(cursor_key, st.integers(0, 6)),
-                                               max_size=3),
-              st.none() | st.integers(1, 4)),
-    st.tuples(st.just("mark"), index, st.lists(st.tuples(st.sampled_from(["own", "any"]),
-                                                         st.integers(0, 1000)),
-                                               min_size=1, max_size=5)),
+    st.tuples(
+        st.just("sync"),
+        index,
+        st.lists(st.tuples(cursor_key, st.integers(0, 6)), max_size=3),
+        st.none() | st.integers(1, 4),
+    ),
+    st.tuples(
+        st.just("mark"),
+        index,
+        st.lists(
+            st.tuples(st.sampled_from(["own", "any"]), st.integers(0, 1000)), min_size=1, max_size=5
+        ),
+    ),
     st.tuples(st.just("mark_all"), index),
     st.tuples(st.just("refresh"), index, st.sampled_from(USERS)),
 )
-connections = st.lists(st.tuples(st.sampled_from(USERS), st.lists(st.sampled_from(ROLES),
-                                                                  max_size=3)),
-                       min_size=1, max_size=4)
+connections = st.lists(
+    st.tuples(st.sampled_from(USERS), st.lists(st.sampled_from(ROLES), max_size=3)),
+    min_size=1,
+    max_size=4,
+)
 
 
 @settings(max_examples=50, **SETTINGS)
@@ -325,8 +380,12 @@ async def test_nobody_receives_syncs_or_marks_what_is_not_theirs(
     daemon: Daemon, conns: list[tuple[str, list[str]]], steps: list[tuple[Any, ...]]
 ) -> None:
     d = daemon
-    rows = {r["id"]: (r["stream"], r["read_at"]) for r in await (await d.pool()).fetch(
-        "SELECT id, stream, read_at FROM notifyd.notifications")}
+    rows = {
+        r["id"]: (r["stream"], r["read_at"])
+        for r in await (await d.pool()).fetch(
+            "SELECT id, stream, read_at FROM notifyd.notifications"
+        )
+    }
     unread = {i for i, (_, at) in rows.items() if at is None}
     stream_of = {i: s for i, (s, _) in rows.items()}
     created: list[int] = []
@@ -338,8 +397,7 @@ async def test_nobody_receives_syncs_or_marks_what_is_not_theirs(
     held = [[(0, own)] for own in mine]
     try:
         for n, step in enumerate(steps):
-            await _run_step(d, step, n, clients, conns, mine, stream_of, unread, created,
-                            marked_by)
+            await _run_step(d, step, n, clients, conns, mine, stream_of, unread, created, marked_by)
             if step[0] == "refresh":
                 i = step[1] % len(clients)
                 if held[i][-1][1] != mine[i]:
@@ -353,8 +411,12 @@ async def test_nobody_receives_syncs_or_marks_what_is_not_theirs(
         for client in clients:
             while (await client.next_data("notification:new"))["notification"]["id"] != marker:
                 pass
-        after = {r["id"]: (r["stream"], r["read_at"]) for r in await (await d.pool()).fetch(
-            "SELECT id, stream, read_at FROM notifyd.notifications")}
+        after = {
+            r["id"]: (r["stream"], r["read_at"])
+            for r in await (await d.pool()).fetch(
+                "SELECT id, stream, read_at FROM notifyd.notifications"
+            )
+        }
         for i, (stream, read_at) in after.items():
             before = rows.get(i, (stream, None))[1]
             if read_at != before:  # only its own user's connection may have changed it
@@ -387,10 +449,18 @@ async def test_nobody_receives_syncs_or_marks_what_is_not_theirs(
             d.clients.remove(client)
 
 
-async def _run_step(d: Daemon, step: tuple[Any, ...], n: int, clients: list[Client],
-                    conns: list[tuple[str, list[str]]], mine: list[set[str]],
-                    stream_of: dict[int, str], unread: set[int], created: list[int],
-                    marked_by: dict[int, str]) -> None:
+async def _run_step(
+    d: Daemon,
+    step: tuple[Any, ...],
+    n: int,
+    clients: list[Client],
+    conns: list[tuple[str, list[str]]],
+    mine: list[set[str]],
+    stream_of: dict[int, str],
+    unread: set[int],
+    created: list[int],
+    marked_by: dict[int, str],
+) -> None:
     kind = step[0]
     if kind in ("notify", "notify_role", "broadcast"):
         if kind == "notify":
@@ -401,11 +471,9 @@ async def _run_step(d: Daemon, step: tuple[Any, ...], n: int, clients: list[Clie
             named = role_name(step[1])
             if named is None:  # no role name: refused, as a token's role of it is dropped
                 with pytest.raises(asyncpg.CheckViolationError):
-                    await d.sql("SELECT notifyd.notify_role($1, 'iso', $2, 'm')", step[1],
-                                f"s{n}")
+                    await d.sql("SELECT notifyd.notify_role($1, 'iso', $2, 'm')", step[1], f"s{n}")
                 return
-            nid = await d.sql("SELECT notifyd.notify_role($1, 'iso', $2, 'm')", step[1],
-                              f"s{n}")
+            nid = await d.sql("SELECT notifyd.notify_role($1, 'iso', $2, 'm')", step[1], f"s{n}")
             stream = f"role:{named}"
         else:
             nid = await d.sql("SELECT notifyd.broadcast('iso', $1, 'm')", f"s{n}")
@@ -419,13 +487,15 @@ async def _run_step(d: Daemon, step: tuple[Any, ...], n: int, clients: list[Clie
     client, (user, _roles), own = clients[i], conns[i], mine[i]
     if kind == "sync":
         ordered = sorted(own)
-        cursors = {(ordered[k % len(ordered)] if where == "own" else k): seq
-                   for (where, k), seq in step[2]}
+        cursors = {
+            (ordered[k % len(ordered)] if where == "own" else k): seq for (where, k), seq in step[2]
+        }
         data: dict[str, Any] = {"cursors": cursors}
         if step[3] is not None:
             data["limit"] = step[3]
-        reply = await client.request("notification:sync-request", data,
-                                     "notification:sync-response", ref=f"sync-{n}")
+        reply = await client.request(
+            "notification:sync-request", data, "notification:sync-response", ref=f"sync-{n}"
+        )
         event(f"sync {'allowed' if set(cursors) <= own else 'forbidden'}")
         if set(cursors) <= own:
             assert reply["type"] == "notification:sync-response", (user, cursors, reply)
@@ -442,25 +512,28 @@ async def _run_step(d: Daemon, step: tuple[Any, ...], n: int, clients: list[Clie
 
         if kind == "mark":
             ids = sorted({pick(where, k) for where, k in step[2]})
-            reply = await client.request("notification:mark-read", {"ids": ids},
-                                         "notification:read", ref=f"mark-{n}")
+            reply = await client.request(
+                "notification:mark-read", {"ids": ids}, "notification:read", ref=f"mark-{n}"
+            )
         else:
             ids = sorted(stream_of)
-            reply = await client.request("notification:mark-all-read", {},
-                                         "notification:read", ref=f"mark-{n}")
+            reply = await client.request(
+                "notification:mark-all-read", {}, "notification:read", ref=f"mark-{n}"
+            )
         assert reply["type"] == "notification:read", reply
         expected = sorted(x for x in ids if stream_of.get(x) == f"user:{user}" and x in unread)
         assert reply["data"]["ids"] == expected, (user, ids, reply)
         foreign = any(stream_of.get(x) != f"user:{user}" for x in ids)
-        event(f"{kind} changed {'some' if expected else 'nothing'}"
-              f"{', foreign ids asked' if foreign else ''}")
+        event(
+            f"{kind} changed {'some' if expected else 'nothing'}"
+            f"{', foreign ids asked' if foreign else ''}"
+        )
         for x in expected:
             unread.discard(x)
             marked_by[x] = f"user:{user}"
     elif kind == "refresh":
         token = d.token(step[2], ["a"])
-        reply = await client.request("auth", {"token": token}, "auth:refreshed",
-                                     ref=f"auth-{n}")
+        reply = await client.request("auth", {"token": token}, "auth:refreshed", ref=f"auth-{n}")
         if step[2] == user:
             assert reply["type"] == "auth:refreshed", reply
             mine[i] = own_streams(user, ["a"])  # the fresh token's roles replace the old

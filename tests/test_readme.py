@@ -44,8 +44,12 @@ def _shown_default(value: object) -> str:
 
 def test_every_setting_is_in_the_configuration_table() -> None:
     """Type, default and whether SIGHUP reloads it, as the code has them, for every setting."""
-    rows = {m.group(1): m.groups()[1:] for m in re.finditer(
-        r"^\| `(NOTIFYD_[A-Z_]+)` \| (\w+) \| ([^|]+) \| (yes|no) \|", README, re.M)}
+    rows = {
+        m.group(1): m.groups()[1:]
+        for m in re.finditer(
+            r"^\| `(NOTIFYD_[A-Z_]+)` \| (\w+) \| ([^|]+) \| (yes|no) \|", README, re.M
+        )
+    }
     for setting in SETTINGS:
         assert setting.env in rows, setting.env
         kind, default, reloads = rows[setting.env]
@@ -64,31 +68,37 @@ async def test_readme_sql_examples_run(daemon: Daemon) -> None:
     await pool.execute(f"CREATE ROLE {role}")
     try:
         await pool.execute(
-            "CREATE TABLE appointments (id serial, doctor_id text, patient_name text)")
+            "CREATE TABLE appointments (id serial, doctor_id text, patient_name text)"
+        )
         grants = [b for b in blocks if b.startswith("GRANT")]
         assert len(grants) == 1
         for block in blocks:
-            await pool.execute(block.replace("WHERE id = 123", "WHERE id = 1")
-                               .replace(" TO app;", f" TO {role};"))
-        await pool.execute(
-            "INSERT INTO appointments (doctor_id, patient_name) VALUES ('7', 'Ann')")
-        assert await daemon.sql(
-            "SELECT count(*) FROM notifyd.notifications WHERE user_id = '7'") == 1
+            await pool.execute(
+                block.replace("WHERE id = 123", "WHERE id = 1").replace(" TO app;", f" TO {role};")
+            )
+        await pool.execute("INSERT INTO appointments (doctor_id, patient_name) VALUES ('7', 'Ann')")
+        assert (
+            await daemon.sql("SELECT count(*) FROM notifyd.notifications WHERE user_id = '7'") == 1
+        )
 
         client = await daemon.connect("app-user")
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(f"SET LOCAL ROLE {role}")
             nid = await conn.fetchval(
-                "SELECT notifyd.notify('app-user', 't', 'from the app role', 'm')")
-            await conn.execute("INSERT INTO notifyd.notifications (user_id, type) "
-                               "VALUES ('app-user', 'plain insert')")
+                "SELECT notifyd.notify('app-user', 't', 'from the app role', 'm')"
+            )
+            await conn.execute(
+                "INSERT INTO notifyd.notifications (user_id, type) "
+                "VALUES ('app-user', 'plain insert')"
+            )
             await conn.execute("SELECT notifyd.notify_role('admin', 't', 'r', 'm')")
             await conn.execute("SELECT notifyd.broadcast('t', 'b', 'm')")
         assert (await client.next_data("notification:new"))["notification"]["id"] == nid
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(f"SET LOCAL ROLE {role}")
-            await conn.execute("UPDATE notifyd.notifications SET read_at = now() WHERE id = $1",
-                               nid)
+            await conn.execute(
+                "UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", nid
+            )
             await conn.execute("DELETE FROM notifyd.notifications WHERE id = $1", nid)
         assert (await client.next_data("notification:read"))["ids"] == [nid]
         assert (await client.next_data("notification:deleted"))["id"] == nid

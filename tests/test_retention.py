@@ -21,7 +21,10 @@ OLD = "now() - interval '40 days'"
 async def _insert(pool: asyncpg.Pool, user: str, count: int, created: str = "now()") -> None:
     await pool.execute(
         "INSERT INTO notifyd.notifications (user_id, type, title, created_at) "
-        f"SELECT $1, 'test', 'n' || i, {created} FROM generate_series(1, $2) i", user, count)
+        f"SELECT $1, 'test', 'n' || i, {created} FROM generate_series(1, $2) i",
+        user,
+        count,
+    )
 
 
 async def _quiet_retention(d: Daemon, days: float) -> None:
@@ -39,8 +42,9 @@ async def test_prune_in_batches_keeps_counts_and_syncs_reset_old_cursors(fresh_d
         await _insert(pool, "r1", 2)  # seq 8-9: recent
         await pool.execute("UPDATE notifyd.notifications SET read_at = now() WHERE seq <= 2")
         await pool.execute("SELECT notifyd.broadcast('system', 'old', 'm')")
-        await pool.execute(f"UPDATE notifyd.notifications SET created_at = {OLD} "
-                           "WHERE stream = 'all'")
+        await pool.execute(
+            f"UPDATE notifyd.notifications SET created_at = {OLD} WHERE stream = 'all'"
+        )
         client = await d.connect("r1")
 
         assert await d.app.prune(batch=3) == 8  # 7 of r1 and 1 of `all`: batches 3, 3, 2
@@ -50,8 +54,7 @@ async def test_prune_in_batches_keeps_counts_and_syncs_reset_old_cursors(fresh_d
         assert {f["type"] for f in frames} == {"notification:unread-count"}
         assert frames[-1]["data"]["count"] == 2
         assert await d.sql("SELECT unread FROM notifyd.streams WHERE stream = 'user:r1'") == 2
-        assert await d.sql("SELECT pruned_below FROM notifyd.streams "
-                           "WHERE stream = 'user:r1'") == 8
+        assert await d.sql("SELECT pruned_below FROM notifyd.streams WHERE stream = 'user:r1'") == 8
         assert await d.sql("SELECT count(*) FROM notifyd.notifications") == 2
 
         # A cursor below what is kept: the stream is reset and its latest items come.
@@ -101,8 +104,7 @@ async def test_prune_leaves_the_callers_settings_alone(daemon: Daemon) -> None:
         await conn.execute("SET LOCAL lock_timeout = '5s'")
         assert await conn.fetchval("SELECT notifyd.prune(interval '1 day', 10)") == 0
         assert await conn.fetchval("SHOW lock_timeout") == "5s"
-        assert await conn.fetchval("SELECT current_setting('notifyd.pruning', true)") in (
-            None, "")
+        assert await conn.fetchval("SELECT current_setting('notifyd.pruning', true)") in (None, "")
 
 
 async def test_prune_refuses_bad_arguments(daemon: Daemon) -> None:
@@ -129,8 +131,11 @@ async def test_the_daemon_prunes_by_itself(fresh_db: str, tmp_path: Path) -> Non
         node = ServeProcess(fresh_db, free_port(), tmp_path, NOTIFYD_RETENTION_DAYS="30")
         try:
             await node.start()
-            await eventually(lambda: "pruned 5 notifications older than 30 days"
-                             in node.log_path.read_text(), 30, "the retention run")
+            await eventually(
+                lambda: "pruned 5 notifications older than 30 days" in node.log_path.read_text(),
+                30,
+                "the retention run",
+            )
         finally:
             node.stop()
         assert await pool.fetchval("SELECT count(*) FROM notifyd.notifications") == 1

@@ -42,7 +42,8 @@ async def scene(fresh_db: str) -> AsyncIterator[Scene]:
     async with running_daemon(fresh_db, max_send_buffer=MAX_SEND_BUFFER) as d:
         slow = await RawClient.open(f"{d.url}?token={d.token('slow')}")
         await slow.read_frames_until(
-            lambda r: any(t["type"] == "notification:unread-count" for t in r.texts), 10)
+            lambda r: any(t["type"] == "notification:unread-count" for t in r.texts), 10
+        )
         assert slow.texts[0]["type"] == "connection-confirmed"
         slow_conn = next(iter(d.app.index.subscribers("user:slow")))
         fast = await d.connect("fast")
@@ -50,8 +51,7 @@ async def scene(fresh_db: str) -> AsyncIterator[Scene]:
 
         async def read_fast() -> None:
             while True:
-                s.fast_got.append((await fast.next_data("notification:new", 3600))
-                                  ["notification"])
+                s.fast_got.append((await fast.next_data("notification:new", 3600))["notification"])
 
         s.fast_reader = asyncio.create_task(read_fast())
         try:
@@ -81,23 +81,26 @@ async def insert_load(s: Scene) -> None:
 
 
 async def check_fast_client_unharmed(s: Scene) -> None:
-    await eventually(lambda: len(s.fast_got) >= s.fast_sent, 30,
-                     "the fast client has all its notifications")
+    await eventually(
+        lambda: len(s.fast_got) >= s.fast_sent, 30, "the fast client has all its notifications"
+    )
     assert [n["title"] for n in s.fast_got] == [f"fast {i}" for i in range(s.fast_sent)]
     assert [n["seq"] for n in s.fast_got] == list(range(1, s.fast_sent + 1))
     await stop_reading_fast(s)
     assert (await s.fast.request("ping", {}, "pong"))["type"] == "pong"
     assert s.fast.ws.close_code is None  # still open
     remaining = [c for c in s.d.app.connections if c.transport is not None]
-    assert remaining and all(c.session.identity is not None
-                             and c.session.identity.user_id == "fast" for c in remaining)
+    assert remaining and all(
+        c.session.identity is not None and c.session.identity.user_id == "fast" for c in remaining
+    )
     assert all(c.transport.get_write_buffer_size() <= MAX_SEND_BUFFER for c in remaining)
 
 
 async def wait_until_dropped(s: Scene) -> None:
     """The daemon gave up on the slow client: it is no longer a connection or subscriber."""
-    await eventually(lambda: s.slow_conn not in s.d.app.connections, 60,
-                     "the slow client is dropped")
+    await eventually(
+        lambda: s.slow_conn not in s.d.app.connections, 60, "the slow client is dropped"
+    )
     assert not s.d.app.index.subscribers("user:slow")
     # Its output is over: the 4008 close frame was the last thing written, the frames not yet
     # begun were dropped, and the socket is half-closed behind it (the server reads on, for
@@ -160,8 +163,11 @@ async def _never_reads_again(s: Scene, load: asyncio.Task[None]) -> None:
         assert transport is not None
         # Not reading, it cannot drain: the server aborts the socket after its grace period
         # (2 s) and drops the buffered bytes, close frame included.
-        await eventually(lambda: transport.get_write_buffer_size() == 0, 10,
-                         "the server released the slow client's send buffer")
+        await eventually(
+            lambda: transport.get_write_buffer_size() == 0,
+            10,
+            "the server released the slow client's send buffer",
+        )
         assert transport.is_closing()
         await load
     finally:

@@ -36,13 +36,17 @@ async def test_reads_of_one_turn_share_one_query(fresh_db: str) -> None:
             await pool.execute(
                 "INSERT INTO notifyd.notifications (user_id, type, title, read_at) "
                 "SELECT $1, 't', 'n', CASE WHEN k = 1 THEN now() END "
-                "FROM generate_series(1, $2) k", f"u{i}", i)
+                "FROM generate_series(1, $2) k",
+                f"u{i}",
+                i,
+            )
         await pool.execute("SELECT notifyd.broadcast('t', 'all', 'm')")
         store = Store(pool)
         queries.clear()
 
-        answers = await asyncio.gather(*(store.stream_states([f"user:u{i}", "all"])
-                                         for i in range(20)))
+        answers = await asyncio.gather(
+            *(store.stream_states([f"user:u{i}", "all"]) for i in range(20))
+        )
         assert sum(STATE_QUERY in q for q in queries) == 1
         for i, states in enumerate(answers):
             own = states.get(f"user:u{i}")
@@ -95,8 +99,9 @@ async def test_a_failed_read_reaches_every_reader(fresh_db: str) -> None:
     pool = await _pool(fresh_db, [])
     store = Store(pool)
     await pool.close()  # the database is unavailable
-    results = await asyncio.gather(*(store.stream_states(["user:u1"]) for _ in range(3)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(store.stream_states(["user:u1"]) for _ in range(3)), return_exceptions=True
+    )
     assert all(isinstance(r, StoreError) for r in results), results
     with pytest.raises(StoreError):
         await store.stream_states(["user:u1"])
@@ -124,9 +129,15 @@ async def test_no_query_leaves_session_state_on_a_pool_connection(fresh_db: str)
                 " (SELECT count(*) FROM pg_listening_channels()) AS channels,"
                 " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
                 "  AND pid = pg_backend_pid()) AS advisory_locks,"
-                " (SELECT count(*) FROM pg_cursors WHERE name <> '') AS cursors")
-            assert dict(state) == {"origin": "", "lock_timeout": "0", "channels": 0,
-                                   "advisory_locks": 0, "cursors": 0}
+                " (SELECT count(*) FROM pg_cursors WHERE name <> '') AS cursors"
+            )
+            assert dict(state) == {
+                "origin": "",
+                "lock_timeout": "0",
+                "channels": 0,
+                "advisory_locks": 0,
+                "cursors": 0,
+            }
             assert not conn.is_in_transaction()
     finally:
         await store.close()
@@ -152,8 +163,9 @@ async def test_notifying_users_in_one_order_does_not_deadlock(fresh_db: str) -> 
                     await conn.execute(notify, user)
                 await tx.commit()
 
-            outcomes = await asyncio.gather(rest(a, ta, first), rest(b, tb, second),
-                                            return_exceptions=True)
+            outcomes = await asyncio.gather(
+                rest(a, ta, first), rest(b, tb, second), return_exceptions=True
+            )
             return [o if isinstance(o, BaseException) else None for o in outcomes]
         finally:
             await a.close()
@@ -210,30 +222,44 @@ async def sync_store(fresh_db: str) -> AsyncIterator[Store]:
     store = await Store.open(fresh_db)
     pool = store._pool
     for user, count in (("a", 12), ("p", 10)):
-        await pool.execute("SELECT notifyd.notify($1, 't', 'n' || k, 'm') "
-                           "FROM generate_series(1, $2) k", user, count)
-    await pool.execute("SELECT notifyd.broadcast('t', 'n' || k, 'm') "
-                       "FROM generate_series(1, 3) k")
-    await pool.execute("INSERT INTO notifyd.notifications (role, type, title) "
-                       "SELECT 'x', 't', 'n' || k FROM generate_series(1, 5) k")
+        await pool.execute(
+            "SELECT notifyd.notify($1, 't', 'n' || k, 'm') FROM generate_series(1, $2) k",
+            user,
+            count,
+        )
+    await pool.execute("SELECT notifyd.broadcast('t', 'n' || k, 'm') FROM generate_series(1, 3) k")
+    await pool.execute(
+        "INSERT INTO notifyd.notifications (role, type, title) "
+        "SELECT 'x', 't', 'n' || k FROM generate_series(1, 5) k"
+    )
     await pool.execute("DELETE FROM notifyd.notifications WHERE stream = 'user:p' AND seq < 5")
     await pool.execute("UPDATE notifyd.streams SET pruned_below = 5 WHERE stream = 'user:p'")
     yield store
     await store.close()
 
 
-@settings(max_examples=150, deadline=None, database=None,
-          phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cursors=st.dictionaries(st.sampled_from(SYNC_STREAMS), st.integers(0, 15), min_size=1),
-       in_flight=st.dictionaries(st.sampled_from(SYNC_STREAMS), in_flight_range),
-       limit=st.integers(1, 6), max_bytes=st.integers(1, 3000) | st.just(2**20))
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    cursors=st.dictionaries(st.sampled_from(SYNC_STREAMS), st.integers(0, 15), min_size=1),
+    in_flight=st.dictionaries(st.sampled_from(SYNC_STREAMS), in_flight_range),
+    limit=st.integers(1, 6),
+    max_bytes=st.integers(1, 3000) | st.just(2**20),
+)
 async def test_a_sync_with_every_cursor_is_answered_as_the_transaction_answers_it(
-        sync_store: Store, cursors: dict[str, int], in_flight: dict[str, tuple[int, int]],
-        limit: int, max_bytes: int) -> None:
+    sync_store: Store,
+    cursors: dict[str, int],
+    in_flight: dict[str, tuple[int, int]],
+    limit: int,
+    max_bytes: int,
+) -> None:
     one_statement = await sync_store._sync_after_cursors(cursors, limit, max_bytes, in_flight)
-    general = await sync_store._sync_in_transaction(cursors, [], None, limit, max_bytes,
-                                                     in_flight)
+    general = await sync_store._sync_in_transaction(cursors, [], None, limit, max_bytes, in_flight)
     if one_statement is None:  # a stream to reset: left to the transaction
         assert general.reset
         return
@@ -245,6 +271,8 @@ async def test_a_sync_with_every_cursor_is_answered_as_the_transaction_answers_i
     size = sum(len(orjson.dumps(n)) for n in general.notifications)
     assert size <= max_bytes or len(general.notifications) == 1
     # and sync() itself takes the one statement
-    assert orjson.dumps((await sync_store.sync(cursors, [], None, limit, in_flight,
-                                               max_bytes=max_bytes)
-                         ).notifications) == orjson.dumps(general.notifications)
+    assert orjson.dumps(
+        (
+            await sync_store.sync(cursors, [], None, limit, in_flight, max_bytes=max_bytes)
+        ).notifications
+    ) == orjson.dumps(general.notifications)

@@ -23,13 +23,16 @@ DSN = os.environ["PEER_DSN"]
 SECRET = os.environ["PEER_JWT_SECRET"]
 SYNC_LIMIT = 100
 FETCH = "SELECT notifyd.to_wire(n)::text FROM notifyd.notifications n WHERE id = $1"
-SYNC = ("SELECT notifyd.to_wire(n)::text AS wire FROM notifyd.notifications n"
-        " WHERE n.stream = $1 AND n.seq > $2 ORDER BY n.seq LIMIT $3")
+SYNC = (
+    "SELECT notifyd.to_wire(n)::text AS wire FROM notifyd.notifications n"
+    " WHERE n.stream = $1 AND n.seq > $2 ORDER BY n.seq LIMIT $3"
+)
 
 # No WebSocket compression option exists here: the aiohttp driver negotiates permessage-deflate
 # only when a client offers it (the bench's clients do not).
-sio = socketio.AsyncServer(async_mode="aiohttp", transports=["websocket"],
-                           cors_allowed_origins="*", http_compression=False)
+sio = socketio.AsyncServer(
+    async_mode="aiohttp", transports=["websocket"], cors_allowed_origins="*", http_compression=False
+)
 app = web.Application()
 sio.attach(app)
 pool: asyncpg.Pool
@@ -40,8 +43,9 @@ async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
     token = auth.get("token") if isinstance(auth, dict) else None
     token = token or parse_qs(environ.get("QUERY_STRING", "")).get("token", [""])[0]
     try:
-        claims = jwt.decode(token, SECRET, algorithms=["HS256"],
-                            options={"require": ["exp", "sub"]})
+        claims = jwt.decode(
+            token, SECRET, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+        )
     except jwt.PyJWTError:
         raise socketio.exceptions.ConnectionRefusedError("unauthorized") from None
     user_id = claims["sub"]
@@ -56,9 +60,17 @@ async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
 
 async def confirm(sid: str, user_id: str, roles: list[str]) -> None:
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    await sio.emit("connection-confirmed", {
-        "userId": user_id, "roles": roles, "connectionId": sid,
-        "serverTime": now, "protocolVersion": 1}, to=sid)
+    await sio.emit(
+        "connection-confirmed",
+        {
+            "userId": user_id,
+            "roles": roles,
+            "connectionId": sid,
+            "serverTime": now,
+            "protocolVersion": 1,
+        },
+        to=sid,
+    )
 
 
 @sio.on("notification:sync-request")
