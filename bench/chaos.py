@@ -287,7 +287,7 @@ class Chaos:
             t = self.now()
             for line in lines:
                 if len(self.log_lines) < KEPT_LOG_LINES and (
-                    not infra._chatter(line) or "notifyd.listener" in line
+                    not infra._chatter(line) or "notifyd.storage.listener" in line
                 ):
                     self.log_lines.append((t, line[:600]))
 

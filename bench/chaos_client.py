@@ -23,7 +23,7 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from notifyd.auth import issue_token
+from notifyd.core.auth import issue_token
 
 CLIENT_NICE = 5  # the daemon under test gets the CPU first; clients that lag meet 4008
 OPEN_TIMEOUT = 5.0

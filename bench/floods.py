@@ -52,7 +52,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from notifyd.auth import issue_token
+from notifyd.core.auth import issue_token
 
 SECRET = "bench-floods-secret-0123456789abcdef"
 RESULTS = Path(__file__).parent / "results" / "floods.json"

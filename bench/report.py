@@ -356,7 +356,7 @@ def summary(results: dict[str, Any]) -> str:
         )
         if fan["server_write_logged"]:
             t.row(
-                "server write time (daemon's notifyd.fanout log)",
+                "server write time (daemon's notifyd.core.fanout log)",
                 f"{_num(m['server_write_ms'], 1)} ms",
             )
             # judged on the loop's CPU time: its wall time also holds the co-located clients

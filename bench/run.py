@@ -19,13 +19,13 @@ them), after npm and pip install their dependencies into bench/.peers/ on first 
 beside them goes to bench/results/latest-peers.md (a markdown table with ratios), and PNG plots
 (latency by percentile, memory per connection) beside the JSON (bench/plots.py draws them).
 
-The fan-out target is judged on the CPU time of the daemon's write loop, from its notifyd.fanout
-log line (it runs at NOTIFYD_LOG_LEVEL=INFO); its wall time and commit -> last client are shown
-beside it. A figure the load generator bounded (a client process above 90% of a core, or the
-writer behind its schedule) is marked as such. Exit status: 0 when the run completed, whatever
-the figures; 1 when something broke in notifyd's part (notifications missing, duplicated or
-misrouted, connections failed or dropped, a process died or timed out); a peer that breaks down
-is reported beside its figures.
+The fan-out target is judged on the CPU time of the daemon's write loop, from its
+notifyd.core.fanout log line (it runs at NOTIFYD_LOG_LEVEL=INFO); its wall time and commit -> last
+client are shown beside it. A figure the load generator bounded (a client process above 90% of a
+core, or the writer behind its schedule) is marked as such. Exit status: 0 when the run completed,
+whatever the figures; 1 when something broke in notifyd's part (notifications missing, duplicated or
+misrouted, connections failed or dropped, a process died or timed out); a peer that breaks down is
+reported beside its figures.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ SETTLE_SECONDS = 1.0
 DRAIN_TIMEOUT = 10.0
 BROADCAST_TIMEOUT = 30.0
 IDLE_BASELINE_SECONDS = 2.0
-DAEMON_LOG_LEVEL = "INFO"  # for notifyd.fanout's line per fan-out to >= 1000 connections
-FANOUT_LOGGER = "notifyd.fanout"
+DAEMON_LOG_LEVEL = "INFO"  # for notifyd.core.fanout's line per fan-out to >= 1000 connections
+FANOUT_LOGGER = "notifyd.core.fanout"
 FANOUT_MSG = re.compile(r"fan-out to (\d+) connections took ([\d.]+) ms(?:, ([\d.]+) ms CPU)?")
 FANOUT_STREAM = re.compile(r"\((\S+) seq (\d+)\)")
 FANOUT_LOG_WAIT = 2.0  # for the line, once the clients had the broadcast (none once one never came)
@@ -567,7 +567,7 @@ class Bench:
         }
 
     def _server_write(self, offset: int) -> dict[str, Any] | None:
-        """The daemon's own figure for the broadcast's writes: its notifyd.fanout log line,
+        """The daemon's own figure for the broadcast's writes: its notifyd.core.fanout log line,
         written right after the last write (so normally before the clients had it all). When
         a first broadcast brings none, the daemon is taken not to log it: no more waiting."""
         wait = 0.0 if self.fanout_logged is False else FANOUT_LOG_WAIT
@@ -582,7 +582,7 @@ class Bench:
         if self.fanout_logged is None:
             self.fanout_logged = bool(found)
             if not found:
-                say("the daemon logs no fan-out time (notifyd.fanout): server write time n/a")
+                say("the daemon logs no fan-out time (notifyd.core.fanout): server write time n/a")
         if not found:
             return None
         # the broadcast's fan-out is to stream `all`; no other stream has 1000 members here
@@ -845,7 +845,7 @@ def _opened(part: list[str], answer: dict[str, Any]) -> list[str]:
 
 
 def _fanout_record(line: str) -> dict[str, Any] | None:
-    """A notifyd.fanout log line's figures: connections, ms, and stream and seq if given."""
+    """A notifyd.core.fanout log line's figures: connections, ms, and stream and seq if given."""
     if FANOUT_LOGGER not in line:
         return None
     try:

@@ -39,8 +39,8 @@ import orjson
 import uvloop
 from report import write_json
 
-from notifyd.auth import issue_token
 from notifyd.client import NotifydClient
+from notifyd.core.auth import issue_token
 
 SECRET = "bench-slow-consumers-secret-0123456789"
 LARGE = "x" * 20_000

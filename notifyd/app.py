@@ -15,19 +15,16 @@ from typing import Any
 
 from websockets.datastructures import Headers
 
-from notifyd import PROTOCOL_VERSION, logs
-from notifyd.auth import Authenticator, Identity
-from notifyd.channel import Channel, Opened
+from notifyd import PROTOCOL_VERSION
 from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
-from notifyd.errors import AuthError, ClientError, PruneBusy, StoreError
-from notifyd.fanout import Router
-from notifyd.http_api import HttpAnswer, HttpApi
-from notifyd.index import StreamIndex
-from notifyd.listener import Listener
-from notifyd.metrics import Metrics
-from notifyd.presence import PresenceChange, PresencePolicy
-from notifyd.protocol import (
+from notifyd.core.auth import Authenticator, Identity
+from notifyd.core.channel import Channel, Opened
+from notifyd.core.errors import AuthError, ClientError, PruneBusy, StoreError
+from notifyd.core.fanout import Router
+from notifyd.core.index import StreamIndex
+from notifyd.core.presence import PresenceChange, PresencePolicy
+from notifyd.core.protocol import (
     Auth,
     ClientFrame,
     MarkAllRead,
@@ -41,7 +38,10 @@ from notifyd.protocol import (
     format_time,
     websocket_text,
 )
-from notifyd.server import (
+from notifyd.core.session import State
+from notifyd.core.timers import TimerWheel
+from notifyd.edge.http_api import HttpAnswer, HttpApi
+from notifyd.edge.server import (
     CLOSE_REVOKED,
     CLOSE_TOKEN,
     AdminConnection,
@@ -49,11 +49,12 @@ from notifyd.server import (
     connection_factory,
     tune_listener,
 )
-from notifyd.session import State
-from notifyd.store import Store
-from notifyd.timers import TimerWheel
+from notifyd.ops import logs
+from notifyd.ops.metrics import Metrics
+from notifyd.storage.listener import Listener
+from notifyd.storage.store import Store
 
-log = logging.getLogger("notifyd.app")
+log = logging.getLogger(__name__)
 
 PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see presence events
 TICK_SECONDS = 0.1  # resolution of the timing wheel
@@ -304,7 +305,7 @@ class App:
         return await self.router.catch_up()
 
     def _heard(self, opened: Opened) -> None:
-        """A verified NOTIFY payload (notifyd.channel)."""
+        """A verified NOTIFY payload (notifyd.core.channel)."""
         if opened.resync:
             self.spawn(self._resync())
         else:

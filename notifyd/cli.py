@@ -14,14 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from notifyd import __version__, config, logs
-from notifyd.auth import issue_token
-from notifyd.errors import ConfigError, MigrationError, StoreError
-from notifyd.gcpolicy import FreezeAfterFullCollections
+from notifyd import __version__, config
+from notifyd.core.auth import issue_token
+from notifyd.core.errors import ConfigError, MigrationError, StoreError
+from notifyd.ops import logs
+from notifyd.ops.gcpolicy import FreezeAfterFullCollections
 
 if TYPE_CHECKING:
     from notifyd.app import App
-    from notifyd.systemd import SystemdNotifier
+    from notifyd.ops.systemd import SystemdNotifier
 
 log = logging.getLogger("notifyd")
 
@@ -114,7 +115,7 @@ def _tail(url: str, token: str, as_json: bool) -> int:
 
 
 def _migrate(dsn: str) -> int:
-    from notifyd.migrate import migrate
+    from notifyd.storage.migrate import migrate
 
     try:
         applied = asyncio.run(migrate(dsn))
@@ -140,9 +141,9 @@ def _serve(
     import uvloop
 
     from notifyd.app import App
-    from notifyd.migrate import migrations
-    from notifyd.store import Store
-    from notifyd.systemd import SystemdNotifier
+    from notifyd.ops.systemd import SystemdNotifier
+    from notifyd.storage.migrate import migrations
+    from notifyd.storage.store import Store
 
     notifier = SystemdNotifier()
 
@@ -254,7 +255,7 @@ async def _watchdog(app: App, notifier: SystemdNotifier, every: float) -> None:
 
 def _dev(args: argparse.Namespace) -> int:
     from notifyd.devserver import banner, dev_secret, new_dev_key, start_postgres
-    from notifyd.migrate import migrate
+    from notifyd.storage.migrate import migrate
 
     data_dir = Path(args.data_dir).resolve()
     logs.setup(os.environ.get("NOTIFYD_LOG_LEVEL", "INFO").upper())

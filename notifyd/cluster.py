@@ -21,10 +21,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from notifyd.config import Settings
-from notifyd.metrics import Metrics
-from notifyd.presence import LocalPresence, PresenceChange, UserPresence
+from notifyd.core.presence import LocalPresence, PresenceChange, UserPresence
+from notifyd.ops.metrics import Metrics
 
-log = logging.getLogger("notifyd.presence")
+log = logging.getLogger(__name__)
 
 KEEP_LAST_SEEN = 30 * 24 * 3600  # seconds Redis remembers an offline user's lastSeen
 JOIN_TIMEOUT = 2.0  # how long start() waits for Redis before serving with local presence

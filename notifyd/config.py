@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from notifyd.errors import ConfigError
-from notifyd.roles import ROLE_RULE, role_name
+from notifyd.core.errors import ConfigError
+from notifyd.core.roles import ROLE_RULE, role_name
 
 ENV_PREFIX = "NOTIFYD_"
 SUPPORTED_ALGORITHMS = frozenset(
@@ -449,7 +449,7 @@ def validate(settings: Settings) -> Settings:
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError("NOTIFYD_REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
-    # Named as token roles are (notifyd.roles), the roles they are compared with.
+    # Named as token roles are (notifyd.core.roles), the roles they are compared with.
     changes["presence_roles"] = _role_names("NOTIFYD_PRESENCE_ROLES", settings.presence_roles)
     if settings.presence_public_roles is not None:
         changes["presence_public_roles"] = _role_names(

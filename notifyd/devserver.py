@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from notifyd.auth import issue_token
+from notifyd.core.auth import issue_token
 
 DEV_KEY_HEADER = "X-Notifyd-Dev-Key"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")  # what the dev server's Host may name

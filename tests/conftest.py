@@ -17,7 +17,7 @@ import pytest_asyncio
 from redis_support import HOW_TO_PROVIDE_REDIS, RedisServer
 from support import HOW_TO_PROVIDE_PG, Daemon, admin_exec, running_daemon, with_database
 
-from notifyd.migrate import migrate
+from notifyd.storage.migrate import migrate
 
 _counter = itertools.count()
 

@@ -25,7 +25,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from notifyd.auth import issue_token
+from notifyd.core.auth import issue_token
 
 DOCUMENTED_ERRORS = frozenset(
     {

@@ -24,8 +24,8 @@ from websockets.exceptions import ConnectionClosed
 
 from notifyd import config
 from notifyd.app import App
-from notifyd.auth import issue_token
-from notifyd.store import Store
+from notifyd.core.auth import issue_token
+from notifyd.storage.store import Store
 
 SECRET = "test-secret-" + "x" * 64
 ROOT = Path(__file__).resolve().parent.parent

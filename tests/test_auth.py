@@ -171,9 +171,9 @@ async def test_cookie_token_needs_an_allowed_origin(fresh_db: str) -> None:
 def test_several_secrets_during_a_rotation(tmp_path: Path) -> None:
     """A secret file with one secret per line: tokens signed with any are accepted (the
     signature picks it), other checks still apply, and the first line signs `notifyd token`."""
-    from notifyd.auth import Authenticator
     from notifyd.config import Settings, validate
-    from notifyd.errors import AuthError, ConfigError
+    from notifyd.core.auth import Authenticator
+    from notifyd.core.errors import AuthError, ConfigError
 
     new, old = "new-secret-" + "n" * 32, SECRET
     secret_file = tmp_path / "jwt_secret"
@@ -208,9 +208,9 @@ def test_notifyd_token_signs_with_the_first_secret(tmp_path: Path) -> None:
 def test_claims_are_checked_with_pyjwts_meaning_of_aud_and_iss() -> None:
     """Each refusal gives its own reason; an `aud` list is accepted when it names ours, and a
     payload that is not a JSON object is refused like any other invalid token."""
-    from notifyd.auth import Authenticator
     from notifyd.config import Settings, validate
-    from notifyd.errors import AuthError
+    from notifyd.core.auth import Authenticator
+    from notifyd.core.errors import AuthError
 
     auth = Authenticator(
         validate(Settings(jwt_secret=SECRET, jwt_audience="app", jwt_issuer="https://id"))
@@ -247,9 +247,9 @@ def test_a_public_key_of_another_family_verifies_nothing_of_it(
 ) -> None:
     """RS256 and ES256 allowed with an RSA key: RS256 tokens verify, ES256 ones are refused
     as not allowed (no key of theirs, which is logged), and the key mix is no start-up error."""
-    from notifyd.auth import Authenticator
     from notifyd.config import Settings, validate
-    from notifyd.errors import AuthError
+    from notifyd.core.auth import Authenticator
+    from notifyd.core.errors import AuthError
 
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = tmp_path / "key.pem"

@@ -1,6 +1,6 @@
 # Only what committed reaches clients: NOTIFY payloads are signed in the database and checked by
-# the daemon (notifyd/channel.py, sql/0004_signed_events.sql). A role that can connect but holds
-# no grant forges, modifies and replays payloads; an app role with the README's grants cannot
+# the daemon (notifyd/core/channel.py, sql/0004_signed_events.sql). A role that can connect but
+# holds no grant forges, modifies and replays payloads; an app role with the README's grants cannot
 # sign either; nothing they send changes what a client sees, and every refusal is counted.
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest_asyncio
 from faults_support import eventually, logged_errors
 from support import Daemon, admin_exec
 
-from notifyd.channel import Channel, Opened
+from notifyd.core.channel import Channel, Opened
 
 _roles = itertools.count()
 

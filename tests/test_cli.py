@@ -30,7 +30,7 @@ from support import (
 from websockets.asyncio.client import connect
 
 from notifyd import config
-from notifyd.auth import issue_token
+from notifyd.core.auth import issue_token
 
 
 def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:

@@ -16,7 +16,7 @@ from faults_support import eventually, logged_errors
 from support import Daemon, running_daemon
 from wire_support import PONG, TEXT, WireClient, close_frame, frame, server_sockets, text
 
-from notifyd.server import CLOSE_GRACE, Connection
+from notifyd.edge.server import CLOSE_GRACE, Connection
 
 FLOOD = frame(PONG, b"p" * 125) * 100  # 13 kB of unsolicited pongs: nothing answers them
 FILL_PONG = "t" * 8000

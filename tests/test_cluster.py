@@ -19,7 +19,7 @@ from redis_support import RedisServer
 from support import SECRET, Client, free_port
 from websockets.asyncio.client import connect
 
-from notifyd.auth import issue_token
+from notifyd.core.auth import issue_token
 
 
 async def live(port: int, user: str, roles: Iterable[str] = ()) -> Client:

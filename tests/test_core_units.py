@@ -17,13 +17,12 @@ from websockets.protocol import OPEN
 from websockets.uri import parse_uri
 
 from notifyd import config
-from notifyd.auth import Authenticator, issue_token
-from notifyd.errors import AuthError, ClientError, ConfigError
-from notifyd.fanout import FANOUT_LOG_MIN, Router
-from notifyd.index import StreamIndex
-from notifyd.migrate import migrations
-from notifyd.presence import LocalPresence, PresenceChange, PresencePolicy, UserPresence
-from notifyd.protocol import (
+from notifyd.core.auth import Authenticator, issue_token
+from notifyd.core.errors import AuthError, ClientError, ConfigError
+from notifyd.core.fanout import FANOUT_LOG_MIN, Router
+from notifyd.core.index import StreamIndex
+from notifyd.core.presence import LocalPresence, PresenceChange, PresencePolicy, UserPresence
+from notifyd.core.protocol import (
     MarkRead,
     Ping,
     SyncRequest,
@@ -33,8 +32,9 @@ from notifyd.protocol import (
     parse_time,
     websocket_text,
 )
-from notifyd.session import Session, State
-from notifyd.timers import TimerWheel
+from notifyd.core.session import Session, State
+from notifyd.core.timers import TimerWheel
+from notifyd.storage.migrate import migrations
 
 SECRET = "unit-secret-" + "z" * 40
 
@@ -473,7 +473,7 @@ def test_large_fanout_logs_its_write_time(caplog: pytest.LogCaptureFixture) -> N
     conns = [FakeConn(live_session()) for _ in range(FANOUT_LOG_MIN)]
     for conn in conns:
         index.add(conn, ["all"])
-    with caplog.at_level("INFO", logger="notifyd.fanout"):
+    with caplog.at_level("INFO", logger="notifyd.core.fanout"):
         router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("all", 3, 9)).decode() + "}]"))
     assert all(len(c.frames) == 1 for c in conns)
     logged = re.search(
@@ -486,7 +486,7 @@ def test_large_fanout_logs_its_write_time(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_latency_histogram_exposes_prometheus_buckets() -> None:
-    from notifyd.metrics import Metrics
+    from notifyd.ops.metrics import Metrics
 
     metrics = Metrics()
     for seconds in (0.0005, 0.0007, 0.004, 20.0):  # a bound holds its equal (le)
@@ -510,7 +510,7 @@ def test_latency_histogram_exposes_prometheus_buckets() -> None:
 
 
 def test_unread_count_frames_are_built_once_per_small_count() -> None:
-    from notifyd.fanout import UNREAD_FRAMES_KEPT
+    from notifyd.core.fanout import UNREAD_FRAMES_KEPT
 
     def expected(count: int) -> bytes:
         return websocket_text(encode("notification:unread-count", {"count": count}))

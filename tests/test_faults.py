@@ -21,9 +21,9 @@ from support import SECRET, Client, Daemon, free_port, running_daemon
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from notifyd.auth import issue_token
+from notifyd.core.auth import issue_token
 from notifyd.devserver import start_postgres
-from notifyd.migrate import migrate
+from notifyd.storage.migrate import migrate
 
 # What a failed statement looks like while PostgreSQL is stopping, down or starting up.
 # (InternalClientError: asyncpg's protocol state after the server dropped it mid-statement.)

@@ -1,4 +1,4 @@
-# The cycle collector's policy (notifyd.gcpolicy): full collections freeze what survived them,
+# The cycle collector's policy (notifyd.ops.gcpolicy): full collections freeze what survived them,
 # a thaw on schedule gives frozen objects back, and what makes freezing safe for a server whose
 # connections come and go: a closed connection leaves no reference cycle, so it is freed while
 # frozen, by reference counting.
@@ -13,9 +13,9 @@ from support import Daemon, http_request
 from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 
-from notifyd.gcpolicy import FreezeAfterFullCollections
-from notifyd.server import Connection
-from notifyd.session import Session
+from notifyd.core.session import Session
+from notifyd.edge.server import Connection
+from notifyd.ops.gcpolicy import FreezeAfterFullCollections
 
 
 class _Node:

@@ -35,7 +35,7 @@ from wire_support import (
     frame,
 )
 
-from notifyd.server import KERNEL_UNSENT, Connection, kernel_queue
+from notifyd.edge.server import KERNEL_UNSENT, Connection, kernel_queue
 
 BOUND = 16384  # NOTIFYD_MAX_SEND_BUFFER here
 MAX_FRAME = 4096  # NOTIFYD_MAX_FRAME_BYTES here

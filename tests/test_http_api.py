@@ -9,8 +9,8 @@ import orjson
 from protocol_schema import validate_server_frame
 from support import ROOT, Daemon, http_request, running_daemon
 
+from notifyd.core.protocol import poll_request
 from notifyd.devserver import DEV_KEY_HEADER
-from notifyd.protocol import poll_request
 
 
 def dev_key(d: Daemon) -> str:

@@ -18,13 +18,13 @@ from faults_support import eventually
 from support import SECRET, Client, Daemon, admin_exec, running_daemon, with_database
 from websockets.exceptions import InvalidStatus
 
-from notifyd.auth import IAT_LEEWAY, MAX_EXP, Authenticator, Identity
 from notifyd.config import Settings, validate
-from notifyd.errors import AuthError, ClientError, ConfigError, MigrationError
-from notifyd.migrate import migrate, sql_dir
-from notifyd.protocol import PresenceQuery, decode_client_frame
-from notifyd.roles import role_name
-from notifyd.session import Session
+from notifyd.core.auth import IAT_LEEWAY, MAX_EXP, Authenticator, Identity
+from notifyd.core.errors import AuthError, ClientError, ConfigError, MigrationError
+from notifyd.core.protocol import PresenceQuery, decode_client_frame
+from notifyd.core.roles import role_name
+from notifyd.core.session import Session
+from notifyd.storage.migrate import migrate, sql_dir
 
 # Role spellings on which case mappings disagree: Python's str.lower(), PostgreSQL's lower()
 # under C.UTF-8, under LC_CTYPE 'C' and under an ICU Turkish locale all differ on some of these.

@@ -16,8 +16,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from wire_support import CONT, PING, PONG, TEXT, WireClient, frame, text
 
-from notifyd.limits import CloseGrace, TokenBucket, Verdict
-from notifyd.server import Connection
+from notifyd.core.limits import CloseGrace, TokenBucket, Verdict
+from notifyd.edge.server import Connection
 
 
 def test_token_bucket() -> None:

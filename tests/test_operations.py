@@ -29,9 +29,9 @@ from support import (
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from notifyd.auth import issue_token
-from notifyd.migrate import migrate, migrations, sql_dir
-from notifyd.systemd import SystemdNotifier
+from notifyd.core.auth import issue_token
+from notifyd.ops.systemd import SystemdNotifier
+from notifyd.storage.migrate import migrate, migrations, sql_dir
 
 NEW_SECRET = "rotated-secret-" + "y" * 40
 

@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from support import Client, Daemon, running_daemon
 from websockets.exceptions import ConnectionClosed
 
-from notifyd.protocol import CLIENT_EVENTS, MAX_REF_LENGTH
-from notifyd.roles import role_name
+from notifyd.core.protocol import CLIENT_EVENTS, MAX_REF_LENGTH
+from notifyd.core.roles import role_name
 
 SETTINGS = {
     "deadline": None,

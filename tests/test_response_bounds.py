@@ -17,7 +17,7 @@ import pytest_asyncio
 from protocol_schema import validate_server_frame
 from support import Client, Daemon, http_request, running_daemon
 
-from notifyd.http_api import UserRequests
+from notifyd.edge.http_api import UserRequests
 
 BUDGET = 4096
 # A row's message sizes: pages of two, then one larger than any page, alone.

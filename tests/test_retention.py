@@ -13,7 +13,7 @@ import pytest
 from faults_support import ServeProcess, eventually, http_get
 from support import Daemon, free_port, running_daemon
 
-from notifyd.errors import PruneBusy
+from notifyd.core.errors import PruneBusy
 
 OLD = "now() - interval '40 days'"
 

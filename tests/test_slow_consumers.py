@@ -14,7 +14,7 @@ from faults_support import RawClient, eventually, logged_errors
 from support import Client, Daemon, running_daemon
 from websockets.frames import Opcode
 
-from notifyd.server import CLOSE_GRACE, Connection
+from notifyd.edge.server import CLOSE_GRACE, Connection
 
 MAX_SEND_BUFFER = 65536
 LARGE = "é" * 10_000  # 20 kB of UTF-8 per notification: far above a NOTIFY payload too

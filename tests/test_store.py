@@ -15,8 +15,8 @@ from asyncpg.transaction import Transaction
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from notifyd.errors import StoreError
-from notifyd.store import Store
+from notifyd.core.errors import StoreError
+from notifyd.storage.store import Store
 
 STATE_QUERY = "FROM notifyd.streams WHERE stream = ANY"
 

@@ -31,16 +31,16 @@ from websockets.protocol import OPEN, SERVER, Protocol, State
 from websockets.server import ServerProtocol
 from websockets.typing import Origin
 
-from notifyd.auth import Identity
 from notifyd.config import Settings
-from notifyd.errors import AuthError, ClientError
-from notifyd.limits import CloseGrace, TokenBucket, Verdict
-from notifyd.metrics import Metrics
-from notifyd.protocol import ClientFrame, decode_client_frame, error_frame, websocket_text
-from notifyd.session import Session
-from notifyd.session import State as SessionState
+from notifyd.core.auth import Identity
+from notifyd.core.errors import AuthError, ClientError
+from notifyd.core.limits import CloseGrace, TokenBucket, Verdict
+from notifyd.core.protocol import ClientFrame, decode_client_frame, error_frame, websocket_text
+from notifyd.core.session import Session
+from notifyd.core.session import State as SessionState
+from notifyd.ops.metrics import Metrics
 
-log = logging.getLogger("notifyd.server")
+log = logging.getLogger(__name__)
 # websockets logs every open and close at INFO; notifyd logs its own lines instead.
 logging.getLogger("websockets").setLevel(logging.WARNING)
 
@@ -274,7 +274,7 @@ class Connection(asyncio.Protocol):
         # (a peer gone without a closing handshake) holds the generator's frame: reference
         # cycles. Broken here (no data comes any more), the connection is freed by reference
         # counting, not left to the cycle collector, which does not see it at all while it
-        # is frozen (notifyd.gcpolicy).
+        # is frozen (notifyd.ops.gcpolicy).
         ws = self.ws
         ws.parser.close()
         if ws.parser_exc is not None:

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import orjson
 from websockets.frames import Frame, Opcode
 
-from notifyd.errors import ClientError
-from notifyd.roles import ROLE_RULE, role_name
+from notifyd.core.errors import ClientError
+from notifyd.core.roles import ROLE_RULE, role_name
 
 MAX_REF_LENGTH = 128
 MAX_SYNC_LIMIT = 1000
@@ -174,7 +174,7 @@ def _presence_query(data: dict[str, Any]) -> PresenceQuery:
         raise _invalid("userIds", f"a list of up to {MAX_PRESENCE_USERS} user ids")
     if not isinstance(roles, list) or len(roles) > MAX_PRESENCE_ROLES:
         raise _invalid("roles", f"a list of up to {MAX_PRESENCE_ROLES} role names")
-    # named as token roles are (notifyd.roles), so the query asks about the roles users hold
+    # named as token roles are (notifyd.core.roles), so the query asks about the roles users hold
     named = [role_name(r) if isinstance(r, str) else None for r in roles]
     if None in named:
         raise _invalid("roles", f"role names of {ROLE_RULE}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
-from notifyd.errors import PruneBusy, StoreError
+from notifyd.core.errors import PruneBusy, StoreError
 
 # Connection errors and server shutdowns: the database is unavailable, not the request bad.
 _UNAVAILABLE = (

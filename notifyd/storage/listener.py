@@ -1,6 +1,6 @@
 # The one LISTEN connection of a daemon: connect, LISTEN, watch it (termination callback and a
 # periodic probe), reconnect with backoff and jitter, and after every (re)connect run the
-# catch-up before declaring itself up. Payloads are verified (notifyd.channel) with the keys
+# catch-up before declaring itself up. Payloads are verified (notifyd.core.channel) with the keys
 # read here, at every connect and probe; their events go to a callback, routed elsewhere.
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from notifyd.channel import Channel, Opened
+from notifyd.core.channel import Channel, Opened
 
-log = logging.getLogger("notifyd.listener")
+log = logging.getLogger(__name__)
 
 CHANNEL = "notifyd"
 REFUSAL_LOG_EVERY = 10.0  # seconds: refused payloads are logged once per burst, then counted

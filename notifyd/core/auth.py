@@ -1,7 +1,7 @@
 # JWT -> Identity (user, roles, expiry). Pure: the clock is injectable, keys come from Settings.
 # Refuses `alg: none`, algorithms outside the allow-list, a missing `exp` or user claim, an `exp`
 # past the year 9999, an `iat` in the future, and wrong `aud`/`iss` when configured. Messages
-# never echo the token. Role names are normalised by notifyd.roles, as the database does.
+# never echo the token. Role names are normalised by notifyd.core.roles, as the database does.
 from __future__ import annotations
 
 import logging
@@ -15,10 +15,10 @@ import orjson
 from jwt.algorithms import Algorithm, get_default_algorithms
 
 from notifyd.config import Settings
-from notifyd.errors import AuthError
-from notifyd.roles import role_name
+from notifyd.core.errors import AuthError
+from notifyd.core.roles import role_name
 
-log = logging.getLogger("notifyd.auth")
+log = logging.getLogger(__name__)
 
 MAX_TOKEN_LENGTH = 8192
 MAX_ROLES = 64
@@ -192,7 +192,7 @@ class Authenticator:
         single = claims.get("role")
         if isinstance(single, str):
             roles.append(single)
-        # A role that is no role name (notifyd.roles) is dropped: no notification can be
+        # A role that is no role name (notifyd.core.roles) is dropped: no notification can be
         # addressed to it (the database refuses it too).
         named = (role_name(r) for r in roles)
         clean = tuple(dict.fromkeys(r for r in named if r is not None))

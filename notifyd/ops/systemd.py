@@ -9,7 +9,7 @@ import socket
 import time
 from collections.abc import Mapping
 
-log = logging.getLogger("notifyd.systemd")
+log = logging.getLogger(__name__)
 
 
 class SystemdNotifier:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
-from notifyd.errors import MigrationError
+from notifyd.core.errors import MigrationError
 
 _LOCK_KEY = 0x6E6F74696679  # "notify": one advisory lock key for all notifyd migrations
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -16,8 +16,8 @@ _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 def sql_dir() -> Path:
     """sql/ inside an installed wheel (notifyd/_sql), else the source tree's sql/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_sql", here.parent / "sql"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_sql", package.parent / "sql"):
         if candidate.is_dir():
             return candidate
     raise MigrationError("cannot find the sql/ migrations directory")

@@ -13,11 +13,11 @@ from typing import Any, Protocol
 
 import orjson
 
-from notifyd.index import StreamIndex
-from notifyd.protocol import encode, websocket_text
-from notifyd.session import Session
+from notifyd.core.index import StreamIndex
+from notifyd.core.protocol import encode, websocket_text
+from notifyd.core.session import Session
 
-log = logging.getLogger("notifyd.fanout")
+log = logging.getLogger(__name__)
 FANOUT_LOG_MIN = 1000  # fan-outs to at least this many connections log their write time
 # The unread-count frame follows every new notification of a user; the same count makes the
 # same frame, so the small ones (most badges) are built once.

@@ -6,8 +6,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection
 
-from notifyd.auth import Identity
-from notifyd.errors import ClientError
+from notifyd.core.auth import Identity
+from notifyd.core.errors import ClientError
 
 
 class State(enum.Enum):

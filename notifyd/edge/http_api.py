@@ -20,13 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from notifyd.auth import Identity, issue_token
 from notifyd.config import Settings
-from notifyd.devserver import DevAccess, new_dev_key
-from notifyd.errors import AuthError, ClientError, StoreError
-from notifyd.metrics import CONTENT_TYPE as METRICS_TYPE
-from notifyd.metrics import Metrics
-from notifyd.protocol import (
+from notifyd.core.auth import Identity, issue_token
+from notifyd.core.errors import AuthError, ClientError, StoreError
+from notifyd.core.protocol import (
     HTTP_TOKEN,
     format_time,
     mark_all_read_request,
@@ -34,7 +31,10 @@ from notifyd.protocol import (
     poll_request,
     unread_count_request,
 )
-from notifyd.store import Store
+from notifyd.devserver import DevAccess, new_dev_key
+from notifyd.ops.metrics import CONTENT_TYPE as METRICS_TYPE
+from notifyd.ops.metrics import Metrics
+from notifyd.storage.store import Store
 
 log = logging.getLogger(__name__)
 
