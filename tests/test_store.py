@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from notifyd.core.errors import StoreError
+from notifyd.storage.migrate import migrations
 from notifyd.storage.store import Store
 
 STATE_QUERY = "FROM notifyd.streams WHERE stream = ANY"
@@ -276,3 +277,8 @@ async def test_a_sync_with_every_cursor_is_answered_as_the_transaction_answers_i
             await sync_store.sync(cursors, [], None, limit, in_flight, max_bytes=max_bytes)
         ).notifications
     ) == orjson.dumps(general.notifications)
+
+
+def test_migration_files_are_numbered() -> None:
+    found = migrations()
+    assert [v for v, _, _ in found] == list(range(1, len(found) + 1))
