@@ -71,7 +71,8 @@ DRAIN_TIMEOUT = 10.0
 BROADCAST_TIMEOUT = 30.0
 IDLE_BASELINE_SECONDS = 2.0
 DAEMON_LOG_LEVEL = "INFO"  # for notifyd.core.fanout's line per fan-out to >= 1000 connections
-FANOUT_LOGGER = "notifyd.core.fanout"
+# the logger of the fan-out line; the second is its name before notifyd/core/ (--baseline)
+FANOUT_LOGGERS = ("notifyd.core.fanout", "notifyd.fanout")
 FANOUT_MSG = re.compile(r"fan-out to (\d+) connections took ([\d.]+) ms(?:, ([\d.]+) ms CPU)?")
 FANOUT_STREAM = re.compile(r"\((\S+) seq (\d+)\)")
 FANOUT_LOG_WAIT = 2.0  # for the line, once the clients had the broadcast (none once one never came)
@@ -846,13 +847,13 @@ def _opened(part: list[str], answer: dict[str, Any]) -> list[str]:
 
 def _fanout_record(line: str) -> dict[str, Any] | None:
     """A notifyd.core.fanout log line's figures: connections, ms, and stream and seq if given."""
-    if FANOUT_LOGGER not in line:
+    if not any(name in line for name in FANOUT_LOGGERS):
         return None
     try:
         record = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(record, dict) or record.get("logger") != FANOUT_LOGGER:
+    if not isinstance(record, dict) or record.get("logger") not in FANOUT_LOGGERS:
         return None
     msg = str(record.get("msg", ""))
     m = FANOUT_MSG.search(msg)
