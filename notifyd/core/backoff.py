@@ -24,9 +24,7 @@ class Backoff:
 
     __slots__ = ("attempt", "base", "cap", "rand")
 
-    def __init__(
-        self, base: float, cap: float, rand: Callable[[], float] = random.random
-    ) -> None:
+    def __init__(self, base: float, cap: float, rand: Callable[[], float] = random.random) -> None:
         if not 0 < base <= cap:
             raise ValueError(f"backoff needs 0 < base <= cap, got {base} and {cap}")
         self.base, self.cap, self.rand = base, cap, rand
