@@ -2,6 +2,11 @@
 # benchmark's: WebSocket devices that follow protocol/README.md's recommended client loop and
 # account for every (stream, seq) they receive, and SQL writers whose inserts survive
 # PostgreSQL restarts (an insert with an unknown outcome is reconciled against the table).
+"""Load-generator processes of the chaos run (bench/chaos.py), driven over a pipe like the
+benchmark's: WebSocket devices, each notifyd.client's loop (protocol/README.md §7) audited
+through its hooks for every (stream, seq) it receives, and SQL writers whose inserts survive
+PostgreSQL restarts (an insert with an unknown outcome is reconciled against the table)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,9 +25,8 @@ import asyncpg
 import infra
 import orjson
 import uvloop
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
+from notifyd.client import RETRY_LATER, NotifydClient, Observer, SyncRequest
 from notifyd.core.auth import issue_token
 
 CLIENT_NICE = 5  # the daemon under test gets the CPU first; clients that lag meet 4008
@@ -31,8 +35,7 @@ CLOSE_TIMEOUT = 2.0
 TOKEN_TTL = 6 * 3600
 BACKOFF_BASE = 0.25  # seconds; doubled per failed attempt...
 BACKOFF_CAP = 2.0  # ...up to this (the README's loop caps at 30 s; a chaos run wants ~2 s)
-QUICK_BASE = 0.25  # 1001 and 4008: "reconnect at once (after a short random delay)"
-RETRYABLE_ERRORS = ("unavailable", "internal-error")  # protocol/README.md §8: retry later
+QUICK = 0.25  # 1001 and 4008: "reconnect at once (after a short random delay)"
 EXAMPLES = 20  # examples kept per kind of anomaly and device
 
 
@@ -47,9 +50,10 @@ class Request:
     final: int  # the pool's final-sync epoch when it was sent
 
 
-class Device:
+class Device(Observer):
     """One client device (a browser tab, a phone): a user's token, a stored set of cursors that
-    outlives connections, and the accounting of everything received, whatever the connection."""
+    outlives connections (the client's), and the accounting of everything received, whatever
+    the connection, which the client's hooks feed."""
 
     def __init__(self, pool: DevicePool, name: str, user: str, roles: list[str]) -> None:
         self.pool = pool
@@ -57,27 +61,18 @@ class Device:
         self.user = user
         self.roles = roles  # as in the token; the server lower-cases them
         self.streams = {f"user:{user}", *(f"role:{r.lower()}" for r in roles), "all"}
-        self.token = self._fresh_token()
-        # the store of README §7: cursors; a fresh database, so everything is above 0
-        self.cursors: dict[str, int] = dict.fromkeys(self.streams, 0)
         self.first_cursors: dict[str, int] | None = None  # of the very first sync-request
         # stream -> seq -> tick of its latest receipt (any connection)
         self.received: dict[str, dict[int, int]] = {s: {} for s in self.streams}
         self.tick = 0
         # this connection
-        self.ws: ClientConnection | None = None
-        self.confirmed = False
-        self.synced = False  # the README's `synced`: a final (hasMore false) response came
         self.requested = False  # a sync-request was sent on this connection
         self.request: Request | None = None  # the one awaiting its response
         # per stream, the last seq delivered in order on this connection; empty until its
         # first sync-response (with ?sync=1 nothing comes live before it)
         self.upto: dict[str, int] = {}
-        self.attempt = 0
-        self.req_no = 0
         self.final_done = 0  # the last final-sync epoch this device completed
         # accounting
-        self.connects = 0
         self.connect_failures: Counter[str] = Counter()
         self.close_codes: Counter[str] = Counter()
         self.dups: Counter[str] = Counter()
@@ -93,152 +88,94 @@ class Device:
         self.anomalies: list[str] = []  # identity mismatches, unexpected responses...
         self.dropped_by_us = 0
         self.crashed: str | None = None
+        self.client = NotifydClient(
+            pool.url,
+            self._fresh_token,  # on every connect, so a 4001 gets a fresh one
+            dict.fromkeys(self.streams, 0),  # a fresh database: everything is above 0
+            BACKOFF_BASE,
+            BACKOFF_CAP,
+            quick=QUICK,
+            observer=self,
+            connect_options={
+                "open_timeout": OPEN_TIMEOUT,
+                "close_timeout": CLOSE_TIMEOUT,
+                "proxy": None,
+                "max_queue": None,
+            },
+        )
 
-    def _fresh_token(self) -> str:
+    async def _fresh_token(self) -> str:
         return issue_token(self.pool.secret, self.user, self.roles, ttl=TOKEN_TTL)
 
-    # -- the loop ------------------------------------------------------------------------
+    @property
+    def connects(self) -> int:
+        return self.client.connections
 
     async def run(self) -> None:
         try:
-            await self._run()
+            async for _event in self.client.events():
+                pass
         except asyncio.CancelledError:
             raise
         except BaseException:
             self.crashed = traceback.format_exc()[-2000:]
 
-    async def _run(self) -> None:
-        pool = self.pool
-        while not pool.stopping:
-            code: int | None = None
-            try:
-                ws = await connect(
-                    f"{pool.url}?sync=1&token={self.token}",
-                    open_timeout=OPEN_TIMEOUT,
-                    close_timeout=CLOSE_TIMEOUT,
-                    compression=None,
-                    proxy=None,
-                    max_size=None,
-                    max_queue=None,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.connect_failures[type(exc).__name__] += 1
-            else:
-                code = await self.converse(ws)
-                if code == 4003:  # revoked: sign out (nothing in this run revokes)
-                    self.anomalies.append("closed with 4003 (access revoked)")
-                    return
-                if code == 4001:
-                    self.token = self._fresh_token()
-            if pool.stopping:
-                return
-            if code in (1001, 4008):
-                base = QUICK_BASE
-            else:
-                base = min(BACKOFF_CAP, BACKOFF_BASE * 2**self.attempt)
-                self.attempt += 1
-            await asyncio.sleep(base / 2 + random.random() * base / 2)
+    # -- the client's hooks ----------------------------------------------------------------
 
-    async def converse(self, ws: ClientConnection) -> int:
-        self.ws = ws
-        self.connects += 1
-        self.confirmed = self.synced = self.requested = False
+    def connect_failed(self, exc: BaseException) -> None:
+        self.connect_failures[type(exc).__name__] += 1
+
+    def opened(self) -> None:
+        self.requested = False
         self.request = None
         self.upto = {}
-        try:
-            async for message in ws:
-                if isinstance(message, bytes):
-                    self.anomalies.append("binary frame from the server")
-                    continue
-                await self.on_text(ws, message)
-        except ConnectionClosed:
-            pass
-        finally:
-            self.ws = None
-            self.confirmed = self.synced = False
-            self.request = None
-        code = ws.close_code if ws.close_code is not None else 1006
-        self.close_codes[str(code)] += 1
-        return code
 
-    async def on_text(self, ws: ClientConnection, text: str) -> None:
+    def frame(self, frame: dict[str, Any], binary: bool) -> None:
         self.tick += 1
-        tick = self.tick
-        frame = orjson.loads(text)
-        kind = frame.get("type")
-        data = frame.get("data") or {}
-        if kind == "notification:new":
-            self.on_new(data["notification"], tick)
-        elif kind == "notification:sync-response":
-            if self.on_response(data, frame.get("ref"), tick):
-                await self.send_sync(ws, data["cursors"])  # hasMore: README §7 step 3
-        elif kind == "connection-confirmed":
-            self.attempt = 0
-            self.confirmed = True
-            mine = {f"user:{data['userId']}", *(f"role:{r}" for r in data["roles"]), "all"}
-            if mine != self.streams and len(self.anomalies) < EXAMPLES:
-                self.anomalies.append(f"confirmed streams {sorted(mine)} != {sorted(self.streams)}")
-            await self.send_sync(ws, {s: c for s, c in self.cursors.items() if s in mine})
-        elif kind == "error":
-            self.on_error(ws, data, frame.get("ref"))
-        # unread counts, read marks, presence: nothing this run accounts for
+        if binary:
+            self.anomalies.append("binary frame from the server")
 
-    async def send_sync(self, ws: ClientConnection, cursors: dict[str, int]) -> None:
+    def confirmed(self, streams: frozenset[str]) -> None:
+        if streams != self.streams and len(self.anomalies) < EXAMPLES:
+            self.anomalies.append(f"confirmed streams {sorted(streams)} != {sorted(self.streams)}")
+
+    def sync_sent(self, request: SyncRequest) -> None:
         self.tick += 1
-        self.req_no += 1
-        request = Request(f"sync-{self.req_no}", self.tick, dict(cursors), self.pool.final_epoch)
         if self.first_cursors is None:
-            self.first_cursors = dict(cursors)
-        self.request = request
+            self.first_cursors = dict(request.cursors)
+        self.request = Request(request.ref, self.tick, request.cursors, self.pool.final_epoch)
         self.requested = True
-        await ws.send(
-            orjson.dumps(
-                {
-                    "type": "notification:sync-request",
-                    "data": {"cursors": cursors},
-                    "ref": request.ref,
-                }
-            ).decode()
-        )
 
-    def on_error(self, ws: ClientConnection, data: dict[str, Any], ref: str | None) -> None:
+    def error(self, data: dict[str, Any], ref: str | None) -> None:
         code = str(data.get("code"))
         self.errors[code] += 1
-        request = self.request
-        if request is None or ref != request.ref:
+        if self.request is None or ref != self.request.ref:
             return
-        self.request = None  # the sync was refused; live delivery goes on
-        if code in RETRYABLE_ERRORS:
+        self.request = None  # the sync was refused (the client retries it); live goes on
+        if code in RETRY_LATER:
             self.sync_retries += 1
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self.sync_retries, 8))
-            self.pool.spawn(self._retry_sync(ws, delay / 2 + random.random() * delay / 2))
         elif len(self.anomalies) < EXAMPLES:
             self.anomalies.append(f"sync-request refused: {code} {data.get('message')}")
 
-    async def _retry_sync(self, ws: ClientConnection, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if self.ws is ws and self.request is None and not self.synced:
-            with contextlib.suppress(ConnectionClosed):
-                await self.send_sync(
-                    ws, {s: c for s, c in self.cursors.items() if s in self.streams}
-                )
+    def closed(self, code: int | None) -> None:
+        self.close_codes[str(code if code is not None else 1006)] += 1
+        self.request = None
+        if code == 4003:  # revoked: the client signs out (nothing in this run revokes)
+            self.anomalies.append("closed with 4003 (access revoked)")
 
-    def on_response(self, data: dict[str, Any], ref: str | None, tick: int) -> bool:
-        """README §7 step 3; returns whether to send the next sync-request (hasMore)."""
+    def sync_received(self, answered: SyncRequest | None, data: dict[str, Any]) -> None:
+        """README §7 step 3, checked."""
+        tick = self.tick
         request = self.request
-        if request is None or ref != request.ref:
+        if answered is None or request is None or answered.ref != request.ref:
             self.anomalies.append(
-                f"sync-response {ref!r} while awaiting {request.ref if request else None!r}"
+                f"sync-response to none awaited (awaiting {request.ref if request else None!r})"
             )
-            request = Request(str(ref), tick, {}, 0)
+            request = Request("?", tick, {}, 0)
         self.request = None
         self.responses += 1
         reset = set(data["reset"])
-        for stream in reset:
-            self.resets += 1
-            self.cursors.pop(stream, None)  # store.dropStream (the accounting keeps all)
+        self.resets += len(reset)
         # a stream a previous page did not hold back went live since: the request's cursor
         # (that page's) is behind what came live, and the response goes on from the latter
         expect = {
@@ -255,21 +192,18 @@ class Device:
         for stream, last in expect.items():
             if cursors.get(stream) != last:
                 self.gap("response cursor", stream, last, cursors.get(stream, -1))
-        self.cursors.update(cursors)  # store.setCursors
         self.upto = dict(cursors)
         if data["hasMore"]:
-            return True
-        self.synced = True
+            return
         if self.pool.final_epoch > self.final_done:
             if request.final == self.pool.final_epoch:
                 self.final_done = request.final
             else:  # a sync that began before the final one was asked for: once more
                 self.pool.spawn(self.final_sync())
-        return False
 
-    def on_new(self, n: dict[str, Any], tick: int) -> None:
-        stream, seq = n["stream"], n["seq"]
-        if not self.receive(stream, seq, tick, None, set()):
+    def live(self, notification: dict[str, Any]) -> None:
+        stream, seq = notification["stream"], notification["seq"]
+        if not self.receive(stream, seq, self.tick, None, set()):
             return
         last = self.upto.get(stream)
         if last is None:
@@ -278,8 +212,8 @@ class Device:
             if seq != last + 1:
                 self.gap("live", stream, last, seq)
             self.upto[stream] = max(seq, last)
-        if self.synced:
-            self.cursors[stream] = seq  # README §7 step 4, exactly as its code does
+
+    # -- the accounting --------------------------------------------------------------------
 
     def receive(
         self, stream: str, seq: int, tick: int, request: Request | None, reset: set[str]
@@ -342,21 +276,15 @@ class Device:
             )
 
     async def final_sync(self) -> None:
-        ws = self.ws
-        if ws is None or not self.synced or self.request is not None:
-            return  # the sync that is running or comes with the next connection counts
-        with contextlib.suppress(ConnectionClosed):
-            await self.send_sync(ws, {s: c for s, c in self.cursors.items() if s in self.streams})
+        """One more sync-request from the stored cursors (README §7's), unless the sync under
+        way or the next connection's stands for it."""
+        await self.client.resync()
 
     def drop(self, abrupt: bool) -> bool:
-        ws = self.ws
-        if ws is None:
+        if not self.client.connected:
             return False
         self.dropped_by_us += 1
-        if abrupt:
-            ws.transport.abort()  # like a network loss: no close frame
-        else:
-            self.pool.spawn(ws.close(1000, "chaos: device goes away"))
+        self.pool.spawn(self.client.disconnect(abrupt, "chaos: device goes away"))
         return True
 
     def report(self) -> dict[str, Any]:
@@ -406,7 +334,6 @@ class DevicePool:
         self.devices: list[Device] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.spawned: set[asyncio.Task[Any]] = set()
-        self.stopping = False
         self.final_epoch = 0
 
     def spawn(self, coro: Any) -> None:
@@ -440,8 +367,8 @@ class DevicePool:
     def status(self) -> dict[str, Any]:
         return {
             "devices": len(self.devices),
-            "open": sum(1 for d in self.devices if d.confirmed),
-            "synced": sum(1 for d in self.devices if d.synced and d.request is None),
+            "open": sum(1 for d in self.devices if d.client.state == "open"),
+            "synced": sum(1 for d in self.devices if d.client.synced and not d.client.syncing),
             "crashed": [f"{d.name}: {d.crashed}" for d in self.devices if d.crashed][:3],
             "connects": sum(d.connects for d in self.devices),
             "received": sum(len(s) for d in self.devices for s in d.received.values()),
@@ -449,7 +376,7 @@ class DevicePool:
 
     def drop(self, count: int, seed: int) -> dict[str, int]:
         rng = random.Random(seed)
-        live = [d for d in self.devices if d.ws is not None]
+        live = [d for d in self.devices if d.client.connected]
         chosen = rng.sample(live, min(count, len(live)))
         out = {"aborted": 0, "closed": 0}
         for device in chosen:
@@ -473,8 +400,7 @@ class DevicePool:
         return {"done": len(self.devices) - len(pending), "pending": pending[:20]}
 
     async def stop(self) -> dict[str, Any]:
-        self.stopping = True
-        closing = [d.ws.close(1000, "chaos run over") for d in self.devices if d.ws is not None]
+        closing = [d.client.stop("chaos run over") for d in self.devices if d.client.connected]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT + 3):
                 await asyncio.gather(*closing, return_exceptions=True)

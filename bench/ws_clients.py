@@ -1,8 +1,20 @@
-# WebSocket load generator: one process holding thousands of client connections, each a bare
-# asyncio.Protocol on uvloop driving websockets' sans-I/O ClientProtocol (no task, no queue per
-# connection), driven by run.py over a pipe; it timestamps every notification as it is read.
-# It speaks notifyd's protocol, or Socket.IO 4 (Engine.IO v4 text packets over a WebSocket)
-# to the peers in bench/peers/, with the same lean connections for both.
+"""WebSocket load generator: one process holding thousands of client connections, each a bare
+asyncio.Protocol on uvloop driving websockets' sans-I/O ClientProtocol (no task, no queue per
+connection), driven by run.py over a pipe; it timestamps every notification as it is read.
+It speaks notifyd's protocol, or Socket.IO 4 (Engine.IO v4 text packets over a WebSocket) to
+the peers in bench/peers/, with the same lean connections for both.
+
+Why not notifyd.client, the one Python client loop (which the chaos run's devices and the
+tests use): this process is what the benchmark measures against. notifyd.client costs per
+connection a reader task, a queue, a websockets asyncio connection and a JSON decode of every
+frame; here one Python process holds thousands of connections and must read every frame at the
+rate the daemon sends them, or the figures measure the client instead of the server. So a
+connection is a Protocol whose receive path only looks for a byte mark in the payload's head
+and timestamps it. Nor does it need the loop: it never reconnects, its one sync-request (the
+reconnect storm's) is checked against exactly what its user missed, and lost or duplicated
+items are counted by the runs that look for them (bench/chaos.py, tests/test_faults.py).
+"""
+
 from __future__ import annotations
 
 import asyncio

@@ -19,6 +19,7 @@ from notifyd import PROTOCOL_VERSION
 from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
 from notifyd.core.auth import Authenticator, Identity
+from notifyd.core.backoff import Backoff
 from notifyd.core.channel import Channel, Opened
 from notifyd.core.errors import AuthError, ClientError, PruneBusy, StoreError
 from notifyd.core.fanout import Router
@@ -559,14 +560,14 @@ class App:
     async def _note_floors(self, conn: Connection, streams: list[str]) -> None:
         """Streams that just got their first local subscriber: their last seq is where a
         catch-up starts should the LISTEN connection be lost (see _send_initial_state)."""
-        delay = 0.1
+        backoff = Backoff(0.1, 2.0)
         while conn.session.state is State.LIVE:
             try:
                 states = await self.store.stream_states(streams)
             except StoreError as exc:
+                delay = backoff.next()
                 log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
                 continue
             for stream in streams:
                 if self.index.subscribers(stream):  # not dropped again meanwhile
@@ -576,7 +577,7 @@ class App:
 
     async def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
         streams = list(identity.streams)
-        delay = 0.1
+        backoff = Backoff(0.1, 2.0)
         while True:
             epoch = self._unread_epoch.get(identity.user_stream, 0)
             try:
@@ -585,9 +586,9 @@ class App:
             except StoreError as exc:
                 # Keep trying while the client is connected: the stream floors read here are
                 # where catch-up starts if the LISTEN connection is lost later.
+                delay = backoff.next()
                 log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
             if conn.session.state is not State.LIVE:
                 return
         if conn.session.state is not State.LIVE:

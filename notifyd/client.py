@@ -1,7 +1,16 @@
-# An asyncio client of the notifyd protocol for Python programs, tools and tests: it connects
-# with ?sync=1, authenticates, syncs from its cursors on every (re)connect (paging on hasMore),
-# drops duplicates by (stream, seq), and reconnects with exponential backoff and jitter, as
-# protocol/README.md §7 recommends. `notifyd tail` is built on it.
+"""The Python client of the notifyd protocol: the one implementation, in Python, of the client
+loop protocol/README.md §7 recommends. It connects with ?sync=1, authenticates, syncs from its
+cursors on every (re)connect (paging on hasMore), drops duplicates by (stream, seq), retries a
+sync refused as `unavailable`, and reconnects with backoff (notifyd.core.backoff): at once after
+1001 and 4008, never after 4003.
+
+`notifyd tail` is built on it, and so are the tests' fault clients and the chaos run's devices,
+which audit what the server sent through an `Observer`'s hooks. (The benchmark's load generator,
+bench/ws_clients.py, keeps its own leaner sans-I/O connections: see its docstring.)
+
+An adapter over websockets' asyncio client; the daemon never imports this module.
+"""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,23 +18,19 @@ import contextlib
 import dataclasses
 import itertools
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from notifyd.core.backoff import Backoff
+
+__all__ = ["Event", "Ledger", "NotifydClient", "Observer", "SyncRequest", "TokenSource"]
+
 TokenSource = str | Callable[[], Awaitable[str]]
-
-
-def backoff_delay(
-    attempt: int, base: float = 0.5, cap: float = 30.0, rand: Callable[[], float] = random.random
-) -> float:
-    """Seconds before reconnect attempt `attempt` (0, 1, ...): doubling up to `cap`, half of it
-    random so that many clients spread out."""
-    ceiling: float = min(cap, base * 2.0 ** min(attempt, 30))
-    return ceiling / 2 + rand() * ceiling / 2
+RETRY_LATER = frozenset({"unavailable", "internal-error"})  # README §8: retry later, with backoff
 
 
 def _text(frame: dict[str, Any]) -> str:
@@ -39,6 +44,48 @@ class Event:
 
     kind: str
     data: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """A sync-request sent: its ref and the cursors it carried."""
+
+    ref: str
+    cursors: dict[str, int]
+
+
+class Observer:
+    """Hooks into the client loop for those who audit what the server sent (the fault tests, the
+    chaos run). Each runs synchronously when its step happens, before the client acts on what
+    was received (so before its ledger drops a duplicate). Every hook does nothing here."""
+
+    def connect_failed(self, exc: BaseException) -> None:
+        """A connection attempt failed before the WebSocket opened."""
+
+    def opened(self) -> None:
+        """A WebSocket connection opened."""
+
+    def frame(self, frame: dict[str, Any], binary: bool) -> None:
+        """Any frame received, before the hooks below."""
+
+    def confirmed(self, streams: frozenset[str]) -> None:
+        """connection-confirmed: the streams of this connection."""
+
+    def sync_sent(self, request: SyncRequest) -> None:
+        """A notification:sync-request went out."""
+
+    def sync_received(self, request: SyncRequest | None, data: dict[str, Any]) -> None:
+        """A notification:sync-response; `request` is the one it answers, None when it answers
+        none that was awaited (wrong ref, or none pending)."""
+
+    def live(self, notification: dict[str, Any]) -> None:
+        """A notification:new."""
+
+    def error(self, data: dict[str, Any], ref: str | None) -> None:
+        """An error frame."""
+
+    def closed(self, code: int | None) -> None:
+        """The connection ended; its close code, None when there was no close frame."""
 
 
 class Ledger:
@@ -69,7 +116,12 @@ class Ledger:
 
 
 class NotifydClient:
-    """async for event in NotifydClient("ws://127.0.0.1:8765", token).events(): ..."""
+    """async for event in NotifydClient("ws://127.0.0.1:8765", token).events(): ...
+
+    Reconnects wait `backoff_base` doubled per failed attempt up to `backoff_cap` (half of it
+    random), and up to `quick` seconds after a 1001 or 4008 close; `rand` is the jitter source.
+    `sync_limit` is the per-stream page size asked for; `connect_options` go to websockets'
+    connect(); `observer` sees every step."""
 
     def __init__(
         self,
@@ -78,23 +130,53 @@ class NotifydClient:
         cursors: dict[str, int] | None = None,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        *,
+        quick: float = 1.0,
+        rand: Callable[[], float] = random.random,
+        sync_limit: int | None = None,
+        observer: Observer | None = None,
+        connect_options: Mapping[str, Any] | None = None,
     ) -> None:
         base = url.rstrip("/").removesuffix("/ws")
         self.url = f"{base}/ws?sync=1"
         self.token = token
         self.ledger = Ledger(cursors)
-        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self.observer = observer or Observer()
+        self.quick, self.sync_limit, self._rand = quick, sync_limit, rand
+        self._backoff = Backoff(backoff_base, backoff_cap, rand)  # reconnects
+        self._sync_backoff = Backoff(backoff_base, backoff_cap, rand)  # refused syncs
+        self._connect_options: dict[str, Any] = {
+            "compression": None,
+            "open_timeout": 10,
+            "max_size": None,
+            **(connect_options or {}),
+        }
         self.state = "stopped"
         self.unread_count: int | None = None
         self.user_id: str | None = None
+        self.streams: frozenset[str] = frozenset()  # of the current (or last) connection
+        self.synced = False  # a final page (hasMore false) came on this connection
+        self.connections = 0  # WebSocket connections opened
         self._ws: ClientConnection | None = None
+        self._syncing: SyncRequest | None = None  # the sync-request awaiting its response
+        self._retry: asyncio.Task[None] | None = None
         self._refs = itertools.count(1)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._stopped = False
+        self._stop = asyncio.Event()
 
     @property
     def cursors(self) -> dict[str, int]:
         return dict(self.ledger.cursors)
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    @property
+    def syncing(self) -> bool:
+        """A sync-request is awaiting its response."""
+        return self._syncing is not None
 
     async def _token(self) -> str:
         return self.token if isinstance(self.token, str) else await self.token()
@@ -104,11 +186,14 @@ class NotifydClient:
         (4003 revoked; 4001 with a fixed token), which ends the iteration after a state event.
         A task reads the connection, so the loop body may await mark_read() and the like."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        failure: list[BaseException] = []
 
         async def pump() -> None:
             try:
                 async for event in self._produce():
                     await queue.put(event)
+            except Exception as exc:  # an observer's bug: raised to the consumer below
+                failure.append(exc)
             finally:
                 await queue.put(None)
 
@@ -116,6 +201,8 @@ class NotifydClient:
         try:
             while (event := await queue.get()) is not None:
                 yield event
+            if failure:
+                raise failure[0]
         finally:
             self._stopped = True
             task.cancel()
@@ -123,35 +210,36 @@ class NotifydClient:
                 await task
 
     async def _produce(self) -> AsyncIterator[Event]:
-        attempt = 0
         while not self._stopped:
             yield self._set_state("connecting")
-            code = None
+            code, opened = None, False
             try:
-                async with connect(
-                    self.url, compression=None, open_timeout=10, max_size=None
-                ) as ws:
-                    self._ws = ws
-                    await ws.send(
-                        _text(
-                            {"type": "auth", "ref": "auth", "data": {"token": await self._token()}}
-                        )
-                    )
+                async with connect(self.url, **self._connect_options) as ws:
+                    self._ws, opened = ws, True
+                    self.connections += 1
+                    self.observer.opened()
+                    auth = {"type": "auth", "ref": "auth", "data": {"token": await self._token()}}
+                    await ws.send(_text(auth))
                     async for event in self._converse(ws):
-                        attempt = 0
                         yield event
                     code = ws.close_code
             except InvalidStatus as exc:
                 code = exc.response.status_code
+                self.observer.connect_failed(exc)
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd is not None else None
-            except (OSError, InvalidHandshake, TimeoutError):
-                code = None
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                if not opened:
+                    self.observer.connect_failed(exc)
             finally:
-                self._ws = None
+                self._ws, self._syncing, self.synced = None, None, False
+                if self._retry is not None:
+                    self._retry.cancel()
                 for future in self._pending.values():
                     future.cancel()
                 self._pending.clear()
+            if opened:
+                self.observer.closed(code)
             if self._stopped:
                 break
             if code == 4003 or (code in (4001, 401) and isinstance(self.token, str)):
@@ -159,20 +247,25 @@ class NotifydClient:
                 return
             yield self._set_state("offline")
             if code in (1001, 4008):
-                await asyncio.sleep(random.random())  # "at once", spread out
+                await self._pause(self._rand() * self.quick)  # "at once", spread out
             else:
-                await asyncio.sleep(backoff_delay(attempt, self.backoff_base, self.backoff_cap))
-                attempt += 1
+                await self._pause(self._backoff.next())
         yield self._set_state("stopped")
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, or less if stop() is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
 
     def _set_state(self, state: str) -> Event:
         self.state = state
         return Event("state", {"state": state})
 
     async def _converse(self, ws: ClientConnection) -> AsyncIterator[Event]:
-        synced = False
         async for message in ws:
             frame = orjson.loads(message)
+            self.observer.frame(frame, isinstance(message, bytes))
             kind, data, ref = frame["type"], frame.get("data") or {}, frame.get("ref")
             if ref in self._pending:
                 future = self._pending.pop(ref)
@@ -180,10 +273,18 @@ class NotifydClient:
                     future.set_result(frame)
             if kind == "connection-confirmed":
                 self.user_id = data["userId"]
-                mine = {f"user:{data['userId']}", *(f"role:{r}" for r in data["roles"]), "all"}
+                self.streams = frozenset(
+                    {f"user:{data['userId']}", *(f"role:{r}" for r in data["roles"]), "all"}
+                )
+                self._backoff.reset()
+                self.observer.confirmed(self.streams)
                 yield self._set_state("open")
-                await self._sync(ws, {s: c for s, c in self.ledger.cursors.items() if s in mine})
+                await self._sync(ws, self._stored_cursors())
             elif kind == "notification:sync-response":
+                request, self._syncing = self._syncing, None
+                self.observer.sync_received(
+                    request if request is not None and request.ref == ref else None, data
+                )
                 for stream in data["reset"]:
                     self.ledger.drop(stream)
                     yield Event("reset", {"stream": stream})
@@ -194,31 +295,69 @@ class NotifydClient:
                 if data["hasMore"]:
                     await self._sync(ws, data["cursors"])
                 else:
-                    synced = True
+                    self.synced = True
+                    self._sync_backoff.reset()
             elif kind == "notification:new":
                 n = data["notification"]
+                self.observer.live(n)
                 if self.ledger.admit(n):
                     yield Event("notification", n)
-                if synced:
+                if self.synced:
                     self.ledger.advance({n["stream"]: n["seq"]})
             elif kind == "notification:unread-count":
                 self.unread_count = data["count"]
                 yield Event("unread", data)
-            elif kind in (
-                "notification:read",
-                "notification:updated",
-                "notification:deleted",
-                "error",
-            ):
+            elif kind == "error":
+                self.observer.error(data, ref)
+                if self._syncing is not None and ref == self._syncing.ref:
+                    self._syncing = None  # refused; live delivery goes on
+                    if data.get("code") in RETRY_LATER:
+                        self._retry_sync(ws)
+                yield Event("error", data)
+            elif kind in ("notification:read", "notification:updated", "notification:deleted"):
                 yield Event(kind.removeprefix("notification:"), data)
             elif kind.startswith("presence:") and kind != "presence:state":
                 yield Event("presence", {**data, "online": kind == "presence:online"})
 
+    def _stored_cursors(self) -> dict[str, int]:
+        """The stored cursors of this connection's streams (those of other streams are kept)."""
+        return {s: c for s, c in self.ledger.cursors.items() if s in self.streams}
+
     async def _sync(self, ws: ClientConnection, cursors: dict[str, int]) -> None:
-        ref = f"sync-{next(self._refs)}"
+        request = SyncRequest(f"sync-{next(self._refs)}", dict(cursors))
+        data: dict[str, Any] = {"cursors": cursors}
+        if self.sync_limit is not None:
+            data["limit"] = self.sync_limit
+        self._syncing = request
+        self.observer.sync_sent(request)
         await ws.send(
-            _text({"type": "notification:sync-request", "data": {"cursors": cursors}, "ref": ref})
+            _text({"type": "notification:sync-request", "data": data, "ref": request.ref})
         )
+
+    def _retry_sync(self, ws: ClientConnection) -> None:
+        delay = self._sync_backoff.next()
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            if self._ws is ws and self._syncing is None and not self.synced:
+                with contextlib.suppress(ConnectionClosed):
+                    await self._sync(ws, self._stored_cursors())
+
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = asyncio.get_running_loop().create_task(later())
+
+    async def resync(self) -> bool:
+        """Send one more sync-request from the stored cursors, as a reconnect does. Returns
+        False, sending nothing, unless connected, synced and no sync under way (then that one,
+        or the next connection's, stands for it)."""
+        ws = self._ws
+        if ws is None or not self.synced or self._syncing is not None:
+            return False
+        with contextlib.suppress(ConnectionClosed):
+            await self._sync(ws, self._stored_cursors())
+            return True
+        return False
 
     async def request(self, kind: str, data: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
         """Send one client event and return the server's answer frame (an `error` frame
@@ -238,8 +377,23 @@ class NotifydClient:
     async def mark_all_read(self) -> dict[str, Any]:
         return await self.request("notification:mark-all-read", {})
 
-    async def stop(self) -> None:
+    async def disconnect(self, abrupt: bool = False, reason: str = "") -> bool:
+        """End the current connection (the loop then reconnects and syncs): a close handshake,
+        or `abrupt`ly, like a network loss, without a close frame. False when not connected."""
+        ws = self._ws
+        if ws is None:
+            return False
+        if abrupt:
+            ws.transport.abort()
+        else:
+            with contextlib.suppress(Exception):
+                await ws.close(1000, reason)
+        return True
+
+    async def stop(self, reason: str = "") -> None:
+        """End the loop: the iteration of events() ends after a `stopped` state event."""
         self._stopped = True
+        self._stop.set()
         if self._ws is not None:
             with contextlib.suppress(Exception):
-                await self._ws.close()
+                await self._ws.close(1000, reason)

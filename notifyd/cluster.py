@@ -1,9 +1,14 @@
-# Presence across processes and hosts through Redis; the only module that talks to Redis.
-# Each process (a node) keeps its LocalPresence and tells Redis only when one of its users
-# comes or goes; atomic Lua scripts keep the cluster-wide counts and publish the changes on a
-# channel every node follows. A node heartbeats its entry; a node that stops heartbeating is
-# dropped (its users go offline) by the next heartbeat of any other node. Without Redis, or
-# while it is unreachable, presence is this process's own and changes are delivered locally.
+"""Presence across processes and hosts through Redis; the only module that talks to Redis.
+
+Each process (a node) keeps its LocalPresence (notifyd.core.presence) and tells Redis only when
+one of its users comes or goes; atomic Lua scripts keep the cluster-wide counts and publish the
+changes on a channel every node follows. A node heartbeats its entry; a node that stops
+heartbeating is dropped (its users go offline) by the next heartbeat of any other node. Without
+Redis, or while it is unreachable, presence is this process's own and changes are delivered
+locally. Who is online and who may see whom is decided in notifyd.core.presence; this module
+owns only keeping Redis in step with it. No other module imports redis.
+"""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from notifyd.config import Settings
+from notifyd.core.backoff import Backoff
 from notifyd.core.presence import LocalPresence, PresenceChange, UserPresence
 from notifyd.ops.metrics import Metrics
 
@@ -287,17 +293,16 @@ class ClusterPresence:
         return int(result)
 
     async def _run(self) -> None:
-        delay = 0.1
+        backoff = Backoff(0.1, max(0.1, self.beat))
         while True:
             try:
                 if not self.up:
                     await self._join()
-                    delay = 0.1
+                    backoff.reset()
                 await self._step()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._went_down(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.beat)
+                await asyncio.sleep(backoff.next())
             except Exception as exc:  # a bug must not stop the heartbeat for good
                 log.exception("presence cluster step failed")
                 self._went_down(exc)

@@ -1,6 +1,7 @@
-# Helpers for the fault, slow-consumer and property tests: plain HTTP probes, a notifyd
-# subprocess that can be killed, a raw sans-I/O WebSocket client whose reads the test controls,
-# and a reconnecting client that follows protocol/README.md §7 and counts every duplicate or gap.
+"""Helpers for the fault, slow-consumer and property tests: plain HTTP probes, a notifyd
+subprocess that can be killed, a raw sans-I/O WebSocket client whose reads the test controls,
+and a device (notifyd.client's loop) audited for every duplicate, gap or misordered item."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,14 +18,13 @@ from typing import Any
 
 import orjson
 from protocol_schema import validate_server_frame
-from support import ROOT, SECRET, Client, http_request, notifyd_cmd, subprocess_env
-from websockets.asyncio.client import connect
+from support import ROOT, SECRET, http_request, notifyd_cmd, subprocess_env
 from websockets.client import ClientProtocol
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from notifyd.client import NotifydClient, Observer, SyncRequest
 from notifyd.core.auth import issue_token
 
 DOCUMENTED_ERRORS = frozenset(
@@ -238,13 +238,12 @@ class RawClient:
         self.writer.close()
 
 
-# -- a client that reconnects and syncs as protocol/README.md §7 says -------------------------
+# -- a client that reconnects and syncs, audited -----------------------------------------------
 
 
-class CursorClient:
-    """One device: connects with ?sync=1, reconnects whenever its connection drops, syncs from
-    its cursors on every connect (paging on hasMore with the response's cursors), and keeps per
-    stream:
+class CursorClient(Observer):
+    """One device: notifyd.client's loop (?sync=1, sync from its cursors on every connect,
+    paging on hasMore, reconnect), audited through its hooks. Per stream it keeps:
 
     - `accepted`: the items in the order they came: each sync-response's items, then live
       `notification:new` frames after the last page. Over the whole run this must be 1, 2,
@@ -256,92 +255,78 @@ class CursorClient:
 
     def __init__(self, port: int, user: str, roles: list[str], limit: int) -> None:
         self.port, self.user, self.roles, self.limit = port, user, roles, limit
-        self.cursors: dict[str, int] = {}
+        self.cursors: dict[str, int] = {}  # as the audit sees them (the client keeps its own)
         self.have: dict[str, set[int]] = {}
         self.accepted: dict[str, list[int]] = {}
         self.violations: list[str] = []
         self.trace: collections.deque[str] = collections.deque(maxlen=40)
         self.context: list[str] = []  # the trace when the first violation was found
-        self.connections = 0
         self.pages_with_more = 0
-        self.synced = False
         self.responded = False  # a sync-response came on this connection
         self.streams: set[str] = set()
-        self._sent: dict[str, int] = {}
-        self._requests = 0
-        self._stop = asyncio.Event()
+        self.client = NotifydClient(
+            f"ws://127.0.0.1:{port}",
+            issue_token(SECRET, user, roles, 3600),
+            # cursors from the start: everything after seq 0, not a stream's latest items
+            cursors=dict.fromkeys([f"user:{user}", *(f"role:{r}" for r in roles), "all"], 0),
+            backoff_base=0.05,  # the daemon is down: retry soon
+            backoff_cap=0.2,
+            quick=0.05,
+            sync_limit=limit,
+            observer=self,
+            connect_options={"open_timeout": 5, "ping_interval": None},
+        )
         self.task: asyncio.Task[None] | None = None
 
+    @property
+    def connections(self) -> int:
+        return self.client.connections
+
+    @property
+    def synced(self) -> bool:
+        return self.client.synced
+
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        async def run() -> None:
+            async for _event in self.client.events():
+                pass
+
+        self.task = asyncio.get_running_loop().create_task(run())
 
     async def stop(self) -> None:
-        self._stop.set()
+        await self.client.stop()
         assert self.task is not None
         await asyncio.wait_for(self.task, 30)
 
     def caught_up(self, last: dict[str, int]) -> bool:
         return self.synced and all(self.cursors.get(s, 0) >= last.get(s, 0) for s in self.streams)
 
-    async def _run(self) -> None:
-        token = issue_token(SECRET, self.user, self.roles, 3600)
-        url = f"ws://127.0.0.1:{self.port}/ws?sync=1&token={token}"
-        while not self._stop.is_set():
-            try:
-                ws = await connect(url, open_timeout=5, ping_interval=None, compression=None)
-            except (OSError, InvalidHandshake, TimeoutError):
-                await asyncio.sleep(0.05)  # the daemon is down: retry
-                continue
-            self.connections += 1
-            client = Client(ws)
-            try:
-                await self._session(client)
-            except ConnectionClosed:
-                self.synced = False  # killed daemon: reconnect and sync
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(), 2)
+    # -- the hooks ----------------------------------------------------------------------------
 
-    async def _request(self, client: Client, cursors: dict[str, int]) -> None:
-        self._requests += 1
-        self.trace.append(f"request {cursors}")
-        self._sent = dict(cursors)
-        await client.send(
-            "notification:sync-request",
-            {"cursors": cursors, "limit": self.limit},
-            f"sync-{self._requests}",
-        )
+    def opened(self) -> None:
+        self.responded = False
 
-    async def _session(self, client: Client) -> None:
-        self.synced = self.responded = False
-        confirmed = await client.next_data("connection-confirmed", 10)
-        mine = {f"user:{confirmed['userId']}", *(f"role:{r}" for r in confirmed["roles"]), "all"}
-        self.streams = mine
-        for stream in mine:
+    def confirmed(self, streams: frozenset[str]) -> None:
+        self.streams = set(streams)
+        for stream in streams:
             self.cursors.setdefault(stream, 0)
             self.have.setdefault(stream, set())
             self.accepted.setdefault(stream, [])
-        await self._request(client, {s: c for s, c in self.cursors.items() if s in mine})
-        while True:
-            try:
-                frame = await client.recv(0.2)
-            except TimeoutError:
-                if self._stop.is_set():
-                    return
-                continue
-            kind, data = frame["type"], frame["data"]
-            if kind == "notification:sync-response":
-                assert frame.get("ref") == f"sync-{self._requests}", frame
-                await self._on_sync_response(client, data)
-            elif kind == "notification:new":
-                self._on_new(data["notification"])
-            elif kind == "error":
-                self.violations.append(f"error frame {data}")
 
-    async def _on_sync_response(self, client: Client, data: dict[str, Any]) -> None:
+    def sync_sent(self, request: SyncRequest) -> None:
+        self.trace.append(f"request {request.cursors}")
+
+    def error(self, data: dict[str, Any], ref: str | None) -> None:
+        self.violations.append(f"error frame {data}")
+
+    def sync_received(self, request: SyncRequest | None, data: dict[str, Any]) -> None:
         self.responded = True
+        if request is None:
+            self.violations.append("a sync-response that answers no pending sync-request")
+            return
+        sent = request.cursors
         self.trace.append(
-            f"response {self._sent} -> {data['cursors']} "
+            f"response {sent} -> {data['cursors']} "
             f"{[(n['stream'], n['seq']) for n in data['notifications']]}"
         )
         if data["reset"]:
@@ -354,15 +339,17 @@ class CursorClient:
         for stream in data["cursors"].keys() - self.streams:
             self.violations.append(f"foreign stream {stream} in cursors")
         for stream in self.streams:
-            sent, cursor = self._sent[stream], data["cursors"][stream]
+            cursor = data["cursors"][stream]
             seqs = by_stream.get(stream, [])
-            if any(q <= sent for q in seqs) or len(set(seqs)) != len(seqs):
-                self.violations.append(f"duplicate in {stream} sync: {seqs} after cursor {sent}")
+            if any(q <= sent[stream] for q in seqs) or len(set(seqs)) != len(seqs):
+                self.violations.append(
+                    f"duplicate in {stream} sync: {seqs} after cursor {sent[stream]}"
+                )
             if seqs != sorted(seqs) or (seqs and seqs[-1] > cursor):
                 self.violations.append(f"{stream} sync out of order: {seqs}, cursor {cursor}")
             # a stream another page did not wait for went live after the previous page: the
             # request's cursor (the previous response's) may be behind what arrived since
-            base = max(sent, self.cursors[stream])
+            base = max(sent[stream], self.cursors[stream])
             if seqs != list(range(base + 1, cursor + 1)):
                 self.context = self.context or list(self.trace)
                 self.violations.append(
@@ -374,12 +361,9 @@ class CursorClient:
             self.cursors[stream] = cursor
         if data["hasMore"]:
             self.pages_with_more += 1
-            await self._request(client, dict(data["cursors"]))  # as the README's loop does
-        else:
-            self.synced = True
 
-    def _on_new(self, n: dict[str, Any]) -> None:
-        stream, seq = n["stream"], n["seq"]
+    def live(self, notification: dict[str, Any]) -> None:
+        stream, seq = notification["stream"], notification["seq"]
         self.trace.append(f"live {stream} {seq}")
         if stream not in self.streams:
             self.violations.append(f"foreign stream {stream} delivered live")

@@ -7,13 +7,10 @@ import subprocess
 
 from support import ROOT, Daemon, free_port, notifyd_cmd, running_daemon, subprocess_env
 
-from notifyd.client import Event, Ledger, NotifydClient, backoff_delay
+from notifyd.client import Event, Ledger, NotifydClient
 
 
-def test_backoff_and_ledger_units() -> None:
-    lows = [backoff_delay(a, 0.5, 30, lambda: 0.0) for a in (0, 1, 2, 10, 50)]
-    assert lows == [0.25, 0.5, 1.0, 15.0, 15.0]
-    assert backoff_delay(3, 0.5, 30, lambda: 1.0) == 4.0
+def test_ledger_dedupes_and_only_advances() -> None:  # the backoff: tests/units/test_backoff.py
     ledger = Ledger({"user:1": 5}, remember=2)
     n = [{"stream": "user:1", "seq": s} for s in (6, 7, 6, 8, 6)]
     assert [ledger.admit(x) for x in n] == [True, True, False, True, True]  # remembers 2

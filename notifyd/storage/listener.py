@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from notifyd.core.backoff import Backoff
 from notifyd.core.channel import Channel, Opened
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Listener:
         await self._close()
 
     async def _run(self) -> None:
-        delay = self._backoff_initial
+        backoff = Backoff(self._backoff_initial, self._backoff_max)
         first = True
         while True:
             try:
@@ -93,7 +93,7 @@ class Listener:
                     log.warning("LISTEN connection restored; caught up %d notifications", caught_up)
                 first = False
                 self._up.set()
-                delay = self._backoff_initial
+                backoff.reset()
                 await self._watch()
             except asyncio.CancelledError:
                 raise
@@ -103,10 +103,9 @@ class Listener:
             self._on_lost()
             await self._close()
             self.reconnects += 1
-            sleep = delay * (0.5 + random.random())
-            log.warning("reconnecting the LISTEN connection in %.2fs", sleep)
-            await asyncio.sleep(sleep)
-            delay = min(delay * 2, self._backoff_max)
+            delay = backoff.next()
+            log.warning("reconnecting the LISTEN connection in %.2fs", delay)
+            await asyncio.sleep(delay)
 
     async def _connect(self) -> None:
         self._lost = asyncio.Event()
