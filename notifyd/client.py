@@ -16,6 +16,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from notifyd.core.codes import CloseCode
+
 TokenSource = str | Callable[[], Awaitable[str]]
 
 
@@ -154,11 +156,12 @@ class NotifydClient:
                 self._pending.clear()
             if self._stopped:
                 break
-            if code == 4003 or (code in (4001, 401) and isinstance(self.token, str)):
-                yield self._set_state("revoked" if code == 4003 else "unauthorized")
+            revoked = code == CloseCode.REVOKED
+            if revoked or (code in (CloseCode.UNAUTHORIZED, 401) and isinstance(self.token, str)):
+                yield self._set_state("revoked" if revoked else "unauthorized")
                 return
             yield self._set_state("offline")
-            if code in (1001, 4008):
+            if code in (CloseCode.GOING_AWAY, CloseCode.TOO_SLOW):
                 await asyncio.sleep(random.random())  # "at once", spread out
             else:
                 await asyncio.sleep(backoff_delay(attempt, self.backoff_base, self.backoff_cap))
