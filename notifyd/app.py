@@ -21,6 +21,7 @@ from notifyd.config import Settings
 from notifyd.core.auth import Authenticator, Identity
 from notifyd.core.backoff import Backoff
 from notifyd.core.channel import Channel, Opened
+from notifyd.core.codes import AuthReason, CloseCode, ErrorCode, close_label
 from notifyd.core.errors import AuthError, ClientError, PruneBusy, StoreError
 from notifyd.core.fanout import Router
 from notifyd.core.index import StreamIndex
@@ -43,8 +44,6 @@ from notifyd.core.session import State
 from notifyd.core.timers import TimerWheel
 from notifyd.edge.http_api import HttpAnswer, HttpApi
 from notifyd.edge.server import (
-    CLOSE_REVOKED,
-    CLOSE_TOKEN,
     AdminConnection,
     Connection,
     connection_factory,
@@ -68,24 +67,6 @@ RETENTION_EVERY = 600.0  # seconds between retention runs (jittered: many proces
 PRUNE_BATCH = 250  # rows per prune transaction: short locks (bench/retention.py)
 PRUNE_PAUSE = 0.05  # seconds between batches, so the database serves others meanwhile
 PRUNE_RETRIES = 5  # a batch that gave way to an app transaction is retried this often per run
-CLOSE_CODES = frozenset(
-    {
-        1000,
-        1001,
-        1002,
-        1003,
-        1005,
-        1006,
-        1007,
-        1008,
-        1009,
-        1010,
-        1011,
-        CLOSE_TOKEN,
-        CLOSE_REVOKED,
-        4008,
-    }
-)  # metric labels; others: "other"
 
 
 def _now_iso() -> str:
@@ -235,7 +216,7 @@ class App:
             self._admin.close()
         closing = list(self.connections)
         for conn in closing:
-            conn.close(1001, "server going away")
+            conn.close(CloseCode.GOING_AWAY, "server going away")
         # Give buffered frames (the close frames among them) and the closing handshakes until
         # the deadline (a client that takes nothing is reset sooner: server.CLOSE_GRACE).
         loop = asyncio.get_running_loop()
@@ -270,9 +251,9 @@ class App:
         try:
             identity = self.auth.verify(token)
             if self._is_revoked(identity):
-                raise AuthError("token revoked")
+                raise AuthError(AuthReason.REVOKED)
         except AuthError as exc:
-            self.metrics.auth_failed(str(exc))
+            self.metrics.auth_failed(exc.reason)
             raise
         return identity
 
@@ -297,7 +278,7 @@ class App:
                     conn.session.connection_id,
                     user_id,
                 )
-                conn.close(CLOSE_REVOKED, "access revoked")
+                conn.close(CloseCode.REVOKED, "access revoked")
 
     async def _listening(self) -> int:
         """The LISTEN connection is (again) up: reload revocations (one may have been missed
@@ -399,7 +380,7 @@ class App:
         if conn.upgraded:  # a WebSocket, not a plain HTTP request
             code, reason, by = conn.close_info()
             if identity is not None:  # counted like connections_opened: live ones
-                self.metrics.closes[str(code) if code in CLOSE_CODES else "other"] += 1
+                self.metrics.closes[close_label(code)] += 1
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "connection closed",
@@ -450,17 +431,17 @@ class App:
         event, session = frame.event, conn.session
         if session.state is State.AWAITING_AUTH:
             if not isinstance(event, Auth):
-                self._refuse(conn, ClientError("not-authenticated"), frame.ref)
+                self._refuse(conn, ClientError(ErrorCode.NOT_AUTHENTICATED), frame.ref)
                 return
             try:
                 identity = self.verify(event.token)
             except AuthError as exc:
                 log.info("auth frame refused: %s", exc)
-                conn.close(CLOSE_TOKEN, str(exc)[:100])
+                conn.close(CloseCode.UNAUTHORIZED, str(exc)[:100])
                 return
             refusal = self.admit(identity)
             if refusal is not None:
-                conn.close(1008, refusal)
+                conn.close(CloseCode.POLICY_VIOLATION, refusal)
                 return
             conn.session.authenticate(identity)
             conn.greet(ref=frame.ref)
@@ -499,7 +480,7 @@ class App:
             await operation()
         except Exception:
             log.exception("a client operation failed on connection %s", conn.session.connection_id)
-            self._refuse(conn, ClientError("internal-error"), ref)
+            self._refuse(conn, ClientError(ErrorCode.INTERNAL_ERROR), ref)
 
     def _refresh(self, conn: Connection, event: Auth, ref: str | None) -> None:
         """A fresh token on a live connection: same user only. It extends the connection, and
@@ -510,7 +491,7 @@ class App:
         try:
             identity = conn.session.authenticate(self.verify(event.token))
         except AuthError as exc:
-            self._refuse(conn, ClientError("auth-failed", str(exc)), ref)
+            self._refuse(conn, ClientError(ErrorCode.AUTH_FAILED, str(exc)), ref)
             return
         except ClientError as exc:
             self._refuse(conn, exc, ref)
@@ -615,7 +596,9 @@ class App:
         for stream in req.cursors:
             if stream not in allowed:
                 self._refuse(
-                    conn, ClientError("forbidden", f"not subscribed to stream {stream[:80]!r}"), ref
+                    conn,
+                    ClientError(ErrorCode.FORBIDDEN, f"not subscribed to stream {stream[:80]!r}"),
+                    ref,
                 )
                 return
         try:
@@ -642,7 +625,7 @@ class App:
             log.warning("sync failed: %s", exc)
             for frame in conn.session.abort_sync():
                 conn.write(frame)
-            self._refuse(conn, ClientError("unavailable"), ref)
+            self._refuse(conn, ClientError(ErrorCode.UNAVAILABLE), ref)
             return
         except BaseException:
             for frame in conn.session.abort_sync():
@@ -676,7 +659,7 @@ class App:
             )
         except StoreError as exc:
             log.warning("mark-read failed: %s", exc)
-            self._refuse(conn, ClientError("unavailable"), ref)
+            self._refuse(conn, ClientError(ErrorCode.UNAVAILABLE), ref)
             return
         conn.send(
             encode(
@@ -694,7 +677,7 @@ class App:
         viewer = identity.roles
         if not self.policy.may_query(viewer):
             self._refuse(
-                conn, ClientError("forbidden", "presence is not visible to your roles"), ref
+                conn, ClientError(ErrorCode.FORBIDDEN, "presence is not visible to your roles"), ref
             )
             return
         hidden = [r for r in event.roles if not self.policy.countable(viewer, r)]
@@ -702,7 +685,8 @@ class App:
             self._refuse(
                 conn,
                 ClientError(
-                    "forbidden", f"the presence of role {hidden[0][:80]!r} is not visible to you"
+                    ErrorCode.FORBIDDEN,
+                    f"the presence of role {hidden[0][:80]!r} is not visible to you",
                 ),
                 ref,
             )
@@ -840,7 +824,7 @@ class App:
             if now < conn.deadline:
                 return conn.deadline
             if conn.ws.state.name == "OPEN":
-                conn.close(CLOSE_TOKEN, "authentication timeout")
+                conn.close(CloseCode.UNAUTHORIZED, "authentication timeout")
             else:
                 conn.abort()
             return None
@@ -848,11 +832,11 @@ class App:
         assert identity is not None
         remaining = identity.expires_at - wall
         if remaining <= 0:
-            conn.close(CLOSE_TOKEN, "token expired")
+            conn.close(CloseCode.UNAUTHORIZED, "token expired")
             return None
         if conn.ping_sent:
             if now - conn.ping_sent >= s.ping_timeout:
-                conn.close(1011, "keepalive ping timeout")
+                conn.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
                 return None
             keepalive = conn.ping_sent + s.ping_timeout
         elif now - conn.last_recv >= s.ping_interval:

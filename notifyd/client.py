@@ -26,11 +26,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from notifyd.core.backoff import Backoff
+from notifyd.core.codes import CloseCode, ErrorCode
 
 __all__ = ["Event", "Ledger", "NotifydClient", "Observer", "SyncRequest", "TokenSource"]
 
 TokenSource = str | Callable[[], Awaitable[str]]
-RETRY_LATER = frozenset({"unavailable", "internal-error"})  # README §8: retry later, with backoff
+# README §8: retry later, with backoff
+RETRY_LATER = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL_ERROR})
 
 
 def _text(frame: dict[str, Any]) -> str:
@@ -242,11 +244,12 @@ class NotifydClient:
                 self.observer.closed(code)
             if self._stopped:
                 break
-            if code == 4003 or (code in (4001, 401) and isinstance(self.token, str)):
-                yield self._set_state("revoked" if code == 4003 else "unauthorized")
+            revoked = code == CloseCode.REVOKED
+            if revoked or (code in (CloseCode.UNAUTHORIZED, 401) and isinstance(self.token, str)):
+                yield self._set_state("revoked" if revoked else "unauthorized")
                 return
             yield self._set_state("offline")
-            if code in (1001, 4008):
+            if code in (CloseCode.GOING_AWAY, CloseCode.TOO_SLOW):
                 await self._pause(self._rand() * self.quick)  # "at once", spread out
             else:
                 await self._pause(self._backoff.next())

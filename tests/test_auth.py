@@ -14,6 +14,8 @@ from support import SECRET, Daemon, running_daemon
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from notifyd.core.codes import CloseCode
+
 
 def _claims(**kw: object) -> dict[str, object]:
     claims: dict[str, object] = {"sub": "42", "exp": int(time.time()) + 600}
@@ -58,7 +60,7 @@ async def test_bad_token_in_auth_frame_closes_with_4001(daemon: Daemon, name: st
     client = await daemon.raw()
     await client.send("auth", {"token": BAD_TOKENS[name]})
     code, reason = await client.closed()
-    assert code == 4001 and reason
+    assert code == CloseCode.UNAUTHORIZED and reason
 
 
 async def test_token_in_header_and_auth_frame(daemon: Daemon) -> None:
@@ -83,7 +85,7 @@ async def test_auth_frame_timeout_closes_with_4001(fresh_db: str) -> None:
     async with running_daemon(fresh_db, auth_timeout=0.3) as d:
         client = await d.raw()
         code, reason = await client.closed(timeout=5)
-        assert code == 4001 and "timeout" in (reason or "")
+        assert code == CloseCode.UNAUTHORIZED and "timeout" in (reason or "")
 
 
 async def test_expired_token_closes_live_connection_unless_refreshed(fresh_db: str) -> None:
@@ -94,7 +96,7 @@ async def test_expired_token_closes_live_connection_unless_refreshed(fresh_db: s
         reply = await refreshed.request("auth", {"token": d.token("e2", ttl=600)}, "auth:refreshed")
         assert reply["type"] == "auth:refreshed"
         code, reason = await short.closed(timeout=5)
-        assert code == 4001 and "expired" in (reason or "")
+        assert code == CloseCode.UNAUTHORIZED and "expired" in (reason or "")
         assert (await refreshed.request("ping", {}, "pong"))["type"] == "pong"
 
 

@@ -16,6 +16,7 @@ from faults_support import eventually, logged_errors
 from support import Daemon, running_daemon
 from wire_support import PONG, TEXT, WireClient, close_frame, frame, server_sockets, text
 
+from notifyd.core.codes import CloseCode
 from notifyd.edge.server import CLOSE_GRACE, Connection
 
 FLOOD = frame(PONG, b"p" * 125) * 100  # 13 kB of unsolicited pongs: nothing answers them
@@ -156,7 +157,7 @@ async def test_a_client_that_stops_reading_is_reset_with_its_kernel_queue(
         client, conn = await open_client(d, "s1")
         while conn in d.app.connections:
             await d.notify("s1", "big", data={"x": "y" * 20000})
-        assert conn.ws.close_sent is not None and conn.ws.close_sent.code == 4008
+        assert conn.ws.close_sent is not None and conn.ws.close_sent.code == CloseCode.TOO_SLOW
         # The server has given up on it; it must not keep what it queued, in the process or
         # in the kernel (an orphan socket in FIN-WAIT-1 with its send queue), for longer
         # than the grace: 2 s without progress once the client's window is full.
@@ -188,7 +189,7 @@ async def test_a_slow_client_that_reads_gets_4008_last(fresh_db: str) -> None:
         # reads about 200 kB/s: much slower than the notifications come
         await client.read_to_end(60, size=4096, pause=0.02)
         await load
-        assert client.close_code == 4008 and client.frames[-1][0] == 0x8
+        assert client.close_code == CloseCode.TOO_SLOW and client.frames[-1][0] == 0x8
         assert client.eof and not client.reset
         got = [t["data"]["notification"] for t in client.texts if t["type"] == "notification:new"]
         assert [n["seq"] for n in got] == list(range(1, len(got) + 1))  # whole, in order

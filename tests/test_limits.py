@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from wire_support import CONT, PING, PONG, TEXT, WireClient, frame, text
 
+from notifyd.core.codes import CloseCode
 from notifyd.core.limits import CloseGrace, TokenBucket, Verdict
 from notifyd.edge.server import Connection
 
@@ -44,7 +45,7 @@ async def test_rate_limit_errors_then_closes_with_1008(fresh_db: str) -> None:
         for i in range(10):  # keeps flooding while refused
             await flooder.send("ping", {"timestamp": i})
         code, reason = await flooder.closed()
-        assert code == 1008 and "rate" in (reason or "")
+        assert code == CloseCode.POLICY_VIOLATION and "rate" in (reason or "")
         await d.notify("r-polite", "unaffected")
         assert (await polite.next_data("notification:new"))["notification"]["title"] == "unaffected"
         await asyncio.sleep(0.3)  # the polite client's bucket refills; it is never refused
@@ -61,7 +62,7 @@ async def test_connections_per_user_are_capped(fresh_db: str) -> None:
         framed = await d.raw()
         await framed.send("auth", {"token": d.token("cap")})
         code, reason = await framed.closed()
-        assert code == 1008 and "too many" in (reason or "")
+        assert code == CloseCode.POLICY_VIOLATION and "too many" in (reason or "")
         assert (await d.connect("other")) is not None  # other users are not affected
 
 
@@ -76,7 +77,7 @@ async def test_revoke_user_closes_on_every_process_and_refuses_old_tokens(
         await one.sql("SELECT notifyd.revoke_user('blocked')")
         for device in devices:
             code, reason = await device.closed(timeout=2)
-            assert code == 4003 and reason == "access revoked"
+            assert code == CloseCode.REVOKED and reason == "access revoked"
         assert time.monotonic() - started < 2
         for daemon in (one, two):
             with pytest.raises(InvalidStatus) as info:
@@ -98,11 +99,11 @@ async def test_revoked_refresh_and_auth_frame_are_refused(daemon: Daemon) -> Non
     live = await daemon.connect("rv")
     old = daemon.token("rv")
     await daemon.sql("SELECT notifyd.revoke_user('rv')")
-    assert (await live.closed())[0] == 4003
+    assert (await live.closed())[0] == CloseCode.REVOKED
     framed = await daemon.raw()
     await framed.send("auth", {"token": old})
     code, reason = await framed.closed()
-    assert code == 4001 and "revoked" in (reason or "")
+    assert code == CloseCode.UNAUTHORIZED and "revoked" in (reason or "")
     newer = await daemon.raw(f"?token={daemon.token('rv', iat=int(time.time()) + 2)}")
     await newer.expect("connection-confirmed")
     reply = await newer.request("auth", {"token": old}, "auth:refreshed")
@@ -148,7 +149,10 @@ async def test_a_ping_flood_from_a_client_that_never_reads_is_closed(fresh_db: s
         try:
             conn = conn_of(d, flooder)
             most = await _flood_pings(conn, flooder, 100)  # up to 13 MB of pings
-            assert conn.ws.close_sent is not None and conn.ws.close_sent.code == 1008
+            assert (
+                conn.ws.close_sent is not None
+                and conn.ws.close_sent.code == CloseCode.POLICY_VIOLATION
+            )
             assert most <= d.settings.max_send_buffer + 256
             await d.notify("p-polite", "served")
             assert (await polite.next_data("notification:new"))["notification"]["title"] == "served"
@@ -183,7 +187,7 @@ async def test_pongs_count_against_the_send_bound(fresh_db: str) -> None:
             await eventually(lambda: bool(d.app.index.subscribers("user:p1")), 10, "live")
             conn = conn_of(d, flooder)
             most = await _flood_pings(conn, flooder, 200)
-            assert conn.ws.close_sent is not None and conn.ws.close_sent.code == 4008
+            assert conn.ws.close_sent is not None and conn.ws.close_sent.code == CloseCode.TOO_SLOW
             assert most <= 65536 + 256
         finally:
             flooder.abort()
@@ -214,7 +218,7 @@ async def test_fragments_take_tokens_too(fresh_db: str) -> None:
         try:
             client.send(frame(TEXT, b"[", fin=False) + frame(CONT, b" ", fin=False) * 200)
             await client.read_until(lambda c: c.close_code is not None, 10)
-            assert client.close_code == 1008
+            assert client.close_code == CloseCode.POLICY_VIOLATION
         finally:
             client.close()
 

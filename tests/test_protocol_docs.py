@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,10 +22,13 @@ from protocol_schema import (
     validate_server_frame,
 )
 
+from notifyd.core.codes import CloseCode, ErrorCode
+
 ROOT = SCHEMA_DIR.parent.parent
 README = ROOT / "protocol" / "README.md"
 
-# The lists of the wire specification the server implements (error.data.code, close codes).
+# The lists of the wire specification the server implements (error.data.code, close codes),
+# written out: the protocol is the contract that notifyd.core.codes is held to.
 ERROR_CODES = (
     "invalid-json",
     "invalid-frame",
@@ -43,6 +45,7 @@ ERROR_CODES = (
     "unavailable",
     "internal-error",
 )
+HTTP_ONLY_ERROR_CODES = ("not-found", "method-not-allowed")
 CLOSE_CODES = (1000, 1001, 1002, 1007, 1008, 1009, 1011, 4001, 4003, 4008)
 
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -175,16 +178,30 @@ def test_error_code_enum_matches_the_specification() -> None:
 
 
 def test_error_codes_match_the_server_table() -> None:
-    errors_py = ROOT / "notifyd" / "core" / "errors.py"
-    for node in ast.parse(errors_py.read_text(encoding="utf-8")).body:
-        target = node.target if isinstance(node, ast.AnnAssign) else None
-        if isinstance(target, ast.Name) and target.id == "ERROR_CODES":
-            assert isinstance(node, ast.AnnAssign) and node.value is not None
-            table: object = ast.literal_eval(node.value)
-            assert isinstance(table, dict)
-            assert sorted(table) == sorted(ERROR_CODES)
-            return
-    pytest.fail("notifyd/core/errors.py has no ERROR_CODES table")
+    assert sorted(code.value for code in ErrorCode if code.frame) == sorted(ERROR_CODES)
+    assert sorted(code.value for code in ErrorCode if not code.frame) == sorted(
+        HTTP_ONLY_ERROR_CODES
+    )
+
+
+def test_close_codes_match_the_server_table() -> None:
+    assert sorted(code for code in CloseCode if code.documented) == sorted(CLOSE_CODES)
+
+
+def _http_error_table() -> dict[str, int]:
+    """code -> status, from the table of the HTTP polling API's errors (§10)."""
+    rows = re.findall(r"^\| (\d{3}) \| `([a-z-]+)` \|", _readme(), re.MULTILINE)
+    return {code: int(status) for status, code in rows}
+
+
+def test_http_error_statuses_are_those_documented() -> None:
+    table = _http_error_table()
+    answered = ("invalid-data", "auth-failed", "forbidden", "too-many-requests")
+    assert sorted(table) == sorted(
+        (*answered, "internal-error", "unavailable", *HTTP_ONLY_ERROR_CODES)
+    )
+    for code, status in table.items():
+        assert ErrorCode(code).status == status, code
 
 
 # --- the README ----------------------------------------------------------------------------
@@ -224,6 +241,11 @@ def test_readme_documents_every_event() -> None:
 
 @pytest.mark.parametrize("code", ERROR_CODES)
 def test_readme_documents_error_code(code: str) -> None:
+    assert f"| `{code}` |" in _readme()
+
+
+@pytest.mark.parametrize("code", HTTP_ONLY_ERROR_CODES)
+def test_readme_documents_http_only_error_code(code: str) -> None:
     assert f"| `{code}` |" in _readme()
 
 

@@ -14,6 +14,7 @@ from faults_support import RawClient, eventually, logged_errors
 from support import Client, Daemon, running_daemon
 from websockets.frames import Opcode
 
+from notifyd.core.codes import CloseCode
 from notifyd.edge.server import CLOSE_GRACE, Connection
 
 MAX_SEND_BUFFER = 65536
@@ -106,7 +107,7 @@ async def wait_until_dropped(s: Scene) -> None:
     # begun were dropped, and the socket is half-closed behind it (the server reads on, for
     # the client's close), holding at most the bound and one frame.
     conn = s.slow_conn
-    assert conn.ws.close_sent is not None and conn.ws.close_sent.code == 4008
+    assert conn.ws.close_sent is not None and conn.ws.close_sent.code == CloseCode.TOO_SLOW
     assert conn.closing is not None and conn.backlog is None and conn.queued == 0
     assert conn.transport is not None
     assert conn.transport.get_write_buffer_size() <= MAX_SEND_BUFFER + FRAME_MAX
@@ -130,7 +131,7 @@ async def test_slow_client_that_resumes_reading_gets_4008_last(scene: Scene) -> 
     frames = s.slow.frames
     assert frames[-1].opcode is Opcode.CLOSE, [f.opcode for f in frames[-3:]]
     close = s.slow.close_frame
-    assert close is not None and close.code == 4008
+    assert close is not None and close.code == CloseCode.TOO_SLOW
     # what did arrive is a gap-free prefix of its stream, each frame whole and valid
     got = [t["data"]["notification"] for t in s.slow.texts if t["type"] == "notification:new"]
     assert [n["seq"] for n in got] == list(range(1, len(got) + 1))

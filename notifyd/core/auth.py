@@ -15,6 +15,7 @@ import orjson
 from jwt.algorithms import Algorithm, get_default_algorithms
 
 from notifyd.config import Settings
+from notifyd.core.codes import AuthReason
 from notifyd.core.errors import AuthError
 from notifyd.core.roles import role_name
 
@@ -22,7 +23,6 @@ log = logging.getLogger(__name__)
 
 MAX_TOKEN_LENGTH = 8192
 MAX_ROLES = 64
-BAD_SIGNATURE = "token signature invalid"
 # The latest `exp` that is a time at all (9999-12-31T23:59:59Z): a later one cannot be told to
 # the client (auth:refreshed) nor be a deadline.
 MAX_EXP = 253_402_300_799
@@ -116,24 +116,24 @@ class Authenticator:
 
     def verify(self, token: str) -> Identity:
         if len(token) > MAX_TOKEN_LENGTH:
-            raise AuthError("token too long")
+            raise AuthError(AuthReason.TOO_LONG)
         try:
             payload = self._jws.decode_complete(token, algorithms=self._algorithms)["payload"]
         except jwt.InvalidAlgorithmError:
-            raise AuthError("token algorithm not allowed") from None
+            raise AuthError(AuthReason.ALGORITHM) from None
         except jwt.InvalidSignatureError:
-            raise AuthError(BAD_SIGNATURE) from None
+            raise AuthError(AuthReason.SIGNATURE) from None
         except jwt.PyJWTError:
-            raise AuthError("malformed token") from None
+            raise AuthError(AuthReason.MALFORMED) from None
         try:
             claims = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            raise AuthError("token invalid") from None
+            raise AuthError(AuthReason.NOT_CLAIMS) from None
         if not isinstance(claims, dict):
-            raise AuthError("token invalid")
+            raise AuthError(AuthReason.NOT_CLAIMS)
         for name in ("sub", "jti"):  # registered claims that are strings where present
             if name in claims and not isinstance(claims[name], str):
-                raise AuthError(f"token {name!r} claim is not a string")
+                raise AuthError(AuthReason.CLAIM_TYPE, f"token {name!r} claim is not a string")
         self._check_audience_and_issuer(claims)
         return self._identity(claims)
 
@@ -142,7 +142,7 @@ class Authenticator:
         if s.jwt_audience is not None:
             audiences = claims.get("aud")
             if not audiences:
-                raise AuthError("token lacks the 'aud' claim")
+                raise AuthError(AuthReason.NO_AUDIENCE)
             if isinstance(audiences, str):
                 audiences = [audiences]
             if (
@@ -150,39 +150,39 @@ class Authenticator:
                 or s.jwt_audience not in audiences
                 or not all(isinstance(a, str) for a in audiences)
             ):
-                raise AuthError("token audience not accepted")
+                raise AuthError(AuthReason.AUDIENCE)
         if s.jwt_issuer is not None:
             if "iss" not in claims:
-                raise AuthError("token lacks the 'iss' claim")
+                raise AuthError(AuthReason.NO_ISSUER)
             if claims["iss"] != s.jwt_issuer:
-                raise AuthError("token issuer not accepted")
+                raise AuthError(AuthReason.ISSUER)
 
     def _identity(self, claims: dict[str, object]) -> Identity:
         s = self._settings
         now = self._clock()
         exp = claims.get("exp")
         if exp is None:
-            raise AuthError("token lacks the 'exp' claim")
+            raise AuthError(AuthReason.NO_EXPIRY)
         if not _is_number(exp):
-            raise AuthError("token exp is not a number")
+            raise AuthError(AuthReason.EXPIRY_TYPE)
         if exp <= now:
-            raise AuthError("token expired")
+            raise AuthError(AuthReason.EXPIRED)
         if exp > MAX_EXP:
-            raise AuthError("token exp is out of range")
+            raise AuthError(AuthReason.EXPIRY_RANGE)
         nbf = claims.get("nbf")
         if _is_number(nbf) and nbf > now:
-            raise AuthError("token not valid yet")
+            raise AuthError(AuthReason.NOT_YET_VALID)
         iat = claims.get("iat")
         issued = None
         if _is_number(iat):
             if iat > now + IAT_LEEWAY:
-                raise AuthError("token issued in the future")
+                raise AuthError(AuthReason.ISSUED_IN_FUTURE)
             issued = min(float(iat), now)
         user = claims.get(s.jwt_user_claim)
         if isinstance(user, int) and not isinstance(user, bool):
             user = str(user)
         if not isinstance(user, str) or not user or len(user) > 256:
-            raise AuthError(f"token lacks the {s.jwt_user_claim!r} claim")
+            raise AuthError(AuthReason.NO_USER, f"token lacks the {s.jwt_user_claim!r} claim")
         roles: list[str] = []
         raw_roles = claims.get(s.jwt_roles_claim)
         if isinstance(raw_roles, list):
@@ -197,7 +197,7 @@ class Authenticator:
         named = (role_name(r) for r in roles)
         clean = tuple(dict.fromkeys(r for r in named if r is not None))
         if len(clean) > MAX_ROLES:
-            raise AuthError("token has too many roles")
+            raise AuthError(AuthReason.TOO_MANY_ROLES)
         return Identity(user, clean, float(exp), issued)
 
 

@@ -1,35 +1,23 @@
-# The one exception tree of notifyd, and the table of client-visible error codes.
-# Errors are raised one way inside and translated at the edge: ClientError becomes an `error`
-# frame (server.py), ConfigError becomes exit code 2 (cli.py). Imports nothing of notifyd.
-"""
-NotifydError
- ├── ConfigError        a setting is invalid; names the variable (exit code 2)
- ├── AuthError          a token was refused (HTTP 401 at the handshake, close 4001 later)
- ├── ClientError        a client frame was refused; carries a code from ERROR_CODES
- ├── StoreError         the database could not do what was asked (answered as `unavailable`)
- │    └── PruneBusy     a retention batch gave way to an app transaction (retried)
- └── MigrationError     a migration could not be applied
+"""The one exception tree of notifyd. Errors are raised one way inside and translated at the
+edge: a ClientError becomes an `error` frame (edge/server.py) or an HTTP answer with its code's
+status (edge/http_api.py); an AuthError becomes HTTP 401 at the handshake, close 4001 on an
+`auth` frame, or `auth-failed` for a fresh token, and is counted by its reason; a ConfigError
+becomes exit code 2 (cli.py). The codes themselves live in notifyd.core.codes.
+
+    NotifydError
+     ├── ConfigError        a setting is invalid; names the variable (exit code 2)
+     ├── AuthError          a token was refused; carries an AuthReason (code `auth-failed`)
+     ├── ClientError        a client frame or request was refused; carries an ErrorCode
+     ├── StoreError         the database could not do what was asked (answered `unavailable`)
+     │    └── PruneBusy     a retention batch gave way to an app transaction (retried)
+     └── MigrationError     a migration could not be applied
+
+Imports nothing of notifyd but notifyd.core.codes; no asyncio, asyncpg, redis or socket.
 """
 
 from __future__ import annotations
 
-# code -> what it means; protocol/README.md documents the same table for client authors.
-ERROR_CODES: dict[str, str] = {
-    "invalid-json": "the text frame is not valid JSON",
-    "invalid-frame": "not an object with a string type, an object data and a string ref",
-    "unknown-event": "type is not a client event",
-    "invalid-data": "a field of data has the wrong type or is out of range",
-    "binary-not-supported": "binary frames are not supported; send JSON text frames",
-    "not-authenticated": "send an auth frame first",
-    "auth-failed": "the token was refused",
-    "auth-user-mismatch": "the token is for another user",
-    "forbidden": "this connection is not subscribed to that stream",
-    "sync-in-progress": "the previous sync-request has not been answered yet",
-    "rate-limited": "too many frames; slow down (persisting closes the connection with 1008)",
-    "too-many-requests": "too many HTTP requests of this user at once; wait for an answer",
-    "unavailable": "the database is unreachable right now; retry later",
-    "internal-error": "an unexpected server error",
-}
+from notifyd.core.codes import AuthReason, ErrorCode
 
 
 class NotifydError(Exception):
@@ -46,19 +34,39 @@ class ConfigError(NotifydError):
 
 
 class AuthError(NotifydError):
-    """A refused token; the message is safe to show the client (it never echoes the token)."""
+    """A refused token. `str()` is the message, safe to show the client (it never echoes the
+    token): the reason's own unless `message` names more. Metrics count it by `reason`."""
+
+    code = ErrorCode.AUTH_FAILED
+
+    def __init__(self, reason: AuthReason, message: str | None = None) -> None:
+        super().__init__(message or reason.message)
+        self.reason = reason
+
+    @property
+    def status(self) -> int:
+        """The HTTP status of an answer refusing this token."""
+        return self.code.status
 
 
 class ClientError(NotifydError):
-    """A refused client frame, answered with an `error` frame carrying `code`."""
+    """A refused client frame or HTTP request, answered with an `error` frame or an HTTP error
+    carrying `code`; `message` is the code's description unless given."""
 
-    def __init__(self, code: str, message: str | None = None) -> None:
-        if code not in ERROR_CODES:
-            raise ValueError(f"undocumented error code {code!r}")
-        super().__init__(message or ERROR_CODES[code])
+    def __init__(self, code: ErrorCode, message: str | None = None) -> None:
+        try:
+            code = ErrorCode(code)  # a string is looked up: refused here if undocumented
+        except ValueError:
+            raise ValueError(f"undocumented error code {code!r}") from None
+        super().__init__(message or code.description)
         self.code = code
-        self.message = message or ERROR_CODES[code]
+        self.message = message or code.description
         self.ref: str | None = None  # the offending frame's ref, echoed in the error frame
+
+    @property
+    def status(self) -> int:
+        """The HTTP status of an answer carrying this error."""
+        return self.code.status
 
 
 class StoreError(NotifydError):

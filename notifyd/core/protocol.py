@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import orjson
 from websockets.frames import Frame, Opcode
 
+from notifyd.core.codes import ErrorCode
 from notifyd.core.errors import ClientError
 from notifyd.core.roles import ROLE_RULE, role_name
 
@@ -68,7 +69,7 @@ class ClientFrame:
 
 
 def _invalid(field: str, expected: str) -> ClientError:
-    return ClientError("invalid-data", f"data.{field}: expected {expected}")
+    return ClientError(ErrorCode.INVALID_DATA, f"data.{field}: expected {expected}")
 
 
 def _is_int(value: object) -> bool:
@@ -212,7 +213,7 @@ def _only(query: dict[str, list[str]], *names: str) -> None:
     """Refuses a query parameter of a /v1 request other than `names` and the token."""
     for name in query:
         if name not in names and name != HTTP_TOKEN:
-            raise ClientError("invalid-data", f"unknown query parameter {name[:64]!r}")
+            raise ClientError(ErrorCode.INVALID_DATA, f"unknown query parameter {name[:64]!r}")
 
 
 def poll_request(query: dict[str, list[str]]) -> SyncRequest:
@@ -256,33 +257,33 @@ def decode_client_frame(text: str | bytes) -> ClientFrame:
     try:
         frame = orjson.loads(text)
     except orjson.JSONDecodeError:
-        raise ClientError("invalid-json") from None
+        raise ClientError(ErrorCode.INVALID_JSON) from None
     if not isinstance(frame, dict):
-        raise ClientError("invalid-frame", "a frame is a JSON object")
+        raise ClientError(ErrorCode.INVALID_FRAME, "a frame is a JSON object")
     ref = frame.get("ref")
     if ref is not None and (not isinstance(ref, str) or not 1 <= len(ref) <= MAX_REF_LENGTH):
         raise ClientError(
-            "invalid-frame", f"ref: expected a string of 1 to {MAX_REF_LENGTH} characters"
+            ErrorCode.INVALID_FRAME, f"ref: expected a string of 1 to {MAX_REF_LENGTH} characters"
         )
     try:
         extra = frame.keys() - {"type", "data", "ref"}
         if extra:
-            raise ClientError("invalid-frame", f"unexpected key {sorted(extra)[0]!r}")
+            raise ClientError(ErrorCode.INVALID_FRAME, f"unexpected key {sorted(extra)[0]!r}")
         kind = frame.get("type")
         if not isinstance(kind, str):
-            raise ClientError("invalid-frame", "type: expected a string")
+            raise ClientError(ErrorCode.INVALID_FRAME, "type: expected a string")
         data = frame.get("data", {})
         if not isinstance(data, dict):
-            raise ClientError("invalid-frame", "data: expected an object")
+            raise ClientError(ErrorCode.INVALID_FRAME, "data: expected an object")
         decoder = _DECODERS.get(kind)
         if decoder is None:
-            raise ClientError("unknown-event", f"unknown event {kind[:64]!r}")
+            raise ClientError(ErrorCode.UNKNOWN_EVENT, f"unknown event {kind[:64]!r}")
         fields, decode = decoder
         unknown = data.keys() - fields
         if unknown:
             expected = ", ".join(sorted(fields)) or "no field"
             raise ClientError(
-                "invalid-data",
+                ErrorCode.INVALID_DATA,
                 f"data.{sorted(unknown)[0][:64]}: not a field of {kind} (expected {expected})",
             )
         return ClientFrame(decode(data), ref)

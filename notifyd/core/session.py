@@ -7,6 +7,7 @@ import enum
 from collections.abc import Collection
 
 from notifyd.core.auth import Identity
+from notifyd.core.codes import ErrorCode
 from notifyd.core.errors import ClientError
 
 
@@ -59,11 +60,11 @@ class Session:
         current = self.identity
         if current is not None:
             if identity.user_id != current.user_id:
-                raise ClientError("auth-user-mismatch")
+                raise ClientError(ErrorCode.AUTH_USER_MISMATCH)
             before, after = set(current.streams), set(identity.streams)
             if self._held is not None and before != after:
                 raise ClientError(
-                    "sync-in-progress",
+                    ErrorCode.SYNC_IN_PROGRESS,
                     "this token changes the connection's "
                     "roles: send it again once the sync-response has come",
                 )
@@ -124,7 +125,7 @@ class Session:
 
     def begin_sync(self, streams: list[str]) -> None:
         if self._held is not None:
-            raise ClientError("sync-in-progress")
+            raise ClientError(ErrorCode.SYNC_IN_PROGRESS)
         self._held = {s: [] for s in streams}
 
     def finish_sync(

@@ -22,6 +22,7 @@ import orjson
 
 from notifyd.config import Settings
 from notifyd.core.auth import Identity, issue_token
+from notifyd.core.codes import ErrorCode
 from notifyd.core.errors import AuthError, ClientError, StoreError
 from notifyd.core.protocol import (
     HTTP_TOKEN,
@@ -44,14 +45,6 @@ DEV_TOKEN_TTL = 24 * 3600
 OPERATIONS = ("/healthz", "/readyz", "/metrics")  # all the admin listener serves
 DEMO = ("/", "/index.html")  # the demo page, under `notifyd dev`
 DEV_HELPERS = ("/dev/token", "/dev/notify")  # what it calls, with the run's key
-STATUS_OF = {
-    "invalid-data": 400,
-    "auth-failed": 401,
-    "forbidden": 403,
-    "too-many-requests": 429,
-    "internal-error": 500,
-    "unavailable": 503,
-}
 
 
 @dataclasses.dataclass(slots=True)
@@ -102,12 +95,14 @@ def _static(name: str) -> bytes:
     return (importlib.resources.files("notifyd") / "static" / name).read_bytes()
 
 
-def _error(status: int, code: str, message: str) -> HttpAnswer:
-    return HttpAnswer(status, orjson.dumps({"code": code, "message": message}))
+def _error(code: ErrorCode, message: str | None = None) -> HttpAnswer:
+    """An error answer: JSON {code, message} with the code's HTTP status."""
+    body = {"code": code, "message": message or code.description}
+    return HttpAnswer(code.status, orjson.dumps(body))
 
 
 def _refused(exc: ClientError) -> HttpAnswer:
-    return _error(STATUS_OF.get(exc.code, 400), exc.code, exc.message)
+    return _error(exc.code, exc.message)
 
 
 def _header(headers: Any, name: str) -> str | None:
@@ -115,7 +110,7 @@ def _header(headers: Any, name: str) -> str | None:
     proxy or a browser would have honoured is anyone's guess)."""
     values: list[str] = headers.get_all(name)
     if len(values) > 1:
-        raise ClientError("invalid-data", f"more than one {name} header")
+        raise ClientError(ErrorCode.INVALID_DATA, f"more than one {name} header")
     return values[0] if values else None
 
 
@@ -168,7 +163,7 @@ class HttpApi:
         try:
             origin = _header(headers, "Origin")
         except ClientError as exc:
-            return _error(400, exc.code, exc.message)
+            return _refused(exc)
         cors = self._cors(origin)
         if route.startswith("/v1/"):
             if method == "OPTIONS":  # a browser's preflight for the Authorization header
@@ -231,17 +226,17 @@ class HttpApi:
         handler = self.routes.get((method, route))
         if handler is None:
             if any(r == route for _, r in self.routes):
-                return _error(405, "method-not-allowed", f"{method} is not allowed here")
-            return _error(404, "not-found", "no such endpoint")
+                return _error(ErrorCode.METHOD_NOT_ALLOWED, f"{method} is not allowed here")
+            return _error(ErrorCode.NOT_FOUND)
         try:
             header = _header(headers, "Authorization") or ""
             token = header[7:].strip() if header[:7].lower() == "bearer " else None
             token = token or (query.get(HTTP_TOKEN) or [""])[-1]
             if not token:
-                return _error(401, "auth-failed", "send Authorization: Bearer <token>")
+                return _error(ErrorCode.AUTH_FAILED, "send Authorization: Bearer <token>")
             identity = self.verify(token)
         except AuthError as exc:
-            return _error(401, "auth-failed", str(exc))
+            return _error(exc.code, str(exc))
         except ClientError as exc:  # e.g. two Authorization headers
             return _refused(exc)
         limit = self.settings.max_http_requests_per_user
@@ -249,7 +244,7 @@ class HttpApi:
         if done is None:
             return _refused(
                 ClientError(
-                    "too-many-requests",
+                    ErrorCode.TOO_MANY_REQUESTS,
                     f"this user has {limit} requests in flight already; "
                     "send the next once one is answered",
                 )
@@ -260,10 +255,10 @@ class HttpApi:
             answer = _refused(exc)
         except StoreError as exc:
             log.warning("%s %s failed: %s", method, route, exc)
-            answer = _refused(ClientError("unavailable"))
+            answer = _refused(ClientError(ErrorCode.UNAVAILABLE))
         except Exception:  # a bug: answered in the API's own terms, not as a bare 500
             log.exception("%s %s failed", method, route)
-            answer = _refused(ClientError("internal-error"))
+            answer = _refused(ClientError(ErrorCode.INTERNAL_ERROR))
         except BaseException:
             done()
             raise
@@ -279,7 +274,7 @@ class HttpApi:
         streams = identity.streams
         for stream in req.cursors:
             if stream not in streams:
-                raise ClientError("forbidden", f"not subscribed to stream {stream[:80]!r}")
+                raise ClientError(ErrorCode.FORBIDDEN, f"not subscribed to stream {stream[:80]!r}")
         latest = [s for s in streams if s not in req.cursors]
         result = await self.store.sync(
             req.cursors,
@@ -331,7 +326,7 @@ class HttpApi:
         helpers only with the key of this run."""
         refusal = dev.refusal(headers, need_key=route in DEV_HELPERS)
         if refusal is not None:
-            return _error(403, "forbidden", refusal)
+            return _error(ErrorCode.FORBIDDEN, refusal)
         allowed = "POST" if route == "/dev/notify" else "GET"
         if method != allowed:
             return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", allowed)])
@@ -368,5 +363,5 @@ class HttpApi:
                 one("priority", "medium"),
             )
         except StoreError as exc:
-            return _error(503, "unavailable", str(exc))
+            return _error(ErrorCode.UNAVAILABLE, str(exc))
         return HttpAnswer(200, orjson.dumps({"id": nid}))

@@ -33,6 +33,7 @@ from websockets.typing import Origin
 
 from notifyd.config import Settings
 from notifyd.core.auth import Identity
+from notifyd.core.codes import CloseCode, ErrorCode
 from notifyd.core.errors import AuthError, ClientError
 from notifyd.core.limits import CloseGrace, TokenBucket, Verdict
 from notifyd.core.protocol import ClientFrame, decode_client_frame, error_frame, websocket_text
@@ -44,11 +45,6 @@ log = logging.getLogger(__name__)
 # websockets logs every open and close at INFO; notifyd logs its own lines instead.
 logging.getLogger("websockets").setLevel(logging.WARNING)
 
-CLOSE_TOKEN = 4001
-CLOSE_REVOKED = 4003
-CLOSE_SLOW = 4008
-CLOSE_INVALID_UTF8 = 1007
-CLOSE_RATE = 1008
 # A closing connection keeps its socket until the client has taken every byte still waiting
 # for it (in this process and in the kernel) and closed too; it is reset (RST, both queues
 # dropped) once CLOSE_GRACE seconds pass without the client taking a byte, and at the latest
@@ -339,7 +335,7 @@ class Connection(asyncio.Protocol):
                     self.session.connection_id,
                     bound,
                 )
-                self.close(CLOSE_SLOW, "too slow: reconnect and sync", drop=True)
+                self.close(CloseCode.TOO_SLOW, "too slow: reconnect and sync", drop=True)
                 return
         backlog.append(data)
         self.queued += len(data)
@@ -461,7 +457,7 @@ class Connection(asyncio.Protocol):
             return rcvd.code, rcvd.reason, "client"
         if sent is not None:
             return sent.code, sent.reason, "server"
-        return 1006, "connection lost", "network"
+        return CloseCode.ABNORMAL_CLOSURE, "connection lost", "network"
 
     def peer(self) -> str:
         transport = self.transport
@@ -515,7 +511,7 @@ class Connection(asyncio.Protocol):
                 identity = self.hub.verify(token)
             except AuthError as exc:
                 log.info("handshake refused: %s", exc)
-                ws.send_response(ws.reject(401, f"{exc}\n"))
+                ws.send_response(ws.reject(exc.status, f"{exc}\n"))
                 return
             refusal = self.hub.admit(identity)
             if refusal is not None:
@@ -595,7 +591,7 @@ class Connection(asyncio.Protocol):
             self.hub.metrics.rate_limited += 1
             if verdict is Verdict.CLOSE:
                 log.warning("closing %s: rate limit exceeded", self.session.connection_id)
-                self.close(CLOSE_RATE, "rate limit exceeded")
+                self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
                 return
         refused = verdict is Verdict.REFUSE
         if opcode is Opcode.TEXT:
@@ -614,7 +610,9 @@ class Connection(asyncio.Protocol):
                 self._on_text(bytes(partial), self.limited)
         elif opcode is Opcode.BINARY:
             self.partial = None
-            self._error(ClientError("rate-limited" if refused else "binary-not-supported"))
+            self._error(
+                ClientError(ErrorCode.RATE_LIMITED if refused else ErrorCode.BINARY_NOT_SUPPORTED)
+            )
         elif opcode is Opcode.PING and not refused:
             self.ws.send_pong(frame.data)  # flushed by _receive
         # a pong needs nothing
@@ -625,9 +623,9 @@ class Connection(asyncio.Protocol):
         try:
             frame = decode_client_frame(data)
         except ClientError as exc:
-            if exc.code == "invalid-json" and not _is_utf8(data):
+            if exc.code is ErrorCode.INVALID_JSON and not _is_utf8(data):
                 # RFC 6455 §8.1: a text message that is not UTF-8 fails the connection
-                self.close(CLOSE_INVALID_UTF8, "invalid UTF-8 in a text frame")
+                self.close(CloseCode.INVALID_DATA, "invalid UTF-8 in a text frame")
                 return
             self._error(_rate_limited(exc.ref) if refused else exc)
             return
@@ -649,7 +647,7 @@ def _is_utf8(data: bytes) -> bool:
 
 
 def _rate_limited(ref: str | None) -> ClientError:
-    exc = ClientError("rate-limited")
+    exc = ClientError(ErrorCode.RATE_LIMITED)
     exc.ref = ref
     return exc
 

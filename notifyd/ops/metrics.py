@@ -1,7 +1,7 @@
 # The process's Prometheus metrics, served at /metrics. One registry per App (several Apps may
 # share a process in tests). Counters on the hot path are plain integers bumped by the modules
 # that see the events (a prometheus-client Counter takes a lock per increment) and read at
-# scrape time, like the gauges of live state. Imports nothing of notifyd.
+# scrape time, like the gauges of live state. Imports nothing of notifyd but core.codes.
 from __future__ import annotations
 
 from bisect import bisect_left
@@ -24,7 +24,11 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from notifyd.core.codes import AuthReason
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# notifyd_auth_failures_total shows each of its labels, counted or not
+AUTH_FAILURE_LABELS = tuple(sorted({reason.metric_label for reason in AuthReason}))
 # Commit-to-send latency buckets, in seconds: the target is milliseconds, the tail matters.
 LATENCY_BUCKETS = (
     0.0005,
@@ -108,9 +112,8 @@ class Metrics(Collector):
         router_frames, router_bytes, listener_up, listener_reconnects, reloads."""
         self._live.update(sources)
 
-    def auth_failed(self, message: str) -> None:
-        reason = {"token expired": "expired", "token revoked": "revoked"}.get(message, "invalid")
-        self.auth_failures[reason] += 1
+    def auth_failed(self, reason: AuthReason) -> None:
+        self.auth_failures[reason.metric_label] += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -203,7 +206,7 @@ class Metrics(Collector):
             "Refused tokens, by reason",
             "reason",
             self.auth_failures,
-            ("expired", "invalid", "revoked"),
+            AUTH_FAILURE_LABELS,
         )
         yield counter(
             "notifyd_listener_reconnects",

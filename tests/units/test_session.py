@@ -6,6 +6,7 @@ import pytest
 
 from notifyd import config
 from notifyd.core.auth import Authenticator, issue_token
+from notifyd.core.codes import ErrorCode
 from notifyd.core.errors import ClientError
 from notifyd.core.session import State
 from units.fakes import SECRET, live_session
@@ -94,4 +95,4 @@ def test_session_refresh_takes_the_fresh_tokens_roles() -> None:
     assert s.identity == refreshed
     with pytest.raises(ClientError) as info:
         s.authenticate(auth.verify(issue_token(SECRET, "2")))
-    assert info.value.code == "auth-user-mismatch"
+    assert info.value.code is ErrorCode.AUTH_USER_MISMATCH

@@ -1,0 +1,115 @@
+"""notifyd.core.codes: the close codes, error codes and auth refusal reasons, and the errors
+that carry them (their agreement with protocol/README.md is held in test_protocol_docs.py)."""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+import pytest
+
+from notifyd.core.codes import AuthReason, CloseCode, ErrorCode, close_label
+from notifyd.core.errors import AuthError, ClientError
+from notifyd.core.protocol import error_frame
+from notifyd.ops.metrics import AUTH_FAILURE_LABELS, Metrics
+
+
+def test_close_codes_are_rfc_or_private_codes() -> None:
+    for code in CloseCode:
+        assert 1000 <= code <= 1015 or 4000 <= code <= 4999, code  # RFC 6455 §7.4.2
+        assert code.meaning
+
+
+def test_close_codes_sent_by_notifyd_itself_are_documented() -> None:
+    sent = (
+        CloseCode.GOING_AWAY,  # shutdown
+        CloseCode.INVALID_DATA,  # a text message that is not UTF-8
+        CloseCode.POLICY_VIOLATION,  # rate limit, too many connections
+        CloseCode.INTERNAL_ERROR,  # keepalive
+        CloseCode.UNAUTHORIZED,
+        CloseCode.REVOKED,
+        CloseCode.TOO_SLOW,
+    )
+    assert all(code.documented for code in sent)
+    assert not CloseCode.ABNORMAL_CLOSURE.documented  # never on the wire
+
+
+def test_close_labels() -> None:
+    labels = [code.metric_label for code in CloseCode]
+    assert len(set(labels)) == len(labels)
+    assert close_label(CloseCode.TOO_SLOW) == "4008"
+    assert close_label(1000) == "1000"
+    assert close_label(1006) == "1006"
+    assert close_label(3000) == close_label(4999) == close_label(1004) == "other"
+
+
+def test_error_codes_are_kebab_case_wire_strings() -> None:
+    for code in ErrorCode:
+        assert re.fullmatch(r"[a-z]+(-[a-z]+)*", code.value), code
+        assert code == code.value and str(code) == code.value  # it is its wire string
+        assert code.description
+
+
+def test_error_statuses() -> None:
+    for code in ErrorCode:
+        assert 400 <= code.status < 600, code
+    assert ErrorCode.INVALID_DATA.status == 400
+    assert ErrorCode.AUTH_FAILED.status == 401
+    assert ErrorCode.FORBIDDEN.status == 403
+    assert ErrorCode.TOO_MANY_REQUESTS.status == 429
+    assert ErrorCode.INTERNAL_ERROR.status == 500
+    assert ErrorCode.UNAVAILABLE.status == 503
+    server_faults = {c for c in ErrorCode if c.status >= 500}
+    assert server_faults == {ErrorCode.INTERNAL_ERROR, ErrorCode.UNAVAILABLE}
+
+
+def test_error_metric_labels_are_unique() -> None:
+    labels = [code.metric_label for code in ErrorCode]
+    assert len(set(labels)) == len(labels)
+
+
+def test_client_error_carries_its_code_status_and_default_message() -> None:
+    exc = ClientError(ErrorCode.SYNC_IN_PROGRESS)
+    assert exc.code is ErrorCode.SYNC_IN_PROGRESS
+    assert exc.message == str(exc) == ErrorCode.SYNC_IN_PROGRESS.description
+    assert ClientError(ErrorCode.UNAVAILABLE).status == 503
+    named = ClientError(ErrorCode.INVALID_DATA, "data.limit: expected an integer")
+    assert named.message == "data.limit: expected an integer" and named.status == 400
+    named.ref = "r1"
+    assert orjson.loads(error_frame(named)) == {
+        "type": "error",
+        "data": {"code": "invalid-data", "message": "data.limit: expected an integer"},
+        "ref": "r1",
+    }
+
+
+def test_client_error_takes_only_documented_codes() -> None:
+    assert ClientError("forbidden").code is ErrorCode.FORBIDDEN  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="undocumented"):
+        ClientError("made-up")  # type: ignore[arg-type]
+
+
+def test_auth_reasons_count_under_the_public_labels() -> None:
+    assert AUTH_FAILURE_LABELS == ("expired", "invalid", "revoked")
+    assert {r.metric_label for r in AuthReason} == set(AUTH_FAILURE_LABELS)
+    assert AuthReason.EXPIRED.metric_label == "expired"
+    assert AuthReason.REVOKED.metric_label == "revoked"
+    others = set(AuthReason) - {AuthReason.EXPIRED, AuthReason.REVOKED}
+    assert {r.metric_label for r in others} == {"invalid"}
+
+
+def test_auth_error_message_and_status() -> None:
+    exc = AuthError(AuthReason.EXPIRED)
+    assert str(exc) == "token expired" and exc.reason is AuthReason.EXPIRED
+    assert exc.code is ErrorCode.AUTH_FAILED and exc.status == 401
+    named = AuthError(AuthReason.NO_USER, "token lacks the 'uid' claim")
+    assert str(named) == "token lacks the 'uid' claim" and named.reason is AuthReason.NO_USER
+
+
+def test_auth_failures_are_counted_by_reason_not_by_message() -> None:
+    metrics = Metrics()
+    metrics.auth_failed(AuthError(AuthReason.EXPIRED, "this token has expired").reason)
+    metrics.auth_failed(AuthReason.REVOKED)
+    metrics.auth_failed(AuthReason.SIGNATURE)
+    metrics.auth_failed(AuthReason.MALFORMED)
+    assert dict(metrics.auth_failures) == {"expired": 1, "revoked": 1, "invalid": 2}
