@@ -1,6 +1,9 @@
-# Entry points: `notifyd dev|serve|migrate|token|check-config|tail`, uvloop, signals (TERM and
-# INT stop, HUP reloads) and the systemd notifications around them. Translates ConfigError into
-# one line and exit code 2, as the contract requires.
+"""Entry points: `notifyd dev|serve|migrate|token|check-config|tail`, uvloop, signals (TERM and
+INT stop, HUP reloads) and the systemd notifications around them. Translates ConfigError into
+one line and exit code 2. Settings come from notifyd.config (reading) and notifyd.core.settings
+(the declarations: `check-config` prints every declared setting, secrets as ***).
+"""
+
 from __future__ import annotations
 
 import argparse
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING
 from notifyd import __version__, config
 from notifyd.core.auth import issue_token
 from notifyd.core.errors import ConfigError, MigrationError, StoreError
+from notifyd.core.settings import BY_KEY
 from notifyd.ops import logs
 from notifyd.ops.gcpolicy import FreezeAfterFullCollections
 
@@ -232,7 +236,7 @@ def _reloader(
             for key in ignored:
                 log.warning(
                     "%s changed but only takes effect after a restart",
-                    config.ENV_PREFIX + key.upper(),
+                    BY_KEY[key].env,
                 )
             app.reload(merged, changed)
         finally:  # systemd waits for READY=1 after RELOADING=1, whatever happened

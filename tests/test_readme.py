@@ -1,6 +1,8 @@
-# The README is part of the product: its test command is the one CI runs, every setting is in
-# its table, its SQL examples run against a migrated database (the grants for an app's role
-# included), its JSON examples and the example settings file parse, and what it links to exists.
+"""The README is part of the product: its test command is the one CI runs, its settings table
+and the example settings file are generated from the settings' declarations, its SQL examples
+run against a migrated database (the grants for an app's role included), its JSON examples
+parse, and what it links to exists."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +14,7 @@ from faults_support import http_get
 from support import ROOT, Daemon
 
 from notifyd import config
-from notifyd.config import SETTINGS
+from notifyd.core import settings
 
 README = (ROOT / "README.md").read_text()
 
@@ -30,33 +32,22 @@ def test_the_two_commands_come_first_and_ci_runs_the_test_command() -> None:
     assert test_command in ci.splitlines()
 
 
-def _shown_default(value: object) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    if isinstance(value, tuple):
-        return f"`{','.join(value)}`"
-    if isinstance(value, float) and value == 0:
-        return "`0`"
-    return f"`{value}`"
-
-
-def test_every_setting_is_in_the_configuration_table() -> None:
-    """Type, default and whether SIGHUP reloads it, as the code has them, for every setting."""
-    rows = {
-        m.group(1): m.groups()[1:]
-        for m in re.finditer(
-            r"^\| `(NOTIFYD_[A-Z_]+)` \| (\w+) \| ([^|]+) \| (yes|no) \|", README, re.M
-        )
-    }
-    for setting in SETTINGS:
-        assert setting.env in rows, setting.env
-        kind, default, reloads = rows[setting.env]
-        assert kind == setting.kind, setting.env
-        assert default.strip() == _shown_default(setting.default), setting.env
-        assert reloads == ("yes" if setting.reload else "no"), setting.env
-    assert set(rows) == {s.env for s in SETTINGS}
+def test_the_settings_table_and_the_example_file_are_the_declarations() -> None:
+    """The README's settings table and systemd/notifyd.toml are what the declarations in
+    notifyd/core/settings.py generate, exactly; and the example file loads."""
+    table = re.search(r"^\| variable \|.*?\n(?!\|)", README, re.M | re.S)
+    assert table is not None, "the README has no settings table"
+    assert table.group(0) == settings.markdown_table(), (
+        "README.md's settings table differs from the declarations: replace it with the output "
+        "of `python -m notifyd.core.settings --markdown`"
+    )
+    example_file = ROOT / "systemd" / "notifyd.toml"
+    assert example_file.read_text() == settings.toml_example(), (
+        "systemd/notifyd.toml differs from the declarations: regenerate it with "
+        "`python -m notifyd.core.settings --toml > systemd/notifyd.toml`"
+    )
+    example = config.load(environ={}, config_file=example_file)
+    assert example.retention_days == 90 and example.dsn is not None
 
 
 async def test_readme_sql_examples_run(daemon: Daemon) -> None:
@@ -117,13 +108,11 @@ def test_every_image_and_file_the_readme_links_to_exists() -> None:
         assert (ROOT / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
 
 
-def test_readme_json_lines_and_the_example_settings_file_parse() -> None:
+def test_readme_json_lines_parse() -> None:
     for block in re.findall(r"```json\n(.*?)```", README, re.S):
         for line in block.splitlines():
             if line.strip():
                 json.loads(line)
-    example = config.load(environ={}, config_file=ROOT / "systemd" / "notifyd.toml")
-    assert example.retention_days == 90 and example.dsn is not None
 
 
 async def test_every_metric_is_in_the_readme(daemon: Daemon) -> None:

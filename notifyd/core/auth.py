@@ -14,10 +14,10 @@ import jwt
 import orjson
 from jwt.algorithms import Algorithm, get_default_algorithms
 
-from notifyd.config import Settings
 from notifyd.core.codes import AuthReason
 from notifyd.core.errors import AuthError
 from notifyd.core.roles import role_name
+from notifyd.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
