@@ -373,7 +373,10 @@ def cast(declared: Declaration, raw: object) -> Any:
         expected = "an integer" if declared.kind == "int" else "a number"
         if isinstance(raw, bool):
             raise ConfigError(name, f"expected a number, got {raw!r}")
-        if not isinstance(raw, str | int | float):
+        if not isinstance(raw, str | int | float) or (
+            declared.kind == "int" and isinstance(raw, float)
+        ):
+            # a TOML float for an integer is refused, not truncated (nor inf, an OverflowError)
             raise ConfigError(name, f"expected {expected}, got {raw!r}")
         value: float
         try:

@@ -84,6 +84,8 @@ def test_booleans_read_the_usual_spellings(raw: str, value: bool) -> None:
         ("port", "x", "expected an integer, got 'x'"),
         ("port", True, "expected a number, got True"),
         ("port", [1], "expected an integer, got [1]"),
+        ("port", 3.5, "expected an integer, got 3.5"),  # a TOML float: refused, not truncated
+        ("port", float("inf"), "expected an integer, got inf"),
         ("ping_interval", "nan", "expected a number, got 'nan'"),
         ("ping_interval", "inf", "must be at most 3600, got inf"),
         ("allowed_origins", " , ", "must not be empty"),
