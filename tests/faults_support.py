@@ -22,7 +22,6 @@ from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.frames import Close, Frame, Opcode
-from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from notifyd.core.auth import issue_token
@@ -206,7 +205,7 @@ class RawClient:
         self.bytes_read += len(data)
         self.proto.receive_data(data)
         for event in self.proto.events_received():
-            if isinstance(event, Response):
+            if not isinstance(event, Frame):  # the handshake's Response
                 continue
             self.frames.append(event)
             if event.opcode is Opcode.TEXT:

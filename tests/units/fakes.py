@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from websockets.client import ClientProtocol
@@ -34,7 +35,7 @@ class FakeConn:
         self.frames.append(frame)
         self.written += len(frame)
 
-    def decoded(self) -> list[dict[str, object]]:
+    def decoded(self) -> list[dict[str, Any]]:
         """Every frame written, parsed by websockets' own client-side protocol."""
         client = ClientProtocol(parse_uri("ws://x/"), state=OPEN)
         client.receive_data(b"".join(self.frames))
