@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from notifyd import config
+from notifyd.config import Settings, validate
 from notifyd.core.errors import ConfigError
 from units.fakes import SECRET
 
@@ -68,3 +69,29 @@ def test_serving_requirements() -> None:
     config.require_serving(
         config.load({"NOTIFYD_DSN": "postgresql://x/y", "NOTIFYD_JWT_SECRET": SECRET})
     )
+
+
+def test_presence_role_settings_are_role_names() -> None:
+    settings = validate(Settings(presence_roles=("Admin",), presence_public_roles=("DOCTOR",)))
+    assert settings.presence_roles == ("admin",)
+    assert settings.presence_public_roles == ("doctor",)
+    with pytest.raises(ConfigError, match="NOTIFYD_PRESENCE_ROLES"):
+        validate(Settings(presence_roles=("\u00c4rzte",)))
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("1", True), ("yes", True), ("On", True), ("0", False), ("false", False), ("off", False)],
+)
+def test_boolean_settings_read_the_usual_spellings(raw: str, value: bool) -> None:
+    assert config.load({"NOTIFYD_REUSE_PORT": raw}).reuse_port is value
+
+
+def test_presence_roles_are_lower_cased_like_token_roles(tmp_path: Path) -> None:
+    toml = tmp_path / "notifyd.toml"
+    toml.write_text(
+        'presence_roles = ["Admin"]\npresence_public_roles = ["Doctor"]\nreuse_port = true\n'
+    )
+    settings = config.load({}, toml)
+    assert settings.presence_roles == ("admin",) and settings.presence_public_roles == ("doctor",)
+    assert settings.reuse_port is True
