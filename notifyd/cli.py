@@ -1,6 +1,11 @@
-# Entry points: `notifyd dev|serve|migrate|token|check-config|tail`, uvloop, signals (TERM and
-# INT stop, HUP reloads) and the systemd notifications around them. Translates ConfigError into
-# one line and exit code 2, as the contract requires.
+"""Entry points: `notifyd dev|serve|migrate|token|check-config|tail`, uvloop, signals (TERM and
+INT stop, HUP reloads) and the systemd notifications around them. Translates ConfigError into
+one line and exit code 2, as the contract requires.
+
+Nothing in notifyd imports this module. It imports the app, the store, migrations, the client
+and uvloop inside the commands that need them, so `token` and `check-config` start without them.
+"""
+
 from __future__ import annotations
 
 import argparse
