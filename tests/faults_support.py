@@ -21,7 +21,6 @@ from protocol_schema import validate_server_frame
 from support import ROOT, SECRET, http_request, notifyd_cmd, subprocess_env
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
-from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from notifyd.client import NotifydClient, Observer, SyncRequest
@@ -206,7 +205,7 @@ class RawClient:
         self.bytes_read += len(data)
         self.proto.receive_data(data)
         for event in self.proto.events_received():
-            if isinstance(event, Response):
+            if not isinstance(event, Frame):  # the handshake's Response
                 continue
             self.frames.append(event)
             if event.opcode is Opcode.TEXT:

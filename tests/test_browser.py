@@ -11,7 +11,15 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    WebSocketRoute,
+    async_playwright,
+    expect,
+)
 from support import Daemon, free_port, running_daemon
 
 TIMEOUT_MS = 15_000
@@ -67,18 +75,23 @@ def demo_url(d: Daemon, query: str) -> str:
     return f"{d.http}/?{query}#key={d.app.http_api.dev.key}"
 
 
-async def open_demo(browser: Browser, d: Daemon, user: str, context: object = None) -> Page:
+# The uncaught script errors of each page opened by open_demo.
+PAGE_ERRORS: dict[Page, list[str]] = {}
+
+
+async def open_demo(
+    browser: Browser, d: Daemon, user: str, context: BrowserContext | None = None
+) -> Page:
     ctx = context or await browser.new_context()
-    page: Page = await ctx.new_page()  # type: ignore[attr-defined]
-    errors: list[str] = []
+    page = await ctx.new_page()
+    errors = PAGE_ERRORS.setdefault(page, [])
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await page.goto(demo_url(d, f"user={user}&poll=300"))
     await expect(page.locator("#state")).to_have_text("open", timeout=TIMEOUT_MS)
-    page.errors = errors  # type: ignore[attr-defined]
     return page
 
 
-def items(page: Page) -> object:
+def items(page: Page) -> Locator:
     return page.locator("#list li[data-id]")
 
 
@@ -107,7 +120,7 @@ async def test_a_row_inserted_in_postgresql_appears_in_the_page(
         await page.set_viewport_size({"width": 1000, "height": 520})
         await page.wait_for_timeout(300)
         await page.screenshot(path=SCREENSHOT)
-    assert not page.errors  # type: ignore[attr-defined]
+    assert not PAGE_ERRORS[page]
 
 
 async def test_reading_in_one_tab_clears_the_badge_in_the_other(
@@ -153,7 +166,7 @@ async def test_the_page_catches_up_after_the_daemon_restarts(
             "els => els.map(e => e.textContent.match(/#(\\d+)/)[1]).map(Number)"
         )
         assert sorted(seqs) == [1, 2, 3, 4, 5]  # each once
-        assert not page.errors  # type: ignore[attr-defined]
+        assert not PAGE_ERRORS[page]
 
 
 async def test_with_websockets_blocked_polling_delivers_and_websocket_returns(
@@ -163,11 +176,11 @@ async def test_with_websockets_blocked_polling_delivers_and_websocket_returns(
     context = await browser.new_context()
     blocked = True
 
-    async def block(ws: object) -> None:
+    async def block(ws: WebSocketRoute) -> None:
         if blocked:
-            await ws.close()  # type: ignore[attr-defined]  # like a proxy that drops upgrades
+            await ws.close()  # like a proxy that drops upgrades
         else:
-            ws.connect_to_server()  # type: ignore[attr-defined]
+            ws.connect_to_server()
 
     await context.route_web_socket("**/ws*", block)
     page = await context.new_page()

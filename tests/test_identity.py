@@ -16,116 +16,12 @@ import pytest
 import pytest_asyncio
 from faults_support import eventually
 from support import SECRET, Client, Daemon, admin_exec, running_daemon, with_database
+from units.fakes import ROLE_CASES
 from websockets.exceptions import InvalidStatus
 
-from notifyd.config import Settings, validate
-from notifyd.core.auth import IAT_LEEWAY, MAX_EXP, Authenticator, Identity
-from notifyd.core.errors import AuthError, ClientError, ConfigError, MigrationError
-from notifyd.core.protocol import PresenceQuery, decode_client_frame
+from notifyd.core.errors import MigrationError
 from notifyd.core.roles import role_name
-from notifyd.core.session import Session
 from notifyd.storage.migrate import migrate, sql_dir
-
-# Role spellings on which case mappings disagree: Python's str.lower(), PostgreSQL's lower()
-# under C.UTF-8, under LC_CTYPE 'C' and under an ICU Turkish locale all differ on some of these.
-KELVIN = "\u212a"  # K, the Kelvin sign: Python and ICU lower it to an ASCII k
-ROLE_CASES = [
-    "admin",
-    "Admin",
-    "ADMIN",
-    "IT",
-    "it",
-    "\u0130T",
-    "i\u0307t",
-    "\u0131t",
-    "\u00c4RZTE",
-    "\u00e4rzte",
-    "STRASSE",
-    "stra\u00dfe",
-    "\u00df",
-    KELVIN,
-    "k",
-    f"{KELVIN}ELVIN",
-    "\ufb00",
-    "org:42/Team_Lead+x",
-    "a b",
-    " admin",
-    "tab\tx",
-    "x" * 128,
-    "X" * 129,
-    "!~",
-    "'quote'",
-    "back\\slash",
-    "null\x00byte",
-    "",
-]
-
-
-def test_role_names_fold_only_a_to_z_and_refuse_the_rest() -> None:
-    assert role_name("ADMIN") == role_name("Admin") == "admin"
-    assert role_name("Org:42/Team_Lead+x") == "org:42/team_lead+x"
-    assert role_name("x" * 128) == "x" * 128
-    for refused in (
-        "\u0130T",
-        "\u0131t",
-        "\u00c4RZTE",
-        "stra\u00dfe",
-        KELVIN,
-        "\ufb00",
-        "a b",
-        "",
-        "x" * 129,
-        "tab\tx",
-        "null\x00byte",
-    ):
-        assert role_name(refused) is None, refused
-
-
-def _auth(**settings: object) -> Authenticator:
-    return Authenticator(
-        validate(Settings(jwt_secret=SECRET, **settings)),  # type: ignore[arg-type]
-        clock=lambda: 1_800_000_000.0,
-    )
-
-
-def _token(**claims: object) -> str:
-    base: dict[str, object] = {"sub": "42", "exp": 1_800_000_600, "iat": 1_800_000_000}
-    base.update(claims)
-    return jwt.encode({k: v for k, v in base.items() if v is not None}, SECRET, "HS256")
-
-
-def test_token_roles_are_named_as_the_database_names_them() -> None:
-    """Each case as one token role: kept under its role name, or dropped (the token stays
-    good); a presence:query asks about the same name, or refuses a string that is none."""
-    auth = _auth()
-    for raw in ROLE_CASES:
-        named = role_name(raw)
-        assert auth.verify(_token(roles=[raw])).roles == ((named,) if named else ()), raw
-        frame = {"type": "presence:query", "data": {"roles": [raw]}}
-        if named is None:
-            with pytest.raises(ClientError) as caught:
-                decode_client_frame(_json(frame))
-            assert caught.value.code == "invalid-data"
-        else:
-            event = decode_client_frame(_json(frame)).event
-            assert event == PresenceQuery((), (named,))
-    # the claim's roles and the single `role` claim, deduplicated by name
-    identity = auth.verify(_token(roles=["Doctor", "DOCTOR", "\u0130T"], role="doctor"))
-    assert identity.roles == ("doctor",)
-
-
-def test_presence_role_settings_are_role_names() -> None:
-    settings = validate(Settings(presence_roles=("Admin",), presence_public_roles=("DOCTOR",)))
-    assert settings.presence_roles == ("admin",)
-    assert settings.presence_public_roles == ("doctor",)
-    with pytest.raises(ConfigError, match="NOTIFYD_PRESENCE_ROLES"):
-        validate(Settings(presence_roles=("\u00c4rzte",)))
-
-
-def _json(frame: object) -> str:
-    import orjson
-
-    return orjson.dumps(frame).decode()
 
 
 async def _sql_role(conn: asyncpg.Connection, raw: str) -> str | None:
@@ -314,26 +210,6 @@ async def test_the_migration_stops_at_rows_without_recipient(
 # -- iat, exp and revocation ---------------------------------------------------------------
 
 
-def test_an_iat_in_the_future_is_refused_and_a_near_one_counts_as_now() -> None:
-    auth = _auth()
-    now = 1_800_000_000.0
-    with pytest.raises(AuthError, match="token issued in the future"):
-        auth.verify(_token(iat=now + 120))
-    near = auth.verify(_token(iat=now + IAT_LEEWAY))
-    assert near.issued_at == now  # no later than its verification
-    assert near.revoked_by(now) and not near.revoked_by(now - 1)
-    assert auth.verify(_token(iat=now - 30)).issued_at == now - 30
-    assert auth.verify(_token(iat=None)).revoked_by(0.0)  # no iat: any revocation covers it
-
-
-def test_an_exp_past_the_year_9999_is_refused() -> None:
-    auth = _auth()
-    assert auth.verify(_token(exp=MAX_EXP)).expires_at == MAX_EXP
-    for exp in (MAX_EXP + 1, 1e300, 2**70):
-        with pytest.raises(AuthError, match="token exp is out of range"):
-            auth.verify(_token(exp=exp))
-
-
 async def test_a_token_from_a_fast_clock_does_not_outlive_a_revocation(daemon: Daemon) -> None:
     """A token whose iat is 2 minutes ahead (the issuer's clock) is refused outright; one a
     few seconds ahead is taken as issued when it was verified, so revoking its user right
@@ -434,23 +310,6 @@ async def test_a_refresh_can_move_the_expiry_earlier(fresh_db: str) -> None:
         await _refresh(client, d.token("x1", ttl=1))
         code, reason = await client.closed(timeout=5)
         assert code == 4001 and "expired" in (reason or "")
-
-
-def test_roles_cannot_change_while_a_sync_is_answered() -> None:
-    session = Session("c1")
-    session.authenticate(Identity("42", ("admin",), 2e9, None))
-    session.begin_sync(["user:42", "role:admin", "all"])
-    session.authenticate(Identity("42", ("admin",), 3e9, None))  # same roles: fine
-    with pytest.raises(ClientError) as caught:
-        session.authenticate(Identity("42", (), 3e9, None))
-    assert caught.value.code == "sync-in-progress"
-    assert session.identity is not None and session.identity.roles == ("admin",)
-    session.finish_sync({}, set())
-    session.offer("role:admin", 5, b"frame")
-    assert session.in_flight() == {"role:admin": (5, 5)}
-    session.authenticate(Identity("42", ("doctor",), 3e9, None))
-    assert session.in_flight() == {}  # what was sent of a dropped stream is forgotten
-    assert session.offer("role:doctor", 9, b"new") == b"new"  # gained: live from here
 
 
 async def test_refresh_with_an_exp_out_of_range_keeps_the_connection(daemon: Daemon) -> None:

@@ -17,18 +17,7 @@ from websockets.exceptions import InvalidStatus
 from wire_support import CONT, PING, PONG, TEXT, WireClient, frame, text
 
 from notifyd.core.codes import CloseCode
-from notifyd.core.limits import CloseGrace, TokenBucket, Verdict
 from notifyd.edge.server import Connection
-
-
-def test_token_bucket() -> None:
-    bucket = TokenBucket(burst=3, now=0.0)
-    assert [bucket.take(1.0, 3, 0.0) for _ in range(3)] == [Verdict.ALLOW] * 3
-    assert bucket.take(1.0, 3, 0.0) is Verdict.REFUSE
-    assert bucket.take(1.0, 3, 1.0) is Verdict.ALLOW  # refilled one token
-    assert bucket.take(1.0, 3, 1.0) is Verdict.REFUSE
-    assert bucket.take(1.0, 3, 1.0) is Verdict.REFUSE
-    assert bucket.take(1.0, 3, 1.0) is Verdict.CLOSE  # refused `burst` times in a row
 
 
 async def test_rate_limit_errors_then_closes_with_1008(fresh_db: str) -> None:
@@ -115,24 +104,6 @@ async def test_revoke_user_needs_a_user(daemon: Daemon) -> None:
 
     with pytest.raises(asyncpg.CheckViolationError):
         await daemon.sql("SELECT notifyd.revoke_user('')")
-
-
-def test_close_grace() -> None:
-    grace = CloseGrace(waiting=1000, now=0.0, grace=2.0, limit=30.0)
-    assert not grace.expired(1000, 1.9)  # nothing taken yet, within the grace
-    assert grace.expired(1000, 2.0)  # 2 s without progress
-    grace = CloseGrace(waiting=1000, now=0.0, grace=2.0, limit=30.0)
-    assert not grace.expired(900, 1.5)  # progress at 1.5 s
-    assert not grace.expired(900, 3.4)
-    assert grace.expired(900, 3.5)
-    grace = CloseGrace(waiting=1000, now=0.0, grace=2.0, limit=30.0)
-    assert not grace.expired(0, 1.0)  # took everything at 1 s: 2 s to answer from then
-    assert not grace.expired(0, 2.9)
-    assert grace.expired(0, 3.0)
-    grace = CloseGrace(waiting=10**9, now=0.0, grace=2.0, limit=30.0)
-    for t in range(1, 30):  # a trickle keeps it alive, but not past the limit
-        assert not grace.expired(10**9 - t, float(t))
-    assert grace.expired(10**9 - 30, 30.0)
 
 
 def conn_of(d: Daemon, client: WireClient) -> Connection:

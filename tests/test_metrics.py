@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from notifyd.ops.metrics import Metrics
+from notifyd.core.codes import AuthReason
+from notifyd.core.errors import AuthError
+from notifyd.ops.metrics import AUTH_FAILURE_LABELS, Metrics
 
 
 def test_latency_histogram_exposes_prometheus_buckets() -> None:
@@ -29,3 +31,13 @@ def test_latency_histogram_exposes_prometheus_buckets() -> None:
     assert value(f'{name}_bucket{{le="+Inf"}}') == 4
     assert value(f"{name}_count") == 4
     assert value(f"{name}_sum") == pytest.approx(20.0052)
+
+
+def test_auth_failures_are_counted_by_reason_not_by_message() -> None:
+    metrics = Metrics()
+    metrics.auth_failed(AuthError(AuthReason.EXPIRED, "this token has expired").reason)
+    metrics.auth_failed(AuthReason.REVOKED)
+    metrics.auth_failed(AuthReason.SIGNATURE)
+    metrics.auth_failed(AuthReason.MALFORMED)
+    assert dict(metrics.auth_failures) == {"expired": 1, "revoked": 1, "invalid": 2}
+    assert set(AUTH_FAILURE_LABELS) == {r.metric_label for r in AuthReason}  # each one shown

@@ -34,12 +34,12 @@ from websockets.exceptions import ConnectionClosed
 from notifyd.core.protocol import CLIENT_EVENTS, MAX_REF_LENGTH
 from notifyd.core.roles import role_name
 
-SETTINGS = {
-    "deadline": None,
-    "database": None,
-    "phases": [Phase.explicit, Phase.generate],
-    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-}
+SETTINGS = settings(
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 # Close codes a client may be given for bad input (protocol/README.md §9)
 BAD_INPUT_CLOSE_CODES = {1002, 1003, 1007, 1008, 1009, 4001}
 REPLY_TYPES = {
@@ -61,7 +61,7 @@ async def fuzz_daemon(fresh_db: str) -> AsyncIterator[Daemon]:
 
 # -- strategies -------------------------------------------------------------------------------
 
-printable = st.characters(blacklist_categories=("Cs",))  # lone surrogates cannot be sent
+printable = st.characters(exclude_categories=["Cs"])  # lone surrogates cannot be sent
 json_scalars = (
     st.none()
     | st.booleans()
@@ -223,7 +223,7 @@ async def check_daemon_and_bystander(state: FuzzState) -> None:
 # -- a. random and malformed frames -----------------------------------------------------------
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(SETTINGS, max_examples=60)
 @given(batch=st.lists(messages, min_size=1, max_size=8))
 async def test_random_frames_get_one_reply_each_or_a_documented_close(
     fuzz_daemon: Daemon, batch: list[Any]
@@ -296,7 +296,7 @@ wire_frames = st.builds(
 )
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(SETTINGS, max_examples=60)
 @example(chunks=[b"\x88\x80\x00\x00\x00\x00"])  # a masked close frame without a status code
 @given(chunks=st.lists(wire_frames | st.binary(min_size=1, max_size=30), min_size=1, max_size=5))
 async def test_random_bytes_on_the_wire_end_in_a_documented_close(
@@ -374,7 +374,7 @@ connections = st.lists(
 )
 
 
-@settings(max_examples=50, **SETTINGS)
+@settings(SETTINGS, max_examples=50)
 @given(conns=connections, steps=st.lists(actions, min_size=1, max_size=12))
 async def test_nobody_receives_syncs_or_marks_what_is_not_theirs(
     daemon: Daemon, conns: list[tuple[str, list[str]]], steps: list[tuple[Any, ...]]

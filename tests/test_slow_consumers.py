@@ -94,7 +94,10 @@ async def check_fast_client_unharmed(s: Scene) -> None:
     assert remaining and all(
         c.session.identity is not None and c.session.identity.user_id == "fast" for c in remaining
     )
-    assert all(c.transport.get_write_buffer_size() <= MAX_SEND_BUFFER for c in remaining)
+    assert all(
+        c.transport is not None and c.transport.get_write_buffer_size() <= MAX_SEND_BUFFER
+        for c in remaining
+    )
 
 
 async def wait_until_dropped(s: Scene) -> None:

@@ -132,6 +132,7 @@ async def test_no_query_leaves_session_state_on_a_pool_connection(fresh_db: str)
                 "  AND pid = pg_backend_pid()) AS advisory_locks,"
                 " (SELECT count(*) FROM pg_cursors WHERE name <> '') AS cursors"
             )
+            assert state is not None
             assert dict(state) == {
                 "origin": "",
                 "lock_timeout": "0",

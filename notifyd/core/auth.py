@@ -1,7 +1,12 @@
-# JWT -> Identity (user, roles, expiry). Pure: the clock is injectable, keys come from Settings.
-# Refuses `alg: none`, algorithms outside the allow-list, a missing `exp` or user claim, an `exp`
-# past the year 9999, an `iat` in the future, and wrong `aud`/`iss` when configured. Messages
-# never echo the token. Role names are normalised by notifyd.core.roles, as the database does.
+"""JWT -> Identity (user, roles, expiry). Pure: the clock is injectable, keys come from Settings.
+Refuses `alg: none`, algorithms outside the allow-list, a missing `exp` or user claim, an `exp`
+past the year 9999, an `iat` in the future, and wrong `aud`/`iss` when configured. Messages
+never echo the token. Role names are normalised by notifyd.core.roles, as the database does.
+
+Imports no asyncio, asyncpg, redis or socket, and of notifyd only notifyd.core, apart from
+notifyd.config for Settings until the settings are declared in the core.
+"""
+
 from __future__ import annotations
 
 import logging

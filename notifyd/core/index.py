@@ -1,6 +1,10 @@
-# The in-memory index from stream to live connections. A user's devices are the subscribers of
-# their `user:<id>` stream, so no separate per-user index is kept (memory is per connection).
-# Synchronous and I/O-free; what a "connection" is stays opaque here (anything hashable).
+"""The in-memory index from stream to live connections. A user's devices are the subscribers of
+their `user:<id>` stream, so no separate per-user index is kept (memory is per connection).
+Synchronous and I/O-free; what a "connection" is stays opaque here (anything hashable).
+
+Imports no asyncio, asyncpg, redis or socket, and of notifyd only notifyd.core.
+"""
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -1,10 +1,15 @@
-# Per-connection limits, pure (the time is passed in):
-# - TokenBucket: the rate limit on client frames, refilled at `rate` frames per second up to
-#   `burst`. A frame that finds the bucket empty is refused (an `error` frame, or no pong);
-#   a client that keeps sending while refused (`burst` refusals in a row) is closed with 1008.
-# - CloseGrace: how long a closing connection may keep its socket. After its close frame a
-#   connection stays until the client has taken every byte still waiting for it and answered;
-#   one that stops taking bytes for `grace` seconds, or is not done after `limit`, is reset.
+"""Per-connection limits, pure (the time is passed in):
+
+- TokenBucket: the rate limit on client frames, refilled at `rate` frames per second up to
+  `burst`. A frame that finds the bucket empty is refused (an `error` frame, or no pong);
+  a client that keeps sending while refused (`burst` refusals in a row) is closed with 1008.
+- CloseGrace: how long a closing connection may keep its socket. After its close frame a
+  connection stays until the client has taken every byte still waiting for it and answered;
+  one that stops taking bytes for `grace` seconds, or is not done after `limit`, is reset.
+
+Imports no asyncio, asyncpg, redis or socket, and of notifyd only notifyd.core.
+"""
+
 from __future__ import annotations
 
 from enum import Enum

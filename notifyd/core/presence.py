@@ -1,6 +1,10 @@
-# Who is online on this process, and who may see whose presence. Pure: times are passed in,
-# nothing here touches a socket or Redis (cluster.py spreads these changes across processes).
-# A user is online while any of their devices is connected; lastSeen is when the last one left.
+"""Who is online on this process, and who may see whose presence. Pure: times are passed in,
+nothing here touches a socket or Redis (cluster.py spreads these changes across processes).
+A user is online while any of their devices is connected; lastSeen is when the last one left.
+
+Imports no asyncio, asyncpg, redis or socket, and of notifyd only notifyd.core.
+"""
+
 from __future__ import annotations
 
 from collections import OrderedDict

@@ -1,7 +1,12 @@
-# Wire events of protocol version 1: decode and validate client frames into typed events,
-# encode server frames (orjson). Pure: no I/O, no asyncio; raises ClientError for bad input.
-# protocol/README.md and protocol/schema/ are the contract this module implements: each decoder
-# names the fields of its event's `data` once, and any other field is refused.
+"""Wire events of protocol version 1: decode and validate client frames into typed events,
+encode server frames (orjson). Pure: no I/O, no asyncio; raises ClientError for bad input.
+protocol/README.md and protocol/schema/ are the contract this module implements: each decoder
+names the fields of its event's `data` once, and any other field is refused.
+
+Imports no asyncio, asyncpg, redis or socket (of websockets, only its sans-I/O frames), and of
+notifyd only notifyd.core.
+"""
+
 from __future__ import annotations
 
 import datetime as dt

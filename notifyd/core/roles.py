@@ -1,9 +1,12 @@
-# Role names: the one normalisation of a role, shared by tokens (auth.py), presence queries
-# (protocol.py) and settings (config.py), and mirrored exactly by notifyd.role_name() in
-# sql/0005_identity.sql, which the insert trigger applies to notifyd.notifications.role.
-# Only A-Z are folded, never by a locale: Python's str.lower() and PostgreSQL's lower() disagree
-# on characters such as İ, and lower() under LC_CTYPE 'C' leaves non-ASCII letters alone.
-# Pure; imports nothing of notifyd.
+"""Role names: the one normalisation of a role, shared by tokens (auth.py), presence queries
+(protocol.py) and settings (config.py), and mirrored exactly by notifyd.role_name() in
+sql/0005_identity.sql, which the insert trigger applies to notifyd.notifications.role.
+Only A-Z are folded, never by a locale: Python's str.lower() and PostgreSQL's lower() disagree
+on characters such as İ, and lower() under LC_CTYPE 'C' leaves non-ASCII letters alone.
+
+Imports nothing of notifyd, and no asyncio, asyncpg, redis or socket.
+"""
+
 from __future__ import annotations
 
 import re

@@ -1,6 +1,10 @@
-# Per-connection protocol state, pure: awaiting auth -> live -> closed, the identity, and the
-# replay bookkeeping that keeps CONTRACT.md §5's order guarantee: while a sync-request runs,
-# live items of its streams are held; after the response, only those above the cursor go out.
+"""Per-connection protocol state, pure: awaiting auth -> live -> closed, the identity, and the
+replay bookkeeping that keeps CONTRACT.md §5's order guarantee: while a sync-request runs,
+live items of its streams are held; after the response, only those above the cursor go out.
+
+Imports no asyncio, asyncpg, redis or socket, and of notifyd only notifyd.core.
+"""
+
 from __future__ import annotations
 
 import enum

@@ -1,6 +1,10 @@
-# A timing wheel for per-connection deadlines (handshake and auth timeouts, token expiry,
-# keepalive): one timer for the whole process that touches only the connections that are due,
-# so 10k idle connections cost nothing between their deadlines. Pure: times are passed in.
+"""A timing wheel for per-connection deadlines (handshake and auth timeouts, token expiry,
+keepalive): one timer for the whole process that touches only the connections that are due,
+so 10k idle connections cost nothing between their deadlines. Pure: times are passed in.
+
+Imports no asyncio, asyncpg, redis or socket, and of notifyd only notifyd.core.
+"""
+
 from __future__ import annotations
 
 import math

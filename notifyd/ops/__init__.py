@@ -1,1 +1,5 @@
-"""ops"""
+"""Operations: Prometheus metrics, JSON logs, systemd notifications and the cycle collector's
+policy.
+
+Each module imports nothing of notifyd, so any layer may use it.
+"""

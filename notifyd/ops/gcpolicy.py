@@ -1,11 +1,15 @@
-# The cycle collector's policy for a long-running server. After each full collection, what
-# survived it is frozen (gc.freeze), so later collections traverse only what was made since
-# instead of every open connection again: with 20,000 connections open, one full collection
-# paused the event loop for up to half a second, and connection churn brings one about every
-# time the tracked objects grow by a quarter. An object that dies in a reference cycle while
-# frozen waits for the next thaw: every `thaw_every` seconds everything is unfrozen, and the
-# next full collection looks at all of it again (a closed connection leaves no cycle: it is
-# freed by reference counting, frozen or not).
+"""The cycle collector's policy for a long-running server. After each full collection, what
+survived it is frozen (gc.freeze), so later collections traverse only what was made since
+instead of every open connection again: with 20,000 connections open, one full collection
+paused the event loop for up to half a second, and connection churn brings one about every
+time the tracked objects grow by a quarter. An object that dies in a reference cycle while
+frozen waits for the next thaw: every `thaw_every` seconds everything is unfrozen, and the
+next full collection looks at all of it again (a closed connection leaves no cycle: it is
+freed by reference counting, frozen or not).
+
+Imports nothing of notifyd, and does no I/O: the clock is passed in.
+"""
+
 from __future__ import annotations
 
 import gc

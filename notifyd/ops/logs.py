@@ -1,6 +1,10 @@
-# Logging set-up: one JSON object per line on stderr (what journald and log shippers want),
-# with fields passed as `extra=` kept as keys, and the level changeable at run time (SIGHUP).
-# Nothing here sees a token: callers log identities and reasons, never credentials.
+"""Logging set-up: one JSON object per line on stderr (what journald and log shippers want),
+with fields passed as `extra=` kept as keys, and the level changeable at run time (SIGHUP).
+Nothing here sees a token: callers log identities and reasons, never credentials.
+
+Imports nothing of notifyd.
+"""
+
 from __future__ import annotations
 
 import datetime as dt

@@ -1,7 +1,11 @@
-# The process's Prometheus metrics, served at /metrics. One registry per App (several Apps may
-# share a process in tests). Counters on the hot path are plain integers bumped by the modules
-# that see the events (a prometheus-client Counter takes a lock per increment) and read at
-# scrape time, like the gauges of live state. Imports nothing of notifyd but core.codes.
+"""The process's Prometheus metrics, served at /metrics. One registry per App (several Apps may
+share a process in tests). Counters on the hot path are plain integers bumped by the modules
+that see the events (a prometheus-client Counter takes a lock per increment) and read at
+scrape time, like the gauges of live state.
+
+Imports nothing of notifyd but core.codes, and no asyncio: the edge serves what it renders.
+"""
+
 from __future__ import annotations
 
 from bisect import bisect_left

@@ -1,6 +1,10 @@
-# The sd_notify protocol (Type=notify services): datagrams of "KEY=VALUE" lines to the
-# AF_UNIX socket named by $NOTIFY_SOCKET ('@' = the abstract namespace), and the watchdog
-# interval from $WATCHDOG_USEC. Without $NOTIFY_SOCKET (not under systemd) it does nothing.
+"""The sd_notify protocol (Type=notify services): datagrams of "KEY=VALUE" lines to the
+AF_UNIX socket named by $NOTIFY_SOCKET ('@' = the abstract namespace), and the watchdog
+interval from $WATCHDOG_USEC. Without $NOTIFY_SOCKET (not under systemd) it does nothing.
+
+Imports nothing of notifyd, and no asyncio: a datagram send does not block.
+"""
+
 from __future__ import annotations
 
 import logging

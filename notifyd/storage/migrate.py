@@ -1,6 +1,10 @@
-# Applies sql/NNNN_*.sql in order, each once, recorded in notifyd.schema_migrations. Everything
-# runs in one transaction under an advisory lock, so two `notifyd migrate` at once are safe:
-# the second waits, then finds nothing left to do.
+"""Applies sql/NNNN_*.sql in order, each once, recorded in notifyd.schema_migrations. Everything
+runs in one transaction under an advisory lock, so two `notifyd migrate` at once are safe:
+the second waits, then finds nothing left to do.
+
+Of notifyd, imports only notifyd.core (its errors): never the edge, the app or Redis.
+"""
+
 from __future__ import annotations
 
 import re

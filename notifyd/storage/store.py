@@ -1,6 +1,10 @@
-# Every SQL query the daemon runs (asyncpg only here, apart from the LISTEN connection in
-# listener.py). Rows come back as the protocol's Notification JSON, built by notifyd.to_wire()
-# in the database, so they are embedded in frames without decoding (orjson.Fragment).
+"""Every SQL query the daemon runs (asyncpg only here, apart from the LISTEN connection in
+listener.py). Rows come back as the protocol's Notification JSON, built by notifyd.to_wire()
+in the database, so they are embedded in frames without decoding (orjson.Fragment).
+
+Of notifyd, imports only notifyd.core (its errors): never the edge, the app or Redis.
+"""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,8 +1,15 @@
-"""Fakes shared by the unit tests: a live session, a connection that keeps what it is given."""
+"""Fakes shared by the unit tests: a live session, a connection that keeps what it is given,
+token claims, signed NOTIFY payloads and the role spellings that case mappings disagree on.
+
+Imports nothing that does I/O: tests/ may import it, never the reverse."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from websockets.client import ClientProtocol
@@ -10,16 +17,50 @@ from websockets.frames import Frame
 from websockets.protocol import OPEN
 from websockets.uri import parse_uri
 
-from notifyd import config
 from notifyd.core.auth import Authenticator, issue_token
 from notifyd.core.session import Session
+from notifyd.core.settings import parse
 
 SECRET = "unit-secret-" + "z" * 40
+
+# Role spellings on which case mappings disagree: Python's str.lower(), PostgreSQL's lower()
+# under C.UTF-8, under LC_CTYPE 'C' and under an ICU Turkish locale all differ on some of these.
+KELVIN = "\u212a"  # K, the Kelvin sign: Python and ICU lower it to an ASCII k
+ROLE_CASES = [
+    "admin",
+    "Admin",
+    "ADMIN",
+    "IT",
+    "it",
+    "\u0130T",
+    "i\u0307t",
+    "\u0131t",
+    "\u00c4RZTE",
+    "\u00e4rzte",
+    "STRASSE",
+    "stra\u00dfe",
+    "\u00df",
+    KELVIN,
+    "k",
+    f"{KELVIN}ELVIN",
+    "\ufb00",
+    "org:42/Team_Lead+x",
+    "a b",
+    " admin",
+    "tab\tx",
+    "x" * 128,
+    "X" * 129,
+    "!~",
+    "'quote'",
+    "back\\slash",
+    "null\x00byte",
+    "",
+]
 
 
 def live_session() -> Session:
     s = Session("c1")
-    auth = Authenticator(config.load({"NOTIFYD_JWT_SECRET": SECRET}))
+    auth = Authenticator(parse({"jwt_secret": SECRET}))
     s.authenticate(auth.verify(issue_token(SECRET, "1")))
     return s
 
@@ -34,7 +75,7 @@ class FakeConn:
         self.frames.append(frame)
         self.written += len(frame)
 
-    def decoded(self) -> list[dict[str, object]]:
+    def decoded(self) -> list[dict[str, Any]]:
         """Every frame written, parsed by websockets' own client-side protocol."""
         client = ClientProtocol(parse_uri("ws://x/"), state=OPEN)
         client.receive_data(b"".join(self.frames))
@@ -62,3 +103,16 @@ def events_of(text: str) -> list[dict[str, object]]:
     """The events of a payload body, as channel.Channel.open() hands them to the router."""
     events: list[dict[str, object]] = orjson.loads(text)
     return events
+
+
+def token_claims(**kw: object) -> dict[str, object]:
+    """A token's claims for user 42, valid for 10 minutes; a claim given as None is left out."""
+    claims: dict[str, object] = {"sub": "42", "exp": int(time.time()) + 600}
+    claims.update(kw)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def signed_payload(key: bytes, key_id: int, nonce: int, events: list[dict[str, object]]) -> str:
+    """A NOTIFY payload as the database signs it: HMAC-SHA256 hex, then the body."""
+    body = orjson.dumps({"k": key_id, "i": nonce, "e": events}).decode()
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest() + body

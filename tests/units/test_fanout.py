@@ -55,10 +55,7 @@ async def test_router_orders_large_rows_and_catches_up() -> None:
     )
     await asyncio.sleep(0.05)
     assert fetched == [[2]]
-    kinds = [
-        (f["type"], f["data"].get("notification", {}).get("seq"))  # type: ignore[union-attr]
-        for f in conn.decoded()
-    ]
+    kinds = [(f["type"], f["data"].get("notification", {}).get("seq")) for f in conn.decoded()]
     assert kinds == [
         ("notification:new", 1),
         ("notification:unread-count", None),
@@ -75,7 +72,7 @@ async def test_router_orders_large_rows_and_catches_up() -> None:
     missed.extend(range(1, 9))
     assert await router.catch_up() == 5
     await asyncio.sleep(0.01)
-    seqs = [f["data"]["notification"]["seq"] for f in conn.decoded()]  # type: ignore[index]
+    seqs = [f["data"]["notification"]["seq"] for f in conn.decoded()]
     assert seqs == [4, 5, 6, 7, 8, 9]
     assert router.delivered == 9
     # the metrics' counts: 7 frames, then 6; every byte written

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from notifyd import config
-from notifyd.core.auth import Authenticator, issue_token
+from notifyd.core.auth import Authenticator, Identity, issue_token
 from notifyd.core.codes import ErrorCode
 from notifyd.core.errors import ClientError
-from notifyd.core.session import State
+from notifyd.core.session import Session, State
+from notifyd.core.settings import parse
 from units.fakes import SECRET, live_session
 
 
@@ -89,10 +89,27 @@ def test_session_waiting_for_sync_sends_nothing_live_until_the_response() -> Non
 
 def test_session_refresh_takes_the_fresh_tokens_roles() -> None:
     s = live_session()
-    auth = Authenticator(config.load({"NOTIFYD_JWT_SECRET": SECRET}))
+    auth = Authenticator(parse({"jwt_secret": SECRET}))
     refreshed = s.authenticate(auth.verify(issue_token(SECRET, "1", ["admin"], ttl=9999)))
     assert refreshed.roles == ("admin",) and refreshed.expires_at > 0
     assert s.identity == refreshed
     with pytest.raises(ClientError) as info:
         s.authenticate(auth.verify(issue_token(SECRET, "2")))
     assert info.value.code is ErrorCode.AUTH_USER_MISMATCH
+
+
+def test_roles_cannot_change_while_a_sync_is_answered() -> None:
+    session = Session("c1")
+    session.authenticate(Identity("42", ("admin",), 2e9, None))
+    session.begin_sync(["user:42", "role:admin", "all"])
+    session.authenticate(Identity("42", ("admin",), 3e9, None))  # same roles: fine
+    with pytest.raises(ClientError) as caught:
+        session.authenticate(Identity("42", (), 3e9, None))
+    assert caught.value.code is ErrorCode.SYNC_IN_PROGRESS
+    assert session.identity is not None and session.identity.roles == ("admin",)
+    session.finish_sync({}, set())
+    session.offer("role:admin", 5, b"frame")
+    assert session.in_flight() == {"role:admin": (5, 5)}
+    session.authenticate(Identity("42", ("doctor",), 3e9, None))
+    assert session.in_flight() == {}  # what was sent of a dropped stream is forgotten
+    assert session.offer("role:doctor", 9, b"new") == b"new"  # gained: live from here

@@ -172,3 +172,11 @@ def test_the_documents_come_from_the_declarations(capsys: pytest.CaptureFixture[
     assert s.main(["--toml"]) == 0 and capsys.readouterr().out == example
     assert s.main(["--markdown"]) == 0 and capsys.readouterr().out == s.markdown_table()
     assert s.main([]) == 2 and "usage" in capsys.readouterr().err
+
+
+def test_presence_role_settings_are_role_names() -> None:
+    settings = parse({"presence_roles": "Admin", "presence_public_roles": ["DOCTOR"]})
+    assert settings.presence_roles == ("admin",)
+    assert settings.presence_public_roles == ("doctor",)
+    with pytest.raises(ConfigError, match="NOTIFYD_PRESENCE_ROLES"):
+        parse({"presence_roles": "\u00c4rzte"})
