@@ -23,7 +23,8 @@ from notifyd.core.backoff import Backoff
 from notifyd.core.channel import Channel, Opened
 from notifyd.core.codes import AuthReason, CloseCode, ErrorCode, close_label
 from notifyd.core.errors import AuthError, ClientError, PruneBusy, StoreError
-from notifyd.core.fanout import Router
+from notifyd.core.events import Event, New, UnreadCount
+from notifyd.core.fanout import Publisher
 from notifyd.core.index import StreamIndex
 from notifyd.core.presence import PresenceChange, PresencePolicy
 from notifyd.core.protocol import (
@@ -52,6 +53,7 @@ from notifyd.edge.server import (
 from notifyd.ops import logs
 from notifyd.ops.metrics import Metrics
 from notifyd.storage.listener import Listener
+from notifyd.storage.pipeline import EventPipeline
 from notifyd.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -96,17 +98,18 @@ class App:
             port=lambda: self.port,
         )
         self.index: StreamIndex[Connection] = StreamIndex()
-        self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
+        self.publisher: Publisher[Connection] = Publisher(self.index)
+        self.pipeline = EventPipeline(self.publisher, store.fetch_ids, self._catch_up_rows)
         self.policy = PresencePolicy(settings.presence_roles, settings.presence_public_roles or ())
         self.presence = ClusterPresence(settings, self._presence_event, self.metrics)
         self.channel = Channel()
         self.channel.refused = self.metrics.notify_refused
         self.listener = Listener(
-            settings.dsn or "", self.channel, self._heard, self._listening, self.router.block
+            settings.dsn or "", self.channel, self._heard, self._listening, self.pipeline.block
         )
         self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
         # A revocation event says only "read the table again": it holds what committed.
-        self.router.on_revocations = self._revocations_changed
+        self.publisher.on_revocations = self._revocations_changed
         self._revocations_read: asyncio.Task[None] | None = None
         self._revocations_again = False
         self.connections: set[Connection] = set()
@@ -120,17 +123,17 @@ class App:
         self._retention: asyncio.Task[None] | None = None
         self.reloads = 0
         self._unread_epoch: dict[str, int] = {}
-        self.router.on_published = self._note_published
+        self.publisher.on_published = self._note_published
         self.port = 0
         self.admin_port: int | None = None
-        self.router.observe_latency = self.metrics.latency.observe
+        self.publisher.observe_latency = self.metrics.latency.observe
         listener = self.listener
         self.metrics.watch(
             online_users=self.presence.local.online_count,
-            delivered=lambda: self.router.delivered,
-            router_frames=lambda: self.router.frames_out,
-            router_bytes=lambda: self.router.bytes_out,
-            published=lambda: self.router.published,
+            delivered=lambda: self.publisher.delivered,
+            publisher_frames=lambda: self.publisher.frames_out,
+            publisher_bytes=lambda: self.publisher.bytes_out,
+            published=lambda: self.publisher.published,
             listener_up=lambda: float(listener.up),
             listener_reconnects=lambda: listener.reconnects,
             notify_stale=lambda: self.channel.stale,
@@ -284,23 +287,23 @@ class App:
         """The LISTEN connection is (again) up: reload revocations (one may have been missed
         meanwhile), then catch up on notifications."""
         await self._reload_revocations()
-        return await self.router.catch_up()
+        return await self.pipeline.catch_up()
 
     def _heard(self, opened: Opened) -> None:
         """A verified NOTIFY payload (notifyd.core.channel)."""
         if opened.resync:
             self.spawn(self._resync())
         else:
-            self.router.feed(opened.events, opened.stale)
+            self.pipeline.put(opened.events, opened.stale)
 
     async def _resync(self) -> None:
         """A genuine payload could not be decoded: what it announced is caught up from the
         tables for every stream with local subscribers, as after a lost LISTEN connection."""
         try:
-            await self.router.catch_up()
+            await self.pipeline.catch_up()
         except StoreError as exc:
             log.warning("catching up after an undecodable payload failed: %s", exc)
-            self.router.resume()
+            self.pipeline.resume()
 
     async def _reload_revocations(self) -> None:
         """notifyd.revocations as it is: what it holds, and nothing else, is revoked (a row
@@ -397,7 +400,7 @@ class App:
             return
         streams = [*identity.streams, PRESENCE_STREAM]
         gone = self.index.remove(conn, streams)
-        self.router.forget(gone)
+        self.publisher.forget(gone)
         for stream in gone:
             self._unread_epoch.pop(stream, None)
         self.presence.disconnected(identity.user_id)
@@ -525,7 +528,7 @@ class App:
         gained = [s for s in new if s not in old]
         if dropped:
             gone = self.index.remove(conn, dropped)
-            self.router.forget(gone)
+            self.publisher.forget(gone)
             for stream in gone:
                 self._unread_epoch.pop(stream, None)
         if gained:
@@ -553,7 +556,7 @@ class App:
             for stream in streams:
                 if self.index.subscribers(stream):  # not dropped again meanwhile
                     state = states.get(stream)
-                    self.router.note_floor(stream, state.last_seq if state else 0)
+                    self.publisher.note_floor(stream, state.last_seq if state else 0)
             return
 
     async def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
@@ -576,15 +579,15 @@ class App:
             return
         for stream in streams:
             state = states.get(stream)
-            self.router.note_floor(stream, state.last_seq if state else 0)
+            self.publisher.note_floor(stream, state.last_seq if state else 0)
         # A live count that arrived meanwhile is at least as new as what we read.
         if self._unread_epoch.get(identity.user_stream, 0) == epoch:
             state = states.get(identity.user_stream)
             conn.send(encode("notification:unread-count", {"count": state.unread if state else 0}))
 
-    def _note_published(self, kind: str, event: dict[str, Any]) -> None:
-        if "u" in event:
-            stream = event.get("s") or event["n"]["stream"]
+    def _note_published(self, event: Event) -> None:
+        if isinstance(event, New | UnreadCount) and event.unread is not None:
+            stream = event.stream
             if stream in self._unread_epoch or self.index.subscribers(stream):
                 self._unread_epoch[stream] = self._unread_epoch.get(stream, 0) + 1
 

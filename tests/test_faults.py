@@ -376,7 +376,7 @@ async def test_sigterm_with_a_stalled_client_exits_within_the_shutdown_timeout(
                     for i in range(200)
                 )
             )  # 10 MB waiting for a client that does not read
-            # the router goes in commit order: when this arrives, all of that was written
+            # the pipeline goes in commit order: when this arrives, all of that was written
             await pool.execute("SELECT notifyd.notify('reading', 't', 'after', 'm')")
             await reading.expect("notification:new")
         finally:

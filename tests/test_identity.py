@@ -295,7 +295,7 @@ def _conn(d: Daemon, user: str) -> object:
     )
 
 
-async def test_a_dropped_stream_is_forgotten_by_the_router(daemon: Daemon) -> None:
+async def test_a_dropped_stream_is_forgotten_by_the_publisher(daemon: Daemon) -> None:
     """A stream whose last local subscriber dropped its role leaves the catch-up points; a
     stream first gained by a refresh gets its floor (its last seq), as at connect."""
     d = daemon
@@ -304,14 +304,14 @@ async def test_a_dropped_stream_is_forgotten_by_the_router(daemon: Daemon) -> No
     await client.next_data("notification:new")
     for _ in range(2):
         await d.sql("SELECT notifyd.notify_role('sre', 't', 'before the refresh', 'm')")
-    assert d.app.router.catch_up_points() == {"role:ops": 1, "user:f1": 0, "all": 0}
+    assert d.app.publisher.catch_up_points() == {"role:ops": 1, "user:f1": 0, "all": 0}
     await _refresh(client, d.token("f1", ["sre"]))
     await eventually(
-        lambda: d.app.router.catch_up_points().get("role:sre") == 2,
+        lambda: d.app.publisher.catch_up_points().get("role:sre") == 2,
         5,
         "the gained stream's floor is noted",
     )
-    assert "role:ops" not in d.app.router.catch_up_points()
+    assert "role:ops" not in d.app.publisher.catch_up_points()
     await d.sql("SELECT notifyd.notify_role('sre', 't', 'after', 'm')")
     n = (await client.next_data("notification:new"))["notification"]
     assert (n["stream"], n["seq"]) == ("role:sre", 3)

@@ -17,7 +17,11 @@ refuses (and counts) the rest:
 Nonces are remembered in a window of the last `window` nonces. A payload older than the window,
 or numbered before this process started listening, is *stale*: genuine, but possibly a replay
 whose first copy was not seen. Its events are then re-checked against the tables instead of
-trusted (fanout.Router.feed does that). Pure: no I/O, no clock.
+trusted (notifyd.core.fanout.stale_claims says which, notifyd.storage.pipeline checks them).
+
+The events of a payload that verified are decoded here, into notifyd.core.events' classes
+(sql/EVENTS.md has their format); a genuine payload that cannot be decoded opens as `resync`.
+Pure: no I/O, no clock; imports no asyncio, asyncpg, redis or socket.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import hmac
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
+
+from notifyd.core.events import Event, MalformedEvents, decode
 
 MAC_LENGTH = 64  # hex digits of HMAC-SHA256
 NONCE_WINDOW = 1 << 22  # nonces remembered: 512 KiB of bits, over an hour at 1,000 payloads/s
@@ -43,7 +48,7 @@ REFUSALS = ("malformed", "unknown-key", "signature", "replayed")
 class Opened:
     """A payload that verified: its events, and whether they must be re-checked (stale)."""
 
-    events: list[dict[str, Any]]
+    events: list[Event]
     stale: bool
     resync: bool = False  # genuine but undecodable: catch the streams up from the tables
 
@@ -113,10 +118,7 @@ class Channel:
             parsed = orjson.loads(raw)
             nonce, events = parsed["i"], parsed["e"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            # Genuine but beyond the parser (a row's data nested too deep): its events are
-            # lost to this path, so the streams are caught up from the tables instead.
-            self.undecodable += 1
-            return Opened([], stale=True, resync=True)
+            return self._undecodable()
         if nonce <= self._floor or nonce <= self._high - self._window:
             if nonce in self._stale_seen:
                 return "replayed"
@@ -124,13 +126,26 @@ class Channel:
                 self._stale_seen.clear()  # forgotten: a later copy is re-checked, not trusted
             self._stale_seen.add(nonce)
             self.stale += 1
-            return Opened(events, stale=True)
+            return self._decoded(events, stale=True)
         byte, bit = divmod(nonce % self._window, 8)
         if nonce <= self._high and self._seen[byte] >> bit & 1:
             return "replayed"
         self._advance(nonce)
         self._seen[byte] |= 1 << bit
-        return Opened(events, stale=False)
+        return self._decoded(events, stale=False)
+
+    def _decoded(self, events: object, stale: bool) -> Opened:
+        try:
+            return Opened(decode(events), stale=stale)
+        except MalformedEvents:
+            return self._undecodable()
+
+    def _undecodable(self) -> Opened:
+        """Genuine but beyond the parser (a row's data nested too deep), or events not as the
+        triggers send them: they are lost to this path, so the streams are caught up from the
+        tables instead."""
+        self.undecodable += 1
+        return Opened([], stale=True, resync=True)
 
     def _advance(self, nonce: int) -> None:
         """Make `nonce` the highest: the bits of the nonces it passes over start unseen."""

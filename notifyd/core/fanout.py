@@ -1,18 +1,36 @@
-# Turns decoded NOTIFY events into frames and writes each frame, built once, to every local
-# recipient; keeps the per-stream last seq published on this node, so catch-up after a lost
-# LISTEN connection knows where to start and never publishes an item twice.
-# Knows nothing of PostgreSQL: large rows and catch-up come through an injected Fetcher.
+"""Fan-out decisions: which frame goes to which local connection.
+
+`Publisher` turns NOTIFY events (notifyd.core.events) into server frames, builds each frame
+once and writes it to every local subscriber of the event's stream (notifyd.core.index), and
+keeps the per-stream last seq published on this node, so that catch-up after a lost LISTEN
+connection knows where to start and never publishes an item twice. It publishes what it is
+handed, at once and in that order: keeping commit order, fetching the rows sent by reference
+and catching up are notifyd.storage.pipeline's, which calls it.
+
+Pure: imports no asyncio, asyncpg, redis or socket; its only output is the connections'
+deliver(). It reads clocks only to time what it did: a fan-out to many connections is logged
+with its write time (the benchmark reads that line), and the commit-to-write latency observed.
+"""
+
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 import orjson
 
+from notifyd.core.events import (
+    Deleted,
+    Event,
+    New,
+    Read,
+    RevocationsChanged,
+    UnreadCount,
+    Updated,
+    Wire,
+)
 from notifyd.core.index import StreamIndex
 from notifyd.core.protocol import encode, websocket_text
 from notifyd.core.session import Session
@@ -22,36 +40,28 @@ FANOUT_LOG_MIN = 1000  # fan-outs to at least this many connections log their wr
 # The unread-count frame follows every new notification of a user; the same count makes the
 # same frame, so the small ones (most badges) are built once.
 UNREAD_FRAMES_KEPT = 1000
-_UNREAD_FRAMES: dict[int, bytes] = {}
 
 
 class Recipient(Protocol):
-    """A live connection as the router sees it (server.Connection)."""
+    """A live connection as the publisher sees it (notifyd.edge.server.Connection)."""
 
     session: Session
 
     def deliver(self, frame: bytes) -> None:
-        """Write the frame (the router counts what it delivers itself)."""
+        """Write the frame uncounted: the publisher counts what it delivers, in bulk."""
 
 
-# (stream -> last seq) -> rows above them; id list -> rows by id
-CatchUp = Callable[[dict[str, int]], Awaitable[list[tuple[str, int, bytes]]]]
-FetchIds = Callable[[list[int]], Awaitable[dict[int, bytes]]]
+R = TypeVar("R", bound=Recipient)
 
 
-class Router:
-    """Routes events to connections. Events are processed strictly in arrival order (commit
-    order); an event that needs the database (a large row) holds back the ones behind it."""
+class Publisher(Generic[R]):
+    """Publishes events to the local subscribers of their streams, each frame built once."""
 
-    def __init__(self, index: StreamIndex[Any], fetch_ids: FetchIds, catch_up: CatchUp) -> None:
+    def __init__(self, index: StreamIndex[R]) -> None:
         self.index = index
         self.last_seq: dict[str, int] = {}  # highest seq published here, per stream
         self._floor: dict[str, int] = {}  # a stream's last seq when it got its first subscriber
-        self._fetch_ids = fetch_ids
-        self._catch_up = catch_up
-        self._queue: deque[dict[str, Any]] = deque()
-        self._draining: asyncio.Task[None] | None = None
-        self._blocked = True  # until the first catch_up(): the listener is not up yet
+        self._unread_frames: dict[int, bytes] = {}  # count -> frame, for counts below KEPT
         self.delivered = 0  # notification frames written, for metrics and the bench
         self.published = 0  # notifications that had local recipients
         self.frames_out = 0  # frames and bytes delivered, for metrics (counted here in bulk)
@@ -59,7 +69,8 @@ class Router:
         # Called with the seconds from the inserting statement (the event's "t") to the frame
         # written to the last local recipient.
         self.observe_latency: Callable[[float], None] | None = None
-        self.on_published: Callable[[str, dict[str, Any]], None] | None = None
+        # Called with every event published (or dropped as already published)
+        self.on_published: Callable[[Event], None] | None = None
         # A revocation was announced (fresh or stale): the table says who is revoked
         self.on_revocations: Callable[[], None] | None = None
 
@@ -81,171 +92,65 @@ class Router:
         points.update(self.last_seq)
         return points
 
-    # -- events from the listener -------------------------------------------------------
-
-    def feed(self, events: list[dict[str, Any]], stale: bool = False) -> None:
-        """The events of one verified NOTIFY payload (channel.Channel.open), in commit order.
-        `stale`: the payload may be a replay; only what the tables confirm is kept."""
-        if stale:
-            events = self._recheck(events)
-        if not self._blocked and self._draining is None and not self._queue:
-            # Fast path: nothing ahead of us and nothing to fetch.
-            for i, event in enumerate(events):
-                if _by_reference(event):
-                    self._queue.extend(events[i:])
-                    self._start_drain()
-                    return
-                self._dispatch(event)
-            return
-        self._queue.extend(events)
-        self._start_drain()
-
-    def _recheck(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """A stale payload's events as claims to check: a new notification is fetched by id
-        (so it is what committed) and published only above what this node has published or
-        its subscribers read at connect; a revocation makes the revocations be read again.
-        Read marks, unread items, deletions and counts are dropped: a replay of an old one
-        would undo a newer state (a count or read mark that is current comes again with the
-        next change, and on every connect and sync)."""
-        kept: list[dict[str, Any]] = []
-        for event in events:
-            kind = event.get("k")
-            if kind == "n":
-                wire = event.get("n")
-                ref = (
-                    {"id": wire["id"], "s": wire["stream"], "q": wire["seq"]}
-                    if isinstance(wire, dict)
-                    else {"id": event["id"], "s": event["s"], "q": event["q"]}
-                )
-                kept.append({"k": "n", **ref, "recheck": True})
-            elif kind == "x":  # it only makes the table be read again
-                kept.append(event)
-        return kept
-
-    def block(self) -> None:
-        """The LISTEN connection is down: queue events until catch_up() has run."""
-        self._blocked = True
-
-    def resume(self) -> None:
-        """A catch_up() that failed: deliver the events queued meanwhile, as they come."""
-        self._blocked = False
-        self._start_drain()
-
-    def _start_drain(self) -> None:
-        if self._draining is None and not self._blocked and self._queue:
-            self._draining = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue and not self._blocked:
-                event = self._queue[0]
-                if _by_reference(event):
-                    await self._resolve_large()
-                    continue
-                self._queue.popleft()
-                self._dispatch(event)
-        finally:
-            self._draining = None
-
-    async def _resolve_large(self) -> None:
-        """Fetch every by-reference row queued so far in one query, then keep the order."""
-        refs = [e["id"] for e in self._queue if _by_reference(e)]
-        try:
-            rows = await self._fetch_ids(refs)
-        except Exception:
-            log.exception("fetching %d large rows failed; retrying", len(refs))
-            await asyncio.sleep(0.5)
-            return
-        wanted = set(refs)  # references queued during the fetch wait for the next one
-        for event in self._queue:
-            if _by_reference(event) and event["id"] in wanted:
-                wire = rows.get(event["id"])
-                # A row deleted before we fetched it: its deletion event follows in the queue.
-                event["n"] = orjson.Fragment(wire) if wire is not None else None
-
-    async def catch_up(self) -> int:
-        """Called once listening (again): publish what was committed while not listening, for
-        every stream with local subscribers, then the events queued meanwhile, in order."""
-        self._blocked = True
-        while self._draining is not None:
-            await asyncio.sleep(0.005)
-        rows = await self._catch_up(self.catch_up_points())
-        for stream, seq, wire in rows:
-            self._publish_new(stream, seq, orjson.Fragment(wire))
-        self._blocked = False
-        self._start_drain()
-        return len(rows)
-
     # -- publishing ---------------------------------------------------------------------
 
-    def _dispatch(self, event: dict[str, Any]) -> None:
-        kind = event.get("k")
-        if kind == "n":
-            notification = event["n"]
+    def publish(self, event: Event) -> None:
+        """One event, in commit order; a `pending` one (by reference) must be fetched first."""
+        if isinstance(event, New):
+            notification = event.notification
             if notification is None:
-                return
-            if isinstance(notification, orjson.Fragment):
-                stream, seq = event["s"], event["q"]
-            else:
-                stream, seq = notification["stream"], notification["seq"]
-            if "recheck" in event and seq <= self.last_seq.get(
-                stream, self._floor.get(stream, seq)
-            ):
+                return  # deleted before it was fetched: its deletion follows
+            stream, seq = event.stream, event.seq
+            if event.recheck and seq <= self.last_seq.get(stream, self._floor.get(stream, seq)):
                 return  # a replayed notification this node's subscribers had before
-            self._publish_new(
-                stream, seq, notification, self._unread_frame(stream, event), event.get("t")
-            )
-        elif kind == "m":
-            notification = event["n"]
-            if notification is not None:  # else deleted before it was fetched
-                stream = event["s"] if "s" in event else notification["stream"]
-                self._broadcast(
-                    stream,
-                    websocket_text(encode("notification:updated", {"notification": notification})),
-                )
-        elif kind == "r":
-            stream = event["s"]
+            trailer = None if event.unread is None else self.unread_frame(stream, event.unread)
+            self._publish_new(stream, seq, notification, trailer, event.committed)
+        elif isinstance(event, UnreadCount):
+            frame = self.unread_frame(event.stream, event.unread)
+            if frame is not None:
+                self._broadcast(event.stream, frame)
+        elif isinstance(event, Read):
             frame = websocket_text(
-                encode("notification:read", {"ids": event["ids"], "readAt": event["at"]})
+                encode("notification:read", {"ids": event.ids, "readAt": event.at})
             )
-            origin = event.get("o")
+            origin = event.origin
             sent = 0
-            for conn in list(self.index.subscribers(stream)):
+            for conn in list(self.index.subscribers(event.stream)):
                 if conn.session.connection_id != origin:
                     conn.deliver(frame)
                     sent += 1
             self._count(sent, sent * len(frame))
-        elif kind == "d":
+        elif isinstance(event, Deleted):
             frame = websocket_text(
-                encode("notification:deleted", {"id": event["id"], "stream": event["s"]})
+                encode("notification:deleted", {"id": event.id, "stream": event.stream})
             )
-            self._broadcast(event["s"], frame)
-        elif kind == "c":
-            self._unread(event["s"], event)
-        elif kind == "x":
-            if self.on_revocations is not None:
-                self.on_revocations()
-        else:
-            log.error("unknown NOTIFY event kind %r dropped", kind)
+            self._broadcast(event.stream, frame)
+        elif isinstance(event, Updated):
+            if event.notification is not None:  # else deleted before it was fetched
+                frame = websocket_text(
+                    encode("notification:updated", {"notification": event.notification})
+                )
+                self._broadcast(event.stream, frame)
+        elif isinstance(event, RevocationsChanged) and self.on_revocations is not None:
+            self.on_revocations()
         if self.on_published is not None:
-            self.on_published(str(kind), event)
+            self.on_published(event)
 
-    @staticmethod
-    def _unread_frame(stream: str, event: dict[str, Any]) -> bytes | None:
-        if not stream.startswith("user:") or "u" not in event:
+    def publish_row(self, stream: str, seq: int, wire: bytes) -> None:
+        """A row caught up from the table (its wire JSON), unless already published here."""
+        self._publish_new(stream, seq, orjson.Fragment(wire))
+
+    def unread_frame(self, stream: str, count: int) -> bytes | None:
+        """The unread-count frame of a user stream (None for other streams)."""
+        if not stream.startswith("user:"):
             return None
-        count = max(0, event["u"])
-        frame = _UNREAD_FRAMES.get(count)
+        count = max(0, count)
+        frame = self._unread_frames.get(count)
         if frame is None:
             frame = websocket_text(encode("notification:unread-count", {"count": count}))
             if count < UNREAD_FRAMES_KEPT:
-                _UNREAD_FRAMES[count] = frame
+                self._unread_frames[count] = frame
         return frame
-
-    def _unread(self, stream: str, event: dict[str, Any]) -> None:
-        frame = self._unread_frame(stream, event)
-        if frame is not None:
-            self._broadcast(stream, frame)
 
     def _broadcast(self, stream: str, frame: bytes) -> None:
         members = list(self.index.subscribers(stream))
@@ -261,7 +166,7 @@ class Router:
         self,
         stream: str,
         seq: int,
-        notification: Any,
+        notification: Wire,
         trailer: bytes | None = None,
         committed: float | None = None,
     ) -> None:
@@ -290,7 +195,7 @@ class Router:
             elif trailer is not None:
                 conn.deliver(trailer)
                 size += len(trailer)
-        # offer() may release held frames with this one: frames counts the notifications
+        # frames: the notifications sent, and the trailer every member got (with one or alone)
         self._count(sent + (len(members) if trailer is not None else 0), size)
         self.delivered += sent
         self.published += 1
@@ -307,6 +212,17 @@ class Router:
             )
 
 
-def _by_reference(event: dict[str, Any]) -> bool:
-    """A new or changed notification sent by id (too large for a payload): fetched first."""
-    return "n" not in event and event.get("k") in ("n", "m")
+def stale_claims(events: list[Event]) -> list[Event]:
+    """A stale payload's events as claims to check (the payload may be a replay): a new
+    notification is fetched by id (so it is what committed) and published only above what
+    this node has published or its subscribers read at connect; a revocation makes the
+    revocations be read again. Read marks, unread items, deletions and counts are dropped: a
+    replay of an old one would undo a newer state (a count or read mark that is current comes
+    again with the next change, and on every connect and sync)."""
+    kept: list[Event] = []
+    for event in events:
+        if isinstance(event, New):
+            kept.append(New(event.stream, event.seq, event.id, None, pending=True, recheck=True))
+        elif isinstance(event, RevocationsChanged):  # it only makes the table be read again
+            kept.append(event)
+    return kept

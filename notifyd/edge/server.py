@@ -308,7 +308,7 @@ class Connection(asyncio.Protocol):
         self.deliver(frame)
 
     def deliver(self, frame: bytes) -> None:
-        """write() without the count: the router's fan-out counts in bulk (a third of the
+        """write() without the count: the publisher's fan-out counts in bulk (a third of the
         Python time per recipient otherwise). Called per recipient of every notification:
         keep it this cheap."""
         transport = self.transport

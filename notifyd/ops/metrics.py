@@ -113,7 +113,7 @@ class Metrics(Collector):
 
     def watch(self, **sources: Callable[[], float]) -> None:
         """Values owned elsewhere, read at each scrape: online_users, delivered, published,
-        router_frames, router_bytes, listener_up, listener_reconnects, reloads."""
+        publisher_frames, publisher_bytes, listener_up, listener_reconnects, reloads."""
         self._live.update(sources)
 
     def auth_failed(self, reason: AuthReason) -> None:
@@ -174,10 +174,12 @@ class Metrics(Collector):
         yield counter(
             "notifyd_frames_sent",
             "WebSocket data frames written to clients",
-            self.frames_sent + owned("router_frames"),
+            self.frames_sent + owned("publisher_frames"),
         )
         yield counter(
-            "notifyd_sent_bytes", "Bytes of those frames", self.bytes_sent + owned("router_bytes")
+            "notifyd_sent_bytes",
+            "Bytes of those frames",
+            self.bytes_sent + owned("publisher_bytes"),
         )
         yield counter(
             "notifyd_notifications_received",

@@ -18,6 +18,7 @@ from websockets.protocol import OPEN
 from websockets.uri import parse_uri
 
 from notifyd.core.auth import Authenticator, issue_token
+from notifyd.core.events import Event, decode
 from notifyd.core.session import Session
 from notifyd.core.settings import parse
 
@@ -58,8 +59,8 @@ ROLE_CASES = [
 ]
 
 
-def live_session() -> Session:
-    s = Session("c1")
+def live_session(connection_id: str = "c1") -> Session:
+    s = Session(connection_id)
     auth = Authenticator(parse({"jwt_secret": SECRET}))
     s.authenticate(auth.verify(issue_token(SECRET, "1")))
     return s
@@ -99,10 +100,9 @@ def wire(stream: str, seq: int, nid: int) -> dict[str, object]:
     }
 
 
-def events_of(text: str) -> list[dict[str, object]]:
-    """The events of a payload body, as channel.Channel.open() hands them to the router."""
-    events: list[dict[str, object]] = orjson.loads(text)
-    return events
+def events_of(text: str) -> list[Event]:
+    """The events of a payload body (its "e" list), as channel.Channel.open() decodes them."""
+    return decode(orjson.loads(text))
 
 
 def token_claims(**kw: object) -> dict[str, object]:

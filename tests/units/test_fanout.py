@@ -1,117 +1,139 @@
-"""Fan-out decisions: NOTIFY events in, frames out to fake connections."""
+"""Fan-out decisions: typed NOTIFY events in, frames out to fake connections."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import orjson
 import pytest
 
-from notifyd.core.fanout import FANOUT_LOG_MIN, Router
-from notifyd.core.index import StreamIndex
-from notifyd.core.protocol import (
-    encode,
-    websocket_text,
+from notifyd.core.events import (
+    Deleted,
+    Event,
+    New,
+    Read,
+    RevocationsChanged,
+    UnreadCount,
+    Updated,
 )
+from notifyd.core.fanout import FANOUT_LOG_MIN, UNREAD_FRAMES_KEPT, Publisher, stale_claims
+from notifyd.core.index import StreamIndex
+from notifyd.core.protocol import encode, websocket_text
 from units.fakes import FakeConn, events_of, live_session, wire
 
 
-async def test_router_orders_large_rows_and_catches_up() -> None:
-    fetched: list[list[int]] = []
-
-    async def fetch_ids(ids: list[int]) -> dict[int, bytes]:
-        fetched.append(ids)
-        await asyncio.sleep(0.01)
-        return {i: orjson.dumps(wire("user:1", i, i)) for i in ids}
-
-    missed: list[int] = []  # what was committed while the listener was down
-
-    async def catch_up(after: dict[str, int]) -> list[tuple[str, int, bytes]]:
-        return [
-            ("user:1", seq, orjson.dumps(wire("user:1", seq, seq)))
-            for seq in missed
-            if seq > after["user:1"]
-        ]
-
+def _publisher(*conns: tuple[FakeConn, list[str]]) -> Publisher[FakeConn]:
     index: StreamIndex[FakeConn] = StreamIndex()
-    router = Router(index, fetch_ids, catch_up)
-    conn = FakeConn(live_session())
-    index.add(conn, ["user:1", "all"])
-    router.note_floor("user:1", 0)
-    router.feed(
-        events_of('[{"k":"n","n":' + orjson.dumps(wire("user:1", 1, 1)).decode() + ',"u":1}]')
-    )
-    assert conn.frames == []  # blocked until the listener's first catch-up
-    await router.catch_up()
-    router.feed(
-        events_of(
-            '[{"k":"n","id":2,"s":"user:1","q":2,"u":2},'
-            '{"k":"n","n":' + orjson.dumps(wire("user:1", 3, 3)).decode() + "}]"
-        )
-    )
-    router.feed(
-        events_of('[{"k":"?"}, {"k":"c","s":"user:1","u":0}, {"k":"d","id":1,"s":"user:1"}]')
-    )
-    await asyncio.sleep(0.05)
-    assert fetched == [[2]]
-    kinds = [(f["type"], f["data"].get("notification", {}).get("seq")) for f in conn.decoded()]
-    assert kinds == [
-        ("notification:new", 1),
-        ("notification:unread-count", None),
-        ("notification:new", 2),
-        ("notification:unread-count", None),
-        ("notification:new", 3),
-        ("notification:unread-count", None),
-        ("notification:deleted", None),
+    for conn, streams in conns:
+        index.add(conn, streams)
+    return Publisher(index)
+
+
+def _new(stream: str, seq: int, nid: int, unread: int | None = None) -> New:
+    return New(stream, seq, nid, wire(stream, seq, nid), 0.0, unread)
+
+
+def test_each_event_kind_makes_its_frame() -> None:
+    me, other = FakeConn(live_session()), FakeConn(live_session("c2"))
+    publisher = _publisher((me, ["user:1", "all"]), (other, ["user:1"]))
+    published: list[Event] = []
+    revocations: list[None] = []
+    publisher.on_published = published.append
+    publisher.on_revocations = lambda: revocations.append(None)
+    events: list[Event] = [
+        _new("user:1", 1, 11, unread=1),
+        UnreadCount("user:1", 0),
+        Read("user:1", [11], "2026-01-01T00:00:01.000000Z", origin=me.session.connection_id),
+        Updated("user:1", 1, 11, wire("user:1", 1, 11)),
+        Deleted(11, "user:1"),
+        _new("all", 1, 12),
+        RevocationsChanged("42", 1.5),
+        # a row sent by reference and deleted before it was fetched: nothing to publish
+        New("user:1", 2, 13, None, 0.0, 1),
+        Updated("user:1", 2, 13, None),
     ]
-    # the LISTEN connection was lost: events queue until catch-up has published 4..8
-    router.block()
-    router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("user:1", 9, 9)).decode() + "}]"))
-    conn.frames.clear()
-    missed.extend(range(1, 9))
-    assert await router.catch_up() == 5
-    await asyncio.sleep(0.01)
-    seqs = [f["data"]["notification"]["seq"] for f in conn.decoded()]
-    assert seqs == [4, 5, 6, 7, 8, 9]
-    assert router.delivered == 9
-    # the metrics' counts: 7 frames, then 6; every byte written
-    assert (router.frames_out, router.bytes_out) == (13, conn.written)
-    router.forget(["user:1"])
-    assert "user:1" not in router.last_seq and router.catch_up_points() == {}
+    for event in events:
+        publisher.publish(event)
+    assert [f["type"] for f in me.decoded()] == [
+        "notification:new",
+        "notification:unread-count",
+        "notification:unread-count",
+        # not the read mark: its device asked for it
+        "notification:updated",
+        "notification:deleted",
+        "notification:new",
+    ]
+    assert [f["type"] for f in other.decoded()] == [
+        "notification:new",
+        "notification:unread-count",
+        "notification:unread-count",
+        "notification:read",
+        "notification:updated",
+        "notification:deleted",
+    ]
+    assert me.frames[0] == websocket_text(
+        encode("notification:new", {"notification": wire("user:1", 1, 11)})
+    ) + websocket_text(encode("notification:unread-count", {"count": 1}))
+    assert revocations == [None]
+    assert published == events[:7] + events[8:]  # not the row gone before it was fetched
+    assert (publisher.delivered, publisher.published) == (3, 2)
+    assert publisher.frames_out == 12 and publisher.bytes_out == me.written + other.written
+    assert publisher.last_seq == {"user:1": 1, "all": 1}
 
 
-async def test_router_floor_never_drops_live_items() -> None:
-    async def fetch_ids(ids: list[int]) -> dict[int, bytes]:
-        raise AssertionError("no large rows here")
-
-    async def nothing_missed(after: dict[str, int]) -> list[tuple[str, int, bytes]]:
-        return []
-
-    index: StreamIndex[FakeConn] = StreamIndex()
-    router = Router(index, fetch_ids, nothing_missed)
-    await router.catch_up()
+def test_floor_never_drops_live_items_and_a_recheck_only_publishes_news() -> None:
     conn = FakeConn(live_session())
-    index.add(conn, ["user:1"])
+    publisher = _publisher((conn, ["user:1"]))
     # the new subscriber's state query saw seq 10 already committed; its NOTIFY comes later
-    router.note_floor("user:1", 10)
-    router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("user:1", 10, 10)).decode() + "}]"))
+    publisher.note_floor("user:1", 10)
+    publisher.publish(_new("user:1", 10, 10))
     assert len(conn.frames) == 1
-    assert router.catch_up_points() == {"user:1": 10}
+    assert publisher.catch_up_points() == {"user:1": 10}
+    # a stale payload's claims, fetched from the table: only what is new here is published
+    for seq in (9, 10, 11):
+        publisher.publish(
+            New("user:1", seq, seq, wire("user:1", seq, seq), pending=False, recheck=True)
+        )
+    seqs = [f["data"]["notification"]["seq"] for f in conn.decoded()]
+    assert seqs == [10, 11]
+    publisher.note_floor("role:x", 4)
+    publisher.publish(New("role:x", 4, 40, wire("role:x", 4, 40), recheck=True))
+    assert publisher.catch_up_points() == {"user:1": 11, "role:x": 4}
+    publisher.forget(["user:1", "role:x"])
+    assert publisher.catch_up_points() == {} and publisher.last_seq == {}
+
+
+def test_caught_up_rows_are_published_once() -> None:
+    conn = FakeConn(live_session())
+    publisher = _publisher((conn, ["user:1"]))
+    publisher.publish(_new("user:1", 2, 2))
+    for seq in (1, 2, 3):
+        publisher.publish_row("user:1", seq, orjson.dumps(wire("user:1", seq, seq)))
+    publisher.publish_row("user:9", 1, b"{}")  # no subscriber here: nothing, no seq kept
+    seqs = [f["data"]["notification"]["seq"] for f in conn.decoded()]
+    assert seqs == [2, 3] and publisher.last_seq == {"user:1": 3}
+
+
+def test_stale_claims_keep_new_items_as_references_and_revocations() -> None:
+    events = events_of(
+        '[{"k":"n","n":' + orjson.dumps(wire("user:1", 3, 30)).decode() + ',"t":1.0,"u":2},'
+        '{"k":"n","id":31,"s":"user:1","q":4,"t":1.0},'
+        '{"k":"m","id":31,"s":"user:1","q":4},{"k":"c","s":"user:1","u":0},'
+        '{"k":"r","s":"user:1","ids":[30],"at":"2026-01-01T00:00:00.000000Z","o":null},'
+        '{"k":"d","id":30,"s":"user:1"},{"k":"x","user":"1","at":2.5}]'
+    )
+    assert stale_claims(events) == [
+        New("user:1", 3, 30, None, pending=True, recheck=True),
+        New("user:1", 4, 31, None, pending=True, recheck=True),
+        RevocationsChanged("1", 2.5),
+    ]
 
 
 def test_large_fanout_logs_its_write_time(caplog: pytest.LogCaptureFixture) -> None:
-    async def unused(_: object) -> dict[int, bytes]:
-        raise AssertionError("no database access expected")
-
-    index: StreamIndex[FakeConn] = StreamIndex()
-    router = Router(index, unused, unused)  # type: ignore[arg-type]
-    router._blocked = False  # as after the listener's first catch-up
     conns = [FakeConn(live_session()) for _ in range(FANOUT_LOG_MIN)]
-    for conn in conns:
-        index.add(conn, ["all"])
+    publisher = _publisher(*((conn, ["all"]) for conn in conns))
     with caplog.at_level("INFO", logger="notifyd.core.fanout"):
-        router.feed(events_of('[{"k":"n","n":' + orjson.dumps(wire("all", 3, 9)).decode() + "}]"))
+        publisher.publish(_new("all", 3, 9))
     assert all(len(c.frames) == 1 for c in conns)
     logged = re.search(
         rf"fan-out to {FANOUT_LOG_MIN} connections took ([\d.]+) ms, "
@@ -123,14 +145,16 @@ def test_large_fanout_logs_its_write_time(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_unread_count_frames_are_built_once_per_small_count() -> None:
-    from notifyd.core.fanout import UNREAD_FRAMES_KEPT
-
     def expected(count: int) -> bytes:
         return websocket_text(encode("notification:unread-count", {"count": count}))
 
-    first = Router._unread_frame("user:a", {"u": 7})
-    assert first == expected(7) and Router._unread_frame("user:b", {"u": 7}) is first
-    assert Router._unread_frame("user:a", {"u": -1}) == expected(0)
+    publisher = _publisher()
+    first = publisher.unread_frame("user:a", 7)
+    assert first == expected(7) and publisher.unread_frame("user:b", 7) is first
+    assert publisher.unread_frame("user:a", -1) == expected(0)
     big = UNREAD_FRAMES_KEPT + 5
-    assert Router._unread_frame("user:a", {"u": big}) == expected(big)
-    assert Router._unread_frame("role:x", {"u": 7}) is None
+    assert publisher.unread_frame("user:a", big) == expected(big)
+    assert publisher.unread_frame("user:a", big) is not publisher.unread_frame("user:a", big)
+    assert publisher.unread_frame("role:x", 7) is None
+    # the cache is the publisher's own, not the module's
+    assert _publisher().unread_frame("user:a", 7) is not first
