@@ -34,13 +34,6 @@ IO_MODULES = (
     "websockets.legacy",
 )
 
-# Imports that break the rule today, each with what is to be done about it. An entry that no
-# longer breaks it fails the test too: remove it once its reason is gone.
-KNOWN: dict[tuple[str, str], str] = {
-    ("notifyd.core.fanout", "asyncio"): "fanout's decisions still share a module with its tasks",
-    ("units.test_fanout", "asyncio"): "fanout's decisions still share a module with its tasks",
-}
-
 
 def module_path(name: str) -> Path | None:
     """The file of a notifyd module or of a tests/units one (`units.fakes`), if it is one."""
@@ -131,16 +124,8 @@ def breaches(path: Path) -> dict[tuple[str, str], list[str]]:
     return found
 
 
-def _check(roots: list[Path]) -> tuple[list[str], set[tuple[str, str]]]:
-    bad: list[str] = []
-    met: set[tuple[str, str]] = set()
-    for root in roots:
-        for key, chain in breaches(root).items():
-            if key in KNOWN:
-                met.add(key)
-            else:
-                bad.append(" -> ".join(chain))
-    return sorted(set(bad)), met
+def _check(roots: list[Path]) -> list[str]:
+    return sorted({" -> ".join(chain) for root in roots for chain in breaches(root).values()})
 
 
 def test_the_core_imports_no_io_and_nothing_outside_the_core() -> None:
@@ -148,12 +133,10 @@ def test_the_core_imports_no_io_and_nothing_outside_the_core() -> None:
     assert len(core) > 5
     units = sorted(UNITS.glob("*.py"))
     assert len(units) > 5
-    bad, met = _check(core + units)
+    bad = _check(core + units)
     assert not bad, (
         "the pure core imports I/O or notifyd modules outside notifyd/core:\n" + "\n".join(bad)
     )
-    stale = sorted(set(KNOWN) - met)
-    assert not stale, f"no longer breaks the rule, remove it from KNOWN: {stale}"
 
 
 def test_the_check_follows_imports_within_notifyd(
