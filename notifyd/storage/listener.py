@@ -1,7 +1,12 @@
-# The one LISTEN connection of a daemon: connect, LISTEN, watch it (termination callback and a
-# periodic probe), reconnect with backoff and jitter, and after every (re)connect run the
-# catch-up before declaring itself up. Payloads are verified (notifyd.core.channel) with the keys
-# read here, at every connect and probe; their events go to a callback, routed elsewhere.
+"""The one LISTEN connection of a daemon: connect, LISTEN, watch it (termination callback and a
+periodic probe), reconnect with backoff and jitter, and after every (re)connect run the catch-up
+before declaring itself up. Payloads are verified (notifyd.core.channel) with the keys read here,
+at every connect and probe; their typed events go to a callback (notifyd.storage.pipeline).
+
+The only module besides notifyd.storage.store that talks to PostgreSQL (asyncpg); it knows
+nothing of connections, frames or the protocol.
+"""
+
 from __future__ import annotations
 
 import asyncio
