@@ -14,7 +14,7 @@ from faults_support import http_get
 from support import ROOT, Daemon
 
 from notifyd import config
-from notifyd.core import settings
+from notifyd.core import settings_docs
 
 README = (ROOT / "README.md").read_text()
 
@@ -37,14 +37,14 @@ def test_the_settings_table_and_the_example_file_are_the_declarations() -> None:
     notifyd/core/settings.py generate, exactly; and the example file loads."""
     table = re.search(r"^\| variable \|.*?\n(?!\|)", README, re.M | re.S)
     assert table is not None, "the README has no settings table"
-    assert table.group(0) == settings.markdown_table(), (
+    assert table.group(0) == settings_docs.markdown_table(), (
         "README.md's settings table differs from the declarations: replace it with the output "
-        "of `python -m notifyd.core.settings --markdown`"
+        "of `python -m notifyd.core.settings_docs --markdown`"
     )
     example_file = ROOT / "systemd" / "notifyd.toml"
-    assert example_file.read_text() == settings.toml_example(), (
+    assert example_file.read_text() == settings_docs.toml_example(), (
         "systemd/notifyd.toml differs from the declarations: regenerate it with "
-        "`python -m notifyd.core.settings --toml > systemd/notifyd.toml`"
+        "`python -m notifyd.core.settings_docs --toml > systemd/notifyd.toml`"
     )
     example = config.load(environ={}, config_file=example_file)
     assert example.retention_days == 90 and example.dsn is not None
