@@ -1,0 +1,622 @@
+"""The application behind every connection: the Hub that edge/server.py calls (opened,
+went_live, handle, http, closed, gone). It owns admission (tokens, revocations, the per-user
+connection limit), what each client event does, a connection's subscriptions, its initial
+state, presence fan-out to watchers, and the single timer for deadlines and keepalive pings.
+Composition and life cycle are app.py's; this module never binds a socket."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
+from typing import Any
+
+from websockets.datastructures import Headers
+
+from notifyd import PROTOCOL_VERSION
+from notifyd.cluster import ClusterPresence
+from notifyd.config import Settings
+from notifyd.core.auth import Authenticator, Identity
+from notifyd.core.errors import AuthError, ClientError, StoreError
+from notifyd.core.fanout import Router
+from notifyd.core.index import StreamIndex
+from notifyd.core.presence import PresenceChange, PresencePolicy
+from notifyd.core.protocol import (
+    Auth,
+    ClientFrame,
+    MarkAllRead,
+    MarkRead,
+    Ping,
+    PresenceQuery,
+    SyncRequest,
+    encode,
+    error_frame,
+    format_epoch,
+    format_time,
+    websocket_text,
+)
+from notifyd.core.session import State
+from notifyd.core.timers import TimerWheel
+from notifyd.edge.http_api import HttpAnswer, HttpApi
+from notifyd.edge.server import CLOSE_REVOKED, CLOSE_TOKEN, AdminConnection, Connection
+from notifyd.ops.metrics import Metrics
+from notifyd.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see presence events
+TICK_SECONDS = 0.1  # resolution of the timing wheel
+# Connections checked per turn of the loop: those opened in the same seconds (a storm, a
+# deploy) are due together, for their pings and, with tokens issued together, their expiry;
+# checked all at once they would hold deliveries back for as long as that takes.
+TICK_BATCH = 64
+CLOSE_CODES = frozenset(
+    {
+        1000,
+        1001,
+        1002,
+        1003,
+        1005,
+        1006,
+        1007,
+        1008,
+        1009,
+        1010,
+        1011,
+        CLOSE_TOKEN,
+        CLOSE_REVOKED,
+        4008,
+    }
+)  # metric labels; others: "other"
+
+
+def _now_iso() -> str:
+    return format_time(dt.datetime.now(dt.UTC))
+
+
+class Hub:
+    """What connections call in to (edge/server.py's Hub), for one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        metrics: Metrics,
+        index: StreamIndex[Connection],
+        router: Router,
+        presence: ClusterPresence,
+        http_api: HttpApi,
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.index = index
+        self.router = router
+        self.presence = presence
+        self.http_api = http_api
+        self.spawn = spawn
+        self.auth = Authenticator(settings)
+        self.policy = PresencePolicy(settings.presence_roles, settings.presence_public_roles or ())
+        self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
+        self._revocations_read: asyncio.Task[None] | None = None
+        self._revocations_again = False
+        self.connections: set[Connection] = set()
+        # plain HTTP connections whose /v1 answer is on its way: done() once they close
+        self._answering: dict[Connection, Callable[[], None]] = {}
+        self.timers: TimerWheel[Connection] = TimerWheel(time.monotonic(), TICK_SECONDS)
+        self._unread_epoch: dict[str, int] = {}
+
+    def reload(self, fresh: Settings) -> None:
+        """New settings (SIGHUP): new keys apply to the next token verified."""
+        self.settings = fresh
+        self.auth = Authenticator(fresh)
+
+    async def tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            while self.tick(loop.time(), time.time(), TICK_BATCH):
+                await asyncio.sleep(0)  # deliveries and reads go between the batches
+
+    def verify(self, token: str) -> Identity:
+        """A valid token whose user's access was not revoked after it was issued."""
+        try:
+            identity = self.auth.verify(token)
+            if self._is_revoked(identity):
+                raise AuthError("token revoked")
+        except AuthError as exc:
+            self.metrics.auth_failed(str(exc))
+            raise
+        return identity
+
+    def admit(self, identity: Identity) -> str | None:
+        """Why a new connection of this identity is refused, or None."""
+        devices = len(self.index.subscribers(identity.user_stream))
+        if devices >= self.settings.max_connections_per_user:
+            return f"too many connections for this user ({devices})"
+        return None
+
+    def _is_revoked(self, identity: Identity) -> bool:
+        at = self.revoked.get(identity.user_id)
+        return at is not None and identity.revoked_by(at)
+
+    def _revoke(self, user_id: str) -> None:
+        """Close the user's connections whose token predates their revocation."""
+        for conn in list(self.index.subscribers(f"user:{user_id}")):
+            identity = conn.session.identity
+            if identity is not None and self._is_revoked(identity):
+                log.info(
+                    "closing connection %s: access of user %s revoked",
+                    conn.session.connection_id,
+                    user_id,
+                )
+                conn.close(CLOSE_REVOKED, "access revoked")
+
+    async def reload_revocations(self) -> None:
+        """notifyd.revocations as it is: what it holds, and nothing else, is revoked (a row
+        inserted and deleted in one transaction revokes nobody)."""
+        before, self.revoked = self.revoked, await self.store.revocations()
+        for user_id, at in self.revoked.items():
+            if before.get(user_id) != at:
+                self._revoke(user_id)
+
+    def revocations_changed(self) -> None:
+        """A revocation was announced: the table is read again, one read at a time (a burst
+        of announcements makes at most one more)."""
+        if self._revocations_read is not None and not self._revocations_read.done():
+            self._revocations_again = True
+            return
+        self._revocations_read = self.spawn(self._read_revocations())
+
+    async def _read_revocations(self) -> None:
+        again = True
+        while again:
+            self._revocations_again = False
+            try:
+                await self.reload_revocations()
+            except StoreError as exc:  # the next LISTEN connect reads them again
+                log.warning("re-reading revocations failed: %s", exc)
+            again = self._revocations_again
+
+    def opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self.timers.schedule(conn, conn.deadline)
+
+    def went_live(self, conn: Connection, ref: str | None = None) -> bytes:
+        identity = conn.session.identity
+        assert identity is not None
+        self.index.add(conn, self._subscriptions(identity))
+        self.metrics.connections_opened += 1
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "connection open",
+                extra={
+                    "conn": conn.session.connection_id,
+                    "user": identity.user_id,
+                    "roles": list(identity.roles),
+                    "peer": conn.peer(),
+                },
+            )
+        self.presence.connected(identity.user_id, identity.roles)
+        self.spawn(self._send_initial_state(conn, identity))
+        loop = asyncio.get_running_loop()
+        due = min(
+            conn.last_recv + self.settings.ping_interval,
+            loop.time() + identity.expires_at - time.time(),
+        )
+        if due < conn.deadline:  # e.g. a token expiring before the auth deadline
+            conn.deadline = due
+            self.timers.schedule(conn, due)
+        return websocket_text(
+            encode(
+                "connection-confirmed",
+                {
+                    "userId": identity.user_id,
+                    "roles": list(identity.roles),
+                    "connectionId": conn.session.connection_id,
+                    "serverTime": _now_iso(),
+                    "protocolVersion": PROTOCOL_VERSION,
+                },
+                ref,
+            )
+        )
+
+    def closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        identity = conn.session.identity
+        if conn.upgraded:  # a WebSocket, not a plain HTTP request
+            code, reason, by = conn.close_info()
+            if identity is not None:  # counted like connections_opened: live ones
+                self.metrics.closes[str(code) if code in CLOSE_CODES else "other"] += 1
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "connection closed",
+                    extra={
+                        "conn": conn.session.connection_id,
+                        "user": identity.user_id if identity is not None else None,
+                        "code": code,
+                        "reason": reason,
+                        "by": by,
+                        "seconds": round(asyncio.get_running_loop().time() - conn.opened_at, 3),
+                    },
+                )
+        if identity is None:
+            return
+        streams = [*identity.streams, PRESENCE_STREAM]
+        gone = self.index.remove(conn, streams)
+        self.router.forget(gone)
+        for stream in gone:
+            self._unread_epoch.pop(stream, None)
+        self.presence.disconnected(identity.user_id)
+
+    def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
+        self.spawn(self._http(conn, method, target, headers))
+
+    async def _http(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
+        try:
+            answer = await self.http_api.answer(
+                method, target, headers, admin=isinstance(conn, AdminConnection)
+            )
+        except Exception:
+            # the path only: the query may hold a token
+            log.exception("%s %s failed", method, target.split("?", 1)[0][:200])
+            answer = HttpAnswer(500, b"internal error\n", "text/plain; charset=utf-8")
+        conn.respond(answer.status, answer.content_type, answer.body, answer.headers)
+        if answer.done is not None:
+            if conn.transport is None:  # gone meanwhile: gone() has been and gone
+                answer.done()
+            else:
+                self._answering[conn] = answer.done
+
+    def gone(self, conn: Connection) -> None:
+        """The socket is closed: an HTTP answer has left the process (or never will)."""
+        answered = self._answering.pop(conn, None)
+        if answered is not None:
+            answered()
+
+    def handle(self, conn: Connection, frame: ClientFrame) -> None:
+        event, session = frame.event, conn.session
+        if session.state is State.AWAITING_AUTH:
+            if not isinstance(event, Auth):
+                self._refuse(conn, ClientError("not-authenticated"), frame.ref)
+                return
+            try:
+                identity = self.verify(event.token)
+            except AuthError as exc:
+                log.info("auth frame refused: %s", exc)
+                conn.close(CLOSE_TOKEN, str(exc)[:100])
+                return
+            refusal = self.admit(identity)
+            if refusal is not None:
+                conn.close(1008, refusal)
+                return
+            conn.session.authenticate(identity)
+            conn.greet(ref=frame.ref)
+            return
+        if isinstance(event, Ping):
+            ts = event.timestamp if event.timestamp is not None else int(time.time() * 1000)
+            conn.send(encode("pong", {"timestamp": ts}, frame.ref))
+        elif isinstance(event, SyncRequest):
+            self._start_sync(conn, event, frame.ref)
+        elif isinstance(event, MarkRead | MarkAllRead):
+            self.spawn(
+                self._answered(conn, frame.ref, partial(self._mark_read, conn, event, frame.ref))
+            )
+        elif isinstance(event, PresenceQuery):
+            self.spawn(
+                self._answered(
+                    conn, frame.ref, partial(self._presence_query, conn, event, frame.ref)
+                )
+            )
+        else:
+            self._refresh(conn, event, frame.ref)
+
+    # -- client events ------------------------------------------------------------------
+
+    def _refuse(self, conn: Connection, exc: ClientError, ref: str | None) -> None:
+        exc.ref = ref
+        conn.send(error_frame(exc))
+
+    async def _answered(
+        self, conn: Connection, ref: str | None, operation: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Runs a client operation that answers its frame itself (made only here: a task
+        cancelled before it starts leaves no coroutine unawaited); one that fails in a way it
+        did not expect is answered `internal-error` instead of leaving the client waiting."""
+        try:
+            await operation()
+        except Exception:
+            log.exception("a client operation failed on connection %s", conn.session.connection_id)
+            self._refuse(conn, ClientError("internal-error"), ref)
+
+    def _refresh(self, conn: Connection, event: Auth, ref: str | None) -> None:
+        """A fresh token on a live connection: same user only. It extends the connection, and
+        its roles replace the connection's: the streams of roles it lacks stop at once, those of
+        roles it adds start live from now, and presence rights follow the new roles."""
+        before = conn.session.identity
+        assert before is not None
+        try:
+            identity = conn.session.authenticate(self.verify(event.token))
+        except AuthError as exc:
+            self._refuse(conn, ClientError("auth-failed", str(exc)), ref)
+            return
+        except ClientError as exc:
+            self._refuse(conn, exc, ref)
+            return
+        self._resubscribe(conn, self._subscriptions(before), self._subscriptions(identity))
+        # A token expiring before the connection's next check (expiry is checked with it).
+        due = asyncio.get_running_loop().time() + identity.expires_at - time.time()
+        if due < conn.deadline:
+            conn.deadline = due
+            self.timers.schedule(conn, due)
+        conn.send(
+            encode(
+                "auth:refreshed",
+                {"expiresAt": format_epoch(identity.expires_at), "roles": list(identity.roles)},
+                ref,
+            )
+        )
+
+    def _subscriptions(self, identity: Identity) -> list[str]:
+        """What a connection of `identity` is indexed under: its streams, and the presence
+        pseudo-stream when its roles make it a watcher."""
+        streams = list(identity.streams)
+        if self.policy.is_watcher(identity.roles):
+            streams.append(PRESENCE_STREAM)
+        return streams
+
+    def _resubscribe(self, conn: Connection, old: list[str], new: list[str]) -> None:
+        """Move a live connection from the streams `old` to `new` (a refresh changed its
+        roles), as went_live() and closed() index and unindex a whole connection."""
+        dropped = [s for s in old if s not in new]
+        gained = [s for s in new if s not in old]
+        if dropped:
+            gone = self.index.remove(conn, dropped)
+            self.router.forget(gone)
+            for stream in gone:
+                self._unread_epoch.pop(stream, None)
+        if gained:
+            first = [s for s in self.index.add(conn, gained) if s != PRESENCE_STREAM]
+            if first:
+                self.spawn(self._note_floors(conn, first))
+        if dropped or gained:
+            log.info(
+                "connection roles changed",
+                extra={"conn": conn.session.connection_id, "dropped": dropped, "gained": gained},
+            )
+
+    async def _note_floors(self, conn: Connection, streams: list[str]) -> None:
+        """Streams that just got their first local subscriber: their last seq is where a
+        catch-up starts should the LISTEN connection be lost (see _send_initial_state)."""
+        delay = 0.1
+        while conn.session.state is State.LIVE:
+            try:
+                states = await self.store.stream_states(streams)
+            except StoreError as exc:
+                log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            for stream in streams:
+                if self.index.subscribers(stream):  # not dropped again meanwhile
+                    state = states.get(stream)
+                    self.router.note_floor(stream, state.last_seq if state else 0)
+            return
+
+    async def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
+        streams = list(identity.streams)
+        delay = 0.1
+        while True:
+            epoch = self._unread_epoch.get(identity.user_stream, 0)
+            try:
+                states = await self.store.stream_states(streams)
+                break
+            except StoreError as exc:
+                # Keep trying while the client is connected: the stream floors read here are
+                # where catch-up starts if the LISTEN connection is lost later.
+                log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            if conn.session.state is not State.LIVE:
+                return
+        if conn.session.state is not State.LIVE:
+            return
+        for stream in streams:
+            state = states.get(stream)
+            self.router.note_floor(stream, state.last_seq if state else 0)
+        # A live count that arrived meanwhile is at least as new as what we read.
+        if self._unread_epoch.get(identity.user_stream, 0) == epoch:
+            state = states.get(identity.user_stream)
+            conn.send(encode("notification:unread-count", {"count": state.unread if state else 0}))
+
+    def note_published(self, kind: str, event: dict[str, Any]) -> None:
+        if "u" in event:
+            stream = event.get("s") or event["n"]["stream"]
+            if stream in self._unread_epoch or self.index.subscribers(stream):
+                self._unread_epoch[stream] = self._unread_epoch.get(stream, 0) + 1
+
+    def _start_sync(self, conn: Connection, req: SyncRequest, ref: str | None) -> None:
+        identity = conn.session.identity
+        assert identity is not None
+        allowed = identity.streams
+        self.metrics.sync_requests["websocket"] += 1
+        for stream in req.cursors:
+            if stream not in allowed:
+                self._refuse(
+                    conn, ClientError("forbidden", f"not subscribed to stream {stream[:80]!r}"), ref
+                )
+                return
+        try:
+            conn.session.begin_sync(list(allowed))
+        except ClientError as exc:
+            self._refuse(conn, exc, ref)
+            return
+        self.spawn(self._answered(conn, ref, partial(self._sync, conn, req, ref, list(allowed))))
+
+    async def _sync(
+        self, conn: Connection, req: SyncRequest, ref: str | None, streams: list[str]
+    ) -> None:
+        latest = [s for s in streams if s not in req.cursors]
+        try:
+            result = await self.store.sync(
+                req.cursors,
+                latest,
+                req.since,
+                req.limit or self.settings.sync_limit,
+                conn.session.in_flight(),
+                max_bytes=self.settings.max_response_bytes,
+            )
+        except StoreError as exc:
+            log.warning("sync failed: %s", exc)
+            for frame in conn.session.abort_sync():
+                conn.write(frame)
+            self._refuse(conn, ClientError("unavailable"), ref)
+            return
+        except BaseException:
+            for frame in conn.session.abort_sync():
+                conn.write(frame)
+            raise
+        conn.send(
+            encode(
+                "notification:sync-response",
+                {
+                    "notifications": result.notifications,
+                    "cursors": result.cursors,
+                    "reset": result.reset,
+                    "hasMore": bool(result.has_more),
+                },
+                ref,
+            )
+        )
+        fresh = {*latest, *result.reset}  # given as they are now, live items included
+        for frame in conn.session.finish_sync(result.cursors, result.has_more, fresh):
+            conn.write(frame)
+
+    async def _mark_read(
+        self, conn: Connection, event: MarkRead | MarkAllRead, ref: str | None
+    ) -> None:
+        identity = conn.session.identity
+        assert identity is not None
+        ids = event.ids if isinstance(event, MarkRead) else None
+        try:
+            changed, read_at = await self.store.mark_read(
+                identity.user_stream, ids, conn.session.connection_id
+            )
+        except StoreError as exc:
+            log.warning("mark-read failed: %s", exc)
+            self._refuse(conn, ClientError("unavailable"), ref)
+            return
+        conn.send(
+            encode(
+                "notification:read",
+                {"ids": changed, "readAt": format_time(read_at) if read_at else None},
+                ref,
+            )
+        )
+
+    async def _presence_query(
+        self, conn: Connection, event: PresenceQuery, ref: str | None
+    ) -> None:
+        identity = conn.session.identity
+        assert identity is not None
+        viewer = identity.roles
+        if not self.policy.may_query(viewer):
+            self._refuse(
+                conn, ClientError("forbidden", "presence is not visible to your roles"), ref
+            )
+            return
+        hidden = [r for r in event.roles if not self.policy.countable(viewer, r)]
+        if hidden:
+            self._refuse(
+                conn,
+                ClientError(
+                    "forbidden", f"the presence of role {hidden[0][:80]!r} is not visible to you"
+                ),
+                ref,
+            )
+            return
+        users, counts = await self.presence.query(event.user_ids, event.roles)
+        data: dict[str, Any] = {
+            "users": [
+                {
+                    "userId": u.user_id,
+                    "online": u.online,
+                    "lastSeen": format_epoch(u.last_seen) if u.last_seen is not None else None,
+                }
+                for u in (self.policy.shown(viewer, user) for user in users)
+            ]
+        }
+        if event.roles:
+            data["roles"] = counts
+        conn.send(encode("presence:state", data, ref))
+
+    def presence_changed(self, change: PresenceChange) -> None:
+        """Tell this process's watchers (never the user about themselves)."""
+        watchers = self.index.subscribers(PRESENCE_STREAM)
+        if not watchers:
+            return
+        kind = "presence:online" if change.online else "presence:offline"
+        frame = websocket_text(
+            encode(
+                kind,
+                {
+                    "userId": change.user_id,
+                    "roles": list(change.roles),
+                    "at": format_epoch(change.at),
+                },
+            )
+        )
+        for watcher in list(watchers):
+            watcher_identity = watcher.session.identity
+            if watcher_identity is not None and watcher_identity.user_id != change.user_id:
+                watcher.write(frame)
+
+    def tick(self, now: float, wall: float, limit: int | None = None) -> bool:
+        """Deadlines and keepalive of the connections that are due, from one timer: at most
+        `limit` of them; True when that left some due."""
+        popped = self.timers.pop_due(now, limit)
+        for conn in popped:
+            if conn.session.state is State.CLOSED or now + TICK_SECONDS < conn.deadline:
+                continue  # closed, or a stale entry: the connection is due later
+            try:
+                due = self._check_deadlines(conn, now, wall)
+            except Exception:  # pragma: no cover - a bug must not drop it from the wheel
+                log.exception("deadline check failed for %s", conn.session.connection_id)
+                due = now + 1.0
+            if due is not None:
+                conn.deadline = due
+                self.timers.schedule(conn, due)
+        return limit is not None and len(popped) == limit
+
+    def _check_deadlines(self, conn: Connection, now: float, wall: float) -> float | None:
+        """Acts on what is due for `conn`; returns when to look again (None: it was closed)."""
+        s = self.settings
+        if conn.session.state is State.AWAITING_AUTH:
+            if now < conn.deadline:
+                return conn.deadline
+            if conn.ws.state.name == "OPEN":
+                conn.close(CLOSE_TOKEN, "authentication timeout")
+            else:
+                conn.abort()
+            return None
+        identity = conn.session.identity
+        assert identity is not None
+        remaining = identity.expires_at - wall
+        if remaining <= 0:
+            conn.close(CLOSE_TOKEN, "token expired")
+            return None
+        if conn.ping_sent:
+            if now - conn.ping_sent >= s.ping_timeout:
+                conn.close(1011, "keepalive ping timeout")
+                return None
+            keepalive = conn.ping_sent + s.ping_timeout
+        elif now - conn.last_recv >= s.ping_interval:
+            conn.ping(now)
+            keepalive = now + s.ping_timeout
+        else:
+            keepalive = conn.last_recv + s.ping_interval
+        return min(keepalive, now + remaining)
