@@ -16,10 +16,12 @@ from notifyd.core.channel import Channel, Opened
 from notifyd.core.errors import StoreError
 from notifyd.core.fanout import Router
 from notifyd.core.index import StreamIndex
+from notifyd.core.presence import PresencePolicy
 from notifyd.core.timers import TimerWheel
 from notifyd.edge.http_api import HttpApi
 from notifyd.edge.server import Connection, connection_factory, tune_listener
 from notifyd.hub import TICK_SECONDS, Hub
+from notifyd.operations import Operations
 from notifyd.ops import logs
 from notifyd.ops.metrics import Metrics
 from notifyd.storage.listener import Listener
@@ -42,20 +44,28 @@ class App:
         # `dev`: the demo page and its token and send helpers (`notifyd dev` only), which need
         # `dev_key` (made when not given: http_api.dev.key)
         self.metrics = Metrics()
+        self.index: StreamIndex[Connection] = StreamIndex()
+        self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
+        self.presence = ClusterPresence(
+            settings, lambda change: self.hub.presence_changed(change), self.metrics
+        )
+        self.operations = Operations(
+            store,
+            self.metrics,
+            self.presence,
+            PresencePolicy(settings.presence_roles, settings.presence_public_roles or ()),
+            lambda: self.settings,
+        )
         self.http_api = HttpApi(
             settings,
             store,
+            self.operations,
             lambda token: self.hub.verify(token),
             self.readiness,
             self.metrics,
             dev,
             dev_key=dev_key,
             port=lambda: self.port,
-        )
-        self.index: StreamIndex[Connection] = StreamIndex()
-        self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
-        self.presence = ClusterPresence(
-            settings, lambda change: self.hub.presence_changed(change), self.metrics
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self.hub = Hub(
@@ -66,6 +76,7 @@ class App:
             self.router,
             self.presence,
             self.http_api,
+            self.operations,
             self.spawn,
         )
         self.connections = self.hub.connections

@@ -23,7 +23,7 @@ from notifyd.core.auth import Authenticator, Identity
 from notifyd.core.errors import AuthError, ClientError, StoreError
 from notifyd.core.fanout import Router
 from notifyd.core.index import StreamIndex
-from notifyd.core.presence import PresenceChange, PresencePolicy
+from notifyd.core.presence import PresenceChange
 from notifyd.core.protocol import (
     Auth,
     ClientFrame,
@@ -42,6 +42,7 @@ from notifyd.core.session import State
 from notifyd.core.timers import TimerWheel
 from notifyd.edge.http_api import HttpAnswer, HttpApi
 from notifyd.edge.server import CLOSE_REVOKED, CLOSE_TOKEN, AdminConnection, Connection
+from notifyd.operations import Operations
 from notifyd.ops.metrics import Metrics
 from notifyd.storage.store import Store
 
@@ -89,6 +90,7 @@ class Hub:
         router: Router,
         presence: ClusterPresence,
         http_api: HttpApi,
+        operations: Operations,
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
     ) -> None:
         self.settings = settings
@@ -98,9 +100,10 @@ class Hub:
         self.router = router
         self.presence = presence
         self.http_api = http_api
+        self.operations = operations
         self.spawn = spawn
         self.auth = Authenticator(settings)
-        self.policy = PresencePolicy(settings.presence_roles, settings.presence_public_roles or ())
+        self.policy = operations.policy
         self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
         self._revocations_read: asyncio.Task[None] | None = None
         self._revocations_again = False
@@ -297,21 +300,18 @@ class Hub:
             conn.session.authenticate(identity)
             conn.greet(ref=frame.ref)
             return
+        current = session.identity
+        assert current is not None
         if isinstance(event, Ping):
-            ts = event.timestamp if event.timestamp is not None else int(time.time() * 1000)
-            conn.send(encode("pong", {"timestamp": ts}, frame.ref))
+            conn.send(encode("pong", self.operations.ping(event), frame.ref))
         elif isinstance(event, SyncRequest):
             self._start_sync(conn, event, frame.ref)
         elif isinstance(event, MarkRead | MarkAllRead):
-            self.spawn(
-                self._answered(conn, frame.ref, partial(self._mark_read, conn, event, frame.ref))
-            )
+            mark = partial(self.operations.mark_read, current, event, session.connection_id)
+            self._answer(conn, frame.ref, "notification:read", mark)
         elif isinstance(event, PresenceQuery):
-            self.spawn(
-                self._answered(
-                    conn, frame.ref, partial(self._presence_query, conn, event, frame.ref)
-                )
-            )
+            query = partial(self.operations.presence_query, current, event)
+            self._answer(conn, frame.ref, "presence:state", query)
         else:
             self._refresh(conn, event, frame.ref)
 
@@ -321,14 +321,32 @@ class Hub:
         exc.ref = ref
         conn.send(error_frame(exc))
 
+    def _answer(
+        self,
+        conn: Connection,
+        ref: str | None,
+        kind: str,
+        operation: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> None:
+        """Runs a client operation (operations.py) in a task of its own and answers its frame
+        with a `kind` frame of the data it returns."""
+
+        async def answer() -> None:
+            conn.send(encode(kind, await operation(), ref))
+
+        self.spawn(self._answered(conn, ref, answer))
+
     async def _answered(
         self, conn: Connection, ref: str | None, operation: Callable[[], Awaitable[None]]
     ) -> None:
         """Runs a client operation that answers its frame itself (made only here: a task
-        cancelled before it starts leaves no coroutine unawaited); one that fails in a way it
-        did not expect is answered `internal-error` instead of leaving the client waiting."""
+        cancelled before it starts leaves no coroutine unawaited); one refused is answered
+        with its error, one that fails in a way it did not expect with `internal-error`
+        instead of leaving the client waiting."""
         try:
             await operation()
+        except ClientError as exc:
+            self._refuse(conn, exc, ref)
         except Exception:
             log.exception("a client operation failed on connection %s", conn.session.connection_id)
             self._refuse(conn, ClientError("internal-error"), ref)
@@ -440,119 +458,32 @@ class Hub:
                 self._unread_epoch[stream] = self._unread_epoch.get(stream, 0) + 1
 
     def _start_sync(self, conn: Connection, req: SyncRequest, ref: str | None) -> None:
-        identity = conn.session.identity
+        """Live items of the synced streams are held back from now until the response is
+        out (session.begin_sync), so they follow it in seq order."""
+        session = conn.session
+        identity = session.identity
         assert identity is not None
-        allowed = identity.streams
-        self.metrics.sync_requests["websocket"] += 1
-        for stream in req.cursors:
-            if stream not in allowed:
-                self._refuse(
-                    conn, ClientError("forbidden", f"not subscribed to stream {stream[:80]!r}"), ref
-                )
-                return
         try:
-            conn.session.begin_sync(list(allowed))
+            streams = self.operations.sync_streams(identity, req, "websocket")
+            session.begin_sync(streams)
         except ClientError as exc:
             self._refuse(conn, exc, ref)
             return
-        self.spawn(self._answered(conn, ref, partial(self._sync, conn, req, ref, list(allowed))))
+        self.spawn(self._answered(conn, ref, partial(self._sync, conn, req, ref, streams)))
 
     async def _sync(
         self, conn: Connection, req: SyncRequest, ref: str | None, streams: list[str]
     ) -> None:
-        latest = [s for s in streams if s not in req.cursors]
+        session = conn.session
         try:
-            result = await self.store.sync(
-                req.cursors,
-                latest,
-                req.since,
-                req.limit or self.settings.sync_limit,
-                conn.session.in_flight(),
-                max_bytes=self.settings.max_response_bytes,
-            )
-        except StoreError as exc:
-            log.warning("sync failed: %s", exc)
-            for frame in conn.session.abort_sync():
-                conn.write(frame)
-            self._refuse(conn, ClientError("unavailable"), ref)
-            return
+            synced = await self.operations.sync(req, streams, session.in_flight())
         except BaseException:
-            for frame in conn.session.abort_sync():
+            for frame in session.abort_sync():
                 conn.write(frame)
             raise
-        conn.send(
-            encode(
-                "notification:sync-response",
-                {
-                    "notifications": result.notifications,
-                    "cursors": result.cursors,
-                    "reset": result.reset,
-                    "hasMore": bool(result.has_more),
-                },
-                ref,
-            )
-        )
-        fresh = {*latest, *result.reset}  # given as they are now, live items included
-        for frame in conn.session.finish_sync(result.cursors, result.has_more, fresh):
+        conn.send(encode("notification:sync-response", synced.data, ref))
+        for frame in session.finish_sync(synced.cursors, synced.has_more, synced.fresh):
             conn.write(frame)
-
-    async def _mark_read(
-        self, conn: Connection, event: MarkRead | MarkAllRead, ref: str | None
-    ) -> None:
-        identity = conn.session.identity
-        assert identity is not None
-        ids = event.ids if isinstance(event, MarkRead) else None
-        try:
-            changed, read_at = await self.store.mark_read(
-                identity.user_stream, ids, conn.session.connection_id
-            )
-        except StoreError as exc:
-            log.warning("mark-read failed: %s", exc)
-            self._refuse(conn, ClientError("unavailable"), ref)
-            return
-        conn.send(
-            encode(
-                "notification:read",
-                {"ids": changed, "readAt": format_time(read_at) if read_at else None},
-                ref,
-            )
-        )
-
-    async def _presence_query(
-        self, conn: Connection, event: PresenceQuery, ref: str | None
-    ) -> None:
-        identity = conn.session.identity
-        assert identity is not None
-        viewer = identity.roles
-        if not self.policy.may_query(viewer):
-            self._refuse(
-                conn, ClientError("forbidden", "presence is not visible to your roles"), ref
-            )
-            return
-        hidden = [r for r in event.roles if not self.policy.countable(viewer, r)]
-        if hidden:
-            self._refuse(
-                conn,
-                ClientError(
-                    "forbidden", f"the presence of role {hidden[0][:80]!r} is not visible to you"
-                ),
-                ref,
-            )
-            return
-        users, counts = await self.presence.query(event.user_ids, event.roles)
-        data: dict[str, Any] = {
-            "users": [
-                {
-                    "userId": u.user_id,
-                    "online": u.online,
-                    "lastSeen": format_epoch(u.last_seen) if u.last_seen is not None else None,
-                }
-                for u in (self.policy.shown(viewer, user) for user in users)
-            ]
-        }
-        if event.roles:
-            data["roles"] = counts
-        conn.send(encode("presence:state", data, ref))
 
     def presence_changed(self, change: PresenceChange) -> None:
         """Tell this process's watchers (never the user about themselves)."""

@@ -25,6 +25,8 @@ from notifyd.core.auth import Identity, issue_token
 from notifyd.core.errors import AuthError, ClientError, StoreError
 from notifyd.core.protocol import (
     HTTP_TOKEN,
+    MarkAllRead,
+    MarkRead,
     format_time,
     mark_all_read_request,
     mark_read_request,
@@ -32,6 +34,7 @@ from notifyd.core.protocol import (
     unread_count_request,
 )
 from notifyd.devserver import DevAccess, new_dev_key
+from notifyd.operations import Operations
 from notifyd.ops.metrics import CONTENT_TYPE as METRICS_TYPE
 from notifyd.ops.metrics import Metrics
 from notifyd.storage.store import Store
@@ -126,6 +129,7 @@ class HttpApi:
         self,
         settings: Settings,
         store: Store,
+        operations: Operations,
         verify: Callable[[str], Identity],
         readiness: Callable[[], Awaitable[dict[str, bool]]],
         metrics: Metrics,
@@ -138,6 +142,7 @@ class HttpApi:
         none is given); `port`: the port the server listens on, once bound."""
         self.settings = settings
         self.store = store
+        self.operations = operations
         self.verify = verify
         self.readiness = readiness
         self.metrics = metrics
@@ -273,53 +278,25 @@ class HttpApi:
     async def _notifications(
         self, identity: Identity, route: str, query: dict[str, list[str]]
     ) -> HttpAnswer:
-        """Like a sync-request on a connection of this identity."""
+        """A sync-request (operations.Operations.sync), but for no connection."""
         req = poll_request(query)
-        self.metrics.sync_requests["http"] += 1
-        streams = identity.streams
-        for stream in req.cursors:
-            if stream not in streams:
-                raise ClientError("forbidden", f"not subscribed to stream {stream[:80]!r}")
-        latest = [s for s in streams if s not in req.cursors]
-        result = await self.store.sync(
-            req.cursors,
-            latest,
-            req.since,
-            req.limit or self.settings.sync_limit,
-            max_bytes=self.settings.max_response_bytes,
-        )
-        return HttpAnswer(
-            200,
-            orjson.dumps(
-                {
-                    "notifications": result.notifications,
-                    "cursors": result.cursors,
-                    "reset": result.reset,
-                    "hasMore": bool(result.has_more),
-                }
-            ),
-        )
+        streams = self.operations.sync_streams(identity, req, "http")
+        synced = await self.operations.sync(req, streams)
+        return HttpAnswer(200, orjson.dumps(synced.data))
 
     async def _unread_count(
         self, identity: Identity, route: str, query: dict[str, list[str]]
     ) -> HttpAnswer:
         unread_count_request(query)
-        states = await self.store.stream_states([identity.user_stream])
-        state = states.get(identity.user_stream)
-        return HttpAnswer(200, orjson.dumps({"count": state.unread if state else 0}))
+        return HttpAnswer(200, orjson.dumps(await self.operations.unread_count(identity)))
 
     async def _mark_read(
         self, identity: Identity, route: str, query: dict[str, list[str]]
     ) -> HttpAnswer:
-        if route.endswith("read-all"):
-            mark_all_read_request(query)
-            ids = None
-        else:
-            ids = mark_read_request(query).ids
-        changed, read_at = await self.store.mark_read(identity.user_stream, ids, "http")
-        return HttpAnswer(
-            200, orjson.dumps({"ids": changed, "readAt": format_time(read_at) if read_at else None})
+        req: MarkRead | MarkAllRead = (
+            mark_all_read_request(query) if route.endswith("read-all") else mark_read_request(query)
         )
+        return HttpAnswer(200, orjson.dumps(await self.operations.mark_read(identity, req, "http")))
 
     # -- `notifyd dev` only ----------------------------------------------------------------
 
