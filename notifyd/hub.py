@@ -20,7 +20,7 @@ from notifyd import PROTOCOL_VERSION
 from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
 from notifyd.core.auth import Authenticator, Identity
-from notifyd.core.errors import AuthError, ClientError, StoreError
+from notifyd.core.errors import AuthError, ClientError, ConnectionLimit, StoreError
 from notifyd.core.fanout import Router
 from notifyd.core.index import StreamIndex
 from notifyd.core.presence import PresenceChange
@@ -136,12 +136,16 @@ class Hub:
             raise
         return identity
 
-    def admit(self, identity: Identity) -> str | None:
-        """Why a new connection of this identity is refused, or None."""
+    def admit(self, token: str) -> Identity:
+        """Admission, one path for the handshake and an auth frame: a token verify() accepts,
+        of a user under NOTIFYD_MAX_CONNECTIONS_PER_USER. Raises AuthError or ConnectionLimit,
+        which each edge translates (HTTP 401 or 429 at the handshake, close 4001 or 1008 on an
+        auth frame)."""
+        identity = self.verify(token)
         devices = len(self.index.subscribers(identity.user_stream))
         if devices >= self.settings.max_connections_per_user:
-            return f"too many connections for this user ({devices})"
-        return None
+            raise ConnectionLimit(f"too many connections for this user ({devices})")
+        return identity
 
     def _is_revoked(self, identity: Identity) -> bool:
         at = self.revoked.get(identity.user_id)
@@ -288,14 +292,13 @@ class Hub:
                 self._refuse(conn, ClientError("not-authenticated"), frame.ref)
                 return
             try:
-                identity = self.verify(event.token)
+                identity = self.admit(event.token)
             except AuthError as exc:
                 log.info("auth frame refused: %s", exc)
                 conn.close(CLOSE_TOKEN, str(exc)[:100])
                 return
-            refusal = self.admit(identity)
-            if refusal is not None:
-                conn.close(1008, refusal)
+            except ConnectionLimit as exc:
+                conn.close(1008, str(exc))
                 return
             conn.session.authenticate(identity)
             conn.greet(ref=frame.ref)

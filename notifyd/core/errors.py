@@ -5,6 +5,8 @@
 NotifydError
  ├── ConfigError        a setting is invalid; names the variable (exit code 2)
  ├── AuthError          a token was refused (HTTP 401 at the handshake, close 4001 later)
+ ├── ConnectionLimit    a user has all the connections allowed (HTTP 429 at the handshake,
+ │                      close 1008 on an auth frame)
  ├── ClientError        a client frame was refused; carries a code from ERROR_CODES
  ├── StoreError         the database could not do what was asked (answered as `unavailable`)
  │    └── PruneBusy     a retention batch gave way to an app transaction (retried)
@@ -47,6 +49,11 @@ class ConfigError(NotifydError):
 
 class AuthError(NotifydError):
     """A refused token; the message is safe to show the client (it never echoes the token)."""
+
+
+class ConnectionLimit(NotifydError):
+    """A user has NOTIFYD_MAX_CONNECTIONS_PER_USER connections to this process already; the
+    message is safe to show the client."""
 
 
 class ClientError(NotifydError):

@@ -22,7 +22,8 @@ MAX_PRESENCE_USERS = 100
 MAX_PRESENCE_ROLES = 20
 MAX_ID = 2**63 - 1
 MAX_ID_DIGITS = len(str(MAX_ID))  # longer decimal numbers in a query are out of range unread
-HTTP_TOKEN = "token"  # the query parameter that may carry the token on every /v1 request
+# the query parameter that may carry the token (?token=), on the handshake and every /v1 request
+TOKEN_PARAMETER = "token"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +212,7 @@ def _decimal(text: str) -> int | str:
 def _only(query: dict[str, list[str]], *names: str) -> None:
     """Refuses a query parameter of a /v1 request other than `names` and the token."""
     for name in query:
-        if name not in names and name != HTTP_TOKEN:
+        if name not in names and name != TOKEN_PARAMETER:
             raise ClientError("invalid-data", f"unknown query parameter {name[:64]!r}")
 
 

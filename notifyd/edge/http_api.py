@@ -21,10 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from notifyd.config import Settings
-from notifyd.core.auth import Identity, issue_token
+from notifyd.core.auth import Identity, issue_token, token_from
 from notifyd.core.errors import AuthError, ClientError, StoreError
 from notifyd.core.protocol import (
-    HTTP_TOKEN,
     MarkAllRead,
     MarkRead,
     format_time,
@@ -239,15 +238,13 @@ class HttpApi:
                 return _error(405, "method-not-allowed", f"{method} is not allowed here")
             return _error(404, "not-found", "no such endpoint")
         try:
-            header = _header(headers, "Authorization") or ""
-            token = header[7:].strip() if header[:7].lower() == "bearer " else None
-            token = token or (query.get(HTTP_TOKEN) or [""])[-1]
+            token, _ = token_from(headers, query)  # no cookie: see the module's docstring
             if not token:
                 return _error(401, "auth-failed", "send Authorization: Bearer <token>")
             identity = self.verify(token)
         except AuthError as exc:
             return _error(401, "auth-failed", str(exc))
-        except ClientError as exc:  # e.g. two Authorization headers
+        except ClientError as exc:  # e.g. two Authorization headers (token_from)
             return _refused(exc)
         limit = self.settings.max_http_requests_per_user
         done = self.requests.take(identity.user_id, limit)
