@@ -19,10 +19,12 @@ from websockets.datastructures import Headers
 from notifyd import PROTOCOL_VERSION
 from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
+from notifyd.core import keepalive
 from notifyd.core.auth import Authenticator, Identity
 from notifyd.core.errors import AuthError, ClientError, ConnectionLimit, StoreError
 from notifyd.core.fanout import Router
 from notifyd.core.index import StreamIndex
+from notifyd.core.keepalive import Act
 from notifyd.core.presence import PresenceChange
 from notifyd.core.protocol import (
     Auth,
@@ -527,30 +529,26 @@ class Hub:
         return limit is not None and len(popped) == limit
 
     def _check_deadlines(self, conn: Connection, now: float, wall: float) -> float | None:
-        """Acts on what is due for `conn`; returns when to look again (None: it was closed)."""
+        """Acts on what is due for `conn` (core.keepalive decides); returns when to look again
+        (None: it was closed)."""
         s = self.settings
-        if conn.session.state is State.AWAITING_AUTH:
-            if now < conn.deadline:
-                return conn.deadline
-            if conn.ws.state.name == "OPEN":
-                conn.close(CLOSE_TOKEN, "authentication timeout")
-            else:
-                conn.abort()
-            return None
         identity = conn.session.identity
-        assert identity is not None
-        remaining = identity.expires_at - wall
-        if remaining <= 0:
-            conn.close(CLOSE_TOKEN, "token expired")
-            return None
-        if conn.ping_sent:
-            if now - conn.ping_sent >= s.ping_timeout:
-                conn.close(1011, "keepalive ping timeout")
-                return None
-            keepalive = conn.ping_sent + s.ping_timeout
-        elif now - conn.last_recv >= s.ping_interval:
+        decision = keepalive.decide(
+            now=now,
+            wall=wall,
+            deadline=conn.deadline,
+            expires_at=identity.expires_at if identity is not None else None,
+            websocket_open=conn.is_open,
+            last_recv=conn.last_recv,
+            ping_sent=conn.ping_sent,
+            ping_interval=s.ping_interval,
+            ping_timeout=s.ping_timeout,
+        )
+        act = decision.act
+        if act is Act.PING:
             conn.ping(now)
-            keepalive = now + s.ping_timeout
-        else:
-            keepalive = conn.last_recv + s.ping_interval
-        return min(keepalive, now + remaining)
+        elif act is Act.CLOSE:
+            conn.close(decision.code, decision.reason)
+        elif act is Act.ABORT:
+            conn.abort()
+        return decision.due

@@ -428,6 +428,11 @@ class Connection(asyncio.Protocol):
             self.close_timer = asyncio.get_running_loop().call_later(CLOSE_CHECK, self._check_close)
 
     @property
+    def is_open(self) -> bool:
+        """A WebSocket past its handshake and not closing: frames may be sent."""
+        return self.ws.state is OPEN
+
+    @property
     def upgraded(self) -> bool:
         """Past the opening handshake: a WebSocket (a plain HTTP request never gets here)."""
         return not isinstance(self.ws, ServerProtocol)
