@@ -97,12 +97,11 @@ class App:
         self.port = 0
         self.admin_port: int | None = None
         self.router.observe_latency = self.metrics.latency.observe
+        self.router.count_sent = self.metrics.count_sent
         listener = self.listener
         self.metrics.watch(
             online_users=self.presence.local.online_count,
             delivered=lambda: self.router.delivered,
-            router_frames=lambda: self.router.frames_out,
-            router_bytes=lambda: self.router.bytes_out,
             published=lambda: self.router.published,
             listener_up=lambda: float(listener.up),
             listener_reconnects=lambda: listener.reconnects,

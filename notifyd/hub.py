@@ -483,12 +483,16 @@ class Hub:
         try:
             synced = await self.operations.sync(req, streams, session.in_flight())
         except BaseException:
-            for frame in session.abort_sync():
-                conn.write(frame)
+            self._release(conn, session.abort_sync())
             raise
         conn.send(encode("notification:sync-response", synced.data, ref))
-        for frame in session.finish_sync(synced.cursors, synced.has_more, synced.fresh):
-            conn.write(frame)
+        self._release(conn, session.finish_sync(synced.cursors, synced.has_more, synced.fresh))
+
+    def _release(self, conn: Connection, frames: list[bytes]) -> None:
+        """Deliver the live frames a sync held back, counted."""
+        for frame in frames:
+            conn.deliver(frame)
+        self.metrics.count_sent(len(frames), sum(map(len, frames)))
 
     def presence_changed(self, change: PresenceChange) -> None:
         """Tell this process's watchers (never the user about themselves)."""
@@ -506,10 +510,13 @@ class Hub:
                 },
             )
         )
+        sent = 0
         for watcher in list(watchers):
             watcher_identity = watcher.session.identity
             if watcher_identity is not None and watcher_identity.user_id != change.user_id:
-                watcher.write(frame)
+                watcher.deliver(frame)
+                sent += 1
+        self.metrics.count_sent(sent, sent * len(frame))
 
     def tick(self, now: float, wall: float, limit: int | None = None) -> bool:
         """Deadlines and keepalive of the connections that are due, from one timer: at most

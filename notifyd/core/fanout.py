@@ -31,7 +31,7 @@ class Recipient(Protocol):
     session: Session
 
     def deliver(self, frame: bytes) -> None:
-        """Write the frame (the router counts what it delivers itself)."""
+        """Write the frame, uncounted (the router counts what it delivers, in bulk)."""
 
 
 # (stream -> last seq) -> rows above them; id list -> rows by id
@@ -54,8 +54,8 @@ class Router:
         self._blocked = True  # until the first catch_up(): the listener is not up yet
         self.delivered = 0  # notification frames written, for metrics and the bench
         self.published = 0  # notifications that had local recipients
-        self.frames_out = 0  # frames and bytes delivered, for metrics (counted here in bulk)
-        self.bytes_out = 0
+        # Counts the frames and bytes delivered (Metrics.count_sent): once per fan-out, in bulk
+        self.count_sent: Callable[[int, int], None] = _uncounted
         # Called with the seconds from the inserting statement (the event's "t") to the frame
         # written to the last local recipient.
         self.observe_latency: Callable[[float], None] | None = None
@@ -214,7 +214,7 @@ class Router:
                 if conn.session.connection_id != origin:
                     conn.deliver(frame)
                     sent += 1
-            self._count(sent, sent * len(frame))
+            self.count_sent(sent, sent * len(frame))
         elif kind == "d":
             frame = websocket_text(
                 encode("notification:deleted", {"id": event["id"], "stream": event["s"]})
@@ -251,11 +251,7 @@ class Router:
         members = list(self.index.subscribers(stream))
         for conn in members:
             conn.deliver(frame)
-        self._count(len(members), len(members) * len(frame))
-
-    def _count(self, frames: int, size: int) -> None:
-        self.frames_out += frames
-        self.bytes_out += size
+        self.count_sent(len(members), len(members) * len(frame))
 
     def _publish_new(
         self,
@@ -291,7 +287,7 @@ class Router:
                 conn.deliver(trailer)
                 size += len(trailer)
         # offer() may release held frames with this one: frames counts the notifications
-        self._count(sent + (len(members) if trailer is not None else 0), size)
+        self.count_sent(sent + (len(members) if trailer is not None else 0), size)
         self.delivered += sent
         self.published += 1
         if committed is not None and self.observe_latency is not None:
@@ -305,6 +301,10 @@ class Router:
                 stream,
                 seq,
             )
+
+
+def _uncounted(frames: int, size: int) -> None:
+    """The count of a Router no one reads the metrics of."""
 
 
 def _by_reference(event: dict[str, Any]) -> bool:

@@ -283,17 +283,11 @@ class Connection(asyncio.Protocol):
 
     # -- sending ------------------------------------------------------------------------
 
-    def write(self, frame: bytes) -> None:
-        """Write one pre-built WebSocket frame, counted in the metrics."""
-        metrics = self.hub.metrics
-        metrics.frames_sent += 1
-        metrics.bytes_sent += len(frame)
-        self.deliver(frame)
-
     def deliver(self, frame: bytes) -> None:
-        """write() without the count: the router's fan-out counts in bulk (a third of the
-        Python time per recipient otherwise). Called per recipient of every notification:
-        keep it this cheap."""
+        """Write one pre-built WebSocket frame, uncounted: its sender counts what it delivers
+        (Metrics.count_sent), a fan-out once for all its recipients (a count per recipient
+        would be a third of the Python time per recipient). Called per recipient of every
+        notification: keep it this cheap."""
         transport = self.transport
         if transport is None or self.ws.state is not OPEN:
             return
@@ -335,8 +329,10 @@ class Connection(asyncio.Protocol):
             self._hold(data)
 
     def send(self, payload: bytes) -> None:
-        """Send one JSON frame to this connection only."""
-        self.write(websocket_text(payload))
+        """Send one JSON message (an answer, an error) to this connection only, counted."""
+        frame = websocket_text(payload)
+        self.hub.metrics.count_sent(1, len(frame))
+        self.deliver(frame)
 
     def close(self, code: int, reason: str, drop: bool = False) -> None:
         """Send a close frame and end the connection: it leaves the application at once; its
@@ -565,9 +561,7 @@ class Connection(asyncio.Protocol):
         """Go live (the session is authenticated): `head`, then the greeting frame, which
         carries `ref` (that of the auth frame)."""
         greeting = self.hub.went_live(self, ref)
-        metrics = self.hub.metrics
-        metrics.frames_sent += 1
-        metrics.bytes_sent += len(greeting)
+        self.hub.metrics.count_sent(1, len(greeting))
         self.deliver(head + greeting if head else greeting)
 
     # -- frames -------------------------------------------------------------------------
