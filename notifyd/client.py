@@ -16,6 +16,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from notifyd.core.protocol import streams_of
+
 TokenSource = str | Callable[[], Awaitable[str]]
 
 
@@ -180,7 +182,7 @@ class NotifydClient:
                     future.set_result(frame)
             if kind == "connection-confirmed":
                 self.user_id = data["userId"]
-                mine = {f"user:{data['userId']}", *(f"role:{r}" for r in data["roles"]), "all"}
+                mine = set(streams_of(data["userId"], data["roles"]))
                 yield self._set_state("open")
                 await self._sync(ws, {s: c for s, c in self.ledger.cursors.items() if s in mine})
             elif kind == "notification:sync-response":

@@ -38,6 +38,7 @@ from notifyd.core.protocol import (
     error_frame,
     format_epoch,
     format_time,
+    user_stream,
     websocket_text,
 )
 from notifyd.core.session import State
@@ -155,7 +156,7 @@ class Hub:
 
     def _revoke(self, user_id: str) -> None:
         """Close the user's connections whose token predates their revocation."""
-        for conn in list(self.index.subscribers(f"user:{user_id}")):
+        for conn in list(self.index.subscribers(user_stream(user_id))):
             identity = conn.session.identity
             if identity is not None and self._is_revoked(identity):
                 log.info(

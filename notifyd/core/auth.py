@@ -17,7 +17,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 
 from notifyd.config import Settings
 from notifyd.core.errors import AuthError, ClientError
-from notifyd.core.protocol import TOKEN_PARAMETER
+from notifyd.core.protocol import TOKEN_PARAMETER, streams_of, user_stream
 from notifyd.core.roles import role_name
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,11 @@ class Identity:
     @property
     def streams(self) -> tuple[str, ...]:
         """Every stream this identity receives: its own, its roles', and `all`."""
-        return (f"user:{self.user_id}", *(f"role:{r}" for r in self.roles), "all")
+        return streams_of(self.user_id, self.roles)
 
     @property
     def user_stream(self) -> str:
-        return f"user:{self.user_id}"
+        return user_stream(self.user_id)
 
     def revoked_by(self, revoked_at: float) -> bool:
         """Whether a revocation of this user at `revoked_at` covers this token: it was issued

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,6 +24,16 @@ MAX_ID = 2**63 - 1
 MAX_ID_DIGITS = len(str(MAX_ID))  # longer decimal numbers in a query are out of range unread
 # the query parameter that may carry the token (?token=), on the handshake and every /v1 request
 TOKEN_PARAMETER = "token"
+
+
+def user_stream(user_id: str) -> str:
+    """The stream of one user's own notifications."""
+    return f"user:{user_id}"
+
+
+def streams_of(user_id: str, roles: Iterable[str]) -> tuple[str, ...]:
+    """Every stream a connection of this user and roles receives: its own, its roles', `all`."""
+    return (user_stream(user_id), *(f"role:{r}" for r in roles), "all")
 
 
 @dataclass(frozen=True, slots=True)
