@@ -10,6 +10,7 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
+from notifyd.admission import Admission
 from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
 from notifyd.core.channel import Channel, Opened
@@ -60,7 +61,7 @@ class App:
             settings,
             store,
             self.operations,
-            lambda token: self.hub.verify(token),
+            lambda token: self.admission.verify(token),
             self.readiness,
             self.metrics,
             dev,
@@ -68,6 +69,7 @@ class App:
             port=lambda: self.port,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.admission = Admission(settings, store, self.metrics, self.index, self.spawn)
         self.hub = Hub(
             settings,
             store,
@@ -77,6 +79,7 @@ class App:
             self.presence,
             self.http_api,
             self.operations,
+            self.admission,
             self.spawn,
         )
         self.connections = self.hub.connections
@@ -87,7 +90,7 @@ class App:
             settings.dsn or "", self.channel, self._heard, self._listening, self.router.block
         )
         # A revocation event says only "read the table again": it holds what committed.
-        self.router.on_revocations = self.hub.revocations_changed
+        self.router.on_revocations = self.admission.revocations_changed
         self._server: asyncio.Server | None = None
         self._admin: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -172,7 +175,8 @@ class App:
         stay; new limits apply from their next frame, new keys to the next token verified."""
         self.settings = fresh
         self.http_api.settings = fresh
-        self.hub.reload(fresh)
+        self.admission.reload(fresh)
+        self.hub.settings = fresh
         self.reloads += 1
         # Logged under the more verbose of the old and new levels, so it is seen either way.
         logs.set_level(min(logging.getLogger().level, logging.getLevelName(fresh.log_level)))
@@ -220,7 +224,7 @@ class App:
     async def _listening(self) -> int:
         """The LISTEN connection is (again) up: reload revocations (one may have been missed
         meanwhile), then catch up on notifications."""
-        await self.hub.reload_revocations()
+        await self.admission.reload_revocations()
         return await self.router.catch_up()
 
     def _heard(self, opened: Opened) -> None:

@@ -1,8 +1,9 @@
 """The application behind every connection: the Hub that edge/server.py calls (opened,
-went_live, handle, http, closed, gone). It owns admission (tokens, revocations, the per-user
-connection limit), what each client event does, a connection's subscriptions, its initial
-state, presence fan-out to watchers, and the single timer for deadlines and keepalive pings.
-Composition and life cycle are app.py's; this module never binds a socket."""
+went_live, handle, http, closed, gone). It dispatches client events (the operations are
+operations.py's, admission admission.py's) and owns a connection's subscriptions, its initial
+state, presence fan-out to watchers, and the single timer for deadlines and keepalive pings
+(decided by core/keepalive.py). Composition and life cycle are app.py's; this module never
+binds a socket nor queries the database but through operations.py and store.py."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from typing import Any
 from websockets.datastructures import Headers
 
 from notifyd import PROTOCOL_VERSION
+from notifyd.admission import Admission
 from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
 from notifyd.core import keepalive
-from notifyd.core.auth import Authenticator, Identity
+from notifyd.core.auth import Identity
 from notifyd.core.errors import AuthError, ClientError, ConnectionLimit, StoreError
 from notifyd.core.fanout import Router
 from notifyd.core.index import StreamIndex
@@ -38,7 +40,6 @@ from notifyd.core.protocol import (
     error_frame,
     format_epoch,
     format_time,
-    user_stream,
     websocket_text,
 )
 from notifyd.core.session import State
@@ -94,6 +95,7 @@ class Hub:
         presence: ClusterPresence,
         http_api: HttpApi,
         operations: Operations,
+        admission: Admission,
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
     ) -> None:
         self.settings = settings
@@ -105,21 +107,13 @@ class Hub:
         self.http_api = http_api
         self.operations = operations
         self.spawn = spawn
-        self.auth = Authenticator(settings)
+        self.admission = admission
         self.policy = operations.policy
-        self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
-        self._revocations_read: asyncio.Task[None] | None = None
-        self._revocations_again = False
         self.connections: set[Connection] = set()
         # plain HTTP connections whose /v1 answer is on its way: done() once they close
         self._answering: dict[Connection, Callable[[], None]] = {}
         self.timers: TimerWheel[Connection] = TimerWheel(time.monotonic(), TICK_SECONDS)
         self._unread_epoch: dict[str, int] = {}
-
-    def reload(self, fresh: Settings) -> None:
-        """New settings (SIGHUP): new keys apply to the next token verified."""
-        self.settings = fresh
-        self.auth = Authenticator(fresh)
 
     async def tick_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -128,69 +122,8 @@ class Hub:
             while self.tick(loop.time(), time.time(), TICK_BATCH):
                 await asyncio.sleep(0)  # deliveries and reads go between the batches
 
-    def verify(self, token: str) -> Identity:
-        """A valid token whose user's access was not revoked after it was issued."""
-        try:
-            identity = self.auth.verify(token)
-            if self._is_revoked(identity):
-                raise AuthError("token revoked")
-        except AuthError as exc:
-            self.metrics.auth_failed(str(exc))
-            raise
-        return identity
-
     def admit(self, token: str) -> Identity:
-        """Admission, one path for the handshake and an auth frame: a token verify() accepts,
-        of a user under NOTIFYD_MAX_CONNECTIONS_PER_USER. Raises AuthError or ConnectionLimit,
-        which each edge translates (HTTP 401 or 429 at the handshake, close 4001 or 1008 on an
-        auth frame)."""
-        identity = self.verify(token)
-        devices = len(self.index.subscribers(identity.user_stream))
-        if devices >= self.settings.max_connections_per_user:
-            raise ConnectionLimit(f"too many connections for this user ({devices})")
-        return identity
-
-    def _is_revoked(self, identity: Identity) -> bool:
-        at = self.revoked.get(identity.user_id)
-        return at is not None and identity.revoked_by(at)
-
-    def _revoke(self, user_id: str) -> None:
-        """Close the user's connections whose token predates their revocation."""
-        for conn in list(self.index.subscribers(user_stream(user_id))):
-            identity = conn.session.identity
-            if identity is not None and self._is_revoked(identity):
-                log.info(
-                    "closing connection %s: access of user %s revoked",
-                    conn.session.connection_id,
-                    user_id,
-                )
-                conn.close(CLOSE_REVOKED, "access revoked")
-
-    async def reload_revocations(self) -> None:
-        """notifyd.revocations as it is: what it holds, and nothing else, is revoked (a row
-        inserted and deleted in one transaction revokes nobody)."""
-        before, self.revoked = self.revoked, await self.store.revocations()
-        for user_id, at in self.revoked.items():
-            if before.get(user_id) != at:
-                self._revoke(user_id)
-
-    def revocations_changed(self) -> None:
-        """A revocation was announced: the table is read again, one read at a time (a burst
-        of announcements makes at most one more)."""
-        if self._revocations_read is not None and not self._revocations_read.done():
-            self._revocations_again = True
-            return
-        self._revocations_read = self.spawn(self._read_revocations())
-
-    async def _read_revocations(self) -> None:
-        again = True
-        while again:
-            self._revocations_again = False
-            try:
-                await self.reload_revocations()
-            except StoreError as exc:  # the next LISTEN connect reads them again
-                log.warning("re-reading revocations failed: %s", exc)
-            again = self._revocations_again
+        return self.admission.admit(token)
 
     def opened(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -364,7 +297,7 @@ class Hub:
         before = conn.session.identity
         assert before is not None
         try:
-            identity = conn.session.authenticate(self.verify(event.token))
+            identity = conn.session.authenticate(self.admission.verify(event.token))
         except AuthError as exc:
             self._refuse(conn, ClientError("auth-failed", str(exc)), ref)
             return
