@@ -31,8 +31,6 @@ from notifyd.storage.store import Store
 
 log = logging.getLogger(__name__)
 
-CATCH_UP_PAGE = 10_000
-
 
 class App:
     """One notifyd process."""
@@ -46,7 +44,7 @@ class App:
         # `dev_key` (made when not given: http_api.dev.key)
         self.metrics = Metrics()
         self.index: StreamIndex[Connection] = StreamIndex()
-        self.router = Router(self.index, store.fetch_ids, self._catch_up_rows)
+        self.router = Router(self.index, store.fetch_ids, store.catch_up)
         self.presence = ClusterPresence(
             settings, lambda change: self.hub.presence_changed(change), self.metrics
         )
@@ -242,18 +240,3 @@ class App:
         except StoreError as exc:
             log.warning("catching up after an undecodable payload failed: %s", exc)
             self.router.resume()
-
-    # -- catch-up (the router's fetcher) ------------------------------------------------
-
-    async def _catch_up_rows(self, after: dict[str, int]) -> list[tuple[str, int, bytes]]:
-        out: list[tuple[str, int, bytes]] = []
-        while after:
-            rows = await self.store.fetch_after(after, CATCH_UP_PAGE)
-            out.extend((r.stream, r.seq, r.wire) for r in rows)
-            full: dict[str, int] = {}
-            counts: dict[str, int] = {}
-            for r in rows:
-                counts[r.stream] = counts.get(r.stream, 0) + 1
-                full[r.stream] = r.seq
-            after = {s: seq for s, seq in full.items() if counts[s] >= CATCH_UP_PAGE}
-        return out
