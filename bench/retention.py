@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 # Retention figures: how long notifyd.prune() batches take and what they cost the apps' writers.
-# Old rows (40 days) over 2,000 user streams are pruned exactly as the daemon does it (batches of
-# notifyd.app.PRUNE_BATCH rows, one transaction each under the retention advisory lock, with
-# PRUNE_PAUSE between them) while paced writers insert notifications into the same streams;
-# then once more with batches of 10,000 and no pause, to show why the batches are small.
+# Old rows (40 days) over 2,000 user streams are pruned exactly as the daemon does it (batches
+# of notifyd.storage.retention.PRUNE_BATCH rows, one transaction each under the retention
+# advisory lock, with PRUNE_PAUSE between them) while paced writers insert notifications into
+# the same streams; then once more with batches of 10,000 and no pause, to show why the
+# batches are small.
 # Checks that every old row went, that each stream's pruned_below moved past its old rows, that
 # no kept row went, and that no writer insert failed; and shows the plan of one (rolled back)
 # batch under auto_explain: how the DELETE finds its rows.
@@ -41,7 +42,7 @@ import uvloop
 from infra import admin_values as admin
 from infra import say
 
-from notifyd.app import PRUNE_BATCH, PRUNE_PAUSE
+from notifyd.storage.retention import PRUNE_BATCH, PRUNE_PAUSE
 
 CORES = os.cpu_count() or 1
 RESULTS = Path(__file__).parent / "results" / "retention.json"

@@ -1,78 +1,37 @@
-# Wiring and the application logic behind the protocol: start-up order (pool, LISTEN, then
-# bind), what each client event does, the single timer for deadlines and keepalive pings,
-# and graceful shutdown. Connections call in through the Hub interface of server.py.
+"""Composition and life cycle of one notifyd process: what is made and wired together, the
+start-up order (LISTEN, then bind), reload, readiness and graceful shutdown. What a
+connection does is hub.py's; retention is storage/retention.py's."""
+
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-import random
 import socket
-import time
-from collections.abc import Awaitable, Callable, Coroutine
-from functools import partial
+from collections.abc import Coroutine
 from typing import Any
 
-from websockets.datastructures import Headers
-
-from notifyd import PROTOCOL_VERSION
+from notifyd.admission import Admission
 from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
-from notifyd.core.auth import Authenticator, Identity
-from notifyd.core.backoff import Backoff
 from notifyd.core.channel import Channel, Opened
-from notifyd.core.codes import AuthReason, CloseCode, ErrorCode, close_label
-from notifyd.core.errors import AuthError, ClientError, PruneBusy, StoreError
-from notifyd.core.events import Event, New, UnreadCount
+from notifyd.core.codes import CloseCode
+from notifyd.core.errors import StoreError
 from notifyd.core.fanout import Publisher
 from notifyd.core.index import StreamIndex
-from notifyd.core.presence import PresenceChange, PresencePolicy
-from notifyd.core.protocol import (
-    Auth,
-    ClientFrame,
-    MarkAllRead,
-    MarkRead,
-    Ping,
-    PresenceQuery,
-    SyncRequest,
-    encode,
-    error_frame,
-    format_epoch,
-    format_time,
-    websocket_text,
-)
-from notifyd.core.session import State
+from notifyd.core.presence import PresencePolicy
 from notifyd.core.timers import TimerWheel
-from notifyd.edge.http_api import HttpAnswer, HttpApi
-from notifyd.edge.server import (
-    AdminConnection,
-    Connection,
-    connection_factory,
-    tune_listener,
-)
+from notifyd.edge.http_api import HttpApi
+from notifyd.edge.server import Connection, connection_factory, tune_listener
+from notifyd.hub import TICK_SECONDS, Hub
+from notifyd.operations import Operations
 from notifyd.ops import logs
 from notifyd.ops.metrics import Metrics
 from notifyd.storage.listener import Listener
 from notifyd.storage.pipeline import EventPipeline
+from notifyd.storage.retention import Retention
 from notifyd.storage.store import Store
 
 log = logging.getLogger(__name__)
-
-PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see presence events
-TICK_SECONDS = 0.1  # resolution of the timing wheel
-# Connections checked per turn of the loop: those opened in the same seconds (a storm, a
-# deploy) are due together, for their pings and, with tokens issued together, their expiry;
-# checked all at once they would hold deliveries back for as long as that takes.
-TICK_BATCH = 64
-CATCH_UP_PAGE = 10_000
-RETENTION_EVERY = 600.0  # seconds between retention runs (jittered: many processes share one DB)
-PRUNE_BATCH = 250  # rows per prune transaction: short locks (bench/retention.py)
-PRUNE_PAUSE = 0.05  # seconds between batches, so the database serves others meanwhile
-PRUNE_RETRIES = 5  # a batch that gave way to an app transaction is retried this often per run
-
-
-def _now_iso() -> str:
-    return format_time(dt.datetime.now(dt.UTC))
 
 
 class App:
@@ -83,56 +42,70 @@ class App:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.auth = Authenticator(settings)
         # `dev`: the demo page and its token and send helpers (`notifyd dev` only), which need
         # `dev_key` (made when not given: http_api.dev.key)
         self.metrics = Metrics()
+        self.index: StreamIndex[Connection] = StreamIndex()
+        self.publisher: Publisher[Connection] = Publisher(self.index)
+        self.pipeline = EventPipeline(self.publisher, store.fetch_ids, store.catch_up)
+        self.presence = ClusterPresence(
+            settings, lambda change: self.hub.presence_changed(change), self.metrics
+        )
+        self.operations = Operations(
+            store,
+            self.metrics,
+            self.presence,
+            PresencePolicy(settings.presence_roles, settings.presence_public_roles or ()),
+            lambda: self.settings,
+        )
         self.http_api = HttpApi(
             settings,
             store,
-            self.verify,
+            self.operations,
+            lambda token: self.admission.verify(token),
             self.readiness,
             self.metrics,
             dev,
             dev_key=dev_key,
             port=lambda: self.port,
         )
-        self.index: StreamIndex[Connection] = StreamIndex()
-        self.publisher: Publisher[Connection] = Publisher(self.index)
-        self.pipeline = EventPipeline(self.publisher, store.fetch_ids, self._catch_up_rows)
-        self.policy = PresencePolicy(settings.presence_roles, settings.presence_public_roles or ())
-        self.presence = ClusterPresence(settings, self._presence_event, self.metrics)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.admission = Admission(settings, store, self.metrics, self.index, self.spawn)
+        self.hub = Hub(
+            settings,
+            store,
+            self.metrics,
+            self.index,
+            self.publisher,
+            self.presence,
+            self.http_api,
+            self.operations,
+            self.admission,
+            self.spawn,
+        )
+        self.connections = self.hub.connections
+        self.retention = Retention(store, self.metrics, lambda: self.settings)
         self.channel = Channel()
         self.channel.refused = self.metrics.notify_refused
         self.listener = Listener(
             settings.dsn or "", self.channel, self._heard, self._listening, self.pipeline.block
         )
-        self.revoked: dict[str, float] = {}  # user id -> moment of notifyd.revoke_user()
         # A revocation event says only "read the table again": it holds what committed.
-        self.publisher.on_revocations = self._revocations_changed
-        self._revocations_read: asyncio.Task[None] | None = None
-        self._revocations_again = False
-        self.connections: set[Connection] = set()
-        # plain HTTP connections whose /v1 answer is on its way: done() once they close
-        self._answering: dict[Connection, Callable[[], None]] = {}
-        self.timers: TimerWheel[Connection] = TimerWheel(time.monotonic(), TICK_SECONDS)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.publisher.on_revocations = self.admission.revocations_changed
         self._server: asyncio.Server | None = None
         self._admin: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._retention: asyncio.Task[None] | None = None
+        self._pruning: asyncio.Task[None] | None = None
         self.reloads = 0
-        self._unread_epoch: dict[str, int] = {}
-        self.publisher.on_published = self._note_published
+        self.publisher.on_published = self.hub.note_published
         self.port = 0
         self.admin_port: int | None = None
         self.publisher.observe_latency = self.metrics.latency.observe
+        self.publisher.count_sent = self.metrics.count_sent
         listener = self.listener
         self.metrics.watch(
             online_users=self.presence.local.online_count,
             delivered=lambda: self.publisher.delivered,
-            publisher_frames=lambda: self.publisher.frames_out,
-            publisher_bytes=lambda: self.publisher.bytes_out,
             published=lambda: self.publisher.published,
             listener_up=lambda: float(listener.up),
             listener_reconnects=lambda: listener.reconnects,
@@ -147,8 +120,8 @@ class App:
         await self.listener.start()
         await self.presence.start()
         loop = asyncio.get_running_loop()
-        self.timers = TimerWheel(loop.time(), TICK_SECONDS)
-        factory = connection_factory(self, loop.time)
+        self.hub.timers = TimerWheel(loop.time(), TICK_SECONDS)
+        factory = connection_factory(self.hub, loop.time)
         if sock is not None:
             self._server = await loop.create_server(factory, sock=sock, backlog=4096)
         else:
@@ -165,7 +138,7 @@ class App:
         self.port = self._server.sockets[0].getsockname()[1]
         if self.settings.admin_port is not None:
             self._admin = await loop.create_server(
-                connection_factory(self, loop.time, admin=True),
+                connection_factory(self.hub, loop.time, admin=True),
                 self.settings.admin_host,
                 self.settings.admin_port,
                 reuse_address=True,
@@ -176,8 +149,8 @@ class App:
                 self.settings.admin_host,
                 self.admin_port,
             )
-        self._ticker = loop.create_task(self._tick_forever(), name="notifyd-tick")
-        self._retention = loop.create_task(self._retain_forever(), name="notifyd-retention")
+        self._ticker = loop.create_task(self.hub.tick_forever(), name="notifyd-tick")
+        self._pruning = loop.create_task(self.retention.run_forever(), name="notifyd-retention")
         log.info("serving on %s:%d", self.settings.host, self.port)
 
     @property
@@ -203,7 +176,8 @@ class App:
         stay; new limits apply from their next frame, new keys to the next token verified."""
         self.settings = fresh
         self.http_api.settings = fresh
-        self.auth = Authenticator(fresh)
+        self.admission.reload(fresh)
+        self.hub.settings = fresh
         self.reloads += 1
         # Logged under the more verbose of the old and new levels, so it is seen either way.
         logs.set_level(min(logging.getLogger().level, logging.getLevelName(fresh.log_level)))
@@ -233,7 +207,7 @@ class App:
             )
             for conn in stuck:
                 conn.reset()
-        for background in (self._ticker, self._retention):
+        for background in (self._ticker, self._pruning):
             if background is not None:
                 background.cancel()
         for task in list(self._tasks):
@@ -242,51 +216,16 @@ class App:
         await self.listener.stop()
         await self.store.close()
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    # -- Hub: called by connections -----------------------------------------------------
-
-    def verify(self, token: str) -> Identity:
-        """A valid token whose user's access was not revoked after it was issued."""
-        try:
-            identity = self.auth.verify(token)
-            if self._is_revoked(identity):
-                raise AuthError(AuthReason.REVOKED)
-        except AuthError as exc:
-            self.metrics.auth_failed(exc.reason)
-            raise
-        return identity
-
-    def admit(self, identity: Identity) -> str | None:
-        """Why a new connection of this identity is refused, or None."""
-        devices = len(self.index.subscribers(identity.user_stream))
-        if devices >= self.settings.max_connections_per_user:
-            return f"too many connections for this user ({devices})"
-        return None
-
-    def _is_revoked(self, identity: Identity) -> bool:
-        at = self.revoked.get(identity.user_id)
-        return at is not None and identity.revoked_by(at)
-
-    def _revoke(self, user_id: str) -> None:
-        """Close the user's connections whose token predates their revocation."""
-        for conn in list(self.index.subscribers(f"user:{user_id}")):
-            identity = conn.session.identity
-            if identity is not None and self._is_revoked(identity):
-                log.info(
-                    "closing connection %s: access of user %s revoked",
-                    conn.session.connection_id,
-                    user_id,
-                )
-                conn.close(CloseCode.REVOKED, "access revoked")
+        return task
 
     async def _listening(self) -> int:
         """The LISTEN connection is (again) up: reload revocations (one may have been missed
         meanwhile), then catch up on notifications."""
-        await self._reload_revocations()
+        await self.admission.reload_revocations()
         return await self.pipeline.catch_up()
 
     def _heard(self, opened: Opened) -> None:
@@ -304,547 +243,3 @@ class App:
         except StoreError as exc:
             log.warning("catching up after an undecodable payload failed: %s", exc)
             self.pipeline.resume()
-
-    async def _reload_revocations(self) -> None:
-        """notifyd.revocations as it is: what it holds, and nothing else, is revoked (a row
-        inserted and deleted in one transaction revokes nobody)."""
-        before, self.revoked = self.revoked, await self.store.revocations()
-        for user_id, at in self.revoked.items():
-            if before.get(user_id) != at:
-                self._revoke(user_id)
-
-    def _revocations_changed(self) -> None:
-        """A revocation was announced: the table is read again, one read at a time (a burst
-        of announcements makes at most one more)."""
-        if self._revocations_read is not None and not self._revocations_read.done():
-            self._revocations_again = True
-            return
-        task = asyncio.get_running_loop().create_task(self._read_revocations())
-        self._revocations_read = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _read_revocations(self) -> None:
-        again = True
-        while again:
-            self._revocations_again = False
-            try:
-                await self._reload_revocations()
-            except StoreError as exc:  # the next LISTEN connect reads them again
-                log.warning("re-reading revocations failed: %s", exc)
-            again = self._revocations_again
-
-    def opened(self, conn: Connection) -> None:
-        self.connections.add(conn)
-        self.timers.schedule(conn, conn.deadline)
-
-    def went_live(self, conn: Connection, ref: str | None = None) -> bytes:
-        identity = conn.session.identity
-        assert identity is not None
-        self.index.add(conn, self._subscriptions(identity))
-        self.metrics.connections_opened += 1
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "connection open",
-                extra={
-                    "conn": conn.session.connection_id,
-                    "user": identity.user_id,
-                    "roles": list(identity.roles),
-                    "peer": conn.peer(),
-                },
-            )
-        self.presence.connected(identity.user_id, identity.roles)
-        self.spawn(self._send_initial_state(conn, identity))
-        loop = asyncio.get_running_loop()
-        due = min(
-            conn.last_recv + self.settings.ping_interval,
-            loop.time() + identity.expires_at - time.time(),
-        )
-        if due < conn.deadline:  # e.g. a token expiring before the auth deadline
-            conn.deadline = due
-            self.timers.schedule(conn, due)
-        return websocket_text(
-            encode(
-                "connection-confirmed",
-                {
-                    "userId": identity.user_id,
-                    "roles": list(identity.roles),
-                    "connectionId": conn.session.connection_id,
-                    "serverTime": _now_iso(),
-                    "protocolVersion": PROTOCOL_VERSION,
-                },
-                ref,
-            )
-        )
-
-    def closed(self, conn: Connection) -> None:
-        self.connections.discard(conn)
-        identity = conn.session.identity
-        if conn.upgraded:  # a WebSocket, not a plain HTTP request
-            code, reason, by = conn.close_info()
-            if identity is not None:  # counted like connections_opened: live ones
-                self.metrics.closes[close_label(code)] += 1
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "connection closed",
-                    extra={
-                        "conn": conn.session.connection_id,
-                        "user": identity.user_id if identity is not None else None,
-                        "code": code,
-                        "reason": reason,
-                        "by": by,
-                        "seconds": round(asyncio.get_running_loop().time() - conn.opened_at, 3),
-                    },
-                )
-        if identity is None:
-            return
-        streams = [*identity.streams, PRESENCE_STREAM]
-        gone = self.index.remove(conn, streams)
-        self.publisher.forget(gone)
-        for stream in gone:
-            self._unread_epoch.pop(stream, None)
-        self.presence.disconnected(identity.user_id)
-
-    def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
-        self.spawn(self._http(conn, method, target, headers))
-
-    async def _http(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
-        try:
-            answer = await self.http_api.answer(
-                method, target, headers, admin=isinstance(conn, AdminConnection)
-            )
-        except Exception:
-            # the path only: the query may hold a token
-            log.exception("%s %s failed", method, target.split("?", 1)[0][:200])
-            answer = HttpAnswer(500, b"internal error\n", "text/plain; charset=utf-8")
-        conn.respond(answer.status, answer.content_type, answer.body, answer.headers)
-        if answer.done is not None:
-            if conn.transport is None:  # gone meanwhile: gone() has been and gone
-                answer.done()
-            else:
-                self._answering[conn] = answer.done
-
-    def gone(self, conn: Connection) -> None:
-        """The socket is closed: an HTTP answer has left the process (or never will)."""
-        answered = self._answering.pop(conn, None)
-        if answered is not None:
-            answered()
-
-    def handle(self, conn: Connection, frame: ClientFrame) -> None:
-        event, session = frame.event, conn.session
-        if session.state is State.AWAITING_AUTH:
-            if not isinstance(event, Auth):
-                self._refuse(conn, ClientError(ErrorCode.NOT_AUTHENTICATED), frame.ref)
-                return
-            try:
-                identity = self.verify(event.token)
-            except AuthError as exc:
-                log.info("auth frame refused: %s", exc)
-                conn.close(CloseCode.UNAUTHORIZED, str(exc)[:100])
-                return
-            refusal = self.admit(identity)
-            if refusal is not None:
-                conn.close(CloseCode.POLICY_VIOLATION, refusal)
-                return
-            conn.session.authenticate(identity)
-            conn.greet(ref=frame.ref)
-            return
-        if isinstance(event, Ping):
-            ts = event.timestamp if event.timestamp is not None else int(time.time() * 1000)
-            conn.send(encode("pong", {"timestamp": ts}, frame.ref))
-        elif isinstance(event, SyncRequest):
-            self._start_sync(conn, event, frame.ref)
-        elif isinstance(event, MarkRead | MarkAllRead):
-            self.spawn(
-                self._answered(conn, frame.ref, partial(self._mark_read, conn, event, frame.ref))
-            )
-        elif isinstance(event, PresenceQuery):
-            self.spawn(
-                self._answered(
-                    conn, frame.ref, partial(self._presence_query, conn, event, frame.ref)
-                )
-            )
-        else:
-            self._refresh(conn, event, frame.ref)
-
-    # -- client events ------------------------------------------------------------------
-
-    def _refuse(self, conn: Connection, exc: ClientError, ref: str | None) -> None:
-        exc.ref = ref
-        conn.send(error_frame(exc))
-
-    async def _answered(
-        self, conn: Connection, ref: str | None, operation: Callable[[], Awaitable[None]]
-    ) -> None:
-        """Runs a client operation that answers its frame itself (made only here: a task
-        cancelled before it starts leaves no coroutine unawaited); one that fails in a way it
-        did not expect is answered `internal-error` instead of leaving the client waiting."""
-        try:
-            await operation()
-        except Exception:
-            log.exception("a client operation failed on connection %s", conn.session.connection_id)
-            self._refuse(conn, ClientError(ErrorCode.INTERNAL_ERROR), ref)
-
-    def _refresh(self, conn: Connection, event: Auth, ref: str | None) -> None:
-        """A fresh token on a live connection: same user only. It extends the connection, and
-        its roles replace the connection's: the streams of roles it lacks stop at once, those of
-        roles it adds start live from now, and presence rights follow the new roles."""
-        before = conn.session.identity
-        assert before is not None
-        try:
-            identity = conn.session.authenticate(self.verify(event.token))
-        except AuthError as exc:
-            self._refuse(conn, ClientError(ErrorCode.AUTH_FAILED, str(exc)), ref)
-            return
-        except ClientError as exc:
-            self._refuse(conn, exc, ref)
-            return
-        self._resubscribe(conn, self._subscriptions(before), self._subscriptions(identity))
-        # A token expiring before the connection's next check (expiry is checked with it).
-        due = asyncio.get_running_loop().time() + identity.expires_at - time.time()
-        if due < conn.deadline:
-            conn.deadline = due
-            self.timers.schedule(conn, due)
-        conn.send(
-            encode(
-                "auth:refreshed",
-                {"expiresAt": format_epoch(identity.expires_at), "roles": list(identity.roles)},
-                ref,
-            )
-        )
-
-    def _subscriptions(self, identity: Identity) -> list[str]:
-        """What a connection of `identity` is indexed under: its streams, and the presence
-        pseudo-stream when its roles make it a watcher."""
-        streams = list(identity.streams)
-        if self.policy.is_watcher(identity.roles):
-            streams.append(PRESENCE_STREAM)
-        return streams
-
-    def _resubscribe(self, conn: Connection, old: list[str], new: list[str]) -> None:
-        """Move a live connection from the streams `old` to `new` (a refresh changed its
-        roles), as went_live() and closed() index and unindex a whole connection."""
-        dropped = [s for s in old if s not in new]
-        gained = [s for s in new if s not in old]
-        if dropped:
-            gone = self.index.remove(conn, dropped)
-            self.publisher.forget(gone)
-            for stream in gone:
-                self._unread_epoch.pop(stream, None)
-        if gained:
-            first = [s for s in self.index.add(conn, gained) if s != PRESENCE_STREAM]
-            if first:
-                self.spawn(self._note_floors(conn, first))
-        if dropped or gained:
-            log.info(
-                "connection roles changed",
-                extra={"conn": conn.session.connection_id, "dropped": dropped, "gained": gained},
-            )
-
-    async def _note_floors(self, conn: Connection, streams: list[str]) -> None:
-        """Streams that just got their first local subscriber: their last seq is where a
-        catch-up starts should the LISTEN connection be lost (see _send_initial_state)."""
-        backoff = Backoff(0.1, 2.0)
-        while conn.session.state is State.LIVE:
-            try:
-                states = await self.store.stream_states(streams)
-            except StoreError as exc:
-                delay = backoff.next()
-                log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
-                await asyncio.sleep(delay)
-                continue
-            for stream in streams:
-                if self.index.subscribers(stream):  # not dropped again meanwhile
-                    state = states.get(stream)
-                    self.publisher.note_floor(stream, state.last_seq if state else 0)
-            return
-
-    async def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
-        streams = list(identity.streams)
-        backoff = Backoff(0.1, 2.0)
-        while True:
-            epoch = self._unread_epoch.get(identity.user_stream, 0)
-            try:
-                states = await self.store.stream_states(streams)
-                break
-            except StoreError as exc:
-                # Keep trying while the client is connected: the stream floors read here are
-                # where catch-up starts if the LISTEN connection is lost later.
-                delay = backoff.next()
-                log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
-            await asyncio.sleep(delay)
-            if conn.session.state is not State.LIVE:
-                return
-        if conn.session.state is not State.LIVE:
-            return
-        for stream in streams:
-            state = states.get(stream)
-            self.publisher.note_floor(stream, state.last_seq if state else 0)
-        # A live count that arrived meanwhile is at least as new as what we read.
-        if self._unread_epoch.get(identity.user_stream, 0) == epoch:
-            state = states.get(identity.user_stream)
-            conn.send(encode("notification:unread-count", {"count": state.unread if state else 0}))
-
-    def _note_published(self, event: Event) -> None:
-        if isinstance(event, New | UnreadCount) and event.unread is not None:
-            stream = event.stream
-            if stream in self._unread_epoch or self.index.subscribers(stream):
-                self._unread_epoch[stream] = self._unread_epoch.get(stream, 0) + 1
-
-    def _start_sync(self, conn: Connection, req: SyncRequest, ref: str | None) -> None:
-        identity = conn.session.identity
-        assert identity is not None
-        allowed = identity.streams
-        self.metrics.sync_requests["websocket"] += 1
-        for stream in req.cursors:
-            if stream not in allowed:
-                self._refuse(
-                    conn,
-                    ClientError(ErrorCode.FORBIDDEN, f"not subscribed to stream {stream[:80]!r}"),
-                    ref,
-                )
-                return
-        try:
-            conn.session.begin_sync(list(allowed))
-        except ClientError as exc:
-            self._refuse(conn, exc, ref)
-            return
-        self.spawn(self._answered(conn, ref, partial(self._sync, conn, req, ref, list(allowed))))
-
-    async def _sync(
-        self, conn: Connection, req: SyncRequest, ref: str | None, streams: list[str]
-    ) -> None:
-        latest = [s for s in streams if s not in req.cursors]
-        try:
-            result = await self.store.sync(
-                req.cursors,
-                latest,
-                req.since,
-                req.limit or self.settings.sync_limit,
-                conn.session.in_flight(),
-                max_bytes=self.settings.max_response_bytes,
-            )
-        except StoreError as exc:
-            log.warning("sync failed: %s", exc)
-            for frame in conn.session.abort_sync():
-                conn.write(frame)
-            self._refuse(conn, ClientError(ErrorCode.UNAVAILABLE), ref)
-            return
-        except BaseException:
-            for frame in conn.session.abort_sync():
-                conn.write(frame)
-            raise
-        conn.send(
-            encode(
-                "notification:sync-response",
-                {
-                    "notifications": result.notifications,
-                    "cursors": result.cursors,
-                    "reset": result.reset,
-                    "hasMore": bool(result.has_more),
-                },
-                ref,
-            )
-        )
-        fresh = {*latest, *result.reset}  # given as they are now, live items included
-        for frame in conn.session.finish_sync(result.cursors, result.has_more, fresh):
-            conn.write(frame)
-
-    async def _mark_read(
-        self, conn: Connection, event: MarkRead | MarkAllRead, ref: str | None
-    ) -> None:
-        identity = conn.session.identity
-        assert identity is not None
-        ids = event.ids if isinstance(event, MarkRead) else None
-        try:
-            changed, read_at = await self.store.mark_read(
-                identity.user_stream, ids, conn.session.connection_id
-            )
-        except StoreError as exc:
-            log.warning("mark-read failed: %s", exc)
-            self._refuse(conn, ClientError(ErrorCode.UNAVAILABLE), ref)
-            return
-        conn.send(
-            encode(
-                "notification:read",
-                {"ids": changed, "readAt": format_time(read_at) if read_at else None},
-                ref,
-            )
-        )
-
-    async def _presence_query(
-        self, conn: Connection, event: PresenceQuery, ref: str | None
-    ) -> None:
-        identity = conn.session.identity
-        assert identity is not None
-        viewer = identity.roles
-        if not self.policy.may_query(viewer):
-            self._refuse(
-                conn, ClientError(ErrorCode.FORBIDDEN, "presence is not visible to your roles"), ref
-            )
-            return
-        hidden = [r for r in event.roles if not self.policy.countable(viewer, r)]
-        if hidden:
-            self._refuse(
-                conn,
-                ClientError(
-                    ErrorCode.FORBIDDEN,
-                    f"the presence of role {hidden[0][:80]!r} is not visible to you",
-                ),
-                ref,
-            )
-            return
-        users, counts = await self.presence.query(event.user_ids, event.roles)
-        data: dict[str, Any] = {
-            "users": [
-                {
-                    "userId": u.user_id,
-                    "online": u.online,
-                    "lastSeen": format_epoch(u.last_seen) if u.last_seen is not None else None,
-                }
-                for u in (self.policy.shown(viewer, user) for user in users)
-            ]
-        }
-        if event.roles:
-            data["roles"] = counts
-        conn.send(encode("presence:state", data, ref))
-
-    def _presence_event(self, change: PresenceChange) -> None:
-        """Tell this process's watchers (never the user about themselves)."""
-        watchers = self.index.subscribers(PRESENCE_STREAM)
-        if not watchers:
-            return
-        kind = "presence:online" if change.online else "presence:offline"
-        frame = websocket_text(
-            encode(
-                kind,
-                {
-                    "userId": change.user_id,
-                    "roles": list(change.roles),
-                    "at": format_epoch(change.at),
-                },
-            )
-        )
-        for watcher in list(watchers):
-            watcher_identity = watcher.session.identity
-            if watcher_identity is not None and watcher_identity.user_id != change.user_id:
-                watcher.write(frame)
-
-    # -- retention -----------------------------------------------------------------------
-
-    async def _retain_forever(self) -> None:
-        await asyncio.sleep(random.uniform(1.0, 5.0))  # not every process at once
-        while True:
-            if self.settings.retention_days > 0:
-                try:
-                    await self.prune()
-                except StoreError as exc:
-                    log.warning(
-                        "retention run failed (next in about %.0fs): %s", RETENTION_EVERY, exc
-                    )
-                except Exception:  # pragma: no cover - a bug must not end retention
-                    log.exception("retention run failed")
-            await asyncio.sleep(RETENTION_EVERY * random.uniform(0.75, 1.25))
-
-    async def prune(self, batch: int = PRUNE_BATCH) -> int:
-        """Delete notifications older than NOTIFYD_RETENTION_DAYS, one short transaction per
-        `batch` rows, until none is left or another process is at it. Returns the count."""
-        days = self.settings.retention_days
-        started, total, batches, busy = time.monotonic(), 0, 0, 0
-        while days > 0:
-            try:
-                deleted = await self.store.prune(days, batch)
-            except PruneBusy:
-                busy += 1
-                if busy > PRUNE_RETRIES:
-                    log.info(
-                        "retention gave way to app transactions %d times; next run later", busy
-                    )
-                    break
-                await asyncio.sleep(busy * 0.5)
-                continue
-            if deleted is None:
-                break  # another process is pruning
-            total += deleted
-            batches += 1
-            self.metrics.pruned += deleted
-            if deleted < batch:
-                break
-            await asyncio.sleep(PRUNE_PAUSE)
-        if total:
-            log.info(
-                "pruned %d notifications older than %g days in %.2fs (%d batches)",
-                total,
-                days,
-                time.monotonic() - started,
-                batches,
-            )
-        return total
-
-    # -- catch-up and the timer ---------------------------------------------------------
-
-    async def _catch_up_rows(self, after: dict[str, int]) -> list[tuple[str, int, bytes]]:
-        out: list[tuple[str, int, bytes]] = []
-        while after:
-            rows = await self.store.fetch_after(after, CATCH_UP_PAGE)
-            out.extend((r.stream, r.seq, r.wire) for r in rows)
-            full: dict[str, int] = {}
-            counts: dict[str, int] = {}
-            for r in rows:
-                counts[r.stream] = counts.get(r.stream, 0) + 1
-                full[r.stream] = r.seq
-            after = {s: seq for s, seq in full.items() if counts[s] >= CATCH_UP_PAGE}
-        return out
-
-    async def _tick_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(TICK_SECONDS)
-            while self.tick(loop.time(), time.time(), TICK_BATCH):
-                await asyncio.sleep(0)  # deliveries and reads go between the batches
-
-    def tick(self, now: float, wall: float, limit: int | None = None) -> bool:
-        """Deadlines and keepalive of the connections that are due, from one timer: at most
-        `limit` of them; True when that left some due."""
-        popped = self.timers.pop_due(now, limit)
-        for conn in popped:
-            if conn.session.state is State.CLOSED or now + TICK_SECONDS < conn.deadline:
-                continue  # closed, or a stale entry: the connection is due later
-            try:
-                due = self._check_deadlines(conn, now, wall)
-            except Exception:  # pragma: no cover - a bug must not drop it from the wheel
-                log.exception("deadline check failed for %s", conn.session.connection_id)
-                due = now + 1.0
-            if due is not None:
-                conn.deadline = due
-                self.timers.schedule(conn, due)
-        return limit is not None and len(popped) == limit
-
-    def _check_deadlines(self, conn: Connection, now: float, wall: float) -> float | None:
-        """Acts on what is due for `conn`; returns when to look again (None: it was closed)."""
-        s = self.settings
-        if conn.session.state is State.AWAITING_AUTH:
-            if now < conn.deadline:
-                return conn.deadline
-            if conn.ws.state.name == "OPEN":
-                conn.close(CloseCode.UNAUTHORIZED, "authentication timeout")
-            else:
-                conn.abort()
-            return None
-        identity = conn.session.identity
-        assert identity is not None
-        remaining = identity.expires_at - wall
-        if remaining <= 0:
-            conn.close(CloseCode.UNAUTHORIZED, "token expired")
-            return None
-        if conn.ping_sent:
-            if now - conn.ping_sent >= s.ping_timeout:
-                conn.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-                return None
-            keepalive = conn.ping_sent + s.ping_timeout
-        elif now - conn.last_recv >= s.ping_interval:
-            conn.ping(now)
-            keepalive = now + s.ping_timeout
-        else:
-            keepalive = conn.last_recv + s.ping_interval
-        return min(keepalive, now + remaining)

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from notifyd.core.backoff import Backoff
 from notifyd.core.codes import CloseCode, ErrorCode
+from notifyd.core.protocol import streams_of
 
 __all__ = ["Event", "Ledger", "NotifydClient", "Observer", "SyncRequest", "TokenSource"]
 
@@ -276,9 +277,7 @@ class NotifydClient:
                     future.set_result(frame)
             if kind == "connection-confirmed":
                 self.user_id = data["userId"]
-                self.streams = frozenset(
-                    {f"user:{data['userId']}", *(f"role:{r}" for r in data["roles"]), "all"}
-                )
+                self.streams = frozenset(streams_of(data["userId"], data["roles"]))
                 self._backoff.reset()
                 self.observer.confirmed(self.streams)
                 yield self._set_state("open")
@@ -390,7 +389,7 @@ class NotifydClient:
             ws.transport.abort()
         else:
             with contextlib.suppress(Exception):
-                await ws.close(1000, reason)
+                await ws.close(CloseCode.NORMAL_CLOSURE, reason)
         return True
 
     async def stop(self, reason: str = "") -> None:
@@ -399,4 +398,4 @@ class NotifydClient:
         self._stop.set()
         if self._ws is not None:
             with contextlib.suppress(Exception):
-                await self._ws.close(1000, reason)
+                await self._ws.close(CloseCode.NORMAL_CLOSURE, reason)

@@ -164,6 +164,22 @@ async def test_cookie_token_needs_an_allowed_origin(fresh_db: str) -> None:
         assert await handshake_status(f"{d.url}?token={d.token('k3')}") == 101
 
 
+async def test_one_token_rule_at_the_handshake(daemon: Daemon) -> None:
+    """The Authorization header before ?token= (as on the HTTP API); either given twice: 400."""
+    header = {"Authorization": f"Bearer {daemon.token('p1')}"}
+    client = await daemon.raw(f"?token={daemon.token('p2')}", headers=header)
+    assert (await client.next_data("connection-confirmed"))["userId"] == "p1"
+    bad = {"Authorization": f"Bearer {BAD_TOKENS['expired']}"}
+    assert (
+        await handshake_status(f"{daemon.url}?token={daemon.token('p3')}", additional_headers=bad)
+        == 401
+    )
+    twice = [("Authorization", header["Authorization"]), ("Authorization", header["Authorization"])]
+    assert await handshake_status(daemon.url, additional_headers=twice) == 400
+    good = daemon.token("p4")
+    assert await handshake_status(f"{daemon.url}?token={good}&token={good}") == 400
+
+
 def test_notifyd_token_signs_with_the_first_secret(tmp_path: Path) -> None:
     from support import run_cli, subprocess_env
 

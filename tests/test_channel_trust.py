@@ -107,7 +107,7 @@ async def test_a_role_without_grants_cannot_forge_events(
     # the forged revocation closed nothing and refuses no token
     fresh = await daemon.connect("42")
     await fresh.close()
-    assert daemon.app.revoked == {}
+    assert daemon.app.admission.revoked == {}
     metrics = await asyncio.to_thread(_scrape, daemon.app.port)
     assert 'notifyd_notify_payloads_refused_total{reason="signature"} 2.0' in metrics
 
@@ -306,13 +306,13 @@ async def test_a_revocation_that_did_not_commit_revokes_nobody(daemon: Daemon) -
         await conn.execute("DELETE FROM notifyd.revocations WHERE user_id = '42'")
     await daemon.notify("42", "still here")
     assert (await client.next_data("notification:new"))["notification"]["title"] == "still here"
-    assert daemon.app.revoked == {}
+    assert daemon.app.admission.revoked == {}
     await (await daemon.connect("42")).close()
     # and one that committed, then was deleted: tokens issued before work again
     await daemon.sql("SELECT notifyd.revoke_user('42')")
     assert (await client.closed())[0] == 4003
     await daemon.sql("DELETE FROM notifyd.revocations")
-    await eventually(lambda: daemon.app.revoked == {}, 5, "the revocation withdrawn")
+    await eventually(lambda: daemon.app.admission.revoked == {}, 5, "the revocation withdrawn")
 
 
 async def test_payloads_the_parser_cannot_read_are_counted_or_caught_up(

@@ -87,7 +87,7 @@ async def test_closed_connections_leave_no_cycles_while_frozen(daemon: Daemon) -
         daemon.clients.clear()
         # the timer wheel lets go of closed connections when their deadline comes round
         loop = asyncio.get_running_loop()
-        daemon.app.tick(loop.time() + 3600, time.time() + 3600)
+        daemon.app.hub.tick(loop.time() + 3600, time.time() + 3600)
     finally:
         policy.uninstall()
     gc.set_debug(gc.DEBUG_SAVEALL)

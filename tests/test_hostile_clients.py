@@ -156,13 +156,13 @@ class Watch:
     rss_start: int = 0
 
     def install(self) -> None:
-        opened = self.d.app.opened
+        opened = self.d.app.hub.opened
 
         def track(conn: Connection) -> None:
             self.conns.add(conn)
             opened(conn)
 
-        self.d.app.opened = track  # type: ignore[method-assign]
+        self.d.app.hub.opened = track  # type: ignore[method-assign]
 
     def sample(self) -> None:
         for conn in list(self.conns):

@@ -144,7 +144,7 @@ async def test_client_script_is_served_and_demo_routes_only_in_dev(fresh_db: str
         key = {DEV_KEY_HEADER: dev_key(d)}
         status, _, body = await http_request(d.app.port, "GET", "/dev/token?user=zoe", key)
         token = orjson.loads(body)["token"]
-        assert d.app.verify(token).user_id == "zoe"
+        assert d.app.admission.verify(token).user_id == "zoe"
         device = await d.connect("zoe")
         status, _, body = await http_request(
             d.app.port, "POST", "/dev/notify?user=zoe&title=Hi&priority=high", key

@@ -10,7 +10,7 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
-from notifyd.app import TICK_BATCH
+from notifyd.hub import TICK_BATCH
 
 
 async def raw_client(url: str) -> tuple[ClientProtocol, asyncio.StreamReader, asyncio.StreamWriter]:
@@ -66,7 +66,7 @@ async def test_connections_due_together_are_checked_a_batch_per_turn(fresh_db: s
         loop = asyncio.get_running_loop()
         later, wall = loop.time() + 7200, time.time() + 7200  # every token (an hour) expired
         left = [len(d.app.connections)]
-        while d.app.tick(later, wall, TICK_BATCH):
+        while d.app.hub.tick(later, wall, TICK_BATCH):
             left.append(len(d.app.connections))
         left.append(len(d.app.connections))
         assert left == [n, n - TICK_BATCH, n - 2 * TICK_BATCH, 0]

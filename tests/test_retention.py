@@ -29,8 +29,8 @@ async def _insert(pool: asyncpg.Pool, user: str, count: int, created: str = "now
 
 async def _quiet_retention(d: Daemon, days: float) -> None:
     """The test drives pruning itself: stop the background run, then set the window."""
-    assert d.app._retention is not None
-    d.app._retention.cancel()
+    assert d.app._pruning is not None
+    d.app._pruning.cancel()
     d.app.settings = d.app.settings.replace(retention_days=days)
 
 
@@ -47,7 +47,7 @@ async def test_prune_in_batches_keeps_counts_and_syncs_reset_old_cursors(fresh_d
         )
         client = await d.connect("r1")
 
-        assert await d.app.prune(batch=3) == 8  # 7 of r1 and 1 of `all`: batches 3, 3, 2
+        assert await d.app.retention.prune(batch=3) == 8  # 7 of r1 and 1 of `all`: batches 3, 3, 2
         frames = await client.quiet(0.5)
         # Old items are not announced as deleted; the unread count follows (7 unread of 9,
         # 5 of them pruned: 2 left).
@@ -67,7 +67,7 @@ async def test_prune_in_batches_keeps_counts_and_syncs_reset_old_cursors(fresh_d
         _, body = await http_get(d.app.port, "/metrics")
         assert b"notifyd_pruned_notifications_total 8.0" in body
 
-        assert await d.app.prune() == 0  # nothing left to do
+        assert await d.app.retention.prune() == 0  # nothing left to do
 
 
 async def test_prune_gives_way_to_an_app_transaction(fresh_db: str) -> None:
@@ -86,7 +86,7 @@ async def test_prune_gives_way_to_an_app_transaction(fresh_db: str) -> None:
                 await d.app.store.prune(30, 100)
             assert time.monotonic() - started < 2
             # The daemon's run retries: it succeeds once the app's transaction commits.
-            retrying = asyncio.ensure_future(d.app.prune())
+            retrying = asyncio.ensure_future(d.app.retention.prune())
             await asyncio.sleep(0.8)
             assert not retrying.done()
             await tx.commit()  # the app's transaction was never the victim

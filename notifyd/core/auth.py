@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from http.cookies import CookieError, SimpleCookie
+from typing import Any, Protocol, TypeGuard
 
 import jwt
 import orjson
 from jwt.algorithms import Algorithm, get_default_algorithms
 
-from notifyd.core.codes import AuthReason
-from notifyd.core.errors import AuthError
+from notifyd.core.codes import AuthReason, ErrorCode
+from notifyd.core.errors import AuthError, ClientError
+from notifyd.core.protocol import TOKEN_PARAMETER, streams_of, user_stream
 from notifyd.core.roles import role_name
 from notifyd.core.settings import Settings
 
@@ -49,11 +51,11 @@ class Identity:
     @property
     def streams(self) -> tuple[str, ...]:
         """Every stream this identity receives: its own, its roles', and `all`."""
-        return (f"user:{self.user_id}", *(f"role:{r}" for r in self.roles), "all")
+        return streams_of(self.user_id, self.roles)
 
     @property
     def user_stream(self) -> str:
-        return f"user:{self.user_id}"
+        return user_stream(self.user_id)
 
     def revoked_by(self, revoked_at: float) -> bool:
         """Whether a revocation of this user at `revoked_at` covers this token: it was issued
@@ -204,6 +206,48 @@ class Authenticator:
         if len(clean) > MAX_ROLES:
             raise AuthError(AuthReason.TOO_MANY_ROLES)
         return Identity(user, clean, float(exp), issued)
+
+
+class HeaderLookup(Protocol):
+    """Request headers, as websockets' Headers has them: every value of a header."""
+
+    def get_all(self, key: str) -> list[str]: ...
+
+
+def token_from(
+    headers: HeaderLookup, query: Mapping[str, list[str]], cookie: str | None = None
+) -> tuple[str | None, bool]:
+    """The token of a request (WebSocket handshake or HTTP API), and whether it came from the
+    cookie. One rule for both: the `Authorization: Bearer` header first, then the `token`
+    query parameter, then the cookie named `cookie` (the handshake passes its name only when
+    the server has an Origin allow-list; the HTTP API reads no cookie). An Authorization
+    header or a `token` parameter given more than once is refused (`invalid-data`): which one
+    a proxy or a browser would have honoured is anyone's guess."""
+    authorization = headers.get_all("Authorization")
+    if len(authorization) > 1:
+        raise ClientError(ErrorCode.INVALID_DATA, "more than one Authorization header")
+    if authorization and authorization[0][:7].lower() == "bearer ":
+        token = authorization[0][7:].strip()
+        if token:
+            return token, False
+    given = query.get(TOKEN_PARAMETER) or []
+    if len(given) > 1:
+        raise ClientError(
+            ErrorCode.INVALID_DATA, f"more than one {TOKEN_PARAMETER!r} query parameter"
+        )
+    if given and given[0]:
+        return given[0], False
+    if cookie:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            for raw in headers.get_all("Cookie"):
+                jar.load(raw)
+        except CookieError:
+            return None, False
+        morsel = jar.get(cookie)
+        if morsel is not None and morsel.value:
+            return morsel.value, True
+    return None, False
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:

@@ -7,6 +7,8 @@ becomes exit code 2 (cli.py). The codes themselves live in notifyd.core.codes.
     NotifydError
      ├── ConfigError        a setting is invalid; names the variable (exit code 2)
      ├── AuthError          a token was refused; carries an AuthReason (code `auth-failed`)
+     ├── ConnectionLimit    a user has all the connections allowed (HTTP 429 at the handshake,
+     │                      close 1008 on an auth frame)
      ├── ClientError        a client frame or request was refused; carries an ErrorCode
      ├── StoreError         the database could not do what was asked (answered `unavailable`)
      │    └── PruneBusy     a retention batch gave way to an app transaction (retried)
@@ -47,6 +49,11 @@ class AuthError(NotifydError):
     def status(self) -> int:
         """The HTTP status of an answer refusing this token."""
         return self.code.status
+
+
+class ConnectionLimit(NotifydError):
+    """A user has NOTIFYD_MAX_CONNECTIONS_PER_USER connections to this process already; the
+    message is safe to show the client."""
 
 
 class ClientError(NotifydError):

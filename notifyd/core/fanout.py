@@ -64,8 +64,8 @@ class Publisher(Generic[R]):
         self._unread_frames: dict[int, bytes] = {}  # count -> frame, for counts below KEPT
         self.delivered = 0  # notification frames written, for metrics and the bench
         self.published = 0  # notifications that had local recipients
-        self.frames_out = 0  # frames and bytes delivered, for metrics (counted here in bulk)
-        self.bytes_out = 0
+        # Counts the frames and bytes delivered (Metrics.count_sent): once per fan-out, in bulk
+        self.count_sent: Callable[[int, int], None] = _uncounted
         # Called with the seconds from the inserting statement (the event's "t") to the frame
         # written to the last local recipient.
         self.observe_latency: Callable[[float], None] | None = None
@@ -119,7 +119,7 @@ class Publisher(Generic[R]):
                 if conn.session.connection_id != origin:
                     conn.deliver(frame)
                     sent += 1
-            self._count(sent, sent * len(frame))
+            self.count_sent(sent, sent * len(frame))
         elif isinstance(event, Deleted):
             frame = websocket_text(
                 encode("notification:deleted", {"id": event.id, "stream": event.stream})
@@ -156,11 +156,7 @@ class Publisher(Generic[R]):
         members = list(self.index.subscribers(stream))
         for conn in members:
             conn.deliver(frame)
-        self._count(len(members), len(members) * len(frame))
-
-    def _count(self, frames: int, size: int) -> None:
-        self.frames_out += frames
-        self.bytes_out += size
+        self.count_sent(len(members), len(members) * len(frame))
 
     def _publish_new(
         self,
@@ -196,7 +192,7 @@ class Publisher(Generic[R]):
                 conn.deliver(trailer)
                 size += len(trailer)
         # frames: the notifications sent, and the trailer every member got (with one or alone)
-        self._count(sent + (len(members) if trailer is not None else 0), size)
+        self.count_sent(sent + (len(members) if trailer is not None else 0), size)
         self.delivered += sent
         self.published += 1
         if committed is not None and self.observe_latency is not None:
@@ -210,6 +206,10 @@ class Publisher(Generic[R]):
                 stream,
                 seq,
             )
+
+
+def _uncounted(frames: int, size: int) -> None:
+    """The count of a Publisher no one reads the metrics of."""
 
 
 def stale_claims(events: list[Event]) -> list[Event]:

@@ -10,7 +10,7 @@ notifyd only notifyd.core.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,7 +28,18 @@ MAX_PRESENCE_USERS = 100
 MAX_PRESENCE_ROLES = 20
 MAX_ID = 2**63 - 1
 MAX_ID_DIGITS = len(str(MAX_ID))  # longer decimal numbers in a query are out of range unread
-HTTP_TOKEN = "token"  # the query parameter that may carry the token on every /v1 request
+# the query parameter that may carry the token (?token=), on the handshake and every /v1 request
+TOKEN_PARAMETER = "token"
+
+
+def user_stream(user_id: str) -> str:
+    """The stream of one user's own notifications."""
+    return f"user:{user_id}"
+
+
+def streams_of(user_id: str, roles: Iterable[str]) -> tuple[str, ...]:
+    """Every stream a connection of this user and roles receives: its own, its roles', `all`."""
+    return (user_stream(user_id), *(f"role:{r}" for r in roles), "all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +228,7 @@ def _decimal(text: str) -> int | str:
 def _only(query: dict[str, list[str]], *names: str) -> None:
     """Refuses a query parameter of a /v1 request other than `names` and the token."""
     for name in query:
-        if name not in names and name != HTTP_TOKEN:
+        if name not in names and name != TOKEN_PARAMETER:
             raise ClientError(ErrorCode.INVALID_DATA, f"unknown query parameter {name[:64]!r}")
 
 

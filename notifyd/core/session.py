@@ -1,6 +1,7 @@
 """Per-connection protocol state, pure: awaiting auth -> live -> closed, the identity, and the
-replay bookkeeping that keeps CONTRACT.md §5's order guarantee: while a sync-request runs,
-live items of its streams are held; after the response, only those above the cursor go out.
+replay bookkeeping that keeps the protocol's ordering guarantee (protocol/README.md §6, Sync):
+while a sync-request runs, live items of its streams are held; after the response, only those
+above the cursor go out.
 
 Imports no asyncio, asyncpg, redis or socket, and of notifyd only notifyd.core.
 """
@@ -91,10 +92,6 @@ class Session:
 
     def close(self) -> None:
         self.state = State.CLOSED
-
-    @property
-    def syncing(self) -> bool:
-        return self._held is not None
 
     def offer(self, stream: str, seq: int, frame: bytes) -> bytes | None:
         """A live item for `stream`: returns the frame to send now, or None (held or a dup)."""

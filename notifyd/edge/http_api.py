@@ -21,11 +21,12 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from notifyd.config import Settings
-from notifyd.core.auth import Identity, issue_token
+from notifyd.core.auth import Identity, issue_token, token_from
 from notifyd.core.codes import ErrorCode
 from notifyd.core.errors import AuthError, ClientError, StoreError
 from notifyd.core.protocol import (
-    HTTP_TOKEN,
+    MarkAllRead,
+    MarkRead,
     format_time,
     mark_all_read_request,
     mark_read_request,
@@ -33,6 +34,7 @@ from notifyd.core.protocol import (
     unread_count_request,
 )
 from notifyd.devserver import DevAccess, new_dev_key
+from notifyd.operations import Operations
 from notifyd.ops.metrics import CONTENT_TYPE as METRICS_TYPE
 from notifyd.ops.metrics import Metrics
 from notifyd.storage.store import Store
@@ -121,6 +123,7 @@ class HttpApi:
         self,
         settings: Settings,
         store: Store,
+        operations: Operations,
         verify: Callable[[str], Identity],
         readiness: Callable[[], Awaitable[dict[str, bool]]],
         metrics: Metrics,
@@ -133,6 +136,7 @@ class HttpApi:
         none is given); `port`: the port the server listens on, once bound."""
         self.settings = settings
         self.store = store
+        self.operations = operations
         self.verify = verify
         self.readiness = readiness
         self.metrics = metrics
@@ -229,15 +233,13 @@ class HttpApi:
                 return _error(ErrorCode.METHOD_NOT_ALLOWED, f"{method} is not allowed here")
             return _error(ErrorCode.NOT_FOUND)
         try:
-            header = _header(headers, "Authorization") or ""
-            token = header[7:].strip() if header[:7].lower() == "bearer " else None
-            token = token or (query.get(HTTP_TOKEN) or [""])[-1]
+            token, _ = token_from(headers, query)  # no cookie: see the module's docstring
             if not token:
                 return _error(ErrorCode.AUTH_FAILED, "send Authorization: Bearer <token>")
             identity = self.verify(token)
         except AuthError as exc:
             return _error(exc.code, str(exc))
-        except ClientError as exc:  # e.g. two Authorization headers
+        except ClientError as exc:  # e.g. two Authorization headers (token_from)
             return _refused(exc)
         limit = self.settings.max_http_requests_per_user
         done = self.requests.take(identity.user_id, limit)
@@ -268,53 +270,25 @@ class HttpApi:
     async def _notifications(
         self, identity: Identity, route: str, query: dict[str, list[str]]
     ) -> HttpAnswer:
-        """Like a sync-request on a connection of this identity."""
+        """A sync-request (operations.Operations.sync), but for no connection."""
         req = poll_request(query)
-        self.metrics.sync_requests["http"] += 1
-        streams = identity.streams
-        for stream in req.cursors:
-            if stream not in streams:
-                raise ClientError(ErrorCode.FORBIDDEN, f"not subscribed to stream {stream[:80]!r}")
-        latest = [s for s in streams if s not in req.cursors]
-        result = await self.store.sync(
-            req.cursors,
-            latest,
-            req.since,
-            req.limit or self.settings.sync_limit,
-            max_bytes=self.settings.max_response_bytes,
-        )
-        return HttpAnswer(
-            200,
-            orjson.dumps(
-                {
-                    "notifications": result.notifications,
-                    "cursors": result.cursors,
-                    "reset": result.reset,
-                    "hasMore": bool(result.has_more),
-                }
-            ),
-        )
+        streams = self.operations.sync_streams(identity, req, "http")
+        synced = await self.operations.sync(req, streams)
+        return HttpAnswer(200, orjson.dumps(synced.data))
 
     async def _unread_count(
         self, identity: Identity, route: str, query: dict[str, list[str]]
     ) -> HttpAnswer:
         unread_count_request(query)
-        states = await self.store.stream_states([identity.user_stream])
-        state = states.get(identity.user_stream)
-        return HttpAnswer(200, orjson.dumps({"count": state.unread if state else 0}))
+        return HttpAnswer(200, orjson.dumps(await self.operations.unread_count(identity)))
 
     async def _mark_read(
         self, identity: Identity, route: str, query: dict[str, list[str]]
     ) -> HttpAnswer:
-        if route.endswith("read-all"):
-            mark_all_read_request(query)
-            ids = None
-        else:
-            ids = mark_read_request(query).ids
-        changed, read_at = await self.store.mark_read(identity.user_stream, ids, "http")
-        return HttpAnswer(
-            200, orjson.dumps({"ids": changed, "readAt": format_time(read_at) if read_at else None})
+        req: MarkRead | MarkAllRead = (
+            mark_all_read_request(query) if route.endswith("read-all") else mark_read_request(query)
         )
+        return HttpAnswer(200, orjson.dumps(await self.operations.mark_read(identity, req, "http")))
 
     # -- `notifyd dev` only ----------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 # translation of errors into frames, HTTP statuses and close codes. It owns what a connection
 # may cost: the send bound (every byte written counts), the rate limit on every client frame,
 # and the closing handshake (RFC 6455 §7.1.1) with its grace. Application logic lives in the
-# Hub (app.py); this module never touches PostgreSQL.
+# Hub (hub.py); this module never touches PostgreSQL.
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
 from typing import Protocol as TypingProtocol
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
@@ -32,9 +31,9 @@ from websockets.server import ServerProtocol
 from websockets.typing import Origin
 
 from notifyd.config import Settings
-from notifyd.core.auth import Identity
+from notifyd.core.auth import Identity, token_from
 from notifyd.core.codes import CloseCode, ErrorCode
-from notifyd.core.errors import AuthError, ClientError
+from notifyd.core.errors import AuthError, ClientError, ConnectionLimit
 from notifyd.core.limits import CloseGrace, TokenBucket, Verdict
 from notifyd.core.protocol import ClientFrame, decode_client_frame, error_frame, websocket_text
 from notifyd.core.session import Session
@@ -102,8 +101,10 @@ class Hub(TypingProtocol):
     settings: Settings
     metrics: Metrics
 
-    def verify(self, token: str) -> Identity: ...
-    def admit(self, identity: Identity) -> str | None: ...
+    def admit(self, token: str) -> Identity:
+        """The identity of a token that may open a connection now; raises AuthError (a bad,
+        expired or revoked token) or ConnectionLimit."""
+
     def opened(self, conn: Connection) -> None: ...
     def went_live(self, conn: Connection, ref: str | None = None) -> bytes:
         """Index the authenticated connection; returns its greeting (connection-confirmed,
@@ -117,28 +118,6 @@ class Hub(TypingProtocol):
 
     def handle(self, conn: Connection, frame: ClientFrame) -> None: ...
     def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None: ...
-
-
-def token_from_request(request: Request, settings: Settings) -> tuple[str | None, bool]:
-    """The handshake's token and whether it came from a cookie: query, then Authorization
-    header, then the configured cookie (only when an Origin allow-list is set)."""
-    query = parse_qs(urlsplit(request.path).query)
-    if query.get("token"):
-        return query["token"][0], False
-    header = request.headers.get("Authorization")
-    if header and header[:7].lower() == "bearer ":
-        return header[7:].strip(), False
-    if settings.jwt_cookie and settings.allowed_origins and "Cookie" in request.headers:
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            for raw in request.headers.get_all("Cookie"):
-                jar.load(raw)
-        except CookieError:
-            return None, False
-        morsel = jar.get(settings.jwt_cookie)
-        if morsel is not None and morsel.value:
-            return morsel.value, True
-    return None, False
 
 
 class Connection(asyncio.Protocol):
@@ -300,17 +279,11 @@ class Connection(asyncio.Protocol):
 
     # -- sending ------------------------------------------------------------------------
 
-    def write(self, frame: bytes) -> None:
-        """Write one pre-built WebSocket frame, counted in the metrics."""
-        metrics = self.hub.metrics
-        metrics.frames_sent += 1
-        metrics.bytes_sent += len(frame)
-        self.deliver(frame)
-
     def deliver(self, frame: bytes) -> None:
-        """write() without the count: the publisher's fan-out counts in bulk (a third of the
-        Python time per recipient otherwise). Called per recipient of every notification:
-        keep it this cheap."""
+        """Write one pre-built WebSocket frame, uncounted: its sender counts what it delivers
+        (Metrics.count_sent), a fan-out once for all its recipients (a count per recipient
+        would be a third of the Python time per recipient). Called per recipient of every
+        notification: keep it this cheap."""
         transport = self.transport
         if transport is None or self.ws.state is not OPEN:
             return
@@ -352,8 +325,10 @@ class Connection(asyncio.Protocol):
             self._hold(data)
 
     def send(self, payload: bytes) -> None:
-        """Send one JSON frame to this connection only."""
-        self.write(websocket_text(payload))
+        """Send one JSON message (an answer, an error) to this connection only, counted."""
+        frame = websocket_text(payload)
+        self.hub.metrics.count_sent(1, len(frame))
+        self.deliver(frame)
 
     def close(self, code: int, reason: str, drop: bool = False) -> None:
         """Send a close frame and end the connection: it leaves the application at once; its
@@ -445,6 +420,11 @@ class Connection(asyncio.Protocol):
             self.close_timer = asyncio.get_running_loop().call_later(CLOSE_CHECK, self._check_close)
 
     @property
+    def is_open(self) -> bool:
+        """A WebSocket past its handshake and not closing: frames may be sent."""
+        return self.ws.state is OPEN
+
+    @property
     def upgraded(self) -> bool:
         """Past the opening handshake: a WebSocket (a plain HTTP request never gets here)."""
         return not isinstance(self.ws, ServerProtocol)
@@ -500,7 +480,16 @@ class Connection(asyncio.Protocol):
                 response.headers["Sec-WebSocket-Version"] = "13"
             ws.send_response(response)
             return
-        token, from_cookie = token_from_request(request, self.hub.settings)
+        s = self.hub.settings
+        query = parse_qs(urlsplit(request.path).query)
+        try:
+            # the cookie only with an Origin allow-list: then a browser's page must be listed
+            token, from_cookie = token_from(
+                request.headers, query, s.jwt_cookie if s.allowed_origins else None
+            )
+        except ClientError as exc:
+            ws.send_response(ws.reject(400, f"{exc.message}\n"))
+            return
         identity = None
         if token is not None:
             if from_cookie and request.headers.get("Origin") is None:
@@ -508,16 +497,15 @@ class Connection(asyncio.Protocol):
                 ws.send_response(ws.reject(403, "cookie authentication needs an allowed Origin\n"))
                 return
             try:
-                identity = self.hub.verify(token)
+                identity = self.hub.admit(token)
             except AuthError as exc:
                 log.info("handshake refused: %s", exc)
                 ws.send_response(ws.reject(exc.status, f"{exc}\n"))
                 return
-            refusal = self.hub.admit(identity)
-            if refusal is not None:
-                ws.send_response(ws.reject(429, f"{refusal}\n"))
+            except ConnectionLimit as exc:
+                ws.send_response(ws.reject(429, f"{exc}\n"))
                 return
-        if parse_qs(urlsplit(request.path).query).get("sync") == ["1"]:
+        if query.get("sync") == ["1"]:
             self.session.wait_for_sync()
         ws.send_response(response)
         # The 101 goes out before any frame written directly to the transport: with the
@@ -569,9 +557,7 @@ class Connection(asyncio.Protocol):
         """Go live (the session is authenticated): `head`, then the greeting frame, which
         carries `ref` (that of the auth frame)."""
         greeting = self.hub.went_live(self, ref)
-        metrics = self.hub.metrics
-        metrics.frames_sent += 1
-        metrics.bytes_sent += len(greeting)
+        self.hub.metrics.count_sent(1, len(greeting))
         self.deliver(head + greeting if head else greeting)
 
     # -- frames -------------------------------------------------------------------------

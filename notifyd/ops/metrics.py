@@ -113,8 +113,14 @@ class Metrics(Collector):
 
     def watch(self, **sources: Callable[[], float]) -> None:
         """Values owned elsewhere, read at each scrape: online_users, delivered, published,
-        publisher_frames, publisher_bytes, listener_up, listener_reconnects, reloads."""
+        listener_up, listener_reconnects, notify_stale, reloads."""
         self._live.update(sources)
+
+    def count_sent(self, frames: int, size: int) -> None:
+        """The one count of the frames written to clients (notifyd_frames_sent) and their bytes:
+        a fan-out adds all of its frames at once, a single frame adds one."""
+        self.frames_sent += frames
+        self.bytes_sent += size
 
     def auth_failed(self, reason: AuthReason) -> None:
         self.auth_failures[reason.metric_label] += 1
@@ -174,13 +180,9 @@ class Metrics(Collector):
         yield counter(
             "notifyd_frames_sent",
             "WebSocket data frames written to clients",
-            self.frames_sent + owned("publisher_frames"),
+            self.frames_sent,
         )
-        yield counter(
-            "notifyd_sent_bytes",
-            "Bytes of those frames",
-            self.bytes_sent + owned("publisher_bytes"),
-        )
+        yield counter("notifyd_sent_bytes", "Bytes of those frames", self.bytes_sent)
         yield counter(
             "notifyd_notifications_received",
             "Notifications heard on the LISTEN connection (or caught up) that had "

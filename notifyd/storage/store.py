@@ -119,6 +119,7 @@ _LATEST = _PAGE.format(
     SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n
     WHERE n.stream = $3 ORDER BY n.seq DESC LIMIT $4"""
 )
+CATCH_UP_PAGE = 10_000  # rows per stream and query when catching up
 _PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
 
 
@@ -299,6 +300,21 @@ class Store:
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return [Row(r["stream"], r["seq"], r["wire"].encode()) for r in records]
+
+    async def catch_up(self, after: dict[str, int]) -> list[tuple[str, int, bytes]]:
+        """Every row above the given seq per stream, as (stream, seq, wire), fetched in pages
+        of CATCH_UP_PAGE rows per stream: what a node missed while not listening."""
+        out: list[tuple[str, int, bytes]] = []
+        while after:
+            rows = await self.fetch_after(after, CATCH_UP_PAGE)
+            out.extend((r.stream, r.seq, r.wire) for r in rows)
+            full: dict[str, int] = {}
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r.stream] = counts.get(r.stream, 0) + 1
+                full[r.stream] = r.seq
+            after = {s: seq for s, seq in full.items() if counts[s] >= CATCH_UP_PAGE}
+        return out
 
     async def fetch_ids(self, ids: list[int]) -> dict[int, bytes]:
         """Rows too large for a NOTIFY payload, by id."""

@@ -10,8 +10,9 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from websockets.datastructures import Headers
 
-from notifyd.core.auth import IAT_LEEWAY, MAX_EXP, Authenticator, issue_token
+from notifyd.core.auth import IAT_LEEWAY, MAX_EXP, Authenticator, issue_token, token_from
 from notifyd.core.errors import AuthError, ClientError, ConfigError
 from notifyd.core.protocol import PresenceQuery, decode_client_frame
 from notifyd.core.roles import role_name
@@ -160,3 +161,29 @@ def test_an_exp_past_the_year_9999_is_refused() -> None:
     for exp in (MAX_EXP + 1, 1e300, 2**70):
         with pytest.raises(AuthError, match="token exp is out of range"):
             auth.verify(_token(exp=exp))
+
+
+def test_token_from_one_rule_header_then_query_then_cookie() -> None:
+    bearer = ("Authorization", "Bearer from-header")
+    cookie = ("Cookie", "theme=dark; session=from-cookie")
+    query = {"token": ["from-query"]}
+    assert token_from(Headers([bearer, cookie]), query, "session") == ("from-header", False)
+    assert token_from(Headers([cookie]), query, "session") == ("from-query", False)
+    assert token_from(Headers([cookie]), {}, "session") == ("from-cookie", True)
+    assert token_from(Headers([cookie]), {}) == (None, False)  # no cookie unless named
+    assert token_from(Headers([cookie]), {}, "other") == (None, False)
+    # not a bearer token, or an empty one: the next way counts
+    assert token_from(Headers([("Authorization", "Basic eA==")]), query) == ("from-query", False)
+    assert token_from(Headers([("Authorization", "bearer  ")]), query) == ("from-query", False)
+    assert token_from(Headers([("Authorization", "BEARER t ")]), {}) == ("t", False)
+    assert token_from(Headers([("Cookie", 'session="x')]), {}, "session") == (None, False)
+    assert token_from(Headers(), {"token": [""]}) == (None, False)
+
+
+def test_token_from_refuses_what_is_given_twice() -> None:
+    twice = Headers([("Authorization", "Bearer a"), ("authorization", "Bearer b")])
+    with pytest.raises(ClientError, match="more than one Authorization header") as refused:
+        token_from(twice, {})
+    assert refused.value.code == "invalid-data"
+    with pytest.raises(ClientError, match="more than one 'token' query parameter"):
+        token_from(Headers(), {"token": ["a", "b"]})

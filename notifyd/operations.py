@@ -1,0 +1,179 @@
+"""Each client operation, once: what sync, mark-read, mark-all-read, unread-count, the
+presence query and ping mean, for both the WebSocket (hub.py) and the HTTP API
+(edge/http_api.py). An operation takes the caller's Identity and its decoded request
+(core/protocol.py) and returns the answer's `data`, or raises ClientError with the code the
+client gets (`forbidden`, `unavailable`, ...); each edge frames the answer its own way (a
+server frame with the request's ref, a JSON body) and does what only it needs around the call
+(the WebSocket's hold-back of live items during a sync: session.begin_sync/finish_sync).
+
+A new client operation goes here, plus its frame in core/protocol.py and its route/handler
+registration (hub.py's dispatch, http_api.py's routes). This module never touches a socket;
+the database only through store.py, Redis only through cluster.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from notifyd.cluster import ClusterPresence
+from notifyd.config import Settings
+from notifyd.core.auth import Identity
+from notifyd.core.codes import ErrorCode
+from notifyd.core.errors import ClientError, StoreError
+from notifyd.core.presence import PresencePolicy
+from notifyd.core.protocol import (
+    MarkAllRead,
+    MarkRead,
+    Ping,
+    PresenceQuery,
+    SyncRequest,
+    format_epoch,
+    format_time,
+)
+from notifyd.ops.metrics import Metrics
+from notifyd.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """A sync's answer: `data` (that of notification:sync-response, or the HTTP body), and what
+    a connection's session needs to release what it held back (session.finish_sync)."""
+
+    data: dict[str, Any]
+    cursors: dict[str, int]
+    has_more: set[str]
+    fresh: set[str]  # streams given as they are now (asked without a cursor, or reset)
+
+
+class Operations:
+    """The client operations of one process. `settings` is read at each call (a reload
+    applies to the next request)."""
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        presence: ClusterPresence,
+        policy: PresencePolicy,
+        settings: Callable[[], Settings],
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.presence = presence
+        self.policy = policy
+        self._settings = settings
+
+    # -- sync ---------------------------------------------------------------------------
+
+    def sync_streams(self, identity: Identity, req: SyncRequest, via: str) -> list[str]:
+        """The streams a sync of `identity` covers: every one it receives; `forbidden` when
+        `req` has a cursor for another. `via`: "websocket" or "http", for the metrics. Apart
+        from sync() so that a connection holds its live items back from this moment on."""
+        self.metrics.sync_requests[via] += 1
+        allowed = identity.streams
+        for stream in req.cursors:
+            if stream not in allowed:
+                raise ClientError(ErrorCode.FORBIDDEN, f"not subscribed to stream {stream[:80]!r}")
+        return list(allowed)
+
+    async def sync(
+        self,
+        req: SyncRequest,
+        streams: list[str],
+        in_flight: dict[str, tuple[int, int]] | None = None,
+    ) -> Synced:
+        """One page of what `req` asks of `streams` (sync_streams()); `in_flight`: what a
+        connection was sent live since its last sync, left out (session.in_flight)."""
+        s = self._settings()
+        latest = [stream for stream in streams if stream not in req.cursors]
+        try:
+            result = await self.store.sync(
+                req.cursors,
+                latest,
+                req.since,
+                req.limit or s.sync_limit,
+                in_flight,
+                max_bytes=s.max_response_bytes,
+            )
+        except StoreError as exc:
+            log.warning("sync failed: %s", exc)
+            raise ClientError(ErrorCode.UNAVAILABLE) from exc
+        return Synced(
+            {
+                "notifications": result.notifications,
+                "cursors": result.cursors,
+                "reset": result.reset,
+                "hasMore": bool(result.has_more),
+            },
+            result.cursors,
+            result.has_more,
+            {*latest, *result.reset},  # given as they are now, live items included
+        )
+
+    # -- read marks and counts ----------------------------------------------------------
+
+    async def mark_read(
+        self, identity: Identity, req: MarkRead | MarkAllRead, origin: str
+    ) -> dict[str, Any]:
+        """Marks the given ids (all, for MarkAllRead) of the user's own stream read; the data
+        of notification:read: the ids that changed. `origin`: the connection id (its device
+        gets this answer, not the broadcast too), or "http"."""
+        ids = req.ids if isinstance(req, MarkRead) else None
+        try:
+            changed, read_at = await self.store.mark_read(identity.user_stream, ids, origin)
+        except StoreError as exc:
+            log.warning("mark-read failed: %s", exc)
+            raise ClientError(ErrorCode.UNAVAILABLE) from exc
+        return {"ids": changed, "readAt": format_time(read_at) if read_at else None}
+
+    async def unread_count(self, identity: Identity) -> dict[str, Any]:
+        """The data of notification:unread-count: the user's unread notifications."""
+        try:
+            states = await self.store.stream_states([identity.user_stream])
+        except StoreError as exc:
+            log.warning("reading the unread count failed: %s", exc)
+            raise ClientError(ErrorCode.UNAVAILABLE) from exc
+        state = states.get(identity.user_stream)
+        return {"count": state.unread if state else 0}
+
+    # -- presence and ping --------------------------------------------------------------
+
+    async def presence_query(self, identity: Identity, req: PresenceQuery) -> dict[str, Any]:
+        """The data of presence:state; `forbidden` unless the roles of `identity` may see
+        presence, and the count of every role asked for."""
+        viewer = identity.roles
+        if not self.policy.may_query(viewer):
+            raise ClientError(ErrorCode.FORBIDDEN, "presence is not visible to your roles")
+        hidden = [r for r in req.roles if not self.policy.countable(viewer, r)]
+        if hidden:
+            raise ClientError(
+                ErrorCode.FORBIDDEN,
+                f"the presence of role {hidden[0][:80]!r} is not visible to you",
+            )
+        users, counts = await self.presence.query(req.user_ids, req.roles)
+        data: dict[str, Any] = {
+            "users": [
+                {
+                    "userId": u.user_id,
+                    "online": u.online,
+                    "lastSeen": format_epoch(u.last_seen) if u.last_seen is not None else None,
+                }
+                for u in (self.policy.shown(viewer, user) for user in users)
+            ]
+        }
+        if req.roles:
+            data["roles"] = counts
+        return data
+
+    @staticmethod
+    def ping(req: Ping) -> dict[str, Any]:
+        """The data of pong: the client's timestamp, or the server's time in milliseconds."""
+        return {
+            "timestamp": req.timestamp if req.timestamp is not None else int(time.time() * 1000)
+        }
