@@ -1,13 +1,18 @@
-# Plain HTTP on the daemon's port: health, metrics, the polling API (/v1/...) for clients that
-# cannot hold a WebSocket, the browser client at /notifyd.js and, under `notifyd dev`, the demo
-# page and its helpers; and the admin listener's health and metrics. The server adapter hands
-# over a parsed request and writes the HttpAnswer back.
-# The /v1 API is authenticated by a bearer token, never a cookie, so any page may call it (CORS
-# `*`) unless NOTIFYD_ALLOWED_ORIGINS names the pages that may. Its memory is bounded per user:
-# an answer holds at most NOTIFYD_MAX_RESPONSE_BYTES of notifications (store.sync pages by
-# bytes), and a user has at most NOTIFYD_MAX_HTTP_REQUESTS_PER_USER requests in flight.
-# The dev routes answer only requests to the dev server's own address, from its own
-# pages, with the key of the run.
+"""Plain HTTP on the daemon's port: health, metrics, the polling API (/v1/...) for clients that
+cannot hold a WebSocket, the browser client at /notifyd.js and, under `notifyd dev`, the demo
+page and its helpers; and the admin listener's health and metrics. The server adapter hands
+over a parsed request and writes the HttpAnswer back.
+The /v1 API is authenticated by a bearer token, never a cookie, so any page may call it (CORS
+`*`) unless NOTIFYD_ALLOWED_ORIGINS names the pages that may. Its memory is bounded per user:
+an answer holds at most NOTIFYD_MAX_RESPONSE_BYTES of notifications (store.sync pages by
+bytes), and a user has at most NOTIFYD_MAX_HTTP_REQUESTS_PER_USER requests in flight.
+The dev routes answer only requests to the dev server's own address, from its own
+pages, with the key of the run.
+
+What a /v1 route does is operations.py's; this module parses the request, calls it and
+frames the answer. It writes no SQL (the dev helpers call store.py) and touches no socket.
+"""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,9 +1,13 @@
-# The network edge: one small asyncio.Protocol per TCP connection driving websockets' sans-I/O
-# ServerProtocol (no task per connection), plain HTTP requests handed to the Hub, and the
-# translation of errors into frames, HTTP statuses and close codes. It owns what a connection
-# may cost: the send bound (every byte written counts), the rate limit on every client frame,
-# and the closing handshake (RFC 6455 §7.1.1) with its grace. Application logic lives in the
-# Hub (hub.py); this module never touches PostgreSQL.
+"""The network edge: one small asyncio.Protocol per TCP connection driving websockets' sans-I/O
+ServerProtocol (no task per connection), plain HTTP requests handed to the Hub, and the
+translation of errors into frames, HTTP statuses and close codes. It owns what a connection
+may cost: the send bound (every byte written counts), the rate limit on every client frame,
+and the closing handshake (RFC 6455 §7.1.1) with its grace. Application logic lives in the
+Hub (hub.py); this module never touches PostgreSQL.
+
+The only module that touches sockets; imports nothing of PostgreSQL (asyncpg) or Redis.
+"""
+
 from __future__ import annotations
 
 import asyncio
