@@ -34,10 +34,7 @@ from notifyd.core.presence import PresenceChange
 from notifyd.core.protocol import (
     Auth,
     ClientFrame,
-    MarkAllRead,
-    MarkRead,
     Ping,
-    PresenceQuery,
     SyncRequest,
     encode,
     error_frame,
@@ -49,7 +46,7 @@ from notifyd.core.session import State
 from notifyd.core.timers import TimerWheel
 from notifyd.edge.http_api import HttpAnswer, HttpApi
 from notifyd.edge.server import AdminConnection, Connection
-from notifyd.operations import Operations
+from notifyd.operations import BY_EVENT, Operations
 from notifyd.ops.metrics import Metrics
 from notifyd.storage.store import Store
 
@@ -230,14 +227,12 @@ class Hub:
             conn.send(encode("pong", self.operations.ping(event), frame.ref))
         elif isinstance(event, SyncRequest):
             self._start_sync(conn, event, frame.ref)
-        elif isinstance(event, MarkRead | MarkAllRead):
-            mark = partial(self.operations.mark_read, current, event, session.connection_id)
-            self._answer(conn, frame.ref, "notification:read", mark)
-        elif isinstance(event, PresenceQuery):
-            query = partial(self.operations.presence_query, current, event)
-            self._answer(conn, frame.ref, "presence:state", query)
-        else:
+        elif isinstance(event, Auth):
             self._refresh(conn, event, frame.ref)
+        else:
+            route = BY_EVENT[type(event)]
+            run = partial(route.run, self.operations, current, event, session.connection_id)
+            self._answer(conn, frame.ref, route.answer, run)
 
     # -- client events ------------------------------------------------------------------
 

@@ -6,16 +6,19 @@ client gets (`forbidden`, `unavailable`, ...); each edge frames the answer its o
 server frame with the request's ref, a JSON body) and does what only it needs around the call
 (the WebSocket's hold-back of live items during a sync: session.begin_sync/finish_sync).
 
-A new client operation goes here, plus its frame in core/protocol.py and its route/handler
-registration (hub.py's dispatch, http_api.py's routes). This module never touches a socket;
-the database only through store.py, Redis only through cluster.py.
+A new client operation goes here: a method of Operations and its row in ROUTES, from which
+both edges serve it (hub.py dispatches a frame by its class, http_api.py a request by its
+method and path); its request's decoding (a frame, a query) is core/protocol.py's.
+
+This module never touches a socket; the database only through store.py, Redis only through
+cluster.py.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +36,10 @@ from notifyd.core.protocol import (
     SyncRequest,
     format_epoch,
     format_time,
+    mark_all_read_request,
+    mark_read_request,
+    poll_request,
+    unread_count_request,
 )
 from notifyd.ops.metrics import Metrics
 from notifyd.storage.store import Store
@@ -116,6 +123,11 @@ class Operations:
             {*latest, *result.reset},  # given as they are now, live items included
         )
 
+    async def poll(self, identity: Identity, req: SyncRequest) -> dict[str, Any]:
+        """A sync for no connection (the HTTP API's poll): the data of one page."""
+        synced = await self.sync(req, self.sync_streams(identity, req, "http"))
+        return synced.data
+
     # -- read marks and counts ----------------------------------------------------------
 
     async def mark_read(
@@ -177,3 +189,71 @@ class Operations:
         return {
             "timestamp": req.timestamp if req.timestamp is not None else int(time.time() * 1000)
         }
+
+
+# -- the table both edges serve -----------------------------------------------------------------
+
+Run = Callable[[Operations, Identity, Any, str], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One client operation as the edges serve it. `event`: the class of its decoded client
+    frame (core/protocol.py), or None when only the HTTP API serves it; `answer`: the type of
+    the server frame that answers it on a WebSocket; `http`: its (method, path) on the HTTP
+    API, and `from_query` the decoder of that request's query (core/protocol.py), or None when
+    only a WebSocket serves it; `run(operations, identity, request, origin)`: the operation,
+    where `origin` is the connection id, or "http"."""
+
+    event: type | None
+    answer: str
+    http: tuple[str, str] | None
+    from_query: Callable[[dict[str, list[str]]], Any] | None
+    run: Run
+
+
+def _mark_read(ops: Operations, who: Identity, req: Any, origin: str) -> Awaitable[dict[str, Any]]:
+    return ops.mark_read(who, req, origin)
+
+
+# A sync on a WebSocket is hub.py's own (it holds live items back until its answer is out),
+# and ping and auth are answered there without the database: this table holds the rest.
+ROUTES: tuple[Route, ...] = (
+    Route(
+        SyncRequest,
+        "notification:sync-response",
+        ("GET", "/v1/notifications"),
+        poll_request,
+        lambda ops, who, req, origin: ops.poll(who, req),
+    ),
+    Route(
+        MarkRead,
+        "notification:read",
+        ("POST", "/v1/notifications/read"),
+        mark_read_request,
+        _mark_read,
+    ),
+    Route(
+        MarkAllRead,
+        "notification:read",
+        ("POST", "/v1/notifications/read-all"),
+        mark_all_read_request,
+        _mark_read,
+    ),
+    Route(
+        None,
+        "notification:unread-count",
+        ("GET", "/v1/unread-count"),
+        unread_count_request,
+        lambda ops, who, req, origin: ops.unread_count(who),
+    ),
+    Route(
+        PresenceQuery,
+        "presence:state",
+        None,
+        None,
+        lambda ops, who, req, origin: ops.presence_query(who, req),
+    ),
+)
+BY_EVENT: dict[type, Route] = {r.event: r for r in ROUTES if r.event is not None}
+BY_HTTP: dict[tuple[str, str], Route] = {r.http: r for r in ROUTES if r.http is not None}

@@ -30,16 +30,10 @@ from notifyd.core.auth import Identity, issue_token, token_from
 from notifyd.core.codes import ErrorCode
 from notifyd.core.errors import AuthError, ClientError, StoreError
 from notifyd.core.protocol import (
-    MarkAllRead,
-    MarkRead,
     format_time,
-    mark_all_read_request,
-    mark_read_request,
-    poll_request,
-    unread_count_request,
 )
 from notifyd.devserver import DevAccess, new_dev_key
-from notifyd.operations import Operations
+from notifyd.operations import BY_HTTP, Operations
 from notifyd.ops.metrics import CONTENT_TYPE as METRICS_TYPE
 from notifyd.ops.metrics import Metrics
 from notifyd.storage.store import Store
@@ -149,12 +143,6 @@ class HttpApi:
         self.requests = UserRequests()
         self.client_js = _static("notifyd.js")
         self.demo = _static("demo.html") if dev else b""
-        self.routes: dict[tuple[str, str], Callable[..., Awaitable[HttpAnswer]]] = {
-            ("GET", "/v1/notifications"): self._notifications,
-            ("GET", "/v1/unread-count"): self._unread_count,
-            ("POST", "/v1/notifications/read"): self._mark_read,
-            ("POST", "/v1/notifications/read-all"): self._mark_read,
-        }
 
     async def answer(
         self, method: str, target: str, headers: Any, admin: bool = False
@@ -232,9 +220,9 @@ class HttpApi:
     async def _api(
         self, method: str, route: str, query: dict[str, list[str]], headers: Any
     ) -> HttpAnswer:
-        handler = self.routes.get((method, route))
-        if handler is None:
-            if any(r == route for _, r in self.routes):
+        operation = BY_HTTP.get((method, route))
+        if operation is None or operation.from_query is None:
+            if any(path == route for _, path in BY_HTTP):
                 return _error(ErrorCode.METHOD_NOT_ALLOWED, f"{method} is not allowed here")
             return _error(ErrorCode.NOT_FOUND)
         try:
@@ -257,7 +245,9 @@ class HttpApi:
                 )
             )
         try:
-            answer: HttpAnswer = await handler(identity, route, query)
+            request = operation.from_query(query)
+            data = await operation.run(self.operations, identity, request, "http")
+            answer = HttpAnswer(200, orjson.dumps(data))
         except ClientError as exc:
             answer = _refused(exc)
         except StoreError as exc:
@@ -271,29 +261,6 @@ class HttpApi:
             raise
         answer.done = done
         return answer
-
-    async def _notifications(
-        self, identity: Identity, route: str, query: dict[str, list[str]]
-    ) -> HttpAnswer:
-        """A sync-request (operations.Operations.sync), but for no connection."""
-        req = poll_request(query)
-        streams = self.operations.sync_streams(identity, req, "http")
-        synced = await self.operations.sync(req, streams)
-        return HttpAnswer(200, orjson.dumps(synced.data))
-
-    async def _unread_count(
-        self, identity: Identity, route: str, query: dict[str, list[str]]
-    ) -> HttpAnswer:
-        unread_count_request(query)
-        return HttpAnswer(200, orjson.dumps(await self.operations.unread_count(identity)))
-
-    async def _mark_read(
-        self, identity: Identity, route: str, query: dict[str, list[str]]
-    ) -> HttpAnswer:
-        req: MarkRead | MarkAllRead = (
-            mark_all_read_request(query) if route.endswith("read-all") else mark_read_request(query)
-        )
-        return HttpAnswer(200, orjson.dumps(await self.operations.mark_read(identity, req, "http")))
 
     # -- `notifyd dev` only ----------------------------------------------------------------
 
