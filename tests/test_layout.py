@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +181,16 @@ def test_every_module_opens_with_a_docstring() -> None:
     assert not missing, "modules that do not open with a triple-quoted docstring:\n" + "\n".join(
         missing
     )
+
+
+def test_the_readme_layout_lists_every_module() -> None:
+    """The README's module table names each module of the package once, and nothing else."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Layout") :]
+    listed = re.findall(r"^\| `([a-z_/]+\.py)` \|", section, re.MULTILINE)
+    modules = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name not in ("__init__.py", "__main__.py")
+    ]
+    assert sorted(listed) == sorted(modules)
