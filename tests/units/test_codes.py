@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import re
 
-import orjson
-import pytest
-
 from notifyd.core.codes import AuthReason, CloseCode, ErrorCode, close_label
-from notifyd.core.errors import AuthError, ClientError
-from notifyd.core.protocol import error_frame
 
 
 def test_close_codes_are_rfc_or_private_codes() -> None:
@@ -67,38 +62,9 @@ def test_error_metric_labels_are_unique() -> None:
     assert len(set(labels)) == len(labels)
 
 
-def test_client_error_carries_its_code_status_and_default_message() -> None:
-    exc = ClientError(ErrorCode.SYNC_IN_PROGRESS)
-    assert exc.code is ErrorCode.SYNC_IN_PROGRESS
-    assert exc.message == str(exc) == ErrorCode.SYNC_IN_PROGRESS.description
-    assert ClientError(ErrorCode.UNAVAILABLE).status == 503
-    named = ClientError(ErrorCode.INVALID_DATA, "data.limit: expected an integer")
-    assert named.message == "data.limit: expected an integer" and named.status == 400
-    named.ref = "r1"
-    assert orjson.loads(error_frame(named)) == {
-        "type": "error",
-        "data": {"code": "invalid-data", "message": "data.limit: expected an integer"},
-        "ref": "r1",
-    }
-
-
-def test_client_error_takes_only_documented_codes() -> None:
-    assert ClientError("forbidden").code is ErrorCode.FORBIDDEN  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="undocumented"):
-        ClientError("made-up")  # type: ignore[arg-type]
-
-
 def test_auth_reasons_count_under_the_public_labels() -> None:
     assert {r.metric_label for r in AuthReason} == {"expired", "invalid", "revoked"}
     assert AuthReason.EXPIRED.metric_label == "expired"
     assert AuthReason.REVOKED.metric_label == "revoked"
     others = set(AuthReason) - {AuthReason.EXPIRED, AuthReason.REVOKED}
     assert {r.metric_label for r in others} == {"invalid"}
-
-
-def test_auth_error_message_and_status() -> None:
-    exc = AuthError(AuthReason.EXPIRED)
-    assert str(exc) == "token expired" and exc.reason is AuthReason.EXPIRED
-    assert exc.code is ErrorCode.AUTH_FAILED and exc.status == 401
-    named = AuthError(AuthReason.NO_USER, "token lacks the 'uid' claim")
-    assert str(named) == "token lacks the 'uid' claim" and named.reason is AuthReason.NO_USER

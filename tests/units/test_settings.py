@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from notifyd.core import settings as s
-from notifyd.core import settings_docs as docs
 from notifyd.core.errors import ConfigError
 from notifyd.core.settings import Settings, parse
 from units.fakes import SECRET
@@ -160,19 +159,6 @@ def test_reloaded_applies_what_reloads_and_names_what_needs_a_restart() -> None:
     assert merged.port == 1 and merged.rate_limit == 6
     assert changed == ["rate_limit", "jwt_public_key_file"]  # same file, new key
     assert ignored == ["port"]
-
-
-def test_the_documents_come_from_the_declarations(capsys: pytest.CaptureFixture[str]) -> None:
-    table = docs.markdown_table().splitlines()
-    assert len(table) == 2 + len(s.DECLARATIONS)
-    assert "| `NOTIFYD_PORT` | int | `8765` | 0 to 65535 | no | listen port" in table[4]
-    assert "| 256 to 16 MiB | yes |" in docs.markdown_table()
-    example = docs.toml_example()
-    assert "\nport = 8765\n" in example and "\n# rate_burst = 40\n" in example
-    assert "\n# jwt_secret: a secret, not in this file" in example
-    assert docs.main(["--toml"]) == 0 and capsys.readouterr().out == example
-    assert docs.main(["--markdown"]) == 0 and capsys.readouterr().out == docs.markdown_table()
-    assert docs.main([]) == 2 and "usage" in capsys.readouterr().err
 
 
 def test_presence_role_settings_are_role_names() -> None:
