@@ -97,7 +97,7 @@ class App:
         self._ticker: asyncio.Task[None] | None = None
         self._pruning: asyncio.Task[None] | None = None
         self.reloads = 0
-        self.publisher.on_published = self.hub.note_published
+        self.publisher.on_published = self.hub.subscriptions.note_published
         self.port = 0
         self.admin_port: int | None = None
         self.publisher.observe_latency = self.metrics.latency.observe

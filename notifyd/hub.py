@@ -1,9 +1,10 @@
 """The application behind every connection: the Hub that edge/server.py calls (opened,
 went_live, handle, http, closed, gone). It dispatches client events (the operations are
-operations.py's, admission admission.py's) and owns a connection's subscriptions, its initial
-state, presence fan-out to watchers, and the single timer for deadlines and keepalive pings
-(decided by core/keepalive.py). Composition and life cycle are app.py's; this module never
-binds a socket nor queries the database but through operations.py and store.py."""
+operations.py's, admission admission.py's, subscriptions and initial state subscriptions.py's)
+and owns a connection's life: going live, a fresh token, a sync's hold-back, presence fan-out
+to watchers, and the single timer for deadlines and keepalive pings (decided by
+core/keepalive.py). Composition and life cycle of the process are app.py's; this module never
+binds a socket nor queries the database but through the modules it calls."""
 
 from __future__ import annotations
 
@@ -23,10 +24,8 @@ from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
 from notifyd.core import keepalive
 from notifyd.core.auth import Identity
-from notifyd.core.backoff import Backoff
 from notifyd.core.codes import CloseCode, ErrorCode, close_label
-from notifyd.core.errors import AuthError, ClientError, ConnectionLimit, StoreError
-from notifyd.core.events import Event, New, UnreadCount
+from notifyd.core.errors import AuthError, ClientError, ConnectionLimit
 from notifyd.core.fanout import Publisher
 from notifyd.core.index import StreamIndex
 from notifyd.core.keepalive import Act
@@ -49,10 +48,10 @@ from notifyd.edge.server import AdminConnection, Connection
 from notifyd.operations import BY_EVENT, Operations
 from notifyd.ops.metrics import Metrics
 from notifyd.storage.store import Store
+from notifyd.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
-PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see presence events
 TICK_SECONDS = 0.1  # resolution of the timing wheel
 # Connections checked per turn of the loop: those opened in the same seconds (a storm, a
 # deploy) are due together, for their pings and, with tokens issued together, their expiry;
@@ -81,10 +80,7 @@ class Hub:
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
     ) -> None:
         self.settings = settings
-        self.store = store
         self.metrics = metrics
-        self.index = index
-        self.publisher = publisher
         self.presence = presence
         self.http_api = http_api
         self.operations = operations
@@ -95,7 +91,7 @@ class Hub:
         # plain HTTP connections whose /v1 answer is on its way: done() once they close
         self._answering: dict[Connection, Callable[[], None]] = {}
         self.timers: TimerWheel[Connection] = TimerWheel(time.monotonic(), TICK_SECONDS)
-        self._unread_epoch: dict[str, int] = {}
+        self.subscriptions = Subscriptions(store, index, publisher, operations.policy, spawn)
 
     async def tick_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -114,7 +110,7 @@ class Hub:
     def went_live(self, conn: Connection, ref: str | None = None) -> bytes:
         identity = conn.session.identity
         assert identity is not None
-        self.index.add(conn, self._subscriptions(identity))
+        self.subscriptions.add(conn, identity)
         self.metrics.connections_opened += 1
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -127,7 +123,6 @@ class Hub:
                 },
             )
         self.presence.connected(identity.user_id, identity.roles)
-        self.spawn(self._send_initial_state(conn, identity))
         loop = asyncio.get_running_loop()
         due = min(
             conn.last_recv + self.settings.ping_interval,
@@ -171,11 +166,7 @@ class Hub:
                 )
         if identity is None:
             return
-        streams = [*identity.streams, PRESENCE_STREAM]
-        gone = self.index.remove(conn, streams)
-        self.publisher.forget(gone)
-        for stream in gone:
-            self._unread_epoch.pop(stream, None)
+        self.subscriptions.remove(conn, identity)
         self.presence.disconnected(identity.user_id)
 
     def http(self, conn: Connection, method: str, target: str, headers: Headers) -> None:
@@ -284,7 +275,7 @@ class Hub:
         except ClientError as exc:
             self._refuse(conn, exc, ref)
             return
-        self._resubscribe(conn, self._subscriptions(before), self._subscriptions(identity))
+        self.subscriptions.change(conn, before, identity)
         # A token expiring before the connection's next check (expiry is checked with it).
         due = asyncio.get_running_loop().time() + identity.expires_at - time.time()
         if due < conn.deadline:
@@ -297,84 +288,6 @@ class Hub:
                 ref,
             )
         )
-
-    def _subscriptions(self, identity: Identity) -> list[str]:
-        """What a connection of `identity` is indexed under: its streams, and the presence
-        pseudo-stream when its roles make it a watcher."""
-        streams = list(identity.streams)
-        if self.policy.is_watcher(identity.roles):
-            streams.append(PRESENCE_STREAM)
-        return streams
-
-    def _resubscribe(self, conn: Connection, old: list[str], new: list[str]) -> None:
-        """Move a live connection from the streams `old` to `new` (a refresh changed its
-        roles), as went_live() and closed() index and unindex a whole connection."""
-        dropped = [s for s in old if s not in new]
-        gained = [s for s in new if s not in old]
-        if dropped:
-            gone = self.index.remove(conn, dropped)
-            self.publisher.forget(gone)
-            for stream in gone:
-                self._unread_epoch.pop(stream, None)
-        if gained:
-            first = [s for s in self.index.add(conn, gained) if s != PRESENCE_STREAM]
-            if first:
-                self.spawn(self._note_floors(conn, first))
-        if dropped or gained:
-            log.info(
-                "connection roles changed",
-                extra={"conn": conn.session.connection_id, "dropped": dropped, "gained": gained},
-            )
-
-    async def _note_floors(self, conn: Connection, streams: list[str]) -> None:
-        """Streams that just got their first local subscriber: their last seq is where a
-        catch-up starts should the LISTEN connection be lost (see _send_initial_state)."""
-        backoff = Backoff(0.1, 2.0)
-        while conn.session.state is State.LIVE:
-            try:
-                states = await self.store.stream_states(streams)
-            except StoreError as exc:
-                delay = backoff.next()
-                log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
-                await asyncio.sleep(delay)
-                continue
-            for stream in streams:
-                if self.index.subscribers(stream):  # not dropped again meanwhile
-                    state = states.get(stream)
-                    self.publisher.note_floor(stream, state.last_seq if state else 0)
-            return
-
-    async def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
-        streams = list(identity.streams)
-        backoff = Backoff(0.1, 2.0)
-        while True:
-            epoch = self._unread_epoch.get(identity.user_stream, 0)
-            try:
-                states = await self.store.stream_states(streams)
-                break
-            except StoreError as exc:
-                # Keep trying while the client is connected: the stream floors read here are
-                # where catch-up starts if the LISTEN connection is lost later.
-                delay = backoff.next()
-                log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
-            await asyncio.sleep(delay)
-            if conn.session.state is not State.LIVE:
-                return
-        if conn.session.state is not State.LIVE:
-            return
-        for stream in streams:
-            state = states.get(stream)
-            self.publisher.note_floor(stream, state.last_seq if state else 0)
-        # A live count that arrived meanwhile is at least as new as what we read.
-        if self._unread_epoch.get(identity.user_stream, 0) == epoch:
-            state = states.get(identity.user_stream)
-            conn.send(encode("notification:unread-count", {"count": state.unread if state else 0}))
-
-    def note_published(self, event: Event) -> None:
-        if isinstance(event, New | UnreadCount) and event.unread is not None:
-            stream = event.stream
-            if stream in self._unread_epoch or self.index.subscribers(stream):
-                self._unread_epoch[stream] = self._unread_epoch.get(stream, 0) + 1
 
     def _start_sync(self, conn: Connection, req: SyncRequest, ref: str | None) -> None:
         """Live items of the synced streams are held back from now until the response is
@@ -410,7 +323,7 @@ class Hub:
 
     def presence_changed(self, change: PresenceChange) -> None:
         """Tell this process's watchers (never the user about themselves)."""
-        watchers = self.index.subscribers(PRESENCE_STREAM)
+        watchers = self.subscriptions.watchers()
         if not watchers:
             return
         kind = "presence:online" if change.online else "presence:offline"
