@@ -1,8 +1,8 @@
 """The Python client of the notifyd protocol: the one implementation, in Python, of the client
 loop protocol/README.md §7 recommends. It connects with ?sync=1, authenticates, syncs from its
 cursors on every (re)connect (paging on hasMore), drops duplicates by (stream, seq), retries a
-sync refused as `unavailable`, and reconnects with backoff (notifyd.core.backoff): at once after
-1001 and 4008, never after 4003.
+sync refused as `unavailable` or `internal-error`, and reconnects with backoff
+(notifyd.core.backoff): at once after 1001 and 4008, never after 4003.
 
 `notifyd tail` is built on it, and so are the tests' fault clients and the chaos run's devices,
 which audit what the server sent through an `Observer`'s hooks. (The benchmark's load generator,

@@ -1,5 +1,5 @@
 """The application behind every connection: the Hub that edge/server.py calls (opened,
-went_live, handle, http, closed, gone). It dispatches client events (the operations are
+admit, went_live, handle, http, closed, gone). It dispatches client events (the operations are
 operations.py's, admission admission.py's, subscriptions and initial state subscriptions.py's)
 and owns a connection's life: going live, a fresh token, a sync's hold-back, presence fan-out
 to watchers, and the single timer for deadlines and keepalive pings (decided by

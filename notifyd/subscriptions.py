@@ -29,6 +29,7 @@ from notifyd.storage.store import Store
 log = logging.getLogger(__name__)
 
 PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see presence events
+_COUNTED = (New, UnreadCount)  # the events that may carry a new unread count
 
 
 class Subscriptions:
@@ -86,7 +87,7 @@ class Subscriptions:
     def note_published(self, event: Event) -> None:
         """Every event published (Publisher.on_published): a new unread count moves the
         stream's epoch."""
-        if isinstance(event, New | UnreadCount) and event.unread is not None:
+        if isinstance(event, _COUNTED) and event.unread is not None:
             stream = event.stream
             if stream in self._unread_epoch or self.index.subscribers(stream):
                 self._unread_epoch[stream] = self._unread_epoch.get(stream, 0) + 1

@@ -1,5 +1,5 @@
 -- notifyd schema, version 5: who a notification is for.
--- 1. Role names are normalised as the daemon normalises the roles of tokens (notifyd/core/roles.py):
+-- 1. Role names are normalised as the daemon normalises the roles of tokens (notifyd/roles.py):
 --    A-Z lower-cased by translate(), never by lower(), whose result depends on the database's
 --    locale (lower('İT') differs between locales and from Python's, an ICU tr-TR database
 --    lowers 'I' to 'ı', and LC_CTYPE 'C' leaves 'Ä' alone); then 1 to 128 visible ASCII

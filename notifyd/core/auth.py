@@ -3,8 +3,7 @@ Refuses `alg: none`, algorithms outside the allow-list, a missing `exp` or user 
 past the year 9999, an `iat` in the future, and wrong `aud`/`iss` when configured. Messages
 never echo the token. Role names are normalised by notifyd.core.roles, as the database does.
 
-Imports no asyncio, asyncpg, redis or socket, and of notifyd only notifyd.core, apart from
-notifyd.config for Settings until the settings are declared in the core.
+Imports no asyncio, asyncpg, redis or socket, and of notifyd only notifyd.core.
 """
 
 from __future__ import annotations
@@ -226,15 +225,15 @@ def token_from(
     authorization = headers.get_all("Authorization")
     if len(authorization) > 1:
         raise ClientError(ErrorCode.INVALID_DATA, "more than one Authorization header")
+    given = query.get(TOKEN_PARAMETER) or []
+    if len(given) > 1:  # refused whatever else the request carries
+        raise ClientError(
+            ErrorCode.INVALID_DATA, f"more than one {TOKEN_PARAMETER!r} query parameter"
+        )
     if authorization and authorization[0][:7].lower() == "bearer ":
         token = authorization[0][7:].strip()
         if token:
             return token, False
-    given = query.get(TOKEN_PARAMETER) or []
-    if len(given) > 1:
-        raise ClientError(
-            ErrorCode.INVALID_DATA, f"more than one {TOKEN_PARAMETER!r} query parameter"
-        )
     if given and given[0]:
         return given[0], False
     if cookie:

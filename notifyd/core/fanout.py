@@ -7,8 +7,9 @@ connection knows where to start and never publishes an item twice. It publishes 
 handed, at once and in that order: keeping commit order, fetching the rows sent by reference
 and catching up are notifyd.storage.pipeline's, which calls it.
 
-Pure: imports no asyncio, asyncpg, redis or socket; its only output is the connections'
-deliver(). It reads clocks only to time what it did: a fan-out to many connections is logged
+Pure: imports no asyncio, asyncpg, redis or socket; its output is the connections' deliver()
+and the callbacks it is given (the metrics' count and latency, what was published, revocations
+announced). It reads clocks only to time what it did: a fan-out to many connections is logged
 with its write time (the benchmark reads that line), and the commit-to-write latency observed.
 """
 

@@ -5,7 +5,8 @@ may cost: the send bound (every byte written counts), the rate limit on every cl
 and the closing handshake (RFC 6455 §7.1.1) with its grace. Application logic lives in the
 Hub (hub.py); this module never touches PostgreSQL.
 
-The only module that touches sockets; imports nothing of PostgreSQL (asyncpg) or Redis.
+The only module that reads or writes the clients' sockets (app.py binds the listening ones);
+imports nothing of PostgreSQL (asyncpg) or Redis.
 """
 
 from __future__ import annotations
@@ -492,7 +493,8 @@ class Connection(asyncio.Protocol):
                 request.headers, query, s.jwt_cookie if s.allowed_origins else None
             )
         except ClientError as exc:
-            ws.send_response(ws.reject(400, f"{exc.message}\n"))
+            log.info("handshake refused: %s", exc.message)
+            ws.send_response(ws.reject(exc.status, f"{exc.message}\n"))
             return
         identity = None
         if token is not None:

@@ -1,5 +1,6 @@
 """PostgreSQL: store.py (every query, asyncpg), listener.py (the LISTEN connection and its
-payloads) and migrate.py (sql/ applied in order).
+payloads), pipeline.py (their events to the publisher in commit order), retention.py (pruning
+paced in short batches) and migrate.py (sql/ applied in order).
 
-Of notifyd, imports only notifyd.core: never the edge, the app or Redis.
+Imports notifyd.core, the settings and notifyd.ops: never the edge, the hub, the app or Redis.
 """

@@ -1,11 +1,12 @@
 """The way from the LISTEN connection to the publisher: events in commit order.
 
 `EventPipeline` takes the typed events of every verified NOTIFY payload (notifyd.core.events,
-via notifyd.storage.listener) and hands them to notifyd.core.fanout.Publisher strictly in the
-order they arrived, which is commit order. It owns the asyncio part of fan-out: an event whose
-row was sent by reference (too large for a payload) holds back the ones behind it while one
-query fetches every such row queued so far; while the LISTEN connection is down events are
-queued, and once it is back catch_up() publishes what was committed meanwhile, then the queue.
+via notifyd.storage.listener and app.py) and hands them to notifyd.core.fanout.Publisher
+strictly in the order they arrived, which is commit order. It owns the asyncio part of fan-out:
+an event whose row was sent by reference (too large for a payload) holds back the ones behind
+it while one query fetches every such row queued so far; while the LISTEN connection is down
+events are queued, and once it is back catch_up() publishes what was committed meanwhile, then
+the queue.
 
 Imports no asyncpg: the rows come through injected callables (the store's fetch by id, and a
 pager over the rows above given seqs).

@@ -187,3 +187,6 @@ def test_token_from_refuses_what_is_given_twice() -> None:
     assert refused.value.code == "invalid-data"
     with pytest.raises(ClientError, match="more than one 'token' query parameter"):
         token_from(Headers(), {"token": ["a", "b"]})
+    # a second `token` parameter is refused even when a header carries the token
+    with pytest.raises(ClientError, match="more than one 'token' query parameter"):
+        token_from(Headers([("Authorization", "Bearer a")]), {"token": ["b", "c"]})
