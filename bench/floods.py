@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import re
 import select
 import socket
@@ -68,31 +67,14 @@ CONNECTION_ID = re.compile(r"\b[0-9a-f]{32}\b")
 # -- the clients: a separate process ------------------------------------------------------------
 
 
-def upgrade_request(path: str) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
 def client_frame(opcode: Opcode, data: bytes) -> bytes:
     return Frame(opcode, data).serialize(mask=True)
 
 
-def stalled_socket(port: int) -> socket.socket:
-    """A socket that will not read: a 4 KB receive window, so the server holds the rest."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
 def ping_flood(port: int, token: str | None, seconds: float) -> dict[str, Any]:
     """Pings as fast as the socket takes them, for `seconds`, reading nothing."""
-    sock = stalled_socket(port)
-    sock.sendall(upgrade_request(f"/ws?token={token}" if token else "/ws"))
+    sock = infra.stalled_socket(port)
+    sock.sendall(infra.upgrade_request(f"/ws?token={token}" if token else "/ws"))
     ping = client_frame(Opcode.PING, b"p" * 125)  # the largest a control frame may carry
     burst = ping * 400  # about 52 KB a write
     sock.setblocking(False)
@@ -153,8 +135,8 @@ def sync_flood(port: int, token: str, seconds: float) -> dict[str, Any]:
     )
     socks = []
     for _ in range(DEVICES):
-        sock = stalled_socket(port)
-        sock.sendall(upgrade_request(f"/ws?token={token}") + request)
+        sock = infra.stalled_socket(port)
+        sock.sendall(infra.upgrade_request(f"/ws?token={token}") + request)
         socks.append(sock)
     time.sleep(seconds)
     ended = sum(ended_by_server(sock) for sock in socks)  # after the window: given up on?
@@ -171,7 +153,7 @@ def poll_flood(port: int, token: str, seconds: float) -> dict[str, Any]:
     ).encode()
     socks = []
     for _ in range(POLLS):
-        sock = stalled_socket(port)
+        sock = infra.stalled_socket(port)
         sock.sendall(request)
         socks.append(sock)
     time.sleep(seconds)
@@ -321,13 +303,6 @@ def clients_main(pipe: Pipe) -> None:
 # -- measuring ------------------------------------------------------------------------------------
 
 
-def vm_kb(pid: int, field_name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    raise infra.BenchError(f"no {field_name} for pid {pid}")
-
-
 class PeakRss:
     """The daemon's peak RSS over a window: VmHWM reset at the start (clear_refs 5, where the
     kernel allows it) and VmRSS sampled meanwhile, whichever is higher."""
@@ -354,15 +329,16 @@ class PeakRss:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(OSError, infra.BenchError):
-                self.samples.append(vm_kb(self.pid, "VmRSS"))
+            rss = infra.status_kb(self.pid, "VmRSS")
+            if rss is not None:
+                self.samples.append(rss)
             self._stop.wait(SAMPLE_EVERY)
 
     def peak_kb(self) -> int:
         peak = max(self.samples, default=0)
-        if self.hwm_reset:
-            with contextlib.suppress(OSError, infra.BenchError):
-                peak = max(peak, vm_kb(self.pid, "VmHWM"))
+        hwm = infra.status_kb(self.pid, "VmHWM") if self.hwm_reset else None
+        if hwm is not None:
+            peak = max(peak, hwm)
         return peak
 
 
