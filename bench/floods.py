@@ -15,8 +15,8 @@ its RSS just before:
      cursor 0 for every stream) and never read;
   c. polls: 60 concurrent GET /v1/notifications of that user over the same rows, never read;
   d. slow consumer: a client reading 1 MB/s while a 12 MB notification and 20 small ones after
-     it are committed to its user; it follows the protocol's client loop (on a close it
-     reconnects with ?sync=1 and syncs from its cursor) until it has all 21 or time is up.
+     it are committed to its user; it runs notifyd.client's loop (on a close it reconnects
+     with ?sync=1 and syncs from its cursor) until it has all 21 or time is up.
 
 The clients run in a separate process. Prints a table (flood, peak RSS, baseline RSS, growth,
 outcome) and writes bench/results/floods.json. Exit status 1 when a flood grew the daemon's
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import select
 import socket
@@ -36,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,10 @@ import infra
 import orjson
 import uvloop
 from report import write_json
-from websockets.client import ClientProtocol
+from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
-from websockets.uri import parse_uri
 
+from notifyd.client import NotifydClient, Observer, SyncRequest
 from notifyd.core.auth import issue_token
 
 SECRET = "bench-floods-secret-0123456789abcdef"
@@ -165,99 +165,64 @@ def poll_flood(port: int, token: str, seconds: float) -> dict[str, Any]:
     return {"polls": POLLS, "statuses": statuses}
 
 
-@dataclass
-class SlowReader:
-    """A client reading at READ_RATE that follows the protocol's loop: live items, and on a
-    close a reconnect with ?sync=1 and sync-requests from its cursor until hasMore is false."""
+class SlowReader(Observer):
+    """notifyd.client's loop (?sync=1, a sync-request from its cursor on every connect, paging
+    on hasMore, a reconnect after a close) over a connection that reads at READ_RATE: after each
+    read its socket is paused for as long as those bytes take at that rate."""
 
-    port: int
-    token: str
-    user: str
-    want: int  # seqs 1..want of its user stream
-    got: dict[int, int] = field(default_factory=dict)  # seq -> bytes of its JSON
-    closes: list[int] = field(default_factory=list)
-    connections: int = 0
-    read_bytes: int = 0
-    confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self, port: int, token: str, user: str, want: int) -> None:
+        self.want = want  # seqs 1..want of its user stream
+        self.got: dict[int, int] = {}  # seq -> bytes of its JSON
+        self.closes: list[int] = []
+        self.read_bytes = 0
+        self.synced = asyncio.Event()  # the first sync-response came: live items flow
+        reader = self
 
-    @property
-    def stream(self) -> str:
-        return f"user:{self.user}"
+        class Throttled(ClientConnection):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                sock = transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 << 10)
+
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                reader.read_bytes += len(data)
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_later(len(data) / READ_RATE, self._resume)
+
+            def _resume(self) -> None:
+                if not self.transport.is_closing():
+                    self.transport.resume_reading()
+
+        self.client = NotifydClient(
+            f"ws://127.0.0.1:{port}",
+            token,
+            {f"user:{user}": 0},
+            0.25,  # "reconnect at once (after a short random delay)"
+            0.25,
+            quick=0.25,
+            observer=self,
+            connect_options={"create_connection": Throttled, "max_queue": None, "proxy": None},
+        )
 
     def done(self) -> bool:
         return len(self.got) >= self.want
 
+    def sync_received(self, request: SyncRequest | None, data: dict[str, Any]) -> None:
+        self.synced.set()
+
+    def closed(self, code: int | None) -> None:
+        if not self.done():
+            self.closes.append(code if code is not None else 1006)
+
     async def run(self, deadline: float) -> None:
-        while not self.done() and time.monotonic() < deadline:
-            await self._connection(deadline)
-            if not self.done():
-                await asyncio.sleep(0.25)  # "reconnect at once (after a short random delay)"
-
-    async def _connection(self, deadline: float) -> None:
-        self.connections += 1
-        again = self.connections > 1
-        query = f"?token={self.token}" + ("&sync=1" if again else "")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 << 10)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.port))
-        reader, writer = await asyncio.open_connection(sock=sock)
-        ws = ClientProtocol(parse_uri(f"ws://127.0.0.1:{self.port}/ws{query}"), max_size=None)
-        ws.send_request(ws.connect())
-        start, taken = time.monotonic(), 0
-        try:
-            while time.monotonic() < deadline:
-                for chunk in ws.data_to_send():
-                    if chunk:
-                        writer.write(chunk)
-                data = await reader.read(16384)
-                if not data:
-                    ws.receive_eof()
-                    break
-                taken += len(data)
-                self.read_bytes += len(data)
-                ws.receive_data(data)
-                for event in ws.events_received():
-                    if isinstance(event, Response) and event.status_code != 101:
-                        return
-                    if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                        self._on_frame(ws, orjson.loads(event.data), again)
-                await asyncio.sleep(max(0.0, start + taken / READ_RATE - time.monotonic()))
-                if self.done():
-                    break
-        finally:
-            rcvd = ws.close_rcvd
-            if not self.done():
-                self.closes.append(rcvd.code if rcvd is not None else 1006)
-            writer.close()
-
-    def _on_frame(self, ws: ClientProtocol, frame: dict[str, Any], again: bool) -> None:
-        kind, data = frame["type"], frame["data"]
-        if kind == "connection-confirmed":
-            self.confirmed.set()
-            if again:
-                self._sync(ws, self._cursor())
-        elif kind == "notification:new":
-            n = data["notification"]
-            self.got[n["seq"]] = len(orjson.dumps(n))
-        elif kind == "notification:sync-response":
-            for n in data["notifications"]:
-                self.got[n["seq"]] = len(orjson.dumps(n))
-            if data["hasMore"]:
-                self._sync(ws, data["cursors"][self.stream])
-
-    def _cursor(self) -> int:
-        seq = 0
-        while seq + 1 in self.got:
-            seq += 1
-        return seq
-
-    def _sync(self, ws: ClientProtocol, cursor: int) -> None:
-        ws.send_text(
-            orjson.dumps(
-                {"type": "notification:sync-request", "data": {"cursors": {self.stream: cursor}}}
-            )
-        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline - time.monotonic()):
+                async for event in self.client.events():
+                    if event.kind == "notification":
+                        self.got[event.data["seq"]] = len(orjson.dumps(event.data))
+                        if self.done():
+                            break
 
 
 class Clients:
@@ -276,7 +241,7 @@ class Clients:
             port, token, user, want, seconds = args
             self.slow = SlowReader(port, token, user, want)
             self.slow_task = asyncio.create_task(self.slow.run(time.monotonic() + seconds))
-            await asyncio.wait_for(self.slow.confirmed.wait(), 10)
+            await asyncio.wait_for(self.slow.synced.wait(), 10)
             return None
         if command == "slow_result":
             assert self.slow is not None and self.slow_task is not None
@@ -288,7 +253,7 @@ class Clients:
                 "wanted": s.want,
                 "big_row_received": bool(big),
                 "missing": sorted(set(range(1, s.want + 1)) - set(s.got))[:10],
-                "connections": s.connections,
+                "connections": s.client.connections,
                 "closes": s.closes,
                 "read_mb": round(s.read_bytes / 1e6, 1),
             }
