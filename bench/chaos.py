@@ -1,8 +1,7 @@
-# The chaos run: a real `notifyd serve` under steady SQL load and ~200 reconnecting WebSocket
-# clients, while its LISTEN backend is terminated, PostgreSQL restarts, the daemon is killed or
-# stopped and restarted, and devices drop; then every client's deliveries are checked against
-# the notifyd.notifications table.
-"""notifyd chaos run.
+"""notifyd chaos run: a real `notifyd serve` under steady SQL load and ~200 reconnecting
+WebSocket clients, while its LISTEN backend is terminated, PostgreSQL restarts, the daemon is
+killed or stopped and restarted, and devices drop; then every client's deliveries are checked
+against the notifyd.notifications table.
 
     python bench/chaos.py --minutes 5     the full run
     python bench/chaos.py --minutes 0.5   a quick check
@@ -22,9 +21,9 @@ notifications from writer connections, and injects faults on a randomised schedu
 At the end the writers stop, every device is connected and synced, sends one more
 sync-request, and what each received is compared with the table: lost (a row of one of its
 streams never received), duplicated (received twice, whenever), out of order (per stream, an
-item that does not follow the previous one: devices connect with ?sync=1, so CONTRACT.md §5
-promises seq order on every connection), misrouted (a stream not its own), phantom (received,
-but no such row).
+item that does not follow the previous one: devices connect with ?sync=1, so the ordering
+guarantee of protocol/README.md §6 promises seq order on every connection), misrouted (a
+stream not its own), phantom (received, but no such row).
 
 Summary on stdout, progress on stderr, JSON in bench/results/chaos.json, the daemon's log in
 bench/results/chaos-notifyd.log. Exit status 1 when anything was lost, duplicated, out of order,
@@ -172,11 +171,10 @@ class Postgres:
 
 def start_postgres(tmp: Path, stack: contextlib.ExitStack) -> tuple[Postgres, str]:
     say(f"starting an embedded PostgreSQL in {tmp}")
-    handle, server_dsn = infra._start_embedded(tmp, infra.EMBEDDED_START_TIMEOUT)
+    handle, server_dsn = infra.start_embedded(tmp, infra.EMBEDDED_START_TIMEOUT)
     pg = Postgres(handle, server_dsn)
-    stack.callback(infra._quietly, "stopping the embedded PostgreSQL", pg.stop)
-    infra._admin(server_dsn, f"DROP DATABASE IF EXISTS {DATABASE}", f"CREATE DATABASE {DATABASE}")
-    return pg, infra.with_database(server_dsn, DATABASE)
+    stack.callback(infra.quietly, "stopping the embedded PostgreSQL", pg.stop)
+    return pg, infra.fresh_database(server_dsn, DATABASE)
 
 
 # -- the daemon ---------------------------------------------------------------------------------
@@ -200,14 +198,6 @@ def daemon_port() -> int:
                 continue
             return port
     raise BenchError("no free port below the ephemeral range")
-
-
-def status_field(pid: int, field: str) -> int | None:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
 
 
 @dataclass
@@ -276,8 +266,8 @@ class Chaos:
         """RSS and peak RSS of the current daemon, and the new lines of its log."""
         if self.daemon is not None and self.instances and self.daemon.proc.poll() is None:
             inst = self.instances[-1]
-            rss = status_field(inst.pid, "VmRSS")
-            hwm = status_field(inst.pid, "VmHWM")
+            rss = infra.status_kb(inst.pid, "VmRSS")
+            hwm = infra.status_kb(inst.pid, "VmHWM")
             if rss is not None:
                 inst.last_rss_kb = rss
             if hwm is not None:
@@ -287,7 +277,7 @@ class Chaos:
             t = self.now()
             for line in lines:
                 if len(self.log_lines) < KEPT_LOG_LINES and (
-                    not infra._chatter(line) or "notifyd.storage.listener" in line
+                    not infra.chatter(line) or "notifyd.storage.listener" in line
                 ):
                     self.log_lines.append((t, line[:600]))
 
@@ -330,7 +320,7 @@ class Chaos:
                 say(f"warning: notifyd did not start ({why}): {str(exc)[-300:]}")
                 time.sleep(1)
                 continue
-            inst.ready_rss_kb = status_field(daemon.pid, "VmRSS")
+            inst.ready_rss_kb = infra.status_kb(daemon.pid, "VmRSS")
             self.sample()
             return
         raise BenchError(f"notifyd would not start again ({why}): {last}")
@@ -508,7 +498,7 @@ class Chaos:
     def run(self, stack: contextlib.ExitStack) -> dict[str, Any]:
         args = self.args
         seconds = args.minutes * 60
-        stack.callback(infra._quietly, "stopping notifyd", self._final_stop)
+        stack.callback(infra.quietly, "stopping notifyd", self._final_stop)
         self.start_daemon("first start")
         say(
             f"notifyd serve started (pid {self.daemon.pid if self.daemon else '?'}, "
@@ -524,7 +514,7 @@ class Chaos:
             client.call("start", self.devices[i :: len(self.clients)], timeout=WORKER_TIMEOUT)
         status = self.wait_synced(60, "connecting the devices")
         self.sample()
-        self.first_connected_rss = status_field(self.instances[-1].pid, "VmRSS")
+        self.first_connected_rss = infra.status_kb(self.instances[-1].pid, "VmRSS")
         say(
             f"{status['devices']} devices of {len(users)} users connected and synced; "
             f"daemon RSS {self.first_connected_rss} kB"
@@ -598,7 +588,7 @@ class Chaos:
         time.sleep(QUIET_SECONDS)  # stray live frames would show up as duplicates now
         self.check_daemon()
         self.sample()
-        self.end_rss = status_field(self.instances[-1].pid, "VmRSS")
+        self.end_rss = infra.status_kb(self.instances[-1].pid, "VmRSS")
         for client in self.clients:
             client.send("report")
         reports = [d for c in self.clients for d in c.receive(WORKER_TIMEOUT * 2)]

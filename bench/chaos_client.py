@@ -1,7 +1,3 @@
-# Load-generator processes of the chaos run (bench/chaos.py), driven over a pipe like the
-# benchmark's: WebSocket devices that follow protocol/README.md's recommended client loop and
-# account for every (stream, seq) they receive, and SQL writers whose inserts survive
-# PostgreSQL restarts (an insert with an unknown outcome is reconciled against the table).
 """Load-generator processes of the chaos run (bench/chaos.py), driven over a pipe like the
 benchmark's: WebSocket devices, each notifyd.client's loop (protocol/README.md §7) audited
 through its hooks for every (stream, seq) it receives, and SQL writers whose inserts survive

@@ -15,8 +15,8 @@ its RSS just before:
      cursor 0 for every stream) and never read;
   c. polls: 60 concurrent GET /v1/notifications of that user over the same rows, never read;
   d. slow consumer: a client reading 1 MB/s while a 12 MB notification and 20 small ones after
-     it are committed to its user; it follows the protocol's client loop (on a close it
-     reconnects with ?sync=1 and syncs from its cursor) until it has all 21 or time is up.
+     it are committed to its user; it runs notifyd.client's loop (on a close it reconnects
+     with ?sync=1 and syncs from its cursor) until it has all 21 or time is up.
 
 The clients run in a separate process. Prints a table (flood, peak RSS, baseline RSS, growth,
 outcome) and writes bench/results/floods.json. Exit status 1 when a flood grew the daemon's
@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any
@@ -47,11 +47,10 @@ import infra
 import orjson
 import uvloop
 from report import write_json
-from websockets.client import ClientProtocol
+from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
-from websockets.uri import parse_uri
 
+from notifyd.client import NotifydClient, Observer, SyncRequest
 from notifyd.core.auth import issue_token
 
 SECRET = "bench-floods-secret-0123456789abcdef"
@@ -68,31 +67,14 @@ CONNECTION_ID = re.compile(r"\b[0-9a-f]{32}\b")
 # -- the clients: a separate process ------------------------------------------------------------
 
 
-def upgrade_request(path: str) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
 def client_frame(opcode: Opcode, data: bytes) -> bytes:
     return Frame(opcode, data).serialize(mask=True)
 
 
-def stalled_socket(port: int) -> socket.socket:
-    """A socket that will not read: a 4 KB receive window, so the server holds the rest."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
 def ping_flood(port: int, token: str | None, seconds: float) -> dict[str, Any]:
     """Pings as fast as the socket takes them, for `seconds`, reading nothing."""
-    sock = stalled_socket(port)
-    sock.sendall(upgrade_request(f"/ws?token={token}" if token else "/ws"))
+    sock = infra.stalled_socket(port)
+    sock.sendall(infra.upgrade_request(f"/ws?token={token}" if token else "/ws"))
     ping = client_frame(Opcode.PING, b"p" * 125)  # the largest a control frame may carry
     burst = ping * 400  # about 52 KB a write
     sock.setblocking(False)
@@ -153,8 +135,8 @@ def sync_flood(port: int, token: str, seconds: float) -> dict[str, Any]:
     )
     socks = []
     for _ in range(DEVICES):
-        sock = stalled_socket(port)
-        sock.sendall(upgrade_request(f"/ws?token={token}") + request)
+        sock = infra.stalled_socket(port)
+        sock.sendall(infra.upgrade_request(f"/ws?token={token}") + request)
         socks.append(sock)
     time.sleep(seconds)
     ended = sum(ended_by_server(sock) for sock in socks)  # after the window: given up on?
@@ -171,7 +153,7 @@ def poll_flood(port: int, token: str, seconds: float) -> dict[str, Any]:
     ).encode()
     socks = []
     for _ in range(POLLS):
-        sock = stalled_socket(port)
+        sock = infra.stalled_socket(port)
         sock.sendall(request)
         socks.append(sock)
     time.sleep(seconds)
@@ -183,99 +165,64 @@ def poll_flood(port: int, token: str, seconds: float) -> dict[str, Any]:
     return {"polls": POLLS, "statuses": statuses}
 
 
-@dataclass
-class SlowReader:
-    """A client reading at READ_RATE that follows the protocol's loop: live items, and on a
-    close a reconnect with ?sync=1 and sync-requests from its cursor until hasMore is false."""
+class SlowReader(Observer):
+    """notifyd.client's loop (?sync=1, a sync-request from its cursor on every connect, paging
+    on hasMore, a reconnect after a close) over a connection that reads at READ_RATE: after each
+    read its socket is paused for as long as those bytes take at that rate."""
 
-    port: int
-    token: str
-    user: str
-    want: int  # seqs 1..want of its user stream
-    got: dict[int, int] = field(default_factory=dict)  # seq -> bytes of its JSON
-    closes: list[int] = field(default_factory=list)
-    connections: int = 0
-    read_bytes: int = 0
-    confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self, port: int, token: str, user: str, want: int) -> None:
+        self.want = want  # seqs 1..want of its user stream
+        self.got: dict[int, int] = {}  # seq -> bytes of its JSON
+        self.closes: list[int] = []
+        self.read_bytes = 0
+        self.synced = asyncio.Event()  # the first sync-response came: live items flow
+        reader = self
 
-    @property
-    def stream(self) -> str:
-        return f"user:{self.user}"
+        class Throttled(ClientConnection):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                sock = transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 << 10)
+
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                reader.read_bytes += len(data)
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_later(len(data) / READ_RATE, self._resume)
+
+            def _resume(self) -> None:
+                if not self.transport.is_closing():
+                    self.transport.resume_reading()
+
+        self.client = NotifydClient(
+            f"ws://127.0.0.1:{port}",
+            token,
+            {f"user:{user}": 0},
+            0.25,  # "reconnect at once (after a short random delay)"
+            0.25,
+            quick=0.25,
+            observer=self,
+            connect_options={"create_connection": Throttled, "max_queue": None, "proxy": None},
+        )
 
     def done(self) -> bool:
         return len(self.got) >= self.want
 
+    def sync_received(self, request: SyncRequest | None, data: dict[str, Any]) -> None:
+        self.synced.set()
+
+    def closed(self, code: int | None) -> None:
+        if not self.done():
+            self.closes.append(code if code is not None else 1006)
+
     async def run(self, deadline: float) -> None:
-        while not self.done() and time.monotonic() < deadline:
-            await self._connection(deadline)
-            if not self.done():
-                await asyncio.sleep(0.25)  # "reconnect at once (after a short random delay)"
-
-    async def _connection(self, deadline: float) -> None:
-        self.connections += 1
-        again = self.connections > 1
-        query = f"?token={self.token}" + ("&sync=1" if again else "")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 << 10)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.port))
-        reader, writer = await asyncio.open_connection(sock=sock)
-        ws = ClientProtocol(parse_uri(f"ws://127.0.0.1:{self.port}/ws{query}"), max_size=None)
-        ws.send_request(ws.connect())
-        start, taken = time.monotonic(), 0
-        try:
-            while time.monotonic() < deadline:
-                for chunk in ws.data_to_send():
-                    if chunk:
-                        writer.write(chunk)
-                data = await reader.read(16384)
-                if not data:
-                    ws.receive_eof()
-                    break
-                taken += len(data)
-                self.read_bytes += len(data)
-                ws.receive_data(data)
-                for event in ws.events_received():
-                    if isinstance(event, Response) and event.status_code != 101:
-                        return
-                    if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                        self._on_frame(ws, orjson.loads(event.data), again)
-                await asyncio.sleep(max(0.0, start + taken / READ_RATE - time.monotonic()))
-                if self.done():
-                    break
-        finally:
-            rcvd = ws.close_rcvd
-            if not self.done():
-                self.closes.append(rcvd.code if rcvd is not None else 1006)
-            writer.close()
-
-    def _on_frame(self, ws: ClientProtocol, frame: dict[str, Any], again: bool) -> None:
-        kind, data = frame["type"], frame["data"]
-        if kind == "connection-confirmed":
-            self.confirmed.set()
-            if again:
-                self._sync(ws, self._cursor())
-        elif kind == "notification:new":
-            n = data["notification"]
-            self.got[n["seq"]] = len(orjson.dumps(n))
-        elif kind == "notification:sync-response":
-            for n in data["notifications"]:
-                self.got[n["seq"]] = len(orjson.dumps(n))
-            if data["hasMore"]:
-                self._sync(ws, data["cursors"][self.stream])
-
-    def _cursor(self) -> int:
-        seq = 0
-        while seq + 1 in self.got:
-            seq += 1
-        return seq
-
-    def _sync(self, ws: ClientProtocol, cursor: int) -> None:
-        ws.send_text(
-            orjson.dumps(
-                {"type": "notification:sync-request", "data": {"cursors": {self.stream: cursor}}}
-            )
-        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline - time.monotonic()):
+                async for event in self.client.events():
+                    if event.kind == "notification":
+                        self.got[event.data["seq"]] = len(orjson.dumps(event.data))
+                        if self.done():
+                            break
 
 
 class Clients:
@@ -294,7 +241,7 @@ class Clients:
             port, token, user, want, seconds = args
             self.slow = SlowReader(port, token, user, want)
             self.slow_task = asyncio.create_task(self.slow.run(time.monotonic() + seconds))
-            await asyncio.wait_for(self.slow.confirmed.wait(), 10)
+            await asyncio.wait_for(self.slow.synced.wait(), 10)
             return None
         if command == "slow_result":
             assert self.slow is not None and self.slow_task is not None
@@ -306,7 +253,7 @@ class Clients:
                 "wanted": s.want,
                 "big_row_received": bool(big),
                 "missing": sorted(set(range(1, s.want + 1)) - set(s.got))[:10],
-                "connections": s.connections,
+                "connections": s.client.connections,
                 "closes": s.closes,
                 "read_mb": round(s.read_bytes / 1e6, 1),
             }
@@ -319,13 +266,6 @@ def clients_main(pipe: Pipe) -> None:
 
 
 # -- measuring ------------------------------------------------------------------------------------
-
-
-def vm_kb(pid: int, field_name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    raise infra.BenchError(f"no {field_name} for pid {pid}")
 
 
 class PeakRss:
@@ -354,15 +294,16 @@ class PeakRss:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(OSError, infra.BenchError):
-                self.samples.append(vm_kb(self.pid, "VmRSS"))
+            rss = infra.status_kb(self.pid, "VmRSS")
+            if rss is not None:
+                self.samples.append(rss)
             self._stop.wait(SAMPLE_EVERY)
 
     def peak_kb(self) -> int:
         peak = max(self.samples, default=0)
-        if self.hwm_reset:
-            with contextlib.suppress(OSError, infra.BenchError):
-                peak = max(peak, vm_kb(self.pid, "VmHWM"))
+        hwm = infra.status_kb(self.pid, "VmHWM") if self.hwm_reset else None
+        if hwm is not None:
+            peak = max(peak, hwm)
         return peak
 
 

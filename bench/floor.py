@@ -1,8 +1,9 @@
-# What no server can go below on this machine, measured in the same run as the servers:
-# (1) one send() per connection to N loopback TCP connections from a bare Python loop, the
-# kernel's share of a fan-out (on loopback the sender also pays the receiver's TCP processing);
-# (2) commit -> a bare asyncpg LISTEN client, PostgreSQL's share of commit -> client latency,
-# at each latency scenario's rate and batch.
+"""What no server can go below on this machine, measured in the same run as the servers:
+(1) one send() per connection to N loopback TCP connections from a bare Python loop, the
+kernel's share of a fan-out (on loopback the sender also pays the receiver's TCP processing);
+(2) commit -> a bare asyncpg LISTEN client, PostgreSQL's share of commit -> client latency,
+at each latency scenario's rate and batch."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,5 +1,7 @@
-# Bench plumbing that is no scenario: PostgreSQL (a given server or an embedded one), the daemon
-# subprocess, load-generator processes behind pipes (both ends), and /proc readings (RSS, CPU).
+"""Bench plumbing that is no scenario: PostgreSQL (a given server or an embedded one), the daemon
+subprocess, load-generator processes behind pipes (both ends), raw client sockets, and /proc
+readings (RSS, CPU). Every bench script starts its daemons, databases and workers here."""
+
 from __future__ import annotations
 
 import asyncio
@@ -86,6 +88,11 @@ def git_head() -> str:
         return "unknown"
 
 
+def postgres_source() -> str:
+    """Where bench_database puts its database, for the results' meta."""
+    return "NOTIFYD_BENCH_DSN" if os.environ.get("NOTIFYD_BENCH_DSN") else "embedded"
+
+
 def raise_fd_limit() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard limit; children inherit it. Returns the limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -111,6 +118,28 @@ def free_port() -> int:
         return port
 
 
+# -- raw client sockets ------------------------------------------------------------------------
+
+
+def upgrade_request(path: str) -> bytes:
+    """A WebSocket upgrade request for `path` (e.g. "/ws?token=..."), to send on a raw socket."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def stalled_socket(port: int) -> socket.socket:
+    """A socket that will not read: a 4 KB receive window (set before connect), so the server
+    holds the rest."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
 # -- /proc -------------------------------------------------------------------------------------
 
 
@@ -123,12 +152,21 @@ def fd_limit_of(pid: int) -> int | None:
     return None
 
 
+def status_kb(pid: int, field: str) -> int | None:
+    """A KB field of /proc/<pid>/status (VmRSS, VmHWM: the peak RSS), None when unreadable."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
 def rss_kb(pid: int) -> int:
     """Resident set size (VmRSS) in KB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
+    kb = status_kb(pid, "VmRSS")
+    if kb is None:
+        raise BenchError(f"no VmRSS for pid {pid}")
+    return kb
 
 
 def cpu_seconds(pid: int) -> float:
@@ -145,6 +183,12 @@ def oncpu_seconds(pid: int) -> float:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
 
 
 class CpuMeter:
@@ -177,7 +221,9 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
-def _admin(dsn: str, *statements: str) -> None:
+def execute(dsn: str, *statements: str) -> None:
+    """The statements, in order, on one fresh connection, bounded in time."""
+
     async def run() -> None:
         conn = await asyncpg.connect(dsn, timeout=30)
         try:
@@ -204,6 +250,16 @@ async def admin_values(dsn: str, *statements: str, timeout: float = 300) -> list
     return out
 
 
+def fresh_database(server: str, name: str) -> str:
+    """Database `name` on `server`, created afresh (dropped first if there); returns its URL."""
+    execute(server, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+    return with_database(server, name)
+
+
+def drop_database(server: str, name: str) -> None:
+    execute(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @contextlib.contextmanager
 def bench_database() -> Iterator[str]:
     """A fresh database `notifyd_bench_<pid>` on $NOTIFYD_BENCH_DSN, else on an embedded server
@@ -218,25 +274,19 @@ def bench_database() -> Iterator[str]:
             tmp.chmod(0o755)  # when run as root, the embedded server runs as another user
             stack.callback(shutil.rmtree, tmp, True)
             say(f"starting an embedded PostgreSQL in {tmp}")
-            handle, server = _start_embedded(tmp, EMBEDDED_START_TIMEOUT)
-            stack.callback(_quietly, "stopping the embedded PostgreSQL", handle.cleanup)
+            handle, server = start_embedded(tmp, EMBEDDED_START_TIMEOUT)
+            stack.callback(quietly, "stopping the embedded PostgreSQL", handle.cleanup)
         try:
-            _admin(server, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+            url = fresh_database(server, name)
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise BenchError(
                 f"cannot create database {name} on {_redact(server)}: {exc!r}"
             ) from None
-        stack.callback(
-            _quietly,
-            f"dropping database {name}",
-            _admin,
-            server,
-            f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
-        )
-        yield with_database(server, name)
+        stack.callback(quietly, f"dropping database {name}", drop_database, server, name)
+        yield url
 
 
-def _start_embedded(data_dir: Path, timeout: float) -> tuple[Any, str]:
+def start_embedded(data_dir: Path, timeout: float) -> tuple[Any, str]:
     """notifyd.devserver.start_postgres, bounded in time (it has unbounded waits inside):
     run in a daemon thread; on Ctrl-C meanwhile, a server that still comes up is stopped."""
     from notifyd.devserver import start_postgres
@@ -258,7 +308,7 @@ def _start_embedded(data_dir: Path, timeout: float) -> tuple[Any, str]:
     except KeyboardInterrupt:
         thread.join(30)
         if "server" in box:
-            _quietly("stopping the embedded PostgreSQL", box["server"][0].cleanup)
+            quietly("stopping the embedded PostgreSQL", box["server"][0].cleanup)
         raise
     if thread.is_alive():
         raise BenchError(f"the embedded PostgreSQL did not start within {timeout:.0f} s")
@@ -275,7 +325,7 @@ def _redact(dsn: str) -> str:
     return urlunsplit(parts)
 
 
-def _quietly(what: str, fn: Callable[..., object], *args: Any) -> None:
+def quietly(what: str, fn: Callable[..., object], *args: Any) -> None:
     """Clean-up step: report a failure, never raise (the other steps must still run)."""
     try:
         fn(*args)
@@ -301,13 +351,11 @@ def child_env(**extra: str) -> dict[str, str]:
 def sibling_database(dsn: str, suffix: str) -> Iterator[str]:
     """Another fresh database on the server of `dsn` (bench_database's), removed afterwards."""
     name = f"{urlsplit(dsn).path.lstrip('/')}_{suffix}"
-    _admin(dsn, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+    url = fresh_database(dsn, name)
     try:
-        yield with_database(dsn, name)
+        yield url
     finally:
-        _quietly(
-            f"dropping database {name}", _admin, dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )
+        quietly(f"dropping database {name}", drop_database, dsn, name)
 
 
 def export_tree(rev: str, target: Path) -> str:
@@ -436,7 +484,7 @@ class Daemon:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
-        kept = [line for line in text.splitlines() if not _chatter(line)]
+        kept = [line for line in text.splitlines() if not chatter(line)]
         return "\n".join(kept[-lines:]) or "(nothing above INFO in the log)"
 
     def log_size(self) -> int:
@@ -461,7 +509,7 @@ class Daemon:
         """Log lines at WARNING and above, and any line that is no JSON log record (a
         traceback, something written by a C library): INFO lines are the bench's business."""
         lines, _ = self.log_since(0)
-        return [line for line in lines if line.strip() and not _chatter(line)][:limit]
+        return [line for line in lines if line.strip() and not chatter(line)][:limit]
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc.poll() is not None:
@@ -475,7 +523,7 @@ class Daemon:
             self.proc.wait(5)
 
 
-def _chatter(line: str) -> bool:
+def chatter(line: str) -> bool:
     """Whether a daemon log line is an INFO or DEBUG JSON record."""
     if not line.startswith("{"):
         return False

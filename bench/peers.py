@@ -1,7 +1,8 @@
-# The servers notifyd is measured against (bench/peers/): what teams build today for the same
-# path from a committed row to the user's devices. Installs their dependencies from the
-# registries (npm, PyPI) into bench/.peers/ (git-ignored) on first use, and runs each like
-# infra.Daemon, so that run.py's scenarios and load generator apply to them unchanged.
+"""The servers notifyd is measured against (bench/peers/): what teams build today for the same
+path from a committed row to the user's devices. Installs their dependencies from the
+registries (npm, PyPI) into bench/.peers/ (git-ignored) on first use, and runs each like
+infra.Daemon, so that run.py's scenarios and load generator apply to them unchanged."""
+
 from __future__ import annotations
 
 import json

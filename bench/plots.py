@@ -1,6 +1,6 @@
-# PNG plots of a benchmark run (bench/results/latest.json and its latest.raw.json), notifyd beside
-# the peers: commit -> client latency by percentile, and server memory per open connection.
-"""Plots of a notifyd benchmark run.
+"""PNG plots of a notifyd benchmark run (bench/results/latest.json and its latest.raw.json),
+notifyd beside the peers: commit -> client latency by percentile, and server memory per open
+connection.
 
     python bench/plots.py                                   bench/results/latest.json
     python bench/plots.py --results R.json --out DIR        R.json and R.raw.json, into DIR

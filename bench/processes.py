@@ -1,7 +1,8 @@
-# Processes per host: 1, then 2 `notifyd serve` processes sharing one port with SO_REUSEPORT
-# (NOTIFYD_REUSE_PORT=1), side by side in one run on one PostgreSQL: how connections spread,
-# handshakes per second (JWT verified), one announcement to every connection (commit until the
-# last client has it), and memory. Load generators are separate processes (as in run.py).
+"""Processes per host: 1, then 2 `notifyd serve` processes sharing one port with SO_REUSEPORT
+(NOTIFYD_REUSE_PORT=1), side by side in one run on one PostgreSQL: how connections spread,
+handshakes per second (JWT verified), one announcement to every connection (commit until the
+last client has it), and memory. Load generators are separate processes (as in run.py)."""
+
 from __future__ import annotations
 
 import argparse

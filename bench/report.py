@@ -1,5 +1,6 @@
-# Turning raw bench measurements into figures: percentiles, the targets the figures are judged
-# against, the printed summary table and the JSON file. No processes, no I/O but the JSON.
+"""Turning raw bench measurements into figures: percentiles, the targets the figures are judged
+against, the printed summary table and the JSON file. No processes, no I/O but the JSON."""
+
 from __future__ import annotations
 
 import json
@@ -40,6 +41,16 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
         return math.nan
     rank = max(1, math.ceil(p / 100 * len(sorted_values)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def pct_ms(seconds: Sequence[float], q: float, digits: int = 2) -> float:
+    """Percentile q (0..100) of durations in seconds, in ms rounded to `digits`: the sorted
+    values' element at index q% of their count (the last at 100), NaN when there are none.
+    The scaling and retention benches' figures (distribution_ms's are nearest-rank)."""
+    if not seconds:
+        return math.nan
+    ordered = sorted(seconds)
+    return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000, digits)
 
 
 def median_window(p99s: Sequence[float]) -> int:

@@ -1,14 +1,12 @@
 #!/usr/bin/env python3
-# Retention figures: how long notifyd.prune() batches take and what they cost the apps' writers.
-# Old rows (40 days) over 2,000 user streams are pruned exactly as the daemon does it (batches
-# of notifyd.storage.retention.PRUNE_BATCH rows, one transaction each under the retention
-# advisory lock, with PRUNE_PAUSE between them) while paced writers insert notifications into
-# the same streams; then once more with batches of 10,000 and no pause, to show why the
-# batches are small.
-# Checks that every old row went, that each stream's pruned_below moved past its old rows, that
-# no kept row went, and that no writer insert failed; and shows the plan of one (rolled back)
-# batch under auto_explain: how the DELETE finds its rows.
-"""notifyd retention bench.
+"""notifyd retention bench: how long notifyd.prune() batches take and what they cost the apps'
+writers. Old rows (40 days) over 2,000 user streams are pruned exactly as the daemon does it
+(batches of notifyd.storage.retention.PRUNE_BATCH rows, one transaction each under the retention
+advisory lock, with PRUNE_PAUSE between them) while paced writers insert notifications into the same
+streams; then once more with batches of 10,000 and no pause, to show why the batches are small.
+Checks that every old row went, that each stream's pruned_below moved past its old rows, that no
+kept row went, and that no writer insert failed; and shows the plan of one (rolled back) batch under
+auto_explain: how the DELETE finds its rows.
 
     python bench/retention.py            200,000 old rows, 5 s baseline (about 90 s)
     python bench/retention.py --quick    20,000 old rows, 2 s baseline (about 20 s)
@@ -97,20 +95,6 @@ LOCK_WAITS = (
     "SELECT application_name, wait_event FROM pg_stat_activity "
     "WHERE application_name = ANY($1) AND wait_event_type IN ('Lock', 'LWLock')"
 )
-
-
-def machine_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields) - fields[3] - fields[4], sum(fields)
-
-
-def pct(values: list[float], q: float) -> float:
-    """Percentile q (0..100) of durations in seconds, in ms."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000, 1)
 
 
 # -- seeding --------------------------------------------------------------------------------------
@@ -300,7 +284,7 @@ async def phase(
         dsn, timeout=30, command_timeout=120, server_settings={"application_name": PRUNER_APP}
     )
     stop = asyncio.Event()
-    busy0, wall0 = machine_busy(), time.monotonic()
+    busy0, wall0 = infra.machine_busy(), time.monotonic()
     try:
         sampler = asyncio.ensure_future(sample_waits(dsn, stop))
         writing = asyncio.ensure_future(writers.run(stop))
@@ -316,7 +300,7 @@ async def phase(
             waits = await sampler
     finally:
         await pruner_conn.close(timeout=5)
-    busy1 = machine_busy()
+    busy1 = infra.machine_busy()
     elapsed = time.monotonic() - wall0
     pruned = sum(pruner.counts)
     row: dict[str, Any] = {
@@ -329,18 +313,18 @@ async def phase(
         "batches": len(pruner.durations) if batch else None,
         "pruned_per_s_busy": round(pruned / pruner.busy) if pruner.busy else None,
         "pruned_per_s_wall": round(pruned / pruner.wall) if pruner.wall else None,
-        "batch_p50_ms": pct(pruner.durations, 50) if batch else None,
-        "batch_p99_ms": pct(pruner.durations, 99) if batch else None,
-        "batch_max_ms": pct(pruner.durations, 100) if batch else None,
+        "batch_p50_ms": report.pct_ms(pruner.durations, 50, 1) if batch else None,
+        "batch_p99_ms": report.pct_ms(pruner.durations, 99, 1) if batch else None,
+        "batch_max_ms": report.pct_ms(pruner.durations, 100, 1) if batch else None,
         "lock_timeouts": pruner.lock_timeouts if batch else None,
         "writer_commits": len(latencies),
         "writer_per_s": round(len(latencies) / elapsed),
-        "writer_p50_ms": pct(latencies, 50),
-        "writer_p99_ms": pct(latencies, 99),
-        "writer_max_ms": pct(latencies, 100),
+        "writer_p50_ms": report.pct_ms(latencies, 50, 1),
+        "writer_p99_ms": report.pct_ms(latencies, 99, 1),
+        "writer_max_ms": report.pct_ms(latencies, 100, 1),
         "writer_over_100ms": sum(1 for x in latencies if x > 0.1),
-        "writer_from_due_p99_ms": pct(from_due, 99),
-        "writer_from_due_max_ms": pct(from_due, 100),
+        "writer_from_due_p99_ms": report.pct_ms(from_due, 99, 1),
+        "writer_from_due_max_ms": report.pct_ms(from_due, 100, 1),
         "machine_busy": round((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1), 2),
         "waits": waits,
         "batch_ms": [round(d * 1000, 1) for d in pruner.durations],
@@ -485,9 +469,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "mode": "quick" if args.quick else "full",
             "cpus": CORES,
             "git_head": infra.git_head(),
-            "postgres_source": "NOTIFYD_BENCH_DSN"
-            if os.environ.get("NOTIFYD_BENCH_DSN")
-            else "embedded",
+            "postgres_source": infra.postgres_source(),
             "old_rows": args.old_rows,
             "users": USERS,
             "writers": WRITERS,

@@ -1,8 +1,7 @@
-# The notifyd benchmark: idle memory per connection, commit-to-client latency, broadcast
-# fan-out, a reconnect storm, sustained throughput, handshakes and the most connections, against
-# a real `notifyd serve` subprocess, then the same against each peer in bench/peers/ (Socket.IO
-# 4 on Node, python-socketio); load from separate processes; the machine's floors beside them.
-"""notifyd benchmark.
+"""notifyd benchmark: idle memory per connection, commit-to-client latency, broadcast
+fan-out, a reconnect storm, sustained throughput, handshakes and the most connections, against
+a real `notifyd serve` subprocess, then the same against each peer in bench/peers/ (Socket.IO
+4 on Node, python-socketio); load from separate processes; the machine's floors beside them.
 
     python bench/run.py                   full run (10k connections; about 12 min with peers)
     python bench/run.py --quick           smoke run for CI (1,500 connections; under 2 min)
@@ -882,9 +881,7 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
             "python": platform.python_version(),
             "websockets": version("websockets"),
             "git_head": infra.git_head(),
-            "postgres_source": "NOTIFYD_BENCH_DSN"
-            if os.environ.get("NOTIFYD_BENCH_DSN")
-            else "embedded",
+            "postgres_source": infra.postgres_source(),
             "fd_limit": fd_limit,
             "client_processes": CLIENT_PROCESSES,
             "scale": asdict(scale),
@@ -931,7 +928,7 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
         results["raw"] = {"notifyd": bench.raw}
         bench.close_all()
         results["daemon_warnings"] = daemon.warnings(50)
-        results["meta"]["daemon_peak_rss_kb"] = _peak_rss(daemon.pid)
+        results["meta"]["daemon_peak_rss_kb"] = infra.status_kb(daemon.pid, "VmHWM")
         for client in clients:
             client.stop()
         daemon.stop()
@@ -1060,7 +1057,7 @@ def _measure(
         bench.close_all()
     finally:
         out["warnings"] = server.warnings(20)
-        out["peak_rss_kb"] = _peak_rss(server.pid)
+        out["peak_rss_kb"] = infra.status_kb(server.pid, "VmHWM")
 
 
 def run_baseline(
@@ -1096,14 +1093,6 @@ def run_baseline(
         say(f"notifyd at {commit[:10]} stopped: {exc}")
         out["error"] = str(exc)[:1000]
     return out, raw
-
-
-def _peak_rss(pid: int) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
-# Scaling figures: (1) commits/s and latency of 1/8/32 writers inserting notifications (triggers
-# + NOTIFY, whose commits PostgreSQL serialises under one lock) beside a trigger-less plain table,
-# and 10-row INSERTs; (2) CPU per 1,000 notifications of each of N idle `notifyd serve`
-# processes (and of their PostgreSQL backends), and whether N listeners slow the writers.
-"""notifyd scaling bench.
+"""notifyd scaling bench: (1) commits/s and latency of 1/8/32 writers inserting notifications
+(triggers + NOTIFY, whose commits PostgreSQL serialises under one lock) beside a trigger-less plain
+table, and 10-row INSERTs; (2) CPU per 1,000 notifications of each of N idle `notifyd serve`
+processes (and of their PostgreSQL backends), and whether N listeners slow the writers.
 
     python bench/scaling.py            5 s per measurement (about 90 s)
     python bench/scaling.py --quick    1-2 s per measurement (about 40 s)
@@ -56,12 +55,6 @@ LOCK_WAITS = (
 )
 
 
-def machine_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields) - fields[3] - fields[4], sum(fields)
-
-
 class Window:
     """Wall time, this process's CPU (the load generator) and the machine's CPU over a run."""
 
@@ -69,23 +62,15 @@ class Window:
         self.wall, self.cpu, self.busy = (
             time.monotonic(),
             infra.oncpu_seconds(os.getpid()),
-            machine_busy(),
+            infra.machine_busy(),
         )
         return self
 
     def __exit__(self, *_: object) -> None:
         self.seconds = time.monotonic() - self.wall
         self.generator = (infra.oncpu_seconds(os.getpid()) - self.cpu) / self.seconds
-        busy, total = machine_busy()
+        busy, total = infra.machine_busy()
         self.machine = (busy - self.busy[0]) / max(total - self.busy[1], 1)
-
-
-def pct(values: list[float], q: float) -> float:
-    """Percentile q (0..100) of latencies in seconds, in ms."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000, 2)
 
 
 async def connect(dsn: str, n: int) -> list[asyncpg.Connection]:
@@ -146,8 +131,8 @@ async def closed_loop(
         "rows_per_tx": rows,
         "commits_per_s": round(tps),
         "rows_per_s": round(tps * rows),
-        "p50_ms": pct(latencies, 50),
-        "p99_ms": pct(latencies, 99),
+        "p50_ms": report.pct_ms(latencies, 50),
+        "p99_ms": report.pct_ms(latencies, 99),
         "lock_waiters_avg": round(statistics.fmean(lock_waits), 1) if lock_waits else 0,
         "generator_cores": round(w.generator, 2),
         "machine_busy": round(w.machine, 2),
@@ -202,8 +187,8 @@ async def paced(dsn: str, rate: float, seconds: float, writers: int) -> dict[str
     return {
         "notifications": len(latencies),
         "achieved_per_s": round(len(latencies) / w.seconds),
-        "p50_ms": pct(latencies, 50),
-        "p99_ms": pct(latencies, 99),
+        "p50_ms": report.pct_ms(latencies, 50),
+        "p99_ms": report.pct_ms(latencies, 99),
         "machine_busy": round(w.machine, 2),
         "drain_s": round(time.monotonic() - drained, 1),
     }
@@ -301,9 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "mode": "quick" if args.quick else "full",
             "cpus": CORES,
             "git_head": infra.git_head(),
-            "postgres_source": "NOTIFYD_BENCH_DSN"
-            if os.environ.get("NOTIFYD_BENCH_DSN")
-            else "embedded",
+            "postgres_source": infra.postgres_source(),
             "seconds_per_run": args.seconds,
             "rate": args.rate,
             "listen_seconds": args.listen_seconds,

@@ -84,20 +84,9 @@ class FastClient:
 # -- the role's clients: raw sockets that read and discard (a process), or never read -------
 
 
-def upgrade_request(token: str) -> bytes:
-    return (
-        f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
 def open_slow(port: int, token: str) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(upgrade_request(token))
+    sock = infra.stalled_socket(port)
+    sock.sendall(infra.upgrade_request(f"/ws?token={token}"))
     return sock
 
 
@@ -107,7 +96,7 @@ def readers_main(pipe: Any, port: int, tokens: list[str]) -> None:
 
     async def drain(token: str) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(upgrade_request(token))
+        writer.write(infra.upgrade_request(f"/ws?token={token}"))
         while await reader.read(1 << 16):
             pass
 

@@ -1,5 +1,6 @@
-# Optional profiling of the daemon with py-spy (`run.py --profile`): sample it during a scenario
-# and boil the collapsed stacks down to the top frames, by self and by inclusive time.
+"""Optional profiling of the daemon with py-spy (`run.py --profile`): sample it during a scenario
+and boil the collapsed stacks down to the top frames, by self and by inclusive time."""
+
 from __future__ import annotations
 
 import contextlib

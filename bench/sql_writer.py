@@ -1,5 +1,6 @@
-# SQL load generator: one process with a small asyncpg pool (autocommit: one statement, one
-# transaction) inserting notifications on an absolute schedule, or one broadcast; records commits.
+"""SQL load generator: one process with a small asyncpg pool (autocommit: one statement, one
+transaction) inserting notifications on an absolute schedule, or one broadcast; records commits."""
+
 from __future__ import annotations
 
 import asyncio

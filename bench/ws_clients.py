@@ -26,7 +26,6 @@ from multiprocessing.connection import Connection as Pipe
 from typing import Any, cast
 
 import infra
-import jwt
 import orjson
 import uvloop
 from websockets.client import ClientProtocol
@@ -34,6 +33,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import WebSocketURI, parse_uri
+
+from notifyd.core.auth import issue_token
 
 CLIENT_NICE = 10
 HANDSHAKE_TIMEOUT = 30.0
@@ -503,11 +504,7 @@ class ClientPool:
     # -- connections ----------------------------------------------------------------------
 
     def _token(self, user: str) -> str:
-        return jwt.encode(
-            {"sub": user, "roles": ["user"], "exp": int(time.time()) + 3600},
-            self.secret,
-            algorithm="HS256",
-        )
+        return issue_token(self.secret, user, ["user"], 3600)
 
     async def _open(
         self, user: str, token: str, gate: asyncio.Semaphore, cursors: dict[str, int] | None = None
