@@ -41,6 +41,7 @@ from infra import admin_values as admin
 from infra import say
 
 from notifyd.storage.retention import PRUNE_BATCH, PRUNE_PAUSE
+from notifyd.storage.store import PRUNE_LOCK
 
 CORES = os.cpu_count() or 1
 RESULTS = Path(__file__).parent / "results" / "retention.json"
@@ -52,7 +53,6 @@ RATE = 500.0  # writer inserts per second, all writers together
 RETENTION_DAYS = 30.0
 OLD_AGE = "40 days"
 SEED_CHUNK = 20_000  # rows per seeding INSERT (one statement, one transaction)
-PRUNE_LOCK = 0x6E6F74696670  # notifyd.storage.store._PRUNE_LOCK: one process prunes at a time
 DAEMON_BATCH, DAEMON_PAUSE = PRUNE_BATCH, PRUNE_PAUSE  # what the daemon uses
 BIG_BATCH = 10_000
 MAX_LOCK_TIMEOUTS = 50  # consecutive lock_not_available batches before the bench gives up

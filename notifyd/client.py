@@ -4,8 +4,9 @@ cursors on every (re)connect (paging on hasMore), drops duplicates by (stream, s
 sync refused as `unavailable` or `internal-error`, and reconnects with backoff
 (notifyd.core.backoff): at once after 1001 and 4008, never after 4003.
 
-`notifyd tail` is built on it, and so are the tests' fault clients and the chaos run's devices,
-which audit what the server sent through an `Observer`'s hooks. (The benchmark's load generator,
+`notifyd tail` is built on it, and so are the tests' fault clients, the chaos run's devices
+(which audit what the server sent through an `Observer`'s hooks) and the flood bench's slow
+reader. (The benchmark's load generator,
 bench/ws_clients.py, keeps its own leaner sans-I/O connections: see its docstring.)
 
 An adapter over websockets' asyncio client; the daemon never imports this module.

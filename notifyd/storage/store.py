@@ -120,7 +120,7 @@ _LATEST = _PAGE.format(
     WHERE n.stream = $3 ORDER BY n.seq DESC LIMIT $4"""
 )
 CATCH_UP_PAGE = 10_000  # rows per stream and query when catching up
-_PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
+PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -184,7 +184,7 @@ class Store:
         counter row stayed locked by an app transaction (try again shortly)."""
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _PRUNE_LOCK):
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PRUNE_LOCK):
                     return None
                 deleted: int = await conn.fetchval(
                     "SELECT notifyd.prune(make_interval(secs => $1), $2)", days * 86400.0, batch
