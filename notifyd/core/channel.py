@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from notifyd.core.events import Event, MalformedEvents, decode
+from notifyd.core.errors import MalformedEvents
+from notifyd.core.events import Event, decode
 
 MAC_LENGTH = 64  # hex digits of HMAC-SHA256
 NONCE_WINDOW = 1 << 22  # nonces remembered: 512 KiB of bits, over an hour at 1,000 payloads/s

@@ -12,7 +12,9 @@ becomes exit code 2 (cli.py). The codes themselves live in notifyd.core.codes.
      ├── ClientError        a client frame or request was refused; carries an ErrorCode
      ├── StoreError         the database could not do what was asked (answered `unavailable`)
      │    └── PruneBusy     a retention batch gave way to an app transaction (retried)
-     └── MigrationError     a migration could not be applied
+     ├── MigrationError     a migration could not be applied
+     └── MalformedEvents    a verified NOTIFY payload whose events are not what the triggers
+                            send (the channel catches its streams up from the tables instead)
 
 Imports nothing of notifyd but notifyd.core.codes; no asyncio, asyncpg, redis or socket.
 """
@@ -86,3 +88,8 @@ class PruneBusy(StoreError):
 
 class MigrationError(NotifydError):
     """A migration file could not be applied."""
+
+
+class MalformedEvents(NotifydError):
+    """A verified NOTIFY payload whose events are not what the triggers send
+    (notifyd.core.events.decode); notifyd.core.channel opens it as undecodable."""

@@ -25,15 +25,13 @@ from typing import Any, ClassVar, TypeAlias
 
 import orjson
 
+from notifyd.core.errors import MalformedEvents
+
 log = logging.getLogger(__name__)
 
 # A notification's wire form, the protocol's Notification object: parsed from a payload, or
 # the raw JSON of a row fetched from the table (inserted into frames as it is).
 Wire: TypeAlias = dict[str, Any] | orjson.Fragment
-
-
-class MalformedEvents(ValueError):
-    """A verified payload whose events are not what the triggers send."""
 
 
 @dataclass(slots=True)

@@ -9,10 +9,10 @@ import orjson
 import pytest
 
 from notifyd.core.channel import Channel, Opened
+from notifyd.core.errors import MalformedEvents
 from notifyd.core.events import (
     KINDS,
     Deleted,
-    MalformedEvents,
     New,
     Read,
     RevocationsChanged,
