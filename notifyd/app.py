@@ -195,7 +195,7 @@ class App:
         for conn in closing:
             conn.close(CloseCode.GOING_AWAY, "server going away")
         # Give buffered frames (the close frames among them) and the closing handshakes until
-        # the deadline (a client that takes nothing is reset sooner: server.CLOSE_GRACE).
+        # the deadline (a client that takes nothing is reset sooner: edge.server.CLOSE_GRACE).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         while loop.time() < deadline and any(c.transport is not None for c in closing):

@@ -101,7 +101,7 @@ class FrameProtocol(Protocol):
 
 
 class Hub(TypingProtocol):
-    """What a connection needs from the application (app.App)."""
+    """What a connection needs from the application (hub.Hub)."""
 
     settings: Settings
     metrics: Metrics
@@ -184,7 +184,7 @@ class Connection(asyncio.Protocol):
         self.closing: CloseGrace | None = None  # set once nothing more will be written
         self.close_timer: asyncio.TimerHandle | None = None
         # When the timer looks at this connection next: first the handshake and auth deadline,
-        # then keepalive and token expiry (app.App.tick).
+        # then keepalive and token expiry (hub.Hub.tick).
         self.deadline = now + s.auth_timeout
         self.last_recv = now
         self.opened_at = now
