@@ -213,6 +213,15 @@ class HeaderLookup(Protocol):
     def get_all(self, key: str) -> list[str]: ...
 
 
+def single_header(headers: HeaderLookup, name: str) -> str | None:
+    """A header that may be given once; given more than once, it is refused (`invalid-data`):
+    which one a proxy or a browser would have honoured is anyone's guess."""
+    values = headers.get_all(name)
+    if len(values) > 1:
+        raise ClientError(ErrorCode.INVALID_DATA, f"more than one {name} header")
+    return values[0] if values else None
+
+
 def token_from(
     headers: HeaderLookup, query: Mapping[str, list[str]], cookie: str | None = None
 ) -> tuple[str | None, bool]:
@@ -222,16 +231,14 @@ def token_from(
     the server has an Origin allow-list; the HTTP API reads no cookie). An Authorization
     header or a `token` parameter given more than once is refused (`invalid-data`): which one
     a proxy or a browser would have honoured is anyone's guess."""
-    authorization = headers.get_all("Authorization")
-    if len(authorization) > 1:
-        raise ClientError(ErrorCode.INVALID_DATA, "more than one Authorization header")
+    authorization = single_header(headers, "Authorization")
     given = query.get(TOKEN_PARAMETER) or []
     if len(given) > 1:  # refused whatever else the request carries
         raise ClientError(
             ErrorCode.INVALID_DATA, f"more than one {TOKEN_PARAMETER!r} query parameter"
         )
-    if authorization and authorization[0][:7].lower() == "bearer ":
-        token = authorization[0][7:].strip()
+    if authorization and authorization[:7].lower() == "bearer ":
+        token = authorization[7:].strip()
         if token:
             return token, False
     if given and given[0]:

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from notifyd.config import Settings
-from notifyd.core.auth import Identity, issue_token, token_from
+from notifyd.core.auth import Identity, issue_token, single_header, token_from
 from notifyd.core.codes import ErrorCode
 from notifyd.core.errors import AuthError, ClientError, StoreError
 from notifyd.core.protocol import (
@@ -106,15 +106,6 @@ def _refused(exc: ClientError) -> HttpAnswer:
     return _error(exc.code, exc.message)
 
 
-def _header(headers: Any, name: str) -> str | None:
-    """A header that may be given once; given more than once, it is refused (which one a
-    proxy or a browser would have honoured is anyone's guess)."""
-    values: list[str] = headers.get_all(name)
-    if len(values) > 1:
-        raise ClientError(ErrorCode.INVALID_DATA, f"more than one {name} header")
-    return values[0] if values else None
-
-
 class HttpApi:
     """Answers every request on the port but the WebSocket upgrade."""
 
@@ -158,7 +149,7 @@ class HttpApi:
                 return HttpAnswer(405, b"method not allowed\n", TEXT, [("Allow", "GET")])
             return await self._operations(route, admin)
         try:
-            origin = _header(headers, "Origin")
+            origin = single_header(headers, "Origin")
         except ClientError as exc:
             return _refused(exc)
         cors = self._cors(origin)
