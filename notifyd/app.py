@@ -30,6 +30,7 @@ from notifyd.storage.listener import Listener
 from notifyd.storage.pipeline import EventPipeline
 from notifyd.storage.retention import Retention
 from notifyd.storage.store import Store
+from notifyd.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,13 @@ class App:
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self.admission = Admission(settings, store, self.metrics, self.index, self.spawn)
+        self.subscriptions = Subscriptions(
+            store, self.index, self.publisher, self.operations.policy, self.spawn
+        )
         self.hub = Hub(
             settings,
-            store,
             self.metrics,
-            self.index,
-            self.publisher,
+            self.subscriptions,
             self.presence,
             self.http_api,
             self.operations,
@@ -97,7 +99,7 @@ class App:
         self._ticker: asyncio.Task[None] | None = None
         self._pruning: asyncio.Task[None] | None = None
         self.reloads = 0
-        self.publisher.on_published = self.hub.subscriptions.note_published
+        self.publisher.on_published = self.subscriptions.note_published
         self.port = 0
         self.admin_port: int | None = None
         self.publisher.observe_latency = self.metrics.latency.observe

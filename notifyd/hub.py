@@ -26,8 +26,6 @@ from notifyd.core import keepalive
 from notifyd.core.auth import Identity
 from notifyd.core.codes import CloseCode, ErrorCode, close_label
 from notifyd.core.errors import AuthError, ClientError, ConnectionLimit
-from notifyd.core.fanout import Publisher
-from notifyd.core.index import StreamIndex
 from notifyd.core.keepalive import Act
 from notifyd.core.presence import PresenceChange
 from notifyd.core.protocol import (
@@ -47,7 +45,6 @@ from notifyd.edge.http_api import HttpAnswer, HttpApi
 from notifyd.edge.server import AdminConnection, Connection
 from notifyd.operations import BY_EVENT, Operations
 from notifyd.ops.metrics import Metrics
-from notifyd.storage.store import Store
 from notifyd.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
@@ -69,10 +66,8 @@ class Hub:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
         metrics: Metrics,
-        index: StreamIndex[Connection],
-        publisher: Publisher[Connection],
+        subscriptions: Subscriptions,
         presence: ClusterPresence,
         http_api: HttpApi,
         operations: Operations,
@@ -81,17 +76,16 @@ class Hub:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.subscriptions = subscriptions
         self.presence = presence
         self.http_api = http_api
         self.operations = operations
         self.spawn = spawn
         self.admission = admission
-        self.policy = operations.policy
         self.connections: set[Connection] = set()
         # plain HTTP connections whose /v1 answer is on its way: done() once they close
         self._answering: dict[Connection, Callable[[], None]] = {}
         self.timers: TimerWheel[Connection] = TimerWheel(time.monotonic(), TICK_SECONDS)
-        self.subscriptions = Subscriptions(store, index, publisher, operations.policy, spawn)
 
     async def tick_forever(self) -> None:
         loop = asyncio.get_running_loop()
