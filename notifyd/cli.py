@@ -102,10 +102,15 @@ def _tail(url: str, token: str, as_json: bool) -> int:
                     return 1
             elif as_json:
                 print(json.dumps({"event": event.kind, **event.data}), flush=True)
-            elif event.kind == "notification":
+            elif event.kind in ("notification", "updated"):
                 n = event.data
+                changed = (
+                    ("updated, read " if n["read"] else "updated ")
+                    if event.kind == "updated"
+                    else ""
+                )
                 print(
-                    f"{n['createdAt']}  {n['stream']} #{n['seq']}  [{n['priority']}] "
+                    f"{changed}{n['createdAt']}  {n['stream']} #{n['seq']}  [{n['priority']}] "
                     f"{n['title']}: {n['message']}",
                     flush=True,
                 )

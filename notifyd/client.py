@@ -1,6 +1,7 @@
 """The Python client of the notifyd protocol: the one implementation, in Python, of the client
 loop protocol/README.md §7 recommends. It connects with ?sync=1, authenticates, syncs from its
-cursors on every (re)connect (paging on hasMore), drops duplicates by (stream, seq), retries a
+cursors on every (re)connect (paging on hasMore), drops duplicates by (stream, seq) (each is one
+change: a new item, a newer state of one, or a deletion; upsert items by id), retries a
 sync refused as `unavailable` or `internal-error`, and reconnects with backoff
 (notifyd.core.backoff): at once after 1001 and 4008, never after 4003.
 
@@ -240,7 +241,9 @@ class NotifydClient:
                 if self._retry is not None:
                     self._retry.cancel()
                 for future in self._pending.values():
-                    future.cancel()
+                    # an error, not a cancellation: the caller's own task is not cancelled
+                    if not future.done():
+                        future.set_exception(ConnectionError("the connection closed"))
                 self._pending.clear()
             if opened:
                 self.observer.closed(code)
@@ -291,20 +294,24 @@ class NotifydClient:
                 for stream in data["reset"]:
                     self.ledger.drop(stream)
                     yield Event("reset", {"stream": stream})
-                for n in data["notifications"]:
+                for n in data["notifications"]:  # new or changed: upsert by id
                     if self.ledger.admit(n):
                         yield Event("notification", n)
+                for removed in data["removed"]:
+                    yield Event("deleted", {"id": removed})
                 self.ledger.advance(data["cursors"])
                 if data["hasMore"]:
                     await self._sync(ws, data["cursors"])
                 else:
                     self.synced = True
                     self._sync_backoff.reset()
-            elif kind == "notification:new":
-                n = data["notification"]
-                self.observer.live(n)
+            elif kind in ("notification:new", "notification:updated", "notification:deleted"):
+                # every change of a stream, at its seq: once each, and the cursor follows
+                n = data if kind == "notification:deleted" else data["notification"]
+                if kind == "notification:new":
+                    self.observer.live(n)
                 if self.ledger.admit(n):
-                    yield Event("notification", n)
+                    yield Event("notification" if kind == "notification:new" else kind[13:], n)
                 if self.synced:
                     self.ledger.advance({n["stream"]: n["seq"]})
             elif kind == "notification:unread-count":
@@ -317,8 +324,8 @@ class NotifydClient:
                     if data.get("code") in RETRY_LATER:
                         self._retry_sync(ws)
                 yield Event("error", data)
-            elif kind in ("notification:read", "notification:updated", "notification:deleted"):
-                yield Event(kind.removeprefix("notification:"), data)
+            elif kind == "notification:read":  # the answer to this client's mark-read
+                yield Event("read", data)
             elif kind.startswith("presence:") and kind != "presence:state":
                 yield Event("presence", {**data, "online": kind == "presence:online"})
 
@@ -364,7 +371,8 @@ class NotifydClient:
 
     async def request(self, kind: str, data: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
         """Send one client event and return the server's answer frame (an `error` frame
-        included); needs a live connection."""
+        included); needs a live connection. Raises ConnectionError when there is none or it
+        closes before the answer, TimeoutError when none came in `timeout` seconds."""
         ws = self._ws
         if ws is None or self.state != "open":
             raise ConnectionError("not connected")

@@ -114,6 +114,7 @@ class Operations:
         return Synced(
             {
                 "notifications": result.notifications,
+                "removed": result.removed,
                 "cursors": result.cursors,
                 "reset": result.reset,
                 "hasMore": bool(result.has_more),
@@ -130,15 +131,13 @@ class Operations:
 
     # -- read marks and counts ----------------------------------------------------------
 
-    async def mark_read(
-        self, identity: Identity, req: MarkRead | MarkAllRead, origin: str
-    ) -> dict[str, Any]:
+    async def mark_read(self, identity: Identity, req: MarkRead | MarkAllRead) -> dict[str, Any]:
         """Marks the given ids (all, for MarkAllRead) of the user's own stream read; the data
-        of notification:read: the ids that changed. `origin`: the connection id (its device
-        gets this answer, not the broadcast too), or "http"."""
+        of notification:read: the ids that changed. Every device, the asking one included,
+        gets each changed item as notification:updated too."""
         ids = req.ids if isinstance(req, MarkRead) else None
         try:
-            changed, read_at = await self.store.mark_read(identity.user_stream, ids, origin)
+            changed, read_at = await self.store.mark_read(identity.user_stream, ids)
         except StoreError as exc:
             log.warning("mark-read failed: %s", exc)
             raise ClientError(ErrorCode.UNAVAILABLE) from exc
@@ -213,7 +212,7 @@ class Route:
 
 
 def _mark_read(ops: Operations, who: Identity, req: Any, origin: str) -> Awaitable[dict[str, Any]]:
-    return ops.mark_read(who, req, origin)
+    return ops.mark_read(who, req)
 
 
 # A sync on a WebSocket is hub.py's own (it holds live items back until its answer is out),

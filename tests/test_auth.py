@@ -61,7 +61,7 @@ async def test_token_in_header_and_auth_frame(daemon: Daemon) -> None:
     client = await daemon.raw(headers={"Authorization": f"Bearer {daemon.token('h1', ['Ops'])}"})
     confirmed = await client.next_data("connection-confirmed")
     assert confirmed["userId"] == "h1" and confirmed["roles"] == ["ops"]
-    assert confirmed["protocolVersion"] == 1
+    assert confirmed["protocolVersion"] == 2
     framed = await daemon.raw()
     await framed.send("auth", {"token": daemon.token("h2")}, ref="a1")
     assert (await framed.next_data("connection-confirmed"))["userId"] == "h2"

@@ -61,7 +61,10 @@ async def test_client_replays_dedupes_across_restart_and_marks_read(fresh_db: st
             "while away 1",
             "live",
         ]  # each once, in order
-        assert client.cursors["user:py"] == 7
+        # the read mark is a change of the stream too (seq 5): it came as `updated`
+        assert client.cursors["user:py"] == 8
+        marked = [e.data for e in events if e.kind == "updated"]
+        assert [(n["title"], n["seq"], n["read"]) for n in marked] == [("read me", 5, True)]
         assert (
             await d2.sql("SELECT count(*) FROM notifyd.notifications WHERE read_at IS NOT NULL")
             == 1

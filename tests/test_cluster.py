@@ -123,7 +123,8 @@ async def test_processes_share_a_port_and_each_client_gets_its_own(
         elsewhere = [d for d in devices if node_of(nodes, d) != node_of(nodes, reader)]
         assert elsewhere
         for device in elsewhere:
-            assert (await device.next_data("notification:read"))["ids"] == [nid]
+            changed = (await device.next_data("notification:updated"))["notification"]
+            assert (changed["id"], changed["read"]) == (nid, True)
             counts = [
                 f["data"]["count"] for f in device.seen if f["type"] == "notification:unread-count"
             ]

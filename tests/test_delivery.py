@@ -274,19 +274,25 @@ async def test_read_by_sql_or_client_reaches_every_device(daemon: Daemon) -> Non
     ids = [await daemon.notify("r1", f"n{i}") for i in range(3)]
     for device in (phone, laptop):
         await collect_new(device, 3)
-    # a client marks one read: its devices are told; the caller gets the reply with its ref
+    # a client marks one read: the caller gets the reply with its ref; every device, the
+    # caller's included, gets the item's new version (the stream's next seq)
     reply = await phone.request("notification:mark-read", {"ids": [ids[0]]}, "notification:read")
     assert reply["data"]["ids"] == [ids[0]] and reply["data"]["readAt"]
-    other = await laptop.next_data("notification:read")
-    assert other["ids"] == [ids[0]]
+    for device in (phone, laptop):
+        item = (await device.next_data("notification:updated"))["notification"]
+        assert (item["id"], item["seq"], item["read"]) == (ids[0], 4, True)
+        assert item["readAt"] == reply["data"]["readAt"]
     # SQL marks another read: every device hears it
     await daemon.sql("UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", ids[1])
     for device in (phone, laptop):
-        assert (await device.next_data("notification:read"))["ids"] == [ids[1]]
+        item = (await device.next_data("notification:updated"))["notification"]
+        assert (item["id"], item["seq"], item["read"]) == (ids[1], 5, True)
     # mark-all-read marks the rest; the unread count ends at 0 everywhere
     reply = await laptop.request("notification:mark-all-read", {}, "notification:read")
     assert reply["data"]["ids"] == [ids[2]]
-    assert (await phone.next_data("notification:read"))["ids"] == [ids[2]]
+    for device in (phone, laptop):
+        item = (await device.next_data("notification:updated"))["notification"]
+        assert (item["id"], item["seq"], item["read"]) == (ids[2], 6, True)
     for device in (phone, laptop):
         counts = [
             f["data"]["count"]
@@ -306,7 +312,9 @@ async def test_delete_events_and_unread_count(daemon: Daemon) -> None:
     await client.next_data("notification:new")
     assert (await client.next_data("notification:unread-count"))["count"] == 1
     await daemon.sql("DELETE FROM notifyd.notifications WHERE id = $1", nid)
-    assert await client.next_data("notification:deleted") == {"id": nid, "stream": "user:d1"}
+    # the deletion is a change of the stream like any other: it takes the next seq
+    deleted = await client.next_data("notification:deleted")
+    assert deleted == {"id": nid, "stream": "user:d1", "seq": 2}
     assert (await client.next_data("notification:unread-count"))["count"] == 0
 
 
@@ -370,26 +378,27 @@ async def test_a_stream_without_cursor_gets_its_items_as_they_are_even_just_sent
     await daemon.notify("fresh", "n2")
     await collect_new(client, 2)  # sent live: in flight, for a cursor
     await daemon.sql("UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", first)
+    await client.expect("notification:updated")  # n1, now at seq 3
     latest = await client.sync({})
-    assert [(n["seq"], n["read"]) for n in latest["notifications"]] == [(1, True), (2, False)]
-    assert latest["cursors"]["user:fresh"] == 2
+    assert [(n["seq"], n["read"]) for n in latest["notifications"]] == [(2, False), (3, True)]
+    assert latest["cursors"]["user:fresh"] == 3
 
     await daemon.notify("fresh", "n3")
     await collect_new(client, 1)
     epoch = "2000-01-01T00:00:00Z"
     since = await client.sync({}, since=epoch)
-    assert [n["seq"] for n in since["notifications"]] == [1, 2, 3]
+    assert [n["seq"] for n in since["notifications"]] == [2, 3, 4]
 
     await daemon.notify("fresh", "n4")
     await collect_new(client, 1)
     reset = await client.sync({"user:fresh": 99})
     assert reset["reset"] == ["user:fresh"]
-    assert [n["seq"] for n in reset["notifications"]] == [1, 2, 3, 4]
+    assert [n["seq"] for n in reset["notifications"]] == [2, 3, 4, 5]
 
     await daemon.notify("fresh", "n5")
     await collect_new(client, 1)
-    caught_up = await client.sync({"user:fresh": 4})  # a cursor: n5 is on its way already
-    assert caught_up["notifications"] == [] and caught_up["cursors"]["user:fresh"] == 5
+    caught_up = await client.sync({"user:fresh": 5})  # a cursor: n5 is on its way already
+    assert caught_up["notifications"] == [] and caught_up["cursors"]["user:fresh"] == 6
 
 
 async def test_pages_after_a_stream_without_cursor_leave_out_nothing_sent_live(
@@ -492,13 +501,14 @@ async def test_one_statement_sends_one_unread_count_per_user(daemon: Daemon) -> 
     await laptop.quiet(0.5)
     reply = await phone.request("notification:mark-all-read", {}, "notification:read")
     assert len(reply["data"]["ids"]) == 1500
-    frames = await _frames_until(
-        laptop, lambda fs: sum(len(r["ids"]) for r in _kinds(fs, "notification:read")) == 1500
-    )
+    frames = await _frames_until(laptop, lambda fs: len(_kinds(fs, "notification:updated")) == 1500)
+    versions = [u["notification"]["seq"] for u in _kinds(frames, "notification:updated")]
+    assert versions == list(range(1501, 3001))
     assert _kinds(frames, "notification:unread-count") == [{"count": 0}]
+    assert frames[-1]["type"] == "notification:unread-count"
 
 
-async def test_read_marks_of_long_ids_are_chunked_to_fit_notify(daemon: Daemon) -> None:
+async def test_a_bulk_change_is_packed_into_payloads_and_kept_in_order(daemon: Daemon) -> None:
     await daemon.sql(
         "ALTER TABLE notifyd.notifications ALTER COLUMN id RESTART WITH 1000000000000000"
     )
@@ -511,14 +521,11 @@ async def test_read_marks_of_long_ids_are_chunked_to_fit_notify(daemon: Daemon) 
     await phone.quiet(0.5)
     reply = await phone.request("notification:mark-all-read", {}, "notification:read")
     assert len(reply["data"]["ids"]) == 600 and min(reply["data"]["ids"]) >= 10**15
-    frames = await _frames_until(
-        laptop, lambda fs: sum(len(r["ids"]) for r in _kinds(fs, "notification:read")) == 600
-    )
-    assert len(_kinds(frames, "notification:read")) > 1  # several payloads
-    assert (
-        sorted(i for r in _kinds(frames, "notification:read") for i in r["ids"])
-        == reply["data"]["ids"]
-    )
+    frames = await _frames_until(laptop, lambda fs: len(_kinds(fs, "notification:updated")) == 600)
+    items = [u["notification"] for u in _kinds(frames, "notification:updated")]
+    assert [n["seq"] for n in items] == list(range(601, 1201))
+    assert sorted(n["id"] for n in items) == reply["data"]["ids"]
+    assert all(n["read"] for n in items)
     assert _kinds(frames, "notification:unread-count") == [{"count": 0}]
 
 
@@ -527,7 +534,7 @@ async def test_marking_unread_from_sql_sends_the_item_whole(daemon: Daemon) -> N
     nid = await daemon.notify("u1", "again")
     await daemon.sql("UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", nid)
     for client in (phone, laptop):
-        await client.expect("notification:read")
+        await client.expect("notification:updated")
         await client.quiet(0.2)
     await daemon.sql("UPDATE notifyd.notifications SET read_at = NULL WHERE id = $1", nid)
     for client in (phone, laptop):

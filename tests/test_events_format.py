@@ -31,9 +31,7 @@ ATTRIBUTES = {
     "q": "seq",
     "t": "committed",
     "u": "unread",
-    "ids": "ids",
     "at": "at",
-    "o": "origin",
     "user": "user",
 }
 
@@ -112,7 +110,8 @@ class Capture:
     async def after(self, writer: asyncpg.Connection, *statements: str) -> list[Heard]:
         """The payloads of `statements` (run in one transaction), each checked and decoded."""
         start = len(self.payloads)
-        marker = f"{len(self.all)}-done"
+        self.rounds += 1
+        marker = f"{self.rounds}-done"
         async with writer.transaction():
             for statement in statements:
                 await writer.execute(statement)
@@ -124,6 +123,7 @@ class Capture:
         return heard
 
     done = ""
+    rounds = 0
 
     def check(self, payload: str) -> Heard:
         assert len(payload.encode()) < 8000
@@ -241,51 +241,54 @@ async def _make_every_change(capture: Capture, w: asyncpg.Connection) -> None:
         (False, "user:42", 5),
         (False, "role:ops", None),
     ]
-    # read marks, asked by a connection of the daemon (origin), then by an app (none)
+    # read marks: every changed row at the stream's next seq (its version), sent whole or by
+    # reference, in seq order; the count on the last of the stream
     read = await after(
         w,
-        "SELECT set_config('notifyd.origin', 'conn-1', true)",
         "UPDATE notifyd.notifications SET read_at = now() "
         "WHERE user_id = '42' AND title <> 'small'",
     )
-    assert _kinds(read) == ["r", "c"]
-    mark, count = _events(read)
-    assert (mark["o"], len(mark["ids"]), count["u"]) == ("conn-1", 4, 1)
-    assert mark["ids"] == sorted(mark["ids"])
+    assert _kinds(read) == ["m"] * 4
+    assert [e["n"]["seq"] if "n" in e else e["q"] for e in _events(read)] == [6, 7, 8, 9]
+    assert sum("n" not in e for e in _events(read)) == 1  # the large one
+    assert [e.get("u") for e in _events(read)] == [None, None, None, 1]
+    # a statement that changes nothing a client sees makes no version and no event
+    assert await after(w, "UPDATE notifyd.notifications SET title = title") == []
     read = await after(w, "UPDATE notifyd.notifications SET read_at = now() WHERE title = 'small'")
-    assert [(e["k"], e.get("o"), e.get("u")) for e in _events(read)] == [
-        ("r", None, None),
-        ("c", None, 0),
+    assert [(e["k"], e["n"]["seq"], e["n"]["read"], e["u"]) for e in _events(read)] == [
+        ("m", 10, True, 0)
     ]
-    # unread again: sent whole, or by reference when large; then the count
+    # unread again: the same, whole or by reference when large
     unread = await after(
         w,
         "UPDATE notifyd.notifications SET read_at = NULL "
         "WHERE user_id = '42' AND title IN ('small', 'large')",
     )
-    assert [(e["k"], "n" in e) for e in _events(unread)] == [
-        ("m", True),
-        ("m", False),
-        ("c", False),
-    ]
-    assert _events(unread)[0]["n"]["read"] is False and _events(unread)[2]["u"] == 2
-    # many read marks: chunked by bytes of ids, and packed in payloads under NOTIFY's limit
+    assert sorted((e["k"], "n" in e) for e in _events(unread)) == [("m", False), ("m", True)]
+    assert _events(unread)[-1]["u"] == 2
+    assert all(e["n"]["read"] is False for e in _events(unread) if "n" in e)
+    # a change of many rows: packed into payloads under NOTIFY's limit, in seq order
     await after(
         w,
         "INSERT INTO notifyd.notifications (user_id, type) "
         "SELECT '7', 't' FROM generate_series(1, 1500)",
     )
     many = await after(w, "UPDATE notifyd.notifications SET read_at = now() WHERE user_id = '7'")
-    marks = [e for e in _events(many) if e["k"] == "r"]
-    assert len(marks) >= 2 and _kinds(many)[-1] == "c"
-    assert sum(len(m["ids"]) for m in marks) == 1500
-    assert all(len(",".join(map(str, m["ids"]))) <= 6000 + 20 for m in marks)
-    # deleted: one event per row, then each changed count (an unread row was among them)
+    assert len(many) >= 2 and _kinds(many) == ["m"] * 1500
+    assert [e["n"]["seq"] for e in _events(many)] == list(range(1501, 3001))
+    assert _events(many)[-1]["u"] == 0
+    # deleted: one event per row, each at the stream's next seq (its tombstone's); the count on
+    # the last of the stream
     gone = await after(w, "DELETE FROM notifyd.notifications WHERE user_id = '42'")
-    assert _kinds(gone) == ["d"] * 5 + ["c"] and _events(gone)[-1]["u"] == 0
-    # read rows deleted: no count changed, none sent
+    assert _kinds(gone) == ["d"] * 5
+    assert [e["q"] for e in _events(gone)] == [13, 14, 15, 16, 17]
+    assert [e.get("u") for e in _events(gone)] == [None] * 4 + [0]
+    tombstones = await w.fetch("SELECT id, seq FROM notifyd.removals WHERE stream = 'user:42'")
+    assert sorted((r["seq"], r["id"]) for r in tombstones) == sorted(
+        (e["q"], e["id"]) for e in _events(gone)
+    )
     read_gone = await after(w, "DELETE FROM notifyd.notifications WHERE user_id = '7' AND id < 50")
-    assert set(_kinds(read_gone)) == {"d"}
+    assert set(_kinds(read_gone)) == {"d"} and _events(read_gone)[-1]["u"] == 0
     # retention's deletes are silent but for the counts
     await after(
         w,

@@ -96,12 +96,16 @@ async def test_unread_count_and_mark_read_over_http_reach_live_devices(daemon: D
         daemon, "POST", f"/v1/notifications/read?ids={ids[0]},{other}", token
     )
     assert status == 200 and body["ids"] == [ids[0]]
-    read = await device.next_data("notification:read")
-    assert read["ids"] == [ids[0]]
+    updated = (await device.next_data("notification:updated"))["notification"]
+    assert (updated["id"], updated["read"], updated["readAt"]) == (ids[0], True, body["readAt"])
     assert (await device.next_data("notification:unread-count"))["count"] == 2
     status, _, body = await api(daemon, "POST", "/v1/notifications/read-all", token)
     assert sorted(body["ids"]) == ids[1:]
     assert (await api(daemon, "GET", "/v1/unread-count", token))[2] == {"count": 0}
+    # a poll from before the marks replays them: every item in its current state
+    status, _, page = await api(daemon, "GET", "/v1/notifications?cursor=user:h4:3", token)
+    assert status == 200 and page["removed"] == [] and page["cursors"]["user:h4"] == 6
+    assert sorted((n["id"], n["read"]) for n in page["notifications"]) == [(i, True) for i in ids]
     # the other user's row was not touched
     assert (
         await daemon.sql("SELECT read_at FROM notifyd.notifications WHERE id = $1", other) is None

@@ -149,15 +149,16 @@ async def test_the_table_check_refuses_such_a_row_without_the_trigger(daemon: Da
             with pytest.raises(asyncpg.CheckViolationError, match="notifications_stream_check"):
                 async with conn.transaction():
                     await conn.execute(
-                        "INSERT INTO notifyd.notifications (stream, seq, type) VALUES ($1, 1, 't')",
+                        "INSERT INTO notifyd.notifications (stream, seq, dseq, type) "
+                        "VALUES ($1, 1, 1, 't')",
                         stream,
                     )
         await conn.execute(
-            "INSERT INTO notifyd.notifications (stream, seq, type) VALUES ('all', 1, 't')"
+            "INSERT INTO notifyd.notifications (stream, seq, dseq, type) VALUES ('all', 1, 1, 't')"
         )
         await conn.execute(
-            "INSERT INTO notifyd.notifications (user_id, stream, seq, type) "
-            "VALUES ('7', 'user:7', 1, 't')"
+            "INSERT INTO notifyd.notifications (user_id, stream, seq, dseq, type) "
+            "VALUES ('7', 'user:7', 1, 1, 't')"
         )
 
 
@@ -211,7 +212,13 @@ async def test_the_migration_stops_at_rows_without_recipient(
             "DELETE FROM notifyd.notifications "
             "WHERE user_id IS NULL AND role IS NULL AND stream <> 'all'",
         )
-        assert await migrate(dsn) == ["0005_identity.sql"]
+        assert (await migrate(dsn))[0] == "0005_identity.sql"  # and the versions after it
+        # version 6 on a table with rows: each is where it was delivered
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT bool_and(seq = dseq) FROM notifyd.notifications")
+        finally:
+            await conn.close()
         with pytest.raises(asyncpg.CheckViolationError):
             await admin_exec(
                 dsn, "INSERT INTO notifyd.notifications (stream, type) VALUES ('user:42', 't')"

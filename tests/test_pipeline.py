@@ -10,9 +10,14 @@ import pytest
 from units.fakes import FakeConn, events_of, live_session, wire
 
 import notifyd.storage.pipeline as pipeline_module
+from notifyd.core.events import Change, New
 from notifyd.core.fanout import Publisher
 from notifyd.core.index import StreamIndex
 from notifyd.storage.pipeline import EventPipeline
+
+
+async def nothing_missed(after: dict[str, int]) -> list[Change]:
+    return []
 
 
 def _new(stream: str, seq: int, tail: str = "") -> str:
@@ -22,16 +27,16 @@ def _new(stream: str, seq: int, tail: str = "") -> str:
 async def test_pipeline_orders_large_rows_and_catches_up() -> None:
     fetched: list[list[int]] = []
 
-    async def fetch_ids(ids: list[int]) -> dict[int, bytes]:
+    async def fetch_ids(ids: list[int]) -> dict[int, tuple[int, bytes]]:
         fetched.append(ids)
         await asyncio.sleep(0.01)
-        return {i: orjson.dumps(wire("user:1", i, i)) for i in ids}
+        return {i: (i, orjson.dumps(wire("user:1", i, i))) for i in ids}
 
     missed: list[int] = []  # what was committed while the listener was down
 
-    async def catch_up(after: dict[str, int]) -> list[tuple[str, int, bytes]]:
+    async def catch_up(after: dict[str, int]) -> list[Change]:
         return [
-            ("user:1", seq, orjson.dumps(wire("user:1", seq, seq)))
+            New("user:1", seq, seq, wire("user:1", seq, seq))
             for seq in missed
             if seq > after["user:1"]
         ]
@@ -56,7 +61,7 @@ async def test_pipeline_orders_large_rows_and_catches_up() -> None:
         events_of('[{"k":"n","id":2,"s":"user:1","q":2,"t":1.0,"u":2},' + _new("user:1", 3) + "]")
     )
     pipeline.put(
-        events_of('[{"k":"?"}, {"k":"c","s":"user:1","u":0}, {"k":"d","id":1,"s":"user:1"}]')
+        events_of('[{"k":"?"}, {"k":"c","s":"user:1","u":0}, {"k":"d","id":1,"s":"user:1","q":4}]')
     )
     await asyncio.sleep(0.05)
     assert fetched == [[2]]
@@ -70,26 +75,23 @@ async def test_pipeline_orders_large_rows_and_catches_up() -> None:
         ("notification:unread-count", None),
         ("notification:deleted", None),
     ]
-    # the LISTEN connection was lost: events queue until catch-up has published 4..8
+    # the LISTEN connection was lost: events queue until catch-up has published 5..8
     pipeline.block()
     pipeline.put(events_of("[" + _new("user:1", 9) + "]"))
     conn.frames.clear()
     missed.extend(range(1, 9))
-    assert await pipeline.catch_up() == 5
+    assert await pipeline.catch_up() == 4
     await asyncio.sleep(0.01)
     seqs = [f["data"]["notification"]["seq"] for f in conn.decoded()]
-    assert seqs == [4, 5, 6, 7, 8, 9]
+    assert seqs == [5, 6, 7, 8, 9]
     assert publisher.delivered == 9
-    # the metrics' counts: 7 frames, then 6; every byte written
-    assert counted == [13, conn.written]
+    # the metrics' counts: 7 frames, then 5; every byte written
+    assert counted == [12, conn.written]
 
 
 async def test_a_stale_payload_is_fetched_and_only_news_published() -> None:
-    async def fetch_ids(ids: list[int]) -> dict[int, bytes]:
-        return {i: orjson.dumps(wire("user:1", i, i)) for i in ids if i != 3}  # 3: deleted
-
-    async def nothing_missed(after: dict[str, int]) -> list[tuple[str, int, bytes]]:
-        return []
+    async def fetch_ids(ids: list[int]) -> dict[int, tuple[int, bytes]]:
+        return {i: (i, orjson.dumps(wire("user:1", i, i))) for i in ids if i != 3}  # 3: deleted
 
     index: StreamIndex[FakeConn] = StreamIndex()
     publisher = Publisher(index)
@@ -114,13 +116,10 @@ async def test_a_failed_fetch_is_retried_in_order(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(pipeline_module, "FETCH_RETRY", 0.01)
     failures = [RuntimeError("database away")]
 
-    async def fetch_ids(ids: list[int]) -> dict[int, bytes]:
+    async def fetch_ids(ids: list[int]) -> dict[int, tuple[int, bytes]]:
         if failures:
             raise failures.pop()
-        return {i: orjson.dumps(wire("user:1", i, i)) for i in ids}
-
-    async def nothing_missed(after: dict[str, int]) -> list[tuple[str, int, bytes]]:
-        return []
+        return {i: (i, orjson.dumps(wire("user:1", i, i))) for i in ids}
 
     index: StreamIndex[FakeConn] = StreamIndex()
     publisher = Publisher(index)
@@ -134,3 +133,28 @@ async def test_a_failed_fetch_is_retried_in_order(monkeypatch: pytest.MonkeyPatc
     await asyncio.sleep(0.1)
     seqs = [f["data"]["notification"]["seq"] for f in conn.decoded()]
     assert seqs == [1, 2] and failures == []
+
+
+async def test_a_large_row_changed_before_its_fetch_waits_for_its_own_event() -> None:
+    """A row sent by reference and changed again before it was fetched is not sent at the
+    old seq with its newer state (a client's cursor would pass the changes between): its
+    newer version's event brings it."""
+
+    async def fetch_ids(ids: list[int]) -> dict[int, tuple[int, bytes]]:
+        return {i: (5, orjson.dumps(wire("user:1", 5, i))) for i in ids}  # now at seq 5
+
+    index: StreamIndex[FakeConn] = StreamIndex()
+    publisher = Publisher(index)
+    pipeline = EventPipeline(publisher, fetch_ids, nothing_missed)
+    await pipeline.catch_up()
+    conn = FakeConn(live_session())
+    index.add(conn, ["user:1"])
+    pipeline.put(
+        events_of(
+            '[{"k":"n","id":7,"s":"user:1","q":3,"t":1.0},' + _new("user:1", 4) + ","
+            '{"k":"m","id":7,"s":"user:1","q":5}]'
+        )
+    )
+    await asyncio.sleep(0.05)
+    sent = [(f["type"], f["data"]["notification"]["seq"]) for f in conn.decoded()]
+    assert sent == [("notification:new", 4), ("notification:updated", 5)]

@@ -273,9 +273,9 @@ def test_readme_documents_the_handshake_and_http_routes() -> None:
 def test_readme_states_the_ordering_guarantee() -> None:
     text = " ".join(_readme().split())
     assert (
-        "after a sync-request, a connection receives every item of each stream with seq greater "
-        "than its cursor exactly once and in seq order: sync-response first, then live "
-        "notification:new"
+        "after a sync-request, a connection receives every change of each stream with seq "
+        "greater than its cursor exactly once and in seq order: sync-response first, then live "
+        "`notification:new`, `notification:updated` and `notification:deleted`"
     ) in text.lower()
 
 
@@ -289,8 +289,15 @@ VALID_SERVER: list[dict[str, Any]] = [
     {"type": "pong", "data": {"timestamp": "t-1"}},
     {
         "type": "notification:sync-response",
-        "data": {"notifications": [], "cursors": {"user:42": 0}, "reset": [], "hasMore": False},
+        "data": {
+            "notifications": [],
+            "removed": [7],
+            "cursors": {"user:42": 0},
+            "reset": [],
+            "hasMore": False,
+        },
     },
+    {"type": "notification:deleted", "data": {"id": 7, "stream": "user:42", "seq": 9}},
 ]
 
 VALID_CLIENT: list[dict[str, Any]] = [
@@ -322,16 +329,21 @@ INVALID_SERVER: dict[str, object] = {
     "missing data": {"type": "notification:unread-count"},
     "negative count": {"type": "notification:unread-count", "data": {"count": -1}},
     "count as bool": {"type": "notification:unread-count", "data": {"count": True}},
-    "protocolVersion 2": {
+    "protocolVersion 1": {
         "type": "connection-confirmed",
         "data": {
             "userId": "42",
             "roles": [],
             "connectionId": "c1",
             "serverTime": "2026-11-23T09:41:07.123456Z",
-            "protocolVersion": 2,
+            "protocolVersion": 1,
         },
     },
+    "sync-response without removed": {
+        "type": "notification:sync-response",
+        "data": {"notifications": [], "cursors": {}, "reset": [], "hasMore": False},
+    },
+    "deleted without its seq": {"type": "notification:deleted", "data": {"id": 7, "stream": "all"}},
     "readAt null with ids": {"type": "notification:read", "data": {"ids": [1], "readAt": None}},
     "auth:refreshed without roles": {
         "type": "auth:refreshed",

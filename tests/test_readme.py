@@ -91,7 +91,8 @@ async def test_readme_sql_examples_run(daemon: Daemon) -> None:
                 "UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", nid
             )
             await conn.execute("DELETE FROM notifyd.notifications WHERE id = $1", nid)
-        assert (await client.next_data("notification:read"))["ids"] == [nid]
+        updated = (await client.next_data("notification:updated"))["notification"]
+        assert (updated["id"], updated["read"]) == (nid, True)
         assert (await client.next_data("notification:deleted"))["id"] == nid
     finally:
         await pool.execute(f"DROP OWNED BY {role}")

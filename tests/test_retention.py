@@ -40,6 +40,7 @@ async def test_prune_in_batches_keeps_counts_and_syncs_reset_old_cursors(fresh_d
         pool = await d.pool()
         await _insert(pool, "r1", 7, OLD)  # seq 1-7: old
         await _insert(pool, "r1", 2)  # seq 8-9: recent
+        # items 1 and 2 read: their versions are seq 10 and 11
         await pool.execute("UPDATE notifyd.notifications SET read_at = now() WHERE seq <= 2")
         await pool.execute("SELECT notifyd.broadcast('system', 'old', 'm')")
         await pool.execute(
@@ -54,16 +55,20 @@ async def test_prune_in_batches_keeps_counts_and_syncs_reset_old_cursors(fresh_d
         assert {f["type"] for f in frames} == {"notification:unread-count"}
         assert frames[-1]["data"]["count"] == 2
         assert await d.sql("SELECT unread FROM notifyd.streams WHERE stream = 'user:r1'") == 2
-        assert await d.sql("SELECT pruned_below FROM notifyd.streams WHERE stream = 'user:r1'") == 8
+        # every version pruned is below what is kept: the read items' 10 and 11 too
+        floor = "SELECT pruned_below FROM notifyd.streams WHERE stream = 'user:r1'"
+        assert await d.sql(floor) == 12
         assert await d.sql("SELECT count(*) FROM notifyd.notifications") == 2
 
         # A cursor below what is kept: the stream is reset and its latest items come.
         stale = await client.sync({"user:r1": 3, "all": 0})
         assert sorted(stale["reset"]) == ["all", "user:r1"]
         assert [n["seq"] for n in stale["notifications"]] == [8, 9]
-        # A cursor at the last pruned item needs nothing that is gone: no reset.
-        current = await client.sync({"user:r1": 7})
-        assert current["reset"] == [] and [n["seq"] for n in current["notifications"]] == [8, 9]
+        # A cursor below a pruned version may hold that item in an older state, which nothing
+        # would remove: reset. A cursor at the last pruned version needs nothing that is gone.
+        assert (await client.sync({"user:r1": 9}))["reset"] == ["user:r1"]
+        current = await client.sync({"user:r1": 11})
+        assert current["reset"] == [] and current["notifications"] == []
         _, body = await http_get(d.app.port, "/metrics")
         assert b"notifyd_pruned_notifications_total 8.0" in body
 

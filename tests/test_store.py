@@ -115,11 +115,11 @@ async def test_no_query_leaves_session_state_on_a_pool_connection(fresh_db: str)
     store = await Store.open(fresh_db, max_size=1)
     try:
         nid = await store.insert_demo("u1", "t", "m", "low")
-        await store.mark_read("user:u1", (nid,), "conn-1")  # sets notifyd.origin locally
-        await store.mark_read("user:u1", None, "conn-2")
+        await store.mark_read("user:u1", (nid,))
+        await store.mark_read("user:u1", None)
         await store.stream_states(["user:u1", "all"])
         await store.sync({"user:u1": 0}, ["all"], None, 10, max_bytes=2**20)
-        await store.fetch_after({"user:u1": 0})
+        await store.catch_up({"user:u1": 0})
         await store.fetch_ids([nid])
         await store.revocations()
         await store.prune(30, 10)  # the advisory lock and the function's SET clauses

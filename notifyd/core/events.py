@@ -1,11 +1,12 @@
 """NOTIFY events: what the database's triggers announce, decoded into typed objects.
 
-The triggers of the schema (sql/0004_signed_events.sql) send lists of events in signed payloads
-on the channel "notifyd"; notifyd.core.channel checks the envelope, and `decode()` turns the
-list of a payload that verified into the classes below, as notifyd.core.protocol does for
-client frames. sql/EVENTS.md documents every kind, its keys and when a trigger sends it (a test
-holds the document to the triggers). A new kind means a class and a branch of `decode()` here,
-a section in EVENTS.md, and its frames in notifyd.core.fanout.Publisher.publish.
+The triggers of the schema (sql/0004_signed_events.sql, sql/0006_versions.sql) send lists of
+events in signed payloads on the channel "notifyd"; notifyd.core.channel checks the envelope,
+and `decode()` turns the list of a payload that verified into the classes below, as
+notifyd.core.protocol does for client frames. sql/EVENTS.md documents every kind, its keys
+and when a trigger sends it (a test holds the document to the triggers). A new kind means a
+class and a branch of `decode()` here, a section in EVENTS.md, and its frames in
+notifyd.core.fanout.Publisher.publish.
 
 The hot path: every notification crosses `decode()` once per process, so the classes are
 slotted dataclasses (not frozen: a row sent by reference is filled in once fetched) and
@@ -57,43 +58,36 @@ class New:
 
 @dataclass(slots=True)
 class Updated:
-    """ "m": a notification marked unread again, sent whole (clients get notification:updated);
-    by reference (`pending`) when too large for a payload, like `New`."""
+    """ "m": a notification changed by an UPDATE (any column), sent whole at its new seq
+    (clients get notification:updated); by reference (`pending`) when too large for a
+    payload, like `New`. `unread` ("u"): on the last event of each user stream."""
 
     kind: ClassVar[str] = "m"
     stream: str
     seq: int
     id: int
     notification: Wire | None
+    unread: int | None = None
     pending: bool = False
 
 
 @dataclass(slots=True)
-class Read:
-    """ "r": notifications of `stream` marked read at `at` (the protocol's time format).
-    `origin` ("o") is the connection that asked, or None (it is not told again)."""
-
-    kind: ClassVar[str] = "r"
-    pending: ClassVar[bool] = False
-    stream: str
-    ids: list[int]
-    at: str
-    origin: str | None
-
-
-@dataclass(slots=True)
 class Deleted:
-    """ "d": a notification deleted (not by retention, whose deletes are silent)."""
+    """ "d": a notification deleted (not by retention, whose deletes are silent); `seq` is
+    its tombstone's, the stream's next. `unread` ("u"): on the last event of each user
+    stream."""
 
     kind: ClassVar[str] = "d"
     pending: ClassVar[bool] = False
     id: int
     stream: str
+    seq: int
+    unread: int | None = None
 
 
 @dataclass(slots=True)
 class UnreadCount:
-    """ "c": a user stream's unread count after an update or delete changed it."""
+    """ "c": a user stream's unread count after retention deleted unread rows of it."""
 
     kind: ClassVar[str] = "c"
     pending: ClassVar[bool] = False
@@ -112,9 +106,11 @@ class RevocationsChanged:
     at: float
 
 
-Event: TypeAlias = New | Updated | Read | Deleted | UnreadCount | RevocationsChanged
+Event: TypeAlias = New | Updated | Deleted | UnreadCount | RevocationsChanged
+# A change of a stream at a seq: what catch-up reads back from the tables
+Change: TypeAlias = New | Updated | Deleted
 KINDS: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (New, Updated, Read, Deleted, UnreadCount, RevocationsChanged)
+    cls.kind: cls for cls in (New, Updated, Deleted, UnreadCount, RevocationsChanged)
 }
 
 
@@ -135,16 +131,14 @@ def decode(events: object) -> list[Event]:
                     append(New(n["stream"], n["seq"], n["id"], n, e["t"], e.get("u")))
             elif kind == "c":
                 append(UnreadCount(e["s"], e["u"]))
-            elif kind == "r":
-                append(Read(e["s"], e["ids"], e["at"], e["o"]))
             elif kind == "d":
-                append(Deleted(e["id"], e["s"]))
+                append(Deleted(e["id"], e["s"], e["q"], e.get("u")))
             elif kind == "m":
                 n = e.get("n")
                 if n is None:
-                    append(Updated(e["s"], e["q"], e["id"], None, True))
+                    append(Updated(e["s"], e["q"], e["id"], None, e.get("u"), True))
                 else:
-                    append(Updated(n["stream"], n["seq"], n["id"], n))
+                    append(Updated(n["stream"], n["seq"], n["id"], n, e.get("u")))
             elif kind == "x":
                 append(RevocationsChanged(e["user"], e["at"]))
             else:

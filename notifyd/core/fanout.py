@@ -18,19 +18,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
-
-import orjson
+from typing import Any, Generic, Protocol, TypeVar
 
 from notifyd.core.events import (
     Deleted,
     Event,
     New,
-    Read,
     RevocationsChanged,
     UnreadCount,
     Updated,
-    Wire,
 )
 from notifyd.core.index import StreamIndex
 from notifyd.core.protocol import encode, websocket_text
@@ -105,41 +101,27 @@ class Publisher(Generic[R]):
             if event.recheck and seq <= self.last_seq.get(stream, self._floor.get(stream, seq)):
                 return  # a replayed notification this node's subscribers had before
             trailer = None if event.unread is None else self.unread_frame(stream, event.unread)
-            self._publish_new(stream, seq, notification, trailer, event.committed)
+            data = {"notification": notification}
+            self._publish(stream, seq, "notification:new", data, trailer, event.committed)
+        elif isinstance(event, Updated):
+            if event.notification is not None:  # else changed or deleted before it was fetched
+                stream, seq = event.stream, event.seq
+                trailer = None if event.unread is None else self.unread_frame(stream, event.unread)
+                data = {"notification": event.notification}
+                self._publish(stream, seq, "notification:updated", data, trailer)
+        elif isinstance(event, Deleted):
+            stream, seq = event.stream, event.seq
+            trailer = None if event.unread is None else self.unread_frame(stream, event.unread)
+            removed = {"id": event.id, "stream": stream, "seq": seq}
+            self._publish(stream, seq, "notification:deleted", removed, trailer)
         elif isinstance(event, UnreadCount):
             frame = self.unread_frame(event.stream, event.unread)
             if frame is not None:
-                self._broadcast(event.stream, frame)
-        elif isinstance(event, Read):
-            frame = websocket_text(
-                encode("notification:read", {"ids": event.ids, "readAt": event.at})
-            )
-            origin = event.origin
-            sent = 0
-            for conn in list(self.index.subscribers(event.stream)):
-                if conn.session.connection_id != origin:
-                    conn.deliver(frame)
-                    sent += 1
-            self.count_sent(sent, sent * len(frame))
-        elif isinstance(event, Deleted):
-            frame = websocket_text(
-                encode("notification:deleted", {"id": event.id, "stream": event.stream})
-            )
-            self._broadcast(event.stream, frame)
-        elif isinstance(event, Updated):
-            if event.notification is not None:  # else deleted before it was fetched
-                frame = websocket_text(
-                    encode("notification:updated", {"notification": event.notification})
-                )
                 self._broadcast(event.stream, frame)
         elif isinstance(event, RevocationsChanged) and self.on_revocations is not None:
             self.on_revocations()
         if self.on_published is not None:
             self.on_published(event)
-
-    def publish_row(self, stream: str, seq: int, wire: bytes) -> None:
-        """A row caught up from the table (its wire JSON), unless already published here."""
-        self._publish_new(stream, seq, orjson.Fragment(wire))
 
     def unread_frame(self, stream: str, count: int) -> bytes | None:
         """The unread-count frame of a user stream (None for other streams)."""
@@ -159,15 +141,17 @@ class Publisher(Generic[R]):
             conn.deliver(frame)
         self.count_sent(len(members), len(members) * len(frame))
 
-    def _publish_new(
+    def _publish(
         self,
         stream: str,
         seq: int,
-        notification: Wire,
+        kind: str,
+        data: dict[str, Any],
         trailer: bytes | None = None,
         committed: float | None = None,
     ) -> None:
-        """One notification:new to every subscriber of `stream`; `trailer` (the new unread
+        """One change of `stream` at `seq` to every subscriber, in seq order and once each
+        (Session.offer): the frame `kind` with `data`. `trailer` (the new unread
         count) goes out in the same write, so a user's device gets one system call."""
         last = self.last_seq.get(stream)
         if last is not None and seq <= last:
@@ -176,7 +160,7 @@ class Publisher(Generic[R]):
         if not members:
             return
         self.last_seq[stream] = seq
-        frame = websocket_text(encode("notification:new", {"notification": notification}))
+        frame = websocket_text(encode(kind, data))
         timed = len(members) >= FANOUT_LOG_MIN
         # wall time, and this thread's CPU time: on a busy host the wall figure also holds
         # whatever ran while the loop was preempted
@@ -185,10 +169,10 @@ class Publisher(Generic[R]):
         for conn in list(members):
             out = conn.session.offer(stream, seq, frame)
             if out is not None:
-                data = out + trailer if trailer is not None else out
-                conn.deliver(data)
+                write = out + trailer if trailer is not None else out
+                conn.deliver(write)
                 sent += 1
-                size += len(data)
+                size += len(write)
             elif trailer is not None:
                 conn.deliver(trailer)
                 size += len(trailer)
@@ -217,9 +201,10 @@ def stale_claims(events: list[Event]) -> list[Event]:
     """A stale payload's events as claims to check (the payload may be a replay): a new
     notification is fetched by id (so it is what committed) and published only above what
     this node has published or its subscribers read at connect; a revocation makes the
-    revocations be read again. Read marks, unread items, deletions and counts are dropped: a
-    replay of an old one would undo a newer state (a count or read mark that is current comes
-    again with the next change, and on every connect and sync)."""
+    revocations be read again. Changed items, deletions and counts are dropped: a replay of an
+    old one would undo a newer state (a change that is current is in the tables, which catch-up
+    after a lost LISTEN and every client's sync read; a count comes again with the next change
+    and on every connect)."""
     kept: list[Event] = []
     for event in events:
         if isinstance(event, New):

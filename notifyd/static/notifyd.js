@@ -1,7 +1,7 @@
 // notifyd browser client: one zero-dependency ES module, served by the daemon at /notifyd.js.
 // It keeps one WebSocket per page, authenticates with an `auth` frame (the token stays out of
 // URLs), syncs from stored cursors on every (re)connect with ?sync=1, drops duplicates by
-// (stream, seq), reconnects with exponential backoff and jitter, and polls the HTTP API
+// (stream, seq) (each is one change: keep items by id, the latest wins), reconnects with exponential backoff and jitter, and polls the HTTP API
 // while a WebSocket cannot connect. protocol/README.md is the wire contract it follows.
 
 const STATES = ["connecting", "open", "polling", "offline", "unauthorized", "revoked", "stopped"];
@@ -135,7 +135,9 @@ export class NotifydClient {
 
   // -- events ---------------------------------------------------------------------------
 
-  /** Events: notification, read, deleted, unread, state, presence, reset, error. */
+  /** Events: notification (new, or the state of an item a sync found changed: keep items by
+   * id), updated (a newer state of an item), deleted ({id, stream, seq}, or {id} from a sync),
+   * read (the answer to this page's mark-read), unread, state, presence, reset, error. */
   on(event, handler) {
     (this.listeners[event] ||= new Set()).add(handler);
     return () => this.listeners[event].delete(handler);
@@ -306,23 +308,23 @@ export class NotifydClient {
         this.refreshed(data.roles);
         break;
       case "notification:new":
-        if (this.ledger.admit(data.notification)) this.emit("notification", data.notification);
-        if (this.synced) {
-          this.ledger.advance({ [data.notification.stream]: data.notification.seq });
+      case "notification:updated":
+      case "notification:deleted": {
+        // every change of a stream, at its seq: once each, and the cursor follows
+        const change = type === "notification:deleted" ? data : data.notification;
+        if (this.ledger.admit(change)) {
+          const name = { "notification:new": "notification", "notification:updated": "updated" };
+          this.emit(name[type] || "deleted", change);
         }
+        if (this.synced) this.ledger.advance({ [change.stream]: change.seq });
         break;
+      }
       case "notification:unread-count":
         this.unreadCount = data.count;
         this.emit("unread", data.count);
         break;
-      case "notification:updated":
-        this.emit("updated", data.notification);
-        break;
-      case "notification:read":
+      case "notification:read": // the answer to this page's mark-read
         this.emit("read", data);
-        break;
-      case "notification:deleted":
-        this.emit("deleted", data);
         break;
       case "presence:online":
       case "presence:offline":
@@ -379,7 +381,8 @@ export class NotifydClient {
     this.send("notification:sync-request", { cursors: wanted }, `sync-${++this.refs}`);
   }
 
-  /** A sync-response or a poll: resets, new items (deduplicated), then the cursors. */
+  /** A sync-response or a poll: resets, new or changed items (deduplicated: upsert them by
+   * id), removed ids, then the cursors. */
   absorb(data) {
     for (const stream of data.reset || []) {
       this.ledger.drop(stream);
@@ -388,6 +391,7 @@ export class NotifydClient {
     for (const n of data.notifications || []) {
       if (this.ledger.admit(n)) this.emit("notification", n);
     }
+    for (const id of data.removed || []) this.emit("deleted", { id });
     this.ledger.advance(data.cursors || {});
   }
 

@@ -8,8 +8,8 @@ it while one query fetches every such row queued so far; while the LISTEN connec
 events are queued, and once it is back catch_up() publishes what was committed meanwhile, then
 the queue.
 
-Imports no asyncpg: the rows come through injected callables (the store's fetch by id, and a
-pager over the rows above given seqs).
+Imports no asyncpg: the rows come through injected callables (the store's fetch by id, and
+the changes above given seqs, as events).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Any
 
 import orjson
 
-from notifyd.core.events import Event, New, Updated
+from notifyd.core.events import Change, Event, New, Updated
 from notifyd.core.fanout import Publisher, stale_claims
 
 log = logging.getLogger(__name__)
 
 FETCH_RETRY = 0.5  # seconds before a failed fetch of by-reference rows is tried again
-# (stream -> last seq) -> rows above them; id list -> rows by id
-CatchUp = Callable[[dict[str, int]], Awaitable[list[tuple[str, int, bytes]]]]
-FetchIds = Callable[[list[int]], Awaitable[dict[int, bytes]]]
+# (stream -> last seq) -> the changes above them, as events; id list -> id -> (seq, wire)
+CatchUp = Callable[[dict[str, int]], Awaitable[list[Change]]]
+FetchIds = Callable[[list[int]], Awaitable[dict[int, tuple[int, bytes]]]]
 
 
 class EventPipeline:
@@ -78,12 +78,12 @@ class EventPipeline:
         self._blocked = True
         while self._draining is not None:
             await asyncio.sleep(0.005)
-        rows = await self._catch_up(self.publisher.catch_up_points())
-        for stream, seq, wire in rows:
-            self.publisher.publish_row(stream, seq, wire)
+        missed = await self._catch_up(self.publisher.catch_up_points())
+        for event in missed:
+            self.publisher.publish(event)
         self._blocked = False
         self._start_drain()
-        return len(rows)
+        return len(missed)
 
     def _start_drain(self) -> None:
         if self._draining is None and not self._blocked and self._queue:
@@ -113,7 +113,10 @@ class EventPipeline:
         wanted = set(refs)  # references queued during the fetch wait for the next one
         for event in self._queue:
             if event.pending and isinstance(event, New | Updated) and event.id in wanted:
-                wire = rows.get(event.id)
-                # A row deleted before we fetched it: its deletion event follows in the queue.
-                event.notification = orjson.Fragment(wire) if wire is not None else None
+                row = rows.get(event.id)
+                # A row deleted or changed again before we fetched it: its deletion or its
+                # newer version follows in the queue (a newer state sent at this seq could
+                # take a client's cursor past changes still on their way).
+                fits = row is not None and row[0] == event.seq
+                event.notification = orjson.Fragment(row[1]) if fits and row else None
                 event.pending = False

@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 
 from notifyd.core.errors import PruneBusy, StoreError
+from notifyd.core.events import Change, Deleted, New, Updated
 
 # Connection errors and server shutdowns: the database is unavailable, not the request bad.
 _UNAVAILABLE = (
@@ -49,6 +50,7 @@ class _StateBatch:
 @dataclass(slots=True)
 class SyncResult:
     notifications: list[orjson.Fragment] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)  # ids deleted after the cursors
     cursors: dict[str, int] = field(default_factory=dict)
     reset: list[str] = field(default_factory=list)
     has_more: set[str] = field(default_factory=set)
@@ -56,14 +58,26 @@ class SyncResult:
     size: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    stream: str
-    seq: int
-    wire: bytes  # the Notification object as JSON
-
-
 _WIRE = "notifyd.to_wire(n)::text"
+# A stream's changes after a seq ($after), leaving out a range ($skip_first to $skip_last), in
+# seq order, at most $limit and one more: its rows (item: the row) and its tombstones (item
+# NULL, removed), so each item's last state and each deletion come once. Only the first
+# $limit get their wire text: the row's Notification JSON, or a tombstone's id.
+_CHANGES = """
+SELECT u.seq, u.removed,
+       CASE WHEN row_number() OVER (ORDER BY u.seq) <= {limit}
+            THEN CASE WHEN u.removed THEN u.id::text ELSE notifyd.to_wire(u.item)::text END
+       END AS wire
+FROM ((SELECT n.seq, n.id, n AS item, false AS removed FROM notifyd.notifications n
+       WHERE n.stream = {stream} AND n.seq > {after}
+         AND n.seq NOT BETWEEN {skip_first} AND {skip_last}
+       ORDER BY n.seq LIMIT {limit} + 1)
+      UNION ALL
+      (SELECT r.seq, r.id, NULL::notifyd.notifications, true FROM notifyd.removals r
+       WHERE r.stream = {stream} AND r.seq > {after}
+         AND r.seq NOT BETWEEN {skip_first} AND {skip_last}
+       ORDER BY r.seq LIMIT {limit} + 1)) u
+ORDER BY u.seq LIMIT {limit} + 1"""
 # A sync page is bounded by count (`limit` per stream) and by bytes: the rows' wire text,
 # streams in turn, stops at the response's byte budget, save its first row, which goes however
 # large (it would fit no page). Each stream's candidates are its first `limit` rows and one
@@ -72,53 +86,70 @@ _WIRE = "notifyd.to_wire(n)::text"
 _FITS = "upto <= {budget} OR ({first} AND upto = octet_length(wire))"
 _RUNNING_BYTES = "sum(octet_length({wire})) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING)"
 # A sync-request with a cursor for every stream, in one statement (one snapshot, one round trip
-# instead of a transaction of five): each stream's state beside the rows after its cursor,
+# instead of a transaction of five): each stream's state beside the changes after its cursor,
 # without the range sent live meanwhile; streams in the request's order, rows in seq order.
 _SYNC_AFTER_CURSORS = f"""
-SELECT stream, last_seq, pruned_below, seq,
+SELECT stream, last_seq, pruned_below, seq, removed,
        CASE WHEN {_FITS.format(budget="$6", first="true")} THEN wire END AS wire
 FROM (
     SELECT c.i, c.stream, coalesce(s.last_seq, 0) AS last_seq,
-           coalesce(s.pruned_below, 0) AS pruned_below, r.seq, r.wire,
+           coalesce(s.pruned_below, 0) AS pruned_below, r.seq, r.removed, r.wire,
            {_RUNNING_BYTES.format(wire="r.wire", order="c.i, r.seq")} AS upto
     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) WITH ORDINALITY
          AS c(stream, after, skip_first, skip_last, i)
     LEFT JOIN notifyd.streams s ON s.stream = c.stream
-    LEFT JOIN LATERAL (
-        SELECT n.seq, CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_WIRE} END AS wire
-        FROM notifyd.notifications n
-        WHERE n.stream = c.stream AND n.seq > c.after
-          AND n.seq NOT BETWEEN c.skip_first AND c.skip_last
-        ORDER BY n.seq LIMIT $5 + 1) r ON true) page
+    LEFT JOIN LATERAL ({
+    _CHANGES.format(
+        stream="c.stream",
+        after="c.after",
+        skip_first="c.skip_first",
+        skip_last="c.skip_last",
+        limit="$5",
+    )
+}) r ON true) page
 ORDER BY i, seq"""
-# One stream's page inside the transaction: its candidate rows (a query of (seq, wire) with
-# parameters from $3) cut at the bytes left ($1), the first row given anyway when nothing was
-# given before it ($2).
+# One stream's page inside the transaction: its candidate rows (a query of (seq, removed, wire)
+# with parameters from $3) cut at the bytes left ($1), the first row given anyway when nothing
+# was given before it ($2).
 _PAGE = f"""
-SELECT seq, upto,
+SELECT seq, removed, upto,
        CASE WHEN {_FITS.format(budget="$1", first="$2::boolean")} THEN wire END AS wire
-FROM (SELECT seq, wire, {_RUNNING_BYTES.format(wire="wire", order="seq")} AS upto
+FROM (SELECT seq, removed, wire, {_RUNNING_BYTES.format(wire="wire", order="seq")} AS upto
       FROM ({{rows}}) r) page
 ORDER BY seq"""
 _AFTER_CURSOR = _PAGE.format(
-    rows=f"""
-    SELECT n.seq, CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_WIRE} END AS wire
-    FROM notifyd.notifications n
-    WHERE n.stream = $3 AND n.seq > $4 AND n.seq NOT BETWEEN $6 AND $7
-    ORDER BY n.seq LIMIT $5 + 1"""
+    rows=_CHANGES.format(stream="$3", after="$4", skip_first="$6", skip_last="$7", limit="$5")
 )
 _CREATED_SINCE = _PAGE.format(
     rows=f"""
-    SELECT n.seq, CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_WIRE} END AS wire
+    SELECT n.seq, false AS removed,
+           CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_WIRE} END AS wire
     FROM notifyd.notifications n
     WHERE n.stream = $3 AND n.created_at > $4
     ORDER BY n.seq LIMIT $5 + 1"""
 )
 _LATEST = _PAGE.format(
     rows=f"""
-    SELECT n.seq, {_WIRE} AS wire FROM notifyd.notifications n
+    SELECT n.seq, false AS removed, {_WIRE} AS wire FROM notifyd.notifications n
     WHERE n.stream = $3 ORDER BY n.seq DESC LIMIT $4"""
 )
+# What a node missed of each stream while not listening: the changes above a seq, as events
+# (a row delivered after that seq is new there, one delivered before it changed).
+_CATCH_UP = """
+SELECT a.stream, c.seq, c.id, c.removed, c.fresh, c.wire
+FROM unnest($1::text[], $2::bigint[]) AS a(stream, after)
+CROSS JOIN LATERAL (
+    SELECT u.seq, u.id, u.removed, u.fresh,
+           CASE WHEN NOT u.removed THEN notifyd.to_wire(u.item)::text END AS wire
+    FROM ((SELECT n.seq, n.id, n AS item, false AS removed, n.dseq > a.after AS fresh
+           FROM notifyd.notifications n
+           WHERE n.stream = a.stream AND n.seq > a.after ORDER BY n.seq LIMIT $3)
+          UNION ALL
+          (SELECT r.seq, r.id, NULL::notifyd.notifications, true, false
+           FROM notifyd.removals r
+           WHERE r.stream = a.stream AND r.seq > a.after ORDER BY r.seq LIMIT $3)) u
+    ORDER BY u.seq LIMIT $3) c
+ORDER BY a.stream, c.seq"""
 CATCH_UP_PAGE = 10_000  # rows per stream and query when catching up
 PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
 
@@ -261,20 +292,18 @@ class Store:
         return nid
 
     async def mark_read(
-        self, user_stream: str, ids: tuple[int, ...] | None, origin: str
+        self, user_stream: str, ids: tuple[int, ...] | None
     ) -> tuple[list[int], dt.datetime | None]:
         """Marks the given ids (all unread when None) of `user_stream` read. Returns the ids that
         changed and their read time. Rows of other streams are never touched."""
         where = "AND id = ANY($2::bigint[])" if ids is not None else ""
         args: list[object] = [user_stream] + ([list(ids)] if ids is not None else [])
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT set_config('notifyd.origin', $1, true)", origin)
-                rows = await conn.fetch(
-                    "UPDATE notifyd.notifications SET read_at = now() "
-                    f"WHERE stream = $1 AND read_at IS NULL {where} RETURNING id, read_at",
-                    *args,
-                )
+            rows = await self._pool.fetch(
+                "UPDATE notifyd.notifications SET read_at = now() "
+                f"WHERE stream = $1 AND read_at IS NULL {where} RETURNING id, read_at",
+                *args,
+            )
         # and any error of the UPDATE: a statement timeout, a lock timeout, an app's trigger
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreError(str(exc)) from exc
@@ -282,51 +311,53 @@ class Store:
             return [], None
         return sorted(r["id"] for r in rows), rows[0]["read_at"]
 
-    async def fetch_after(self, after: dict[str, int], limit: int = 10000) -> list[Row]:
-        """Rows with seq above the given one per stream, in seq order within each stream."""
+    async def changes_after(self, after: dict[str, int], limit: int = 10000) -> list[Change]:
+        """The changes above the given seq per stream, at most `limit` per stream, as events in
+        seq order within each stream: rows first delivered above it as New, rows delivered
+        before it and changed since as Updated, tombstones as Deleted."""
         if not after:
             return []
         try:
-            records = await self._pool.fetch(
-                f"SELECT n.stream, n.seq, {_WIRE} AS wire "
-                "FROM unnest($1::text[], $2::bigint[]) AS a(stream, after) "
-                "CROSS JOIN LATERAL (SELECT * FROM notifyd.notifications n "
-                "  WHERE n.stream = a.stream AND n.seq > a.after ORDER BY n.seq LIMIT $3) n "
-                "ORDER BY n.stream, n.seq",
-                list(after),
-                list(after.values()),
-                limit,
-            )
+            records = await self._pool.fetch(_CATCH_UP, list(after), list(after.values()), limit)
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
-        return [Row(r["stream"], r["seq"], r["wire"].encode()) for r in records]
+        events: list[Change] = []
+        for r in records:
+            stream, seq, nid = r["stream"], r["seq"], r["id"]
+            if r["removed"]:
+                events.append(Deleted(nid, stream, seq))
+            elif r["fresh"]:
+                events.append(New(stream, seq, nid, orjson.Fragment(r["wire"].encode())))
+            else:
+                events.append(Updated(stream, seq, nid, orjson.Fragment(r["wire"].encode())))
+        return events
 
-    async def catch_up(self, after: dict[str, int]) -> list[tuple[str, int, bytes]]:
-        """Every row above the given seq per stream, as (stream, seq, wire), fetched in pages
-        of CATCH_UP_PAGE rows per stream: what a node missed while not listening."""
-        out: list[tuple[str, int, bytes]] = []
+    async def catch_up(self, after: dict[str, int]) -> list[Change]:
+        """Every change above the given seq per stream, fetched in pages of CATCH_UP_PAGE
+        changes per stream: what a node missed while not listening."""
+        out: list[Change] = []
         while after:
-            rows = await self.fetch_after(after, CATCH_UP_PAGE)
-            out.extend((r.stream, r.seq, r.wire) for r in rows)
-            full: dict[str, int] = {}
+            events = await self.changes_after(after, CATCH_UP_PAGE)
+            out.extend(events)
+            last: dict[str, int] = {}
             counts: dict[str, int] = {}
-            for r in rows:
-                counts[r.stream] = counts.get(r.stream, 0) + 1
-                full[r.stream] = r.seq
-            after = {s: seq for s, seq in full.items() if counts[s] >= CATCH_UP_PAGE}
+            for e in events:
+                counts[e.stream] = counts.get(e.stream, 0) + 1
+                last[e.stream] = e.seq
+            after = {s: seq for s, seq in last.items() if counts[s] >= CATCH_UP_PAGE}
         return out
 
-    async def fetch_ids(self, ids: list[int]) -> dict[int, bytes]:
-        """Rows too large for a NOTIFY payload, by id."""
+    async def fetch_ids(self, ids: list[int]) -> dict[int, tuple[int, bytes]]:
+        """Rows too large for a NOTIFY payload, by id: id -> (seq, wire)."""
         try:
             records = await self._pool.fetch(
-                f"SELECT n.id, {_WIRE} AS wire FROM notifyd.notifications n "
+                f"SELECT n.id, n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
                 "WHERE n.id = ANY($1::bigint[])",
                 ids,
             )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
-        return {r["id"]: r["wire"].encode() for r in records}
+        return {r["id"]: (r["seq"], r["wire"].encode()) for r in records}
 
     async def sync(
         self,
@@ -446,7 +477,8 @@ class Store:
     ) -> list[asyncpg.Record]:
         """One stream's candidate rows by `query` (see _PAGE), cut at what is left of the
         response's byte budget; counts the bytes of those given."""
-        rows = await conn.fetch(query, max_bytes - result.size, not result.notifications, *args)
+        first = not result.notifications and not result.removed
+        rows = await conn.fetch(query, max_bytes - result.size, first, *args)
         given = [r for r in rows if r["wire"] is not None]
         if given:
             result.size += given[-1]["upto"]
@@ -472,7 +504,10 @@ class Store:
         else:
             result.cursors[stream] = max(given[-1]["seq"], floor) if given else floor
         for r in given:
-            result.notifications.append(orjson.Fragment(r["wire"]))
+            if r["removed"]:
+                result.removed.append(int(r["wire"]))
+            else:
+                result.notifications.append(orjson.Fragment(r["wire"]))
 
     async def _latest(
         self,

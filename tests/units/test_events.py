@@ -14,7 +14,6 @@ from notifyd.core.events import (
     KINDS,
     Deleted,
     New,
-    Read,
     RevocationsChanged,
     UnreadCount,
     Updated,
@@ -31,12 +30,11 @@ def test_every_kind_decodes_into_its_class() -> None:
             {"k": "n", "n": wire("all", 1, 31), "t": 1.5},
             {"k": "n", "id": 32, "s": "role:ops", "q": 7, "t": 1.5},
             {"k": "m", "n": small},
+            {"k": "m", "n": small, "u": 1},
             {"k": "m", "id": 32, "s": "role:ops", "q": 7},
-            {"k": "r", "s": "user:1", "ids": [30, 33], "at": "2026-01-01T00:00:00.000000Z"}
-            | {"o": "c1"},
-            {"k": "r", "s": "user:1", "ids": [34], "at": "2026-01-01T00:00:00.000000Z", "o": None},
             {"k": "c", "s": "user:1", "u": 2},
-            {"k": "d", "id": 30, "s": "user:1"},
+            {"k": "d", "id": 30, "s": "user:1", "q": 9},
+            {"k": "d", "id": 31, "s": "user:1", "q": 10, "u": 0},
             {"k": "x", "user": "42", "at": 1767225600.25},
         ]
     )
@@ -45,18 +43,18 @@ def test_every_kind_decodes_into_its_class() -> None:
         New("all", 1, 31, wire("all", 1, 31), 1.5, None),
         New("role:ops", 7, 32, None, 1.5, None, pending=True),
         Updated("user:1", 3, 30, small),
+        Updated("user:1", 3, 30, small, 1),
         Updated("role:ops", 7, 32, None, pending=True),
-        Read("user:1", [30, 33], "2026-01-01T00:00:00.000000Z", "c1"),
-        Read("user:1", [34], "2026-01-01T00:00:00.000000Z", None),
         UnreadCount("user:1", 2),
-        Deleted(30, "user:1"),
+        Deleted(30, "user:1", 9),
+        Deleted(31, "user:1", 10, 0),
         RevocationsChanged("42", 1767225600.25),
     ]
     first = events[0]
     assert isinstance(first, New) and first.notification is small  # by value: no copy
-    assert [e.kind for e in events] == list("nnnmmrrcdx")
+    assert [e.kind for e in events] == list("nnnmmmcddx")
     assert not any(e.pending for e in events if not isinstance(e, New | Updated))
-    assert set(KINDS) == set("nmrcdx") and all(KINDS[e.kind] is type(e) for e in events)
+    assert set(KINDS) == set("nmcdx") and all(KINDS[e.kind] is type(e) for e in events)
 
 
 def test_an_unknown_kind_is_dropped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -77,7 +75,7 @@ def test_an_unknown_kind_is_dropped_and_logged(caplog: pytest.LogCaptureFixture)
         [{"k": "n", "n": None, "t": 1.0}],  # null: a reference without its keys
         [{"k": "m", "n": [1, 2]}],
         [{"k": "n", "id": 1, "s": "user:1", "q": 1}],  # no "t"
-        [{"k": "r", "s": "user:1", "ids": [1], "at": "x"}],  # no "o"
+        [{"k": "d", "id": 1, "s": "user:1"}],  # no "q"
         [{"k": "x", "user": "1"}],
         [["k", "c"]],  # an event that is no object
         [7],

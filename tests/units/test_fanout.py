@@ -11,7 +11,6 @@ from notifyd.core.events import (
     Deleted,
     Event,
     New,
-    Read,
     RevocationsChanged,
     UnreadCount,
     Updated,
@@ -50,42 +49,45 @@ def test_each_event_kind_makes_its_frame() -> None:
     events: list[Event] = [
         _new("user:1", 1, 11, unread=1),
         UnreadCount("user:1", 0),
-        Read("user:1", [11], "2026-01-01T00:00:01.000000Z", origin=me.session.connection_id),
-        Updated("user:1", 1, 11, wire("user:1", 1, 11)),
-        Deleted(11, "user:1"),
+        Updated("user:1", 2, 11, wire("user:1", 2, 11), unread=0),
+        Deleted(11, "user:1", 3),
         _new("all", 1, 12),
         RevocationsChanged("42", 1.5),
         # a row sent by reference and deleted before it was fetched: nothing to publish
-        New("user:1", 2, 13, None, 0.0, 1),
-        Updated("user:1", 2, 13, None),
+        New("user:1", 4, 13, None, 0.0, 1),
+        Updated("user:1", 5, 13, None),
+        Deleted(13, "user:1", 6, 0),
     ]
     for event in events:
         publisher.publish(event)
-    assert [f["type"] for f in me.decoded()] == [
+    every_change = [
         "notification:new",
         "notification:unread-count",
         "notification:unread-count",
-        # not the read mark: its device asked for it
         "notification:updated",
+        "notification:unread-count",
         "notification:deleted",
+    ]
+    assert [f["type"] for f in me.decoded()] == [
+        *every_change,
         "notification:new",
+        "notification:deleted",
+        "notification:unread-count",
     ]
     assert [f["type"] for f in other.decoded()] == [
-        "notification:new",
-        "notification:unread-count",
-        "notification:unread-count",
-        "notification:read",
-        "notification:updated",
+        *every_change,
         "notification:deleted",
+        "notification:unread-count",
     ]
+    assert other.decoded()[5]["data"] == {"id": 11, "stream": "user:1", "seq": 3}
     assert me.frames[0] == websocket_text(
         encode("notification:new", {"notification": wire("user:1", 1, 11)})
     ) + websocket_text(encode("notification:unread-count", {"count": 1}))
     assert revocations == [None]
-    assert published == events[:7] + events[8:]  # not the row gone before it was fetched
-    assert (publisher.delivered, publisher.published) == (3, 2)
-    assert counted == [12, me.written + other.written]
-    assert publisher.last_seq == {"user:1": 1, "all": 1}
+    assert published == events[:6] + events[7:]  # not the row gone before it was fetched
+    assert (publisher.delivered, publisher.published) == (9, 5)
+    assert counted == [17, me.written + other.written]
+    assert publisher.last_seq == {"user:1": 6, "all": 1}
 
 
 def test_floor_never_drops_live_items_and_a_recheck_only_publishes_news() -> None:
@@ -110,15 +112,23 @@ def test_floor_never_drops_live_items_and_a_recheck_only_publishes_news() -> Non
     assert publisher.catch_up_points() == {} and publisher.last_seq == {}
 
 
-def test_caught_up_rows_are_published_once() -> None:
+def test_changes_are_published_once_in_seq_order() -> None:
     conn = FakeConn(live_session())
     publisher = _publisher((conn, ["user:1"]))
     publisher.publish(_new("user:1", 2, 2))
+    # caught up from the tables, overlapping what was published live
     for seq in (1, 2, 3):
-        publisher.publish_row("user:1", seq, orjson.dumps(wire("user:1", seq, seq)))
-    publisher.publish_row("user:9", 1, b"{}")  # no subscriber here: nothing, no seq kept
-    seqs = [f["data"]["notification"]["seq"] for f in conn.decoded()]
-    assert seqs == [2, 3] and publisher.last_seq == {"user:1": 3}
+        publisher.publish(New("user:1", seq, seq, wire("user:1", seq, seq)))
+    publisher.publish(Updated("user:1", 3, 1, wire("user:1", 3, 1)))  # the same seq again
+    publisher.publish(Updated("user:1", 4, 1, wire("user:1", 4, 1)))
+    publisher.publish(Deleted(2, "user:1", 4))  # the same seq again
+    publisher.publish(Deleted(2, "user:1", 5))
+    publisher.publish(New("user:9", 1, 9, wire("user:9", 1, 9)))  # no subscriber: no seq kept
+    assert [
+        (f["type"][13:], f["data"].get("seq") or f["data"]["notification"]["seq"])
+        for f in conn.decoded()
+    ] == [("new", 2), ("new", 3), ("updated", 4), ("deleted", 5)]
+    assert publisher.last_seq == {"user:1": 5}
 
 
 def test_stale_claims_keep_new_items_as_references_and_revocations() -> None:
@@ -126,8 +136,7 @@ def test_stale_claims_keep_new_items_as_references_and_revocations() -> None:
         '[{"k":"n","n":' + orjson.dumps(wire("user:1", 3, 30)).decode() + ',"t":1.0,"u":2},'
         '{"k":"n","id":31,"s":"user:1","q":4,"t":1.0},'
         '{"k":"m","id":31,"s":"user:1","q":4},{"k":"c","s":"user:1","u":0},'
-        '{"k":"r","s":"user:1","ids":[30],"at":"2026-01-01T00:00:00.000000Z","o":null},'
-        '{"k":"d","id":30,"s":"user:1"},{"k":"x","user":"1","at":2.5}]'
+        '{"k":"d","id":30,"s":"user:1","q":5,"u":0},{"k":"x","user":"1","at":2.5}]'
     )
     assert stale_claims(events) == [
         New("user:1", 3, 30, None, pending=True, recheck=True),
