@@ -64,6 +64,9 @@ class Device:
         """Offline (the app closed): the copy and the cursors stay."""
         if self.online:
             self.online = False
+            # stopped once connected and synced: a client stopped halfway through its
+            # handshake would leave its socket to the garbage collector
+            await eventually(lambda: self.client.synced, 20, "the device synced")
             await self.client.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
