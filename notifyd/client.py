@@ -311,7 +311,12 @@ class NotifydClient:
                 if kind == "notification:new":
                     self.observer.live(n)
                 if self.ledger.admit(n):
-                    yield Event("notification" if kind == "notification:new" else kind[13:], n)
+                    yield Event(
+                        "notification"
+                        if kind == "notification:new"
+                        else kind.removeprefix("notification:"),
+                        n,
+                    )
                 if self.synced:
                     self.ledger.advance({n["stream"]: n["seq"]})
             elif kind == "notification:unread-count":

@@ -15,7 +15,9 @@ from asyncpg.transaction import Transaction
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+import notifyd.storage.store as store_module
 from notifyd.core.errors import StoreError
+from notifyd.core.events import Updated
 from notifyd.storage.migrate import migrations
 from notifyd.storage.store import Store
 
@@ -283,3 +285,31 @@ async def test_a_sync_with_every_cursor_is_answered_as_the_transaction_answers_i
 def test_migration_files_are_numbered() -> None:
     found = migrations()
     assert [v for v, _, _ in found] == list(range(1, len(found) + 1))
+
+
+async def test_catch_up_reads_new_changed_and_deleted_items_as_their_events(
+    fresh_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a node missed above a seq: rows delivered after it as new, rows delivered before it
+    and changed since as updated (at their new seq), tombstones as deleted; in seq order, in
+    pages that lose nothing."""
+    monkeypatch.setattr(store_module, "CATCH_UP_PAGE", 2)
+    store = await Store.open(fresh_db)
+    try:
+        ids = [await store.insert_demo("u1", f"n{i}", "m", "low") for i in range(4)]  # seq 1-4
+        await store.mark_read("user:u1", (ids[0],))  # seq 5
+        await store._pool.execute("DELETE FROM notifyd.notifications WHERE id = $1", ids[1])  # 6
+        await store.insert_demo("u1", "n4", "m", "low")  # seq 7
+        events = await store.catch_up({"user:u1": 2, "all": 0})
+        assert [(type(e).__name__, e.seq, e.id) for e in events] == [
+            ("New", 3, ids[2]),
+            ("New", 4, ids[3]),
+            ("Updated", 5, ids[0]),
+            ("Deleted", 6, ids[1]),
+            ("New", 7, ids[3] + 1),
+        ]
+        updated = events[2]
+        assert isinstance(updated, Updated) and updated.notification is not None
+        assert orjson.loads(orjson.dumps(updated.notification))["read"] is True
+    finally:
+        await store.close()

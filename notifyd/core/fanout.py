@@ -100,20 +100,18 @@ class Publisher(Generic[R]):
             stream, seq = event.stream, event.seq
             if event.recheck and seq <= self.last_seq.get(stream, self._floor.get(stream, seq)):
                 return  # a replayed notification this node's subscribers had before
-            trailer = None if event.unread is None else self.unread_frame(stream, event.unread)
             data = {"notification": notification}
+            trailer = self.unread_frame(stream, event.unread)
             self._publish(stream, seq, "notification:new", data, trailer, event.committed)
         elif isinstance(event, Updated):
             if event.notification is not None:  # else changed or deleted before it was fetched
-                stream, seq = event.stream, event.seq
-                trailer = None if event.unread is None else self.unread_frame(stream, event.unread)
                 data = {"notification": event.notification}
-                self._publish(stream, seq, "notification:updated", data, trailer)
+                trailer = self.unread_frame(event.stream, event.unread)
+                self._publish(event.stream, event.seq, "notification:updated", data, trailer)
         elif isinstance(event, Deleted):
-            stream, seq = event.stream, event.seq
-            trailer = None if event.unread is None else self.unread_frame(stream, event.unread)
-            removed = {"id": event.id, "stream": stream, "seq": seq}
-            self._publish(stream, seq, "notification:deleted", removed, trailer)
+            removed = {"id": event.id, "stream": event.stream, "seq": event.seq}
+            trailer = self.unread_frame(event.stream, event.unread)
+            self._publish(event.stream, event.seq, "notification:deleted", removed, trailer)
         elif isinstance(event, UnreadCount):
             frame = self.unread_frame(event.stream, event.unread)
             if frame is not None:
@@ -123,9 +121,10 @@ class Publisher(Generic[R]):
         if self.on_published is not None:
             self.on_published(event)
 
-    def unread_frame(self, stream: str, count: int) -> bytes | None:
-        """The unread-count frame of a user stream (None for other streams)."""
-        if not stream.startswith("user:"):
+    def unread_frame(self, stream: str, count: int | None) -> bytes | None:
+        """The unread-count frame of a user stream (None for other streams, or no count: an
+        event that carries none)."""
+        if count is None or not stream.startswith("user:"):
             return None
         count = max(0, count)
         frame = self._unread_frames.get(count)

@@ -118,5 +118,5 @@ class EventPipeline:
                 # newer version follows in the queue (a newer state sent at this seq could
                 # take a client's cursor past changes still on their way).
                 fits = row is not None and row[0] == event.seq
-                event.notification = orjson.Fragment(row[1]) if fits and row else None
+                event.notification = orjson.Fragment(row[1]) if row is not None and fits else None
                 event.pending = False

@@ -59,21 +59,23 @@ class SyncResult:
 
 
 _WIRE = "notifyd.to_wire(n)::text"
-# A stream's changes after a seq ($after), leaving out a range ($skip_first to $skip_last), in
-# seq order, at most $limit and one more: its rows (item: the row) and its tombstones (item
+# A stream's changes after a seq ({after}), leaving out a range ({skip_first} to {skip_last}),
+# in seq order, at most {limit} and one more: its rows (item: the row) and its tombstones (item
 # NULL, removed), so each item's last state and each deletion come once. Only the first
-# $limit get their wire text: the row's Notification JSON, or a tombstone's id.
+# {limit} get their wire text (the row's Notification JSON, or a tombstone's id); the one more
+# (wire NULL) only tells that more follow. `fresh`: a row delivered after {after}.
 _CHANGES = """
-SELECT u.seq, u.removed,
+SELECT u.seq, u.id, u.removed, u.fresh,
        CASE WHEN row_number() OVER (ORDER BY u.seq) <= {limit}
             THEN CASE WHEN u.removed THEN u.id::text ELSE notifyd.to_wire(u.item)::text END
        END AS wire
-FROM ((SELECT n.seq, n.id, n AS item, false AS removed FROM notifyd.notifications n
+FROM ((SELECT n.seq, n.id, n AS item, false AS removed, n.dseq > {after} AS fresh
+       FROM notifyd.notifications n
        WHERE n.stream = {stream} AND n.seq > {after}
          AND n.seq NOT BETWEEN {skip_first} AND {skip_last}
        ORDER BY n.seq LIMIT {limit} + 1)
       UNION ALL
-      (SELECT r.seq, r.id, NULL::notifyd.notifications, true FROM notifyd.removals r
+      (SELECT r.seq, r.id, NULL::notifyd.notifications, true, false FROM notifyd.removals r
        WHERE r.stream = {stream} AND r.seq > {after}
          AND r.seq NOT BETWEEN {skip_first} AND {skip_last}
        ORDER BY r.seq LIMIT {limit} + 1)) u
@@ -133,22 +135,16 @@ _LATEST = _PAGE.format(
     SELECT n.seq, false AS removed, {_WIRE} AS wire FROM notifyd.notifications n
     WHERE n.stream = $3 ORDER BY n.seq DESC LIMIT $4"""
 )
-# What a node missed of each stream while not listening: the changes above a seq, as events
-# (a row delivered after that seq is new there, one delivered before it changed).
-_CATCH_UP = """
+# What a node missed of each stream while not listening: the changes above a seq, at most $3
+# per stream (as events: a row delivered after that seq is new there, one delivered before it
+# changed).
+_CATCH_UP = f"""
 SELECT a.stream, c.seq, c.id, c.removed, c.fresh, c.wire
 FROM unnest($1::text[], $2::bigint[]) AS a(stream, after)
-CROSS JOIN LATERAL (
-    SELECT u.seq, u.id, u.removed, u.fresh,
-           CASE WHEN NOT u.removed THEN notifyd.to_wire(u.item)::text END AS wire
-    FROM ((SELECT n.seq, n.id, n AS item, false AS removed, n.dseq > a.after AS fresh
-           FROM notifyd.notifications n
-           WHERE n.stream = a.stream AND n.seq > a.after ORDER BY n.seq LIMIT $3)
-          UNION ALL
-          (SELECT r.seq, r.id, NULL::notifyd.notifications, true, false
-           FROM notifyd.removals r
-           WHERE r.stream = a.stream AND r.seq > a.after ORDER BY r.seq LIMIT $3)) u
-    ORDER BY u.seq LIMIT $3) c
+CROSS JOIN LATERAL ({
+    _CHANGES.format(stream="a.stream", after="a.after", skip_first=0, skip_last=-1, limit="$3")
+}) c
+WHERE c.wire IS NOT NULL
 ORDER BY a.stream, c.seq"""
 CATCH_UP_PAGE = 10_000  # rows per stream and query when catching up
 PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
