@@ -203,6 +203,10 @@ async def test_an_app_role_cannot_sign_events_either(daemon: Daemon) -> None:
         ] == "from the app"
         for statement in (
             "UPDATE notifyd.streams SET last_seq = 1000000 WHERE stream = 'user:42'",
+            "INSERT INTO notifyd.removals (stream, seq, id) VALUES ('user:42', 99, 1)",
+            "SELECT * FROM notifyd.removals",
+            "CREATE TEMP TABLE moved (LIKE notifyd.notifications); CREATE TRIGGER v BEFORE "
+            "UPDATE ON moved FOR EACH ROW EXECUTE FUNCTION notifyd.next_version()",
             "INSERT INTO notifyd.schema_migrations VALUES (99, '0099_skip.sql')",
             "SELECT * FROM notifyd_private.channel_keys",
             "SELECT notifyd_private.send_events(ARRAY['{}'::jsonb])",
@@ -213,6 +217,10 @@ async def test_an_app_role_cannot_sign_events_either(daemon: Daemon) -> None:
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(statement)
+        # its UPDATE makes a version; it cannot move a row's seq or where it was delivered
+        for column in ("seq", "dseq"):
+            with pytest.raises(asyncpg.CheckViolationError, match="cannot change"):
+                await conn.execute(f"UPDATE notifyd.notifications SET {column} = {column} + 1000")
     finally:
         await conn.close()
         await admin_exec(daemon.dsn, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
