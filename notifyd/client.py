@@ -223,6 +223,8 @@ class NotifydClient:
                     self._ws, opened = ws, True
                     self.connections += 1
                     self.observer.opened()
+                    if self._stopped:  # stop() came while it opened, with nothing to close yet
+                        continue  # leaving the block closes it
                     auth = {"type": "auth", "ref": "auth", "data": {"token": await self._token()}}
                     await ws.send(_text(auth))
                     async for event in self._converse(ws):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 
+from faults_support import eventually
 from support import ROOT, Daemon, free_port, notifyd_cmd, running_daemon, subprocess_env
 
 from notifyd.client import Event, Ledger, NotifydClient
@@ -105,3 +106,17 @@ async def test_tail_prints_notifications_live(daemon: Daemon) -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_stop_while_connecting_leaves_no_connection_open(daemon: Daemon) -> None:
+    """stop() during the opening handshake has no connection to close yet: the connection
+    that opens after it is closed at once, and the loop ends."""
+    client = NotifydClient(daemon.url, daemon.token("stopper"))
+    states: list[str] = []
+    async for event in client.events():
+        if event.kind == "state":
+            states.append(event.data["state"])
+            if event.data["state"] == "connecting":
+                await client.stop()
+    assert states == ["connecting", "stopped"] and not client.connected
+    await eventually(lambda: not daemon.app.connections, 10, "the server saw it close")
