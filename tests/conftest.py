@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import tempfile
@@ -20,6 +21,15 @@ from support import HOW_TO_PROVIDE_PG, Daemon, admin_exec, running_daemon, with_
 from notifyd.storage.migrate import migrate
 
 _counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Garbage is collected after each test, so that a socket or transport a test leaves
+    unclosed is reported (ResourceWarning) against that test, not against whichever later test
+    the next collection happens in (the daemon's GC policy makes collections rare)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -236,6 +236,9 @@ class Daemon:
         for client in self.clients:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 2)
+            # a close that did not finish in time (a backlog of unread frames, say) must not
+            # leave its socket to the garbage collector
+            client.ws.transport.abort()
         await self.app.stop(timeout=2)
         if self._pool is not None:
             await self._pool.close()
