@@ -6,7 +6,8 @@
 --    (stream, seq > cursor). dseq keeps the seq a row was delivered at (it never changes).
 -- 2. A deleted notification leaves a tombstone in notifyd.removals at the stream's next seq; a
 --    sync answers it as `removed`. Retention prunes tombstones as it prunes rows (same age),
---    and a cursor below what it pruned is answered with `reset`, as before.
+--    and a cursor below what it pruned is answered with `reset`, as before. notifyd.prune() is
+--    no longer executable by every role: only by the owner.
 -- 3. Events: "m" for every row an UPDATE changed (the row whole), "d" with the seq of its
 --    tombstone; a user stream's unread count travels on its last event of the statement ("u"),
 --    as for inserts. The read-mark event "r", its "o" (origin) and the setting notifyd.origin
@@ -82,10 +83,11 @@ CREATE FUNCTION notifyd.next_version() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM notifyd_private.check_table(TG_RELID, 'notifyd.notifications');
-    IF NEW.stream IS DISTINCT FROM OLD.stream OR NEW.seq IS DISTINCT FROM OLD.seq
-       OR NEW.dseq IS DISTINCT FROM OLD.dseq OR NEW.user_id IS DISTINCT FROM OLD.user_id
-       OR NEW.role IS DISTINCT FROM OLD.role THEN
-        RAISE EXCEPTION 'notifyd: stream, seq, dseq, user_id and role of a notification cannot change'
+    -- id too: `SET id = DEFAULT` passes GENERATED ALWAYS, and a client keeps items by id
+    IF NEW.id IS DISTINCT FROM OLD.id OR NEW.stream IS DISTINCT FROM OLD.stream
+       OR NEW.seq IS DISTINCT FROM OLD.seq OR NEW.dseq IS DISTINCT FROM OLD.dseq
+       OR NEW.user_id IS DISTINCT FROM OLD.user_id OR NEW.role IS DISTINCT FROM OLD.role THEN
+        RAISE EXCEPTION 'notifyd: id, stream, seq, dseq, user_id and role of a notification cannot change'
             USING ERRCODE = 'check_violation';
     END IF;
     IF NEW IS NOT DISTINCT FROM OLD THEN
@@ -247,4 +249,7 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION notifyd.next_version() FROM PUBLIC;
+-- Retention's deletes are silent: only notifyd's own role (the owner) may make them. Executable
+-- by everyone before, it let an app role remove any user's items unannounced.
+REVOKE ALL ON FUNCTION notifyd.prune(interval, integer) FROM PUBLIC;
 REVOKE ALL ON notifyd.removals FROM PUBLIC;

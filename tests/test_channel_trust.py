@@ -204,6 +204,7 @@ async def test_an_app_role_cannot_sign_events_either(daemon: Daemon) -> None:
         for statement in (
             "UPDATE notifyd.streams SET last_seq = 1000000 WHERE stream = 'user:42'",
             "INSERT INTO notifyd.removals (stream, seq, id) VALUES ('user:42', 99, 1)",
+            "SELECT notifyd.prune(interval '0', 10)",  # a silent delete of anyone's items
             "SELECT * FROM notifyd.removals",
             "CREATE TEMP TABLE moved (LIKE notifyd.notifications); CREATE TRIGGER v BEFORE "
             "UPDATE ON moved FOR EACH ROW EXECUTE FUNCTION notifyd.next_version()",
@@ -218,9 +219,10 @@ async def test_an_app_role_cannot_sign_events_either(daemon: Daemon) -> None:
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(statement)
         # its UPDATE makes a version; it cannot move a row's seq or where it was delivered
-        for column in ("seq", "dseq"):
+        # nor give it a new id (GENERATED ALWAYS lets `SET id = DEFAULT` through)
+        for change in ("seq = seq + 1000", "dseq = dseq + 1000", "id = DEFAULT"):
             with pytest.raises(asyncpg.CheckViolationError, match="cannot change"):
-                await conn.execute(f"UPDATE notifyd.notifications SET {column} = {column} + 1000")
+                await conn.execute(f"UPDATE notifyd.notifications SET {change}")
     finally:
         await conn.close()
         await admin_exec(daemon.dsn, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
