@@ -296,11 +296,12 @@ class NotifydClient:
                 for stream in data["reset"]:
                     self.ledger.drop(stream)
                     yield Event("reset", {"stream": stream})
+                # removed first: `notifications` holds only items that exist now
+                for removed in data["removed"]:
+                    yield Event("deleted", {"id": removed})
                 for n in data["notifications"]:  # new or changed: upsert by id
                     if self.ledger.admit(n):
                         yield Event("notification", n)
-                for removed in data["removed"]:
-                    yield Event("deleted", {"id": removed})
                 self.ledger.advance(data["cursors"])
                 if data["hasMore"]:
                     await self._sync(ws, data["cursors"])

@@ -207,3 +207,30 @@ async def test_every_device_converges_to_a_fresh_load(daemon: Daemon, steps: lis
     finally:
         for device in devices:
             await device.stop()
+
+
+async def test_an_id_deleted_and_given_again_while_away_ends_as_the_new_item(
+    daemon: Daemon,
+) -> None:
+    """An app may give a deleted item's id to a new row (INSERT ... OVERRIDING SYSTEM VALUE):
+    the next sync then has the id in `removed` and in `notifications`, and a client that drops
+    the removed ids first, as §6 says, keeps the new item."""
+    user, pool = "reused", await daemon.pool()
+    device = Device(daemon, user)
+    try:
+        nid = await daemon.notify(user, "first")
+        await eventually(lambda: nid in device.items, 10, "the first item")
+        await device.stop()
+        await pool.execute("DELETE FROM notifyd.notifications WHERE id = $1", nid)
+        await pool.execute(
+            "INSERT INTO notifyd.notifications (id, user_id, type, title) "
+            "OVERRIDING SYSTEM VALUE VALUES ($1, $2, 't', 'again')",
+            nid,
+            user,
+        )
+        device.start(device.client.cursors)
+        await eventually(lambda: device.caught_up(3, f"user:{user}"), 10, "caught up")
+        await eventually(lambda: device.items.get(nid, {}).get("title") == "again", 5, "kept")
+        assert list(device.items) == [nid]
+    finally:
+        await device.stop()

@@ -381,17 +381,17 @@ export class NotifydClient {
     this.send("notification:sync-request", { cursors: wanted }, `sync-${++this.refs}`);
   }
 
-  /** A sync-response or a poll: resets, new or changed items (deduplicated: upsert them by
-   * id), removed ids, then the cursors. */
+  /** A sync-response or a poll: resets, removed ids, new or changed items (deduplicated:
+   * upsert them by id), then the cursors. Removed first: the items are those that exist now. */
   absorb(data) {
     for (const stream of data.reset || []) {
       this.ledger.drop(stream);
       this.emit("reset", stream);
     }
+    for (const id of data.removed || []) this.emit("deleted", { id });
     for (const n of data.notifications || []) {
       if (this.ledger.admit(n)) this.emit("notification", n);
     }
-    for (const id of data.removed || []) this.emit("deleted", { id });
     this.ledger.advance(data.cursors || {});
   }
 
