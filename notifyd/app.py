@@ -29,6 +29,7 @@ from notifyd.ops.metrics import Metrics
 from notifyd.storage.listener import Listener
 from notifyd.storage.pipeline import EventPipeline
 from notifyd.storage.retention import Retention
+from notifyd.storage.snoozes import Snoozes
 from notifyd.storage.store import Store
 from notifyd.subscriptions import Subscriptions
 
@@ -48,7 +49,9 @@ class App:
         self.metrics = Metrics()
         self.index: StreamIndex[Connection] = StreamIndex()
         self.publisher: Publisher[Connection] = Publisher(self.index)
-        self.pipeline = EventPipeline(self.publisher, store.fetch_ids, store.catch_up)
+        self.pipeline = EventPipeline(
+            self.publisher, store.fetch_ids, store.catch_up, store.fetch_receipts, store.views
+        )
         self.presence = ClusterPresence(
             settings, lambda change: self.hub.presence_changed(change), self.metrics
         )
@@ -87,6 +90,7 @@ class App:
         )
         self.connections = self.hub.connections
         self.retention = Retention(store, self.metrics, lambda: self.settings)
+        self.snoozes = Snoozes(store)
         self.channel = Channel()
         self.channel.refused = self.metrics.notify_refused
         self.listener = Listener(
@@ -98,6 +102,7 @@ class App:
         self._admin: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._pruning: asyncio.Task[None] | None = None
+        self._waking: asyncio.Task[None] | None = None
         self.reloads = 0
         self.publisher.on_published = self.subscriptions.note_published
         self.port = 0
@@ -153,6 +158,7 @@ class App:
             )
         self._ticker = loop.create_task(self.hub.tick_forever(), name="notifyd-tick")
         self._pruning = loop.create_task(self.retention.run_forever(), name="notifyd-retention")
+        self._waking = loop.create_task(self.snoozes.run_forever(), name="notifyd-snoozes")
         log.info("serving on %s:%d", self.settings.host, self.port)
 
     @property
@@ -209,7 +215,7 @@ class App:
             )
             for conn in stuck:
                 conn.reset()
-        for background in (self._ticker, self._pruning):
+        for background in (self._ticker, self._pruning, self._waking):
             if background is not None:
                 background.cancel()
         for task in list(self._tasks):

@@ -115,7 +115,12 @@ def _tail(url: str, token: str, as_json: bool) -> int:
                     flush=True,
                 )
             elif event.kind == "unread":
-                print(f"unread: {event.data['count']}", flush=True)
+                counts = event.data
+                print(f"unread: {counts['count']}, unseen: {counts['unseen']}", flush=True)
+            elif event.kind == "marked":
+                mark = event.data
+                what = f" ({mark['category']})" if mark["category"] else ""
+                print(f"marked {mark['state']}: {mark['target']}{what}", flush=True)
             elif event.kind in ("read", "deleted", "error"):
                 print(f"{event.kind}: {json.dumps(event.data)}", flush=True)
         return 0

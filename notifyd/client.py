@@ -44,8 +44,10 @@ def _text(frame: dict[str, Any]) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
-    """What the client yields. kind: notification, read, deleted, unread, presence, state,
-    reset, error. For `notification`, data is the notification; for `state`, {"state": ...}."""
+    """What the client yields. kind: notification (new, or from a sync), updated, deleted,
+    marked, unread, read, changed, presence, state, reset, error. For `notification` and
+    `updated`, data is the notification; for `marked`, the mark; for `state`, {"state": ...}.
+    Upsert notifications by id; apply a mark with apply_mark()."""
 
     kind: str
     data: dict[str, Any]
@@ -91,6 +93,22 @@ class Observer:
 
     def closed(self, code: int | None) -> None:
         """The connection ended; its close code, None when there was no close frame."""
+
+
+def apply_mark(items: dict[int, dict[str, Any]], mark: dict[str, Any]) -> None:
+    """A notification:marked (or a sync-response's mark) applied to a copy of the items kept
+    by id: each item of its target stream delivered up to `upto`, of its category (or any),
+    is in its state from `at` on, unless it was already (protocol/README.md §6)."""
+    state, at = mark["state"], mark["at"]
+    for n in items.values():
+        if (
+            n["stream"] == mark["target"]
+            and n["deliveredSeq"] <= mark["upto"]
+            and (mark["category"] is None or n["category"] == mark["category"])
+            and not n[state]
+        ):
+            n[state] = True
+            n[f"{state}At"] = at
 
 
 class Ledger:
@@ -158,6 +176,7 @@ class NotifydClient:
         }
         self.state = "stopped"
         self.unread_count: int | None = None
+        self.counts: dict[str, Any] | None = None  # the last notification:unread-count's data
         self.user_id: str | None = None
         self.streams: frozenset[str] = frozenset()  # of the current (or last) connection
         self.synced = False  # a final page (hasMore false) came on this connection
@@ -296,34 +315,47 @@ class NotifydClient:
                 for stream in data["reset"]:
                     self.ledger.drop(stream)
                     yield Event("reset", {"stream": stream})
-                # removed first: `notifications` holds only items that exist now
+                # marks, then removed, then the items: `notifications` holds each item's state
+                # now, so it goes last (an id in `removed` and in it was given again since)
+                for mark in data["marks"]:
+                    self.ledger.admit(mark)
+                    yield Event("marked", mark)
                 for removed in data["removed"]:
                     yield Event("deleted", {"id": removed})
                 for n in data["notifications"]:  # new or changed: upsert by id
-                    if self.ledger.admit(n):
-                        yield Event("notification", n)
+                    self.ledger.admit(n)
+                    yield Event("notification", n)
                 self.ledger.advance(data["cursors"])
                 if data["hasMore"]:
                     await self._sync(ws, data["cursors"])
                 else:
                     self.synced = True
                     self._sync_backoff.reset()
-            elif kind in ("notification:new", "notification:updated", "notification:deleted"):
-                # every change of a stream, at its seq: once each, and the cursor follows
-                n = data if kind == "notification:deleted" else data["notification"]
+            elif kind in (
+                "notification:new",
+                "notification:updated",
+                "notification:deleted",
+                "notification:marked",
+            ):
+                # every change of a stream, at its place: once each, and the cursor follows.
+                # An item's place is its stream and seq, unless the frame names another (a
+                # user's own state of a shared item, in the user's stream).
+                n = (
+                    data
+                    if kind in ("notification:deleted", "notification:marked")
+                    else data["notification"]
+                )
+                place = data if "seq" in data else n
                 if kind == "notification:new":
                     self.observer.live(n)
-                if self.ledger.admit(n):
-                    yield Event(
-                        "notification"
-                        if kind == "notification:new"
-                        else kind.removeprefix("notification:"),
-                        n,
-                    )
+                if self.ledger.admit(place):
+                    name = kind.removeprefix("notification:")
+                    yield Event("notification" if name == "new" else name, n)
                 if self.synced:
-                    self.ledger.advance({n["stream"]: n["seq"]})
+                    self.ledger.advance({place["stream"]: place["seq"]})
             elif kind == "notification:unread-count":
                 self.unread_count = data["count"]
+                self.counts = data
                 yield Event("unread", data)
             elif kind == "error":
                 self.observer.error(data, ref)
@@ -334,6 +366,8 @@ class NotifydClient:
                 yield Event("error", data)
             elif kind == "notification:read":  # the answer to this client's mark-read
                 yield Event("read", data)
+            elif kind == "notification:changed":  # the answer to its other state changes
+                yield Event("changed", data)
             elif kind.startswith("presence:") and kind != "presence:state":
                 yield Event("presence", {**data, "online": kind == "presence:online"})
 
@@ -393,8 +427,25 @@ class NotifydClient:
     async def mark_read(self, ids: list[int]) -> dict[str, Any]:
         return await self.request("notification:mark-read", {"ids": ids})
 
-    async def mark_all_read(self) -> dict[str, Any]:
-        return await self.request("notification:mark-all-read", {})
+    async def mark_all_read(self, category: str | None = None) -> dict[str, Any]:
+        data = {"category": category} if category is not None else {}
+        return await self.request("notification:mark-all-read", data)
+
+    async def change(
+        self,
+        operation: str,
+        ids: list[int] | None = None,
+        category: str | None = None,
+        until: str | None = None,
+    ) -> dict[str, Any]:
+        """One of the state operations (mark-seen, mark-read, mark-unread, archive, unarchive,
+        snooze) of `ids`, or of all (narrowed to `category`) when ids is None."""
+        data: dict[str, Any] = {"ids": ids} if ids is not None else {"all": True}
+        if category is not None:
+            data["category"] = category
+        if until is not None:
+            data["until"] = until
+        return await self.request(f"notification:{operation}", data)
 
     async def disconnect(self, abrupt: bool = False, reason: str = "") -> bool:
         """End the current connection (the loop then reconnects and syncs): a close handshake,

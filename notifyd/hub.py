@@ -301,8 +301,12 @@ class Hub:
         self, conn: Connection, req: SyncRequest, ref: str | None, streams: list[str]
     ) -> None:
         session = conn.session
+        identity = session.identity
+        assert identity is not None
         try:
-            synced = await self.operations.sync(req, streams, session.in_flight())
+            synced = await self.operations.sync(
+                req, streams, identity.user_stream, session.in_flight()
+            )
         except BaseException:
             self._release(conn, session.abort_sync())
             raise

@@ -1,10 +1,11 @@
-"""Each client operation, once: what sync, mark-read, mark-all-read, unread-count, the
-presence query and ping mean, for both the WebSocket (hub.py) and the HTTP API
-(edge/http_api.py). An operation takes the caller's Identity and its decoded request
-(core/protocol.py) and returns the answer's `data`, or raises ClientError with the code the
-client gets (`forbidden`, `unavailable`, ...); each edge frames the answer its own way (a
-server frame with the request's ref, a JSON body) and does what only it needs around the call
-(the WebSocket's hold-back of live items during a sync: session.begin_sync/finish_sync).
+"""Each client operation, once: what sync, the state changes (mark-seen, mark-read,
+mark-unread, archive, unarchive, snooze), unread-count, the presence query and ping mean,
+for both the WebSocket (hub.py) and the HTTP API (edge/http_api.py). An operation takes the
+caller's Identity and its decoded request (core/protocol.py) and returns the answer's `data`,
+or raises ClientError with the code the client gets (`forbidden`, `unavailable`, ...); each
+edge frames the answer its own way (a server frame with the request's ref, a JSON body) and
+does what only it needs around the call (the WebSocket's hold-back of live items during a
+sync: session.begin_sync/finish_sync).
 
 A new client operation goes here: a method of Operations and its row in ROUTES, from which
 both edges serve it (hub.py dispatches a frame by its class, http_api.py a request by its
@@ -26,19 +27,26 @@ from notifyd.cluster import ClusterPresence
 from notifyd.config import Settings
 from notifyd.core.auth import Identity
 from notifyd.core.codes import ErrorCode
+from notifyd.core.counts import Counts, frame_data
 from notifyd.core.errors import ClientError, StoreError
 from notifyd.core.presence import PresencePolicy
 from notifyd.core.protocol import (
+    Archive,
     MarkAllRead,
     MarkRead,
+    MarkSeen,
+    MarkUnread,
     Ping,
     PresenceQuery,
+    Snooze,
+    StateChange,
     SyncRequest,
+    Unarchive,
     format_epoch,
     format_time,
     mark_all_read_request,
-    mark_read_request,
     poll_request,
+    state_request,
     unread_count_request,
 )
 from notifyd.ops.metrics import Metrics
@@ -93,6 +101,7 @@ class Operations:
         self,
         req: SyncRequest,
         streams: list[str],
+        viewer: str,
         in_flight: dict[str, tuple[int, int]] | None = None,
     ) -> Synced:
         """One page of what `req` asks of `streams` (sync_streams()); `in_flight`: what a
@@ -107,6 +116,7 @@ class Operations:
                 req.limit or s.sync_limit,
                 in_flight,
                 max_bytes=s.max_response_bytes,
+                viewer=viewer,
             )
         except StoreError as exc:
             log.warning("sync failed: %s", exc)
@@ -115,6 +125,7 @@ class Operations:
             {
                 "notifications": result.notifications,
                 "removed": result.removed,
+                "marks": result.marks,
                 "cursors": result.cursors,
                 "reset": result.reset,
                 "hasMore": bool(result.has_more),
@@ -126,32 +137,47 @@ class Operations:
 
     async def poll(self, identity: Identity, req: SyncRequest) -> dict[str, Any]:
         """A sync for no connection (the HTTP API's poll): the data of one page."""
-        synced = await self.sync(req, self.sync_streams(identity, req, "http"))
+        synced = await self.sync(
+            req, self.sync_streams(identity, req, "http"), identity.user_stream
+        )
         return synced.data
 
-    # -- read marks and counts ----------------------------------------------------------
+    # -- states and counts --------------------------------------------------------------
 
-    async def mark_read(self, identity: Identity, req: MarkRead | MarkAllRead) -> dict[str, Any]:
-        """Marks the given ids (all, for MarkAllRead) of the user's own stream read; the data
-        of notification:read: the ids that changed. Every device, the asking one included,
-        gets each changed item as notification:updated too."""
-        ids = req.ids if isinstance(req, MarkRead) else None
+    async def change_state(self, identity: Identity, req: StateChange) -> dict[str, Any]:
+        """Sets or clears one state of the user's items in the streams it receives: the given
+        ids, or all (a mark for seen, read and archived). Every device, the asking one
+        included, gets each change as notification:updated or notification:marked. Returns
+        the answer's data: notification:read's for a read mark, else notification:changed's."""
         try:
-            changed, read_at = await self.store.mark_read(identity.user_stream, ids)
+            changed, at = await self.store.set_state(
+                identity.user_id,
+                req.state,
+                req.on,
+                req.ids,
+                req.category,
+                list(identity.streams),
+                req.until,
+            )
         except StoreError as exc:
-            log.warning("mark-read failed: %s", exc)
+            log.warning("changing %s failed: %s", req.state, exc)
             raise ClientError(ErrorCode.UNAVAILABLE) from exc
-        return {"ids": changed, "readAt": format_time(read_at) if read_at else None}
+        if isinstance(req, MarkRead | MarkAllRead):
+            marked = req.ids is None or bool(changed)
+            return {"ids": changed, "readAt": format_time(at) if marked else None}
+        return {"ids": changed, "all": req.ids is None}
 
     async def unread_count(self, identity: Identity) -> dict[str, Any]:
-        """The data of notification:unread-count: the user's unread notifications."""
+        """The data of notification:unread-count: the user's counts over its streams."""
         try:
-            states = await self.store.stream_states([identity.user_stream])
+            rows = await self.store.counts(identity.user_stream, list(identity.streams))
         except StoreError as exc:
-            log.warning("reading the unread count failed: %s", exc)
+            log.warning("reading the counts failed: %s", exc)
             raise ClientError(ErrorCode.UNAVAILABLE) from exc
-        state = states.get(identity.user_stream)
-        return {"count": state.unread if state else 0}
+        counts = Counts()
+        for stream, position, tallies in rows:
+            counts.read(stream, position, tallies, own=False)
+        return frame_data(counts.total())
 
     # -- presence and ping --------------------------------------------------------------
 
@@ -211,8 +237,10 @@ class Route:
     run: Run
 
 
-def _mark_read(ops: Operations, who: Identity, req: Any, origin: str) -> Awaitable[dict[str, Any]]:
-    return ops.mark_read(who, req)
+def _change_state(
+    ops: Operations, who: Identity, req: Any, origin: str
+) -> Awaitable[dict[str, Any]]:
+    return ops.change_state(who, req)
 
 
 # A sync on a WebSocket is hub.py's own (it holds live items back until its answer is out),
@@ -229,15 +257,25 @@ ROUTES: tuple[Route, ...] = (
         MarkRead,
         "notification:read",
         ("POST", "/v1/notifications/read"),
-        mark_read_request,
-        _mark_read,
+        state_request(MarkRead),
+        _change_state,
     ),
     Route(
         MarkAllRead,
         "notification:read",
         ("POST", "/v1/notifications/read-all"),
         mark_all_read_request,
-        _mark_read,
+        _change_state,
+    ),
+    *(
+        Route(cls, "notification:changed", ("POST", path), state_request(cls), _change_state)
+        for cls, path in (
+            (MarkSeen, "/v1/notifications/seen"),
+            (MarkUnread, "/v1/notifications/unread"),
+            (Archive, "/v1/notifications/archive"),
+            (Unarchive, "/v1/notifications/unarchive"),
+            (Snooze, "/v1/notifications/snooze"),
+        )
     ),
     Route(
         None,

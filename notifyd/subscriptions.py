@@ -1,7 +1,9 @@
 """Subscriptions: what each live connection is indexed under (its streams, and the presence
 pseudo-stream when its roles make it a watcher), and what a connection reads when it goes live
 or gains a stream: each stream's last seq (where catch-up starts should the LISTEN connection be
-lost) and the user's unread count, sent unless a newer one went out meanwhile (the unread epoch).
+lost) and the user's counts (notifyd.core.counts), read again whenever the publisher says a
+user's part may have changed in a way no event carries; one query per user at a time, so each
+answer is newer than the one before.
 
 The database only through store.py; no socket: connections are written to through their
 `send`, as hub.py hands them over.
@@ -16,12 +18,12 @@ from typing import Any
 
 from notifyd.core.auth import Identity
 from notifyd.core.backoff import Backoff
+from notifyd.core.counts import Tallies
 from notifyd.core.errors import StoreError
-from notifyd.core.events import Event, New, UnreadCount
+from notifyd.core.events import Event
 from notifyd.core.fanout import Publisher
 from notifyd.core.index import StreamIndex
 from notifyd.core.presence import PresencePolicy
-from notifyd.core.protocol import encode
 from notifyd.core.session import State
 from notifyd.edge.server import Connection
 from notifyd.storage.store import Store
@@ -29,7 +31,6 @@ from notifyd.storage.store import Store
 log = logging.getLogger(__name__)
 
 PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see presence events
-_COUNTED = (New, UnreadCount)  # the events that may carry a new unread count
 
 
 class Subscriptions:
@@ -48,14 +49,14 @@ class Subscriptions:
         self.publisher = publisher
         self.policy = policy
         self.spawn = spawn
-        # stream -> unread counts published since: a count read before the last one published
-        # for the stream is not sent (the live one is newer)
-        self._unread_epoch: dict[str, int] = {}
+        # user stream -> whether its counts must be read again once the running read is done
+        self._recounting: dict[str, bool] = {}
+        publisher.on_counts_stale = self.recount
 
     def add(self, conn: Connection, identity: Identity) -> None:
         """A connection went live: indexed, and its initial state read and sent."""
         self.index.add(conn, self._of(identity))
-        self.spawn(self._send_initial_state(conn, identity))
+        self._send_initial_state(conn, identity)
 
     def remove(self, conn: Connection, identity: Identity) -> None:
         """A live connection closed: out of every stream it was indexed under."""
@@ -74,6 +75,7 @@ class Subscriptions:
             first = [s for s in self.index.add(conn, gained) if s != PRESENCE_STREAM]
             if first:
                 self.spawn(self._note_floors(conn, first))
+            self.recount([after.user_stream])
         if dropped or gained:
             log.info(
                 "connection roles changed",
@@ -85,12 +87,56 @@ class Subscriptions:
         return self.index.subscribers(PRESENCE_STREAM)
 
     def note_published(self, event: Event) -> None:
-        """Every event published (Publisher.on_published): a new unread count moves the
-        stream's epoch."""
-        if isinstance(event, _COUNTED) and event.unread is not None:
-            stream = event.stream
-            if stream in self._unread_epoch or self.index.subscribers(stream):
-                self._unread_epoch[stream] = self._unread_epoch.get(stream, 0) + 1
+        """Every event published (Publisher.on_published)."""
+
+    def recount(self, users: list[str]) -> None:
+        """The counts of these users (their streams) are read again for their connections
+        here: one query per user at a time; asked again meanwhile, it runs once more after."""
+        for user in users:
+            if user in self._recounting:
+                self._recounting[user] = True
+            elif self.index.subscribers(user):
+                self._recounting[user] = False
+                self.spawn(self._recount(user))
+
+    async def _recount(self, user: str) -> None:
+        backoff = Backoff(0.1, 2.0)
+        try:
+            while True:
+                self._recounting[user] = False
+                conns = [c for c in self.index.subscribers(user) if c.session.state is State.LIVE]
+                streams = sorted(
+                    {s for c in conns if c.session.identity for s in c.session.identity.streams}
+                )
+                if not streams:
+                    return
+                try:
+                    rows = await self.store.counts(user, streams)
+                except StoreError as exc:
+                    delay = backoff.next()
+                    log.warning("reading counts failed (retrying in %.1fs): %s", delay, exc)
+                    await asyncio.sleep(delay)
+                    self._recounting[user] = True
+                else:
+                    self._apply_counts(user, rows)
+                if not self._recounting.get(user):
+                    return
+        finally:
+            self._recounting.pop(user, None)
+
+    def _apply_counts(self, user: str, rows: list[tuple[str, int, Tallies]]) -> None:
+        for stream, position, _ in rows:
+            if self.index.subscribers(stream):
+                self.publisher.note_floor(stream, position)
+        for conn in list(self.index.subscribers(user)):
+            identity = conn.session.identity
+            if conn.session.state is not State.LIVE or identity is None:
+                continue
+            mine = [row for row in rows if row[0] in identity.streams]
+            frame = self.publisher.read_counts(conn.session, mine)
+            if frame is not None:
+                self.publisher.count_sent(1, len(frame))
+                conn.deliver(frame)
 
     def _of(self, identity: Identity) -> list[str]:
         streams = list(identity.streams)
@@ -101,8 +147,6 @@ class Subscriptions:
     def _forget(self, gone: list[str]) -> None:
         """Streams left without a local subscriber."""
         self.publisher.forget(gone)
-        for stream in gone:
-            self._unread_epoch.pop(stream, None)
 
     async def _note_floors(self, conn: Connection, streams: list[str]) -> None:
         """Streams that just got their first local subscriber: their last seq is where a
@@ -122,28 +166,7 @@ class Subscriptions:
                     self.publisher.note_floor(stream, state.last_seq if state else 0)
             return
 
-    async def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
-        streams = list(identity.streams)
-        backoff = Backoff(0.1, 2.0)
-        while True:
-            epoch = self._unread_epoch.get(identity.user_stream, 0)
-            try:
-                states = await self.store.stream_states(streams)
-                break
-            except StoreError as exc:
-                # Keep trying while the client is connected: the stream floors read here are
-                # where catch-up starts if the LISTEN connection is lost later.
-                delay = backoff.next()
-                log.warning("reading stream state failed (retrying in %.1fs): %s", delay, exc)
-            await asyncio.sleep(delay)
-            if conn.session.state is not State.LIVE:
-                return
-        if conn.session.state is not State.LIVE:
-            return
-        for stream in streams:
-            state = states.get(stream)
-            self.publisher.note_floor(stream, state.last_seq if state else 0)
-        # A live count that arrived meanwhile is at least as new as what we read.
-        if self._unread_epoch.get(identity.user_stream, 0) == epoch:
-            state = states.get(identity.user_stream)
-            conn.send(encode("notification:unread-count", {"count": state.unread if state else 0}))
+    def _send_initial_state(self, conn: Connection, identity: Identity) -> None:
+        """The first counts of a connection that went live; the same query gives each stream's
+        last seq, where catch-up starts should the LISTEN connection be lost."""
+        self.recount([identity.user_stream])

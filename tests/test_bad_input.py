@@ -291,6 +291,10 @@ async def test_a_database_error_in_mark_read_is_answered(daemon: Daemon) -> None
         "CREATE TRIGGER refuse_reads BEFORE UPDATE ON notifyd.notifications "
         "FOR EACH ROW EXECUTE FUNCTION refuse_reads()"
     )
+    await daemon.sql(  # mark-all-read writes marks
+        "CREATE TRIGGER refuse_reads BEFORE INSERT OR UPDATE ON notifyd.marks "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_reads()"
+    )
     client = await daemon.connect("d1")
     nid = await daemon.notify("d1", "unread")
     for kind, data in (
@@ -320,7 +324,7 @@ async def test_an_operation_that_fails_unexpectedly_is_still_answered(
         raise RuntimeError("a bug")
 
     real_sync = daemon.app.store.sync
-    for name in ("mark_read", "sync"):
+    for name in ("set_state", "sync"):
         monkeypatch.setattr(daemon.app.store, name, broken)
     reply = await client.request("notification:mark-read", {"ids": [1]}, "notification:read")
     assert (reply["type"], reply["data"]["code"]) == ("error", "internal-error")

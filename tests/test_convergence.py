@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from support import Daemon
 
-from notifyd.client import NotifydClient
+from notifyd.client import NotifydClient, apply_mark
 
 DEVICES = 3
 USERS = itertools.count(1)
@@ -31,8 +31,8 @@ USERS = itertools.count(1)
 class Device:
     """A client and its copy of the user's items, kept as protocol/README.md §7 says."""
 
-    def __init__(self, daemon: Daemon, user: str) -> None:
-        self.daemon, self.user = daemon, user
+    def __init__(self, daemon: Daemon, user: str, role: str) -> None:
+        self.daemon, self.user, self.role = daemon, user, role
         self.items: dict[int, dict[str, Any]] = {}
         self.online = False
         self.start({})
@@ -40,7 +40,11 @@ class Device:
     def start(self, cursors: dict[str, int]) -> None:
         """Online, from the stored cursors (and the copy kept while offline)."""
         self.client = NotifydClient(
-            self.daemon.url, self.daemon.token(self.user), cursors, backoff_base=0.05, quick=0.05
+            self.daemon.url,
+            self.daemon.token(self.user, [self.role]),
+            cursors,
+            backoff_base=0.05,
+            quick=0.05,
         )
         self.task = asyncio.get_running_loop().create_task(self._run())
         self.online = True
@@ -54,11 +58,15 @@ class Device:
                     self.items[data["id"]] = data
             elif event.kind == "deleted":
                 self.items.pop(data["id"], None)
+            elif event.kind == "marked":
+                apply_mark(self.items, data)
             elif event.kind == "reset":
                 self.items = {i: n for i, n in self.items.items() if n["stream"] != data["stream"]}
 
-    def caught_up(self, last_seq: int, stream: str) -> bool:
-        return self.client.synced and self.client.cursors.get(stream, 0) >= last_seq
+    def caught_up(self, last: dict[str, int]) -> bool:
+        return self.client.synced and all(
+            self.client.cursors.get(stream, 0) >= seq for stream, seq in last.items()
+        )
 
     async def stop(self) -> None:
         """Offline (the app closed): the copy and the cursors stay."""
@@ -72,20 +80,52 @@ class Device:
                 await self.task
 
 
+CATEGORIES = st.sampled_from([None, "billing"])
+STATE_OPS = ["mark-seen", "mark-read", "mark-unread", "archive", "unarchive"]
+SQL_STATES = ["mark_seen", "mark_read", "mark_unread", "archive", "unarchive"]
 ops = st.one_of(
-    st.tuples(st.just("insert"), st.integers(1, 3)),
-    st.tuples(st.just("insert"), st.integers(1, 3)),
+    st.tuples(st.just("insert"), st.integers(1, 3), CATEGORIES),
+    st.tuples(st.just("insert"), st.integers(1, 3), CATEGORIES),
+    st.tuples(st.just("role-insert"), st.integers(1, 2), CATEGORIES),
+    st.tuples(
+        st.just("device-op"),
+        st.integers(0, DEVICES - 1),
+        st.sampled_from(STATE_OPS),
+        st.integers(0, 20),
+    ),
+    st.tuples(
+        st.just("device-all"), st.integers(0, DEVICES - 1), st.sampled_from(STATE_OPS), CATEGORIES
+    ),
+    st.tuples(st.just("sql-state"), st.sampled_from(SQL_STATES), st.integers(0, 20)),
+    st.tuples(st.just("sql-all"), st.sampled_from(SQL_STATES), CATEGORIES),
     st.tuples(st.just("device-read"), st.integers(0, DEVICES - 1), st.integers(0, 20)),
     st.tuples(st.just("device-read-all"), st.integers(0, DEVICES - 1)),
     st.tuples(st.just("sql-read"), st.integers(0, 20)),
     st.tuples(st.just("sql-unread"), st.integers(0, 20)),
     st.tuples(st.just("sql-edit"), st.integers(0, 20)),
     st.tuples(st.just("sql-noop"), st.integers(0, 20)),
+    st.tuples(st.just("sql-recategorize"), st.integers(0, 20)),
     st.tuples(st.just("delete"), st.integers(0, 20)),
     st.tuples(st.just("disconnect"), st.integers(0, DEVICES - 1), st.booleans()),
     st.tuples(st.just("offline"), st.integers(0, DEVICES - 1)),
     st.just(("quiesce",)),
 )
+
+
+def recount(items: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The notification:unread-count a fresh load gives, counted from scratch."""
+    counts: dict[str, Any] = {"count": 0, "unseen": 0, "categories": {}}
+    for n in items.values():
+        if n["archived"] or n["snoozedUntil"] is not None:
+            continue
+        unread, unseen = int(not n["read"]), int(not n["seen"])
+        counts["count"] += unread
+        counts["unseen"] += unseen
+        if n["category"] is not None and (unread or unseen):
+            per = counts["categories"].setdefault(n["category"], {"unread": 0, "unseen": 0})
+            per["unread"] += unread
+            per["unseen"] += unseen
+    return counts
 
 
 @pytest.mark.timeout(300)
@@ -101,13 +141,13 @@ ops = st.one_of(
 # unread mark, an edit, a read-all, each replayed at its next connect
 @example(
     steps=[
-        ("insert", 3),
+        ("insert", 3, None),
         ("offline", 0),
         ("delete", 0),
         ("device-read", 1, 1),
         ("sql-unread", 1),
         ("sql-edit", 0),
-        ("insert", 2),
+        ("insert", 2, "billing"),
         ("quiesce",),
         ("offline", 2),
         ("device-read-all", 0),
@@ -116,55 +156,123 @@ ops = st.one_of(
         ("sql-read", 0),
     ]
 )
+# shared items: read, archived and marked by this user alone, while a device is away
+@example(
+    steps=[
+        ("role-insert", 2, "billing"),
+        ("insert", 1, None),
+        ("offline", 1),
+        ("device-op", 0, "mark-read", 0),
+        ("device-all", 2, "archive", "billing"),
+        ("device-op", 0, "unarchive", 1),
+        ("sql-all", "mark_seen", None),
+        ("sql-recategorize", 0),
+        ("role-insert", 1, None),
+        ("device-all", 0, "mark-unread", None),
+        ("sql-edit", 1),
+    ]
+)
 async def test_every_device_converges_to_a_fresh_load(daemon: Daemon, steps: list[Any]) -> None:
-    user = f"conv{next(USERS)}"
-    stream = f"user:{user}"
+    n = next(USERS)
+    user, role = f"conv{n}", f"convr{n}"
+    stream, shared = f"user:{user}", f"role:{role}"
+    streams = [stream, shared, "all"]
     pool = await daemon.pool()
-    devices = [Device(daemon, user) for _ in range(DEVICES)]
+    devices = [Device(daemon, user, role) for _ in range(DEVICES)]
 
-    async def ids() -> list[int]:
+    async def ids(of: list[str]) -> list[int]:
         rows = await pool.fetch(
-            "SELECT id FROM notifyd.notifications WHERE stream = $1 ORDER BY id", stream
+            "SELECT id FROM notifyd.notifications WHERE stream = ANY($1) ORDER BY id", of
         )
         return [r["id"] for r in rows]
 
-    async def pick(i: int) -> int | None:
-        have = await ids()
+    async def pick(i: int, of: list[str] = streams) -> int | None:
+        have = await ids(of)
         return have[i % len(have)] if have else None
+
+    async def fresh_load() -> dict[int, dict[str, Any]]:
+        return {
+            r["id"]: orjson.loads(r["wire"])
+            for r in await pool.fetch(
+                "SELECT n.id, notifyd.to_wire(n, $2)::text AS wire FROM notifyd.notifications n "
+                "WHERE n.stream = ANY($1)",
+                streams,
+                stream,
+            )
+        }
 
     async def quiesce() -> None:
         for device in devices:
             if not device.online:
                 device.start(device.client.cursors)
-        fresh = {
-            r["id"]: orjson.loads(r["wire"])
+        fresh = await fresh_load()
+        last = {
+            r["stream"]: r["last_seq"]
             for r in await pool.fetch(
-                "SELECT n.id, notifyd.to_wire(n)::text AS wire FROM notifyd.notifications n "
-                "WHERE n.stream = $1",
-                stream,
+                "SELECT stream, last_seq FROM notifyd.streams WHERE stream = ANY($1)", streams
             )
         }
-        last = await pool.fetchval("SELECT last_seq FROM notifyd.streams WHERE stream = $1", stream)
-        await eventually(
-            lambda: all(d.caught_up(last or 0, stream) for d in devices), 20, "devices caught up"
-        )
+        await eventually(lambda: all(d.caught_up(last) for d in devices), 20, "devices caught up")
         # The client's cursor moves when a frame is read; the copy, when the app's loop has
         # taken the events that frame queued: a few turns of the event loop later.
         with contextlib.suppress(AssertionError):
             await eventually(lambda: all(d.items == fresh for d in devices), 5, "copies applied")
-        for n, device in enumerate(devices):
-            assert device.items == fresh, f"device {n} differs from a fresh load"
+        for k, device in enumerate(devices):
+            differs = {
+                i: {
+                    f: (device.items.get(i, {}).get(f), n.get(f))
+                    for f in n
+                    if device.items.get(i, {}).get(f) != n.get(f)
+                }
+                for i, n in fresh.items()
+                if device.items.get(i) != n
+            }
+            extra = set(device.items) - set(fresh)
+            assert device.items == fresh, f"device {k} differs from a fresh load: {differs} {extra}"
+        # and the counts are those of a recount from scratch of what it shows
+        expected = recount(fresh)
+        with contextlib.suppress(AssertionError):
+            await eventually(
+                lambda: all(d.client.counts == expected for d in devices), 5, "counts applied"
+            )
+        for k, device in enumerate(devices):
+            assert device.client.counts == expected, f"device {k}'s counts"
 
     try:
         await eventually(lambda: all(d.client.synced for d in devices), 20, "devices synced")
         for step in steps:
             kind = step[0]
-            if kind == "insert":
+            if kind in ("insert", "role-insert"):
                 await pool.execute(
-                    "INSERT INTO notifyd.notifications (user_id, type, title) "
-                    "SELECT $1, 't', 'n' || g FROM generate_series(1, $2) g",
-                    user,
+                    "INSERT INTO notifyd.notifications (user_id, role, type, title, category) "
+                    "SELECT $1, $2, 't', 'n' || g, $4 FROM generate_series(1, $3) g",
+                    user if kind == "insert" else None,
+                    role if kind == "role-insert" else None,
                     step[1],
+                    step[2],
+                )
+            elif kind in ("device-op", "device-all"):
+                device = devices[step[1]]
+                target = await pick(step[3]) if kind == "device-op" else None
+                if device.client.connected and device.online:
+                    if kind == "device-op" and target is None:
+                        continue
+                    with contextlib.suppress(Exception):  # a device disconnecting meanwhile
+                        await device.client.change(
+                            step[2],
+                            [target] if target is not None else None,
+                            step[3] if kind == "device-all" else None,
+                        )
+            elif kind in ("sql-state", "sql-all"):
+                target = await pick(step[2]) if kind == "sql-state" else None
+                if kind == "sql-state" and target is None:
+                    continue
+                await pool.execute(
+                    f"SELECT notifyd.{step[1]}($1, $2::bigint[], $3, $4::text[])",
+                    user,
+                    [target] if target is not None else None,
+                    step[2] if kind == "sql-all" else None,
+                    streams,
                 )
             elif kind == "device-read":
                 nid = await pick(step[2])
@@ -177,8 +285,18 @@ async def test_every_device_converges_to_a_fresh_load(daemon: Daemon, steps: lis
                 if client.connected and devices[step[1]].online:
                     with contextlib.suppress(Exception):
                         await client.mark_all_read()
-            elif kind in ("sql-read", "sql-unread", "sql-edit", "sql-noop", "delete"):
-                nid = await pick(step[1])
+            elif kind in (
+                "sql-read",
+                "sql-unread",
+                "sql-edit",
+                "sql-noop",
+                "sql-recategorize",
+                "delete",
+            ):
+                # a shared row has no state of its own (each user's is theirs): the plain
+                # UPDATE of read_at is for a user's own items
+                own_only = kind in ("sql-read", "sql-unread")
+                nid = await pick(step[1], [stream] if own_only else streams)
                 if nid is None:
                     continue
                 statement = {
@@ -187,6 +305,8 @@ async def test_every_device_converges_to_a_fresh_load(daemon: Daemon, steps: lis
                     "sql-edit": "UPDATE notifyd.notifications SET title = title || '!', "
                     "data = jsonb_build_object('v', random()) WHERE id = $1",
                     "sql-noop": "UPDATE notifyd.notifications SET title = title WHERE id = $1",
+                    "sql-recategorize": "UPDATE notifyd.notifications SET category = CASE "
+                    "WHEN category IS NULL THEN 'billing' END WHERE id = $1",
                     "delete": "DELETE FROM notifyd.notifications WHERE id = $1",
                 }[kind]
                 await pool.execute(statement, nid)
@@ -197,13 +317,6 @@ async def test_every_device_converges_to_a_fresh_load(daemon: Daemon, steps: lis
             else:
                 await quiesce()
         await quiesce()
-        unread = await pool.fetchval(
-            "SELECT count(*) FROM notifyd.notifications WHERE stream = $1 AND read_at IS NULL",
-            stream,
-        )
-        await eventually(
-            lambda: all(d.client.unread_count == unread for d in devices), 10, "unread counts"
-        )
     finally:
         for device in devices:
             await device.stop()
@@ -216,7 +329,7 @@ async def test_an_id_deleted_and_given_again_while_away_ends_as_the_new_item(
     the next sync then has the id in `removed` and in `notifications`, and a client that drops
     the removed ids first, as §6 says, keeps the new item."""
     user, pool = "reused", await daemon.pool()
-    device = Device(daemon, user)
+    device = Device(daemon, user, "reused")
     try:
         nid = await daemon.notify(user, "first")
         await eventually(lambda: nid in device.items, 10, "the first item")
@@ -229,7 +342,7 @@ async def test_an_id_deleted_and_given_again_while_away_ends_as_the_new_item(
             user,
         )
         device.start(device.client.cursors)
-        await eventually(lambda: device.caught_up(3, f"user:{user}"), 10, "caught up")
+        await eventually(lambda: device.caught_up({f"user:{user}": 3}), 10, "caught up")
         await eventually(lambda: device.items.get(nid, {}).get("title") == "again", 5, "kept")
         assert list(device.items) == [nid]
     finally:

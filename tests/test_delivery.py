@@ -241,10 +241,11 @@ async def test_announcements_reach_roles_and_everyone(daemon: Daemon) -> None:
         n = (await client.next_data("notification:new"))["notification"]
         assert n["stream"] == "all" and n["type"] == "system:maintenance"
     assert not [f for f in await user.quiet(0.2) if f["type"] == "notification:new"]
-    # announcements have no per-user read state: the unread count is unchanged
-    assert not [
-        f for f in user.seen if f["type"] == "notification:unread-count" and f["data"]["count"] != 0
-    ]
+    # announcements count for each user who receives them, unread and unseen
+    await admin.quiet(0.2)
+    for client, count in ((admin, 2), (user, 1)):
+        last = [f["data"] for f in client.seen if f["type"] == "notification:unread-count"][-1]
+        assert last == {"count": count, "unseen": count, "categories": {}}
 
 
 async def test_rows_larger_than_a_notify_payload_are_delivered_in_order(daemon: Daemon) -> None:
@@ -287,12 +288,21 @@ async def test_read_by_sql_or_client_reaches_every_device(daemon: Daemon) -> Non
     for device in (phone, laptop):
         item = (await device.next_data("notification:updated"))["notification"]
         assert (item["id"], item["seq"], item["read"]) == (ids[1], 5, True)
-    # mark-all-read marks the rest; the unread count ends at 0 everywhere
+    # mark-all-read marks the rest by a mark (seen, then read), whatever their number; the
+    # unread count ends at 0 everywhere
     reply = await laptop.request("notification:mark-all-read", {}, "notification:read")
-    assert reply["data"]["ids"] == [ids[2]]
+    assert reply["data"]["ids"] == [] and reply["data"]["readAt"]
     for device in (phone, laptop):
-        item = (await device.next_data("notification:updated"))["notification"]
-        assert (item["id"], item["seq"], item["read"]) == (ids[2], 6, True)
+        seen = await device.next_data("notification:marked")
+        read = await device.next_data("notification:marked")
+        assert (seen["state"], seen["target"], seen["seq"], seen["upto"]) == (
+            "seen",
+            "user:r1",
+            6,
+            5,
+        )
+        assert (read["state"], read["target"], read["seq"]) == ("read", "user:r1", 7)
+        assert read["at"] == reply["data"]["readAt"] and read["category"] is None
     for device in (phone, laptop):
         counts = [
             f["data"]["count"]
@@ -300,7 +310,7 @@ async def test_read_by_sql_or_client_reaches_every_device(daemon: Daemon) -> Non
             if f["type"] == "notification:unread-count"
         ]
         assert counts[-1] == 0
-    assert await daemon.sql("SELECT unread FROM notifyd.streams WHERE stream = 'user:r1'") == 0
+    assert await daemon.sql("SELECT sum(unread) FROM notifyd.tallies WHERE stream = 'user:r1'") == 0
     # marking again changes nothing
     again = await phone.request("notification:mark-read", {"ids": ids}, "notification:read")
     assert again["data"] == {"ids": [], "readAt": None}
@@ -496,15 +506,18 @@ async def test_one_statement_sends_one_unread_count_per_user(daemon: Daemon) -> 
     assert [n["notification"]["seq"] for n in _kinds(frames, "notification:new")] == list(
         range(1, 1501)
     )
-    assert _kinds(frames, "notification:unread-count") == [{"count": 1500}]
+    counts = {"count": 1500, "unseen": 1500, "categories": {}}
+    assert _kinds(frames, "notification:unread-count") == [counts]
     assert frames[-1]["type"] == "notification:unread-count"
     await laptop.quiet(0.5)
-    reply = await phone.request("notification:mark-all-read", {}, "notification:read")
-    assert len(reply["data"]["ids"]) == 1500
+    # one UPDATE of every row: one count after its last change
+    await daemon.sql("UPDATE notifyd.notifications SET read_at = now() WHERE user_id = 'bulk'")
     frames = await _frames_until(laptop, lambda fs: len(_kinds(fs, "notification:updated")) == 1500)
     versions = [u["notification"]["seq"] for u in _kinds(frames, "notification:updated")]
     assert versions == list(range(1501, 3001))
-    assert _kinds(frames, "notification:unread-count") == [{"count": 0}]
+    assert _kinds(frames, "notification:unread-count") == [
+        {"count": 0, "unseen": 0, "categories": {}}
+    ]
     assert frames[-1]["type"] == "notification:unread-count"
 
 
@@ -519,14 +532,20 @@ async def test_a_bulk_change_is_packed_into_payloads_and_kept_in_order(daemon: D
     )
     await _frames_until(laptop, lambda fs: len(_kinds(fs, "notification:new")) == 600)
     await phone.quiet(0.5)
-    reply = await phone.request("notification:mark-all-read", {}, "notification:read")
-    assert len(reply["data"]["ids"]) == 600 and min(reply["data"]["ids"]) >= 10**15
+    ids = list(range(10**15, 10**15 + 600))
+    reply = await phone.request("notification:mark-read", {"ids": ids[:500]}, "notification:read")
+    assert reply["data"]["ids"] == ids[:500]
+    await daemon.sql("SELECT notifyd.mark_read('long', $1::bigint[])", ids[500:])
     frames = await _frames_until(laptop, lambda fs: len(_kinds(fs, "notification:updated")) == 600)
     items = [u["notification"] for u in _kinds(frames, "notification:updated")]
     assert [n["seq"] for n in items] == list(range(601, 1201))
-    assert sorted(n["id"] for n in items) == reply["data"]["ids"]
+    assert sorted(n["id"] for n in items) == ids
     assert all(n["read"] for n in items)
-    assert _kinds(frames, "notification:unread-count") == [{"count": 0}]
+    assert _kinds(frames, "notification:unread-count")[-1] == {
+        "count": 0,
+        "unseen": 0,
+        "categories": {},
+    }
 
 
 async def test_marking_unread_from_sql_sends_the_item_whole(daemon: Daemon) -> None:

@@ -18,6 +18,7 @@ from faults_support import eventually
 from protocol_schema import validate_notification
 
 from notifyd.core.channel import Channel, Opened
+from notifyd.core.counts import tallies_of
 from notifyd.core.events import KINDS, Event, New, Updated
 
 EVENTS_MD = Path(__file__).resolve().parent.parent / "sql" / "EVENTS.md"
@@ -30,10 +31,25 @@ ATTRIBUTES = {
     "s": "stream",
     "q": "seq",
     "t": "committed",
-    "u": "unread",
+    "u": "tallies",
     "at": "at",
     "user": "user",
+    "c": "category",
+    "v": "viewer",
+    "i": "item_stream",
+    "kind": "state",
+    "target": "target",
+    "upto": "upto",
 }
+
+
+def _as_held(key: str, value: Any, event: Event) -> Any:
+    """A raw event's value as its class holds it."""
+    if key == "u":
+        return tallies_of(value)
+    if key == "c" and isinstance(event, New):
+        return value or ""  # the category of a new item: "" for none
+    return value
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,12 @@ def _type_holds(type_: str, value: object) -> bool:
         "string or null": lambda v: v is None or isinstance(v, str),
         "time": lambda v: isinstance(v, str) and TIME.fullmatch(v) is not None,
         "array of integers": lambda v: isinstance(v, list) and all(map(integer, v)),
+        "tallies": lambda v: (
+            isinstance(v, dict)
+            and all(
+                isinstance(t, list) and len(t) == 2 and all(map(integer, t)) for t in v.values()
+            )
+        ),
         "Notification": lambda v: isinstance(v, dict),
     }
     if type_.startswith('"'):
@@ -190,17 +212,20 @@ async def test_the_triggers_send_what_events_md_says(fresh_db: str, capture: Cap
             assert type(event).__name__ == form.cls and event.kind == form.kind
             for key, value in raw.items():
                 if key != "k":
-                    assert getattr(event, ATTRIBUTES[key]) == value, (form.name, key)
-            if isinstance(event, New | Updated):
+                    held = _as_held(key, value, event)
+                    assert getattr(event, ATTRIBUTES[key]) == held, (form.name, key)
+            if isinstance(event, Updated) and event.shared:
+                assert event.pending  # each user's view of it is fetched
+            elif isinstance(event, New | Updated):
                 assert event.pending == (form.variant == "by reference")
-                if not event.pending:
+                if not event.pending and "s" not in raw:
                     assert [event.stream, event.seq, event.id] == [
                         raw["n"]["stream"],
                         raw["n"]["seq"],
                         raw["n"]["id"],
                     ]
             if isinstance(event, New) and "u" not in raw:
-                assert event.unread is None
+                assert event.tallies is None
     assert seen == {f.name for f in forms}, "a documented form the triggers never sent"
 
 
@@ -208,7 +233,7 @@ async def _make_every_change(capture: Capture, w: asyncpg.Connection) -> None:
     after = capture.after
     # n by value, on a user stream: with the unread count
     small = await after(w, "SELECT notifyd.notify('42', 't', 'small', 'm')")
-    assert _kinds(small) == ["n"] and _events(small)[0]["u"] == 1
+    assert _kinds(small) == ["n"] and _events(small)[0]["u"] == {"": [1, 1]}
     # several rows in one statement: the count on the last row of each user stream only
     multi = await after(
         w,
@@ -218,8 +243,8 @@ async def _make_every_change(capture: Capture, w: asyncpg.Connection) -> None:
     assert [(e["n"]["stream"], e.get("u")) for e in _events(multi)] == [
         ("user:42", None),
         ("user:42", None),
-        ("user:42", 4),
-        ("user:43", 1),
+        ("user:42", {"": [4, 4]}),
+        ("user:43", {"": [1, 1]}),
     ]
     # role and 'all' streams: no count
     others = await after(
@@ -238,7 +263,7 @@ async def _make_every_change(capture: Capture, w: asyncpg.Connection) -> None:
         f"SELECT notifyd.notify_role('ops', 't', 'large', 'm', {BIG})",
     )
     assert [("n" in e, e["s"], e.get("u")) for e in _events(large)] == [
-        (False, "user:42", 5),
+        (False, "user:42", {"": [5, 5]}),
         (False, "role:ops", None),
     ]
     # read marks: every changed row at the stream's next seq (its version), sent whole or by
@@ -251,12 +276,12 @@ async def _make_every_change(capture: Capture, w: asyncpg.Connection) -> None:
     assert _kinds(read) == ["m"] * 4
     assert [e["n"]["seq"] if "n" in e else e["q"] for e in _events(read)] == [6, 7, 8, 9]
     assert sum("n" not in e for e in _events(read)) == 1  # the large one
-    assert [e.get("u") for e in _events(read)] == [None, None, None, 1]
+    assert [e.get("u") for e in _events(read)] == [None, None, None, {"": [1, 1]}]
     # a statement that changes nothing a client sees makes no version and no event
     assert await after(w, "UPDATE notifyd.notifications SET title = title") == []
     read = await after(w, "UPDATE notifyd.notifications SET read_at = now() WHERE title = 'small'")
     assert [(e["k"], e["n"]["seq"], e["n"]["read"], e["u"]) for e in _events(read)] == [
-        ("m", 10, True, 0)
+        ("m", 10, True, {"": [0, 0]})
     ]
     # unread again: the same, whole or by reference when large
     unread = await after(
@@ -265,7 +290,7 @@ async def _make_every_change(capture: Capture, w: asyncpg.Connection) -> None:
         "WHERE user_id = '42' AND title IN ('small', 'large')",
     )
     assert sorted((e["k"], "n" in e) for e in _events(unread)) == [("m", False), ("m", True)]
-    assert _events(unread)[-1]["u"] == 2
+    assert _events(unread)[-1]["u"] == {"": [2, 0]}  # read items stay seen
     assert all(e["n"]["read"] is False for e in _events(unread) if "n" in e)
     # a change of many rows: packed into payloads under NOTIFY's limit, in seq order
     await after(
@@ -276,19 +301,19 @@ async def _make_every_change(capture: Capture, w: asyncpg.Connection) -> None:
     many = await after(w, "UPDATE notifyd.notifications SET read_at = now() WHERE user_id = '7'")
     assert len(many) >= 2 and _kinds(many) == ["m"] * 1500
     assert [e["n"]["seq"] for e in _events(many)] == list(range(1501, 3001))
-    assert _events(many)[-1]["u"] == 0
+    assert _events(many)[-1]["u"] == {"": [0, 0]}
     # deleted: one event per row, each at the stream's next seq (its tombstone's); the count on
     # the last of the stream
     gone = await after(w, "DELETE FROM notifyd.notifications WHERE user_id = '42'")
     assert _kinds(gone) == ["d"] * 5
     assert [e["q"] for e in _events(gone)] == [13, 14, 15, 16, 17]
-    assert [e.get("u") for e in _events(gone)] == [None] * 4 + [0]
+    assert [e.get("u") for e in _events(gone)] == [None] * 4 + [{"": [0, 0]}]
     tombstones = await w.fetch("SELECT id, seq FROM notifyd.removals WHERE stream = 'user:42'")
     assert sorted((r["seq"], r["id"]) for r in tombstones) == sorted(
         (e["q"], e["id"]) for e in _events(gone)
     )
     read_gone = await after(w, "DELETE FROM notifyd.notifications WHERE user_id = '7' AND id < 50")
-    assert set(_kinds(read_gone)) == {"d"} and _events(read_gone)[-1]["u"] == 0
+    assert set(_kinds(read_gone)) == {"d"} and _events(read_gone)[-1]["u"] == {"": [0, 0]}
     # retention's deletes are silent but for the counts
     await after(
         w,
@@ -296,7 +321,43 @@ async def _make_every_change(capture: Capture, w: asyncpg.Connection) -> None:
         "VALUES ('43', 't', now() - interval '1 year')",
     )
     pruned = await after(w, "SELECT notifyd.prune(interval '1 day', 10)")
-    assert [(e["k"], e["s"], e["u"]) for e in _events(pruned)] == [("c", "user:43", 1)]
+    assert [(e["k"], e["s"], e["u"]) for e in _events(pruned)] == [("c", "user:43", {"": [1, 1]})]
+    # of a shared stream, without counts (each user's are read again)
+    await after(
+        w,
+        "UPDATE notifyd.notifications SET created_at = now() - interval '1 year' "
+        "WHERE stream = 'all'",
+    )
+    pruned = await after(w, "SELECT notifyd.prune(interval '1 day', 10)")
+    assert [(e["k"], e["s"], "u" in e) for e in _events(pruned)] == [("c", "all", False)]
+    # a user's states of shared items: receipts, at their place in the user's stream, whole
+    # or by reference; marks; an edit of a shared item (each user's view is the daemon's)
+    made = await after(
+        w, "SELECT notifyd.notify_role('ops', 't', 'shared', 'm', category => 'billing')"
+    )
+    shared = _events(made)[0]["n"]["id"]
+    receipts = await after(
+        w,
+        f"SELECT notifyd.mark_read('43', ARRAY[{shared}]::bigint[], NULL, ARRAY['role:ops'])",
+        "SELECT notifyd.mark_seen('43', ARRAY(SELECT id FROM notifyd.notifications "
+        "WHERE stream = 'role:ops' AND title = 'large'), NULL, ARRAY['role:ops'])",
+    )
+    assert [(e["k"], e["s"], "n" in e) for e in _events(receipts)] == [
+        ("m", "user:43", True),
+        ("m", "user:43", False),
+    ]
+    assert _events(receipts)[0]["n"]["read"] is True
+    marks = await after(
+        w, "SELECT notifyd.archive('43', NULL, 'billing', ARRAY['user:43', 'role:ops'])"
+    )
+    assert [(e["k"], e["kind"], e["target"], e["c"], "u" in e) for e in _events(marks)] == [
+        ("a", "archived", "user:43", "billing", False),
+        ("a", "archived", "role:ops", "billing", True),
+    ]
+    edit = await after(w, f"UPDATE notifyd.notifications SET title = 'edited' WHERE id = {shared}")
+    assert [(e["k"], e["n"]["stream"], e["n"]["read"]) for e in _events(edit)] == [
+        ("m", "role:ops", False)  # as it is for a user who has not acted on it
+    ]
     # a revocation, recorded then withdrawn
     revoked = await after(w, "SELECT notifyd.revoke_user('42')")
     withdrawn = await after(w, "DELETE FROM notifyd.revocations")

@@ -91,7 +91,8 @@ async def test_unread_count_and_mark_read_over_http_reach_live_devices(daemon: D
     other = await daemon.notify("h5", "someone else's")
     device = await daemon.connect("h4")
     token = daemon.token("h4")
-    assert (await api(daemon, "GET", "/v1/unread-count", token))[2] == {"count": 3}
+    counts = {"count": 3, "unseen": 3, "categories": {}}
+    assert (await api(daemon, "GET", "/v1/unread-count", token))[2] == counts
     status, _, body = await api(
         daemon, "POST", f"/v1/notifications/read?ids={ids[0]},{other}", token
     )
@@ -100,12 +101,37 @@ async def test_unread_count_and_mark_read_over_http_reach_live_devices(daemon: D
     assert (updated["id"], updated["read"], updated["readAt"]) == (ids[0], True, body["readAt"])
     assert (await device.next_data("notification:unread-count"))["count"] == 2
     status, _, body = await api(daemon, "POST", "/v1/notifications/read-all", token)
-    assert sorted(body["ids"]) == ids[1:]
-    assert (await api(daemon, "GET", "/v1/unread-count", token))[2] == {"count": 0}
-    # a poll from before the marks replays them: every item in its current state
+    assert body["ids"] == [] and body["readAt"]  # a mark (one per stream), no row per item
+    zero = {"count": 0, "unseen": 0, "categories": {}}
+    assert (await api(daemon, "GET", "/v1/unread-count", token))[2] == zero
+    # a poll from before the marks replays them: the item read by id in its current state,
+    # the marks of the user's streams (seen and read of each) that read the others
     status, _, page = await api(daemon, "GET", "/v1/notifications?cursor=user:h4:3", token)
-    assert status == 200 and page["removed"] == [] and page["cursors"]["user:h4"] == 6
-    assert sorted((n["id"], n["read"]) for n in page["notifications"]) == [(i, True) for i in ids]
+    assert status == 200 and page["removed"] == [] and page["cursors"]["user:h4"] == 8
+    assert [(n["id"], n["read"]) for n in page["notifications"]] == [(ids[0], True)]
+    assert [(m["state"], m["target"]) for m in page["marks"]] == [
+        ("seen", "user:h4"),
+        ("read", "user:h4"),
+        ("seen", "all"),
+        ("read", "all"),
+    ]
+    # the other state operations over HTTP: archive the first, snooze the second
+    status, _, body = await api(daemon, "POST", f"/v1/notifications/archive?ids={ids[0]}", token)
+    assert (status, body) == (200, {"ids": [ids[0]], "all": False})
+    status, _, body = await api(
+        daemon, "POST", f"/v1/notifications/snooze?ids={ids[1]}&until=2099-01-01T00:00:00Z", token
+    )
+    assert (status, body) == (200, {"ids": [ids[1]], "all": False})
+    status, _, body = await api(daemon, "POST", f"/v1/notifications/snooze?ids={ids[1]}", token)
+    assert status == 400 and body["code"] == "invalid-data"  # no until
+    status, _, body = await api(daemon, "POST", "/v1/notifications/unread?all=true", token)
+    assert (status, sorted(body["ids"])) == (200, ids)
+    status, _, body = await api(daemon, "GET", "/v1/unread-count", token)
+    assert body == {
+        "count": 1,
+        "unseen": 0,
+        "categories": {},
+    }  # the third: not archived nor snoozed
     # the other user's row was not touched
     assert (
         await daemon.sql("SELECT read_at FROM notifyd.notifications WHERE id = $1", other) is None

@@ -130,7 +130,8 @@ async def test_a_row_without_recipient_is_refused(daemon: Daemon, stream: str) -
     # the trigger refused it before it took a seq: no counter moved
     assert (
         await daemon.sql(
-            "SELECT last_seq * 1000 + unread FROM notifyd.streams WHERE stream = 'user:42'"
+            "SELECT last_seq * 1000 + unread FROM notifyd.streams "
+            "JOIN notifyd.tallies USING (stream) WHERE stream = 'user:42'"
         )
         == 1001
     )

@@ -20,6 +20,16 @@ async def nothing_missed(after: dict[str, int]) -> list[Change]:
     return []
 
 
+async def no_receipts(
+    wanted: list[tuple[str, int]],
+) -> dict[tuple[str, int], tuple[int, bytes]]:
+    raise AssertionError("no receipt to fetch here")
+
+
+async def no_views(wanted: list[tuple[int, list[str]]]) -> dict[int, tuple[int, dict[str, bytes]]]:
+    raise AssertionError("no shared edit to fetch here")
+
+
 def _new(stream: str, seq: int, tail: str = "") -> str:
     return '{"k":"n","n":' + orjson.dumps(wire(stream, seq, seq)).decode() + ',"t":1.0' + tail + "}"
 
@@ -50,18 +60,23 @@ async def test_pipeline_orders_large_rows_and_catches_up() -> None:
         counted[1] += size
 
     publisher.count_sent = count_sent
-    pipeline = EventPipeline(publisher, fetch_ids, catch_up)
+    pipeline = EventPipeline(publisher, fetch_ids, catch_up, no_receipts, no_views)
     conn = FakeConn(live_session())
     index.add(conn, ["user:1", "all"])
     publisher.note_floor("user:1", 0)
-    pipeline.put(events_of("[" + _new("user:1", 1, ',"u":1') + "]"))
+    assert publisher.read_counts(conn.session, [("user:1", 0, {}), ("all", 0, {})])
+    pipeline.put(events_of("[" + _new("user:1", 1, ',"u":{"":[1,1]}') + "]"))
     assert conn.frames == []  # blocked until the listener's first catch-up
     await pipeline.catch_up()
     pipeline.put(
-        events_of('[{"k":"n","id":2,"s":"user:1","q":2,"t":1.0,"u":2},' + _new("user:1", 3) + "]")
+        events_of(
+            '[{"k":"n","id":2,"s":"user:1","q":2,"t":1.0,"u":{"":[2,2]}},' + _new("user:1", 3) + "]"
+        )
     )
     pipeline.put(
-        events_of('[{"k":"?"}, {"k":"c","s":"user:1","u":0}, {"k":"d","id":1,"s":"user:1","q":4}]')
+        events_of(
+            '[{"k":"?"}, {"k":"c","s":"user:1","q":3,"u":{}}, {"k":"d","id":1,"s":"user:1","q":4}]'
+        )
     )
     await asyncio.sleep(0.05)
     assert fetched == [[2]]
@@ -95,7 +110,7 @@ async def test_a_stale_payload_is_fetched_and_only_news_published() -> None:
 
     index: StreamIndex[FakeConn] = StreamIndex()
     publisher = Publisher(index)
-    pipeline = EventPipeline(publisher, fetch_ids, nothing_missed)
+    pipeline = EventPipeline(publisher, fetch_ids, nothing_missed, no_receipts, no_views)
     await pipeline.catch_up()
     conn = FakeConn(live_session())
     index.add(conn, ["user:1"])
@@ -103,7 +118,7 @@ async def test_a_stale_payload_is_fetched_and_only_news_published() -> None:
     replay = events_of(
         "["
         + ",".join(_new("user:1", seq) for seq in (1, 2, 3, 4))
-        + ',{"k":"c","s":"user:1","u":9}]'
+        + ',{"k":"c","s":"user:1","q":4,"u":{"":[9,9]}}]'
     )
     pipeline.put(replay, stale=True)
     await asyncio.sleep(0.05)
@@ -123,7 +138,7 @@ async def test_a_failed_fetch_is_retried_in_order(monkeypatch: pytest.MonkeyPatc
 
     index: StreamIndex[FakeConn] = StreamIndex()
     publisher = Publisher(index)
-    pipeline = EventPipeline(publisher, fetch_ids, nothing_missed)
+    pipeline = EventPipeline(publisher, fetch_ids, nothing_missed, no_receipts, no_views)
     await pipeline.catch_up()
     conn = FakeConn(live_session())
     index.add(conn, ["user:1"])
@@ -145,7 +160,7 @@ async def test_a_large_row_changed_before_its_fetch_waits_for_its_own_event() ->
 
     index: StreamIndex[FakeConn] = StreamIndex()
     publisher = Publisher(index)
-    pipeline = EventPipeline(publisher, fetch_ids, nothing_missed)
+    pipeline = EventPipeline(publisher, fetch_ids, nothing_missed, no_receipts, no_views)
     await pipeline.catch_up()
     conn = FakeConn(live_session())
     index.add(conn, ["user:1"])

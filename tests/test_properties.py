@@ -47,9 +47,12 @@ REPLY_TYPES = {
     "pong",
     "notification:sync-response",
     "notification:read",
+    "notification:changed",
     "presence:state",
     "auth:refreshed",
 }
+# What a client's own state changes bring it besides their answer: the changes themselves
+CHANGE_TYPES = {"notification:unread-count", "notification:updated", "notification:marked"}
 
 
 @pytest_asyncio.fixture
@@ -261,7 +264,7 @@ async def test_random_frames_get_one_reply_each_or_a_documented_close(
                 r for r in map(expected_ref, batch) if r is not None
             )
             for frame in client.seen:
-                assert frame["type"] in REPLY_TYPES | {"notification:unread-count"}, frame
+                assert frame["type"] in REPLY_TYPES | CHANGE_TYPES, frame
                 if frame["type"] == "error":
                     assert frame["data"]["code"] in DOCUMENTED_ERRORS, frame
                     event(f"error {frame['data']['code']}")
@@ -386,10 +389,18 @@ async def test_nobody_receives_syncs_or_marks_what_is_not_theirs(
             "SELECT id, stream, read_at FROM notifyd.notifications"
         )
     }
-    unread = {i for i, (_, at) in rows.items() if at is None}
+    # own items unread as their user sees them (an earlier example's mark-all covers some)
+    unread = {
+        r["id"]
+        for r in await (await d.pool()).fetch(
+            "SELECT id FROM notifyd.notifications n WHERE user_id IS NOT NULL "
+            "AND NOT (notifyd.to_wire(n, n.stream)->>'read')::boolean"
+        )
+    }
     stream_of = {i: s for i, (s, _) in rows.items()}
     created: list[int] = []
     marked_by: dict[int, str] = {}  # id -> the user stream whose connection marked it
+    read_shared: set[tuple[str, int]] = set()  # (user, id) of shared items each user read
     clients = [await d.connect(user, roles) for user, roles in conns]
     mine = [own_streams(user, roles) for user, roles in conns]
     # per connection: (index in client.seen from which it holds, the streams) for each set of
@@ -397,7 +408,9 @@ async def test_nobody_receives_syncs_or_marks_what_is_not_theirs(
     held = [[(0, own)] for own in mine]
     try:
         for n, step in enumerate(steps):
-            await _run_step(d, step, n, clients, conns, mine, stream_of, unread, created, marked_by)
+            await _run_step(
+                d, step, n, clients, conns, mine, stream_of, unread, created, marked_by, read_shared
+            )
             if step[0] == "refresh":
                 i = step[1] % len(clients)
                 if held[i][-1][1] != mine[i]:
@@ -435,7 +448,11 @@ async def test_nobody_receives_syncs_or_marks_what_is_not_theirs(
                         received.add(item["id"])
                     assert set(data["cursors"]) == streams
                 elif kind == "notification:read":
-                    assert all(after[x][0] == f"user:{user}" for x in data["ids"]), frame
+                    assert all(after[x][0] in streams for x in data["ids"]), frame
+                elif kind == "notification:updated":
+                    assert data["notification"]["stream"] in streams, (user, frame)
+                elif kind == "notification:marked":  # the user's own marks (no content)
+                    assert data["stream"] == f"user:{user}"
                 elif kind == "notification:deleted":
                     assert data["stream"] in streams
                 assert not kind.startswith("presence:"), frame  # no presence role here
@@ -460,6 +477,7 @@ async def _run_step(
     unread: set[int],
     created: list[int],
     marked_by: dict[int, str],
+    read_shared: set[tuple[str, int]],
 ) -> None:
     kind = step[0]
     if kind in ("notify", "notify_role", "broadcast"):
@@ -512,25 +530,47 @@ async def _run_step(
 
         if kind == "mark":
             ids = sorted({pick(where, k) for where, k in step[2]})
+            # shared items this user read in earlier examples (the database outlives them)
+            for row in await (await d.pool()).fetch(
+                "SELECT n.id FROM notifyd.notifications n WHERE n.id = ANY($1::bigint[]) "
+                "AND n.user_id IS NULL AND (notifyd.to_wire(n, $2)->>'read')::boolean",
+                ids,
+                f"user:{user}",
+            ):
+                read_shared.add((user, row["id"]))
             reply = await client.request(
                 "notification:mark-read", {"ids": ids}, "notification:read", ref=f"mark-{n}"
+            )
+            # its own unread items, and the shared ones of its streams it has not read yet
+            expected = sorted(
+                x
+                for x in ids
+                if (stream_of.get(x) == f"user:{user}" and x in unread)
+                or (
+                    stream_of.get(x) in own
+                    and not stream_of[x].startswith("user:")
+                    and (user, x) not in read_shared
+                )
             )
         else:
             ids = sorted(stream_of)
             reply = await client.request(
                 "notification:mark-all-read", {}, "notification:read", ref=f"mark-{n}"
             )
+            expected = []  # a mark: no item is written
         assert reply["type"] == "notification:read", reply
-        expected = sorted(x for x in ids if stream_of.get(x) == f"user:{user}" and x in unread)
         assert reply["data"]["ids"] == expected, (user, ids, reply)
-        foreign = any(stream_of.get(x) != f"user:{user}" for x in ids)
+        foreign = any(stream_of.get(x) not in own for x in ids)
         event(
             f"{kind} changed {'some' if expected else 'nothing'}"
             f"{', foreign ids asked' if foreign else ''}"
         )
-        for x in expected:
-            unread.discard(x)
-            marked_by[x] = f"user:{user}"
+        for x in ids if kind == "mark_all" else expected:
+            if stream_of.get(x) == f"user:{user}":
+                unread.discard(x)
+                marked_by[x] = f"user:{user}"
+            elif stream_of.get(x) in own:
+                read_shared.add((user, x))
     elif kind == "refresh":
         token = d.token(step[2], ["a"])
         reply = await client.request("auth", {"token": token}, "auth:refreshed", ref=f"auth-{n}")

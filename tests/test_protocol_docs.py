@@ -96,14 +96,21 @@ def _notification(**changes: object) -> dict[str, Any]:
         "id": 1207,
         "stream": "user:42",
         "seq": 318,
+        "deliveredSeq": 318,
         "type": "appointment:created",
+        "category": None,
         "title": "New appointment",
         "message": "Tomorrow 10:00",
         "data": {"appointmentId": 7},
         "priority": "high",
         "actionUrl": "/appointments/7",
+        "seen": False,
+        "seenAt": None,
         "read": False,
         "readAt": None,
+        "archived": False,
+        "archivedAt": None,
+        "snoozedUntil": None,
         "createdAt": "2026-11-23T09:41:07.123456Z",
     }
     notification.update(changes)
@@ -292,6 +299,7 @@ VALID_SERVER: list[dict[str, Any]] = [
         "data": {
             "notifications": [],
             "removed": [7],
+            "marks": [],
             "cursors": {"user:42": 0},
             "reset": [],
             "hasMore": False,
@@ -327,8 +335,44 @@ INVALID_SERVER: dict[str, object] = {
     "client event from server": {"type": "ping", "data": {}},
     "extra top-level key": {"type": "pong", "data": {"timestamp": 1}, "id": 1},
     "missing data": {"type": "notification:unread-count"},
-    "negative count": {"type": "notification:unread-count", "data": {"count": -1}},
-    "count as bool": {"type": "notification:unread-count", "data": {"count": True}},
+    "negative count": {
+        "type": "notification:unread-count",
+        "data": {"count": -1, "unseen": 0, "categories": {}},
+    },
+    "count as bool": {
+        "type": "notification:unread-count",
+        "data": {"count": True, "unseen": 0, "categories": {}},
+    },
+    "count without unseen": {"type": "notification:unread-count", "data": {"count": 1}},
+    "seen without seenAt": _new(_notification(seen=True)),
+    "archivedAt while not archived": _new(_notification(archivedAt="2026-11-23T09:45:30Z")),
+    "marked without upto": {
+        "type": "notification:marked",
+        "data": {
+            "stream": "user:42",
+            "seq": 3,
+            "state": "read",
+            "category": None,
+            "target": "all",
+            "at": "2026-11-23T09:45:30Z",
+        },
+    },
+    "marked of a state there is none of": {
+        "type": "notification:marked",
+        "data": {
+            "stream": "user:42",
+            "seq": 3,
+            "state": "snoozed",
+            "category": None,
+            "target": "all",
+            "upto": 3,
+            "at": "2026-11-23T09:45:30Z",
+        },
+    },
+    "updated with a seq but no stream": {
+        "type": "notification:updated",
+        "data": {"notification": _notification(), "seq": 4},
+    },
     "protocolVersion 1": {
         "type": "connection-confirmed",
         "data": {
@@ -370,6 +414,16 @@ INVALID_CLIENT: dict[str, object] = {
     "mark-read no ids": {"type": "notification:mark-read", "data": {"ids": []}},
     "mark-read 1001 ids": {"type": "notification:mark-read", "data": {"ids": list(range(1, 1002))}},
     "mark-read without data": {"type": "notification:mark-read"},
+    "mark-read with ids and all": {
+        "type": "notification:mark-read",
+        "data": {"ids": [1], "all": True},
+    },
+    "mark-seen all false": {"type": "notification:mark-seen", "data": {"all": False}},
+    "archive category with ids": {
+        "type": "notification:archive",
+        "data": {"ids": [1], "category": "billing"},
+    },
+    "snooze without until": {"type": "notification:snooze", "data": {"ids": [1]}},
     "auth empty token": {"type": "auth", "data": {"token": ""}},
     "presence 101 users": {
         "type": "presence:query",

@@ -10,6 +10,7 @@ import os
 import re
 import time
 
+import orjson
 from faults_support import http_get
 from support import ROOT, Daemon
 
@@ -52,7 +53,7 @@ def test_the_settings_table_and_the_example_file_are_the_declarations() -> None:
 
 async def test_readme_sql_examples_run(daemon: Daemon) -> None:
     """Every SQL block runs; the grants of "Database roles" (given to a role of this test's
-    own) are all an app's role needs to notify, mark read and delete."""
+    own) are all an app's role needs to notify, mark read, archive, count and delete."""
     blocks = re.findall(r"```sql\n(.*?)```", README, re.S)
     pool = await daemon.pool()
     role = f"notifyd_app_{os.getpid()}_{time.monotonic_ns()}"
@@ -90,9 +91,21 @@ async def test_readme_sql_examples_run(daemon: Daemon) -> None:
             await conn.execute(
                 "UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", nid
             )
+            await conn.execute("SELECT notifyd.archive('app-user', $1::bigint[])", [nid])
+            counts = await conn.fetch(
+                "SELECT * FROM notifyd.counts('user:app-user', ARRAY['user:app-user', 'all'])"
+            )
+            assert counts
+            for call in ("notifyd.to_wire(n)", "notifyd.to_wire(n, 'user:app-user')"):
+                wire = await conn.fetchval(
+                    f"SELECT {call}::text FROM notifyd.notifications n WHERE id = $1", nid
+                )
+                assert orjson.loads(wire)["id"] == nid
             await conn.execute("DELETE FROM notifyd.notifications WHERE id = $1", nid)
         updated = (await client.next_data("notification:updated"))["notification"]
         assert (updated["id"], updated["read"]) == (nid, True)
+        archived = (await client.next_data("notification:updated"))["notification"]
+        assert (archived["id"], archived["archived"]) == (nid, True)
         assert (await client.next_data("notification:deleted"))["id"] == nid
     finally:
         await pool.execute(f"DROP OWNED BY {role}")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import notifyd.storage.store as store_module
 from notifyd.core.errors import StoreError
-from notifyd.core.events import Updated
+from notifyd.core.events import Marked, Updated
 from notifyd.storage.migrate import migrations
 from notifyd.storage.store import Store
 
@@ -57,13 +57,13 @@ async def test_reads_of_one_turn_share_one_query(fresh_db: str) -> None:
                 assert own is None  # a stream that does not exist yet
             else:
                 assert own is not None
-                assert (own.last_seq, own.unread) == (i, i - 1)
+                assert own.last_seq == i
             assert states["all"].last_seq == 1
 
         # reads that do not overlap in time each make their own query
         queries.clear()
-        assert (await store.stream_states(["user:u3"]))["user:u3"].unread == 2
-        assert (await store.stream_states(["user:u4"]))["user:u4"].unread == 3
+        assert (await store.stream_states(["user:u3"]))["user:u3"].last_seq == 3
+        assert (await store.stream_states(["user:u4"]))["user:u4"].last_seq == 4
         assert sum(STATE_QUERY in q for q in queries) == 2
     finally:
         await pool.close()
@@ -83,7 +83,7 @@ async def test_a_reader_giving_up_leaves_the_others_their_answer(fresh_db: str) 
         joiner.cancel()
         first.cancel()
         results = await asyncio.gather(*others)
-        assert [r["user:u1"].unread for r in results] == [1] * 5
+        assert [r["user:u1"].last_seq for r in results] == [1] * 5
         assert first.cancelled() and joiner.cancelled()
         assert sum(STATE_QUERY in q for q in queries) == 1
 
@@ -93,7 +93,7 @@ async def test_a_reader_giving_up_leaves_the_others_their_answer(fresh_db: str) 
         for quitter in quitters:
             quitter.cancel()
         await asyncio.gather(*quitters, return_exceptions=True)
-        assert (await store.stream_states(["user:u1"]))["user:u1"].unread == 1
+        assert (await store.stream_states(["user:u1"]))["user:u1"].last_seq == 1
     finally:
         await pool.close()
 
@@ -117,10 +117,13 @@ async def test_no_query_leaves_session_state_on_a_pool_connection(fresh_db: str)
     store = await Store.open(fresh_db, max_size=1)
     try:
         nid = await store.insert_demo("u1", "t", "m", "low")
-        await store.mark_read("user:u1", (nid,))
-        await store.mark_read("user:u1", None)
+        await store.set_state("u1", "read", True, (nid,), None, ["user:u1", "all"])
+        await store.set_state("u1", "read", True, None, None, ["user:u1", "all"])
+        await store.set_state("u1", "read", False, None, None, ["user:u1", "all"])
+        await store.counts("user:u1", ["user:u1", "all"])
+        await store.wake()
         await store.stream_states(["user:u1", "all"])
-        await store.sync({"user:u1": 0}, ["all"], None, 10, max_bytes=2**20)
+        await store.sync({"user:u1": 0}, ["all"], None, 10, max_bytes=2**20, viewer="user:u1")
         await store.catch_up({"user:u1": 0})
         await store.fetch_ids([nid])
         await store.revocations()
@@ -209,7 +212,7 @@ async def test_reads_asked_for_while_a_query_runs_share_the_next(fresh_db: str) 
         assert sum(STATE_QUERY in q for q in queries) == 2
         # with none running, a read is not held back
         queries.clear()
-        assert (await store.stream_states(["user:u3"]))["user:u3"].unread == 1
+        assert (await store.stream_states(["user:u3"]))["user:u3"].last_seq == 1
         assert sum(STATE_QUERY in q for q in queries) == 1
     finally:
         await pool.close()
@@ -262,8 +265,12 @@ async def test_a_sync_with_every_cursor_is_answered_as_the_transaction_answers_i
     limit: int,
     max_bytes: int,
 ) -> None:
-    one_statement = await sync_store._sync_after_cursors(cursors, limit, max_bytes, in_flight)
-    general = await sync_store._sync_in_transaction(cursors, [], None, limit, max_bytes, in_flight)
+    one_statement = await sync_store._sync_after_cursors(
+        cursors, limit, max_bytes, in_flight, "user:a"
+    )
+    general = await sync_store._sync_in_transaction(
+        cursors, [], None, limit, max_bytes, in_flight, "user:a"
+    )
     if one_statement is None:  # a stream to reset: left to the transaction
         assert general.reset
         return
@@ -277,7 +284,9 @@ async def test_a_sync_with_every_cursor_is_answered_as_the_transaction_answers_i
     # and sync() itself takes the one statement
     assert orjson.dumps(
         (
-            await sync_store.sync(cursors, [], None, limit, in_flight, max_bytes=max_bytes)
+            await sync_store.sync(
+                cursors, [], None, limit, in_flight, max_bytes=max_bytes, viewer="user:a"
+            )
         ).notifications
     ) == orjson.dumps(general.notifications)
 
@@ -297,11 +306,11 @@ async def test_catch_up_reads_new_changed_and_deleted_items_as_their_events(
     store = await Store.open(fresh_db)
     try:
         ids = [await store.insert_demo("u1", f"n{i}", "m", "low") for i in range(4)]  # seq 1-4
-        await store.mark_read("user:u1", (ids[0],))  # seq 5
+        await store.set_state("u1", "read", True, (ids[0],), None, ["user:u1"])  # seq 5
         await store._pool.execute("DELETE FROM notifyd.notifications WHERE id = $1", ids[1])  # 6
         await store.insert_demo("u1", "n4", "m", "low")  # seq 7
         events = await store.catch_up({"user:u1": 2, "all": 0})
-        assert [(type(e).__name__, e.seq, e.id) for e in events] == [
+        assert [(type(e).__name__, e.seq, getattr(e, "id", None)) for e in events] == [
             ("New", 3, ids[2]),
             ("New", 4, ids[3]),
             ("Updated", 5, ids[0]),
@@ -311,5 +320,34 @@ async def test_catch_up_reads_new_changed_and_deleted_items_as_their_events(
         updated = events[2]
         assert isinstance(updated, Updated) and updated.notification is not None
         assert orjson.loads(orjson.dumps(updated.notification))["read"] is True
+    finally:
+        await store.close()
+
+
+async def test_catch_up_reads_a_users_receipts_and_marks_in_their_stream(fresh_db: str) -> None:
+    """A user's state of a shared item and their marks are changes of the user's own stream:
+    catch-up reads them there (the item as the user sees it, the mark), in seq order."""
+    store = await Store.open(fresh_db)
+    try:
+        shared = await store._pool.fetchval("SELECT notifyd.broadcast('t', 'news', 'm')")
+        await store.insert_demo("u1", "own", "m", "low")  # user:u1 seq 1
+        await store.set_state("u1", "read", True, (shared,), None, ["user:u1", "all"])  # 2
+        await store.set_state("u1", "archived", True, None, None, ["user:u1", "all"])  # 3, 4
+        events = await store.catch_up({"user:u1": 1})
+        assert [(type(e).__name__, e.seq) for e in events] == [
+            ("Updated", 2),
+            ("Marked", 3),
+            ("Marked", 4),
+        ]
+        receipt, own_mark, shared_mark = events
+        assert isinstance(receipt, Updated) and receipt.viewer == "user:u1"
+        assert receipt.item_stream == "all" and receipt.id == shared
+        assert orjson.loads(orjson.dumps(receipt.notification))["read"] is True
+        assert isinstance(own_mark, Marked) and isinstance(shared_mark, Marked)
+        assert (own_mark.state, own_mark.target, shared_mark.target) == (
+            "archived",
+            "user:u1",
+            "all",
+        )
     finally:
         await store.close()

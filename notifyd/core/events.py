@@ -26,6 +26,7 @@ from typing import Any, ClassVar, TypeAlias
 
 import orjson
 
+from notifyd.core.counts import Tallies, tallies_of
 from notifyd.core.errors import MalformedEvents
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ class New:
     `notification` is its wire form; a row too large for a payload comes by reference
     (`pending`: to be fetched by id before it is published; if gone by then, it stays None).
     `committed` ("t") is when the inserting statement ended, in seconds since the epoch;
-    `unread` ("u") the stream's unread count, on the last row of each user stream only.
+    `tallies` ("u") the stream's counts, on the last row of each user stream only;
+    `category` the row's ("" for none).
     `recheck`: a claim from a stale payload, published only if the table confirms it."""
 
     kind: ClassVar[str] = "n"
@@ -51,30 +53,45 @@ class New:
     id: int
     notification: Wire | None
     committed: float | None = None
-    unread: int | None = None
+    tallies: Tallies | None = None
     pending: bool = False
     recheck: bool = False
+    category: str = ""
 
 
 @dataclass(slots=True)
 class Updated:
-    """ "m": a notification changed by an UPDATE (any column), sent whole at its new seq
-    (clients get notification:updated); by reference (`pending`) when too large for a
-    payload, like `New`. `unread` ("u"): on the last event of each user stream."""
+    """ "m": a notification changed, sent whole at its new seq (clients get
+    notification:updated); by reference (`pending`) when too large for a payload, like `New`.
+
+    - A user's own item: as that user sees it; `tallies` ("u") on the last event of the stream.
+    - A user's receipt of a shared item changed (their own state of it): `viewer` is the user's
+      stream, and `stream`/`seq` are the receipt's place there; the item is as they see it.
+    - A shared item changed (an edit): each of its users sees it with their own state, so the
+      event is `pending` until `views` (user stream -> wire) holds the view of each user with a
+      connection here."""
 
     kind: ClassVar[str] = "m"
     stream: str
     seq: int
     id: int
     notification: Wire | None
-    unread: int | None = None
+    tallies: Tallies | None = None
     pending: bool = False
+    viewer: str | None = None
+    views: dict[str, Wire] | None = None
+    item_stream: str | None = None  # of a receipt: the shared item's stream
+
+    @property
+    def shared(self) -> bool:
+        """An edit of a shared item (not a user's own item, nor a user's receipt)."""
+        return self.viewer is None and not self.stream.startswith("user:")
 
 
 @dataclass(slots=True)
 class Deleted:
     """ "d": a notification deleted (not by retention, whose deletes are silent); `seq` is
-    its tombstone's, the stream's next. `unread` ("u"): on the last event of each user
+    its tombstone's, the stream's next. `tallies` ("u"): on the last event of each user
     stream."""
 
     kind: ClassVar[str] = "d"
@@ -82,17 +99,37 @@ class Deleted:
     id: int
     stream: str
     seq: int
-    unread: int | None = None
+    tallies: Tallies | None = None
 
 
 @dataclass(slots=True)
 class UnreadCount:
-    """ "c": a user stream's unread count after retention deleted unread rows of it."""
+    """ "c": retention deleted rows of a stream; as of `seq`, the stream's last, a user
+    stream's `tallies` are these (a shared stream's counts are each user's, read again)."""
 
     kind: ClassVar[str] = "c"
     pending: ClassVar[bool] = False
     stream: str
-    unread: int
+    seq: int
+    tallies: Tallies | None = None
+
+
+@dataclass(slots=True)
+class Marked:
+    """ "a": a user marked everything of `target` delivered up to `upto` (of `category`, or
+    every category) `state` (seen, read or archived) at `at`; the mark's place is `seq` in the
+    user's `stream`. `tallies` ("u"): on the last mark of the statement."""
+
+    kind: ClassVar[str] = "a"
+    pending: ClassVar[bool] = False
+    stream: str
+    seq: int
+    state: str
+    category: str | None
+    target: str
+    upto: int
+    at: str
+    tallies: Tallies | None = None
 
 
 @dataclass(slots=True)
@@ -106,12 +143,16 @@ class RevocationsChanged:
     at: float
 
 
-Event: TypeAlias = New | Updated | Deleted | UnreadCount | RevocationsChanged
+Event: TypeAlias = New | Updated | Deleted | UnreadCount | Marked | RevocationsChanged
 # A change of a stream at a seq: what catch-up reads back from the tables
-Change: TypeAlias = New | Updated | Deleted
+Change: TypeAlias = New | Updated | Deleted | Marked
 KINDS: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (New, Updated, Deleted, UnreadCount, RevocationsChanged)
+    cls.kind: cls for cls in (New, Updated, Deleted, UnreadCount, Marked, RevocationsChanged)
 }
+
+
+def _tallies(raw: object) -> Tallies | None:
+    return None if raw is None else tallies_of(raw)
 
 
 def decode(events: object) -> list[Event]:
@@ -125,24 +166,88 @@ def decode(events: object) -> list[Event]:
             kind = e["k"]
             if kind == "n":
                 n = e.get("n")
+                u = e.get("u")
+                tallies = None if u is None else tallies_of(u)
                 if n is None:
-                    append(New(e["s"], e["q"], e["id"], None, e["t"], e.get("u"), True))
+                    append(
+                        New(
+                            e["s"],
+                            e["q"],
+                            e["id"],
+                            None,
+                            e["t"],
+                            tallies,
+                            True,
+                            category=e.get("c") or "",
+                        )
+                    )
                 else:
-                    append(New(n["stream"], n["seq"], n["id"], n, e["t"], e.get("u")))
+                    append(
+                        New(
+                            n["stream"],
+                            n["seq"],
+                            n["id"],
+                            n,
+                            e["t"],
+                            tallies,
+                            category=n.get("category") or "",
+                        )
+                    )
             elif kind == "c":
-                append(UnreadCount(e["s"], e["u"]))
+                append(UnreadCount(e["s"], e["q"], _tallies(e.get("u"))))
             elif kind == "d":
-                append(Deleted(e["id"], e["s"], e["q"], e.get("u")))
+                append(Deleted(e["id"], e["s"], e["q"], _tallies(e.get("u"))))
             elif kind == "m":
                 n = e.get("n")
+                tallies = _tallies(e.get("u"))
                 if n is None:
-                    append(Updated(e["s"], e["q"], e["id"], None, e.get("u"), True))
+                    viewer = e.get("v")
+                    append(
+                        Updated(
+                            e["s"],
+                            e["q"],
+                            e["id"],
+                            None,
+                            tallies,
+                            True,
+                            viewer,
+                            item_stream=e["i"] if viewer is not None else None,
+                        )
+                    )
+                elif "s" in e:  # a user's receipt: its place in the user's stream
+                    append(
+                        Updated(
+                            e["s"],
+                            e["q"],
+                            n["id"],
+                            n,
+                            tallies,
+                            False,
+                            e["s"],
+                            item_stream=n["stream"],
+                        )
+                    )
                 else:
-                    append(Updated(n["stream"], n["seq"], n["id"], n, e.get("u")))
+                    update = Updated(n["stream"], n["seq"], n["id"], n, tallies)
+                    update.pending = update.shared  # each of its users sees their own state
+                    append(update)
+            elif kind == "a":
+                append(
+                    Marked(
+                        e["s"],
+                        e["q"],
+                        e["kind"],
+                        e["c"],
+                        e["target"],
+                        e["upto"],
+                        e["at"],
+                        _tallies(e.get("u")),
+                    )
+                )
             elif kind == "x":
                 append(RevocationsChanged(e["user"], e["at"]))
             else:
                 log.error("unknown NOTIFY event kind %r dropped", kind)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise MalformedEvents(f"event {len(out)}: {exc.__class__.__name__} {exc}") from None
     return out

@@ -20,9 +20,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
+from notifyd.core.counts import Counts, Recent, Tallies, frame_data
 from notifyd.core.events import (
     Deleted,
     Event,
+    Marked,
     New,
     RevocationsChanged,
     UnreadCount,
@@ -34,9 +36,9 @@ from notifyd.core.session import Session
 
 log = logging.getLogger(__name__)
 FANOUT_LOG_MIN = 1000  # fan-outs to at least this many connections log their write time
-# The unread-count frame follows every new notification of a user; the same count makes the
-# same frame, so the small ones (most badges) are built once.
-UNREAD_FRAMES_KEPT = 1000
+# The unread-count frame follows every change a user sees; equal counts make the same frame,
+# so it is built once for the connections that share them (a broadcast's +1 for most users).
+COUNT_FRAMES_KEPT = 4096
 
 
 class Recipient(Protocol):
@@ -58,7 +60,8 @@ class Publisher(Generic[R]):
         self.index = index
         self.last_seq: dict[str, int] = {}  # highest seq published here, per stream
         self._floor: dict[str, int] = {}  # a stream's last seq when it got its first subscriber
-        self._unread_frames: dict[int, bytes] = {}  # count -> frame, for counts below KEPT
+        self._count_frames: dict[tuple[Any, ...], bytes] = {}  # Counts.total() -> its frame
+        self.recent = Recent()  # the new items published on shared streams, for late counts
         self.delivered = 0  # notification frames written, for metrics and the bench
         self.published = 0  # notifications that had local recipients
         # Counts the frames and bytes delivered (Metrics.count_sent): once per fan-out, in bulk
@@ -70,6 +73,8 @@ class Publisher(Generic[R]):
         self.on_published: Callable[[Event], None] | None = None
         # A revocation was announced (fresh or stale): the table says who is revoked
         self.on_revocations: Callable[[], None] | None = None
+        # The counts of these users (user streams) must be read again (read_counts() then)
+        self.on_counts_stale: Callable[[list[str]], None] | None = None
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -82,6 +87,7 @@ class Publisher(Generic[R]):
         for stream in streams:
             self.last_seq.pop(stream, None)
             self._floor.pop(stream, None)
+            self.recent.forget(stream)
 
     def catch_up_points(self) -> dict[str, int]:
         """stream -> last seq delivered here, for every stream with local subscribers."""
@@ -92,7 +98,8 @@ class Publisher(Generic[R]):
     # -- publishing ---------------------------------------------------------------------
 
     def publish(self, event: Event) -> None:
-        """One event, in commit order; a `pending` one (by reference) must be fetched first."""
+        """One event, in commit order; a `pending` one (by reference, or a shared item's edit
+        awaiting its users' views) must be fetched first."""
         if isinstance(event, New):
             notification = event.notification
             if notification is None:
@@ -100,58 +107,232 @@ class Publisher(Generic[R]):
             stream, seq = event.stream, event.seq
             if event.recheck and seq <= self.last_seq.get(stream, self._floor.get(stream, seq)):
                 return  # a replayed notification this node's subscribers had before
+            if stream.startswith("user:"):
+                count = self._announcer(stream, seq, event.tallies)
+            else:
+                if self.index.subscribers(stream):
+                    self.recent.add(stream, seq, event.category)
+                count = self._adder(stream, seq, event.category)
             data = {"notification": notification}
-            trailer = self.unread_frame(stream, event.unread)
-            self._publish(stream, seq, "notification:new", data, trailer, event.committed)
+            self._publish(stream, seq, "notification:new", data, count, event.committed)
         elif isinstance(event, Updated):
-            if event.notification is not None:  # else changed or deleted before it was fetched
-                data = {"notification": event.notification}
-                trailer = self.unread_frame(event.stream, event.unread)
-                self._publish(event.stream, event.seq, "notification:updated", data, trailer)
+            self._publish_update(event)
         elif isinstance(event, Deleted):
             removed = {"id": event.id, "stream": event.stream, "seq": event.seq}
-            trailer = self.unread_frame(event.stream, event.unread)
-            self._publish(event.stream, event.seq, "notification:deleted", removed, trailer)
+            if event.stream.startswith("user:"):
+                count = self._announcer(event.stream, event.seq, event.tallies)
+            else:
+                count = None
+                self._shared_changed(event.stream, event.seq)
+            self._publish(event.stream, event.seq, "notification:deleted", removed, count)
+        elif isinstance(event, Marked):
+            mark: dict[str, Any] = {
+                "stream": event.stream,
+                "seq": event.seq,
+                "state": event.state,
+                "category": event.category,
+                "target": event.target,
+                "upto": event.upto,
+                "at": event.at,
+            }
+            count = self._announcer(event.stream, event.seq, event.tallies)
+            frame = websocket_text(encode("notification:marked", mark))
+            self._publish(
+                event.stream,
+                event.seq,
+                "notification:marked",
+                None,
+                count,
+                frame_of=self._receiving(event.target, frame),
+            )
+            if event.target != event.stream and self.on_counts_stale is not None:
+                self.on_counts_stale([event.stream])
         elif isinstance(event, UnreadCount):
-            frame = self.unread_frame(event.stream, event.unread)
-            if frame is not None:
-                self._broadcast(event.stream, frame)
+            if not event.stream.startswith("user:"):
+                self._shared_changed(event.stream, event.seq)
+            announce = self._announcer(event.stream, event.seq, event.tallies)
+            if announce is not None:
+                sent = size = 0
+                for conn in list(self.index.subscribers(event.stream)):
+                    counts = announce(conn.session)
+                    if counts is not None:
+                        conn.deliver(counts)
+                        sent += 1
+                        size += len(counts)
+                self.count_sent(sent, size)
         elif isinstance(event, RevocationsChanged) and self.on_revocations is not None:
             self.on_revocations()
         if self.on_published is not None:
             self.on_published(event)
 
-    def unread_frame(self, stream: str, count: int | None) -> bytes | None:
-        """The unread-count frame of a user stream (None for other streams, or no count: an
-        event that carries none)."""
-        if count is None or not stream.startswith("user:"):
+    def _publish_update(self, event: Updated) -> None:
+        stream, seq = event.stream, event.seq
+        if event.viewer is not None:  # a user's receipt of a shared item: their own view
+            if event.notification is None:
+                return  # changed again before it was fetched: the later event brings it
+            data = {"notification": event.notification, "stream": stream, "seq": seq}
+            frame = websocket_text(encode("notification:updated", data))
+            receives = self._receiving(event.item_stream or "", frame)
+            self._publish(stream, seq, "notification:updated", None, frame_of=receives)
+            if self.on_counts_stale is not None:
+                self.on_counts_stale([stream])
+        elif event.views is not None:  # a shared item's edit, as each of its users sees it
+            views = event.views
+            fallback = event.notification
+            built: dict[str, bytes] = {}
+
+            def frame_of(session: Session) -> bytes | None:
+                identity = session.identity
+                viewer = identity.user_stream if identity is not None else ""
+                frame = built.get(viewer)
+                if frame is None:
+                    wire = views.get(viewer, fallback)
+                    if wire is None:
+                        return None
+                    frame = websocket_text(encode("notification:updated", {"notification": wire}))
+                    built[viewer] = frame
+                return frame
+
+            self._publish(stream, seq, "notification:updated", None, frame_of=frame_of)
+            self._shared_changed(stream, seq)
+        elif event.notification is not None:  # else changed or deleted before it was fetched
+            data = {"notification": event.notification}
+            count = self._announcer(stream, seq, event.tallies)
+            self._publish(stream, seq, "notification:updated", data, count)
+
+    @staticmethod
+    def _receiving(target: str, frame: bytes) -> Callable[[Session], bytes | None]:
+        """`frame` for a connection whose token receives `target`, else nothing: a user's
+        change of a stream (a receipt, a mark) goes only to the devices that receive it
+        (another device of the user may hold a token with other roles, and a mark names its
+        stream). Their cursors pass over its place, as over any seq they were not sent."""
+
+        def receives(session: Session) -> bytes | None:
+            identity = session.identity
+            return frame if identity is not None and target in identity.streams else None
+
+        return receives
+
+    # -- counts ---------------------------------------------------------------------------
+
+    def _announcer(
+        self, stream: str, seq: int, tallies: Tallies | None
+    ) -> Callable[[Session], bytes | None] | None:
+        """The count frame of each subscriber of a user stream whose tallies an event carries
+        (None when it carries none)."""
+        if tallies is None:
             return None
-        count = max(0, count)
-        frame = self._unread_frames.get(count)
+
+        def announce(session: Session) -> bytes | None:
+            counts = session.counts
+            if counts is None:
+                return None
+            counts.announce(stream, seq, tallies)
+            return self.count_frame(session)
+
+        return announce
+
+    def _adder(self, stream: str, seq: int, category: str) -> Callable[[Session], bytes | None]:
+        """One more unread and unseen item of a shared stream, for each subscriber."""
+
+        def add(session: Session) -> bytes | None:
+            counts = session.counts
+            if counts is None or not counts.add(stream, seq, category):
+                return None
+            return self.count_frame(session)
+
+        return add
+
+    def _shared_changed(self, stream: str, seq: int) -> None:
+        """A shared item changed or went: each subscriber's part of that stream is read again."""
+        self.recent.changed(stream, seq)
+        if self.on_counts_stale is not None:
+            users = self.viewers(stream)
+            if users:
+                self.on_counts_stale(users)
+
+    def viewers(self, stream: str) -> list[str]:
+        """The user streams of the connections subscribed to `stream`."""
+        return sorted(
+            {
+                conn.session.identity.user_stream
+                for conn in self.index.subscribers(stream)
+                if conn.session.identity is not None
+            }
+        )
+
+    def counts_stale_everywhere(self) -> None:
+        """Every connection's counts are read again (after a catch-up, whose reads carry
+        none)."""
+        if self.on_counts_stale is not None:
+            users = [s for s in self.index.streams() if s.startswith("user:")]
+            if users:
+                self.on_counts_stale(users)
+
+    def count_frame(self, session: Session) -> bytes | None:
+        """The notification:unread-count frame of a connection's counts, once each of its
+        streams has its part and when they differ from the last it was sent (equal counts
+        share one frame)."""
+        counts, identity = session.counts, session.identity
+        if counts is None or identity is None or not counts.known(identity.streams):
+            return None
+        total = counts.total()
+        if total == counts.sent:
+            return None
+        counts.sent = total
+        frame = self._count_frames.get(total)
         if frame is None:
-            frame = websocket_text(encode("notification:unread-count", {"count": count}))
-            if count < UNREAD_FRAMES_KEPT:
-                self._unread_frames[count] = frame
+            if len(self._count_frames) >= COUNT_FRAMES_KEPT:
+                self._count_frames.clear()
+            frame = websocket_text(encode("notification:unread-count", frame_data(total)))
+            self._count_frames[total] = frame
         return frame
 
-    def _broadcast(self, stream: str, frame: bytes) -> None:
-        members = list(self.index.subscribers(stream))
-        for conn in members:
-            conn.deliver(frame)
-        self.count_sent(len(members), len(members) * len(frame))
+    def read_counts(self, session: Session, rows: list[tuple[str, int, Tallies]]) -> bytes | None:
+        """A counts query's parts for a connection: (stream, position, tallies) per stream.
+        A shared part is brought up to date with the new items published here after its
+        position; returns the count frame to send, or None (not all known, or a part must be
+        read again: `on_counts_stale` was called)."""
+        identity = session.identity
+        if identity is None:
+            return None
+        if session.counts is None:
+            session.counts = Counts()
+        counts = session.counts
+        own = identity.user_stream
+        stale = False
+        for stream, position, tallies in rows:
+            if stream == own:
+                counts.read(stream, position, tallies, own=True)
+                continue
+            later = self.recent.since(stream, position)
+            if later is None:
+                stale = True
+                continue
+            tallies = dict(tallies)
+            for seq, category in later:
+                unread, unseen = tallies.get(category, (0, 0))
+                tallies[category] = (unread + 1, unseen + 1)
+                position = seq
+            counts.read(stream, position, tallies, own=False)
+        if stale and self.on_counts_stale is not None:
+            self.on_counts_stale([own])
+        return self.count_frame(session)
 
     def _publish(
         self,
         stream: str,
         seq: int,
         kind: str,
-        data: dict[str, Any],
-        trailer: bytes | None = None,
+        data: dict[str, Any] | None,
+        count: Callable[[Session], bytes | None] | None = None,
         committed: float | None = None,
+        frame_of: Callable[[Session], bytes | None] | None = None,
     ) -> None:
         """One change of `stream` at `seq` to every subscriber, in seq order and once each
-        (Session.offer): the frame `kind` with `data`. `trailer` (the new unread
-        count) goes out in the same write, so a user's device gets one system call."""
+        (Session.offer): the frame `kind` with `data` (or each connection's own, `frame_of`).
+        `count` gives each connection's new count frame, if any, which goes out in the same
+        write, so a user's device gets one system call."""
         last = self.last_seq.get(stream)
         if last is not None and seq <= last:
             return  # already published (catch-up overlapping live events)
@@ -159,24 +340,28 @@ class Publisher(Generic[R]):
         if not members:
             return
         self.last_seq[stream] = seq
-        frame = websocket_text(encode(kind, data))
+        shared_frame = websocket_text(encode(kind, data)) if data is not None else b""
         timed = len(members) >= FANOUT_LOG_MIN
         # wall time, and this thread's CPU time: on a busy host the wall figure also holds
         # whatever ran while the loop was preempted
         started, cpu_started = (time.perf_counter(), time.thread_time()) if timed else (0.0, 0.0)
-        sent = size = 0
+        sent = frames = size = 0
         for conn in list(members):
-            out = conn.session.offer(stream, seq, frame)
+            session = conn.session
+            frame = shared_frame if frame_of is None else frame_of(session)
+            out = session.offer(stream, seq, frame) if frame is not None else None
+            trailer = count(session) if count is not None else None
             if out is not None:
                 write = out + trailer if trailer is not None else out
                 conn.deliver(write)
                 sent += 1
+                frames += 1 if trailer is None else 2
                 size += len(write)
             elif trailer is not None:
                 conn.deliver(trailer)
+                frames += 1
                 size += len(trailer)
-        # frames: the notifications sent, and the trailer every member got (with one or alone)
-        self.count_sent(sent + (len(members) if trailer is not None else 0), size)
+        self.count_sent(frames, size)
         self.delivered += sent
         self.published += 1
         if committed is not None and self.observe_latency is not None:

@@ -47,3 +47,7 @@ class StreamIndex(Generic[C]):
 
     def subscribers(self, stream: str) -> set[C] | frozenset[C]:
         return self._by_stream.get(stream) or _EMPTY  # type: ignore[return-value]
+
+    def streams(self) -> list[str]:
+        """Every stream with a local subscriber."""
+        return list(self._by_stream)

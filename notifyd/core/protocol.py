@@ -1,4 +1,4 @@
-"""Wire events of protocol version 1: decode and validate client frames into typed events,
+"""Wire events of protocol version 2: decode and validate client frames into typed events,
 encode server frames (orjson). Pure: no I/O, no asyncio; raises ClientError for bad input.
 protocol/README.md and protocol/schema/ are the contract this module implements: each decoder
 names the fields of its event's `data` once, and any other field is refused.
@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 from websockets.frames import Frame, Opcode
@@ -24,6 +25,7 @@ from notifyd.core.roles import ROLE_RULE, role_name
 MAX_REF_LENGTH = 128
 MAX_SYNC_LIMIT = 1000
 MAX_MARK_IDS = 1000
+MAX_CATEGORY_LENGTH = 64
 MAX_PRESENCE_USERS = 100
 MAX_PRESENCE_ROLES = 20
 MAX_ID = 2**63 - 1
@@ -55,13 +57,53 @@ class SyncRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class MarkRead:
-    ids: tuple[int, ...]
+class StateChange:
+    """A change of one state of the user's items: `ids`, or all of them (`ids` None),
+    narrowed to `category`; `until` for a snooze. Each operation is a subclass: its `state`
+    (the database's name of it) and whether it sets it (`on`) or clears it."""
+
+    state: ClassVar[str]
+    on: ClassVar[bool]
+    ids: tuple[int, ...] | None
+    category: str | None = None
+    until: dt.datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class MarkAllRead:
-    pass
+class MarkSeen(StateChange):
+    __slots__ = ()
+    state, on = "seen", True
+
+
+class MarkRead(StateChange):
+    __slots__ = ()
+    state, on = "read", True
+
+
+class MarkAllRead(StateChange):
+    """notification:mark-all-read, as notification:mark-read with `all`."""
+
+    __slots__ = ()
+    state, on = "read", True
+
+
+class MarkUnread(StateChange):
+    __slots__ = ()
+    state, on = "read", False
+
+
+class Archive(StateChange):
+    __slots__ = ()
+    state, on = "archived", True
+
+
+class Unarchive(StateChange):
+    __slots__ = ()
+    state, on = "archived", False
+
+
+class Snooze(StateChange):
+    __slots__ = ()
+    state, on = "snoozed", True
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +117,7 @@ class Ping:
     timestamp: int | float | str | None
 
 
-ClientEvent = Auth | SyncRequest | MarkRead | MarkAllRead | PresenceQuery | Ping
+ClientEvent = Auth | SyncRequest | StateChange | PresenceQuery | Ping
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,21 +204,55 @@ def _sync(data: dict[str, Any]) -> SyncRequest:
     return SyncRequest(dict(cursors), since, limit)
 
 
-@_decoder("notification:mark-read", "ids")
-def _mark_read(data: dict[str, Any]) -> MarkRead:
+def _state_change(cls: type[StateChange], data: dict[str, Any]) -> StateChange:
+    """`ids`, or `all: true` (then `category` may narrow it); `until` for a snooze."""
     ids = data.get("ids")
-    if (
+    every = data.get("all")
+    category = data.get("category")
+    if every is not None and every is not True:
+        raise _invalid("all", "true (or no all, with ids)")
+    if (ids is None) == (every is None):
+        raise _invalid("ids", "a list of notification ids, or all: true instead")
+    if ids is not None and (
         not isinstance(ids, list)
         or not 1 <= len(ids) <= MAX_MARK_IDS
         or not all(_is_int(i) and 1 <= i <= MAX_ID for i in ids)
     ):
         raise _invalid("ids", f"a list of 1 to {MAX_MARK_IDS} notification ids")
-    return MarkRead(tuple(dict.fromkeys(ids)))
+    if category is not None:
+        if ids is not None:
+            raise _invalid("category", "only with all: true (ids name the items)")
+        if not isinstance(category, str) or not 1 <= len(category) <= MAX_CATEGORY_LENGTH:
+            raise _invalid("category", f"a string of 1 to {MAX_CATEGORY_LENGTH} characters")
+    until = None
+    if cls is Snooze:
+        raw = data.get("until")
+        try:
+            until = parse_time(raw) if isinstance(raw, str) else None
+        except ValueError:
+            until = None
+        if until is None or until <= dt.datetime.now(dt.UTC):
+            raise _invalid("until", "an ISO 8601 time with a UTC offset, in the future")
+    return cls(tuple(dict.fromkeys(ids)) if ids is not None else None, category, until)
 
 
-@_decoder("notification:mark-all-read")
+_STATE_FIELDS = ("ids", "all", "category")
+for _event, _cls in (
+    ("notification:mark-seen", MarkSeen),
+    ("notification:mark-read", MarkRead),
+    ("notification:mark-unread", MarkUnread),
+    ("notification:archive", Archive),
+    ("notification:unarchive", Unarchive),
+):
+    _decoder(_event, *_STATE_FIELDS)(partial(_state_change, _cls))
+_decoder("notification:snooze", *_STATE_FIELDS, "until")(partial(_state_change, Snooze))
+
+
+@_decoder("notification:mark-all-read", "category")
 def _mark_all_read(data: dict[str, Any]) -> MarkAllRead:
-    return MarkAllRead()
+    change = _state_change(MarkAllRead, {"all": True, **data})
+    assert isinstance(change, MarkAllRead)
+    return change
 
 
 @_decoder("presence:query", "userIds", "roles")
@@ -250,17 +326,32 @@ def poll_request(query: dict[str, list[str]]) -> SyncRequest:
     return _sync(data)
 
 
-def mark_read_request(query: dict[str, list[str]]) -> MarkRead:
-    """POST /v1/notifications/read?ids=1,2,3"""
-    _only(query, "ids")
-    raw = ",".join(query.get("ids", [])).split(",")
-    return _mark_read({"ids": [_decimal(i) for i in raw if i.strip()]})
+def state_request(cls: type[StateChange]) -> Callable[[dict[str, list[str]]], StateChange]:
+    """The decoder of POST /v1/notifications/<state>?ids=1,2,3 (or all=true&category=...;
+    until=... for a snooze), read as the client frame it stands for."""
+    names = ("ids", "all", "category", "until") if cls is Snooze else ("ids", "all", "category")
+
+    def decode(query: dict[str, list[str]]) -> StateChange:
+        _only(query, *names)
+        data: dict[str, Any] = {}
+        if "ids" in query:
+            raw = ",".join(query["ids"]).split(",")
+            data["ids"] = [_decimal(i) for i in raw if i.strip()]
+        if "all" in query:
+            flag = query["all"][-1].strip().lower()
+            data["all"] = True if flag in ("1", "true") else flag
+        for name in ("category", "until"):
+            if name in query:
+                data[name] = query[name][-1]
+        return _state_change(cls, data)
+
+    return decode
 
 
-def mark_all_read_request(query: dict[str, list[str]]) -> MarkAllRead:
-    """POST /v1/notifications/read-all (nothing but the token)"""
-    _only(query)
-    return MarkAllRead()
+def mark_all_read_request(query: dict[str, list[str]]) -> StateChange:
+    """POST /v1/notifications/read-all (optionally ?category=...)"""
+    _only(query, "category")
+    return _mark_all_read({"category": query["category"][-1]} if "category" in query else {})
 
 
 def unread_count_request(query: dict[str, list[str]]) -> None:

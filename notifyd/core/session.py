@@ -13,6 +13,7 @@ from collections.abc import Collection
 
 from notifyd.core.auth import Identity
 from notifyd.core.codes import ErrorCode
+from notifyd.core.counts import Counts
 from notifyd.core.errors import ClientError
 
 
@@ -32,6 +33,7 @@ class Session:
         "_live_from",
         "_waiting",
         "connection_id",
+        "counts",
         "identity",
         "state",
     )
@@ -40,6 +42,8 @@ class Session:
         self.connection_id = connection_id
         self.state = State.AWAITING_AUTH
         self.identity: Identity | None = None
+        # what its notification:unread-count frames say, once read at connect (core.counts)
+        self.counts: Counts | None = None
         # stream -> last seq this connection has been given, live or by a sync (dedupes live
         # items); made on the first item sent
         self._cursors: dict[str, int] | None = None
@@ -75,6 +79,8 @@ class Session:
                 )
             for stream in before - after:
                 self._forget(stream)
+                if self.counts is not None:
+                    self.counts.forget(stream)
         self.identity = identity
         self.state = State.LIVE
         return identity

@@ -31,6 +31,19 @@ export function tokenExpiry(token) {
 }
 
 /** What a client has seen: per-stream cursors (persisted) and recent (stream, seq) keys. */
+/** A notification:marked (or a sync's mark) applied to items kept by id in a Map: each item
+ * of its target stream delivered up to `upto`, of its category (or any), takes its state
+ * from `at` on, unless it was in it already (protocol/README.md §6). */
+export function applyMark(items, mark) {
+  for (const n of items.values()) {
+    if (n.stream === mark.target && n.deliveredSeq <= mark.upto && !n[mark.state] &&
+        (mark.category === null || n.category === mark.category)) {
+      n[mark.state] = true;
+      n[`${mark.state}At`] = mark.at;
+    }
+  }
+}
+
 export class Ledger {
   constructor(storage, key, remember = 2000) {
     this.storage = storage;
@@ -309,19 +322,30 @@ export class NotifydClient {
         break;
       case "notification:new":
       case "notification:updated":
-      case "notification:deleted": {
-        // every change of a stream, at its seq: once each, and the cursor follows
-        const change = type === "notification:deleted" ? data : data.notification;
-        if (this.ledger.admit(change)) {
-          const name = { "notification:new": "notification", "notification:updated": "updated" };
+      case "notification:deleted":
+      case "notification:marked": {
+        // every change of a stream, at its place: once each, and the cursor follows. An
+        // item's place is its stream and seq, unless the frame names another (a user's own
+        // state of a shared item, a change of the user's stream).
+        const bare = type === "notification:deleted" || type === "notification:marked";
+        const change = bare ? data : data.notification;
+        const place = data.seq ? data : change;
+        if (this.ledger.admit(place)) {
+          const name = {
+            "notification:new": "notification",
+            "notification:updated": "updated",
+            "notification:marked": "marked",
+          };
           this.emit(name[type] || "deleted", change);
         }
-        if (this.synced) this.ledger.advance({ [change.stream]: change.seq });
+        if (this.synced) this.ledger.advance({ [place.stream]: place.seq });
         break;
       }
       case "notification:unread-count":
         this.unreadCount = data.count;
+        this.counts = data;
         this.emit("unread", data.count);
+        this.emit("counts", data);
         break;
       case "notification:read": // the answer to this page's mark-read
         this.emit("read", data);
@@ -381,16 +405,21 @@ export class NotifydClient {
     this.send("notification:sync-request", { cursors: wanted }, `sync-${++this.refs}`);
   }
 
-  /** A sync-response or a poll: resets, removed ids, new or changed items (deduplicated:
-   * upsert them by id), then the cursors. Removed first: the items are those that exist now. */
+  /** A sync-response or a poll: resets, marks, removed ids, then the items (each in its
+   * state now: upsert them by id), then the cursors. The items last: they are what exists now. */
   absorb(data) {
     for (const stream of data.reset || []) {
       this.ledger.drop(stream);
       this.emit("reset", stream);
     }
+    for (const mark of data.marks || []) {
+      this.ledger.admit(mark);
+      this.emit("marked", mark);
+    }
     for (const id of data.removed || []) this.emit("deleted", { id });
     for (const n of data.notifications || []) {
-      if (this.ledger.admit(n)) this.emit("notification", n);
+      this.ledger.admit(n);
+      this.emit("notification", n);
     }
     this.ledger.advance(data.cursors || {});
   }
@@ -460,6 +489,21 @@ export class NotifydClient {
   markAllRead() {
     if (this.ws && this.confirmed) return this.request("notification:mark-all-read", {});
     return this.readOverHttp("/v1/notifications/read-all");
+  }
+
+  /** One of the state operations ("mark-seen", "mark-read", "mark-unread", "archive",
+   * "unarchive", "snooze") of `ids`, or of all (narrowed by `options.category`) when ids is
+   * null; `options.until` for a snooze. Resolves to the answer's data. */
+  change(operation, ids, options = {}) {
+    const data = ids ? { ids } : { all: true };
+    if (options.category) data.category = options.category;
+    if (options.until) data.until = options.until;
+    if (this.ws && this.confirmed) return this.request(`notification:${operation}`, data);
+    const path = { "mark-seen": "seen", "mark-read": "read", "mark-unread": "unread" };
+    const query = new URLSearchParams(ids ? { ids: ids.map(Number).join(",") } : { all: "true" });
+    if (options.category) query.set("category", options.category);
+    if (options.until) query.set("until", options.until);
+    return this.http("POST", `/v1/notifications/${path[operation] || operation}?${query}`);
   }
 
   async readOverHttp(path) {

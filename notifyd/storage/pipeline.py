@@ -31,16 +31,33 @@ FETCH_RETRY = 0.5  # seconds before a failed fetch of by-reference rows is tried
 # (stream -> last seq) -> the changes above them, as events; id list -> id -> (seq, wire)
 CatchUp = Callable[[dict[str, int]], Awaitable[list[Change]]]
 FetchIds = Callable[[list[int]], Awaitable[dict[int, tuple[int, bytes]]]]
+# (user stream, id) of receipts -> (the receipt's seq, wire)
+FetchReceipts = Callable[
+    [list[tuple[str, int]]], Awaitable[dict[tuple[str, int], tuple[int, bytes]]]
+]
+# (id, user streams) of shared items -> id -> (seq, user stream -> wire)
+FetchViews = Callable[
+    [list[tuple[int, list[str]]]], Awaitable[dict[int, tuple[int, dict[str, bytes]]]]
+]
 
 
 class EventPipeline:
     """Events in arrival order to the publisher; one that needs the database (a large row)
     holds back the ones behind it."""
 
-    def __init__(self, publisher: Publisher[Any], fetch_ids: FetchIds, catch_up: CatchUp) -> None:
+    def __init__(
+        self,
+        publisher: Publisher[Any],
+        fetch_ids: FetchIds,
+        catch_up: CatchUp,
+        fetch_receipts: FetchReceipts,
+        fetch_views: FetchViews,
+    ) -> None:
         self.publisher = publisher
         self._fetch_ids = fetch_ids
         self._catch_up = catch_up
+        self._fetch_receipts = fetch_receipts
+        self._fetch_views = fetch_views
         self._queue: deque[Event] = deque()
         self._draining: asyncio.Task[None] | None = None
         self._blocked = True  # until the first catch_up(): the listener is not up yet
@@ -79,10 +96,12 @@ class EventPipeline:
         while self._draining is not None:
             await asyncio.sleep(0.005)
         missed = await self._catch_up(self.publisher.catch_up_points())
-        for event in missed:
-            self.publisher.publish(event)
+        # ahead of what was queued meanwhile; changes that need rows fetched are fetched first
+        self._queue.extendleft(reversed(missed))
         self._blocked = False
         self._start_drain()
+        if missed:
+            self.publisher.counts_stale_everywhere()  # catch-up reads carry no counts
         return len(missed)
 
     def _start_drain(self) -> None:
@@ -102,21 +121,45 @@ class EventPipeline:
             self._draining = None
 
     async def _fetch_pending(self) -> None:
-        """Fetch every by-reference row queued so far in one query, then keep the order."""
-        refs = [e.id for e in self._queue if e.pending and isinstance(e, New | Updated)]
+        """Fetch what every pending event queued so far needs, one query per kind, then keep
+        the order: rows too large for a payload, users' receipts of shared items too large
+        for one, and shared items' edits as each of their users here sees them."""
+        pending = [e for e in self._queue if e.pending and isinstance(e, New | Updated)]
+        rows_of = [e.id for e in pending if not (isinstance(e, Updated) and (e.viewer or e.shared))]
+        receipts_of = [
+            (e.viewer, e.id) for e in pending if isinstance(e, Updated) and e.viewer is not None
+        ]
+        views_of = [
+            (e.id, self.publisher.viewers(e.stream))
+            for e in pending
+            if isinstance(e, Updated) and e.shared
+        ]
         try:
-            rows = await self._fetch_ids(refs)
+            rows = await self._fetch_ids(rows_of) if rows_of else {}
+            receipts = await self._fetch_receipts(receipts_of) if receipts_of else {}
+            views = await self._fetch_views(views_of) if views_of else {}
         except Exception:
-            log.exception("fetching %d large rows failed; retrying", len(refs))
+            log.exception("fetching %d pending changes failed; retrying", len(pending))
             await asyncio.sleep(FETCH_RETRY)
             return
-        wanted = set(refs)  # references queued during the fetch wait for the next one
-        for event in self._queue:
-            if event.pending and isinstance(event, New | Updated) and event.id in wanted:
+        # A row deleted or changed again before we fetched it: its deletion or its newer
+        # version follows in the queue (a newer state sent at this seq could take a client's
+        # cursor past changes still on their way). Events queued during the fetch wait for the
+        # next one.
+        for event in pending:
+            if isinstance(event, Updated) and event.viewer is not None:
+                got = receipts.get((event.viewer, event.id))
+                event.notification = (
+                    orjson.Fragment(got[1]) if got and got[0] == event.seq else None
+                )
+            elif isinstance(event, Updated) and event.shared:
+                seen = views.get(event.id)
+                if seen is not None and seen[0] == event.seq:
+                    event.views = {v: orjson.Fragment(w) for v, w in seen[1].items()}
+                else:
+                    event.views, event.notification = None, None
+            else:
                 row = rows.get(event.id)
-                # A row deleted or changed again before we fetched it: its deletion or its
-                # newer version follows in the queue (a newer state sent at this seq could
-                # take a client's cursor past changes still on their way).
                 fits = row is not None and row[0] == event.seq
                 event.notification = orjson.Fragment(row[1]) if row is not None and fits else None
-                event.pending = False
+            event.pending = False

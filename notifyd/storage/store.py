@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
+from notifyd.core.counts import Tallies
 from notifyd.core.errors import PruneBusy, StoreError
-from notifyd.core.events import Change, Deleted, New, Updated
+from notifyd.core.events import Change, Deleted, Marked, New, Updated
 
 # Connection errors and server shutdowns: the database is unavailable, not the request bad.
 _UNAVAILABLE = (
@@ -35,7 +36,6 @@ _UNAVAILABLE = (
 @dataclass(frozen=True, slots=True)
 class StreamState:
     last_seq: int
-    unread: int
 
 
 @dataclass(slots=True)
@@ -51,6 +51,9 @@ class _StateBatch:
 class SyncResult:
     notifications: list[orjson.Fragment] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)  # ids deleted after the cursors
+    marks: list[orjson.Fragment] = field(default_factory=list)  # the user's marks after them
+    given: set[int] = field(default_factory=set)  # ids of the notifications given
+    streams: frozenset[str] = frozenset()  # the streams of the connection
     cursors: dict[str, int] = field(default_factory=dict)
     reset: list[str] = field(default_factory=list)
     has_more: set[str] = field(default_factory=set)
@@ -60,25 +63,47 @@ class SyncResult:
 
 _WIRE = "notifyd.to_wire(n)::text"
 # A stream's changes after a seq ({after}), leaving out a range ({skip_first} to {skip_last}),
-# in seq order, at most {limit} and one more: its rows (item: the row) and its tombstones (item
-# NULL, removed), so each item's last state and each deletion come once. Only the first
-# {limit} get their wire text (the row's Notification JSON, or a tombstone's id); the one more
-# (wire NULL) only tells that more follow. `fresh`: a row delivered after {after}.
+# in seq order, at most {limit} and one more: its rows ('n': the item as {viewer} sees it), its
+# tombstones ('d'), and, of a user's own stream, the user's receipts of shared items ('r': the
+# item as the user sees it) and marks ('a'), so that each item's last state and each deletion
+# come once. Only the first {limit} get their wire text (a Notification's JSON, a tombstone's
+# id, a mark's JSON); the one more (wire NULL) only tells that more follow. `fresh`: a row
+# delivered after {after}. A user stream is seen by its user, whatever {viewer} says.
 _CHANGES = """
-SELECT u.seq, u.id, u.removed, u.fresh,
+SELECT u.seq, u.id, u.what, u.fresh, u.category, u.item_stream,
        CASE WHEN row_number() OVER (ORDER BY u.seq) <= {limit}
-            THEN CASE WHEN u.removed THEN u.id::text ELSE notifyd.to_wire(u.item)::text END
+            THEN CASE u.what WHEN 'd' THEN u.id::text WHEN 'a' THEN u.mark::text
+                 ELSE notifyd.to_wire(u.item, CASE WHEN {stream} LIKE 'user:%' THEN {stream}
+                                                   ELSE {viewer} END)::text END
        END AS wire
-FROM ((SELECT n.seq, n.id, n AS item, false AS removed, n.dseq > {after} AS fresh
+FROM ((SELECT n.seq, n.id, n AS item, NULL::jsonb AS mark, 'n' AS what,
+              n.dseq > {after} AS fresh, n.category, n.stream AS item_stream
        FROM notifyd.notifications n
        WHERE n.stream = {stream} AND n.seq > {after}
          AND n.seq NOT BETWEEN {skip_first} AND {skip_last}
        ORDER BY n.seq LIMIT {limit} + 1)
       UNION ALL
-      (SELECT r.seq, r.id, NULL::notifyd.notifications, true, false FROM notifyd.removals r
+      (SELECT r.seq, r.id, NULL::notifyd.notifications, NULL, 'd', false, NULL, NULL
+       FROM notifyd.removals r
        WHERE r.stream = {stream} AND r.seq > {after}
          AND r.seq NOT BETWEEN {skip_first} AND {skip_last}
-       ORDER BY r.seq LIMIT {limit} + 1)) u
+       ORDER BY r.seq LIMIT {limit} + 1)
+      UNION ALL
+      (SELECT r.seq, r.id, n, NULL, 'r', false, n.category, n.stream
+       FROM notifyd.receipts r JOIN notifyd.notifications n ON n.id = r.id
+       WHERE r.ustream = {stream} AND r.seq > {after}
+         AND r.seq NOT BETWEEN {skip_first} AND {skip_last}
+       ORDER BY r.seq LIMIT {limit} + 1)
+      UNION ALL
+      (SELECT m.seq, 0, NULL, jsonb_build_object(
+                  'stream', m.ustream, 'seq', m.seq, 'state', m.kind,
+                  'category', nullif(m.category, ''), 'target', m.stream, 'upto', m.upto,
+                  'at', to_char(m.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')),
+              'a', false, NULL, m.stream
+       FROM notifyd.marks m
+       WHERE m.ustream = {stream} AND m.seq > {after}
+         AND m.seq NOT BETWEEN {skip_first} AND {skip_last}
+       ORDER BY m.seq LIMIT {limit} + 1)) u
 ORDER BY u.seq LIMIT {limit} + 1"""
 # A sync page is bounded by count (`limit` per stream) and by bytes: the rows' wire text,
 # streams in turn, stops at the response's byte budget, save its first row, which goes however
@@ -91,11 +116,12 @@ _RUNNING_BYTES = "sum(octet_length({wire})) OVER (ORDER BY {order} ROWS UNBOUNDE
 # instead of a transaction of five): each stream's state beside the changes after its cursor,
 # without the range sent live meanwhile; streams in the request's order, rows in seq order.
 _SYNC_AFTER_CURSORS = f"""
-SELECT stream, last_seq, pruned_below, seq, removed,
+SELECT stream, last_seq, pruned_below, seq, id, what, item_stream,
        CASE WHEN {_FITS.format(budget="$6", first="true")} THEN wire END AS wire
 FROM (
     SELECT c.i, c.stream, coalesce(s.last_seq, 0) AS last_seq,
-           coalesce(s.pruned_below, 0) AS pruned_below, r.seq, r.removed, r.wire,
+           coalesce(s.pruned_below, 0) AS pruned_below, r.seq, r.id, r.what, r.item_stream,
+           r.wire,
            {_RUNNING_BYTES.format(wire="r.wire", order="c.i, r.seq")} AS upto
     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) WITH ORDINALITY
          AS c(stream, after, skip_first, skip_last, i)
@@ -107,6 +133,7 @@ FROM (
         skip_first="c.skip_first",
         skip_last="c.skip_last",
         limit="$5",
+        viewer="$7",
     )
 }) r ON true) page
 ORDER BY i, seq"""
@@ -114,40 +141,54 @@ ORDER BY i, seq"""
 # with parameters from $3) cut at the bytes left ($1), the first row given anyway when nothing
 # was given before it ($2).
 _PAGE = f"""
-SELECT seq, removed, upto,
+SELECT seq, id, what, item_stream, upto,
        CASE WHEN {_FITS.format(budget="$1", first="$2::boolean")} THEN wire END AS wire
-FROM (SELECT seq, removed, wire, {_RUNNING_BYTES.format(wire="wire", order="seq")} AS upto
+FROM (SELECT seq, id, what, item_stream, wire,
+             {_RUNNING_BYTES.format(wire="wire", order="seq")} AS upto
       FROM ({{rows}}) r) page
 ORDER BY seq"""
 _AFTER_CURSOR = _PAGE.format(
-    rows=_CHANGES.format(stream="$3", after="$4", skip_first="$6", skip_last="$7", limit="$5")
+    rows=_CHANGES.format(
+        stream="$3", after="$4", skip_first="$6", skip_last="$7", limit="$5", viewer="$8"
+    )
 )
+# A row as the viewer sees it (a user stream by its user)
+_VIEW = "notifyd.to_wire(n, CASE WHEN n.stream LIKE 'user:%' THEN n.stream ELSE {viewer} END)::text"
 _CREATED_SINCE = _PAGE.format(
     rows=f"""
-    SELECT n.seq, false AS removed,
-           CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_WIRE} END AS wire
+    SELECT n.seq, n.id, 'n' AS what, n.stream AS item_stream,
+           CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_VIEW.format(viewer="$6")} END
+               AS wire
     FROM notifyd.notifications n
     WHERE n.stream = $3 AND n.created_at > $4
     ORDER BY n.seq LIMIT $5 + 1"""
 )
 _LATEST = _PAGE.format(
     rows=f"""
-    SELECT n.seq, false AS removed, {_WIRE} AS wire FROM notifyd.notifications n
+    SELECT n.seq, n.id, 'n' AS what, n.stream AS item_stream,
+           {_VIEW.format(viewer="$5")} AS wire
+    FROM notifyd.notifications n
     WHERE n.stream = $3 ORDER BY n.seq DESC LIMIT $4"""
 )
 # What a node missed of each stream while not listening: the changes above a seq, at most $3
 # per stream (as events: a row delivered after that seq is new there, one delivered before it
 # changed).
 _CATCH_UP = f"""
-SELECT a.stream, c.seq, c.id, c.removed, c.fresh, c.wire
+SELECT a.stream, c.seq, c.id, c.what, c.fresh, c.category, c.item_stream, c.wire
 FROM unnest($1::text[], $2::bigint[]) AS a(stream, after)
 CROSS JOIN LATERAL ({
-    _CHANGES.format(stream="a.stream", after="a.after", skip_first=0, skip_last=-1, limit="$3")
+    _CHANGES.format(
+        stream="a.stream", after="a.after", skip_first=0, skip_last=-1, limit="$3", viewer="NULL"
+    )
 }) c
 WHERE c.wire IS NOT NULL
 ORDER BY a.stream, c.seq"""
 CATCH_UP_PAGE = 10_000  # rows per stream and query when catching up
 PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
+# A user's counts grow with their receipts (their own states of shared items): one whose
+# count takes longer is cancelled (and read again later), not left to hold a connection.
+COUNTS_TIMEOUT = 2.0
+WAKE_LOCK = 0x6E6F74696677  # advisory lock: one process wakes snoozed items at a time
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -253,12 +294,31 @@ class Store:
     async def _read_states(self, streams: list[str]) -> dict[str, StreamState]:
         try:
             rows = await self._pool.fetch(
-                "SELECT stream, last_seq, unread FROM notifyd.streams WHERE stream = ANY($1)",
-                streams,
+                "SELECT stream, last_seq FROM notifyd.streams WHERE stream = ANY($1)", streams
             )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
-        return {r["stream"]: StreamState(r["last_seq"], r["unread"]) for r in rows}
+        return {r["stream"]: StreamState(r["last_seq"]) for r in rows}
+
+    async def counts(self, viewer: str, streams: list[str]) -> list[tuple[str, int, Tallies]]:
+        """A user's counts over `streams` (notifyd.counts): (stream, position, tallies) for
+        each, exact as of the stream's last seq in one snapshot."""
+        try:
+            rows = await self._pool.fetch(
+                "SELECT stream, last_seq, category, unread, unseen "
+                "FROM notifyd.counts($1, $2::text[])",
+                viewer,
+                streams,
+                timeout=COUNTS_TIMEOUT,
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        parts: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {}
+        for r in rows:
+            _, tallies = parts.setdefault(r["stream"], (r["last_seq"], {}))
+            unread, unseen = tallies.get(r["category"], (0, 0))
+            tallies[r["category"]] = (unread + r["unread"], unseen + r["unseen"])
+        return [(stream, position, tallies) for stream, (position, tallies) in parts.items()]
 
     async def revocations(self) -> dict[str, float]:
         """user id -> moment of revocation (seconds since the epoch)."""
@@ -287,25 +347,51 @@ class Store:
             raise StoreError(str(exc)) from exc
         return nid
 
-    async def mark_read(
-        self, user_stream: str, ids: tuple[int, ...] | None
-    ) -> tuple[list[int], dt.datetime | None]:
-        """Marks the given ids (all unread when None) of `user_stream` read. Returns the ids that
-        changed and their read time. Rows of other streams are never touched."""
-        where = "AND id = ANY($2::bigint[])" if ids is not None else ""
-        args: list[object] = [user_stream] + ([list(ids)] if ids is not None else [])
+    async def set_state(
+        self,
+        user_id: str,
+        state: str,
+        on: bool,
+        ids: tuple[int, ...] | None,
+        category: str | None,
+        streams: list[str],
+        until: dt.datetime | None = None,
+    ) -> tuple[list[int], dt.datetime]:
+        """Sets (`on`) or clears `state` (seen, read, archived; snoozed, until `until`) of the
+        user's items: the given ids, or all (narrowed to `category`) of `streams`, as notifyd's
+        SQL functions do (notifyd_private.set_state). Returns the ids changed, and the time
+        set (the transaction's)."""
         try:
-            rows = await self._pool.fetch(
-                "UPDATE notifyd.notifications SET read_at = now() "
-                f"WHERE stream = $1 AND read_at IS NULL {where} RETURNING id, read_at",
-                *args,
+            row = await self._pool.fetchrow(
+                "SELECT notifyd_private.set_state($1, $2, CASE WHEN $3 THEN coalesce($4, now()) "
+                "END, $5::bigint[], $6, $7::text[]) AS changed, now() AS at",
+                user_id,
+                state,
+                on,
+                until,
+                list(ids) if ids is not None else None,
+                category,
+                streams,
             )
-        # and any error of the UPDATE: a statement timeout, a lock timeout, an app's trigger
+        # and any error of the statements: a statement timeout, a lock timeout, an app's trigger
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreError(str(exc)) from exc
-        if not rows:
-            return [], None
-        return sorted(r["id"] for r in rows), rows[0]["read_at"]
+        assert row is not None
+        return list(row["changed"] or []), row["at"]
+
+    async def wake(self, batch: int = 1000) -> int | None:
+        """Wakes snoozed items whose time has come (notifyd.wake) in a transaction of its own:
+        how many, or None when another process holds the lock."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", WAKE_LOCK):
+                    return None
+                woken: int = await conn.fetchval("SELECT notifyd.wake($1)", batch)
+        except asyncpg.LockNotAvailableError as exc:
+            raise PruneBusy(str(exc)) from exc
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        return woken
 
     async def changes_after(self, after: dict[str, int], limit: int = 10000) -> list[Change]:
         """The changes above the given seq per stream, at most `limit` per stream, as events in
@@ -319,13 +405,26 @@ class Store:
             raise StoreError(str(exc)) from exc
         events: list[Change] = []
         for r in records:
-            stream, seq, nid = r["stream"], r["seq"], r["id"]
-            if r["removed"]:
+            stream, seq, nid, what = r["stream"], r["seq"], r["id"], r["what"]
+            if what == "d":
                 events.append(Deleted(nid, stream, seq))
-            elif r["fresh"]:
-                events.append(New(stream, seq, nid, orjson.Fragment(r["wire"].encode())))
+            elif what == "a":
+                m = orjson.loads(r["wire"])
+                events.append(
+                    Marked(stream, seq, m["state"], m["category"], m["target"], m["upto"], m["at"])
+                )
             else:
-                events.append(Updated(stream, seq, nid, orjson.Fragment(r["wire"].encode())))
+                wire = orjson.Fragment(r["wire"].encode())
+                if what == "r":
+                    events.append(
+                        Updated(stream, seq, nid, wire, viewer=stream, item_stream=r["item_stream"])
+                    )
+                elif r["fresh"]:
+                    events.append(New(stream, seq, nid, wire, category=r["category"] or ""))
+                else:
+                    update = Updated(stream, seq, nid, wire)
+                    update.pending = update.shared  # each of its users sees their own state
+                    events.append(update)
         return events
 
     async def catch_up(self, after: dict[str, int]) -> list[Change]:
@@ -344,16 +443,57 @@ class Store:
         return out
 
     async def fetch_ids(self, ids: list[int]) -> dict[int, tuple[int, bytes]]:
-        """Rows too large for a NOTIFY payload, by id: id -> (seq, wire)."""
+        """Rows too large for a NOTIFY payload, by id: id -> (seq, wire), a user's own item as
+        its user sees it."""
         try:
             records = await self._pool.fetch(
-                f"SELECT n.id, n.seq, {_WIRE} AS wire FROM notifyd.notifications n "
+                "SELECT n.id, n.seq, notifyd.to_wire(n, CASE WHEN n.user_id IS NOT NULL "
+                "THEN n.stream END)::text AS wire FROM notifyd.notifications n "
                 "WHERE n.id = ANY($1::bigint[])",
                 ids,
             )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return {r["id"]: (r["seq"], r["wire"].encode()) for r in records}
+
+    async def fetch_receipts(
+        self, wanted: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[int, bytes]]:
+        """Shared items as users see them, by (user stream, id) of their receipts (too large
+        for a payload): -> (the receipt's seq, wire)."""
+        try:
+            records = await self._pool.fetch(
+                "SELECT r.ustream, r.id, r.seq, notifyd.to_wire(n, r.ustream)::text AS wire "
+                "FROM unnest($1::text[], $2::bigint[]) w(ustream, id) "
+                "JOIN notifyd.receipts r ON (r.ustream, r.id) = (w.ustream, w.id) "
+                "JOIN notifyd.notifications n ON n.id = r.id",
+                [v for v, _ in wanted],
+                [i for _, i in wanted],
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        return {(r["ustream"], r["id"]): (r["seq"], r["wire"].encode()) for r in records}
+
+    async def views(
+        self, wanted: list[tuple[int, list[str]]]
+    ) -> dict[int, tuple[int, dict[str, bytes]]]:
+        """Shared items as each of the given users (their streams) sees them: id -> (seq,
+        user stream -> wire)."""
+        try:
+            pairs = [(i, viewer) for i, viewers in wanted for viewer in viewers]
+            records = await self._pool.fetch(
+                "SELECT n.id, n.seq, w.viewer, notifyd.to_wire(n, w.viewer)::text AS wire "
+                "FROM unnest($1::bigint[], $2::text[]) w(id, viewer) "
+                "JOIN notifyd.notifications n ON n.id = w.id",
+                [i for i, _ in pairs],
+                [v for _, v in pairs],
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        out: dict[int, tuple[int, dict[str, bytes]]] = {}
+        for r in records:
+            out.setdefault(r["id"], (r["seq"], {}))[1][r["viewer"]] = r["wire"].encode()
+        return out
 
     async def sync(
         self,
@@ -364,6 +504,7 @@ class Store:
         in_flight: dict[str, tuple[int, int]] | None = None,
         *,
         max_bytes: int,
+        viewer: str,
     ) -> SyncResult:
         """Answer a sync-request in one snapshot. `cursors`: streams with a cursor; `latest`:
         streams without one (items created after `since`, else the latest `limit`).
@@ -372,13 +513,16 @@ class Store:
         either way is in `has_more`, its cursor the last row given.
         `in_flight`: per stream, the seq range this connection was sent live since it last
         synced that stream; it may still be on its way, so a stream with a cursor leaves it out
-        (never twice). A stream without a cursor, or reset, gets its rows as they are now."""
+        (never twice). A stream without a cursor, or reset, gets its rows as they are now.
+        Every item is as `viewer` (the user's stream) sees it."""
         in_flight = in_flight or {}
         if cursors and not latest:
-            answered = await self._sync_after_cursors(cursors, limit, max_bytes, in_flight)
+            answered = await self._sync_after_cursors(cursors, limit, max_bytes, in_flight, viewer)
             if answered is not None:
                 return answered
-        return await self._sync_in_transaction(cursors, latest, since, limit, max_bytes, in_flight)
+        return await self._sync_in_transaction(
+            cursors, latest, since, limit, max_bytes, in_flight, viewer
+        )
 
     async def _sync_in_transaction(
         self,
@@ -388,10 +532,11 @@ class Store:
         limit: int,
         max_bytes: int,
         in_flight: dict[str, tuple[int, int]],
+        viewer: str,
     ) -> SyncResult:
         """sync() in a repeatable-read transaction: any mix of streams, resets included."""
-        result = SyncResult()
         streams = [*cursors, *latest]
+        result = SyncResult(streams=frozenset(streams))
         try:
             async with (
                 self._pool.acquire() as conn,
@@ -409,16 +554,29 @@ class Store:
                     last_seq, pruned_below = states.get(stream, (0, 0))
                     if cursor > last_seq or cursor + 1 < pruned_below:
                         result.reset.append(stream)
-                        await self._latest(conn, stream, None, limit, max_bytes, last_seq, result)
+                        await self._latest(
+                            conn, stream, None, limit, max_bytes, last_seq, result, viewer
+                        )
                         continue
                     first, last = in_flight.get(stream, (0, -1))
                     rows = await self._page(
-                        conn, _AFTER_CURSOR, max_bytes, result, stream, cursor, limit, first, last
+                        conn,
+                        _AFTER_CURSOR,
+                        max_bytes,
+                        result,
+                        stream,
+                        cursor,
+                        limit,
+                        first,
+                        last,
+                        viewer,
                     )
                     self._take(stream, rows, limit, cursor, max(cursor, last), result)
                 for stream in latest:
                     last_seq, _ = states.get(stream, (0, 0))
-                    await self._latest(conn, stream, since, limit, max_bytes, last_seq, result)
+                    await self._latest(
+                        conn, stream, since, limit, max_bytes, last_seq, result, viewer
+                    )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         return result
@@ -429,6 +587,7 @@ class Store:
         limit: int,
         max_bytes: int,
         in_flight: dict[str, tuple[int, int]],
+        viewer: str,
     ) -> SyncResult | None:
         """sync() when every stream has a cursor (a reconnecting client's request): one
         statement; None when a stream must be reset (its cursor is ahead of the stream or
@@ -444,6 +603,7 @@ class Store:
                 [last for _, last in skips],
                 limit,
                 max_bytes,
+                viewer,
             )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
@@ -457,7 +617,7 @@ class Store:
                 found[stream] = []
             if r["seq"] is not None:
                 found[stream].append(r)
-        result = SyncResult()
+        result = SyncResult(streams=frozenset(streams))
         for stream, (_, last) in zip(streams, skips, strict=True):
             cursor = cursors[stream]
             self._take(stream, found[stream], limit, cursor, max(cursor, last), result)
@@ -473,7 +633,7 @@ class Store:
     ) -> list[asyncpg.Record]:
         """One stream's candidate rows by `query` (see _PAGE), cut at what is left of the
         response's byte budget; counts the bytes of those given."""
-        first = not result.notifications and not result.removed
+        first = not result.notifications and not result.removed and not result.marks
         rows = await conn.fetch(query, max_bytes - result.size, first, *args)
         given = [r for r in rows if r["wire"] is not None]
         if given:
@@ -500,9 +660,15 @@ class Store:
         else:
             result.cursors[stream] = max(given[-1]["seq"], floor) if given else floor
         for r in given:
-            if r["removed"]:
+            what = r["what"]
+            if what == "d":
                 result.removed.append(int(r["wire"]))
-            else:
+            elif what in ("a", "r") and r["item_stream"] not in result.streams:
+                pass  # a mark or receipt of a stream this connection does not receive
+            elif what == "a":
+                result.marks.append(orjson.Fragment(r["wire"]))
+            elif r["id"] not in result.given:  # a shared item, and the user's receipt of it
+                result.given.add(r["id"])
                 result.notifications.append(orjson.Fragment(r["wire"]))
 
     async def _latest(
@@ -514,13 +680,16 @@ class Store:
         max_bytes: int,
         last_seq: int,
         result: SyncResult,
+        viewer: str,
     ) -> None:
         """A stream without a cursor: items created after `since`, else its latest `limit`,
         as they are now (whether or not this connection was sent them live). The client is then
         at the stream's head, unless the page was cut: the next continues after it."""
         if since is not None:
-            rows = await self._page(conn, _CREATED_SINCE, max_bytes, result, stream, since, limit)
+            rows = await self._page(
+                conn, _CREATED_SINCE, max_bytes, result, stream, since, limit, viewer
+            )
         else:
-            rows = await self._page(conn, _LATEST, max_bytes, result, stream, limit)
+            rows = await self._page(conn, _LATEST, max_bytes, result, stream, limit, viewer)
         start = rows[0]["seq"] - 1 if rows else last_seq
         self._take(stream, rows, limit, start, last_seq, result)

@@ -14,13 +14,13 @@ def test_channel_opens_only_signed_unseen_payloads() -> None:
     channel = Channel(window=64)
     channel.set_keys({1: key})
     channel.listening_from(10)
-    events: list[dict[str, object]] = [{"k": "c", "s": "user:1", "u": 3}]
-    decoded: list[Event] = [UnreadCount("user:1", 3)]
+    events: list[dict[str, object]] = [{"k": "c", "s": "user:1", "q": 3, "u": {"": [3, 3]}}]
+    decoded: list[Event] = [UnreadCount("user:1", 3, {"": (3, 3)})]
     good = signed_payload(key, 1, 11, events)
     assert channel.open(good) == Opened(decoded, stale=False)
     assert channel.open(good) == "replayed"
     body = good[64:]
-    assert channel.open(good[:64] + body.replace('"u":3', '"u":0')) == "signature"
+    assert channel.open(good[:64] + body.replace('"q":3', '"q":0')) == "signature"
     assert channel.open("0" * 64 + body) == "signature"
     assert channel.open(signed_payload(os.urandom(32), 2, 12, events)) == "unknown-key"
     for junk in (

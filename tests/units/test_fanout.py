@@ -10,12 +10,13 @@ import pytest
 from notifyd.core.events import (
     Deleted,
     Event,
+    Marked,
     New,
     RevocationsChanged,
     UnreadCount,
     Updated,
 )
-from notifyd.core.fanout import FANOUT_LOG_MIN, UNREAD_FRAMES_KEPT, Publisher, stale_claims
+from notifyd.core.fanout import FANOUT_LOG_MIN, Publisher, stale_claims
 from notifyd.core.index import StreamIndex
 from notifyd.core.protocol import encode, websocket_text
 from units.fakes import FakeConn, events_of, live_session, wire
@@ -28,17 +29,28 @@ def _publisher(*conns: tuple[FakeConn, list[str]]) -> Publisher[FakeConn]:
     return Publisher(index)
 
 
-def _new(stream: str, seq: int, nid: int, unread: int | None = None) -> New:
-    return New(stream, seq, nid, wire(stream, seq, nid), 0.0, unread)
+def _new(stream: str, seq: int, nid: int, unread: int | None = None, category: str = "") -> New:
+    tallies = {"": (unread, unread)} if unread is not None else None
+    return New(stream, seq, nid, wire(stream, seq, nid), 0.0, tallies, category=category)
+
+
+def _counts(count: int, unseen: int, **categories: tuple[int, int]) -> dict[str, object]:
+    return {
+        "count": count,
+        "unseen": unseen,
+        "categories": {c: {"unread": u, "unseen": s} for c, (u, s) in categories.items()},
+    }
 
 
 def test_each_event_kind_makes_its_frame() -> None:
     me, other = FakeConn(live_session()), FakeConn(live_session("c2"))
-    publisher = _publisher((me, ["user:1", "all"]), (other, ["user:1"]))
+    publisher = _publisher((me, ["user:1", "all"]), (other, ["user:1", "all"]))
     published: list[Event] = []
     revocations: list[None] = []
+    stale: list[list[str]] = []
     publisher.on_published = published.append
     publisher.on_revocations = lambda: revocations.append(None)
+    publisher.on_counts_stale = stale.append
     counted = [0, 0]  # frames, bytes: what the publisher gives the metrics' one count
 
     def count_sent(frames: int, size: int) -> None:
@@ -46,48 +58,75 @@ def test_each_event_kind_makes_its_frame() -> None:
         counted[1] += size
 
     publisher.count_sent = count_sent
+    # the counts each connection read at connect
+    for conn in (me, other):
+        frame = publisher.read_counts(conn.session, [("user:1", 0, {}), ("all", 0, {})])
+        assert frame == websocket_text(encode("notification:unread-count", _counts(0, 0)))
+        conn.deliver(frame)
+    assert publisher.read_counts(me.session, [("user:1", 0, {})]) is None  # nothing new
     events: list[Event] = [
         _new("user:1", 1, 11, unread=1),
-        UnreadCount("user:1", 0),
-        Updated("user:1", 2, 11, wire("user:1", 2, 11), unread=0),
-        Deleted(11, "user:1", 3),
-        _new("all", 1, 12),
+        UnreadCount("user:1", 1, {"": (1, 1)}),  # the same counts: no frame
+        Updated("user:1", 2, 11, wire("user:1", 2, 11), {"": (0, 1)}),
+        Deleted(11, "user:1", 3, {}),
+        _new("all", 1, 12, category="billing"),  # one more unread and unseen, for each
         RevocationsChanged("42", 1.5),
         # a row sent by reference and deleted before it was fetched: nothing to publish
-        New("user:1", 4, 13, None, 0.0, 1),
+        New("user:1", 4, 13, None, 0.0, {"": (1, 1)}),
         Updated("user:1", 5, 13, None),
-        Deleted(13, "user:1", 6, 0),
+        Deleted(13, "user:1", 6, {}),
+        Marked("user:1", 7, "read", None, "all", 1, "2026-01-01T00:00:00.000000Z", {}),
     ]
     for event in events:
         publisher.publish(event)
-    every_change = [
+    expected = [
         "notification:new",
-        "notification:unread-count",
         "notification:unread-count",
         "notification:updated",
         "notification:unread-count",
         "notification:deleted",
-    ]
-    assert [f["type"] for f in me.decoded()] == [
-        *every_change,
+        "notification:unread-count",
         "notification:new",
-        "notification:deleted",
         "notification:unread-count",
-    ]
-    assert [f["type"] for f in other.decoded()] == [
-        *every_change,
         "notification:deleted",
-        "notification:unread-count",
+        "notification:marked",
     ]
+    assert [f["type"] for f in me.decoded()] == ["notification:unread-count", *expected]
+    assert [f["type"] for f in other.decoded()] == ["notification:unread-count", *expected]
+    counts = [f["data"] for f in me.decoded() if f["type"] == "notification:unread-count"]
+    billing = _counts(1, 1, billing=(1, 1))
+    assert counts == [_counts(0, 0), _counts(1, 1), _counts(0, 1), _counts(0, 0), billing]
     assert other.decoded()[5]["data"] == {"id": 11, "stream": "user:1", "seq": 3}
-    assert me.frames[0] == websocket_text(
+    assert me.frames[1] == websocket_text(
         encode("notification:new", {"notification": wire("user:1", 1, 11)})
-    ) + websocket_text(encode("notification:unread-count", {"count": 1}))
+    ) + websocket_text(encode("notification:unread-count", _counts(1, 1)))
     assert revocations == [None]
+    # a mark of a shared stream: the user's part of it is read again
+    assert stale == [["user:1"]]
     assert published == events[:6] + events[7:]  # not the row gone before it was fetched
-    assert (publisher.delivered, publisher.published) == (9, 5)
-    assert counted == [17, me.written + other.written]
-    assert publisher.last_seq == {"user:1": 6, "all": 1}
+    assert (publisher.delivered, publisher.published) == (12, 6)
+    assert counted == [20, me.written + other.written - 2 * len(me.frames[0])]
+    assert publisher.last_seq == {"user:1": 7, "all": 1}
+
+
+def test_a_late_count_query_gets_the_shared_items_published_after_it() -> None:
+    conn = FakeConn(live_session())
+    publisher = _publisher((conn, ["user:1", "all"]))
+    stale: list[list[str]] = []
+    publisher.on_counts_stale = stale.append
+    publisher.read_counts(conn.session, [("user:1", 0, {}), ("all", 5, {"": (2, 2)})])
+    for seq in (6, 7):
+        publisher.publish(_new("all", seq, seq, category="news"))
+    # a query read at seq 6 answers now: item 7 is added to it, item 6 is not counted twice
+    frame = publisher.read_counts(conn.session, [("all", 6, {"": (1, 1), "news": (1, 1)})])
+    data = orjson.loads(frame[2:]) if frame else None
+    assert data is not None and data["data"] == _counts(3, 3, news=(2, 2))
+    # an edit of a shared item: what came after a part read below it is not known here
+    publisher.publish(Deleted(5, "all", 8))
+    assert stale == [["user:1"]]
+    assert publisher.read_counts(conn.session, [("all", 7, {})]) is None
+    assert stale == [["user:1"], ["user:1"]]  # read again
+    assert publisher.read_counts(conn.session, [("all", 8, {"": (1, 1)})]) is not None
 
 
 def test_floor_never_drops_live_items_and_a_recheck_only_publishes_news() -> None:
@@ -133,10 +172,10 @@ def test_changes_are_published_once_in_seq_order() -> None:
 
 def test_stale_claims_keep_new_items_as_references_and_revocations() -> None:
     events = events_of(
-        '[{"k":"n","n":' + orjson.dumps(wire("user:1", 3, 30)).decode() + ',"t":1.0,"u":2},'
+        '[{"k":"n","n":' + orjson.dumps(wire("user:1", 3, 30)).decode() + ',"t":1.0,"u":{}},'
         '{"k":"n","id":31,"s":"user:1","q":4,"t":1.0},'
-        '{"k":"m","id":31,"s":"user:1","q":4},{"k":"c","s":"user:1","u":0},'
-        '{"k":"d","id":30,"s":"user:1","q":5,"u":0},{"k":"x","user":"1","at":2.5}]'
+        '{"k":"m","id":31,"s":"user:1","q":4},{"k":"c","s":"user:1","q":4,"u":{}},'
+        '{"k":"d","id":30,"s":"user:1","q":5,"u":{}},{"k":"x","user":"1","at":2.5}]'
     )
     assert stale_claims(events) == [
         New("user:1", 3, 30, None, pending=True, recheck=True),
@@ -160,17 +199,20 @@ def test_large_fanout_logs_its_write_time(caplog: pytest.LogCaptureFixture) -> N
     assert 0 < float(logged[2]) <= float(logged[1]) + 1  # CPU within wall (clock granularity)
 
 
-def test_unread_count_frames_are_built_once_per_small_count() -> None:
-    def expected(count: int) -> bytes:
-        return websocket_text(encode("notification:unread-count", {"count": count}))
-
-    publisher = _publisher()
-    first = publisher.unread_frame("user:a", 7)
-    assert first == expected(7) and publisher.unread_frame("user:b", 7) is first
-    assert publisher.unread_frame("user:a", -1) == expected(0)
-    big = UNREAD_FRAMES_KEPT + 5
-    assert publisher.unread_frame("user:a", big) == expected(big)
-    assert publisher.unread_frame("user:a", big) is not publisher.unread_frame("user:a", big)
-    assert publisher.unread_frame("role:x", 7) is None
+def test_equal_counts_share_one_frame() -> None:
+    one, two = FakeConn(live_session()), FakeConn(live_session("c2"))
+    publisher = _publisher((one, ["user:1", "all"]), (two, ["user:1", "all"]))
+    for conn in (one, two):
+        frame = publisher.read_counts(conn.session, [("user:1", 0, {"": (2, 2)}), ("all", 0, {})])
+        assert frame is not None
+        conn.deliver(frame)
+    assert one.frames[0] is two.frames[0]
+    assert one.decoded()[0]["data"] == _counts(2, 2)
+    # negative tallies (a counter row behind) never show below zero
+    frame = publisher.read_counts(one.session, [("user:1", 1, {"": (-1, 0)})])
+    assert frame is not None
+    one.deliver(frame)
+    assert one.decoded()[1]["data"] == _counts(0, 0)
     # the cache is the publisher's own, not the module's
-    assert _publisher().unread_frame("user:a", 7) is not first
+    other = _publisher((FakeConn(live_session()), ["user:1"]))
+    assert other.count_frame(one.session) is None  # sent already
