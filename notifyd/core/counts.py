@@ -69,10 +69,12 @@ class Recent:
 class Counts:
     """The parts of one connection's counts: stream -> (position, tallies)."""
 
-    __slots__ = ("_parts", "sent")
+    __slots__ = ("_parts", "_total", "complete", "sent")
 
     def __init__(self) -> None:
         self._parts: dict[str, tuple[int, Tallies]] = {}
+        self._total: Total | None = None  # total(), kept until a part changes other than by add()
+        self.complete = False  # every stream of the connection has its part (set by its reader)
         self.sent: Total | None = None  # what the last frame sent said
 
     def known(self, streams: tuple[str, ...]) -> bool:
@@ -82,6 +84,7 @@ class Counts:
     def announce(self, stream: str, position: int, tallies: Tallies) -> None:
         """The own stream's tallies, from an event (events come in commit order: the newest)."""
         self._parts[stream] = (position, tallies)
+        self._total = None
 
     def read(self, stream: str, position: int, tallies: Tallies, own: bool) -> None:
         """A part as a query read it at `position`. The own stream's is kept only when newer
@@ -91,8 +94,10 @@ class Counts:
         known = self._parts.get(stream)
         if not own:
             self._parts[stream] = (position, dict(tallies))  # its own: add() changes it
+            self._total = None
         elif known is None or position > known[0]:
             self._parts[stream] = (position, tallies)
+            self._total = None
 
     def add(self, stream: str, seq: int, category: str) -> bool:
         """A new item at `seq` of a shared stream: one more unread and unseen, unless the part
@@ -106,10 +111,18 @@ class Counts:
         unread, unseen = tallies.get(category, (0, 0))
         tallies[category] = (unread + 1, unseen + 1)
         self._parts[stream] = (seq, tallies)
+        total = self._total
+        if total is not None:  # a broadcast does this for every connection: no re-summing
+            if category:
+                self._total = None
+            else:
+                self._total = (total[0] + 1, total[1] + 1, total[2])
         return True
 
     def forget(self, stream: str) -> None:
         self._parts.pop(stream, None)
+        self._total = None
+        self.complete = False
 
     def position(self, stream: str) -> int | None:
         known = self._parts.get(stream)
@@ -118,6 +131,11 @@ class Counts:
     def total(self) -> Total:
         """(unread, unseen, ((category, unread, unseen), ...)) over every part, categories
         sorted, those at zero left out: hashable, so equal counts share one frame."""
+        if self._total is None:
+            self._total = self._sum()
+        return self._total
+
+    def _sum(self) -> Total:
         unread = unseen = 0
         per: dict[str, list[int]] = {}
         for _, tallies in self._parts.values():

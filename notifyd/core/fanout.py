@@ -273,8 +273,8 @@ class Publisher(Generic[R]):
         """The notification:unread-count frame of a connection's counts, once each of its
         streams has its part and when they differ from the last it was sent (equal counts
         share one frame)."""
-        counts, identity = session.counts, session.identity
-        if counts is None or identity is None or not counts.known(identity.streams):
+        counts = session.counts
+        if counts is None or not counts.complete:
             return None
         total = counts.total()
         if total == counts.sent:
@@ -315,6 +315,7 @@ class Publisher(Generic[R]):
                 tallies[category] = (unread + 1, unseen + 1)
                 position = seq
             counts.read(stream, position, tallies, own=False)
+        counts.complete = counts.known(identity.streams)
         if stale and self.on_counts_stale is not None:
             self.on_counts_stale([own])
         return self.count_frame(session)

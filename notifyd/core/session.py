@@ -81,6 +81,8 @@ class Session:
                 self._forget(stream)
                 if self.counts is not None:
                     self.counts.forget(stream)
+            if after - before and self.counts is not None:
+                self.counts.complete = False  # until the gained streams' parts are read
         self.identity = identity
         self.state = State.LIVE
         return identity
