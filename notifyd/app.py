@@ -104,7 +104,6 @@ class App:
         self._pruning: asyncio.Task[None] | None = None
         self._waking: asyncio.Task[None] | None = None
         self.reloads = 0
-        self.publisher.on_published = self.subscriptions.note_published
         self.port = 0
         self.admin_port: int | None = None
         self.publisher.observe_latency = self.metrics.latency.observe

@@ -20,7 +20,6 @@ from notifyd.core.auth import Identity
 from notifyd.core.backoff import Backoff
 from notifyd.core.counts import Tallies
 from notifyd.core.errors import StoreError
-from notifyd.core.events import Event
 from notifyd.core.fanout import Publisher
 from notifyd.core.index import StreamIndex
 from notifyd.core.presence import PresencePolicy
@@ -85,9 +84,6 @@ class Subscriptions:
     def watchers(self) -> set[Connection] | frozenset[Connection]:
         """The connections that may see presence events."""
         return self.index.subscribers(PRESENCE_STREAM)
-
-    def note_published(self, event: Event) -> None:
-        """Every event published (Publisher.on_published)."""
 
     def recount(self, users: list[str]) -> None:
         """The counts of these users (their streams) are read again for their connections

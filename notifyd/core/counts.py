@@ -124,10 +124,6 @@ class Counts:
         self._total = None
         self.complete = False
 
-    def position(self, stream: str) -> int | None:
-        known = self._parts.get(stream)
-        return known[0] if known is not None else None
-
     def total(self) -> Total:
         """(unread, unseen, ((category, unread, unseen), ...)) over every part, categories
         sorted, those at zero left out: hashable, so equal counts share one frame."""
