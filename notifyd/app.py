@@ -29,7 +29,7 @@ from notifyd.ops.metrics import Metrics
 from notifyd.storage.listener import Listener
 from notifyd.storage.pipeline import EventPipeline
 from notifyd.storage.retention import Retention
-from notifyd.storage.snoozes import Snoozes
+from notifyd.storage.scheduler import Scheduler
 from notifyd.storage.store import Store
 from notifyd.subscriptions import Subscriptions
 
@@ -90,7 +90,7 @@ class App:
         )
         self.connections = self.hub.connections
         self.retention = Retention(store, self.metrics, lambda: self.settings)
-        self.snoozes = Snoozes(store)
+        self.scheduler = Scheduler(store)
         self.channel = Channel()
         self.channel.refused = self.metrics.notify_refused
         self.listener = Listener(
@@ -102,7 +102,7 @@ class App:
         self._admin: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._pruning: asyncio.Task[None] | None = None
-        self._waking: asyncio.Task[None] | None = None
+        self._scheduling: asyncio.Task[None] | None = None
         self.reloads = 0
         self.port = 0
         self.admin_port: int | None = None
@@ -157,7 +157,7 @@ class App:
             )
         self._ticker = loop.create_task(self.hub.tick_forever(), name="notifyd-tick")
         self._pruning = loop.create_task(self.retention.run_forever(), name="notifyd-retention")
-        self._waking = loop.create_task(self.snoozes.run_forever(), name="notifyd-snoozes")
+        self._scheduling = loop.create_task(self.scheduler.run_forever(), name="notifyd-scheduler")
         log.info("serving on %s:%d", self.settings.host, self.port)
 
     @property
@@ -214,7 +214,7 @@ class App:
             )
             for conn in stuck:
                 conn.reset()
-        for background in (self._ticker, self._pruning, self._waking):
+        for background in (self._ticker, self._pruning, self._scheduling):
             if background is not None:
                 background.cancel()
         for task in list(self._tasks):

@@ -447,6 +447,26 @@ class NotifydClient:
             data["until"] = until
         return await self.request(f"notification:{operation}", data)
 
+    async def page(
+        self,
+        state: str = "all",
+        category: str | None = None,
+        limit: int = 20,
+        next_page: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of the feed, newest first (notification:page): the answer frame, whose data
+        is {notifications, next}; pass `next` back as `next_page` for the following page."""
+        data: dict[str, Any] = {"state": state, "limit": limit}
+        if category is not None:
+            data["category"] = category
+        if next_page is not None:
+            data["next"] = next_page
+        return await self.request("notification:page", data)
+
+    async def act(self, item_id: int, action: str) -> dict[str, Any]:
+        """Records that the user took `action` of item `item_id` (notification:act)."""
+        return await self.request("notification:act", {"id": item_id, "action": action})
+
     async def disconnect(self, abrupt: bool = False, reason: str = "") -> bool:
         """End the current connection (the loop then reconnects and syncs): a close handshake,
         or `abrupt`ly, like a network loss, without a close frame. False when not connected."""

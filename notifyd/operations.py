@@ -1,5 +1,6 @@
 """Each client operation, once: what sync, the state changes (mark-seen, mark-read,
-mark-unread, archive, unarchive, snooze), unread-count, the presence query and ping mean,
+mark-unread, archive, unarchive, snooze), a feed page, an action taken, unread-count, the
+presence query and ping mean,
 for both the WebSocket (hub.py) and the HTTP API (edge/http_api.py). An operation takes the
 caller's Identity and its decoded request (core/protocol.py) and returns the answer's `data`,
 or raises ClientError with the code the client gets (`forbidden`, `unavailable`, ...); each
@@ -31,20 +32,25 @@ from notifyd.core.counts import Counts, frame_data
 from notifyd.core.errors import ClientError, StoreError
 from notifyd.core.presence import PresencePolicy
 from notifyd.core.protocol import (
+    Act,
     Archive,
     MarkAllRead,
     MarkRead,
     MarkSeen,
     MarkUnread,
+    PageRequest,
     Ping,
     PresenceQuery,
     Snooze,
     StateChange,
     SyncRequest,
     Unarchive,
+    act_request,
     format_epoch,
     format_time,
     mark_all_read_request,
+    page_cursor,
+    page_request,
     poll_request,
     state_request,
     unread_count_request,
@@ -167,6 +173,33 @@ class Operations:
             return {"ids": changed, "readAt": format_time(at) if marked else None}
         return {"ids": changed, "all": req.ids is None}
 
+    async def page(self, identity: Identity, req: PageRequest) -> dict[str, Any]:
+        """The data of notification:page-response: a page of the user's feed over the streams it
+        receives, newest first, and the `next` cursor (null at the end)."""
+        try:
+            items, after = await self.store.feed(
+                identity.user_stream,
+                list(identity.streams),
+                req.state,
+                req.category,
+                req.before,
+                req.limit,
+            )
+        except StoreError as exc:
+            log.warning("reading a feed page failed: %s", exc)
+            raise ClientError(ErrorCode.UNAVAILABLE) from exc
+        return {"notifications": items, "next": page_cursor(*after) if after else None}
+
+    async def act(self, identity: Identity, req: Act) -> dict[str, Any]:
+        """Records that the user took an action of an item (it is read, too); the data of
+        notification:acted. Every device gets the change as notification:updated."""
+        try:
+            at = await self.store.act(identity.user_id, req.id, req.action, list(identity.streams))
+        except StoreError as exc:
+            log.warning("recording an action failed: %s", exc)
+            raise ClientError(ErrorCode.UNAVAILABLE) from exc
+        return {"id": req.id, "action": req.action, "interactedAt": format_time(at)}
+
     async def unread_count(self, identity: Identity) -> dict[str, Any]:
         """The data of notification:unread-count: the user's counts over its streams."""
         try:
@@ -276,6 +309,20 @@ ROUTES: tuple[Route, ...] = (
             (Unarchive, "/v1/notifications/unarchive"),
             (Snooze, "/v1/notifications/snooze"),
         )
+    ),
+    Route(
+        PageRequest,
+        "notification:page-response",
+        ("GET", "/v1/feed"),
+        page_request,
+        lambda ops, who, req, origin: ops.page(who, req),
+    ),
+    Route(
+        Act,
+        "notification:acted",
+        ("POST", "/v1/notifications/act"),
+        act_request,
+        lambda ops, who, req, origin: ops.act(who, req),
     ),
     Route(
         None,

@@ -111,6 +111,13 @@ def _notification(**changes: object) -> dict[str, Any]:
         "archived": False,
         "archivedAt": None,
         "snoozedUntil": None,
+        "actions": [],
+        "groupKey": None,
+        "groupCount": 1,
+        "actors": [],
+        "interactedAt": None,
+        "action": None,
+        "expiresAt": None,
         "createdAt": "2026-11-23T09:41:07.123456Z",
     }
     notification.update(changes)

@@ -92,6 +92,19 @@ async def test_readme_sql_examples_run(daemon: Daemon) -> None:
                 "UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", nid
             )
             await conn.execute("SELECT notifyd.archive('app-user', $1::bigint[])", [nid])
+            acted = await conn.fetchval(
+                "SELECT notifyd.notify('app-user', 't', 'act', 'm', "
+                'actions => \'[{"id": "ok", "label": "OK"}]\')'
+            )
+            await conn.execute("SELECT notifyd.act('app-user', $1, 'ok')", acted)
+            assert (
+                await conn.fetchval("SELECT action FROM notifyd.interactions WHERE id = $1", acted)
+                == "ok"
+            )
+            page = await conn.fetch(
+                "SELECT id FROM notifyd.feed('user:app-user', ARRAY['user:app-user', 'all'])"
+            )
+            assert acted in [r["id"] for r in page]
             counts = await conn.fetch(
                 "SELECT * FROM notifyd.counts('user:app-user', ARRAY['user:app-user', 'all'])"
             )
@@ -106,6 +119,10 @@ async def test_readme_sql_examples_run(daemon: Daemon) -> None:
         assert (updated["id"], updated["read"]) == (nid, True)
         archived = (await client.next_data("notification:updated"))["notification"]
         assert (archived["id"], archived["archived"]) == (nid, True)
+        took = (await client.next_data("notification:updated"))["notification"]
+        while took["action"] is None:  # read first, then the action
+            took = (await client.next_data("notification:updated"))["notification"]
+        assert (took["id"], took["action"], took["read"]) == (acted, "ok", True)
         assert (await client.next_data("notification:deleted"))["id"] == nid
     finally:
         await pool.execute(f"DROP OWNED BY {role}")

@@ -26,6 +26,10 @@ MAX_REF_LENGTH = 128
 MAX_SYNC_LIMIT = 1000
 MAX_MARK_IDS = 1000
 MAX_CATEGORY_LENGTH = 64
+MAX_PAGE_LIMIT = 100
+DEFAULT_PAGE_LIMIT = 20
+FEED_STATES = ("all", "unread", "unseen", "archived")
+MAX_ACTION_ID_LENGTH = 64
 MAX_PRESENCE_USERS = 100
 MAX_PRESENCE_ROLES = 20
 MAX_ID = 2**63 - 1
@@ -107,6 +111,26 @@ class Snooze(StateChange):
 
 
 @dataclass(frozen=True, slots=True)
+class PageRequest:
+    """A page of the user's feed, newest first: `state` (FEED_STATES), `category`, at most
+    `limit` items, after the cursor `before` (the (created_at, id) of the last item of the
+    previous page; None: from the newest)."""
+
+    state: str = "all"
+    category: str | None = None
+    limit: int = DEFAULT_PAGE_LIMIT
+    before: tuple[dt.datetime, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Act:
+    """The user took action `action` of item `id`."""
+
+    id: int
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
 class PresenceQuery:
     user_ids: tuple[str, ...]
     roles: tuple[str, ...] = ()
@@ -117,7 +141,7 @@ class Ping:
     timestamp: int | float | str | None
 
 
-ClientEvent = Auth | SyncRequest | StateChange | PresenceQuery | Ping
+ClientEvent = Auth | SyncRequest | StateChange | PageRequest | Act | PresenceQuery | Ping
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +172,29 @@ def parse_time(text: str) -> dt.datetime:
 
 def format_time(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def page_cursor(created_at: dt.datetime, item_id: int) -> str:
+    """The `next` of a feed page that ends at this item: opaque to clients."""
+    micros = (created_at - _EPOCH) // dt.timedelta(microseconds=1)
+    return f"{micros:x}.{item_id:x}"
+
+
+def _page_position(cursor: object) -> tuple[dt.datetime, int]:
+    """The (created_at, id) a `next` cursor stands for. Raises ClientError."""
+    if isinstance(cursor, str) and len(cursor) <= 40:
+        micros, dot, item = cursor.partition(".")
+        try:
+            position = (_EPOCH + dt.timedelta(microseconds=int(micros, 16)), int(item, 16))
+        except (ValueError, OverflowError):
+            pass
+        else:
+            if dot and micros.isalnum() and item.isalnum() and 0 <= position[1] <= MAX_ID:
+                return position
+    raise _invalid("next", "the next of a previous page")
 
 
 def format_epoch(seconds: float) -> str:
@@ -255,6 +302,37 @@ def _mark_all_read(data: dict[str, Any]) -> MarkAllRead:
     return change
 
 
+@_decoder("notification:page", "state", "category", "limit", "next")
+def _page(data: dict[str, Any]) -> PageRequest:
+    state = data.get("state", "all")
+    if state not in FEED_STATES:
+        raise _invalid("state", " or ".join(FEED_STATES))
+    category = data.get("category")
+    if category is not None and (
+        not isinstance(category, str) or not 1 <= len(category) <= MAX_CATEGORY_LENGTH
+    ):
+        raise _invalid("category", f"a string of 1 to {MAX_CATEGORY_LENGTH} characters")
+    limit = data.get("limit", DEFAULT_PAGE_LIMIT)
+    if not _is_int(limit) or not 1 <= limit <= MAX_PAGE_LIMIT:
+        raise _invalid("limit", f"an integer from 1 to {MAX_PAGE_LIMIT}")
+    cursor = data.get("next")
+    before = _page_position(cursor) if cursor is not None else None
+    return PageRequest(state, category, limit, before)
+
+
+@_decoder("notification:act", "id", "action")
+def _act(data: dict[str, Any]) -> Act:
+    item: Any = data.get("id")
+    action = data.get("action")
+    if not _is_int(item) or not 1 <= item <= MAX_ID:
+        raise _invalid("id", "a notification id")
+    if not isinstance(action, str) or not 1 <= len(action) <= MAX_ACTION_ID_LENGTH:
+        raise _invalid(
+            "action", f"the id of one of its actions (1 to {MAX_ACTION_ID_LENGTH} characters)"
+        )
+    return Act(item, action)
+
+
 @_decoder("presence:query", "userIds", "roles")
 def _presence_query(data: dict[str, Any]) -> PresenceQuery:
     users = data.get("userIds", [])
@@ -352,6 +430,26 @@ def mark_all_read_request(query: dict[str, list[str]]) -> StateChange:
     """POST /v1/notifications/read-all (optionally ?category=...)"""
     _only(query, "category")
     return _mark_all_read({"category": query["category"][-1]} if "category" in query else {})
+
+
+def page_request(query: dict[str, list[str]]) -> PageRequest:
+    """GET /v1/feed?state=unread&category=billing&limit=20&next=..."""
+    _only(query, "state", "category", "limit", "next")
+    data: dict[str, Any] = {
+        name: query[name][-1] for name in ("state", "category", "next") if name in query
+    }
+    if "limit" in query:
+        data["limit"] = _decimal(query["limit"][-1])
+    return _page(data)
+
+
+def act_request(query: dict[str, list[str]]) -> Act:
+    """POST /v1/notifications/act?id=17&action=approve"""
+    _only(query, "id", "action")
+    data: dict[str, Any] = {"action": query["action"][-1]} if "action" in query else {}
+    if "id" in query:
+        data["id"] = _decimal(query["id"][-1])
+    return _act(data)
 
 
 def unread_count_request(query: dict[str, list[str]]) -> None:

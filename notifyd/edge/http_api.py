@@ -292,13 +292,22 @@ class HttpApi:
         def one(name: str, default: str) -> str:
             return (query.get(name) or [default])[-1][:2000]
 
+        def optional(name: str) -> str | None:
+            return one(name, "").strip() or None
+
         try:
             nid = await self.store.insert_demo(
                 one("user", "alice"),
                 one("title", "Hello"),
                 one("message", ""),
                 one("priority", "medium"),
+                optional("category"),
+                optional("group"),
+                optional("actor"),
+                one("actions", "") in ("on", "1", "true"),
             )
+        except ClientError as exc:
+            return _refused(exc)
         except StoreError as exc:
             return _error(ErrorCode.UNAVAILABLE, str(exc))
         return HttpAnswer(200, orjson.dumps({"id": nid}))

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
+from notifyd.core.codes import ErrorCode
 from notifyd.core.counts import Tallies
-from notifyd.core.errors import PruneBusy, StoreError
+from notifyd.core.errors import ClientError, PruneBusy, StoreError
 from notifyd.core.events import Change, Deleted, Marked, New, Updated
 
 # Connection errors and server shutdowns: the database is unavailable, not the request bad.
@@ -36,6 +37,21 @@ _UNAVAILABLE = (
 @dataclass(frozen=True, slots=True)
 class StreamState:
     last_seq: int
+
+
+@dataclass(slots=True)
+class Due:
+    """What one run of the scheduler did: items expired, delivered and woken."""
+
+    expired: int = 0
+    delivered: int = 0
+    woken: int = 0
+
+    def __iadd__(self, other: Due) -> Due:
+        self.expired += other.expired
+        self.delivered += other.delivered
+        self.woken += other.woken
+        return self
 
 
 @dataclass(slots=True)
@@ -160,7 +176,7 @@ _CREATED_SINCE = _PAGE.format(
            CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_VIEW.format(viewer="$6")} END
                AS wire
     FROM notifyd.notifications n
-    WHERE n.stream = $3 AND n.created_at > $4
+    WHERE n.stream = $3 AND n.created_at > $4 AND n.seq IS NOT NULL
     ORDER BY n.seq LIMIT $5 + 1"""
 )
 _LATEST = _PAGE.format(
@@ -168,7 +184,7 @@ _LATEST = _PAGE.format(
     SELECT n.seq, n.id, 'n' AS what, n.stream AS item_stream,
            {_VIEW.format(viewer="$5")} AS wire
     FROM notifyd.notifications n
-    WHERE n.stream = $3 ORDER BY n.seq DESC LIMIT $4"""
+    WHERE n.stream = $3 AND n.seq IS NOT NULL ORDER BY n.seq DESC LIMIT $4"""
 )
 # What a node missed of each stream while not listening: the changes above a seq, at most $3
 # per stream (as events: a row delivered after that seq is new there, one delivered before it
@@ -188,7 +204,11 @@ PRUNE_LOCK = 0x6E6F74696670  # advisory lock: one process prunes at a time
 # A user's counts grow with their receipts (their own states of shared items): one whose
 # count takes longer is cancelled (and read again later), not left to hold a connection.
 COUNTS_TIMEOUT = 2.0
-WAKE_LOCK = 0x6E6F74696677  # advisory lock: one process wakes snoozed items at a time
+DUE_LOCK = 0x6E6F74696677  # advisory lock: one process runs what is due at a time
+DEMO_ACTIONS = '[{"id": "accept", "label": "Accept"}, {"id": "decline", "label": "Decline"}]'
+# Items a feed page looks at, at most: a filter that matches few items (archived, a rare
+# category) answers a shorter page with a `next`, rather than scanning the whole feed.
+FEED_SCAN = 1000
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -331,18 +351,37 @@ class Store:
             raise StoreError(str(exc)) from exc
         return {r["user_id"]: r["at"] for r in rows}
 
-    async def insert_demo(self, user_id: str, title: str, message: str, priority: str) -> int:
-        """One notification for `user_id`, as an app would insert it (the demo page's form)."""
+    async def insert_demo(
+        self,
+        user_id: str,
+        title: str,
+        message: str,
+        priority: str,
+        category: str | None = None,
+        group_key: str | None = None,
+        actor: str | None = None,
+        actions: bool = False,
+    ) -> int:
+        """One notification for `user_id`, as an app would insert it (the demo page's form):
+        its id, or that of the group it collapsed into. ClientError for a value the table
+        refuses (a category too long, say)."""
         if priority not in ("low", "medium", "high"):
             priority = "medium"
         try:
             nid: int = await self._pool.fetchval(
-                "SELECT notifyd.notify($1, 'demo:message', $2, $3, '{}', $4)",
+                "SELECT notifyd.notify($1, 'demo:message', $2, $3, '{}', $4, "
+                "category => $5, group_key => $6, actor => $7, actions => $8::jsonb)",
                 user_id,
                 title,
                 message,
                 priority,
+                category,
+                group_key,
+                actor,
+                DEMO_ACTIONS if actions else "[]",
             )
+        except (asyncpg.CheckViolationError, asyncpg.StringDataRightTruncationError) as exc:
+            raise ClientError(ErrorCode.INVALID_DATA, str(exc).removeprefix("notifyd: ")) from exc
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreError(str(exc)) from exc
         return nid
@@ -379,19 +418,72 @@ class Store:
         assert row is not None
         return list(row["changed"] or []), row["at"]
 
-    async def wake(self, batch: int = 1000) -> int | None:
-        """Wakes snoozed items whose time has come (notifyd.wake) in a transaction of its own:
-        how many, or None when another process holds the lock."""
+    async def feed(
+        self,
+        viewer: str,
+        streams: list[str],
+        state: str,
+        category: str | None,
+        before: tuple[dt.datetime, int] | None,
+        limit: int,
+    ) -> tuple[list[orjson.Fragment], tuple[dt.datetime, int] | None]:
+        """A page of the user's feed (notifyd.feed): its items, newest first, and where the
+        next page goes on from (None at the end of the feed)."""
+        try:
+            rows = await self._pool.fetch(
+                "SELECT id, created_at, notification::text AS wire "
+                "FROM notifyd.feed($1, $2::text[], $3, $4, $5, $6, $7 + 1, $8)",
+                viewer,
+                streams,
+                state,
+                category,
+                before[0] if before else None,
+                before[1] if before else None,
+                limit,
+                FEED_SCAN,
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreError(str(exc)) from exc
+        items = [r for r in rows if r["wire"] is not None][:limit]
+        if len(rows) > limit or (rows and rows[-1]["wire"] is None):
+            # a page more than full, or cut by the scan: the next goes on after the last
+            # item given (or, of a scan that found fewer, the last item looked at)
+            last = items[-1] if len(items) == limit else rows[-1]
+            return [orjson.Fragment(r["wire"]) for r in items], (last["created_at"], last["id"])
+        return [orjson.Fragment(r["wire"]) for r in items], None
+
+    async def act(self, user_id: str, item_id: int, action: str, streams: list[str]) -> dt.datetime:
+        """Records that the user took `action` of item `item_id` (notifyd.act): the time.
+        ClientError when the user does not receive the item or it has no such action."""
+        try:
+            at: dt.datetime = await self._pool.fetchval(
+                "SELECT notifyd.act($1, $2, $3, $4::text[])", user_id, item_id, action, streams
+            )
+        except asyncpg.InvalidParameterValueError as exc:
+            raise ClientError(ErrorCode.INVALID_DATA, str(exc).removeprefix("notifyd: ")) from exc
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreError(str(exc)) from exc
+        return at
+
+    async def run_due(self, batch: int = 1000) -> Due | None:
+        """Expires, delivers and wakes what is due (notifyd.expire, notifyd.deliver,
+        notifyd.wake: at most `batch` of each) in a transaction of its own: what it did, or None
+        when another process holds the lock."""
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", WAKE_LOCK):
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", DUE_LOCK):
                     return None
-                woken: int = await conn.fetchval("SELECT notifyd.wake($1)", batch)
+                row = await conn.fetchrow(
+                    "SELECT notifyd.expire($1) AS expired, notifyd.deliver($1) AS delivered, "
+                    "notifyd.wake($1) AS woken",
+                    batch,
+                )
         except asyncpg.LockNotAvailableError as exc:
             raise PruneBusy(str(exc)) from exc
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
-        return woken
+        assert row is not None
+        return Due(row["expired"], row["delivered"], row["woken"])
 
     async def changes_after(self, after: dict[str, int], limit: int = 10000) -> list[Change]:
         """The changes above the given seq per stream, at most `limit` per stream, as events in
@@ -632,12 +724,13 @@ class Store:
         *args: object,
     ) -> list[asyncpg.Record]:
         """One stream's candidate rows by `query` (see _PAGE), cut at what is left of the
-        response's byte budget; counts the bytes of those given."""
+        response's byte budget. The budget is spent by every candidate's bytes, given or not,
+        as _SYNC_AFTER_CURSORS's running sum over all streams spends it: a stream cut short
+        leaves the next streams what is left after all of its candidates."""
         first = not result.notifications and not result.removed and not result.marks
         rows = await conn.fetch(query, max_bytes - result.size, first, *args)
-        given = [r for r in rows if r["wire"] is not None]
-        if given:
-            result.size += given[-1]["upto"]
+        if rows:
+            result.size += rows[-1]["upto"] or 0
         return rows
 
     @staticmethod
