@@ -506,6 +506,26 @@ export class NotifydClient {
     return this.http("POST", `/v1/notifications/${path[operation] || operation}?${query}`);
   }
 
+  /** A page of the feed, newest first: options.state ("all", "unread", "unseen",
+   * "archived"), options.category, options.limit (1 to 100), options.next (the previous
+   * page's next). Resolves to {notifications, next}; next is null at the end. */
+  page(options = {}) {
+    const data = {};
+    for (const name of ["state", "category", "limit", "next"]) {
+      if (options[name] != null) data[name] = options[name];
+    }
+    if (this.ws && this.confirmed) return this.request("notification:page", data);
+    return this.http("GET", `/v1/feed?${new URLSearchParams(data)}`);
+  }
+
+  /** Records that the user took action `action` (an id of its actions) of item `id`; the
+   * item becomes read. Resolves to {id, action, interactedAt}. */
+  act(id, action) {
+    if (this.ws && this.confirmed) return this.request("notification:act", { id, action });
+    const query = new URLSearchParams({ id: String(Number(id)), action });
+    return this.http("POST", `/v1/notifications/act?${query}`);
+  }
+
   async readOverHttp(path) {
     const result = await this.http("POST", path);
     // no WebSocket brings the read event to this page: tell it here
@@ -565,10 +585,14 @@ export class NotifydClient {
       this.absorb(page);
     } while (page.hasMore);
     this.synced = true; // what the next poll brings is new
-    const { count } = await this.http("GET", "/v1/unread-count");
-    if (count !== this.unreadCount) {
-      this.unreadCount = count;
-      this.emit("unread", count);
+    const counts = await this.http("GET", "/v1/unread-count");
+    if (JSON.stringify(counts) !== JSON.stringify(this.counts)) {
+      this.counts = counts;
+      this.emit("counts", counts);
+    }
+    if (counts.count !== this.unreadCount) {
+      this.unreadCount = counts.count;
+      this.emit("unread", counts.count);
     }
   }
 
