@@ -123,6 +123,80 @@ async def test_a_row_inserted_in_postgresql_appears_in_the_page(
     assert not PAGE_ERRORS[page]
 
 
+FEED_SHOTS = os.environ.get("NOTIFYD_FEED_SCREENSHOTS")  # a folder for the feed's pictures
+
+
+async def test_the_demo_shows_groups_seen_archive_categories_and_actions(
+    browser: Browser, dev_daemon: Daemon
+) -> None:
+    d = dev_daemon
+    page = await open_demo(browser, d, "gina")
+    for actor in ("Dr. Lee", "Dr. Kim"):
+        await d.sql(
+            "SELECT notifyd.notify('gina', 'appointment', 'Ana Díaz: new appointment', "
+            "'Mon 10:00', category => 'appointments', group_key => 'patient:7', actor => $1)",
+            actor,
+        )
+    await d.sql(
+        "SELECT notifyd.notify('gina', 'invoice', 'Invoice due', 'April: 120 EUR', "
+        "category => 'billing', actions => $1::jsonb)",
+        '[{"id": "pay", "label": "Pay now"}, {"id": "later", "label": "Later"}]',
+    )
+    await d.sql(
+        "SELECT notifyd.notify('gina', 't', $1, 'a title with no place to break')", "W" * 120
+    )
+    await expect(items(page)).to_have_count(3, timeout=TIMEOUT_MS)
+    grouped = page.locator("#list li", has_text="Ana Díaz")
+    await expect(grouped).to_contain_text("Dr. Kim and 1 other")
+    await expect(page.locator("#badge")).to_have_text("3")  # unseen
+    await expect(page.locator("#list li.unseen")).to_have_count(3)
+    # opening the bell sees them; they stay unread
+    await page.click("#bell")
+    await expect(page.locator("#badge")).to_be_hidden(timeout=TIMEOUT_MS)
+    await expect(page.locator("#list li.unseen")).to_have_count(0)
+    await expect(page.locator("#list li.unread")).to_have_count(3)
+    # an action: taken, recorded, and the item read
+    invoice = page.locator("#list li", has_text="Invoice due")
+    await invoice.get_by_role("button", name="Pay now").click()
+    await expect(invoice).to_contain_text("✓ Pay now", timeout=TIMEOUT_MS)
+    await expect(page.locator("#list li.unread")).to_have_count(2)
+    assert await d.sql("SELECT action FROM notifyd.interactions") == "pay"
+    if FEED_SHOTS:
+        await page.set_viewport_size({"width": 1100, "height": 760})
+        await page.wait_for_timeout(300)
+        await page.screenshot(path=f"{FEED_SHOTS}/demo-desktop.png")
+        await page.set_viewport_size({"width": 360, "height": 900})
+        await page.wait_for_timeout(300)
+        await page.screenshot(path=f"{FEED_SHOTS}/demo-phone.png", full_page=True)
+        await page.emulate_media(color_scheme="dark")
+        await page.set_viewport_size({"width": 1100, "height": 760})
+        await page.wait_for_timeout(300)
+        await page.screenshot(path=f"{FEED_SHOTS}/demo-dark.png")
+        await page.emulate_media(color_scheme="light")
+    # a category chip, then the tabs
+    await page.get_by_role("button", name="billing").click()
+    await expect(items(page)).to_have_count(1)
+    await page.get_by_role("button", name="every category").click()
+    await grouped.get_by_role("button", name="Archive: Ana Díaz: new appointment").click()
+    await expect(items(page)).to_have_count(2, timeout=TIMEOUT_MS)
+    await page.get_by_role("tab", name="Archived").click()
+    await expect(items(page)).to_have_count(1)
+    await page.get_by_role("tab", name="Unread").click()
+    await expect(items(page)).to_have_count(1)  # the long one
+    await page.get_by_role("tab", name="All").click()
+    # a long unbroken title stays in its card
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= await page.evaluate("window.innerWidth")
+    # the send form says what happened
+    await page.fill("form#send input[name=group]", "patient:9")
+    await page.click("form#send button")
+    await expect(page.locator("#sent")).to_contain_text("Sent #", timeout=TIMEOUT_MS)
+    for wide, high in ((360, 800), (1100, 760)):
+        await page.set_viewport_size({"width": wide, "height": high})
+        assert await page.evaluate("document.documentElement.scrollWidth") <= wide, wide
+    assert not PAGE_ERRORS[page]
+
+
 async def test_reading_in_one_tab_clears_the_badge_in_the_other(
     browser: Browser, dev_daemon: Daemon
 ) -> None:
