@@ -10,7 +10,11 @@ the daemon runs them (asyncpg, one connection):
   (notifyd.core.fanout.Publisher.read_counts, timed in this process);
 - mark-all-read and mark-all-seen of a user with 100,000 own items over those streams;
 - a broadcast (SELECT notifyd.broadcast(...)) with the 100,000 users' states present;
-- rows written per broadcast, per read mark, per mark-all (pg_stat_user_tables).
+- rows written per broadcast, per read mark, per mark-all, per group collapse
+  (pg_stat_user_tables);
+- feed pages (notifyd.feed through the daemon's query, 20 items) at page 1 and page 1,000, over
+  the user's 100,000 own items and the 1,000,000 of `all`: keyset, so no slower with depth;
+- a group collapse (an insert with the group_key of an unread item) and a plain insert.
 
     python bench/feed.py            1,000,000 items in all, 100,000 own, 100,000 users (minutes)
     python bench/feed.py --quick    20,000 items in all, 5,000 own, 2,000 users (seconds)
@@ -48,6 +52,8 @@ RUNS = 200  # timed runs of each query
 STREAMS = ["all", "role:staff"]  # the shared streams every measured user receives
 TARGET_COUNTS_MS = 1.0  # counts on connect, daemon and database, per connection
 TARGET_MARK_ALL_MS = 5.0
+PAGE = 20  # items per feed page
+DEEP = 1000  # the deep page measured
 
 
 async def seed(conn: asyncpg.Connection, shared: int, own: int, users: int) -> None:
@@ -301,6 +307,52 @@ async def run(dsn: str, shared: int, own: int, users: int) -> dict[str, Any]:
             "SELECT notifyd.mark_read('fresh', NULL, NULL, ARRAY['user:fresh', 'all', "
             "'role:staff'])",
         )
+        # feed pages: the first, and the 1,000th (its cursor found once, the slow way): of
+        # heavy, who read everything (all), and of acted, who read 1 item in 20 (unread)
+        for who, state in (("heavy", "all"), ("acted", "unread")):
+            streams = [f"user:{who}", *STREAMS]
+            deep = await conn.fetchrow(
+                "SELECT created_at, id FROM notifyd.notifications WHERE stream = ANY($1) "
+                "AND seq IS NOT NULL ORDER BY created_at DESC, id DESC OFFSET $2 LIMIT 1",
+                streams,
+                PAGE * (DEEP - 1) - 1,
+            )
+            assert deep is not None
+            for name, before in (("1", None), ("deep", (deep["created_at"], deep["id"]))):
+                took = []
+                for _ in range(RUNS // 4):
+                    begun = time.perf_counter()
+                    items, _after = await store.feed(
+                        f"user:{who}", streams, state, None, before, PAGE
+                    )
+                    took.append(time.perf_counter() - begun)
+                results[f"page_{name}_{state}"] = ms(took)
+                if len(items) != PAGE:
+                    failures.append(f"page {name} {state}: {len(items)} items, not {PAGE}")
+        # a group: its first row, then rows that collapse into it
+        group = (
+            "SELECT notifyd.notify('fresh', 'appointment', $1, 'm', group_key => 'patient:7', "
+            "actor => $1)"
+        )
+        await conn.execute(group, "first")
+        took = []
+        for i in range(RUNS // 4):
+            begun = time.perf_counter()
+            await conn.execute(group, f"actor {i % 12}")
+            took.append(time.perf_counter() - begun)
+        results["group_collapse"] = ms(took)
+        took = []
+        for i in range(RUNS // 4):
+            begun = time.perf_counter()
+            await conn.execute("SELECT notifyd.notify('fresh', 'plain', $1, 'm')", f"p{i}")
+            took.append(time.perf_counter() - begun)
+        results["plain_insert"] = ms(took)
+        results["rows_per_group_collapse"] = await rows_of(conn, group.replace("$1", "'counted'"))
+        count = await conn.fetchval(
+            "SELECT group_count FROM notifyd.notifications WHERE group_key = 'patient:7'"
+        )
+        if count != RUNS // 4 + 2:
+            failures.append(f"group count {count}, not {RUNS // 4 + 2}")
     finally:
         await store.close()
         await conn.close()
@@ -349,10 +401,20 @@ def show(results: dict[str, Any]) -> None:
         f"{results['broadcast']['p50']} / {results['broadcast']['p99']} ms",
     )
     for key, label in (
+        ("page_1_all", f"feed page 1 ({PAGE} items, p50 / p99 with the round trip)"),
+        ("page_deep_all", f"feed page {DEEP:,} (p50 / p99)"),
+        ("page_1_unread", "feed page 1, unread (p50 / p99)"),
+        ("page_deep_unread", f"feed page {DEEP:,}, unread (p50 / p99)"),
+        ("group_collapse", "insert that collapses into a group (p50 / p99)"),
+        ("plain_insert", "plain insert, beside it (p50 / p99)"),
+    ):
+        t.row(label, f"{results[key]['p50']} / {results[key]['p99']} ms")
+    for key, label in (
         ("rows_per_broadcast", "rows written per broadcast"),
         ("rows_per_shared_read", "rows written per read of a shared item"),
         ("rows_per_own_read", "rows written per read of an own item"),
         ("rows_per_mark_all", "rows written per mark-all-read (3 streams)"),
+        ("rows_per_group_collapse", "rows written per group collapse"),
     ):
         t.row(label, str(results[key]))
     print(t.render())
