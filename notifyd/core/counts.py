@@ -23,8 +23,6 @@ from typing import Any
 
 # (unread, unseen) per category; "" is the items without a category
 Tallies = dict[str, tuple[int, int]]
-# (unread, unseen, ((category, unread, unseen), ...)): what a count frame says
-Total = tuple[int, int, tuple[tuple[str, int, int], ...]]
 RECENT_KEPT = 4096  # new items remembered per shared stream for late queries
 
 
@@ -66,67 +64,167 @@ class Recent:
         self.last.pop(stream, None)
 
 
+# (category, unread, unseen), sorted by category: a part's tallies, hashable
+Row = tuple[str, int, int]
+INTERNED_KEPT = 8192  # parts and totals kept for sharing (then the table starts again)
+
+
+class Part:
+    """A stream's part of a connection's counts as of `position`: immutable, and shared by the
+    connections whose parts are equal (interned), so that a broadcast makes one new part for
+    all of them (bumped(), kept on the part) instead of one each."""
+
+    __slots__ = ("_bump", "position", "stream", "tallies")
+
+    def __init__(self, stream: str, position: int, tallies: tuple[Row, ...]) -> None:
+        self.stream = stream
+        self.position = position
+        self.tallies = tallies
+        self._bump: tuple[int, str, Part] | None = None  # the last bumped(): (seq, category, it)
+
+    @property
+    def key(self) -> tuple[str, int, tuple[Row, ...]]:
+        return (self.stream, self.position, self.tallies)
+
+    def bumped(self, seq: int, category: str) -> Part:
+        """This part with one more unread and unseen item of `category`, at `seq`."""
+        last = self._bump
+        if last is not None and last[0] == seq and last[1] == category:
+            return last[2]
+        rows = dict((c, (u, s)) for c, u, s in self.tallies)
+        unread, unseen = rows.get(category, (0, 0))
+        rows[category] = (unread + 1, unseen + 1)
+        made = _part(self.stream, seq, rows)
+        self._bump = (seq, category, made)
+        return made
+
+
+class Total:
+    """What a count frame says: unread, unseen, and (category, unread, unseen) per category,
+    sorted, those at zero left out. Interned: equal totals are one object, whose frame is built
+    once (`frame`, kept by the publisher)."""
+
+    __slots__ = ("_bump", "categories", "frame", "unread", "unseen")
+
+    def __init__(self, unread: int, unseen: int, categories: tuple[Row, ...]) -> None:
+        self.unread = unread
+        self.unseen = unseen
+        self.categories = categories
+        self.frame: bytes | None = None
+        self._bump: Total | None = None
+
+    def bumped(self) -> Total:
+        """One more unread and unseen item without a category."""
+        if self._bump is None:
+            self._bump = _total(self.unread + 1, self.unseen + 1, self.categories)
+        return self._bump
+
+
+_parts: dict[tuple[str, int, tuple[Row, ...]], Part] = {}
+_totals: dict[tuple[int, int, tuple[Row, ...]], Total] = {}
+
+
+_NO_ROWS: tuple[Row, ...] = ()
+_rows: dict[tuple[Row, ...], tuple[Row, ...]] = {}
+
+
+def _part(stream: str, position: int, tallies: Tallies, shared: bool = True) -> Part:
+    """The part of these tallies: interned for a shared stream (most of its connections have
+    equal parts), made anew for a user's own (its tallies interned: they are mostly alike)."""
+    rows = tuple(sorted((c, u, s) for c, (u, s) in tallies.items())) if tallies else _NO_ROWS
+    if not shared:
+        kept = _rows.get(rows)
+        if kept is None:
+            if len(_rows) >= INTERNED_KEPT:
+                _rows.clear()
+            kept = _rows[rows] = rows
+        return Part(stream, position, kept)
+    key = (stream, position, rows)
+    part = _parts.get(key)
+    if part is None:
+        if len(_parts) >= INTERNED_KEPT:
+            _parts.clear()  # only sharing is lost: parts in use stay with their connections
+        part = _parts[key] = Part(stream, position, rows)
+    return part
+
+
+def _total(unread: int, unseen: int, categories: tuple[Row, ...]) -> Total:
+    key = (unread, unseen, categories)
+    total = _totals.get(key)
+    if total is None:
+        if len(_totals) >= INTERNED_KEPT:
+            _totals.clear()
+        total = _totals[key] = Total(unread, unseen, categories)
+    return total
+
+
 class Counts:
-    """The parts of one connection's counts: stream -> (position, tallies)."""
+    """The parts of one connection's counts, one per stream (a short list: a connection has a
+    few streams)."""
 
     __slots__ = ("_parts", "_total", "complete", "sent")
 
     def __init__(self) -> None:
-        self._parts: dict[str, tuple[int, Tallies]] = {}
+        self._parts: list[Part] = []
         self._total: Total | None = None  # total(), kept until a part changes other than by add()
         self.complete = False  # every stream of the connection has its part (set by its reader)
         self.sent: Total | None = None  # what the last frame sent said
 
+    def _find(self, stream: str) -> int:
+        for i, part in enumerate(self._parts):
+            if part.stream == stream:
+                return i
+        return -1
+
+    def _put(self, part: Part) -> None:
+        i = self._find(part.stream)
+        if i < 0:
+            self._parts.append(part)
+        else:
+            self._parts[i] = part
+        self._total = None
+
     def known(self, streams: tuple[str, ...]) -> bool:
         """Whether every one of `streams` has its part (until then no frame is sent)."""
-        return all(s in self._parts for s in streams)
+        return all(self._find(s) >= 0 for s in streams)
 
     def announce(self, stream: str, position: int, tallies: Tallies) -> None:
         """The own stream's tallies, from an event (events come in commit order: the newest)."""
-        self._parts[stream] = (position, tallies)
-        self._total = None
+        self._put(_part(stream, position, tallies, shared=False))
 
     def read(self, stream: str, position: int, tallies: Tallies, own: bool) -> None:
         """A part as a query read it at `position`. The own stream's is kept only when newer
         than what events announced. A shared part always replaces what is known (the queries
         of one user run one at a time, so it holds the user's latest actions); the caller
         first adds to it the new items published after `position` (Recent.since)."""
-        known = self._parts.get(stream)
-        if not own:
-            self._parts[stream] = (position, dict(tallies))  # its own: add() changes it
-            self._total = None
-        elif known is None or position > known[0]:
-            self._parts[stream] = (position, tallies)
-            self._total = None
+        i = self._find(stream)
+        if not own or i < 0 or position > self._parts[i].position:
+            self._put(_part(stream, position, tallies, shared=not own))
 
     def add(self, stream: str, seq: int, category: str) -> bool:
         """A new item at `seq` of a shared stream: one more unread and unseen, unless the part
-        was read at or above it. Returns whether the counts changed. (A shared part's tallies
-        are this connection's own, made by read(): changed in place, as a broadcast does this
-        for every connection.)"""
-        known = self._parts.get(stream)
-        if known is None or seq <= known[0]:
+        was read at or above it. Returns whether the counts changed. (A broadcast does this
+        for every connection: equal parts and totals make their successors once.)"""
+        i = self._find(stream)
+        if i < 0:
             return False
-        tallies = known[1]
-        unread, unseen = tallies.get(category, (0, 0))
-        tallies[category] = (unread + 1, unseen + 1)
-        self._parts[stream] = (seq, tallies)
+        part = self._parts[i]
+        if seq <= part.position:
+            return False
+        self._parts[i] = part.bumped(seq, category)
         total = self._total
-        if total is not None:  # a broadcast does this for every connection: no re-summing
-            if category:
-                self._total = None
-            else:
-                self._total = (total[0] + 1, total[1] + 1, total[2])
+        self._total = total.bumped() if total is not None and not category else None
         return True
 
     def forget(self, stream: str) -> None:
-        self._parts.pop(stream, None)
+        i = self._find(stream)
+        if i >= 0:
+            del self._parts[i]
         self._total = None
         self.complete = False
 
     def total(self) -> Total:
-        """(unread, unseen, ((category, unread, unseen), ...)) over every part, categories
-        sorted, those at zero left out: hashable, so equal counts share one frame."""
+        """The sum over every part (interned: equal counts are one Total)."""
         if self._total is None:
             self._total = self._sum()
         return self._total
@@ -134,15 +232,15 @@ class Counts:
     def _sum(self) -> Total:
         unread = unseen = 0
         per: dict[str, list[int]] = {}
-        for _, tallies in self._parts.values():
-            for category, (u, s) in tallies.items():
+        for part in self._parts:
+            for category, u, s in part.tallies:
                 unread += u
                 unseen += s
                 if category:
                     both = per.setdefault(category, [0, 0])
                     both[0] += u
                     both[1] += s
-        return (
+        return _total(
             max(0, unread),
             max(0, unseen),
             tuple((c, max(0, u), max(0, s)) for c, (u, s) in sorted(per.items()) if u or s),
@@ -151,11 +249,10 @@ class Counts:
 
 def frame_data(total: Total) -> dict[str, Any]:
     """The data of notification:unread-count for Counts.total()."""
-    unread, unseen, categories = total
     return {
-        "count": unread,
-        "unseen": unseen,
-        "categories": {c: {"unread": u, "unseen": s} for c, u, s in categories},
+        "count": total.unread,
+        "unseen": total.unseen,
+        "categories": {c: {"unread": u, "unseen": s} for c, u, s in total.categories},
     }
 
 

@@ -36,9 +36,6 @@ from notifyd.core.session import Session
 
 log = logging.getLogger(__name__)
 FANOUT_LOG_MIN = 1000  # fan-outs to at least this many connections log their write time
-# The unread-count frame follows every change a user sees; equal counts make the same frame,
-# so it is built once for the connections that share them (a broadcast's +1 for most users).
-COUNT_FRAMES_KEPT = 4096
 
 
 class Recipient(Protocol):
@@ -60,7 +57,6 @@ class Publisher(Generic[R]):
         self.index = index
         self.last_seq: dict[str, int] = {}  # highest seq published here, per stream
         self._floor: dict[str, int] = {}  # a stream's last seq when it got its first subscriber
-        self._count_frames: dict[tuple[Any, ...], bytes] = {}  # Counts.total() -> its frame
         self.recent = Recent()  # the new items published on shared streams, for late counts
         self.delivered = 0  # notification frames written, for metrics and the bench
         self.published = 0  # notifications that had local recipients
@@ -272,20 +268,19 @@ class Publisher(Generic[R]):
     def count_frame(self, session: Session) -> bytes | None:
         """The notification:unread-count frame of a connection's counts, once each of its
         streams has its part and when they differ from the last it was sent (equal counts
-        share one frame)."""
+        are one Total, whose frame is built once)."""
         counts = session.counts
         if counts is None or not counts.complete:
             return None
         total = counts.total()
-        if total == counts.sent:
+        if total is counts.sent:
             return None
         counts.sent = total
-        frame = self._count_frames.get(total)
+        frame = total.frame
         if frame is None:
-            if len(self._count_frames) >= COUNT_FRAMES_KEPT:
-                self._count_frames.clear()
-            frame = websocket_text(encode("notification:unread-count", frame_data(total)))
-            self._count_frames[total] = frame
+            frame = total.frame = websocket_text(
+                encode("notification:unread-count", frame_data(total))
+            )
         return frame
 
     def read_counts(self, session: Session, rows: list[tuple[str, int, Tallies]]) -> bytes | None:
@@ -347,13 +342,25 @@ class Publisher(Generic[R]):
         # whatever ran while the loop was preempted
         started, cpu_started = (time.perf_counter(), time.thread_time()) if timed else (0.0, 0.0)
         sent = frames = size = 0
+        # the shared frame and a count frame, joined once per distinct count frame: a
+        # broadcast's connections mostly share a few (keyed by identity; each entry holds its
+        # count frame, so no other object takes its id meanwhile)
+        joined: dict[int, tuple[bytes, bytes]] = {}
         for conn in list(members):
             session = conn.session
             frame = shared_frame if frame_of is None else frame_of(session)
             out = session.offer(stream, seq, frame) if frame is not None else None
             trailer = count(session) if count is not None else None
             if out is not None:
-                write = out + trailer if trailer is not None else out
+                if trailer is None:
+                    write = out
+                elif out is shared_frame:
+                    pair = joined.get(id(trailer))
+                    if pair is None:
+                        pair = joined[id(trailer)] = (trailer, out + trailer)
+                    write = pair[1]
+                else:
+                    write = out + trailer
                 conn.deliver(write)
                 sent += 1
                 frames += 1 if trailer is None else 2
