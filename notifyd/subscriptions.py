@@ -2,8 +2,9 @@
 pseudo-stream when its roles make it a watcher), and what a connection reads when it goes live
 or gains a stream: each stream's last seq (where catch-up starts should the LISTEN connection be
 lost) and the user's counts (notifyd.core.counts), read again whenever the publisher says a
-user's part may have changed in a way no event carries; one query per user at a time, so each
-answer is newer than the one before.
+user's part may have changed in a way no event carries. The users asked for meanwhile are read
+together in one query (a burst of handshakes is a few queries, not one each), one batch at a
+time, so each answer for a user is newer than the one before.
 
 The database only through store.py; no socket: connections are written to through their
 `send`, as hub.py hands them over.
@@ -12,6 +13,7 @@ The database only through store.py; no socket: connections are written to throug
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -30,6 +32,7 @@ from notifyd.storage.store import Store
 log = logging.getLogger(__name__)
 
 PRESENCE_STREAM = "@presence"  # pseudo-stream of connections that may see presence events
+COUNTS_BATCH = 200  # users whose counts one query reads, at most
 
 
 class Subscriptions:
@@ -48,8 +51,9 @@ class Subscriptions:
         self.publisher = publisher
         self.policy = policy
         self.spawn = spawn
-        # user stream -> whether its counts must be read again once the running read is done
+        # user streams whose counts are to be read (in order); the task reading them
         self._recounting: dict[str, bool] = {}
+        self._counting: asyncio.Task[None] | None = None
         publisher.on_counts_stale = self.recount
 
     def add(self, conn: Connection, identity: Identity) -> None:
@@ -87,38 +91,69 @@ class Subscriptions:
 
     def recount(self, users: list[str]) -> None:
         """The counts of these users (their streams) are read again for their connections
-        here: one query per user at a time; asked again meanwhile, it runs once more after."""
+        here. The users asked for meanwhile are read together, COUNTS_BATCH at a time in one
+        query, one batch at a time (so a user's reads never overlap, and the newest answer is
+        the last applied); a user asked for again while read is read once more after."""
         for user in users:
-            if user in self._recounting:
+            if self.index.subscribers(user):
                 self._recounting[user] = True
-            elif self.index.subscribers(user):
-                self._recounting[user] = False
-                self.spawn(self._recount(user))
+        if self._counting is None and self._recounting:
+            self._counting = self.spawn(self._count_batches())
 
-    async def _recount(self, user: str) -> None:
+    async def _count_batches(self) -> None:
         backoff = Backoff(0.1, 2.0)
         try:
-            while True:
-                self._recounting[user] = False
-                conns = [c for c in self.index.subscribers(user) if c.session.state is State.LIVE]
-                streams = sorted(
-                    {s for c in conns if c.session.identity for s in c.session.identity.streams}
-                )
-                if not streams:
-                    return
+            while self._recounting:
+                batch = list(itertools.islice(self._recounting, COUNTS_BATCH))
+                for user in batch:
+                    del self._recounting[user]
+                asked = [(user, self._streams_of(user)) for user in batch]
+                asked = [(user, streams) for user, streams in asked if streams]
+                if not asked:
+                    continue
                 try:
-                    rows = await self.store.counts(user, streams)
+                    answers = await self._read_counts(asked)
                 except StoreError as exc:
                     delay = backoff.next()
                     log.warning("reading counts failed (retrying in %.1fs): %s", delay, exc)
+                    for user, _ in asked:
+                        self._recounting.setdefault(user, True)
                     await asyncio.sleep(delay)
-                    self._recounting[user] = True
-                else:
-                    self._apply_counts(user, rows)
-                if not self._recounting.get(user):
-                    return
+                    continue
+                backoff.reset()
+                for (user, _), rows in zip(asked, answers, strict=True):
+                    if rows is not None:
+                        self._apply_counts(user, rows)
+                    else:  # its own query failed: read again, later
+                        self._recounting.setdefault(user, True)
         finally:
-            self._recounting.pop(user, None)
+            self._counting = None
+
+    async def _read_counts(
+        self, asked: list[tuple[str, list[str]]]
+    ) -> list[list[tuple[str, int, Tallies]] | None]:
+        """The counts of a batch in one query; when that fails, each user's in a query of its
+        own, so that one whose counts take too long (many receipts) delays only itself."""
+        try:
+            return list(await self.store.counts_many(asked))
+        except StoreError:
+            if len(asked) == 1:
+                raise
+        answers: list[list[tuple[str, int, Tallies]] | None] = []
+        for user, streams in asked:
+            try:
+                answers.append(await self.store.counts(user, streams))
+            except StoreError as exc:
+                log.warning("reading the counts of one user failed: %s", exc)
+                answers.append(None)
+        if all(answer is None for answer in answers):
+            raise StoreError("reading counts failed for every user of the batch")
+        return answers
+
+    def _streams_of(self, user: str) -> list[str]:
+        """Every stream the live connections of `user` here receive."""
+        conns = [c for c in self.index.subscribers(user) if c.session.state is State.LIVE]
+        return sorted({s for c in conns if c.session.identity for s in c.session.identity.streams})
 
     def _apply_counts(self, user: str, rows: list[tuple[str, int, Tallies]]) -> None:
         for stream, position, _ in rows:
