@@ -48,6 +48,7 @@ from notifyd.ops.metrics import Metrics
 from notifyd.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
+MAX_OPERATIONS = 4  # client operations of one connection waiting for their answers
 
 TICK_SECONDS = 0.1  # resolution of the timing wheel
 # Connections checked per turn of the loop: those opened in the same seconds (a storm, a
@@ -233,10 +234,20 @@ class Hub:
         operation: Callable[[], Awaitable[dict[str, Any]]],
     ) -> None:
         """Runs a client operation (operations.py) in a task of its own and answers its frame
-        with a `kind` frame of the data it returns."""
+        with a `kind` frame of the data it returns. At most MAX_OPERATIONS of a connection at
+        once: each holds a database connection of the shared pool while it runs, and a client
+        must not hold them all."""
+        session = conn.session
+        if session.operations >= MAX_OPERATIONS:
+            self._refuse(conn, ClientError(ErrorCode.TOO_MANY_OPERATIONS), ref)
+            return
+        session.operations += 1
 
         async def answer() -> None:
-            conn.send(encode(kind, await operation(), ref))
+            try:
+                conn.send(encode(kind, await operation(), ref))
+            finally:
+                session.operations -= 1
 
         self.spawn(self._answered(conn, ref, answer))
 

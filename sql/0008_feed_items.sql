@@ -38,7 +38,8 @@ ALTER TABLE notifyd.receipts
 
 -- Up to 3 actions, each {id, label, url?}: ids of 1 to 64 characters, distinct; labels of 1 to
 -- 100; urls of 1 to 2048, http(s) or a path (never javascript: or data:, which a client would
--- run when the user clicks).
+-- run when the user clicks), without spaces or control characters (a browser drops a tab or a
+-- newline, and "/<tab>/evil.example" becomes another site).
 CREATE OR REPLACE FUNCTION notifyd_private.valid_actions(actions jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE AS $$
     SELECT jsonb_typeof(actions) = 'array' AND jsonb_array_length(actions) <= 3
@@ -54,6 +55,7 @@ LANGUAGE sql IMMUTABLE AS $$
                AND (NOT a ? 'url'
                     OR (jsonb_typeof(a -> 'url') = 'string'
                         AND char_length(a ->> 'url') BETWEEN 1 AND 2048
+                        AND a ->> 'url' !~ '[\x01-\x20\x7f]'
                         AND (a ->> 'url' ~* '^https?://' OR a ->> 'url' ~ '^/([^/\\]|$)'))),
                false))
        AND (SELECT count(DISTINCT a ->> 'id') FROM jsonb_array_elements(actions) a)
@@ -69,6 +71,7 @@ ALTER TABLE notifyd.notifications
     ADD CONSTRAINT notifications_group_shared_check CHECK (group_key IS NULL OR user_id IS NOT NULL),
     ADD CONSTRAINT notifications_expiry_check CHECK (expires_at > deliver_at),
     ADD CONSTRAINT notifications_action_check CHECK (char_length(action) BETWEEN 1 AND 64),
+    ADD CONSTRAINT notifications_created_at_check CHECK (isfinite(created_at)) NOT VALID,
     ADD CONSTRAINT notifications_shared_action_check
         CHECK (user_id IS NOT NULL OR (interacted_at IS NULL AND action IS NULL));
 
@@ -225,11 +228,24 @@ BEGIN
           AND w.read_at IS NULL AND w.archived_at IS NULL
         ORDER BY n.dseq DESC LIMIT 1
         FOR UPDATE OF n;
+        IF target IS NOT NULL AND position(
+                chr(30) || target::text || chr(30)
+                IN coalesce(current_setting('notifyd.fresh_groups', true), '')) > 0 THEN
+            -- its group is a row of this very statement, not announced yet: its change would
+            -- be announced before it
+            RAISE EXCEPTION 'notifyd: two rows of one INSERT with the same group_key % for %: insert them in separate statements',
+                quote_literal(left(NEW.group_key, 80)), quote_literal(left(NEW.stream, 80))
+                USING ERRCODE = 'check_violation';
+        END IF;
         IF target IS NOT NULL THEN
             UPDATE notifyd.notifications n SET
                 type = NEW.type, title = NEW.title, message = NEW.message, data = NEW.data,
                 priority = NEW.priority, action_url = NEW.action_url, actions = NEW.actions,
-                category = NEW.category, expires_at = NEW.expires_at, actor = NEW.actor,
+                category = NEW.category, actor = NEW.actor,
+                -- the later of the two (none if either has none): a short-lived row does not
+                -- take the whole group with it
+                expires_at = CASE WHEN n.expires_at IS NULL OR NEW.expires_at IS NULL THEN NULL
+                                  ELSE greatest(n.expires_at, NEW.expires_at) END,
                 actors = CASE WHEN NEW.actor IS NULL THEN n.actors
                               ELSE (ARRAY[NEW.actor] || array_remove(n.actors, NEW.actor))[1:10]
                          END,
@@ -247,6 +263,11 @@ BEGIN
     NEW.dseq := NEW.seq;
     IF NEW.user_id IS NOT NULL THEN
         NEW.seen_at := coalesce(NEW.seen_at, NEW.read_at);
+    END IF;
+    IF NEW.group_key IS NOT NULL THEN  -- a new group, announced when the statement ends
+        PERFORM set_config('notifyd.fresh_groups',
+            coalesce(current_setting('notifyd.fresh_groups', true), '') || chr(30)
+            || NEW.id::text || chr(30), true);
     END IF;
     PERFORM notifyd_private.counted(NEW);
     RETURN NEW;
@@ -383,6 +404,7 @@ DECLARE
     events jsonb[];
 BEGIN
     PERFORM notifyd_private.check_table(TG_RELID, 'notifyd.notifications');
+    PERFORM set_config('notifyd.fresh_groups', '', true);  -- announced below
     SELECT array_agg(notifyd_private.with_tallies(e.stream, e.seq, e.own, e.ev, e.last)
                      ORDER BY e.stream, e.seq)
     INTO events
@@ -747,7 +769,7 @@ DECLARE
     item   notifyd.notifications;
 BEGIN
     SELECT * INTO item FROM notifyd.notifications n
-    WHERE n.id = act.id AND n.seq IS NOT NULL
+    WHERE n.id = act.id AND n.seq IS NOT NULL AND coalesce(n.expires_at > now(), true)
       AND (n.stream = viewer
            OR n.stream = ANY (CASE WHEN streams IS NULL THEN ARRAY['all']
                                    ELSE ARRAY(SELECT s FROM unnest(streams) s
@@ -789,13 +811,17 @@ CREATE VIEW notifyd.interactions AS
     WHERE r.interacted_at IS NOT NULL;
 REVOKE ALL ON notifyd.interactions FROM PUBLIC;
 
--- Delivers at most `batch` pending rows whose time has come, the earliest first, each in
--- turn (so they take their stream's seqs in that order). Returns how many. The daemon calls
--- it about twice a second, one process at a time (an advisory lock), and each row is taken
--- with SKIP LOCKED: delivered once. One already expired goes to notifyd.expire() instead.
+-- What is due is done row by row, each in a subtransaction: a row whose stream's counter an
+-- app transaction holds (its lock is needed to announce the change) is skipped until the next
+-- run, and holds up nothing else. The daemon calls these about twice a second, one process at
+-- a time (an advisory lock), and takes each row with SKIP LOCKED: each is done once.
+
+-- Delivers at most `batch` pending rows whose time has come, the earliest first, each in turn
+-- (so they take their stream's seqs in that order). Returns how many. One already expired is
+-- notifyd.expire()'s instead.
 CREATE FUNCTION notifyd.deliver(batch integer DEFAULT 1000) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET lock_timeout = '200ms' AS $$
+SET lock_timeout = '50ms' AS $$
 DECLARE
     due   bigint;
     count integer := 0;
@@ -805,8 +831,12 @@ BEGIN
                  AND (n.expires_at IS NULL OR n.expires_at > now())
                ORDER BY n.deliver_at, n.id LIMIT batch
                FOR UPDATE SKIP LOCKED LOOP
-        UPDATE notifyd.notifications SET deliver_at = deliver_at WHERE id = due;
-        count := count + 1;
+        BEGIN
+            UPDATE notifyd.notifications SET deliver_at = deliver_at WHERE id = due;
+            count := count + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;  -- next time
+        END;
     END LOOP;
     RETURN count;
 END
@@ -816,16 +846,54 @@ $$;
 -- deleted, once; pending ones go silently). Returns how many.
 CREATE FUNCTION notifyd.expire(batch integer DEFAULT 1000) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET lock_timeout = '200ms' AS $$
+SET lock_timeout = '50ms' AS $$
 DECLARE
-    gone integer;
+    due  bigint;
+    gone integer := 0;
 BEGIN
-    DELETE FROM notifyd.notifications
-    WHERE id = ANY (ARRAY(SELECT id FROM notifyd.notifications
-                          WHERE expires_at <= now() ORDER BY expires_at
-                          LIMIT batch FOR UPDATE SKIP LOCKED));
-    GET DIAGNOSTICS gone = ROW_COUNT;
+    FOR due IN SELECT n.id FROM notifyd.notifications n WHERE n.expires_at <= now()
+               ORDER BY n.expires_at LIMIT batch FOR UPDATE SKIP LOCKED LOOP
+        BEGIN
+            DELETE FROM notifyd.notifications WHERE id = due;
+            gone := gone + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+    END LOOP;
     RETURN gone;
+END
+$$;
+
+-- As in version 7, row by row.
+CREATE OR REPLACE FUNCTION notifyd.wake(batch integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '50ms' AS $$
+DECLARE
+    due    record;
+    woken  integer := 0;
+BEGIN
+    FOR due IN SELECT n.id, NULL::text AS ustream FROM notifyd.notifications n
+               WHERE n.snoozed_until <= now() ORDER BY n.snoozed_until LIMIT batch
+               FOR UPDATE SKIP LOCKED LOOP
+        BEGIN
+            UPDATE notifyd.notifications SET snoozed_until = NULL WHERE id = due.id;
+            woken := woken + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+    END LOOP;
+    FOR due IN SELECT r.id, r.ustream FROM notifyd.receipts r
+               WHERE r.snoozed_until <= now() ORDER BY r.snoozed_until LIMIT batch
+               FOR UPDATE SKIP LOCKED LOOP
+        BEGIN
+            UPDATE notifyd.receipts SET snoozed_until = NULL
+            WHERE ustream = due.ustream AND id = due.id;
+            woken := woken + 1;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+    END LOOP;
+    RETURN woken;
 END
 $$;
 REVOKE ALL ON FUNCTION notifyd.deliver(integer), notifyd.expire(integer),
@@ -835,10 +903,11 @@ REVOKE ALL ON FUNCTION notifyd.deliver(integer), notifyd.expire(integer),
 -- receives), newest first (created_at, then id), before the cursor (before_at, before_id;
 -- NULL: from the newest). `state`: 'all' (not archived), 'unread', 'unseen' (neither archived)
 -- or 'archived'; `category` narrows it. Snoozed, pending and expired items are left out.
--- At most `lim` items, each as the user sees it; and at most `scan` items looked at: when the
--- filter passed over that many without filling the page, a last row with no notification
--- gives where the next page goes on from. Keyset over an index per stream: a page costs the
--- same at any depth.
+-- At most `lim` items, each as the user sees it; and at most `scan` items looked at, or 4 x
+-- `scan` rows read from the streams' indexes (each round reads a few rows of every stream):
+-- when the filter passed over that many without filling the page, a last row with no
+-- notification gives where the next page goes on from. Keyset over an index per stream: a
+-- page costs the same at any depth, and no more than that bound whatever the filter.
 CREATE FUNCTION notifyd.feed(
     viewer text, streams text[], state text DEFAULT 'all', category text DEFAULT NULL,
     before_at timestamptz DEFAULT NULL, before_id bigint DEFAULT NULL, lim integer DEFAULT 20,
@@ -846,7 +915,9 @@ CREATE FUNCTION notifyd.feed(
 ) RETURNS TABLE (id bigint, created_at timestamptz, notification jsonb)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    chunk    integer := least(greatest(lim, 1) * 2, 200);
+    chunk    integer := least(greatest(lim * 2, 20), 200);
+    ways     integer := greatest(coalesce(cardinality(streams), 0), 1);
+    reads    integer := 0;
     cur_at   timestamptz := coalesce(before_at, 'infinity');
     cur_id   bigint := coalesce(before_id, 9223372036854775807);
     looked   integer := 0;
@@ -862,6 +933,7 @@ BEGIN
     END IF;
     LOOP
         got := 0;
+        reads := reads + ways * chunk;
         FOR item IN
             SELECT (l.n).* FROM unnest(streams) st(s)
             CROSS JOIN LATERAL (
@@ -897,14 +969,15 @@ BEGIN
                     RETURN;
                 END IF;
             END IF;
-            IF looked >= scan THEN
-                id := cur_id;
-                created_at := cur_at;
-                notification := NULL;
-                RETURN NEXT;
-                RETURN;
-            END IF;
+            EXIT WHEN looked >= scan;
         END LOOP;
+        IF looked >= scan OR (got = chunk AND reads >= 4 * scan) THEN
+            id := cur_id;  -- where the next page goes on from
+            created_at := cur_at;
+            notification := NULL;
+            RETURN NEXT;
+            RETURN;
+        END IF;
         IF got < chunk THEN
             RETURN;  -- the end of the feed
         END IF;

@@ -222,6 +222,9 @@ async def test_actions_that_could_run_script_are_refused(daemon: Daemon) -> None
         '[{"id": "x", "label": "X", "url": "javascript:alert(1)"}]',
         '[{"id": "x", "label": "X", "url": "//evil.example"}]',
         '[{"id": "x", "label": "X", "url": "/\\\\evil.example"}]',
+        '[{"id": "x", "label": "X", "url": "/\\t/evil.example"}]',
+        '[{"id": "x", "label": "X", "url": "/\\n/evil.example"}]',
+        '[{"id": "x", "label": "X", "url": "https://a.example/ b"}]',
         '[{"id": "x", "label": "X", "url": "data:text/html,hi"}]',
         '[{"id": "x", "label": "X"}, {"id": "x", "label": "Y"}]',
         '[{"id": "a", "label": "A"}, {"id": "b", "label": "B"}, {"id": "c", "label": "C"}, '
@@ -352,3 +355,83 @@ async def test_the_python_client_pages_and_acts(daemon: Daemon) -> None:
 async def _drain(client: NotifydClient) -> None:
     async for _ in client.events():
         pass
+
+
+async def test_what_is_due_is_not_held_up_by_a_locked_stream(daemon: Daemon) -> None:
+    """An app transaction holding one user's stream (an insert not committed yet) delays only
+    that user's scheduled item; another user's scheduled and expiring items come at their
+    time."""
+    free, held = await daemon.connect("free"), await daemon.connect("held")
+    pool = await daemon.pool()
+    await pool.execute(
+        "INSERT INTO notifyd.notifications (user_id, type, title, deliver_at) "
+        "SELECT u, 't', 'later', now() + interval '1 second' "
+        "FROM unnest(ARRAY['held', 'free']) u"
+    )
+    gone = await daemon.sql(
+        "SELECT notifyd.notify('free', 't', 'short', 'm', expires_at => now() + interval '1 s')"
+    )
+    async with pool.acquire() as app:
+        transaction = app.transaction()
+        await transaction.start()
+        await app.execute("SELECT notifyd.notify('held', 't', 'in flight', 'm')")
+        seen: set[str] = set()
+        async with asyncio.timeout(10):
+            while seen != {"later", "deleted"}:
+                frame = await free.recv(10)
+                if (
+                    frame["type"] == "notification:new"
+                    and frame["data"]["notification"]["title"] == "later"
+                ):
+                    seen.add("later")
+                elif frame["type"] == "notification:deleted" and frame["data"]["id"] == gone:
+                    seen.add("deleted")
+        assert await daemon.sql(
+            "SELECT seq IS NULL FROM notifyd.notifications WHERE user_id = 'held'"
+        )
+        await transaction.rollback()
+    item = (await held.next_data("notification:new", timeout=10))["notification"]
+    assert item["title"] == "later"
+
+
+async def test_one_insert_cannot_hold_two_rows_of_one_group(daemon: Daemon) -> None:
+    with pytest.raises(asyncpg.CheckViolationError, match="separate statements"):
+        await daemon.sql(
+            "INSERT INTO notifyd.notifications (user_id, type, group_key) "
+            "VALUES ('g2', 't', 'k'), ('g2', 't', 'k')"
+        )
+    # in two statements of one transaction: one group
+    async with (await daemon.pool()).acquire() as conn, conn.transaction():
+        for _ in range(2):
+            await conn.execute(
+                "INSERT INTO notifyd.notifications (user_id, type, group_key) "
+                "VALUES ('g2', 't', 'k')"
+            )
+    assert await daemon.sql("SELECT group_count FROM notifyd.notifications") == 2
+
+
+async def test_a_connection_has_few_operations_in_flight(daemon: Daemon) -> None:
+    client = await daemon.connect("busy")
+    for i in range(20):
+        await client.send("notification:page", {"state": "archived"}, f"p{i}")
+    replies: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):
+        while len(replies) < 20:
+            frame = await client.recv(10)
+            if frame.get("ref", "").startswith("p"):
+                replies.append(frame)
+    codes = [f["data"]["code"] for f in replies if f["type"] == "error"]
+    assert codes and set(codes) == {"too-many-operations"}
+    assert len(replies) - len(codes) >= 4
+
+
+async def test_pages_reach_items_dated_before_1970(daemon: Daemon) -> None:
+    pool = await daemon.pool()
+    await pool.execute(
+        "INSERT INTO notifyd.notifications (user_id, type, title, created_at) "
+        "SELECT 'old', 't', 'n' || i, timestamptz '1969-12-31 23:59:00Z' + i * interval '1 s' "
+        "FROM generate_series(1, 5) i"
+    )
+    client = await daemon.connect("old")
+    ids, sizes = await _pages(client, {}, 2)
+    assert len(ids) == 5 and sizes == [2, 2, 1]

@@ -41,6 +41,7 @@ ERROR_CODES = (
     "forbidden",
     "sync-in-progress",
     "rate-limited",
+    "too-many-operations",
     "too-many-requests",
     "unavailable",
     "internal-error",

@@ -132,6 +132,11 @@ class ErrorCode(StrEnum):
         429,
         "too many frames; slow down (persisting closes the connection with 1008)",
     )
+    TOO_MANY_OPERATIONS = (
+        "too-many-operations",
+        429,
+        "this connection has 4 operations waiting for their answers; wait for one",
+    )
     TOO_MANY_REQUESTS = (
         "too-many-requests",
         429,

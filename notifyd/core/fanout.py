@@ -221,8 +221,10 @@ class Publisher(Generic[R]):
 
         def announce(session: Session) -> bytes | None:
             counts = session.counts
-            if counts is None:
-                return None
+            if counts is None:  # its first read is still running, and may answer from before
+                if session.identity is None:
+                    return None
+                counts = session.counts = Counts()
             counts.announce(stream, seq, tallies)
             return self.count_frame(session)
 

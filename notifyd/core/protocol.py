@@ -192,7 +192,8 @@ def _page_position(cursor: object) -> tuple[dt.datetime, int]:
         except (ValueError, OverflowError):
             pass
         else:
-            if dot and micros.isalnum() and item.isalnum() and 0 <= position[1] <= MAX_ID:
+            digits = micros.removeprefix("-")  # an item dated before 1970
+            if dot and digits.isalnum() and item.isalnum() and 0 <= position[1] <= MAX_ID:
                 return position
     raise _invalid("next", "the next of a previous page")
 

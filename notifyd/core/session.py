@@ -35,6 +35,7 @@ class Session:
         "connection_id",
         "counts",
         "identity",
+        "operations",
         "state",
     )
 
@@ -44,6 +45,8 @@ class Session:
         self.identity: Identity | None = None
         # what its notification:unread-count frames say, once read at connect (core.counts)
         self.counts: Counts | None = None
+        # client operations (a page, a state change...) waiting for the database (hub.py)
+        self.operations = 0
         # stream -> last seq this connection has been given, live or by a sync (dedupes live
         # items); made on the first item sent
         self._cursors: dict[str, int] | None = None

@@ -209,6 +209,7 @@ DEMO_ACTIONS = '[{"id": "accept", "label": "Accept"}, {"id": "decline", "label":
 # Items a feed page looks at, at most: a filter that matches few items (archived, a rare
 # category) answers a shorter page with a `next`, rather than scanning the whole feed.
 FEED_SCAN = 1000
+FEED_TIMEOUT = 2.0  # seconds: a page that takes longer is cancelled (the client gets unavailable)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -450,6 +451,7 @@ class Store:
                 before[1] if before else None,
                 limit,
                 FEED_SCAN,
+                timeout=FEED_TIMEOUT,
             )
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
