@@ -27,6 +27,7 @@ from notifyd.core.auth import Identity
 from notifyd.core.codes import CloseCode, ErrorCode, close_label
 from notifyd.core.errors import AuthError, ClientError, ConnectionLimit
 from notifyd.core.keepalive import Act
+from notifyd.core.limits import MAX_OPERATIONS
 from notifyd.core.presence import PresenceChange
 from notifyd.core.protocol import (
     Auth,
@@ -48,7 +49,6 @@ from notifyd.ops.metrics import Metrics
 from notifyd.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
-MAX_OPERATIONS = 4  # client operations of one connection waiting for their answers
 
 TICK_SECONDS = 0.1  # resolution of the timing wheel
 # Connections checked per turn of the loop: those opened in the same seconds (a storm, a

@@ -20,6 +20,8 @@ from __future__ import annotations
 from enum import Enum, IntEnum, StrEnum
 from typing import overload
 
+from notifyd.core.limits import MAX_OPERATIONS
+
 __all__ = ["AuthReason", "CloseCode", "ErrorCode", "close_label"]
 
 
@@ -135,7 +137,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_OPERATIONS = (
         "too-many-operations",
         429,
-        "this connection has 4 operations waiting for their answers; wait for one",
+        f"this connection has {MAX_OPERATIONS} operations waiting for their answers; wait for one",
     )
     TOO_MANY_REQUESTS = (
         "too-many-requests",

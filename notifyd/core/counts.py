@@ -19,7 +19,8 @@ part read below them. Pure: no I/O.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 # (unread, unseen) per category; "" is the items without a category
 Tallies = dict[str, tuple[int, int]]
@@ -82,10 +83,6 @@ class Part:
         self.tallies = tallies
         self._bump: tuple[int, str, Part] | None = None  # the last bumped(): (seq, category, it)
 
-    @property
-    def key(self) -> tuple[str, int, tuple[Row, ...]]:
-        return (self.stream, self.position, self.tallies)
-
     def bumped(self, seq: int, category: str) -> Part:
         """This part with one more unread and unseen item of `category`, at `seq`."""
         last = self._bump
@@ -122,10 +119,21 @@ class Total:
 
 _parts: dict[tuple[str, int, tuple[Row, ...]], Part] = {}
 _totals: dict[tuple[int, int, tuple[Row, ...]], Total] = {}
-
-
-_NO_ROWS: tuple[Row, ...] = ()
 _rows: dict[tuple[Row, ...], tuple[Row, ...]] = {}
+_NO_ROWS: tuple[Row, ...] = ()
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _interned(table: dict[K, V], key: K, make: Callable[[], V]) -> V:
+    """The one value kept for `key`, made at its first use. A full table starts again: only
+    sharing is lost, the values in use stay with their connections."""
+    value = table.get(key)
+    if value is None:
+        if len(table) >= INTERNED_KEPT:
+            table.clear()
+        value = table[key] = make()
+    return value
 
 
 def _part(stream: str, position: int, tallies: Tallies, shared: bool = True) -> Part:
@@ -133,29 +141,14 @@ def _part(stream: str, position: int, tallies: Tallies, shared: bool = True) -> 
     equal parts), made anew for a user's own (its tallies interned: they are mostly alike)."""
     rows = tuple(sorted((c, u, s) for c, (u, s) in tallies.items())) if tallies else _NO_ROWS
     if not shared:
-        kept = _rows.get(rows)
-        if kept is None:
-            if len(_rows) >= INTERNED_KEPT:
-                _rows.clear()
-            kept = _rows[rows] = rows
-        return Part(stream, position, kept)
-    key = (stream, position, rows)
-    part = _parts.get(key)
-    if part is None:
-        if len(_parts) >= INTERNED_KEPT:
-            _parts.clear()  # only sharing is lost: parts in use stay with their connections
-        part = _parts[key] = Part(stream, position, rows)
-    return part
+        return Part(stream, position, _interned(_rows, rows, lambda: rows))
+    return _interned(_parts, (stream, position, rows), lambda: Part(stream, position, rows))
 
 
 def _total(unread: int, unseen: int, categories: tuple[Row, ...]) -> Total:
-    key = (unread, unseen, categories)
-    total = _totals.get(key)
-    if total is None:
-        if len(_totals) >= INTERNED_KEPT:
-            _totals.clear()
-        total = _totals[key] = Total(unread, unseen, categories)
-    return total
+    return _interned(
+        _totals, (unread, unseen, categories), lambda: Total(unread, unseen, categories)
+    )
 
 
 class Counts:

@@ -220,12 +220,10 @@ class Publisher(Generic[R]):
             return None
 
         def announce(session: Session) -> bytes | None:
-            counts = session.counts
-            if counts is None:  # its first read is still running, and may answer from before
-                if session.identity is None:
-                    return None
-                counts = session.counts = Counts()
-            counts.announce(stream, seq, tallies)
+            if session.identity is None:
+                return None
+            # (made here when its first read is still running: it may answer from before)
+            _counts_of(session).announce(stream, seq, tallies)
             return self.count_frame(session)
 
         return announce
@@ -293,9 +291,7 @@ class Publisher(Generic[R]):
         identity = session.identity
         if identity is None:
             return None
-        if session.counts is None:
-            session.counts = Counts()
-        counts = session.counts
+        counts = _counts_of(session)
         own = identity.user_stream
         stale = False
         for stream, position, tallies in rows:
@@ -385,6 +381,13 @@ class Publisher(Generic[R]):
                 stream,
                 seq,
             )
+
+
+def _counts_of(session: Session) -> Counts:
+    """A connection's counts, made empty on first use."""
+    if session.counts is None:
+        session.counts = Counts()
+    return session.counts
 
 
 def _uncounted(frames: int, size: int) -> None:

@@ -1,5 +1,6 @@
 """Per-connection limits, pure (the time is passed in):
 
+- MAX_OPERATIONS: client operations of one connection waiting for the database at once.
 - TokenBucket: the rate limit on client frames, refilled at `rate` frames per second up to
   `burst`. A frame that finds the bucket empty is refused (an `error` frame, or no pong);
   a client that keeps sending while refused (`burst` refusals in a row) is closed with 1008.
@@ -13,6 +14,10 @@ Imports no asyncio, asyncpg, redis or socket, and of notifyd only notifyd.core.
 from __future__ import annotations
 
 from enum import Enum
+
+# client operations of one connection waiting for their answers (each holds a database
+# connection of the shared pool while it runs)
+MAX_OPERATIONS = 4
 
 
 class Verdict(Enum):

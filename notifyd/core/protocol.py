@@ -252,6 +252,11 @@ def _sync(data: dict[str, Any]) -> SyncRequest:
     return SyncRequest(dict(cursors), since, limit)
 
 
+def _check_category(category: object) -> None:
+    if not isinstance(category, str) or not 1 <= len(category) <= MAX_CATEGORY_LENGTH:
+        raise _invalid("category", f"a string of 1 to {MAX_CATEGORY_LENGTH} characters")
+
+
 def _state_change(cls: type[StateChange], data: dict[str, Any]) -> StateChange:
     """`ids`, or `all: true` (then `category` may narrow it); `until` for a snooze."""
     ids = data.get("ids")
@@ -270,8 +275,7 @@ def _state_change(cls: type[StateChange], data: dict[str, Any]) -> StateChange:
     if category is not None:
         if ids is not None:
             raise _invalid("category", "only with all: true (ids name the items)")
-        if not isinstance(category, str) or not 1 <= len(category) <= MAX_CATEGORY_LENGTH:
-            raise _invalid("category", f"a string of 1 to {MAX_CATEGORY_LENGTH} characters")
+        _check_category(category)
     until = None
     if cls is Snooze:
         raw = data.get("until")
@@ -309,10 +313,8 @@ def _page(data: dict[str, Any]) -> PageRequest:
     if state not in FEED_STATES:
         raise _invalid("state", " or ".join(FEED_STATES))
     category = data.get("category")
-    if category is not None and (
-        not isinstance(category, str) or not 1 <= len(category) <= MAX_CATEGORY_LENGTH
-    ):
-        raise _invalid("category", f"a string of 1 to {MAX_CATEGORY_LENGTH} characters")
+    if category is not None:
+        _check_category(category)
     limit = data.get("limit", DEFAULT_PAGE_LIMIT)
     if not _is_int(limit) or not 1 <= limit <= MAX_PAGE_LIMIT:
         raise _invalid("limit", f"an integer from 1 to {MAX_PAGE_LIMIT}")

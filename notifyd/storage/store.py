@@ -456,12 +456,13 @@ class Store:
         except _UNAVAILABLE as exc:
             raise StoreError(str(exc)) from exc
         items = [r for r in rows if r["wire"] is not None][:limit]
+        page = [orjson.Fragment(r["wire"]) for r in items]
         if len(rows) > limit or (rows and rows[-1]["wire"] is None):
             # a page more than full, or cut by the scan: the next goes on after the last
             # item given (or, of a scan that found fewer, the last item looked at)
             last = items[-1] if len(items) == limit else rows[-1]
-            return [orjson.Fragment(r["wire"]) for r in items], (last["created_at"], last["id"])
-        return [orjson.Fragment(r["wire"]) for r in items], None
+            return page, (last["created_at"], last["id"])
+        return page, None
 
     async def act(self, user_id: str, item_id: int, action: str, streams: list[str]) -> dt.datetime:
         """Records that the user took `action` of item `item_id` (notifyd.act): the time.
