@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+from typing import Any
 
 from support import Daemon
 
@@ -197,3 +199,66 @@ async def test_a_device_is_sent_only_the_marks_and_states_of_streams_it_receives
         "SELECT array_agg(DISTINCT stream ORDER BY stream) FROM notifyd.marks "
         "WHERE ustream = 'user:erin'"
     ) == ["all", "user:erin"]
+
+
+async def test_counts_of_a_batch_are_each_users_counts(daemon: Daemon) -> None:
+    """notifyd.counts_many(), which sums an untouched shared stream once for the whole batch,
+    against notifyd.counts() user by user: users who never acted, who marked a stream, who
+    hold a receipt, who archived a category, with own items or none, with the same stream
+    asked twice in a batch and a stream nobody wrote to."""
+    pool = await daemon.pool()
+    await pool.execute(
+        "INSERT INTO notifyd.notifications (stream, role, type, category) "
+        "SELECT CASE WHEN g % 2 = 0 THEN 'all' ELSE 'role:staff' END, "
+        "       CASE WHEN g % 2 = 1 THEN 'staff' END, 't', "
+        "       CASE WHEN g % 3 = 0 THEN 'billing' WHEN g % 5 = 0 THEN 'ops' END "
+        "FROM generate_series(1, 40) g"
+    )
+    await pool.execute(
+        "INSERT INTO notifyd.notifications (user_id, type, category) "
+        "SELECT 'own' || (g % 3), 't', CASE WHEN g % 2 = 0 THEN 'billing' END "
+        "FROM generate_series(1, 12) g"
+    )
+    shared = await pool.fetch(
+        "SELECT id FROM notifyd.notifications WHERE stream IN ('all', 'role:staff') ORDER BY id"
+    )
+    theirs = "ARRAY['user:' || $1, 'all', 'role:staff']"
+    ids = [shared[3]["id"], shared[4]["id"], shared[5]["id"]]
+    await pool.execute(f"SELECT notifyd.mark_read($1, NULL, streams => {theirs})", "marker")
+    await pool.execute(f"SELECT notifyd.archive($1, NULL, 'billing', {theirs})", "archiver")
+    await pool.execute(f"SELECT notifyd.mark_seen($1, $2, streams => {theirs})", "receipt", ids[:1])
+    await pool.execute(
+        f"SELECT notifyd.snooze($1, $2, now() + interval '1 hour', streams => {theirs})",
+        "snoozer",
+        ids[1:],
+    )
+    await pool.execute(f"SELECT notifyd.mark_read($1, NULL, streams => {theirs})", "own1")
+    await pool.execute(
+        "INSERT INTO notifyd.notifications (stream, type) VALUES ('all', 't'), ('all', 't')"
+    )
+    users = ["never", "marker", "archiver", "receipt", "snoozer", "own0", "own1", "own2"]
+    asked = [(f"user:{u}", [f"user:{u}", "all", "role:staff", "role:nobody"]) for u in users] + [
+        ("user:never", ["user:never", "all"])
+    ]
+
+    def tally(rows: list[Any]) -> dict[str, tuple[int, dict[str, tuple[int, int]]]]:
+        out: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {}
+        for r in rows:
+            _, per = out.setdefault(r["stream"], (r["last_seq"], {}))
+            unread, unseen = per.get(r["category"], (0, 0))
+            per[r["category"]] = (unread + r["unread"], unseen + r["unseen"])
+        return {
+            s: (head, {c: n for c, n in per.items() if n != (0, 0)})
+            for s, (head, per) in out.items()
+        }
+
+    many = await pool.fetch(
+        "SELECT * FROM notifyd.counts_many($1::text::jsonb)",
+        json.dumps([[viewer, streams] for viewer, streams in asked]),
+    )
+    for i, (viewer, streams) in enumerate(asked, 1):
+        one = await pool.fetch("SELECT * FROM notifyd.counts($1, $2)", viewer, streams)
+        assert tally([r for r in many if r["i"] == i]) == tally(one), viewer
+        assert set(tally(one)) == set(streams)
+    # the cases differ: the comparison is not between empty answers
+    assert len({str(tally([r for r in many if r["i"] == i])) for i in range(1, 9)}) >= 6

@@ -78,20 +78,35 @@ class SyncResult:
 
 
 _WIRE = "notifyd.to_wire(n)::text"
+# A row's Notification JSON as a user sees it, in the query itself: its states (`s`) joined by
+# _STATES (notifyd_private.viewer_states, which the planner inlines), then the object. A row of
+# a user stream is seen by its user; of another stream by {other}. (notifyd.to_wire(n, viewer)
+# gives the same through two PL/pgSQL calls a row: more than the rest of a sync's query.)
+_STATES = (
+    "notifyd_private.viewer_states({n}, CASE WHEN {viewer} LIKE 'user:%' THEN {viewer} "
+    "ELSE {other} END) s ON true"
+)
+_SEEN_WIRE = (
+    "notifyd.wire_of({n}, s.seen_at, s.read_at, s.archived_at, s.snoozed_until, "
+    "s.interacted_at, s.action)::text"
+)
 # A stream's changes after a seq ({after}), leaving out a range ({skip_first} to {skip_last}),
 # in seq order, at most {limit} and one more: its rows ('n': the item as {viewer} sees it), its
 # tombstones ('d'), and, of a user's own stream, the user's receipts of shared items ('r': the
 # item as the user sees it) and marks ('a'), so that each item's last state and each deletion
-# come once. Only the first {limit} get their wire text (a Notification's JSON, a tombstone's
-# id, a mark's JSON); the one more (wire NULL) only tells that more follow. `fresh`: a row
-# delivered after {after}. A user stream is seen by its user, whatever {viewer} says.
-_CHANGES = """
+# come once. Only the first {limit} get their wire text (a Notification's JSON by _SEEN_WIRE, a
+# tombstone's id, a mark's JSON); the one more (wire NULL) only tells that more follow. `fresh`:
+# a row delivered after {after}. A user stream is seen by its user, whatever {viewer} says.
+_CHANGES = (
+    """
 SELECT u.seq, u.id, u.what, u.fresh, u.category, u.item_stream,
-       CASE WHEN row_number() OVER (ORDER BY u.seq) <= {limit}
+       CASE WHEN u.place <= {limit}
             THEN CASE u.what WHEN 'd' THEN u.id::text WHEN 'a' THEN u.mark::text
-                 ELSE notifyd.to_wire(u.item, CASE WHEN {stream} LIKE 'user:%' THEN {stream}
-                                                   ELSE {viewer} END)::text END
+                 ELSE """
+    + _SEEN_WIRE.format(n="u.item")
+    + """ END
        END AS wire
+FROM (SELECT u.*, row_number() OVER (ORDER BY u.seq) AS place
 FROM ((SELECT n.seq, n.id, n AS item, NULL::jsonb AS mark, 'n' AS what,
               n.dseq > {after} AS fresh, n.category, n.stream AS item_stream
        FROM notifyd.notifications n
@@ -120,7 +135,12 @@ FROM ((SELECT n.seq, n.id, n AS item, NULL::jsonb AS mark, 'n' AS what,
        WHERE m.ustream = {stream} AND m.seq > {after}
          AND m.seq NOT BETWEEN {skip_first} AND {skip_last}
        ORDER BY m.seq LIMIT {limit} + 1)) u
-ORDER BY u.seq LIMIT {limit} + 1"""
+ORDER BY u.seq LIMIT {limit} + 1) u
+LEFT JOIN LATERAL """
+    + _STATES.format(n="u.item", viewer="{stream}", other="{viewer}")
+    + """
+ORDER BY u.seq"""
+)
 # A sync page is bounded by count (`limit` per stream) and by bytes: the rows' wire text,
 # streams in turn, stops at the response's byte budget, save its first row, which goes however
 # large (it would fit no page). Each stream's candidates are its first `limit` rows and one
@@ -212,6 +232,13 @@ FEED_SCAN = 1000
 FEED_TIMEOUT = 2.0  # seconds: a page that takes longer is cancelled (the client gets unavailable)
 
 
+# Every statement the daemon prepares is a lookup by key over its parameters, so one plan serves
+# every execution: left to choose, PostgreSQL planned a sync-request's statement (four lateral
+# branches per stream) afresh at each execution, half of its database time. And none runs long
+# enough to gain from being compiled (JIT), which a generic plan's guessed costs could set off.
+SESSION_SETTINGS = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """What the pool does to a connection given back, beyond rolling back an open transaction
     (asyncpg does that itself): nothing. The default reset is a round trip per query
@@ -232,7 +259,12 @@ class Store:
     async def open(cls, dsn: str, *, max_size: int = 10) -> Store:
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=max_size, command_timeout=30, reset=_keep_session
+                dsn,
+                min_size=1,
+                max_size=max_size,
+                command_timeout=30,
+                reset=_keep_session,
+                server_settings=SESSION_SETTINGS,
             )
         except _UNAVAILABLE as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
