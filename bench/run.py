@@ -6,9 +6,11 @@ a real `notifyd serve` subprocess, then the same against each peer in bench/peer
     python bench/run.py                   full run (10k connections; about 12 min with peers)
     python bench/run.py --quick           smoke run for CI (1,500 connections; under 2 min)
     python bench/run.py --peers ''        notifyd alone
-    python bench/run.py --profile         also sample the daemon with py-spy (latency, fan-out)
+    python bench/run.py --profile         also sample the daemon with py-spy (latency, fan-out,
+                                          storm)
     python bench/run.py --profile native  the same with C frames (pauses the daemon per sample)
     python bench/run.py --baseline REV    also notifyd at git commit REV, beside this tree's
+    python bench/run.py --only storm      one scenario (or several, comma-separated)
 
 PostgreSQL: $NOTIFYD_BENCH_DSN (a server URL; a database notifyd_bench_<pid> is created on it
 and dropped afterwards), else an embedded server in a temporary directory. Results go to
@@ -44,8 +46,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,7 @@ class Scale:
     handshakes: int  # connections opened (then closed) for the handshake rate
     most: int  # the last scenario opens connections up to this many (0: skipped)
     most_step: int
+    only: tuple[str, ...] = ()  # these scenarios alone (--only); empty: every one
 
     @property
     def connections(self) -> int:
@@ -154,8 +157,10 @@ class Bench:
         scale: Scale,
         profile_dir: Path | None,
         profile_native: bool = False,
+        profile_tag: str = "",
     ) -> None:
         self.daemon = daemon
+        self.profile_tag = profile_tag  # beside a profile's name: which server it is of
         self.clients = clients
         self.writer = writer
         self.scale = scale
@@ -231,17 +236,17 @@ class Bench:
             exe,
             self.daemon.pid,
             seconds,
-            self.profile_dir / f"profile-{name}-{mode}.txt",
+            self.profile_dir / f"profile-{name}{self.profile_tag}-{mode}.txt",
             native=self.profile_native,
         )
         try:
             yield
         finally:
             try:
-                self.profiles[name] = recording.finish()
+                self.profiles[name + self.profile_tag] = recording.finish()
             except Exception as exc:
                 recording.kill()
-                self.profiles[name] = {"error": repr(exc)}
+                self.profiles[name + self.profile_tag] = {"error": repr(exc)}
 
     # -- scenario 1 ---------------------------------------------------------------------
 
@@ -616,16 +621,17 @@ class Bench:
         shared = {stream: last.get(stream, 0) for stream in ("role:user", "all")}
         time.sleep(SETTLE_SECONDS)  # the server has dealt with the NOTIFYs (to no one)
         say(f"reconnect storm: {len(users):,} clients reconnect and sync")
-        self.meter.start()
-        for client, part in zip(self.clients, users_of, strict=True):
-            client.send(
-                "storm",
-                part,
-                {u: {f"user:{u}": last.get(f"user:{u}", 0), **shared} for u in part},
-                {u: [missed["own"][u], missed["broadcast"]] for u in part},
-            )
-        answers = [c.receive(120 + 0.02 * len(users)) for c in self.clients]
-        cpu = self.meter.stop()
+        with self.profiled("storm", 10):
+            self.meter.start()
+            for client, part in zip(self.clients, users_of, strict=True):
+                client.send(
+                    "storm",
+                    part,
+                    {u: {f"user:{u}": last.get(f"user:{u}", 0), **shared} for u in part},
+                    {u: [missed["own"][u], missed["broadcast"]] for u in part},
+                )
+            answers = [c.receive(120 + 0.02 * len(users)) for c in self.clients]
+            cpu = self.meter.stop()
         self.new_frames(answers)
         self.daemon.check_alive()
         self.users_of = [
@@ -937,7 +943,14 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
             name = f"notifyd@{args.baseline}"
             results["peers"] = {}
             results["peers"][name], results["raw"][name] = run_baseline(
-                args.baseline, dsn, secret, workdir, scale
+                args.baseline,
+                dsn,
+                secret,
+                workdir,
+                scale,
+                results["profiles"],
+                HERE / "results" if args.profile else None,
+                args.profile == "native",
             )
         say("floors: bare send() to as many loopback connections; commit -> bare LISTEN")
         users = [f"u{i}" for i in range(scale.connections)]
@@ -974,20 +987,36 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
     return results
 
 
+SCENARIOS = (
+    "latency",
+    "latency_fast",
+    "fanout",
+    "most_connections",
+    "storm",
+    "ramp",
+    "handshakes",
+)
+
+
 def _scenarios(bench: Bench, out: dict[str, Any]) -> None:
-    """Every scenario in order on one server, each result stored as soon as it is known (a
-    peer that breaks down keeps what it had done)."""
+    """Every scenario in order on one server (or those of --only), each result stored as soon
+    as it is known (a peer that breaks down keeps what it had done). The idle memory reading
+    always runs: it opens the connections the others use."""
     scale = bench.scale
+    steps: dict[str, Callable[[], dict[str, Any]]] = {
+        "latency": bench.latency_windows,
+        "latency_fast": lambda: bench.latency_windows(
+            scale.fast_rate, scale.fast_batch, raw="latency_fast"
+        ),
+        "fanout": bench.fanout,
+        "most_connections": bench.most_connections,
+        "storm": bench.storm,
+        "ramp": bench.ramp,
+        "handshakes": bench.handshakes,
+    }
     out["idle_memory"] = bench.idle_memory()
-    out["latency"] = bench.latency_windows()
-    out["latency_fast"] = bench.latency_windows(
-        scale.fast_rate, scale.fast_batch, raw="latency_fast"
-    )
-    out["fanout"] = bench.fanout()
-    out["most_connections"] = bench.most_connections()
-    out["storm"] = bench.storm()
-    out["ramp"] = bench.ramp()
-    out["handshakes"] = bench.handshakes()
+    for name in SCENARIOS:
+        out[name] = steps[name]() if not scale.only or name in scale.only else {}
     out["clients_final"] = bench.final_stats()
 
 
@@ -1034,7 +1063,8 @@ def _measure(
     out: dict[str, Any],
     raw: dict[str, Any],
     protocol: str = "notifyd",
-) -> None:
+    profile: tuple[Path | None, bool, str] = (None, False, ""),
+) -> Bench:
     """Every scenario against a started server (a peer, or notifyd at another commit), with
     clients of its own; its results and warnings into `out`, per-sample data into `raw`."""
     clients = []
@@ -1050,7 +1080,7 @@ def _measure(
         stack.callback(client.stop)
         clients.append(client)
     server.wait_ready()
-    bench = Bench(server, clients, writer, scale, None)
+    bench = Bench(server, clients, writer, scale, *profile)
     bench.raw = raw
     try:
         _scenarios(bench, out)
@@ -1058,14 +1088,23 @@ def _measure(
     finally:
         out["warnings"] = server.warnings(20)
         out["peak_rss_kb"] = infra.status_kb(server.pid, "VmHWM")
+    return bench
 
 
 def run_baseline(
-    rev: str, dsn: str, secret: str, workdir: Path, scale: Scale
+    rev: str,
+    dsn: str,
+    secret: str,
+    workdir: Path,
+    scale: Scale,
+    profiles: dict[str, dict[str, Any]],
+    profile_dir: Path | None = None,
+    profile_native: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """notifyd at commit `rev` (exported under `workdir`, run from there with this Python and
     its packages) on a database of its own migrated by that version, with a writer of its own:
-    every scenario, reported like a peer's."""
+    every scenario, reported like a peer's; profiled as this tree's is (into `profiles`, each
+    name with `@rev`) when `profile_dir` is given."""
     tree = workdir / "baseline"
     commit = infra.export_tree(rev, tree)
     out: dict[str, Any] = {"title": f"notifyd at {rev}", "versions": {"commit": commit[:12]}}
@@ -1088,7 +1127,17 @@ def run_baseline(
             writer = Worker("writer-baseline", sql_writer.main, base_dsn, WRITER_POOL)
             stack.callback(writer.stop)
             writer.call("open", timeout=60)
-            _measure(stack, daemon, writer, secret, scale, out, raw)
+            bench = _measure(
+                stack,
+                daemon,
+                writer,
+                secret,
+                scale,
+                out,
+                raw,
+                profile=(profile_dir, profile_native, f"@{rev}"),
+            )
+            profiles.update(bench.profiles)
     except BenchError as exc:
         say(f"notifyd at {commit[:10]} stopped: {exc}")
         out["error"] = str(exc)[:1000]
@@ -1105,7 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="?",
         const="python",
         choices=("python", "native"),
-        help="sample the daemon with py-spy in scenarios 2 and 3: Python "
+        help="sample the daemon with py-spy in scenarios 2, 3 and 5: Python "
         "frames without pausing it (default), or native frames too, "
         "which pauses it for each sample (perturbs the figures more)",
     )
@@ -1128,12 +1177,21 @@ def main(argv: list[str] | None = None) -> int:
         "after this tree's notifyd, on a database of its own: before and "
         "after, side by side",
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenarios to run, the idle memory reading always (it opens "
+        f"the connections): {','.join(SCENARIOS)}",
+    )
     args = parser.parse_args(argv)
+    only = tuple(s for s in args.only.split(",") if s)
+    if set(only) - set(SCENARIOS):
+        parser.error(f"unknown scenarios {sorted(set(only) - set(SCENARIOS))}")
     args.peers = [p for p in args.peers.split(",") if p]
     unknown = [p for p in args.peers if p not in peers.PEERS]
     if unknown:
         parser.error(f"unknown peers {unknown}; known: {', '.join(peers.PEERS)}")
-    scale = QUICK if args.quick else FULL
+    scale = replace(QUICK if args.quick else FULL, only=only)
 
     fd_limit = infra.raise_fd_limit()
     needed = max(scale.connections, scale.most) + 100  # the server: its own files too
