@@ -45,7 +45,7 @@ BEGIN
             WHERE st.stream = d.stream AND st.level = 16
             GROUP BY st.category HAVING sum(st.items) > 0) t
     )
-    -- every stream, with its position (in the order asked: a user's rows come together)
+    -- every stream, with its position (rows in no particular order: each carries its user's i)
     SELECT a.i, a.stream, a.head, ''::text, 0::bigint, 0::bigint FROM a
     UNION ALL
     SELECT a.i, a.stream, a.head, t.category, t.unread, t.unseen

@@ -190,13 +190,16 @@ _AFTER_CURSOR = _PAGE.format(
 )
 # A row as the viewer sees it (a user stream by its user)
 _VIEW = "notifyd.to_wire(n, CASE WHEN n.stream LIKE 'user:%' THEN n.stream ELSE {viewer} END)::text"
+# (The rows created since: found by the feed's index on (stream, created_at), kept apart from
+# the ORDER BY seq .. LIMIT (OFFSET 0), which a generic plan would otherwise serve by walking
+# the stream from its oldest item.)
 _CREATED_SINCE = _PAGE.format(
     rows=f"""
     SELECT n.seq, n.id, 'n' AS what, n.stream AS item_stream,
            CASE WHEN row_number() OVER (ORDER BY n.seq) <= $5 THEN {_VIEW.format(viewer="$6")} END
                AS wire
-    FROM notifyd.notifications n
-    WHERE n.stream = $3 AND n.created_at > $4 AND n.seq IS NOT NULL
+    FROM (SELECT * FROM notifyd.notifications n
+          WHERE n.stream = $3 AND n.created_at > $4 AND n.seq IS NOT NULL OFFSET 0) n
     ORDER BY n.seq LIMIT $5 + 1"""
 )
 _LATEST = _PAGE.format(
@@ -236,15 +239,22 @@ FEED_TIMEOUT = 2.0  # seconds: a page that takes longer is cancelled (the client
 # every execution: left to choose, PostgreSQL planned a sync-request's statement (four lateral
 # branches per stream) afresh at each execution, half of its database time. And none runs long
 # enough to gain from being compiled (JIT), which a generic plan's guessed costs could set off.
+# Set once a connection is open, not as startup parameters, which a pooler (PgBouncer) refuses.
 SESSION_SETTINGS = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
+
+
+async def _set_session(conn: asyncpg.Connection) -> None:
+    for name, value in SESSION_SETTINGS.items():
+        await conn.execute(f"SET {name} = {value}")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """What the pool does to a connection given back, beyond rolling back an open transaction
     (asyncpg does that itself): nothing. The default reset is a round trip per query
     (RESET ALL, UNLISTEN *, CLOSE ALL, advisory unlock) undoing session state the daemon never
-    sets: its settings are transaction-local (set_config(.., true), function SET clauses), its
-    advisory lock transaction-level, and LISTEN is on a connection of its own."""
+    sets, or sets for good: its settings are SESSION_SETTINGS (the same on every connection) or
+    transaction-local (set_config(.., true), function SET clauses), its advisory lock
+    transaction-level, and LISTEN is on a connection of its own."""
 
 
 class Store:
@@ -264,7 +274,7 @@ class Store:
                 max_size=max_size,
                 command_timeout=30,
                 reset=_keep_session,
-                server_settings=SESSION_SETTINGS,
+                init=_set_session,
             )
         except _UNAVAILABLE as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
