@@ -987,36 +987,30 @@ def run(args: argparse.Namespace, scale: Scale, fd_limit: int) -> dict[str, Any]
     return results
 
 
-SCENARIOS = (
-    "latency",
-    "latency_fast",
-    "fanout",
-    "most_connections",
-    "storm",
-    "ramp",
-    "handshakes",
-)
+# Each scenario after the idle memory reading (which opens the connections the others use), in
+# the order they run; --only names some of them.
+STEPS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "latency": lambda bench: bench.latency_windows(),
+    "latency_fast": lambda bench: bench.latency_windows(
+        bench.scale.fast_rate, bench.scale.fast_batch, raw="latency_fast"
+    ),
+    "fanout": lambda bench: bench.fanout(),
+    "most_connections": lambda bench: bench.most_connections(),
+    "storm": lambda bench: bench.storm(),
+    "ramp": lambda bench: bench.ramp(),
+    "handshakes": lambda bench: bench.handshakes(),
+}
+SCENARIOS = tuple(STEPS)
 
 
 def _scenarios(bench: Bench, out: dict[str, Any]) -> None:
     """Every scenario in order on one server (or those of --only), each result stored as soon
     as it is known (a peer that breaks down keeps what it had done). The idle memory reading
     always runs: it opens the connections the others use."""
-    scale = bench.scale
-    steps: dict[str, Callable[[], dict[str, Any]]] = {
-        "latency": bench.latency_windows,
-        "latency_fast": lambda: bench.latency_windows(
-            scale.fast_rate, scale.fast_batch, raw="latency_fast"
-        ),
-        "fanout": bench.fanout,
-        "most_connections": bench.most_connections,
-        "storm": bench.storm,
-        "ramp": bench.ramp,
-        "handshakes": bench.handshakes,
-    }
+    only = bench.scale.only
     out["idle_memory"] = bench.idle_memory()
-    for name in SCENARIOS:
-        out[name] = steps[name]() if not scale.only or name in scale.only else {}
+    for name, step in STEPS.items():
+        out[name] = step(bench) if not only or name in only else {}
     out["clients_final"] = bench.final_stats()
 
 
