@@ -78,13 +78,16 @@ class SyncResult:
 
 
 _WIRE = "notifyd.to_wire(n)::text"
+# Who sees a row of {stream}: its user, for a user stream; {other} for another stream.
 # A row's Notification JSON as a user sees it, in the query itself: its states (`s`) joined by
-# _STATES (notifyd_private.viewer_states, which the planner inlines), then the object. A row of
-# a user stream is seen by its user; of another stream by {other}. (notifyd.to_wire(n, viewer)
-# gives the same through two PL/pgSQL calls a row: more than the rest of a sync's query.)
+# _STATES (notifyd_private.viewer_states, which the planner inlines), then the object.
+# (notifyd.to_wire(n, viewer) gives the same through two PL/pgSQL calls a row: more than the
+# rest of a sync's query.)
+_SEEN_BY = "CASE WHEN {stream} LIKE 'user:%' THEN {stream} ELSE {other} END"
 _STATES = (
-    "notifyd_private.viewer_states({n}, CASE WHEN {viewer} LIKE 'user:%' THEN {viewer} "
-    "ELSE {other} END) s ON true"
+    "notifyd_private.viewer_states({n}, "
+    + _SEEN_BY.format(stream="{viewer}", other="{other}")
+    + ") s ON true"
 )
 _SEEN_WIRE = (
     "notifyd.wire_of({n}, s.seen_at, s.read_at, s.archived_at, s.snoozed_until, "
@@ -189,7 +192,7 @@ _AFTER_CURSOR = _PAGE.format(
     )
 )
 # A row as the viewer sees it (a user stream by its user)
-_VIEW = "notifyd.to_wire(n, CASE WHEN n.stream LIKE 'user:%' THEN n.stream ELSE {viewer} END)::text"
+_VIEW = "notifyd.to_wire(n, " + _SEEN_BY.format(stream="n.stream", other="{viewer}") + ")::text"
 # (The rows created since: found by the feed's index on (stream, created_at), kept apart from
 # the ORDER BY seq .. LIMIT (OFFSET 0), which a generic plan would otherwise serve by walking
 # the stream from its oldest item.)
