@@ -97,9 +97,10 @@ class Part:
 
 
 class Total:
-    """What a count frame says: unread, unseen, and (category, unread, unseen) per category,
-    sorted, those at zero left out. Interned: equal totals are one object, whose frame is built
-    once (`frame`, kept by the publisher)."""
+    """A sum of tallies: unread, unseen, and (category, unread, unseen) per category, sorted,
+    those at zero left out. Interned: equal totals are one object. What a count frame says is
+    a Total none of whose figures is below zero; its frame is built once (`frame`, kept by the
+    publisher)."""
 
     __slots__ = ("_bump", "categories", "frame", "unread", "unseen")
 
@@ -108,18 +109,30 @@ class Total:
         self.unseen = unseen
         self.categories = categories
         self.frame: bytes | None = None
-        self._bump: Total | None = None
+        self._bump: tuple[str, Total] | None = None  # the last bumped(): (category, it)
 
-    def bumped(self) -> Total:
-        """One more unread and unseen item without a category."""
-        if self._bump is None:
-            self._bump = _total(self.unread + 1, self.unseen + 1, self.categories)
-        return self._bump
+    def bumped(self, category: str) -> Total:
+        """One more unread and unseen item of `category` (a broadcast does this for each of its
+        connections: their equal sums make the next one once)."""
+        last = self._bump
+        if last is not None and last[0] == category:
+            return last[1]
+        categories = self.categories
+        if category:
+            rows = {c: (u, s) for c, u, s in categories}
+            unread, unseen = rows.get(category, (0, 0))
+            rows[category] = (unread + 1, unseen + 1)
+            categories = tuple(sorted((c, u, s) for c, (u, s) in rows.items() if u or s))
+        made = _total(self.unread + 1, self.unseen + 1, categories)
+        self._bump = (category, made)
+        return made
 
 
 _parts: dict[tuple[str, int, tuple[Row, ...]], Part] = {}
 _totals: dict[tuple[int, int, tuple[Row, ...]], Total] = {}
 _rows: dict[tuple[Row, ...], tuple[Row, ...]] = {}
+# (a user's own tallies, the sum of their shared parts) -> what their count frame says
+_shown: dict[tuple[tuple[Row, ...], Total], Total] = {}
 _NO_ROWS: tuple[Row, ...] = ()
 K = TypeVar("K")
 V = TypeVar("V")
@@ -136,12 +149,17 @@ def _interned(table: dict[K, V], key: K, make: Callable[[], V]) -> V:
     return value
 
 
-def _part(stream: str, position: int, tallies: Tallies, shared: bool = True) -> Part:
-    """The part of these tallies: interned for a shared stream (most of its connections have
-    equal parts), made anew for a user's own (its tallies interned: they are mostly alike)."""
-    rows = tuple(sorted((c, u, s) for c, (u, s) in tallies.items())) if tallies else _NO_ROWS
-    if not shared:
-        return Part(stream, position, _interned(_rows, rows, lambda: rows))
+def rows_of(tallies: Tallies) -> tuple[Row, ...]:
+    """Tallies as sorted rows, interned (a user's own tallies are mostly alike)."""
+    if not tallies:
+        return _NO_ROWS
+    rows = tuple(sorted((c, u, s) for c, (u, s) in tallies.items()))
+    return _interned(_rows, rows, lambda: rows)
+
+
+def _part(stream: str, position: int, tallies: Tallies) -> Part:
+    """A shared stream's part: interned (most of its connections have equal parts)."""
+    rows = rows_of(tallies)
     return _interned(_parts, (stream, position, rows), lambda: Part(stream, position, rows))
 
 
@@ -151,93 +169,127 @@ def _total(unread: int, unseen: int, categories: tuple[Row, ...]) -> Total:
     )
 
 
-class Counts:
-    """The parts of one connection's counts, one per stream (a short list: a connection has a
-    few streams)."""
+def _sum(parts: list[tuple[Row, ...]], clamp: bool, start: Total | None = None) -> Total:
+    """The sum of these tallies (and of `start`); `clamp`: no figure below zero (a counter row
+    may lag behind), and categories at zero left out."""
+    unread = unseen = 0
+    per: dict[str, list[int]] = {}
+    if start is not None:
+        unread, unseen = start.unread, start.unseen
+        per = {c: [u, s] for c, u, s in start.categories}
+    for tallies in parts:
+        for category, u, s in tallies:
+            unread += u
+            unseen += s
+            if category:
+                both = per.setdefault(category, [0, 0])
+                both[0] += u
+                both[1] += s
+    if clamp:
+        unread, unseen = max(0, unread), max(0, unseen)
+        per = {c: [max(0, u), max(0, s)] for c, (u, s) in per.items()}
+    return _total(unread, unseen, tuple((c, u, s) for c, (u, s) in sorted(per.items()) if u or s))
 
-    __slots__ = ("_parts", "_total", "complete", "sent")
+
+def _shown_of(own: tuple[Row, ...], rest: Total) -> Total:
+    """What the count frame says for the own tallies and the sum of the shared parts."""
+    return _interned(_shown, (own, rest), lambda: _sum([own], clamp=True, start=rest))
+
+
+class Counts:
+    """One connection's counts: the user's own stream's part (its tallies and position) and a
+    part per shared stream (a short list: a connection has a few streams). The sum of the
+    shared parts is kept, and what the frame says is looked up from it and the own tallies, so
+    that an event of the user's own stream (every delivery) and a new shared item (a broadcast,
+    for each connection) cost a few dictionary lookups, not a sum."""
+
+    __slots__ = ("_own", "_position", "_rest", "_shared", "_stream", "_total", "complete", "sent")
 
     def __init__(self) -> None:
-        self._parts: list[Part] = []
-        self._total: Total | None = None  # total(), kept until a part changes other than by add()
+        self._stream: str | None = None  # the user's own stream, once its part is known
+        self._own: tuple[Row, ...] = _NO_ROWS  # its tallies...
+        self._position = 0  # ...as of this seq
+        self._shared: list[Part] = []
+        self._rest: Total | None = None  # the sum of the shared parts, kept until one changes
+        self._total: Total | None = None  # total(), kept until a part changes
         self.complete = False  # every stream of the connection has its part (set by its reader)
         self.sent: Total | None = None  # what the last frame sent said
 
     def _find(self, stream: str) -> int:
-        for i, part in enumerate(self._parts):
+        for i, part in enumerate(self._shared):
             if part.stream == stream:
                 return i
         return -1
 
-    def _put(self, part: Part) -> None:
-        i = self._find(part.stream)
-        if i < 0:
-            self._parts.append(part)
-        else:
-            self._parts[i] = part
-        self._total = None
-
     def known(self, streams: tuple[str, ...]) -> bool:
         """Whether every one of `streams` has its part (until then no frame is sent)."""
-        return all(self._find(s) >= 0 for s in streams)
+        return all(s == self._stream or self._find(s) >= 0 for s in streams)
 
-    def announce(self, stream: str, position: int, tallies: Tallies) -> None:
-        """The own stream's tallies, from an event (events come in commit order: the newest)."""
-        self._put(_part(stream, position, tallies, shared=False))
+    def announce(self, stream: str, position: int, rows: tuple[Row, ...]) -> None:
+        """The own stream's tallies (rows_of()), from an event (events come in commit order:
+        the newest)."""
+        self._stream, self._position, self._own = stream, position, rows
+        self._total = None
 
     def read(self, stream: str, position: int, tallies: Tallies, own: bool) -> None:
         """A part as a query read it at `position`. The own stream's is kept only when newer
         than what events announced. A shared part always replaces what is known (the queries
         of one user run one at a time, so it holds the user's latest actions); the caller
         first adds to it the new items published after `position` (Recent.since)."""
+        if own:
+            if self._stream != stream or position > self._position:
+                self.announce(stream, position, rows_of(tallies))
+            return
+        part = _part(stream, position, tallies)
         i = self._find(stream)
-        if not own or i < 0 or position > self._parts[i].position:
-            self._put(_part(stream, position, tallies, shared=not own))
+        if i < 0:
+            self._shared.append(part)
+        else:
+            self._shared[i] = part
+        self._rest = self._total = None
 
     def add(self, stream: str, seq: int, category: str) -> bool:
         """A new item at `seq` of a shared stream: one more unread and unseen, unless the part
         was read at or above it. Returns whether the counts changed. (A broadcast does this
-        for every connection: equal parts and totals make their successors once.)"""
+        for every connection: equal parts and sums make their successors once, and the new
+        total is a lookup.)"""
         i = self._find(stream)
         if i < 0:
             return False
-        part = self._parts[i]
+        shared = self._shared
+        part = shared[i]
         if seq <= part.position:
             return False
-        self._parts[i] = part.bumped(seq, category)
-        total = self._total
-        self._total = total.bumped() if total is not None and not category else None
+        shared[i] = part.bumped(seq, category)
+        rest = self._rest
+        if rest is None:
+            self._total = None
+        else:
+            rest = self._rest = rest.bumped(category)
+            self._total = _shown.get((self._own, rest)) or _shown_of(self._own, rest)
         return True
 
     def forget(self, stream: str) -> None:
-        i = self._find(stream)
-        if i >= 0:
-            del self._parts[i]
+        if stream == self._stream:
+            self._stream, self._own, self._position = None, _NO_ROWS, 0
+        else:
+            i = self._find(stream)
+            if i >= 0:
+                del self._shared[i]
+            self._rest = None
         self._total = None
         self.complete = False
 
     def total(self) -> Total:
-        """The sum over every part (interned: equal counts are one Total)."""
-        if self._total is None:
-            self._total = self._sum()
-        return self._total
-
-    def _sum(self) -> Total:
-        unread = unseen = 0
-        per: dict[str, list[int]] = {}
-        for part in self._parts:
-            for category, u, s in part.tallies:
-                unread += u
-                unseen += s
-                if category:
-                    both = per.setdefault(category, [0, 0])
-                    both[0] += u
-                    both[1] += s
-        return _total(
-            max(0, unread),
-            max(0, unseen),
-            tuple((c, max(0, u), max(0, s)) for c, (u, s) in sorted(per.items()) if u or s),
-        )
+        """The sum over every part, none of its figures below zero (interned: equal counts
+        are one Total)."""
+        total = self._total
+        if total is None:
+            rest = self._rest
+            if rest is None:
+                rest = self._rest = _sum([p.tallies for p in self._shared], clamp=False)
+            total = self._total = _shown_of(self._own, rest)
+        return total
 
 
 def frame_data(total: Total) -> dict[str, Any]:

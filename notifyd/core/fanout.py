@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from notifyd.core.counts import Counts, Recent, Tallies, frame_data
+from notifyd.core.counts import Counts, Recent, Tallies, frame_data, rows_of
 from notifyd.core.events import (
     Deleted,
     Event,
@@ -218,12 +218,13 @@ class Publisher(Generic[R]):
         (None when it carries none)."""
         if tallies is None:
             return None
+        rows = rows_of(tallies)
 
         def announce(session: Session) -> bytes | None:
             if session.identity is None:
                 return None
             # (made here when its first read is still running: it may answer from before)
-            _counts_of(session).announce(stream, seq, tallies)
+            _counts_of(session).announce(stream, seq, rows)
             return self.count_frame(session)
 
         return announce
