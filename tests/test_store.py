@@ -186,6 +186,41 @@ async def test_notifying_users_in_one_order_does_not_deadlock(fresh_db: str) -> 
     assert ordered == [None, None]
 
 
+async def test_writes_run_no_sql_function_planned_at_every_statement(fresh_db: str) -> None:
+    """The triggers, constraints and counters behind a write call no SQL-language function
+    that PostgreSQL runs as a function (not inlined): its body would be planned again at every
+    statement, which once made an INSERT cost twice what it does. (PostgreSQL counts a
+    function's calls, with track_functions = 'all', only when it runs as one.)"""
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        await conn.execute("SET track_functions = 'all'")
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO notifyd.notifications (user_id, type, title, message, category, "
+                "actions) VALUES ('ana', 't', 'n', 'm', 'billing', '[]'), "
+                "('bo', 't', 'n', 'm', NULL, '[{\"id\": \"ok\", \"label\": \"OK\"}]')"
+            )
+            await conn.execute(
+                "INSERT INTO notifyd.notifications (role, stream, type, title, message) "
+                "VALUES (NULL, 'all', 't', 'n', 'm'), ('staff', 'role:staff', 't', 'n', 'm')"
+            )
+            shared = await conn.fetchval("SELECT max(id) FROM notifyd.notifications")
+            await conn.execute(
+                "UPDATE notifyd.notifications SET read_at = now() WHERE user_id = 'ana'"
+            )
+            await conn.execute("SELECT notifyd.mark_read('ana', ARRAY[$1::bigint])", shared)
+            await conn.execute("DELETE FROM notifyd.notifications WHERE user_id = 'bo'")
+            planned = await conn.fetch(
+                "SELECT s.schemaname || '.' || s.funcname AS name "
+                "FROM pg_stat_xact_user_functions s JOIN pg_proc p ON p.oid = s.funcid "
+                "JOIN pg_language l ON l.oid = p.prolang "
+                "WHERE l.lanname = 'sql' AND p.proname NOT IN ('mark_read')"
+            )
+        assert [r["name"] for r in planned] == []
+    finally:
+        await conn.close()
+
+
 async def test_reads_asked_for_while_a_query_runs_share_the_next(fresh_db: str) -> None:
     """One state query at a time: the reads that arrive, turn after turn, while it runs (here
     it waits for the pool's only connection) all go into the next, one query for all."""
