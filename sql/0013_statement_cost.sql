@@ -1,0 +1,163 @@
+-- notifyd schema, version 13: what an INSERT statement costs the database, cut again.
+-- 1. The rows of a statement are counted together: one upsert of the user streams' tallies and
+--    one of the shared streams' runs per statement (AFTER, over its new rows), not one or two
+--    per row (BEFORE). A stream's counters are still written only by a transaction holding its
+--    seq counter (notifyd.streams), which each row takes first, so writers of the same streams
+--    wait for each other as before and never deadlock on the tallies.
+-- 2. The tallies that the last event of each user stream carries ("u") are read in one query
+--    for the statement's streams, not one query per stream.
+-- With 10 rows per INSERT (10 users), the two were about 480 µs of its 2.3 ms.
+
+-- As in version 8, but the row is counted by after_insert.
+CREATE OR REPLACE FUNCTION notifyd.assign_seq() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target bigint;
+BEGIN
+    PERFORM notifyd_private.check_table(TG_RELID, 'notifyd.notifications');
+    IF NEW.role IS NOT NULL THEN
+        NEW.role := notifyd.role_name(NEW.role);
+    END IF;
+    IF NEW.stream IS NULL THEN
+        IF NEW.user_id IS NOT NULL AND NEW.role IS NULL THEN
+            NEW.stream := 'user:' || NEW.user_id;
+        ELSIF NEW.role IS NOT NULL AND NEW.user_id IS NULL THEN
+            NEW.stream := 'role:' || NEW.role;
+        ELSE
+            RAISE EXCEPTION 'notifyd: a notification needs exactly one of user_id or role (or stream = ''all'')'
+                USING ERRCODE = 'check_violation';
+        END IF;
+    END IF;
+    IF NEW.user_id = '' OR NEW.role = '' THEN
+        RAISE EXCEPTION 'notifyd: user_id and role must not be empty'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NOT coalesce((NEW.stream = 'all' AND NEW.user_id IS NULL AND NEW.role IS NULL)
+                    OR (NEW.user_id IS NOT NULL AND NEW.role IS NULL
+                        AND NEW.stream = 'user:' || NEW.user_id)
+                    OR (NEW.role IS NOT NULL AND NEW.user_id IS NULL
+                        AND NEW.stream = 'role:' || NEW.role), false) THEN
+        RAISE EXCEPTION 'notifyd: stream % is not the stream of this notification''s recipient (user_id, role, or neither for ''all'')',
+            quote_literal(left(NEW.stream, 80))
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.expires_at <= now() THEN
+        RAISE EXCEPTION 'notifyd: expires_at % has passed', NEW.expires_at
+            USING ERRCODE = 'check_violation';
+    END IF;
+    NEW.seen_v := 0;
+    NEW.read_v := 0;
+    NEW.archived_v := 0;
+    NEW.group_count := 1;
+    NEW.actors := CASE WHEN NEW.actor IS NOT NULL THEN ARRAY[NEW.actor] ELSE '{}' END;
+    IF NEW.deliver_at > now() THEN
+        IF NEW.group_key IS NOT NULL THEN
+            RAISE EXCEPTION 'notifyd: a scheduled notification (deliver_at) cannot have a group_key'
+                USING ERRCODE = 'check_violation';
+        END IF;
+        NEW.seq := NULL;
+        NEW.dseq := NULL;
+        RETURN NEW;
+    END IF;
+    IF NEW.group_key IS NOT NULL AND NEW.user_id IS NOT NULL THEN
+        -- One writer of a group at a time: the next sees the group this one made or grew.
+        PERFORM pg_advisory_xact_lock(
+            hashtextextended(NEW.stream || chr(31) || NEW.group_key, 2026));
+        SELECT n.id INTO target FROM notifyd.notifications n
+        CROSS JOIN LATERAL notifyd_private.states(n, n.stream) w
+        WHERE n.stream = NEW.stream AND n.group_key = NEW.group_key AND n.dseq IS NOT NULL
+          AND w.read_at IS NULL AND w.archived_at IS NULL
+        ORDER BY n.dseq DESC LIMIT 1
+        FOR UPDATE OF n;
+        IF target IS NOT NULL AND position(
+                chr(30) || target::text || chr(30)
+                IN coalesce(current_setting('notifyd.fresh_groups', true), '')) > 0 THEN
+            -- its group is a row of this very statement, not announced yet: its change would
+            -- be announced before it
+            RAISE EXCEPTION 'notifyd: two rows of one INSERT with the same group_key % for %: insert them in separate statements',
+                quote_literal(left(NEW.group_key, 80)), quote_literal(left(NEW.stream, 80))
+                USING ERRCODE = 'check_violation';
+        END IF;
+        IF target IS NOT NULL THEN
+            UPDATE notifyd.notifications n SET
+                type = NEW.type, title = NEW.title, message = NEW.message, data = NEW.data,
+                priority = NEW.priority, action_url = NEW.action_url, actions = NEW.actions,
+                category = NEW.category, actor = NEW.actor,
+                -- the later of the two (none if either has none): a short-lived row does not
+                -- take the whole group with it
+                expires_at = CASE WHEN n.expires_at IS NULL OR NEW.expires_at IS NULL THEN NULL
+                                  ELSE greatest(n.expires_at, NEW.expires_at) END,
+                actors = CASE WHEN NEW.actor IS NULL THEN n.actors
+                              ELSE (ARRAY[NEW.actor] || array_remove(n.actors, NEW.actor))[1:10]
+                         END,
+                group_count = n.group_count + 1, created_at = NEW.created_at,
+                seen_at = NULL, seen_v = -1, snoozed_until = NULL,
+                dseq = -1  -- to the top: next_version gives it its new seq
+            WHERE n.id = target;
+            PERFORM set_config('notifyd.grouped_into', target::text, true);
+            RETURN NULL;
+        END IF;
+    END IF;
+    INSERT INTO notifyd.streams AS s (stream, last_seq) VALUES (NEW.stream, 1)
+    ON CONFLICT (stream) DO UPDATE SET last_seq = s.last_seq + 1
+    RETURNING s.last_seq INTO NEW.seq;
+    NEW.dseq := NEW.seq;
+    IF NEW.user_id IS NOT NULL THEN
+        NEW.seen_at := coalesce(NEW.seen_at, NEW.read_at);
+    END IF;
+    IF NEW.group_key IS NOT NULL THEN  -- a new group, announced when the statement ends
+        PERFORM set_config('notifyd.fresh_groups',
+            coalesce(current_setting('notifyd.fresh_groups', true), '') || chr(30)
+            || NEW.id::text || chr(30), true);
+    END IF;
+    RETURN NEW;  -- counted by after_insert, with the statement's other rows
+END
+$$;
+
+-- As in version 8, and: the statement's rows are counted here, together (user streams' tallies
+-- and shared streams' runs, in key order), before their events read the tallies.
+CREATE OR REPLACE FUNCTION notifyd.after_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    events jsonb[];
+BEGIN
+    PERFORM notifyd_private.check_table(TG_RELID, 'notifyd.notifications');
+    PERFORM set_config('notifyd.fresh_groups', '', true);  -- announced below
+    INSERT INTO notifyd.tallies AS t (stream, category, unread, unseen)
+    SELECT r.stream, coalesce(r.category, ''),
+           count(*) FILTER (WHERE r.read_at IS NULL AND r.archived_at IS NULL
+                              AND r.snoozed_until IS NULL),
+           count(*) FILTER (WHERE r.seen_at IS NULL AND r.archived_at IS NULL
+                              AND r.snoozed_until IS NULL)
+    FROM new_rows r
+    WHERE r.user_id IS NOT NULL AND r.seq IS NOT NULL
+    GROUP BY 1, 2
+    HAVING count(*) FILTER (WHERE (r.read_at IS NULL OR r.seen_at IS NULL)
+                              AND r.archived_at IS NULL AND r.snoozed_until IS NULL) > 0
+    ORDER BY 1, 2
+    ON CONFLICT ON CONSTRAINT tallies_pkey DO UPDATE
+        SET unread = t.unread + EXCLUDED.unread, unseen = t.unseen + EXCLUDED.unseen;
+    INSERT INTO notifyd.shared_tallies AS t (stream, category, level, bucket, items)
+    SELECT r.stream, coalesce(r.category, ''), l.level, r.dseq >> l.level, count(*)
+    FROM new_rows r CROSS JOIN (VALUES (8::smallint), (16::smallint)) l(level)
+    WHERE r.user_id IS NULL AND r.seq IS NOT NULL
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 3, 2, 4
+    ON CONFLICT ON CONSTRAINT shared_tallies_pkey DO UPDATE SET items = t.items + EXCLUDED.items;
+    SELECT array_agg(CASE WHEN e.own AND e.last
+                          THEN e.ev || jsonb_build_object('u', coalesce(u.tallies, '{}'))
+                          ELSE e.ev END
+                     ORDER BY e.stream, e.seq)
+    INTO events
+    FROM (SELECT d.*, d.seq = max(d.seq) OVER (PARTITION BY d.stream) AS last
+          FROM notifyd_private.new_events(ARRAY(SELECT r::notifyd.notifications FROM new_rows r
+                                                WHERE r.seq IS NOT NULL),
+                                          extract(epoch FROM clock_timestamp())::float8) d) e
+    LEFT JOIN LATERAL (SELECT jsonb_object_agg(t.category, jsonb_build_array(t.unread, t.unseen))
+                              AS tallies
+                       FROM notifyd.tallies t
+                       WHERE e.own AND e.last AND t.stream = e.stream) u ON true;
+    PERFORM notifyd_private.send_events(events);
+    RETURN NULL;
+END
+$$;
