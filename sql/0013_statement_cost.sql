@@ -1,9 +1,11 @@
 -- notifyd schema, version 13: what an INSERT statement costs the database, cut again.
 -- 1. The rows of a statement are counted together: one upsert of the user streams' tallies and
 --    one of the shared streams' runs per statement (AFTER, over its new rows), not one or two
---    per row (BEFORE). A stream's counters are still written only by a transaction holding its
---    seq counter (notifyd.streams), which each row takes first, so writers of the same streams
---    wait for each other as before and never deadlock on the tallies.
+--    per row (BEFORE). An INSERT takes each row's stream counter (notifyd.streams) first, as
+--    before, and now holds them all while it writes the tallies: two INSERTs of the same
+--    streams wait for each other as before. (A DELETE writes the tallies before it takes the
+--    stream counters, as since version 8: against an INSERT of the same user, one of the two
+--    can still be ended as a deadlock, and be retried.)
 -- 2. The tallies that the last event of each user stream carries ("u") are read in one query
 --    for the statement's streams, not one query per stream.
 -- 3. Each new row's event is built once, as text: the row's object by row_to_json() (version
@@ -241,3 +243,8 @@ ALTER FUNCTION notifyd.after_update() SET jit = off;
 ALTER FUNCTION notifyd.after_delete() SET jit = off;
 ALTER FUNCTION notifyd_private.after_receipt() SET jit = off;
 ALTER FUNCTION notifyd_private.after_mark() SET jit = off;
+
+-- The CHECK on actions runs in the writer's session, under its search_path: a role that may
+-- create a function or an operator (`=`, jsonb_typeof) in a schema it puts before pg_catalog
+-- would have its own answer the check. It resolves names in pg_catalog only.
+ALTER FUNCTION notifyd_private.valid_actions(jsonb) SET search_path = pg_catalog, pg_temp;

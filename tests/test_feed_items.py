@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from support import Daemon, http_request, running_daemon
+from support import Daemon, admin_exec, http_request, running_daemon
 
 from notifyd.client import NotifydClient
 
@@ -237,6 +237,37 @@ async def test_actions_that_could_run_script_are_refused(daemon: Daemon) -> None
             await daemon.sql(
                 "SELECT notifyd.notify('u', 't', 't', 'm', actions => $1::jsonb)", actions
             )
+
+
+async def test_a_writer_cannot_answer_the_check_on_actions_itself(daemon: Daemon) -> None:
+    """The CHECK runs in the writer's session: an `=` of the writer's own, in a schema it puts
+    before pg_catalog, is not the one it uses."""
+    role = "actions_writer"
+    await admin_exec(
+        daemon.dsn,
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT USAGE ON SCHEMA notifyd TO {role}",
+        f"GRANT SELECT, INSERT ON notifyd.notifications TO {role}",
+        f"CREATE SCHEMA mine AUTHORIZATION {role}",
+    )
+    conn = await asyncpg.connect(daemon.dsn, user=role)
+    try:
+        await conn.execute(
+            "CREATE FUNCTION mine.always(jsonb, jsonb) RETURNS boolean "
+            "LANGUAGE sql IMMUTABLE AS 'SELECT true'; "
+            "CREATE OPERATOR mine.= (LEFTARG = jsonb, RIGHTARG = jsonb, FUNCTION = mine.always); "
+            "SET search_path = mine, pg_catalog"
+        )
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO notifyd.notifications (user_id, type, actions) VALUES "
+                """('u', 't', '[{"id": "x", "label": "X", "url": "javascript:alert(1)"}]')"""
+            )
+    finally:
+        await conn.close()
+        await admin_exec(
+            daemon.dsn, "DROP SCHEMA mine CASCADE", f"DROP OWNED BY {role}", f"DROP ROLE {role}"
+        )
 
 
 async def _pages(client: Any, data: dict[str, Any], limit: int = 20) -> tuple[list[int], list[int]]:
