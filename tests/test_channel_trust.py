@@ -229,6 +229,30 @@ async def test_an_app_role_cannot_sign_events_either(daemon: Daemon) -> None:
         await admin_exec(daemon.dsn, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
 
 
+async def test_no_role_may_run_a_function_that_signs_or_acts_as_the_owner(daemon: Daemon) -> None:
+    """A function of notifyd_private that runs as the owner (the ones that sign events among
+    them) is executable by no role but the owner (and superusers), through PUBLIC or a grant:
+    a grant of USAGE on the schema, by mistake, would still not let a role sign an event."""
+    open_to_public = await daemon.sql(
+        "SELECT coalesce(array_agg(p.oid::regprocedure::text), '{}') FROM pg_proc p "
+        "JOIN pg_namespace s ON s.oid = p.pronamespace "
+        "WHERE s.nspname = 'notifyd_private' AND p.prosecdef "
+        "AND EXISTS (SELECT FROM pg_roles r WHERE NOT r.rolsuper AND r.oid <> p.proowner "
+        "            AND has_function_privilege(r.oid, p.oid, 'EXECUTE'))"
+    )
+    assert open_to_public == []
+    signers = await daemon.sql(
+        "SELECT array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text) "
+        "FROM pg_proc p "
+        "JOIN pg_namespace s ON s.oid = p.pronamespace "
+        "WHERE s.nspname = 'notifyd_private' AND p.proname LIKE 'send_event%' AND p.prosecdef"
+    )
+    assert signers == [
+        "notifyd_private.send_event_texts(text[])",
+        "notifyd_private.send_events(jsonb[])",
+    ]
+
+
 async def test_a_trigger_function_announces_its_own_table_only(daemon: Daemon) -> None:
     """Even its owner cannot make one announce another table's rows."""
     await daemon.sql("CREATE TABLE fake (LIKE notifyd.notifications)")
