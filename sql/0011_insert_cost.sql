@@ -2,10 +2,11 @@
 -- A function in SQL that PostgreSQL cannot inline into its caller (one holding a subquery or
 -- a data-changing statement, or a set-returning one given a subquery) has its body planned
 -- anew at every statement that calls it; a PL/pgSQL function keeps its plans for the session.
--- Each INSERT ran five such SQL functions (the CHECK on actions, the counter updates, the
--- events of the new rows), which took over half of notifyd.notify()'s time in the database.
--- They are the same functions in PL/pgSQL: same names, arguments and results (so the grants
--- an operator gave and the constraints that call them stay), same answers.
+-- Each INSERT ran four such SQL functions (the CHECK on actions, the two counter updates, the
+-- events of the new rows), which took over half of notifyd.notify()'s time in the database;
+-- a user's change of a shared item ran a fifth (its events). They are the same functions in
+-- PL/pgSQL: same names, arguments and results (so the grants an operator gave and the
+-- constraints that call them stay), same answers.
 
 -- The CHECK on notifications.actions, for every row written: most rows have none.
 CREATE OR REPLACE FUNCTION notifyd_private.valid_actions(actions jsonb) RETURNS boolean
