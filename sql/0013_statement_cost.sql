@@ -2,10 +2,9 @@
 -- 1. The rows of a statement are counted together: one upsert of the user streams' tallies and
 --    one of the shared streams' runs per statement (AFTER, over its new rows), not one or two
 --    per row (BEFORE). An INSERT takes each row's stream counter (notifyd.streams) first, as
---    before, and now holds them all while it writes the tallies: two INSERTs of the same
---    streams wait for each other as before. (A DELETE writes the tallies before it takes the
---    stream counters, as since version 8: against an INSERT of the same user, one of the two
---    can still be ended as a deadlock, and be retried.)
+--    before, and now holds them all while it writes the tallies. A DELETE, which wrote the
+--    tallies before it took the counters (since version 8), now takes the counters first too:
+--    an INSERT and a DELETE of the same user's items wait for each other, never deadlock.
 -- 2. The tallies that the last event of each user stream carries ("u") are read in one query
 --    for the statement's streams, not one query per stream.
 -- 3. Each new row's event is built once, as text: the row's object by row_to_json() (version
@@ -240,7 +239,6 @@ $$;
 
 -- The other statement triggers' queries take no JIT either, for the same reason.
 ALTER FUNCTION notifyd.after_update() SET jit = off;
-ALTER FUNCTION notifyd.after_delete() SET jit = off;
 ALTER FUNCTION notifyd_private.after_receipt() SET jit = off;
 ALTER FUNCTION notifyd_private.after_mark() SET jit = off;
 
@@ -248,3 +246,68 @@ ALTER FUNCTION notifyd_private.after_mark() SET jit = off;
 -- create a function or an operator (`=`, jsonb_typeof) in a schema it puts before pg_catalog
 -- would have its own answer the check. It resolves names in pg_catalog only.
 ALTER FUNCTION notifyd_private.valid_actions(jsonb) SET search_path = pg_catalog, pg_temp;
+
+-- As in version 8, and: the streams' counters are taken before the tallies (see 1 above).
+CREATE OR REPLACE FUNCTION notifyd.after_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    pruning boolean := EXISTS (SELECT FROM notifyd_private.pruning
+                               WHERE txid = pg_current_xact_id());
+    events  jsonb[];
+BEGIN
+    PERFORM notifyd_private.check_table(TG_RELID, 'notifyd.notifications');
+    -- the streams' counters first, in order, as an INSERT takes them, then the tallies
+    PERFORM FROM notifyd.streams s
+    WHERE s.stream IN (SELECT o.stream FROM old_rows o WHERE o.seq IS NOT NULL)
+    ORDER BY s.stream
+    FOR UPDATE OF s;
+    PERFORM notifyd_private.tally(o.stream, o.category, -sum(s.unread)::int, -sum(s.unseen)::int)
+    FROM old_rows o CROSS JOIN LATERAL notifyd_private.share(o) s
+    WHERE o.user_id IS NOT NULL AND o.seq IS NOT NULL
+    GROUP BY o.stream, o.category;
+    UPDATE notifyd.shared_tallies t SET items = t.items - g.n
+    FROM (SELECT o.stream, coalesce(o.category, '') AS category, l.level,
+                 o.dseq >> l.level AS bucket, count(*) AS n
+          FROM old_rows o CROSS JOIN (VALUES (8::smallint), (16::smallint)) l(level)
+          WHERE o.user_id IS NULL AND o.seq IS NOT NULL
+          GROUP BY 1, 2, 3, 4) g
+    WHERE (t.stream, t.category, t.level, t.bucket) = (g.stream, g.category, g.level, g.bucket);
+    IF pruning THEN
+        SELECT array_agg(jsonb_build_object('k', 'c', 's', d.stream, 'q', s.last_seq)
+                         || CASE WHEN d.stream LIKE 'user:%'
+                                 THEN jsonb_build_object('u', notifyd_private.tallies(d.stream))
+                                 ELSE '{}'::jsonb END
+                         ORDER BY d.stream)
+        INTO events
+        FROM (SELECT DISTINCT stream FROM old_rows WHERE seq IS NOT NULL) d
+        JOIN notifyd.streams s ON s.stream = d.stream;
+    ELSE
+        WITH gone AS (
+            SELECT o.stream, o.id,
+                   row_number() OVER (PARTITION BY o.stream ORDER BY o.seq) AS i
+            FROM old_rows o WHERE o.seq IS NOT NULL
+        ), heads AS (
+            UPDATE notifyd.streams s
+            SET last_seq = s.last_seq + g.n
+            FROM (SELECT stream, count(*) AS n FROM gone GROUP BY stream) g
+            WHERE s.stream = g.stream
+            RETURNING s.stream, s.last_seq, g.n
+        ), stones AS (
+            INSERT INTO notifyd.removals (stream, seq, id)
+            SELECT g.stream, h.last_seq - h.n + g.i, g.id
+            FROM gone g JOIN heads h ON h.stream = g.stream
+            RETURNING stream, seq, id
+        )
+        SELECT array_agg(
+            jsonb_build_object('k', 'd', 'id', st.id, 's', st.stream, 'q', st.seq)
+            || CASE WHEN st.stream LIKE 'user:%' AND st.seq = h.last_seq
+                    THEN jsonb_build_object('u', notifyd_private.tallies(st.stream))
+                    ELSE '{}'::jsonb END
+            ORDER BY st.stream, st.seq)
+        INTO events
+        FROM stones st JOIN heads h ON h.stream = st.stream;
+    END IF;
+    PERFORM notifyd_private.send_events(events);
+    RETURN NULL;
+END
+$$;

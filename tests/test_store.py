@@ -186,6 +186,43 @@ async def test_notifying_users_in_one_order_does_not_deadlock(fresh_db: str) -> 
     assert ordered == [None, None]
 
 
+async def test_a_delete_takes_the_stream_counter_before_the_tallies(fresh_db: str) -> None:
+    """An INSERT takes a stream's counter (per row), then its tallies (after its rows); a DELETE
+    takes them in the same order, so the two never deadlock: while another transaction holds
+    the counter, a DELETE of one of the stream's items waits with the tallies untouched."""
+    setup, holder, deleter = [await asyncpg.connect(fresh_db) for _ in range(3)]
+    deleting: asyncio.Task[str] | None = None
+    try:
+        nid = await setup.fetchval("SELECT notifyd.notify('ana', 't', 'n', 'm')")
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT FROM notifyd.streams WHERE stream = 'user:ana' FOR UPDATE")
+        deleting = asyncio.create_task(
+            deleter.execute("DELETE FROM notifyd.notifications WHERE id = $1", nid)
+        )
+        pid = deleter.get_server_pid()
+        async with asyncio.timeout(10):
+            while not await setup.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+            ):
+                await asyncio.sleep(0.02)
+        async with setup.transaction():  # the DELETE has not written the tallies
+            await setup.execute(
+                "SELECT FROM notifyd.tallies WHERE stream = 'user:ana' FOR UPDATE NOWAIT"
+            )
+        await held.rollback()
+        await deleting
+        unread = "SELECT unread FROM notifyd.tallies WHERE stream = 'user:ana' AND category = ''"
+        assert await setup.fetchval(unread) == 0  # and then it counted the item out
+    finally:
+        for conn in (setup, holder, deleter):
+            await conn.close()
+        if deleting is not None and not deleting.done():
+            deleting.cancel()
+        if deleting is not None:
+            await asyncio.gather(deleting, return_exceptions=True)
+
+
 async def test_writes_run_no_sql_function_planned_at_every_statement(fresh_db: str) -> None:
     """The triggers, constraints and counters behind a write call no SQL-language function
     that PostgreSQL runs as a function (not inlined): its body would be planned again at every
