@@ -5,9 +5,7 @@
 --    before, and now holds them all while it writes the tallies. A DELETE, which wrote the
 --    tallies before it took the counters (since version 8), now takes the counters first too:
 --    an INSERT and a DELETE of the same user's items wait for each other, never deadlock.
--- 2. The tallies that the last event of each user stream carries ("u") are read in one query
---    for the statement's streams, not one query per stream.
--- 3. Each new row's event is built once, as text: the row's object by row_to_json() (version
+-- 2. Each new row's event is built once, as text: the row's object by row_to_json() (version
 --    12), wrapped and signed as it is. As jsonb it was built, printed for its size, copied into
 --    its event, copied again for "u", and printed again to be signed: 27 µs a row, now 6.
 
@@ -136,6 +134,18 @@ BEGIN
 END
 $$;
 
+-- As in version 11, from the above: one definition of a new row's event (an UPDATE that
+-- delivers a scheduled row announces it through this one).
+CREATE OR REPLACE FUNCTION notifyd_private.new_events(delivered notifyd.notifications[], t float8)
+RETURNS TABLE (stream text, seq bigint, own boolean, ev jsonb)
+LANGUAGE plpgsql STABLE ROWS 10 AS $$
+BEGIN
+    RETURN QUERY
+    SELECT e.stream, e.seq, e.own, e.ev::jsonb
+    FROM notifyd_private.new_event_texts(delivered, new_events.t) e;
+END
+$$;
+
 -- Signs and sends events given as JSON text (notifyd_private.send_events, for events that
 -- are text already).
 CREATE OR REPLACE FUNCTION notifyd_private.send_event_texts(events text[]) RETURNS void
@@ -220,18 +230,15 @@ BEGIN
     ORDER BY 1, 3, 2, 4
     ON CONFLICT ON CONSTRAINT shared_tallies_pkey DO UPDATE SET items = t.items + EXCLUDED.items;
     SELECT array_agg(CASE WHEN e.own AND e.last
-                          THEN left(e.ev, -1) || ',"u":' || coalesce(u.tallies::text, '{}') || '}'
+                          THEN left(e.ev, -1) || ',"u":' || notifyd_private.tallies(e.stream)::text
+                               || '}'
                           ELSE e.ev END
                      ORDER BY e.stream, e.seq)
     INTO events
     FROM (SELECT d.*, d.seq = max(d.seq) OVER (PARTITION BY d.stream) AS last
           FROM notifyd_private.new_event_texts(
               ARRAY(SELECT r::notifyd.notifications FROM new_rows r WHERE r.seq IS NOT NULL),
-              extract(epoch FROM clock_timestamp())::float8) d) e
-    LEFT JOIN LATERAL (SELECT json_object_agg(t.category, json_build_array(t.unread, t.unseen))
-                              AS tallies
-                       FROM notifyd.tallies t
-                       WHERE e.own AND e.last AND t.stream = e.stream) u ON true;
+              extract(epoch FROM clock_timestamp())::float8) d) e;
     PERFORM notifyd_private.send_event_texts(events);
     RETURN NULL;
 END
