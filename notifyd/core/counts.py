@@ -196,6 +196,14 @@ def _shown_of(own: tuple[Row, ...], rest: Total) -> Total:
     return _interned(_shown, (own, rest), lambda: _sum([own], clamp=True, start=rest))
 
 
+# A broadcast's successors of connections' counts (Counts.add): keyed by the ids of a
+# connection's part of the stream, sum of shared parts and own tallies, which it holds.
+Successors = dict[
+    tuple[int, int, int],
+    tuple[Part, Total | None, tuple[Row, ...], Part, Total | None, Total | None],
+]
+
+
 class Counts:
     """One connection's counts: the user's own stream's part (its tallies and position) and a
     part per shared stream (a short list: a connection has a few streams). The sum of the
@@ -248,25 +256,35 @@ class Counts:
             self._shared[i] = part
         self._rest = self._total = None
 
-    def add(self, stream: str, seq: int, category: str) -> bool:
+    def add(self, stream: str, seq: int, category: str, made: Successors | None = None) -> bool:
         """A new item at `seq` of a shared stream: one more unread and unseen, unless the part
-        was read at or above it. Returns whether the counts changed. (A broadcast does this
-        for every connection: equal parts and sums make their successors once, and the new
-        total is a lookup.)"""
-        i = self._find(stream)
-        if i < 0:
-            return False
+        was read at or above it. Returns whether the counts changed. A broadcast does this for
+        every connection, with one `made` for all of them: connections whose part, sum and
+        own tallies are the same objects (interned: most are) take the successors made for
+        the first of them."""
         shared = self._shared
-        part = shared[i]
+        for i in range(len(shared)):  # (not _find(): this runs for every connection)
+            part = shared[i]
+            if part.stream == stream:
+                break
+        else:
+            return False
         if seq <= part.position:
             return False
-        shared[i] = part.bumped(seq, category)
-        rest = self._rest
-        if rest is None:
-            self._total = None
-        else:
-            rest = self._rest = rest.bumped(category)
-            self._total = _shown.get((self._own, rest)) or _shown_of(self._own, rest)
+        rest, own = self._rest, self._own
+        key = (id(part), id(rest), id(own))
+        known = made.get(key) if made is not None else None
+        if known is None:
+            if rest is None:
+                next_rest = next_total = None
+            else:
+                next_rest = rest.bumped(category)
+                next_total = _shown.get((own, next_rest)) or _shown_of(own, next_rest)
+            # (the objects of the key are kept with it: no other takes their ids meanwhile)
+            known = (part, rest, own, part.bumped(seq, category), next_rest, next_total)
+            if made is not None:
+                made[key] = known
+        shared[i], self._rest, self._total = known[3], known[4], known[5]
         return True
 
     def forget(self, stream: str) -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from notifyd.core.counts import Counts, Recent, Tallies, frame_data, rows_of
+from notifyd.core.counts import Counts, Recent, Successors, Tallies, frame_data, rows_of
 from notifyd.core.events import (
     Deleted,
     Event,
@@ -231,10 +231,11 @@ class Publisher(Generic[R]):
 
     def _adder(self, stream: str, seq: int, category: str) -> Callable[[Session], bytes | None]:
         """One more unread and unseen item of a shared stream, for each subscriber."""
+        made: Successors = {}
 
         def add(session: Session) -> bytes | None:
             counts = session.counts
-            if counts is None or not counts.add(stream, seq, category):
+            if counts is None or not counts.add(stream, seq, category, made):
                 return None
             return self.count_frame(session)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifyd.core.counts import Counts, Tallies, frame_data, rows_of
+from notifyd.core.counts import Counts, Successors, Tallies, frame_data, rows_of
 
 OWN = "user:1"
 SHARED = ("all", "role:a")
@@ -93,3 +93,47 @@ def test_a_new_shared_item_below_the_parts_position_is_not_counted() -> None:
     assert not counts.add("all", 9, "news")
     assert counts.add("all", 11, "news")
     assert frame_data(counts.total())["categories"] == {"news": {"unread": 2, "unseen": 2}}
+
+
+connections = st.lists(
+    st.dictionaries(st.sampled_from((OWN, *SHARED)), tallies, max_size=3), min_size=2, max_size=5
+)
+broadcast_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("read"), st.integers(0, 4), st.sampled_from((OWN, *SHARED)), tallies),
+        st.tuples(st.just("add"), st.just(0), st.sampled_from(SHARED), st.sampled_from(CATEGORIES)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(connections, broadcast_steps)
+def test_a_broadcast_gives_each_connection_its_own_sum(
+    starts: list[dict[str, Tallies]], script: list[tuple[str, int, str, object]]
+) -> None:
+    """A broadcast applies one new item to every connection's counts with one table of the
+    successors it made (Counts.add's `made`): connections that start alike share them, and
+    each still ends with the sum of its own parts."""
+    every = [Counts() for _ in starts]
+    parts: list[dict[str, Tallies]] = [{} for _ in starts]
+    for counts, start, mine in zip(every, starts, parts, strict=True):
+        for stream, part in start.items():
+            counts.read(stream, 0, part, own=stream == OWN)
+            mine[stream] = dict(part)
+    for seq, (action, who, stream, arg) in enumerate(script, 1):
+        if action == "read":
+            assert isinstance(arg, dict)
+            i = who % len(every)
+            every[i].read(stream, seq, arg, own=stream == OWN)
+            parts[i][stream] = dict(arg)
+        else:
+            assert isinstance(arg, str)
+            made: Successors = {}
+            for counts, mine in zip(every, parts, strict=True):
+                assert counts.add(stream, seq, arg, made) == (stream in mine)
+                if stream in mine:
+                    unread, unseen = mine[stream].get(arg, (0, 0))
+                    mine[stream][arg] = (unread + 1, unseen + 1)
+        for counts, mine in zip(every, parts, strict=True):
+            assert frame_data(counts.total()) == _expected(mine)
