@@ -93,6 +93,16 @@ def postgres_source() -> str:
     return "NOTIFYD_BENCH_DSN" if os.environ.get("NOTIFYD_BENCH_DSN") else "embedded"
 
 
+def postgres_on_this_host() -> bool:
+    """Whether bench_database's server runs here (embedded, or a loopback or socket URL): then
+    its CPU shares the cores with the daemon and the load generators, and is metered."""
+    server = os.environ.get("NOTIFYD_BENCH_DSN")
+    if not server:
+        return True
+    host = urlsplit(server).hostname or ""
+    return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
+
+
 def raise_fd_limit() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard limit; children inherit it. Returns the limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -191,18 +201,34 @@ def machine_busy() -> tuple[int, int]:
     return sum(fields) - fields[3] - fields[4], sum(fields)
 
 
-class CpuMeter:
-    """CPU used by a set of processes over a window, as a fraction of one core."""
+def postgres_oncpu() -> dict[int, float]:
+    """Time on CPU of each PostgreSQL server process on this host (by its name), by pid."""
+    out: dict[int, float] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (proc / "comm").read_text().strip() == "postgres":
+                    out[int(proc.name)] = oncpu_seconds(int(proc.name))
+    return out
 
-    def __init__(self, pids: dict[str, int]) -> None:
+
+class CpuMeter:
+    """CPU used by a set of processes over a window, as a fraction of one core; with `postgres`,
+    also the PostgreSQL server's processes on this host that ran through the whole window (its
+    backends of the daemon and of the writer's pool), as "PostgreSQL"."""
+
+    def __init__(self, pids: dict[str, int], postgres: bool = False) -> None:
         self.pids = pids
+        self.postgres = postgres
         self._start: dict[str, float] = {}
+        self._server_start: dict[int, float] = {}
         self._wall = 0.0
         self.seconds: dict[str, float] = {}  # CPU seconds of the last window
 
     def start(self) -> None:
         self._wall = time.monotonic()
         self._start = {name: oncpu_seconds(pid) for name, pid in self.pids.items()}
+        self._server_start = postgres_oncpu() if self.postgres else {}
 
     def stop(self) -> dict[str, float]:
         """Fractions of one core; the CPU seconds themselves are left in `self.seconds`."""
@@ -210,6 +236,11 @@ class CpuMeter:
         self.seconds = {
             name: oncpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()
         }
+        if self.postgres:
+            start = self._server_start
+            self.seconds["PostgreSQL"] = sum(
+                used - start[pid] for pid, used in postgres_oncpu().items() if pid in start
+            )
         return {name: round(used / wall, 3) for name, used in self.seconds.items()}
 
 
