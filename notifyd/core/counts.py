@@ -196,11 +196,11 @@ def _shown_of(own: tuple[Row, ...], rest: Total) -> Total:
     return _interned(_shown, (own, rest), lambda: _sum([own], clamp=True, start=rest))
 
 
-# A broadcast's successors of connections' counts (Counts.add): keyed by the ids of a
-# connection's part of the stream, sum of shared parts and own tallies, which it holds.
+# A broadcast's successors of connections' counts (Counts.add): keyed by a connection's part
+# of the stream, its sum of shared parts and the id of its own tallies (which the value holds).
 Successors = dict[
-    tuple[int, int, int],
-    tuple[Part, Total | None, tuple[Row, ...], Part, Total | None, Total | None],
+    tuple[Part, Total | None, int],
+    tuple[Part, Total | None, Total | None, tuple[Row, ...]],
 ]
 
 
@@ -272,7 +272,9 @@ class Counts:
         if seq <= part.position:
             return False
         rest, own = self._rest, self._own
-        key = (id(part), id(rest), id(own))
+        # (parts and sums hash by identity; the own rows, a tuple, by id: kept in the value,
+        # so that no other object takes that id meanwhile)
+        key = (part, rest, id(own))
         known = made.get(key) if made is not None else None
         if known is None:
             if rest is None:
@@ -280,11 +282,10 @@ class Counts:
             else:
                 next_rest = rest.bumped(category)
                 next_total = _shown.get((own, next_rest)) or _shown_of(own, next_rest)
-            # (the objects of the key are kept with it: no other takes their ids meanwhile)
-            known = (part, rest, own, part.bumped(seq, category), next_rest, next_total)
+            known = (part.bumped(seq, category), next_rest, next_total, own)
             if made is not None:
                 made[key] = known
-        shared[i], self._rest, self._total = known[3], known[4], known[5]
+        shared[i], self._rest, self._total = known[0], known[1], known[2]
         return True
 
     def forget(self, stream: str) -> None:

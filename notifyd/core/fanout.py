@@ -232,12 +232,13 @@ class Publisher(Generic[R]):
     def _adder(self, stream: str, seq: int, category: str) -> Callable[[Session], bytes | None]:
         """One more unread and unseen item of a shared stream, for each subscriber."""
         made: Successors = {}
+        frame_of = self._frame_of  # (this runs for every connection of a broadcast)
 
         def add(session: Session) -> bytes | None:
             counts = session.counts
             if counts is None or not counts.add(stream, seq, category, made):
                 return None
-            return self.count_frame(session)
+            return frame_of(counts)
 
         return add
 
@@ -272,7 +273,12 @@ class Publisher(Generic[R]):
         streams has its part and when they differ from the last it was sent (equal counts
         are one Total, whose frame is built once)."""
         counts = session.counts
-        if counts is None or not counts.complete:
+        return None if counts is None else self._frame_of(counts)
+
+    @staticmethod
+    def _frame_of(counts: Counts) -> bytes | None:
+        """count_frame() of a connection's counts."""
+        if not counts.complete:
             return None
         total = counts.total()
         if total is counts.sent:

@@ -95,8 +95,11 @@ def test_a_new_shared_item_below_the_parts_position_is_not_counted() -> None:
     assert frame_data(counts.total())["categories"] == {"news": {"unread": 2, "unseen": 2}}
 
 
-connections = st.lists(
-    st.dictionaries(st.sampled_from((OWN, *SHARED)), tallies, max_size=3), min_size=2, max_size=5
+# connections that start with the same shared parts (as a broadcast's mostly do), each with
+# its own tallies or none yet
+connections = st.tuples(
+    st.dictionaries(st.sampled_from(SHARED), tallies, min_size=1),
+    st.lists(st.one_of(st.none(), tallies), min_size=2, max_size=5),
 )
 broadcast_steps = st.lists(
     st.one_of(
@@ -110,17 +113,22 @@ broadcast_steps = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(connections, broadcast_steps)
 def test_a_broadcast_gives_each_connection_its_own_sum(
-    starts: list[dict[str, Tallies]], script: list[tuple[str, int, str, object]]
+    start: tuple[dict[str, Tallies], list[Tallies | None]],
+    script: list[tuple[str, int, str, object]],
 ) -> None:
     """A broadcast applies one new item to every connection's counts with one table of the
-    successors it made (Counts.add's `made`): connections that start alike share them, and
+    successors it made (Counts.add's `made`): connections in equal states share them, and
     each still ends with the sum of its own parts."""
-    every = [Counts() for _ in starts]
-    parts: list[dict[str, Tallies]] = [{} for _ in starts]
-    for counts, start, mine in zip(every, starts, parts, strict=True):
-        for stream, part in start.items():
-            counts.read(stream, 0, part, own=stream == OWN)
+    shared, owns = start
+    every = [Counts() for _ in owns]
+    parts: list[dict[str, Tallies]] = [{} for _ in owns]
+    for counts, own, mine in zip(every, owns, parts, strict=True):
+        for stream, part in shared.items():
+            counts.read(stream, 0, part, own=False)
             mine[stream] = dict(part)
+        if own is not None:
+            counts.read(OWN, 0, own, own=True)
+            mine[OWN] = dict(own)
     for seq, (action, who, stream, arg) in enumerate(script, 1):
         if action == "read":
             assert isinstance(arg, dict)
