@@ -266,6 +266,37 @@ async def run(dsn: str, shared: int, own: int, users: int) -> dict[str, Any]:
         results["counts_after_change"]["server"] = await server_ms(conn, "user:heavy", streams)
         rows = await store.counts("user:heavy", streams)
         results["daemon_us"] = round(daemon_part(rows) * 1e6, 1)
+
+        async def pages(after: str, users: tuple[tuple[str, str], ...]) -> None:
+            """Feed pages, the first and the 1,000th (its cursor found once, the slow way), in
+            turn: of heavy, who read everything (all), and of acted, who read 1 item in 20
+            (unread)."""
+            for who, state in users:
+                streams = [f"user:{who}", *STREAMS]
+                deep = await conn.fetchrow(
+                    "SELECT created_at, id FROM notifyd.notifications WHERE stream = ANY($1) "
+                    "AND seq IS NOT NULL ORDER BY created_at DESC, id DESC OFFSET $2 LIMIT 1",
+                    streams,
+                    PAGE * (DEEP - 1) - 1,
+                )
+                assert deep is not None
+                # the two pages in turn, so that whatever else the machine does falls on both
+                cursors = {"1": None, "deep": (deep["created_at"], deep["id"])}
+                page_took: dict[str, list[float]] = {name: [] for name in cursors}
+                for _ in range(RUNS // 2):
+                    for name, before in cursors.items():
+                        begun = time.perf_counter()
+                        items, _after = await store.feed(
+                            f"user:{who}", streams, state, None, before, PAGE
+                        )
+                        page_took[name].append(time.perf_counter() - begun)
+                        short = f"page {name} {state}: {len(items)} items, not {PAGE}"
+                        if len(items) != PAGE and short not in failures:
+                            failures.append(short)
+                for name, times in page_took.items():
+                    results[f"page_{name}_{state}{after}"] = ms(times)
+
+        await pages("", (("heavy", "all"), ("acted", "unread")))
         # mark-all, as the daemon calls it, each timed on its own (marks accumulate: a user
         # who marks everything read often)
         for name, state in (("mark_all_read", "read"), ("mark_all_seen", "seen")):
@@ -307,32 +338,11 @@ async def run(dsn: str, shared: int, own: int, users: int) -> dict[str, Any]:
             "SELECT notifyd.mark_read('fresh', NULL, NULL, ARRAY['user:fresh', 'all', "
             "'role:staff'])",
         )
-        # feed pages: the first, and the 1,000th (its cursor found once, the slow way): of
-        # heavy, who read everything (all), and of acted, who read 1 item in 20 (unread)
-        for who, state in (("heavy", "all"), ("acted", "unread")):
-            streams = [f"user:{who}", *STREAMS]
-            deep = await conn.fetchrow(
-                "SELECT created_at, id FROM notifyd.notifications WHERE stream = ANY($1) "
-                "AND seq IS NOT NULL ORDER BY created_at DESC, id DESC OFFSET $2 LIMIT 1",
-                streams,
-                PAGE * (DEEP - 1) - 1,
-            )
-            assert deep is not None
-            # the two pages in turn, so that whatever else the machine does falls on both
-            cursors = {"1": None, "deep": (deep["created_at"], deep["id"])}
-            page_took: dict[str, list[float]] = {name: [] for name in cursors}
-            for _ in range(RUNS // 2):
-                for name, before in cursors.items():
-                    begun = time.perf_counter()
-                    items, _after = await store.feed(
-                        f"user:{who}", streams, state, None, before, PAGE
-                    )
-                    page_took[name].append(time.perf_counter() - begun)
-                    short = f"page {name} {state}: {len(items)} items, not {PAGE}"
-                    if len(items) != PAGE and short not in failures:
-                        failures.append(short)
-            for name, times in page_took.items():
-                results[f"page_{name}_{state}"] = ms(times)
+        # heavy's again, after the mark-alls above (which every item's states read)
+        await pages("_marked", (("heavy", "all"),))
+        results["heavy_marks"] = await conn.fetchval(
+            "SELECT count(*) FROM notifyd.marks WHERE ustream = 'user:heavy'"
+        )
         # a group: its first row, then rows that collapse into it
         group = (
             "SELECT notifyd.notify('fresh', 'appointment', $1, 'm', group_key => 'patient:7', "
@@ -406,6 +416,8 @@ def show(results: dict[str, Any]) -> None:
         ("page_deep_all", f"feed page {DEEP:,} (p50 / p99)"),
         ("page_1_unread", "feed page 1, unread (p50 / p99)"),
         ("page_deep_unread", f"feed page {DEEP:,}, unread (p50 / p99)"),
+        ("page_1_all_marked", f"feed page 1 after {results['heavy_marks']} mark rows (p50 / p99)"),
+        ("page_deep_all_marked", f"feed page {DEEP:,} after them (p50 / p99)"),
         ("group_collapse", "insert that collapses into a group (p50 / p99)"),
         ("plain_insert", "plain insert, beside it (p50 / p99)"),
     ):
