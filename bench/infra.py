@@ -93,16 +93,6 @@ def postgres_source() -> str:
     return "NOTIFYD_BENCH_DSN" if os.environ.get("NOTIFYD_BENCH_DSN") else "embedded"
 
 
-def postgres_on_this_host() -> bool:
-    """Whether bench_database's server runs here (embedded, or a loopback or socket URL): then
-    its CPU shares the cores with the daemon and the load generators, and is metered."""
-    server = os.environ.get("NOTIFYD_BENCH_DSN")
-    if not server:
-        return True
-    host = urlsplit(server).hostname or ""
-    return host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/")
-
-
 def raise_fd_limit() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard limit; children inherit it. Returns the limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -201,34 +191,59 @@ def machine_busy() -> tuple[int, int]:
     return sum(fields) - fields[3] - fields[4], sum(fields)
 
 
-def postgres_oncpu() -> dict[int, float]:
-    """Time on CPU of each PostgreSQL server process on this host (by its name), by pid."""
-    out: dict[int, float] = {}
+_server: dict[str, int] = {}  # "postmaster": the pid of bench_database's server, when local
+
+
+def server_pid() -> int | None:
+    """The postmaster of bench_database's server, when it runs on this host (embedded, or a
+    server whose backends are processes here); None when it is elsewhere or not started."""
+    return _server.get("postmaster")
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def _reaped_seconds(pid: int) -> float:
+    """CPU of the process's children that have exited (cutime + cstime)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[13]) + int(fields[14])) / CLK_TCK
+
+
+def _server_processes(postmaster: int) -> dict[int, float]:
+    """Time on CPU of the server and of each of its processes, by pid."""
+    out = {postmaster: oncpu_seconds(postmaster)}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (proc / "comm").read_text().strip() == "postgres":
+            with contextlib.suppress(OSError, ValueError):
+                if _parent(int(proc.name)) == postmaster:
                     out[int(proc.name)] = oncpu_seconds(int(proc.name))
     return out
 
 
 class CpuMeter:
-    """CPU used by a set of processes over a window, as a fraction of one core; with `postgres`,
-    also the PostgreSQL server's processes on this host that ran through the whole window (its
-    backends of the daemon and of the writer's pool), as "PostgreSQL"."""
+    """CPU used by a set of processes over a window, as a fraction of one core; with `server`
+    (a postmaster's pid), also that PostgreSQL server's, as "PostgreSQL": each of its processes
+    over the window (one that started within it, all of its time), and those that ended within
+    it, all of theirs (from the postmaster's count of its children that exited)."""
 
-    def __init__(self, pids: dict[str, int], postgres: bool = False) -> None:
+    def __init__(self, pids: dict[str, int], server: int | None = None) -> None:
         self.pids = pids
-        self.postgres = postgres
+        self.server = server
         self._start: dict[str, float] = {}
         self._server_start: dict[int, float] = {}
+        self._reaped_start = 0.0
         self._wall = 0.0
         self.seconds: dict[str, float] = {}  # CPU seconds of the last window
 
     def start(self) -> None:
         self._wall = time.monotonic()
         self._start = {name: oncpu_seconds(pid) for name, pid in self.pids.items()}
-        self._server_start = postgres_oncpu() if self.postgres else {}
+        if self.server is not None:
+            self._server_start = _server_processes(self.server)
+            self._reaped_start = _reaped_seconds(self.server)
 
     def stop(self) -> dict[str, float]:
         """Fractions of one core; the CPU seconds themselves are left in `self.seconds`."""
@@ -236,10 +251,12 @@ class CpuMeter:
         self.seconds = {
             name: oncpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()
         }
-        if self.postgres:
+        if self.server is not None:
             start = self._server_start
-            self.seconds["PostgreSQL"] = sum(
-                used - start[pid] for pid, used in postgres_oncpu().items() if pid in start
+            running = _server_processes(self.server)
+            ended = max(0.0, _reaped_seconds(self.server) - self._reaped_start)
+            self.seconds["PostgreSQL"] = ended + sum(
+                used - start.get(pid, 0.0) for pid, used in running.items()
             )
         return {name: round(used / wall, 3) for name, used in self.seconds.items()}
 
@@ -314,7 +331,31 @@ def bench_database() -> Iterator[str]:
                 f"cannot create database {name} on {_redact(server)}: {exc!r}"
             ) from None
         stack.callback(quietly, f"dropping database {name}", drop_database, server, name)
+        postmaster = _local_postmaster(url)
+        if postmaster is not None:
+            _server["postmaster"] = postmaster
+            stack.callback(_server.clear)
         yield url
+
+
+def _local_postmaster(url: str) -> int | None:
+    """The postmaster of the server at `url` when its backend is a process on this host."""
+
+    async def backend_parent() -> int:
+        conn = await asyncpg.connect(url, timeout=30)
+        try:
+            pid: int = await conn.fetchval("SELECT pg_backend_pid()")
+            # (read while that backend lives)
+            local = Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+            return _parent(pid) if local else 0
+        finally:
+            await conn.close(timeout=5)
+
+    try:
+        parent = asyncio.run(asyncio.wait_for(backend_parent(), ADMIN_TIMEOUT))
+    except (OSError, ValueError):
+        return None
+    return parent or None
 
 
 def start_embedded(data_dir: Path, timeout: float) -> tuple[Any, str]:

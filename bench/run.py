@@ -169,7 +169,7 @@ class Bench:
         self.users_of: list[list[str]] = [[] for _ in clients]  # connected users per process
         self.meter = CpuMeter(
             {"daemon": daemon.pid, **{c.name: c.pid for c in clients}, "writer": writer.pid},
-            postgres=infra.postgres_on_this_host(),
+            server=infra.server_pid(),
         )
         self.profiles: dict[str, dict[str, Any]] = {}
         self.raw: dict[str, Any] = {}  # per-sample data, for bench/results/*.raw.json
