@@ -1,4 +1,4 @@
--- notifyd schema, version 14: a new row's event costs half what it did.
+-- notifyd schema, version 14: a new row's event is made once, in the query that needs it.
 -- 1. Its Notification object was printed twice: the planner pulled the sub-select that made it
 --    (row_to_json, version 13) up into both the size test and the text that used it. It is now
 --    made once, apart (OFFSET 0 keeps it a sub-select of its own).
