@@ -259,9 +259,9 @@ class Counts:
     def add(self, stream: str, seq: int, category: str, made: Successors | None = None) -> bool:
         """A new item at `seq` of a shared stream: one more unread and unseen, unless the part
         was read at or above it. Returns whether the counts changed. A broadcast does this for
-        every connection, with one `made` for all of them: connections whose part, sum and
-        own tallies are the same objects (interned: most are) take the successors made for
-        the first of them."""
+        every connection, with one `made` for all of them (a table per new item: it does not
+        record which): connections whose part, sum and own tallies are the same objects
+        (interned: most are) take the successors made for the first of them."""
         shared = self._shared
         for i in range(len(shared)):  # (not _find(): this runs for every connection)
             part = shared[i]
