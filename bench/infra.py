@@ -169,10 +169,15 @@ def rss_kb(pid: int) -> int:
     return kb
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name: [0] is field 3 (state)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process, in seconds (CLK_TCK resolution, usually 10 ms)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -201,14 +206,12 @@ def server_pid() -> int | None:
 
 
 def _parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
+    return int(_stat_fields(pid)[1])
 
 
 def _reaped_seconds(pid: int) -> float:
     """CPU of the process's children that have exited (cutime + cstime)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
+    fields = _stat_fields(pid)
     return (int(fields[13]) + int(fields[14])) / CLK_TCK
 
 

@@ -48,6 +48,12 @@ def _expected(parts: dict[str, Tallies]) -> dict[str, object]:
     }
 
 
+def _one_more(part: Tallies, category: str) -> None:
+    """A new shared item, as a fresh read of the part would count it."""
+    unread, unseen = part.get(category, (0, 0))
+    part[category] = (unread + 1, unseen + 1)
+
+
 @settings(max_examples=300, deadline=None)
 @given(steps)
 def test_the_total_is_the_sum_of_the_parts(script: list[tuple[str, str, object]]) -> None:
@@ -69,8 +75,7 @@ def test_the_total_is_the_sum_of_the_parts(script: list[tuple[str, str, object]]
             changed = counts.add(stream, seq, arg)
             assert changed == (stream in parts)
             if changed:
-                unread, unseen = parts[stream].get(arg, (0, 0))
-                parts[stream][arg] = (unread + 1, unseen + 1)
+                _one_more(parts[stream], arg)
         else:
             counts.forget(stream)
             parts.pop(stream, None)
@@ -141,7 +146,6 @@ def test_a_broadcast_gives_each_connection_its_own_sum(
             for counts, mine in zip(every, parts, strict=True):
                 assert counts.add(stream, seq, arg, made) == (stream in mine)
                 if stream in mine:
-                    unread, unseen = mine[stream].get(arg, (0, 0))
-                    mine[stream][arg] = (unread + 1, unseen + 1)
+                    _one_more(mine[stream], arg)
         for counts, mine in zip(every, parts, strict=True):
             assert frame_data(counts.total()) == _expected(mine)
