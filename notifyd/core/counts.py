@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from notifyd.core.protocol import encode, websocket_text
+
 # (unread, unseen) per category; "" is the items without a category
 Tallies = dict[str, tuple[int, int]]
 RECENT_KEPT = 4096  # new items remembered per shared stream for late queries
@@ -99,8 +101,8 @@ class Part:
 class Total:
     """A sum of tallies: unread, unseen, and (category, unread, unseen) per category, sorted,
     those at zero left out. Interned: equal totals are one object. What a count frame says is
-    a Total none of whose figures is below zero; its frame is built once (`frame`, kept by the
-    publisher)."""
+    a Total none of whose figures is below zero; its frame is built once (`frame`, kept here
+    by Counts.frame())."""
 
     __slots__ = ("_bump", "categories", "frame", "unread", "unseen")
 
@@ -196,48 +198,105 @@ def _shown_of(own: tuple[Row, ...], rest: Total) -> Total:
     return _interned(_shown, (own, rest), lambda: _sum([own], clamp=True, start=rest))
 
 
-# A broadcast's successors of connections' counts (Counts.add): keyed by a connection's part
-# of the stream, its sum of shared parts and the id of its own tallies (which the value holds).
-Successors = dict[
-    tuple[Part, Total | None, int],
-    tuple[Part, Total | None, Total | None, tuple[Row, ...]],
-]
+class State:
+    """What a connection's counts are made of, less its own stream's name and position: its
+    own tallies (interned rows) and its shared parts, with their sum and what the frame says,
+    each worked out once. Interned: connections with equal counts share one, so that a
+    broadcast makes each next state once for all of them and finds it with one lookup per
+    connection (Counts.add's `made`)."""
 
+    __slots__ = ("_total", "own", "parts", "rest")
 
-class Counts:
-    """One connection's counts: the user's own stream's part (its tallies and position) and a
-    part per shared stream (a short list: a connection has a few streams). The sum of the
-    shared parts is kept, and what the frame says is looked up from it and the own tallies, so
-    that an event of the user's own stream (every delivery) and a new shared item (a broadcast,
-    for each connection) cost a few dictionary lookups, not a sum."""
+    def __init__(self, own: tuple[Row, ...], parts: tuple[Part, ...]) -> None:
+        self.own = own
+        self.parts = parts  # a short tuple: a connection has a few streams
+        self.rest: Total | None = None  # the sum of the parts' tallies, made at first use
+        self._total: Total | None = None
 
-    __slots__ = ("_own", "_position", "_rest", "_shared", "_stream", "_total", "complete", "sent")
+    def total(self) -> Total:
+        """The sum over every part, none of its figures below zero (interned: equal counts
+        are one Total)."""
+        total = self._total
+        if total is None:
+            rest = self.rest
+            if rest is None:
+                rest = self.rest = _sum([p.tallies for p in self.parts], clamp=False)
+            total = self._total = _shown_of(self.own, rest)
+        return total
 
-    def __init__(self) -> None:
-        self._stream: str | None = None  # the user's own stream, once its part is known
-        self._own: tuple[Row, ...] = _NO_ROWS  # its tallies...
-        self._position = 0  # ...as of this seq
-        self._shared: list[Part] = []
-        self._rest: Total | None = None  # the sum of the shared parts, kept until one changes
-        self._total: Total | None = None  # total(), kept until a part changes
-        self.complete = False  # every stream of the connection has its part (set by its reader)
-        self.sent: Total | None = None  # what the last frame sent said
-
-    def _find(self, stream: str) -> int:
-        for i, part in enumerate(self._shared):
+    def find(self, stream: str) -> int:
+        for i, part in enumerate(self.parts):
             if part.stream == stream:
                 return i
         return -1
 
+    def with_own(self, own: tuple[Row, ...]) -> State:
+        return _state(own, self.parts)
+
+    def with_part(self, part: Part) -> State:
+        """This state with `part` in place of its stream's (or added)."""
+        i, parts = self.find(part.stream), self.parts
+        if i < 0:
+            return _state(self.own, (*parts, part))
+        return _state(self.own, (*parts[:i], part, *parts[i + 1 :]))
+
+    def without(self, stream: str) -> State:
+        return _state(self.own, tuple(p for p in self.parts if p.stream != stream))
+
+    def added(self, stream: str, seq: int, category: str) -> State:
+        """This state with a new item at `seq` of a shared stream: one more unread and unseen,
+        unless the stream has no part here or its part was read at or above `seq` (then
+        itself)."""
+        i = self.find(stream)
+        if i < 0 or seq <= self.parts[i].position:
+            return self
+        parts = self.parts
+        made = _state(self.own, (*parts[:i], parts[i].bumped(seq, category), *parts[i + 1 :]))
+        if made.rest is None and self.rest is not None:
+            made.rest = self.rest.bumped(category)  # (its sum, without summing every part)
+        return made
+
+
+_states: dict[tuple[int, tuple[Part, ...]], State] = {}
+
+
+def _state(own: tuple[Row, ...], parts: tuple[Part, ...]) -> State:
+    """The one State of these own tallies (interned rows: keyed by id, which the state holds)
+    and parts."""
+    return _interned(_states, (id(own), parts), lambda: State(own, parts))
+
+
+_NO_STATE = State(_NO_ROWS, ())
+# A broadcast's next state of each state of its connections' counts (Counts.add): the state
+# itself when the new item does not change it.
+Successors = dict[State, State]
+
+
+class Counts:
+    """One connection's counts: the user's own stream's name and position, and the State of
+    its own tallies and of a part per shared stream, so that an event of the user's own stream
+    (every delivery) and a new shared item (a broadcast, for each connection) cost a few
+    dictionary lookups, not a sum."""
+
+    __slots__ = ("_position", "_stream", "complete", "sent", "state")
+
+    def __init__(self) -> None:
+        self._stream: str | None = None  # the user's own stream, once its part is known
+        self._position = 0  # its tallies' seq
+        self.state = _NO_STATE
+        self.complete = False  # every stream of the connection has its part (set by its reader)
+        self.sent: Total | None = None  # what the last frame sent said
+
     def known(self, streams: tuple[str, ...]) -> bool:
         """Whether every one of `streams` has its part (until then no frame is sent)."""
-        return all(s == self._stream or self._find(s) >= 0 for s in streams)
+        state = self.state
+        return all(s == self._stream or state.find(s) >= 0 for s in streams)
 
     def announce(self, stream: str, position: int, rows: tuple[Row, ...]) -> None:
         """The own stream's tallies (rows_of()), from an event (events come in commit order:
         the newest)."""
-        self._stream, self._position, self._own = stream, position, rows
-        self._total = None
+        self._stream, self._position = stream, position
+        self.state = self.state.with_own(rows)
 
     def read(self, stream: str, position: int, tallies: Tallies, own: bool) -> None:
         """A part as a query read it at `position`. The own stream's is kept only when newer
@@ -248,67 +307,67 @@ class Counts:
             if self._stream != stream or position > self._position:
                 self.announce(stream, position, rows_of(tallies))
             return
-        part = _part(stream, position, tallies)
-        i = self._find(stream)
-        if i < 0:
-            self._shared.append(part)
-        else:
-            self._shared[i] = part
-        self._rest = self._total = None
+        self.state = self.state.with_part(_part(stream, position, tallies))
 
     def add(self, stream: str, seq: int, category: str, made: Successors | None = None) -> bool:
         """A new item at `seq` of a shared stream: one more unread and unseen, unless the part
         was read at or above it. Returns whether the counts changed. A broadcast does this for
         every connection, with one `made` for all of them (a table per new item: it does not
-        record which): connections whose part, sum and own tallies are the same objects
-        (interned: most are) take the successors made for the first of them."""
-        shared = self._shared
-        for i in range(len(shared)):  # (not _find(): this runs for every connection)
-            part = shared[i]
-            if part.stream == stream:
-                break
-        else:
-            return False
-        if seq <= part.position:
-            return False
-        rest, own = self._rest, self._own
-        # (parts and sums hash by identity; the own rows, a tuple, by id: kept in the value,
-        # so that no other object takes that id meanwhile)
-        key = (part, rest, id(own))
-        known = made.get(key) if made is not None else None
-        if known is None:
-            if rest is None:
-                next_rest = next_total = None
-            else:
-                next_rest = rest.bumped(category)
-                next_total = _shown.get((own, next_rest)) or _shown_of(own, next_rest)
-            known = (part.bumped(seq, category), next_rest, next_total, own)
+        record which): connections in the same state (interned: most are) take the next state
+        made for the first of them."""
+        return self._added(stream, seq, category, made) is not None
+
+    def added_frame(self, stream: str, seq: int, category: str, made: Successors) -> bytes | None:
+        """add(), then frame(), in one call: this runs for every connection of a broadcast."""
+        total = self._added(stream, seq, category, made)
+        if total is None or total is self.sent or not self.complete:
+            return None
+        self.sent = total
+        return total.frame or _frame_of(total)
+
+    def _added(self, stream: str, seq: int, category: str, made: Successors | None) -> Total | None:
+        """add(): the counts' new total, or None when they did not change."""
+        state = self.state
+        following = made.get(state) if made is not None else None
+        if following is None:
+            following = state.added(stream, seq, category)
             if made is not None:
-                made[key] = known
-        shared[i], self._rest, self._total = known[0], known[1], known[2]
-        return True
+                made[state] = following
+        if following is state:
+            return None
+        self.state = following
+        return following.total()
+
+    def frame(self) -> bytes | None:
+        """The notification:unread-count frame of these counts, once each of their streams has
+        its part and when they differ from the last one sent (then they are the last sent):
+        equal counts are one Total, whose frame is built once."""
+        if not self.complete:
+            return None
+        total = self.state.total()
+        if total is self.sent:
+            return None
+        self.sent = total
+        return total.frame or _frame_of(total)
 
     def forget(self, stream: str) -> None:
         if stream == self._stream:
-            self._stream, self._own, self._position = None, _NO_ROWS, 0
+            self._stream, self._position = None, 0
+            self.state = self.state.with_own(_NO_ROWS)
         else:
-            i = self._find(stream)
-            if i >= 0:
-                del self._shared[i]
-            self._rest = None
-        self._total = None
+            self.state = self.state.without(stream)
         self.complete = False
 
     def total(self) -> Total:
         """The sum over every part, none of its figures below zero (interned: equal counts
         are one Total)."""
-        total = self._total
-        if total is None:
-            rest = self._rest
-            if rest is None:
-                rest = self._rest = _sum([p.tallies for p in self._shared], clamp=False)
-            total = self._total = _shown_of(self._own, rest)
-        return total
+        return self.state.total()
+
+
+def _frame_of(total: Total) -> bytes:
+    """A Total's count frame, built at its first use and kept on it."""
+    frame = total.frame = websocket_text(encode("notification:unread-count", frame_data(total)))
+    return frame
 
 
 def frame_data(total: Total) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from notifyd.core.counts import Counts, Recent, Successors, Tallies, frame_data, rows_of
+from notifyd.core.counts import Counts, Recent, Successors, Tallies, rows_of
 from notifyd.core.events import (
     Deleted,
     Event,
@@ -232,13 +232,10 @@ class Publisher(Generic[R]):
     def _adder(self, stream: str, seq: int, category: str) -> Callable[[Session], bytes | None]:
         """One more unread and unseen item of a shared stream, for each subscriber."""
         made: Successors = {}
-        frame_of = self._frame_of  # (this runs for every connection of a broadcast)
 
         def add(session: Session) -> bytes | None:
-            counts = session.counts
-            if counts is None or not counts.add(stream, seq, category, made):
-                return None
-            return frame_of(counts)
+            counts = session.counts  # (this runs for every connection of a broadcast)
+            return None if counts is None else counts.added_frame(stream, seq, category, made)
 
         return add
 
@@ -269,27 +266,9 @@ class Publisher(Generic[R]):
                 self.on_counts_stale(users)
 
     def count_frame(self, session: Session) -> bytes | None:
-        """The notification:unread-count frame of a connection's counts, once each of its
-        streams has its part and when they differ from the last it was sent (equal counts
-        are one Total, whose frame is built once)."""
+        """The notification:unread-count frame of a connection's counts (Counts.frame())."""
         counts = session.counts
-        return None if counts is None else self._frame_of(counts)
-
-    @staticmethod
-    def _frame_of(counts: Counts) -> bytes | None:
-        """count_frame() of a connection's counts."""
-        if not counts.complete:
-            return None
-        total = counts.total()
-        if total is counts.sent:
-            return None
-        counts.sent = total
-        frame = total.frame
-        if frame is None:
-            frame = total.frame = websocket_text(
-                encode("notification:unread-count", frame_data(total))
-            )
-        return frame
+        return None if counts is None else counts.frame()
 
     def read_counts(self, session: Session, rows: list[tuple[str, int, Tallies]]) -> bytes | None:
         """A counts query's parts for a connection: (stream, position, tallies) per stream.
