@@ -101,8 +101,8 @@ class Part:
 class Total:
     """A sum of tallies: unread, unseen, and (category, unread, unseen) per category, sorted,
     those at zero left out. Interned: equal totals are one object. What a count frame says is
-    a Total none of whose figures is below zero; its frame is built once (`frame`, kept here
-    by Counts.frame())."""
+    a Total none of whose figures is below zero; its frame is built once, at its first use
+    (`frame`, by _frame_of())."""
 
     __slots__ = ("_bump", "categories", "frame", "unread", "unseen")
 
@@ -231,7 +231,12 @@ class State:
         return -1
 
     def with_own(self, own: tuple[Row, ...]) -> State:
-        return _state(own, self.parts)
+        """This state with other own tallies: the same parts, so the same sum (kept, not
+        summed again at the next delivery)."""
+        made = _state(own, self.parts)
+        if made.rest is None:
+            made.rest = self.rest
+        return made
 
     def with_part(self, part: Part) -> State:
         """This state with `part` in place of its stream's (or added)."""
