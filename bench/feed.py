@@ -14,6 +14,9 @@ the daemon runs them (asyncpg, one connection):
   (pg_stat_user_tables);
 - feed pages (notifyd.feed through the daemon's query, 20 items) at page 1 and page 1,000, over
   the user's 100,000 own items and the 1,000,000 of `all`: keyset, so no slower with depth;
+- that user's counts and pages again after the mark-alls, and after 70 more mark-all-reads with
+  an announcement before each (some 600 mark rows): what a user who marks everything often
+  costs;
 - a group collapse (an insert with the group_key of an unread item) and a plain insert.
 
     python bench/feed.py            1,000,000 items in all, 100,000 own, 100,000 users (minutes)
@@ -54,6 +57,7 @@ TARGET_COUNTS_MS = 1.0  # counts on connect, daemon and database, per connection
 TARGET_MARK_ALL_MS = 5.0
 PAGE = 20  # items per feed page
 DEEP = 1000  # the deep page measured
+MORE_MARK_ALLS = 70  # mark-all-reads of one user, an announcement before each (6 mark rows each)
 
 
 async def seed(conn: asyncpg.Connection, shared: int, own: int, users: int) -> None:
@@ -316,6 +320,23 @@ async def run(dsn: str, shared: int, own: int, users: int) -> dict[str, Any]:
         results["heavy_marks"] = await conn.fetchval(
             "SELECT count(*) FROM notifyd.marks WHERE ustream = 'user:heavy'"
         )
+        results["counts_heavy_marked"] = ms(await timed(conn, query, "user:heavy", streams))
+        results["counts_heavy_marked"]["server"] = await server_ms(conn, "user:heavy", streams)
+        # a user who marks everything read often while announcements arrive (a bell that marks
+        # all seen at each opening): each mark-all adds a mark row per stream and state, and an
+        # item's state is the first of the marks that cover it
+        for i in range(MORE_MARK_ALLS):
+            await conn.execute("SELECT notifyd.broadcast('news', $1, 'm')", f"between {i}")
+            await store.set_state("heavy", "read", True, None, None, streams)
+        results["heavy_many_marks"] = await conn.fetchval(
+            "SELECT count(*) FROM notifyd.marks WHERE ustream = 'user:heavy'"
+        )
+        results["counts_heavy_many_marks"] = ms(await timed(conn, query, "user:heavy", streams))
+        results["counts_heavy_many_marks"]["server"] = await server_ms(conn, "user:heavy", streams)
+        got = await counted(conn, "user:heavy", streams)
+        if got != await recount(conn, "user:heavy", streams):
+            failures.append(f"heavy after {results['heavy_many_marks']} mark rows: {got}")
+        await pages("_many_marks", (("heavy", "all"),))
         # a broadcast with the users' states present: one statement, one row
         took = []
         await conn.execute("SELECT notifyd.broadcast('news', 'warm', 'm')")
@@ -399,6 +420,15 @@ def show(results: dict[str, Any]) -> None:
             if judged
             else "",
         )
+    for key, marks in (
+        ("counts_heavy_marked", results["heavy_marks"]),
+        ("counts_heavy_many_marks", results["heavy_many_marks"]),
+    ):
+        figure = results[key]
+        t.row(
+            f"counts on connect, 100,000 own items and {marks} mark rows: database (p50 / p99)",
+            f"{figure['server']} ms ({figure['p50']} / {figure['p99']} ms)",
+        )
     t.row("daemon's part of counts on connect", f"{results['daemon_us']} us")
     for key, label in (("mark_all_read", "mark-all-read"), ("mark_all_seen", "mark-all-seen")):
         figure = results[key]
@@ -419,6 +449,8 @@ def show(results: dict[str, Any]) -> None:
         ("page_deep_unread", f"feed page {DEEP:,}, unread (p50 / p99)"),
         ("page_1_all_marked", f"feed page 1 after {results['heavy_marks']} mark rows (p50 / p99)"),
         ("page_deep_all_marked", f"feed page {DEEP:,} after them (p50 / p99)"),
+        ("page_1_all_many_marks", f"feed page 1 after {results['heavy_many_marks']} (p50 / p99)"),
+        ("page_deep_all_many_marks", f"feed page {DEEP:,} after them (p50 / p99)"),
         ("group_collapse", "insert that collapses into a group (p50 / p99)"),
         ("plain_insert", "plain insert, beside it (p50 / p99)"),
     ):

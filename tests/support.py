@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
+from hypothesis import HealthCheck, Phase, settings
 from protocol_schema import validate_server_frame
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -28,6 +29,16 @@ from notifyd.core.auth import issue_token
 from notifyd.storage.store import Store
 
 SECRET = "test-secret-" + "x" * 64
+# Hypothesis examples against one database, the test's fixture, which they share (each keeps to
+# rows of its own): no deadline (a database's time varies), no saved examples and no shrinking
+# (each example's statements are real and slow).
+DATABASE_EXAMPLES = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 ROOT = Path(__file__).resolve().parent.parent
 HOW_TO_PROVIDE_PG = (
     "set NOTIFYD_TEST_DSN to a PostgreSQL server URL whose user may CREATE DATABASE "

@@ -12,8 +12,9 @@ import asyncpg
 import orjson
 import pytest
 from asyncpg.transaction import Transaction
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from support import DATABASE_EXAMPLES
 
 import notifyd.storage.store as store_module
 from notifyd.core.errors import StoreError
@@ -318,13 +319,7 @@ async def sync_store(fresh_db: str) -> AsyncIterator[Store]:
     await store.close()
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    database=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@DATABASE_EXAMPLES
 @given(
     cursors=st.dictionaries(st.sampled_from(SYNC_STREAMS), st.integers(0, 15), min_size=1),
     in_flight=st.dictionaries(st.sampled_from(SYNC_STREAMS), in_flight_range),
