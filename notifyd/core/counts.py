@@ -320,24 +320,19 @@ class Counts:
         every connection, with one `made` for all of them (a table per new item: it does not
         record which): connections in the same state (interned: most are) take the next state
         made for the first of them."""
-        return self._added(stream, seq, category, made) is not None
+        return self._added(stream, seq, category, {} if made is None else made) is not None
 
     def added_frame(self, stream: str, seq: int, category: str, made: Successors) -> bytes | None:
         """add(), then frame(), in one call: this runs for every connection of a broadcast."""
         total = self._added(stream, seq, category, made)
-        if total is None or total is self.sent or not self.complete:
-            return None
-        self.sent = total
-        return total.frame or _frame_of(total)
+        return None if total is None else self._frame_to_send(total)
 
-    def _added(self, stream: str, seq: int, category: str, made: Successors | None) -> Total | None:
+    def _added(self, stream: str, seq: int, category: str, made: Successors) -> Total | None:
         """add(): the counts' new total, or None when they did not change."""
         state = self.state
-        following = made.get(state) if made is not None else None
+        following = made.get(state)
         if following is None:
-            following = state.added(stream, seq, category)
-            if made is not None:
-                made[state] = following
+            following = made[state] = state.added(stream, seq, category)
         if following is state:
             return None
         self.state = following
@@ -347,10 +342,11 @@ class Counts:
         """The notification:unread-count frame of these counts, once each of their streams has
         its part and when they differ from the last one sent (then they are the last sent):
         equal counts are one Total, whose frame is built once."""
-        if not self.complete:
-            return None
-        total = self.state.total()
-        if total is self.sent:
+        return self._frame_to_send(self.state.total())
+
+    def _frame_to_send(self, total: Total) -> bytes | None:
+        """frame() of counts that stand at `total`."""
+        if not self.complete or total is self.sent:
             return None
         self.sent = total
         return total.frame or _frame_of(total)
