@@ -251,10 +251,16 @@ async def run(dsn: str, shared: int, own: int, users: int) -> dict[str, Any]:
             "ARRAY['user:marked', 'all', 'role:staff'])"
         )
         query = "SELECT * FROM notifyd.counts($1, $2::text[])"
+
+        async def counts_took(viewer: str, streams: list[str]) -> dict[str, float]:
+            """A user's counts, timed with the round trip and in the server alone."""
+            took = ms(await timed(conn, query, viewer, streams))
+            took["server"] = await server_ms(conn, viewer, streams)
+            return took
+
         for who in ("fresh", "marked", "heavy", "acted"):
             streams = [f"user:{who}", *STREAMS]
-            results[f"counts_{who}"] = ms(await timed(conn, query, f"user:{who}", streams))
-            results[f"counts_{who}"]["server"] = await server_ms(conn, f"user:{who}", streams)
+            results[f"counts_{who}"] = await counts_took(f"user:{who}", streams)
             exact = await recount(conn, f"user:{who}", streams)
             got = await counted(conn, f"user:{who}", streams)
             results[f"counts_{who}"]["unread"] = got[0]
@@ -266,8 +272,7 @@ async def run(dsn: str, shared: int, own: int, users: int) -> dict[str, Any]:
             "WHERE stream = 'all' AND dseq = 7))"
         )
         streams = ["user:heavy", *STREAMS]
-        results["counts_after_change"] = ms(await timed(conn, query, "user:heavy", streams))
-        results["counts_after_change"]["server"] = await server_ms(conn, "user:heavy", streams)
+        results["counts_after_change"] = await counts_took("user:heavy", streams)
         rows = await store.counts("user:heavy", streams)
         results["daemon_us"] = round(daemon_part(rows) * 1e6, 1)
 
@@ -320,8 +325,7 @@ async def run(dsn: str, shared: int, own: int, users: int) -> dict[str, Any]:
         results["heavy_marks"] = await conn.fetchval(
             "SELECT count(*) FROM notifyd.marks WHERE ustream = 'user:heavy'"
         )
-        results["counts_heavy_marked"] = ms(await timed(conn, query, "user:heavy", streams))
-        results["counts_heavy_marked"]["server"] = await server_ms(conn, "user:heavy", streams)
+        results["counts_heavy_marked"] = await counts_took("user:heavy", streams)
         # a user who marks everything read often while announcements arrive (a bell that marks
         # all seen at each opening): each mark-all adds a mark row per stream and state, and an
         # item's state is the first of the marks that cover it
@@ -331,8 +335,7 @@ async def run(dsn: str, shared: int, own: int, users: int) -> dict[str, Any]:
         results["heavy_many_marks"] = await conn.fetchval(
             "SELECT count(*) FROM notifyd.marks WHERE ustream = 'user:heavy'"
         )
-        results["counts_heavy_many_marks"] = ms(await timed(conn, query, "user:heavy", streams))
-        results["counts_heavy_many_marks"]["server"] = await server_ms(conn, "user:heavy", streams)
+        results["counts_heavy_many_marks"] = await counts_took("user:heavy", streams)
         got = await counted(conn, "user:heavy", streams)
         if got != await recount(conn, "user:heavy", streams):
             failures.append(f"heavy after {results['heavy_many_marks']} mark rows: {got}")
