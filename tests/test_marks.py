@@ -41,14 +41,16 @@ CROSS JOIN LATERAL (
 WHERE n.stream = ANY ($2::text[]) AND n.seq IS NOT NULL
 ORDER BY n.id, k.kind
 """
-# The counts of every category, from every item's states (viewer_states) ...
+# The counts of every category, from every item's states (viewer_states; archived and snoozed
+# items are not counted) ...
 RECOUNT = """
 SELECT coalesce(n.category, '') AS category,
-       count(*) FILTER (WHERE s.read_at IS NULL AND s.archived_at IS NULL) AS unread,
-       count(*) FILTER (WHERE s.seen_at IS NULL AND s.archived_at IS NULL) AS unseen
+       count(*) FILTER (WHERE s.read_at IS NULL) AS unread,
+       count(*) FILTER (WHERE s.seen_at IS NULL) AS unseen
 FROM notifyd.notifications n
 CROSS JOIN LATERAL notifyd_private.viewer_states(n, $1) s
 WHERE n.stream = ANY ($2::text[]) AND n.seq IS NOT NULL
+  AND s.archived_at IS NULL AND s.snoozed_until IS NULL
 GROUP BY 1
 """
 # ... and as notifyd.counts() gives them (which reads first_mark())
@@ -56,11 +58,34 @@ COUNTED = """
 SELECT category, sum(unread) AS unread, sum(unseen) AS unseen
 FROM notifyd.counts($1, $2::text[]) GROUP BY 1
 """
+# ... and the items of each filter of the feed, newest first, as the feed gives them, from
+# every item's states
+FILTERED = """
+SELECT n.id, notifyd.wire_of(n, s.seen_at, s.read_at, s.archived_at, s.snoozed_until,
+                             s.interacted_at, s.action) AS notification
+FROM notifyd.notifications n
+CROSS JOIN LATERAL notifyd_private.viewer_states(n, $1) s
+WHERE n.stream = ANY ($2::text[]) AND n.seq IS NOT NULL
+  AND ($4::text IS NULL OR n.category = $4) AND s.snoozed_until IS NULL
+  AND CASE $3 WHEN 'archived' THEN s.archived_at IS NOT NULL
+              WHEN 'unread' THEN s.archived_at IS NULL AND s.read_at IS NULL
+              WHEN 'unseen' THEN s.archived_at IS NULL AND s.seen_at IS NULL
+              ELSE s.archived_at IS NULL END
+ORDER BY n.created_at DESC, n.id DESC
+"""
+FILTERS = [
+    (state, category)
+    for state in ("all", "unread", "unseen", "archived")
+    for category in (None, "billing", "news")
+]
 CATEGORIES = st.sampled_from([None, "billing", "news"])
 # (what, which stream: 0 own, 1 and 2 shared, a category, an item's index)
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("item"), st.integers(0, 2), CATEGORIES, st.just(0)),
+        # an own item of a group: collapses into the group's unread item, if any (new
+        # version, unseen, to the top)
+        st.tuples(st.just("grouped"), st.just(0), CATEGORIES, st.just(0)),
         st.tuples(
             st.sampled_from(["mark_read", "mark_seen", "archive"]),
             st.integers(0, 3),  # 3: every stream
@@ -68,7 +93,10 @@ steps = st.lists(
             st.just(0),
         ),
         st.tuples(
-            st.sampled_from(["mark_read", "mark_seen", "mark_unread", "archive", "unarchive"]),
+            st.sampled_from(
+                # (unsee: a plain UPDATE of an own item's seen_at to NULL)
+                ["mark_read", "mark_seen", "mark_unread", "archive", "unarchive", "snooze", "unsee"]
+            ),
             st.just(0),
             st.just(None),
             st.integers(0, 30),
@@ -132,6 +160,18 @@ async def marks_db(fresh_db: str) -> AsyncIterator[asyncpg.Connection]:
         ("mark_read", 3, None, 0),
     ]
 )
+# an own item seen on its own, covered by a mark, then unseen by a plain UPDATE: unseen (its
+# version past the mark)
+@example(
+    [
+        ("item", 0, None, 0),
+        ("mark_seen", 0, None, 1),
+        ("mark_seen", 0, None, 0),
+        ("unsee", 0, None, 0),
+    ]
+)
+# a group's item seen by a mark, then collapsed into: unseen, at the top
+@example([("grouped", 0, None, 0), ("mark_seen", 0, None, 0), ("grouped", 0, None, 0)])
 async def test_first_mark_finds_the_first_covering_mark_and_the_counts_agree(
     marks_db: asyncpg.Connection, script: list[tuple[str, int, str | None, int]]
 ) -> None:
@@ -155,10 +195,33 @@ async def test_first_mark_finds_the_first_covering_mark_and_the_counts_agree(
                     category,
                 )
             )
+        elif what == "grouped":
+            ids.append(
+                await conn.fetchval(
+                    "SELECT notifyd.notify($1, 't', 'x', 'm', category => $2, group_key => 'g')",
+                    user,
+                    category,
+                )
+            )
         elif index == 0 and what in ("mark_read", "mark_seen", "archive"):  # every item
             marked = streams if which == 3 else [streams[which]]
             await conn.execute(
                 f"SELECT notifyd.{what}($1, NULL, $2, $3::text[])", user, category, marked
+            )
+        elif ids and what == "unsee":
+            await conn.execute(
+                "UPDATE notifyd.notifications SET seen_at = NULL WHERE id = $1 AND user_id = $2",
+                ids[index % len(ids)],
+                user,
+            )
+        elif ids and what == "snooze":
+            one = ids[index % len(ids)]
+            await conn.execute(
+                "SELECT notifyd.snooze($1, ARRAY[$2::bigint], now() + interval '1 hour', NULL, "
+                "$3::text[])",
+                user,
+                one,
+                streams,
             )
         elif ids:
             one = ids[index % len(ids)]
@@ -182,6 +245,40 @@ async def test_first_mark_finds_the_first_covering_mark_and_the_counts_agree(
     assert {c: v for c, v in counted.items() if v != (0, 0)} == {
         c: v for c, v in recount.items() if v != (0, 0)
     }, script
+    for state, category in FILTERS:
+        filtered = [
+            (r["id"], r["notification"])
+            for r in await conn.fetch(FILTERED, viewer, streams, state, category)
+        ]
+        assert await paged(conn, viewer, streams, state, category) == filtered, (
+            state,
+            category,
+            script,
+        )
+
+
+async def paged(
+    conn: asyncpg.Connection, viewer: str, streams: list[str], state: str, category: str | None
+) -> list[tuple[int, str]]:
+    """Every item of a filter of the feed (its id and object), page after page, with pages of
+    3 and at most 4 items looked at a page (so the pages cut by the scan are read on from
+    too)."""
+    got: list[tuple[int, str]] = []
+    before: tuple[object, int] | None = None
+    while True:
+        rows = await conn.fetch(
+            "SELECT id, created_at, notification, notification IS NULL AS cut "
+            "FROM notifyd.feed($1, $2::text[], $3, $4, $5, $6, 3, 4)",
+            viewer,
+            streams,
+            state,
+            category,
+            *(before or (None, None)),
+        )
+        got += [(r["id"], r["notification"]) for r in rows if not r["cut"]]
+        if len(rows) < 3 and not (rows and rows[-1]["cut"]):
+            return got
+        before = (rows[-1]["created_at"], rows[-1]["id"])
 
 
 async def test_a_marks_upto_never_falls_behind_an_earlier_marks(fresh_db: str) -> None:
