@@ -331,3 +331,26 @@ async def test_a_marks_upto_never_falls_behind_an_earlier_marks(fresh_db: str) -
             assert uptos[-1] > uptos[0]  # the inserts did race the marks
     finally:
         await pool.close()
+
+
+async def test_a_plain_update_sets_the_row_and_mark_unread_unreads_either(
+    marks_db: asyncpg.Connection,
+) -> None:
+    """As the README says: an item read by "all read" has the mark's state, not the row's, so
+    a plain UPDATE of read_at to NULL changes nothing; notifyd.mark_unread() unreads it, and a
+    plain UPDATE of read_at to a time reads it again."""
+    conn = marks_db
+    nid = await conn.fetchval("SELECT notifyd.notify('pu', 't', 'x', 'm')")
+    read = (
+        "SELECT (notifyd.to_wire(n, 'user:pu')->>'read')::boolean "
+        "FROM notifyd.notifications n WHERE id = $1"
+    )
+    assert await conn.fetchval(read, nid) is False
+    await conn.execute("SELECT notifyd.mark_read('pu')")
+    assert await conn.fetchval(read, nid) is True
+    await conn.execute("UPDATE notifyd.notifications SET read_at = NULL WHERE id = $1", nid)
+    assert await conn.fetchval(read, nid) is True
+    await conn.execute("SELECT notifyd.mark_unread('pu', ARRAY[$1::bigint])", nid)
+    assert await conn.fetchval(read, nid) is False
+    await conn.execute("UPDATE notifyd.notifications SET read_at = now() WHERE id = $1", nid)
+    assert await conn.fetchval(read, nid) is True
