@@ -14,11 +14,15 @@
 -- category, in the page's own query for every item of a round.
 -- 1. notifyd_private.marked(): that test, SQL returning a set (inlined into the query).
 -- 2. notifyd.feed(): each round reads its items as before, then one query gives each of them
---    whether it passes; the states of the items returned come from notifyd_private.states as
---    before (one definition of them). The two are apart so that each keeps a plan that holds
---    for any values: in one query, the generic plan read the items by time across all streams
---    (some 60 ms a round, against 1 ms). A round reads `lim` items, then twice as many as the
---    round before, up to 200: a filter that passes few takes fewer rounds to look at `scan`.
+--    whether it passes and, for those it returns, their states: each its own row's or
+--    receipt's, else notifyd_private.first_mark()'s (as the counts read them; held to
+--    notifyd_private.viewer_states, the definition, by tests/test_marks.py). The two queries
+--    are apart so that each keeps a plan that holds for any values: in one, the generic plan
+--    read the items by time across all streams (some 60 ms a round, against 1 ms). A round
+--    reads max(`lim`, 10) items of each stream, then twice as many as the round before, up to
+--    200: a filter that passes few takes fewer rounds to look at `scan` items. (The bounds are
+--    version 8's; with five streams or more, where 4 x `scan` index rows are read before
+--    `scan` items are looked at, a page cut by them ends at another item than before.)
 --    Its queries run with enable_seqscan off: each is index probes and keyset reads, and
 --    PL/pgSQL keeps the plans a session made first. Made while `notifyd.marks` was nearly
 --    empty (a new database, or before its autovacuum), they read the whole table at every
@@ -43,8 +47,9 @@ $$;
 REVOKE ALL ON FUNCTION notifyd_private.marked(text, text, text, text, bigint, bigint)
     FROM PUBLIC;
 
--- As in version 8: the same arguments, items, order and bounds (`scan` items looked at, or
--- 4 x `scan` rows read from the streams' indexes).
+-- As in version 8: the same arguments, items and order, and the same bounds (`scan` items
+-- looked at, or 4 x `scan` rows read from the streams' indexes). A NULL `state` is `all`, as
+-- before.
 CREATE OR REPLACE FUNCTION notifyd.feed(
     viewer text, streams text[], state text DEFAULT 'all', category text DEFAULT NULL,
     before_at timestamptz DEFAULT NULL, before_id bigint DEFAULT NULL, lim integer DEFAULT 20,
@@ -65,6 +70,7 @@ DECLARE
     batch    notifyd.notifications[];
     r        record;
 BEGIN
+    state := coalesce(state, 'all');
     IF state NOT IN ('all', 'unread', 'unseen', 'archived') THEN
         RAISE EXCEPTION 'notifyd: a feed''s state is all, unread, unseen or archived'
             USING ERRCODE = 'invalid_parameter_value';
@@ -81,63 +87,68 @@ BEGIN
                   ORDER BY n.created_at DESC, n.id DESC LIMIT chunk) l
               ORDER BY (l.n).created_at DESC, (l.n).id DESC LIMIT chunk) l;
         FOR r IN
-            -- an item's states, for the items that pass: each one its own row's or receipt's,
-            -- else the first of the user's marks after its version that covers it
+            -- an item's states, for the items this page returns (those that pass, up to what
+            -- the page still needs, within what it may still look at): each one its own row's
+            -- or receipt's, else the first of the user's marks after its version that covers
+            -- it. (Not looked up: the state the filter says an item has not.)
             SELECT k.i, k.keep, k.snoozed_until, k.interacted_at, k.action,
-                   CASE WHEN k.keep THEN coalesce(k.seen_at, (
+                   CASE WHEN k.returned AND state <> 'unseen' THEN coalesce(k.seen_at, (
                        SELECT f.at FROM notifyd_private.first_mark(
                            viewer, k.stream, 'seen', k.category, k.dseq, k.seen_v) f)) END
                        AS seen_at,
-                   CASE WHEN k.keep THEN coalesce(k.read_at, (
+                   CASE WHEN k.returned AND state <> 'unread' THEN coalesce(k.read_at, (
                        SELECT f.at FROM notifyd_private.first_mark(
                            viewer, k.stream, 'read', k.category, k.dseq, k.read_v) f)) END
                        AS read_at,
-                   CASE WHEN k.keep THEN coalesce(k.archived_at, (
+                   CASE WHEN k.returned AND state = 'archived' THEN coalesce(k.archived_at, (
                        SELECT f.at FROM notifyd_private.first_mark(
                            viewer, k.stream, 'archived', k.category, k.dseq, k.archived_v) f))
                        END AS archived_at
-            FROM (
-                SELECT b.ordinality::integer AS i, b.stream, b.dseq, o.*,
-                       -- (the category here, not in the scan: a rare one counts against
-                       -- `scan` too; each state's marks are looked up only when the filter
-                       -- asks it)
-                       (feed.category IS NULL OR b.category = feed.category)
-                       AND coalesce(b.expires_at > now(), true)
-                       AND o.snoozed_until IS NULL
-                       AND CASE WHEN o.archived_at IS NOT NULL THEN state = 'archived'
-                                ELSE (SELECT a.yes FROM notifyd_private.marked(
-                                          viewer, b.stream, 'archived', o.category,
-                                          b.dseq, o.archived_v) a) = (state = 'archived')
-                           END
-                       AND CASE state
-                           WHEN 'unread' THEN o.read_at IS NULL AND NOT (
-                               SELECT a.yes FROM notifyd_private.marked(
-                                   viewer, b.stream, 'read', o.category, b.dseq,
-                                   o.read_v) a)
-                           WHEN 'unseen' THEN o.seen_at IS NULL AND NOT (
-                               SELECT a.yes FROM notifyd_private.marked(
-                                   viewer, b.stream, 'seen', o.category, b.dseq,
-                                   o.seen_v) a)
-                           ELSE true END AS keep
-                FROM unnest(batch) WITH ORDINALITY b
-                -- the item's own states: its row's when it is the viewer's, else the
-                -- receipt's (or none)
-                CROSS JOIN LATERAL (
-                    SELECT coalesce(b.category, '') AS category, x.seen_at, x.read_at,
-                           x.archived_at, x.snoozed_until, x.interacted_at, x.action,
-                           x.seen_v, x.read_v, x.archived_v
-                    FROM (SELECT b.seen_at, b.read_at, b.archived_at, b.snoozed_until,
-                                 b.interacted_at, b.action, b.seen_v, b.read_v, b.archived_v
-                          WHERE b.stream = viewer
-                          UNION ALL
-                          SELECT rc.seen_at, rc.read_at, rc.archived_at, rc.snoozed_until,
-                                 rc.interacted_at, rc.action, coalesce(rc.seen_v, 0),
-                                 coalesce(rc.read_v, 0), coalesce(rc.archived_v, 0)
-                          FROM (SELECT) one
-                          LEFT JOIN notifyd.receipts rc
-                              ON rc.ustream = viewer AND rc.id = b.id
-                          WHERE b.stream IS DISTINCT FROM viewer) x) o
-                OFFSET 0) k  -- (each item's test made once)
+            FROM (SELECT k.*, k.keep AND k.i <= scan - looked
+                              AND count(*) FILTER (WHERE k.keep) OVER (ORDER BY k.i)
+                                  <= lim - found AS returned
+                  FROM (
+                      SELECT b.ordinality::integer AS i, b.stream, b.dseq, o.*,
+                             -- (the category here, not in the scan: a rare one counts against
+                             -- `scan` too; each state's marks are looked up only when the filter
+                             -- asks it)
+                             (feed.category IS NULL OR b.category = feed.category)
+                             AND coalesce(b.expires_at > now(), true)
+                             AND o.snoozed_until IS NULL
+                             AND CASE WHEN o.archived_at IS NOT NULL THEN state = 'archived'
+                                      ELSE (SELECT a.yes FROM notifyd_private.marked(
+                                                viewer, b.stream, 'archived', o.category,
+                                                b.dseq, o.archived_v) a) = (state = 'archived')
+                                 END
+                             AND CASE state
+                                 WHEN 'unread' THEN o.read_at IS NULL AND NOT (
+                                     SELECT a.yes FROM notifyd_private.marked(
+                                         viewer, b.stream, 'read', o.category, b.dseq,
+                                         o.read_v) a)
+                                 WHEN 'unseen' THEN o.seen_at IS NULL AND NOT (
+                                     SELECT a.yes FROM notifyd_private.marked(
+                                         viewer, b.stream, 'seen', o.category, b.dseq,
+                                         o.seen_v) a)
+                                 ELSE true END AS keep
+                      FROM unnest(batch) WITH ORDINALITY b
+                      -- the item's own states: its row's when it is the viewer's, else the
+                      -- receipt's (or none)
+                      CROSS JOIN LATERAL (
+                          SELECT coalesce(b.category, '') AS category, x.seen_at, x.read_at,
+                                 x.archived_at, x.snoozed_until, x.interacted_at, x.action,
+                                 x.seen_v, x.read_v, x.archived_v
+                          FROM (SELECT b.seen_at, b.read_at, b.archived_at, b.snoozed_until,
+                                       b.interacted_at, b.action, b.seen_v, b.read_v, b.archived_v
+                                WHERE b.stream = viewer
+                                UNION ALL
+                                SELECT rc.seen_at, rc.read_at, rc.archived_at, rc.snoozed_until,
+                                       rc.interacted_at, rc.action, coalesce(rc.seen_v, 0),
+                                       coalesce(rc.read_v, 0), coalesce(rc.archived_v, 0)
+                                FROM (SELECT) one
+                                LEFT JOIN notifyd.receipts rc
+                                    ON rc.ustream = viewer AND rc.id = b.id
+                                WHERE b.stream IS DISTINCT FROM viewer) x) o
+                      OFFSET 0) k) k  -- (each item's test made once)
             ORDER BY k.i
         LOOP
             item := batch[r.i];

@@ -73,6 +73,9 @@ WHERE n.stream = ANY ($2::text[]) AND n.seq IS NOT NULL
               ELSE s.archived_at IS NULL END
 ORDER BY n.created_at DESC, n.id DESC
 """
+# (items a page, items looked at a page): pages cut by the scan in the first round of items (10
+# a stream), in a later one, and pages that take several rounds of 10, 20, 40 ...
+PAGINGS = [(3, 4), (3, 15), (2, 40)]
 FILTERS = [
     (state, category)
     for state in ("all", "unread", "unseen", "archived")
@@ -172,6 +175,9 @@ async def marks_db(fresh_db: str) -> AsyncIterator[asyncpg.Connection]:
 )
 # a group's item seen by a mark, then collapsed into: unseen, at the top
 @example([("grouped", 0, None, 0), ("mark_seen", 0, None, 0), ("grouped", 0, None, 0)])
+# 14 items, the 10th newest archived: the archived filter's pages take a second round of items,
+# which goes on after that item
+@example([("item", 0, None, 0)] * 14 + [("archive", 0, None, 4)])
 async def test_first_mark_finds_the_first_covering_mark_and_the_counts_agree(
     marks_db: asyncpg.Connection, script: list[tuple[str, int, str | None, int]]
 ) -> None:
@@ -250,33 +256,42 @@ async def test_first_mark_finds_the_first_covering_mark_and_the_counts_agree(
             (r["id"], r["notification"])
             for r in await conn.fetch(FILTERED, viewer, streams, state, category)
         ]
-        assert await paged(conn, viewer, streams, state, category) == filtered, (
-            state,
-            category,
-            script,
-        )
+        for lim, scan in PAGINGS:
+            got = await paged(conn, viewer, streams, state, category, lim, scan)
+            assert got == filtered, (state, category, lim, scan, script)
+    # a NULL state is `all`
+    assert await paged(conn, viewer, streams, None, None, 3, 4) == await paged(
+        conn, viewer, streams, "all", None, 3, 4
+    )
 
 
 async def paged(
-    conn: asyncpg.Connection, viewer: str, streams: list[str], state: str, category: str | None
+    conn: asyncpg.Connection,
+    viewer: str,
+    streams: list[str],
+    state: str | None,
+    category: str | None,
+    lim: int,
+    scan: int,
 ) -> list[tuple[int, str]]:
     """Every item of a filter of the feed (its id and object), page after page, with pages of
-    3 and at most 4 items looked at a page (so the pages cut by the scan are read on from
-    too)."""
+    `lim` items and at most `scan` looked at a page."""
     got: list[tuple[int, str]] = []
     before: tuple[object, int] | None = None
     while True:
         rows = await conn.fetch(
             "SELECT id, created_at, notification, notification IS NULL AS cut "
-            "FROM notifyd.feed($1, $2::text[], $3, $4, $5, $6, 3, 4)",
+            "FROM notifyd.feed($1, $2::text[], $3, $4, $5, $6, $7, $8)",
             viewer,
             streams,
             state,
             category,
             *(before or (None, None)),
+            lim,
+            scan,
         )
         got += [(r["id"], r["notification"]) for r in rows if not r["cut"]]
-        if len(rows) < 3 and not (rows and rows[-1]["cut"]):
+        if len(rows) < lim and not (rows and rows[-1]["cut"]):
             return got
         before = (rows[-1]["created_at"], rows[-1]["id"])
 
