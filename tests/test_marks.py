@@ -1,9 +1,10 @@
 """A user's marks ("all read", "all seen", "all archived"): the mark that gives an item its
-state, found by index probes (notifyd_private.first_mark, which the counts read), held to the
-definition, the first of the user's marks after the item's version that covers it, read the
-long way; the counts to a recount of every item's states; and the order the probes rely on, a
-mark's `upto` never lower than an earlier mark's of the same stream, under concurrent marks and
-inserts."""
+state, found by index probes (notifyd_private.first_mark, which the counts and the feed's pages
+read), held to the definition, the first of the user's marks after the item's version that
+covers it, read the long way; the counts to a recount of every item's states; the pages of
+every filter (notifyd.feed, which tests an item by the latest mark) to that filter over every
+item's states; and the order the probes rely on, a mark's `upto` never lower than an earlier
+mark's of the same stream, under concurrent marks and inserts."""
 
 from __future__ import annotations
 
@@ -76,12 +77,13 @@ ORDER BY n.created_at DESC, n.id DESC
 # (items a page, items looked at a page): pages cut by the scan in the first round of items (10
 # a stream), in a later one, and pages that take several rounds of 10, 20, 40 ...
 PAGINGS = [(3, 4), (3, 15), (2, 40)]
+CATEGORY_NAMES = (None, "billing", "news")
 FILTERS = [
     (state, category)
     for state in ("all", "unread", "unseen", "archived")
-    for category in (None, "billing", "news")
+    for category in CATEGORY_NAMES
 ]
-CATEGORIES = st.sampled_from([None, "billing", "news"])
+CATEGORIES = st.sampled_from(CATEGORY_NAMES)
 # (what, which stream: 0 own, 1 and 2 shared, a category, an item's index)
 steps = st.lists(
     st.one_of(
@@ -178,12 +180,13 @@ async def marks_db(fresh_db: str) -> AsyncIterator[asyncpg.Connection]:
 # 14 items, the 10th newest archived: the archived filter's pages take a second round of items,
 # which goes on after that item
 @example([("item", 0, None, 0)] * 14 + [("archive", 0, None, 4)])
-async def test_first_mark_finds_the_first_covering_mark_and_the_counts_agree(
+async def test_probes_counts_and_pages_agree_with_the_definition(
     marks_db: asyncpg.Connection, script: list[tuple[str, int, str | None, int]]
 ) -> None:
     """Items of an own and two shared streams, "all ..." marks of one stream or every one (of a
     category or all), and one item's state set and unset (its version moves past earlier
-    marks), each in a transaction of its own (so each mark has its own time)."""
+    marks), each in a transaction of its own (so each mark has its own time); then first_mark()
+    of every item, the counts, and every filter's pages, each against the definition."""
     conn = marks_db
     n = next(_users)
     user, roles = f"u{n}", [f"a{n}", f"b{n}"]
@@ -191,6 +194,7 @@ async def test_first_mark_finds_the_first_covering_mark_and_the_counts_agree(
     streams = [viewer, *(f"role:{r}" for r in roles)]
     ids: list[int] = []
     for what, which, category, index in script:
+        one = ids[index % len(ids)] if ids else None  # (the item of a single-item step)
         if what == "item":
             ids.append(
                 await conn.fetchval(
@@ -214,14 +218,15 @@ async def test_first_mark_finds_the_first_covering_mark_and_the_counts_agree(
             await conn.execute(
                 f"SELECT notifyd.{what}($1, NULL, $2, $3::text[])", user, category, marked
             )
-        elif ids and what == "unsee":
+        elif one is None:
+            continue  # a single-item step before any item
+        elif what == "unsee":
             await conn.execute(
                 "UPDATE notifyd.notifications SET seen_at = NULL WHERE id = $1 AND user_id = $2",
-                ids[index % len(ids)],
+                one,
                 user,
             )
-        elif ids and what == "snooze":
-            one = ids[index % len(ids)]
+        elif what == "snooze":
             await conn.execute(
                 "SELECT notifyd.snooze($1, ARRAY[$2::bigint], now() + interval '1 hour', NULL, "
                 "$3::text[])",
@@ -229,8 +234,7 @@ async def test_first_mark_finds_the_first_covering_mark_and_the_counts_agree(
                 one,
                 streams,
             )
-        elif ids:
-            one = ids[index % len(ids)]
+        else:
             await conn.execute(
                 f"SELECT notifyd.{what}($1, ARRAY[$2::bigint], NULL, $3::text[])",
                 user,
