@@ -109,7 +109,7 @@ def test_check_config_prints_effective_settings_with_secrets_redacted(tmp_path: 
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert shown["port"] == 9002 and shown["host"] == "0.0.0.0"  # the environment wins
-    assert shown["jwt_secret"] == "***" and shown["dsn"] == "***"
+    assert shown["jwt_secret"] == "***" and shown["dsn"] == "postgresql://u:***@db/app"
     assert SECRET not in result.stdout and "pw" not in result.stdout
 
 

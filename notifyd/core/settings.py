@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote_plus
 
 from notifyd.core.errors import ConfigError
 from notifyd.core.roles import ROLE_RULE, role_name
@@ -63,6 +64,7 @@ class Declaration:
     minimum: float | None = None
     maximum: float | None = None
     secret: bool = False  # left out of repr(), shown as *** by check-config
+    url: bool = False  # a secret URL: check-config shows it with only its password as ***
     reload: bool = False  # SIGHUP applies a new value without a restart
     example: object = None  # shown (commented out) in the example file when there is no default
 
@@ -78,17 +80,23 @@ def setting(
     minimum: float | None = None,
     maximum: float | None = None,
     secret: bool = False,
+    url: bool = False,
     reload: bool = False,
     example: object = None,
 ) -> _T:
-    """Declare a `Settings` field as a setting (the field's annotation is its type)."""
-    declared = Declaration("", "", default, help, minimum, maximum, secret, reload, example)
-    return dataclasses.field(default=default, repr=not secret, metadata={"setting": declared})
+    """Declare a `Settings` field as a setting (the field's annotation is its type). `url`:
+    a URL that may hold a password, a secret whose other parts check-config shows."""
+    declared = Declaration(
+        "", "", default, help, minimum, maximum, secret or url, url, reload, example
+    )
+    return dataclasses.field(
+        default=default, repr=not declared.secret, metadata={"setting": declared}
+    )
 
 
 @dataclass(frozen=True)
 class Settings:
-    dsn: str | None = setting(None, "PostgreSQL URL (required by serve and migrate)", secret=True)
+    dsn: str | None = setting(None, "PostgreSQL URL (required by serve and migrate)", url=True)
     host: str = setting("127.0.0.1", "listen address")
     port: int = setting(8765, "listen port (0 picks a free one)", minimum=0, maximum=65535)
     admin_host: str = setting("127.0.0.1", "address of the admin listener")
@@ -153,7 +161,7 @@ class Settings:
         None,
         "Redis URL (`redis://`, `rediss://`, `unix://`) for cluster-wide presence; without it "
         "presence is per process",
-        secret=True,
+        url=True,
         example="redis://127.0.0.1:6379/0",
     )
     redis_prefix: str = setting(
@@ -292,11 +300,14 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def redacted(self) -> dict[str, Any]:
-        """The effective settings as printed by `check-config`: secrets shown as ***."""
+        """The effective settings as printed by `check-config`: secrets shown as ***, and of a
+        URL only its password."""
         out: dict[str, Any] = {}
         for declared in DECLARATIONS:
             value = getattr(self, declared.key)
-            if declared.secret and value is not None:
+            if declared.url and value is not None:
+                value = without_password(value)
+            elif declared.secret and value is not None:
                 value = "***"
             elif isinstance(value, tuple):
                 value = list(value)
@@ -304,6 +315,36 @@ class Settings:
                 value = str(value)
             out[declared.key] = value
         return out
+
+
+_PASSWORD_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def without_password(url: str) -> str:
+    """`url` with its password as *** (in the user part, and in a `password` or `sslpassword`
+    query parameter), the rest as written; a value that is not a URL with a scheme (a libpq
+    `key=value` string, say) is *** whole."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.isascii() or not scheme.replace("+", "").isalnum():
+        return "***"
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=-1)
+    netloc, tail = (rest, "") if end < 0 else (rest[:end], rest[end:])
+    if "@" in tail:
+        return "***"  # an @ after the host: maybe a password holding a /, ? or #
+    users, at, hosts = netloc.rpartition("@")
+    if at and ":" in users:
+        netloc = f"{users.partition(':')[0]}:***@{hosts}"
+    before, question, query = tail.partition("?")
+    if question:
+        query, hash_, fragment = query.partition("#")
+        fields = []
+        for field in query.split("&"):
+            key = unquote_plus(field.partition("=")[0])
+            fields.append(
+                f"{field.partition('=')[0]}=***" if key in _PASSWORD_PARAMETERS else field
+            )
+        tail = f"{before}?{'&'.join(fields)}{hash_}{fragment}"
+    return f"{scheme}://{netloc}{tail}"
 
 
 _KINDS: dict[object, str] = {str: "str", int: "int", float: "float", bool: "bool", Path: "path"}

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from notifyd.core import settings as s
 from notifyd.core.errors import ConfigError
@@ -40,9 +43,60 @@ def test_secrets_stay_out_of_repr_and_check_config() -> None:
     shown_in_repr = repr(settings)
     assert "pw" not in shown_in_repr and SECRET not in shown_in_repr and "rp@" not in shown_in_repr
     shown = settings.redacted()
-    assert shown["dsn"] == shown["jwt_secret"] == shown["redis_url"] == "***"
+    # of a URL, check-config hides the password only: where the daemon connects is what an
+    # operator checks
+    assert shown["dsn"] == "postgresql://u:***@db/app" and shown["redis_url"] == "redis://:***@r"
+    assert shown["jwt_secret"] == "***"
     assert shown["jwt_algorithms"] == ["HS256"] and shown["port"] == 8765
     assert list(shown) == [d.key for d in s.DECLARATIONS]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432/postgres", None),
+        ("postgresql:///app?host=/run/postgresql", None),
+        (
+            "postgresql://u:p%40w@h1:5432,h2/app?sslmode=require",
+            "postgresql://u:***@h1:5432,h2/app?sslmode=require",
+        ),
+        (
+            "postgresql://u@h/app?password=pw&sslpassword=k",
+            "postgresql://u@h/app?password=***&sslpassword=***",
+        ),
+        ("postgresql://u:pw@h/app?pass%77ord=x", "postgresql://u:***@h/app?pass%77ord=***"),
+        ("unix:///run/redis.sock?password=pw&db=0", "unix:///run/redis.sock?password=***&db=0"),
+        ("rediss://:pw@r:6380/0", "rediss://:***@r:6380/0"),
+        # whole: not a URL (a libpq key=value string), or an @ past the host (a password
+        # holding a / ? or # would end the host part early)
+        ("host=db user=u password=pw", "***"),
+        ("postgresql://u:p/w@h/app", "***"),
+        ("postgresql://u:p?w@h/app", "***"),
+        ("postgresql://u:p#w@h/app", "***"),
+    ],
+)
+def test_check_config_shows_a_url_without_its_password(url: str, shown: str | None) -> None:
+    assert s.without_password(url) == (url if shown is None else shown)
+
+
+@given(
+    password=st.text(st.characters(codec="ascii", exclude_categories=["Cc"]), min_size=1),
+    query=st.sampled_from(["", "?sslmode=require", "?db=1&x=y"]),
+)
+def test_no_password_shows_through_check_config(password: str, query: str) -> None:
+    """Whatever the password, what is shown is what a one-letter password shows (so nothing
+    of it), or *** whole."""
+    encoded = quote(password, safe="")
+    for template, value in (
+        ("postgresql://app:{}@db.internal:5432/app" + query, encoded),
+        ("redis://:{}@cache:6379/0" + query, encoded),
+        ("postgresql://app@db/app?sslmode=require&password={}", encoded),
+        ("postgresql://app:{}@db.internal:5432/app" + query, password),  # mistyped, unencoded
+    ):
+        shown = s.without_password(template.format(value))
+        assert shown in (s.without_password(template.format("x")), "***"), (template, value)
+        if value is encoded:
+            assert shown != "***"
 
 
 def test_settings_defaults_and_casting() -> None:
