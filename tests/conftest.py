@@ -8,6 +8,7 @@ import asyncio
 import gc
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -49,6 +50,7 @@ def pg_server() -> Iterator[str]:
         pytest.fail(f"cannot start an embedded PostgreSQL ({exc}); {HOW_TO_PROVIDE_PG}")
     yield uri
     server.cleanup()
+    shutil.rmtree(tmp, ignore_errors=True)  # 55 MB of PostgreSQL: not left in the temp dir
 
 
 @pytest_asyncio.fixture(scope="session")

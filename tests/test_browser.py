@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from playwright.async_api import (
@@ -21,6 +23,8 @@ from playwright.async_api import (
     expect,
 )
 from support import Daemon, free_port, running_daemon
+
+from notifyd.devserver import banner
 
 TIMEOUT_MS = 15_000
 SCREENSHOT = os.environ.get("NOTIFYD_SCREENSHOT")  # where to save the README's picture
@@ -121,6 +125,25 @@ async def test_a_row_inserted_in_postgresql_appears_in_the_page(
         await page.wait_for_timeout(300)
         await page.screenshot(path=SCREENSHOT)
     assert not PAGE_ERRORS[page]
+
+
+async def test_the_banners_link_and_insert_meet_in_the_page(
+    browser: Browser, dev_daemon: Daemon
+) -> None:
+    """The page opened by the banner's link (no ?user) is user 42's, whose INSERT the banner
+    prints: pasted into psql, it shows up there."""
+    d = dev_daemon
+    assert d.app.http_api.dev is not None
+    text = banner("postgresql://x", Path("psql"), "s" * 40, "127.0.0.1", 1, "k", Path("d"))
+    insert = re.search(r' -c "(INSERT .*)"$', text, re.M)
+    assert insert, text
+    page = await (await browser.new_context()).new_page()
+    await page.goto(f"{d.http}/#key={d.app.http_api.dev.key}")
+    await expect(page.locator("#state")).to_have_text("open", timeout=TIMEOUT_MS)
+    await expect(page.locator("#who")).to_have_text("as 42")
+    await d.sql(insert.group(1))
+    await expect(items(page)).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(items(page).first).to_contain_text("It works")
 
 
 FEED_SHOTS = os.environ.get("NOTIFYD_FEED_SCREENSHOTS")  # a folder for the feed's pictures

@@ -8,7 +8,9 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,9 +50,15 @@ def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> N
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
+    """Stop a notifyd process a test left running: TERM first (so that `notifyd dev` stops its
+    PostgreSQL), then KILL."""
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     for pipe in (proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
@@ -135,7 +143,8 @@ def test_dsn_and_redis_url_from_systemd_credentials(tmp_path: Path) -> None:
     result = run_cli("check-config", env=env)
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
-    assert shown["dsn"] == "***" and shown["redis_url"] == "***"
+    assert shown["dsn"] == "postgresql://app:***@db/app"
+    assert shown["redis_url"] == "redis://:***@cache:6379/0"
     assert shown["jwt_secret_file"] == str(tmp_path / "jwt_secret")
     assert "pw-in-credential" not in result.stdout and "redispw" not in result.stdout
     from notifyd.config import load
@@ -283,24 +292,34 @@ def test_serve_exits_1_when_the_database_is_unreachable() -> None:
     assert result.returncode == 1 and "cannot connect" in result.stderr
 
 
-async def test_dev_from_nothing_to_a_pasted_insert_arriving(tmp_path: Path) -> None:
-    port = free_port()
-    data_dir = tmp_path / "dev"
-    proc = subprocess.Popen(
-        notifyd_cmd("dev", "--data-dir", str(data_dir), "--port", str(port)),
+def spawn_dev(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        notifyd_cmd("dev", "--data-dir", str(tmp_path / "dev"), "--port", str(port)),
         env=subprocess_env(),
         text=True,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+async def banner_of(proc: subprocess.Popen[str]) -> list[str]:
+    """The lines `notifyd dev` printed, up to the end of its banner."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 90
+    while not any(" tail --url " in line for line in lines):
+        assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+        lines.append(await asyncio.to_thread(proc.stdout.readline))
+    return lines
+
+
+async def test_dev_from_nothing_to_a_pasted_insert_arriving(tmp_path: Path) -> None:
+    port = free_port()
+    data_dir = tmp_path / "dev"
+    proc = spawn_dev(tmp_path, port)
     try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 90
-        while not any(" -c " in line for line in lines):
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-            lines.append(await asyncio.to_thread(proc.stdout.readline))
+        lines = await banner_of(proc)
         text = "".join(lines)
         token = re.search(r"^\s+(ey[\w-]+\.[\w-]+\.[\w-]+)\s*$", text, re.M)
         assert token, text
@@ -324,9 +343,86 @@ async def test_dev_from_nothing_to_a_pasted_insert_arriving(tmp_path: Path) -> N
         assert n["title"] == "Hello" and n["stream"] == "user:42"
         assert shlex.split(psql_line)[0].endswith("psql")
         await client.close()
+        # the other commands, as the banner says to run them: a token for user 7 that works
+        token_line = next(line for line in lines if " token --sub 7" in line).strip()
+        result = await asyncio.to_thread(
+            subprocess.run, token_line, shell=True, text=True, capture_output=True, timeout=30
+        )
+        assert result.returncode == 0, result.stderr
+        seven = Client(await connect(f"ws://127.0.0.1:{port}/ws?token={result.stdout.strip()}"))
+        assert (await seven.expect("connection-confirmed"))["data"]["userId"] == "7"
+        await seven.close()
         proc.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(proc.wait, 30) == 0
         assert (data_dir / "pg" / "PG_VERSION").exists() and (data_dir / "jwt-secret").exists()
         assert os.stat(data_dir / "jwt-secret").st_mode & 0o077 == 0
+        assert proc.stderr is not None and "Warning" not in proc.stderr.read()
     finally:
         stop(proc)
+        shutil.rmtree(data_dir, ignore_errors=True)  # 55 MB of PostgreSQL: not left behind
+
+
+async def test_dev_stops_with_its_postgresql_when_its_terminal_closes(tmp_path: Path) -> None:
+    """Closing the terminal sends SIGHUP: the daemon and its PostgreSQL stop, the port is free,
+    and the next `notifyd dev` in the same folder starts."""
+    port = free_port()
+    pid_file = tmp_path / "dev" / "pg" / "postmaster.pid"
+    proc = spawn_dev(tmp_path, port)
+    try:
+        await banner_of(proc)
+        postmaster = int(pid_file.read_text().split()[0])
+        proc.send_signal(signal.SIGHUP)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        assert proc.stderr is not None and "SIGHUP" in proc.stderr.read()
+        assert not pid_file.exists()
+        assert await gone(postmaster)
+        again = spawn_dev(tmp_path, port)  # same port, same folder
+        try:
+            await banner_of(again)
+            again.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(again.wait, 30) == 0
+            assert not pid_file.exists()
+        finally:
+            stop(again)
+    finally:
+        stop(proc)
+        shutil.rmtree(tmp_path / "dev", ignore_errors=True)
+
+
+async def gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process `pid` ends (or is left a zombie) within `timeout` (a postmaster removes
+    its pid file just before it exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def test_dev_on_a_busy_port_says_so_before_starting_postgresql(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            notifyd_cmd("dev", "--data-dir", str(tmp_path / "dev"), "--port", str(port)),
+            env=subprocess_env(),
+            text=True,
+            capture_output=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "another `notifyd dev` may still be running" in result.stderr
+    assert "--port" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "dev" / "pg").exists()  # PostgreSQL was not started
+
+
+def test_token_without_a_secret_says_where_one_comes_from() -> None:
+    result = run_cli("token", "--sub", "7", env=subprocess_env())
+    assert result.returncode == 2
+    assert "NOTIFYD_JWT_SECRET_FILE" in result.stderr and ".notifyd-dev/jwt-secret" in result.stderr

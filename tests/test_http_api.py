@@ -262,6 +262,8 @@ def test_the_dev_banner_links_the_demo_page_with_the_key() -> None:
 
     key = new_dev_key()
     assert key != new_dev_key() and len(key) >= 32
-    text = banner("postgresql://x", Path("/usr/bin/psql"), "s" * 40, "127.0.0.1", 8765, key)
+    text = banner(
+        "postgresql://x", Path("/usr/bin/psql"), "s" * 40, "127.0.0.1", 8765, key, Path("/d d")
+    )
     assert f"Demo page: http://127.0.0.1:8765/#key={key}" in text
     assert f"http://127.0.0.1:8765/?user=bob#key={key}" in text

@@ -526,12 +526,19 @@ def _role_names(env: str, roles: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(named)
 
 
+# Where a secret can come from, said wherever one is missing
+SECRET_HINT = (
+    "(or NOTIFYD_JWT_SECRET_FILE naming a file that holds it; `notifyd dev` keeps its own in "
+    ".notifyd-dev/jwt-secret)"
+)
+
+
 def require_serving(settings: Settings) -> None:
     """What `serve` needs beyond a valid file: a database and a key for every allowed algorithm."""
     if not settings.dsn:
         raise ConfigError("NOTIFYD_DSN", "required")
     if any(a.startswith("HS") for a in settings.jwt_algorithms) and not settings.jwt_secrets:
-        raise ConfigError("NOTIFYD_JWT_SECRET", "required for HS* algorithms")
+        raise ConfigError("NOTIFYD_JWT_SECRET", f"required for HS* algorithms {SECRET_HINT}")
     if any(not a.startswith("HS") for a in settings.jwt_algorithms) and not settings.jwt_public_key:
         raise ConfigError("NOTIFYD_JWT_PUBLIC_KEY_FILE", "required for RS/ES/PS/EdDSA algorithms")
 
