@@ -214,9 +214,27 @@ async def test_the_demo_shows_groups_seen_archive_categories_and_actions(
     await page.fill("form#send input[name=group]", "patient:9")
     await page.click("form#send button")
     await expect(page.locator("#sent")).to_contain_text("Sent #", timeout=TIMEOUT_MS)
+    # a long title's toast: three lines at most, none showing below the clamp
+    await page.fill("form#send input[name=title]", "T" * 400)
+    await page.fill("form#send input[name=group]", "")  # a new item, not a group's update
+    await page.click("form#send button")
+    await expect(page.locator("#toast")).to_contain_text("TTTT", timeout=TIMEOUT_MS)
     for wide, high in ((360, 800), (1100, 760)):
         await page.set_viewport_size({"width": wide, "height": high})
         assert await page.evaluate("document.documentElement.scrollWidth") <= wide, wide
+        toast = await page.evaluate(
+            """() => {
+                const box = document.getElementById("toast").getBoundingClientRect();
+                const text = document.querySelector("#toast span");
+                const line = parseFloat(getComputedStyle(text).lineHeight);
+                const shown = text.getBoundingClientRect();
+                return { lines: shown.height / line, inside: shown.bottom <= box.bottom,
+                         cut: text.scrollHeight > text.clientHeight,
+                         left: box.left, right: box.right };
+            }"""
+        )
+        assert round(toast["lines"]) == 3 and toast["inside"] and toast["cut"], toast
+        assert toast["left"] >= 0 and toast["right"] <= wide, toast
     assert not PAGE_ERRORS[page]
 
 
