@@ -612,4 +612,844 @@ export class NotifydClient {
   }
 }
 
+// -- the inbox, as custom elements ------------------------------------------------------------
+// <notifyd-inbox> is the feed (tabs with counts, pages as it scrolls, mark all read, a menu per
+// item); <notifyd-bell> is a button with the unseen count that opens one in a popover (and may
+// show toasts, system notifications and a sound for live arrivals). Both take the page's
+// NotifydClient as their `client` property and draw in their shadow roots, styled through CSS
+// custom properties (--notifyd-*) and ::part(); every visible string is in `strings`.
+
+/** Every visible string of the elements; set an element's `strings` to replace some. */
+export const STRINGS = {
+  title: "Notifications",
+  tabs: { all: "All", unread: "Unread", archived: "Archived" },
+  categories: {}, // a category's tab label, by name (the name itself otherwise)
+  markAllRead: "Mark all as read",
+  empty: "You're all caught up",
+  emptyArchived: "Nothing archived",
+  loading: "Loading…",
+  loadFailed: "Could not load notifications.",
+  retry: "Try again",
+  unreadItem: "Unread",
+  more: (n) => `More actions: ${n.title}`,
+  markRead: "Mark as read",
+  markUnread: "Mark as unread",
+  archive: "Archive",
+  unarchive: "Unarchive",
+  snoozeHour: "Snooze for 1 hour",
+  snoozeTomorrow: "Snooze until tomorrow",
+  close: "Close",
+  bell: (unseen) => (unseen ? `Notifications, ${unseen} new` : "Notifications"),
+  group: (n) => {
+    const others = n.groupCount - 1;
+    if (!n.actors.length) return `${n.groupCount} notifications`;
+    return `${n.actors[0]} and ${others} other${others === 1 ? "" : "s"}`;
+  },
+  arrived: (n) => `New notification: ${n.title}`,
+  taken: (label) => `✓ ${label}`,
+};
+
+const PAGE_SIZE = 20;
+const SEVERAL = { day: 86400, hour: 3600, minute: 60 };
+
+/** Newest first, as the feed's pages are: createdAt, then id. */
+function newestFirst(a, b) {
+  return a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : b.id - a.id;
+}
+
+/** What an inbox holds: the items by id (from pages, live events and syncs) and, per view
+ * (state and category), how far its pages have been read. A view shows the items that pass its
+ * filter down to the oldest one its pages brought (all of them once it has no next page), so
+ * that the list never skips items of pages not read yet. */
+export class Feed {
+  constructor() {
+    this.items = new Map();
+    this.views = new Map(); // "state|category" -> {next, done, oldest, started}
+  }
+
+  view(state, category) {
+    const key = `${state}|${category || ""}`;
+    let v = this.views.get(key);
+    if (!v) this.views.set(key, (v = { next: null, done: false, oldest: null, started: false }));
+    return v;
+  }
+
+  static passes(n, state, category) {
+    if (n.snoozedUntil) return false; // back when it wakes, as an update
+    if (category && n.category !== category) return false;
+    if (state === "archived") return n.archived;
+    return !n.archived && (state !== "unread" || !n.read);
+  }
+
+  /** A page of a view arrived: its items are kept and the view reaches down to its last. */
+  paged(state, category, page) {
+    const v = this.view(state, category);
+    for (const n of page.notifications) this.items.set(n.id, n);
+    const last = page.notifications[page.notifications.length - 1];
+    if (last) v.oldest = last;
+    v.next = page.next;
+    v.done = !page.next;
+    v.started = true;
+  }
+
+  list(state, category) {
+    const v = this.view(state, category);
+    if (!v.started) return [];
+    return [...this.items.values()]
+      .filter((n) => Feed.passes(n, state, category) && (v.done || !v.oldest || newestFirst(n, v.oldest) <= 0))
+      .sort(newestFirst);
+  }
+
+  upsert(n) {
+    this.items.set(n.id, n);
+  }
+
+  read({ ids, readAt }) {
+    for (const id of ids) {
+      const n = this.items.get(id);
+      if (n) this.items.set(id, { ...n, read: true, readAt, seen: true, seenAt: n.seenAt || readAt });
+    }
+  }
+
+  remove(id) {
+    this.items.delete(id);
+  }
+
+  mark(mark) {
+    applyMark(this.items, mark);
+  }
+
+  /** A stream's items can no longer be trusted (a cursor too old, a role lost): read again. */
+  reset(stream) {
+    for (const [id, n] of this.items) if (n.stream === stream) this.items.delete(id);
+    this.views.clear();
+  }
+}
+
+/** Where an item's click leads: its actionUrl when it is http(s) (never javascript: and the
+ * like, whatever a row holds), resolved against the page. */
+export function safeUrl(actionUrl, base = globalThis.location && globalThis.location.href) {
+  if (!actionUrl) return null;
+  try {
+    const url = new URL(actionUrl, base);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+function when(iso, format) {
+  const seconds = (Date.parse(iso) - Date.now()) / 1000;
+  for (const [unit, size] of Object.entries(SEVERAL)) {
+    if (Math.abs(seconds) >= size) return format.format(Math.round(seconds / size), unit);
+  }
+  return format.format(Math.min(0, Math.round(seconds)), "second");
+}
+
+function element(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(props)) {
+    if (value == null || value === false) continue;
+    if (name === "text") el.textContent = value;
+    else if (name === "class") el.className = value;
+    else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else el.setAttribute(name, value === true ? "" : value);
+  }
+  el.append(...children);
+  return el;
+}
+
+const THEME = `
+  :host { --notifyd-accent: #2962d9; --notifyd-fg: #1d2330; --notifyd-bg: #fff;
+    --notifyd-muted: #5d6577; --notifyd-line: #e6e9f2; --notifyd-unread: #eef4ff;
+    --notifyd-hover: #f4f6fa; --notifyd-badge: #d33; --notifyd-badge-fg: #fff;
+    --notifyd-done: #1f8a4c; --notifyd-radius: .6rem; --notifyd-shadow: 0 8px 28px #0003;
+    --notifyd-font: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+  @media (prefers-color-scheme: dark) {
+    :host { --notifyd-accent: #7aa5ff; --notifyd-fg: #e6e9f0; --notifyd-bg: #1c212b;
+      --notifyd-muted: #9aa3b5; --notifyd-line: #2a3040; --notifyd-unread: #1f2a44;
+      --notifyd-hover: #252b37; --notifyd-done: #5fd38f; --notifyd-shadow: 0 8px 28px #000a; }
+  }
+  .sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%);
+    white-space: nowrap; }
+  button { font: inherit; color: inherit; }
+  :focus-visible { outline: 2px solid var(--notifyd-accent); outline-offset: 2px; }
+`;
+
+const INBOX_STYLE = `${THEME}
+  :host { display: block; font-family: var(--notifyd-font); color: var(--notifyd-fg);
+    background: var(--notifyd-bg); border-radius: var(--notifyd-radius); min-width: 0; }
+  .inbox { display: flex; flex-direction: column; height: 100%; max-height: inherit; min-height: 0; }
+  .header { display: flex; align-items: center; gap: .5rem; padding: .9rem 1rem .5rem; }
+  h2 { flex: 1; margin: 0; font-size: 1.05rem; }
+  .link { border: 0; background: none; color: var(--notifyd-accent); cursor: pointer;
+    font-size: .85rem; padding: .25rem .35rem; border-radius: .3rem; }
+  .link:hover { text-decoration: underline; }
+  [role=tablist] { display: flex; gap: .25rem; padding: 0 1rem; border-bottom: 1px solid var(--notifyd-line);
+    overflow-x: auto; scrollbar-width: none; }
+  [role=tab] { display: inline-flex; align-items: center; border: 0; background: none;
+    padding: .55rem .6rem; font-size: .88rem; cursor: pointer;
+    color: var(--notifyd-muted); border-bottom: 2px solid transparent; white-space: nowrap; }
+  [role=tab][aria-selected=true] { color: var(--notifyd-fg); border-bottom-color: var(--notifyd-accent);
+    font-weight: 600; }
+  .count { display: inline-block; min-width: 1.1rem; margin-left: .3rem; padding: 0 .35rem;
+    border-radius: .6rem; background: var(--notifyd-line); font-size: .72rem; line-height: 1.1rem;
+    text-align: center; font-weight: 600; }
+  .scroller { overflow-y: auto; flex: 1; min-height: 0; overscroll-behavior: contain; }
+  ul { list-style: none; margin: 0; padding: 0; }
+  li { position: relative; display: grid; grid-template-columns: .6rem minmax(0, 1fr) auto;
+    gap: .15rem .6rem; padding: .75rem 1rem; border-bottom: 1px solid var(--notifyd-line);
+    cursor: pointer; }
+  li:hover { background: var(--notifyd-hover); }
+  li.unread { background: var(--notifyd-unread); }
+  li:focus-visible { outline-offset: -2px; }
+  .dot { width: .5rem; height: .5rem; margin-top: .4rem; border-radius: 50%; }
+  li.unseen .dot { background: var(--notifyd-accent); }
+  .body { min-width: 0; }
+  .title { font-size: .92rem; overflow-wrap: anywhere; }
+  li.unread .title { font-weight: 600; }
+  .tag { display: inline-block; margin-left: .35rem; padding: 0 .45rem; border-radius: .6rem;
+    background: var(--notifyd-line); color: var(--notifyd-muted); font-size: .72rem; font-weight: 500;
+    vertical-align: middle; }
+  .group, .message, .meta { font-size: .84rem; color: var(--notifyd-muted); overflow-wrap: anywhere; }
+  .group { color: var(--notifyd-fg); }
+  .meta { font-size: .76rem; margin-top: .15rem; }
+  .actions { display: flex; flex-wrap: wrap; gap: .4rem; margin-top: .45rem; }
+  .act { border: 1px solid var(--notifyd-accent); color: var(--notifyd-accent); background: none;
+    border-radius: .35rem; padding: .2rem .7rem; font-size: .8rem; cursor: pointer; }
+  .act.primary { background: var(--notifyd-accent); color: var(--notifyd-bg); }
+  .taken { font-size: .8rem; color: var(--notifyd-done); }
+  .more { align-self: start; border: 0; background: none; cursor: pointer; border-radius: .3rem;
+    width: 1.9rem; height: 1.9rem; color: var(--notifyd-muted); font-size: 1.1rem; line-height: 1; }
+  .more:hover, .more[aria-expanded=true] { background: var(--notifyd-line); }
+  [role=menu] { position: absolute; right: .8rem; top: 2.6rem; z-index: 2; min-width: 12rem;
+    padding: .3rem; background: var(--notifyd-bg); border: 1px solid var(--notifyd-line);
+    border-radius: .5rem; box-shadow: var(--notifyd-shadow); display: grid; }
+  [role=menu][hidden] { display: none; }
+  [role=menuitem] { border: 0; background: none; text-align: left; padding: .45rem .6rem;
+    border-radius: .35rem; font-size: .86rem; cursor: pointer; }
+  [role=menuitem]:hover, [role=menuitem]:focus-visible { background: var(--notifyd-hover); }
+  .status { padding: 1.6rem 1rem; text-align: center; color: var(--notifyd-muted); font-size: .9rem; }
+  .status:empty { display: none; }
+  .sentinel { height: 1px; }
+`;
+
+/** What both elements share: the `client` property (its events' handlers, from `listens()`,
+ * are dropped when another client is set) and the `strings` property (merged over STRINGS). */
+class ClientElement extends (globalThis.HTMLElement || class {}) {
+  static get observedAttributes() {
+    return ["categories", "lang"];
+  }
+
+  get client() {
+    return this._client || null;
+  }
+
+  set client(client) {
+    for (const off of this._off || []) off();
+    this._client = client;
+    const handlers = client ? Object.entries(this.listens()) : [];
+    this._off = handlers.map(([event, handler]) => client.on(event, handler));
+    this.clientChanged();
+  }
+
+  get strings() {
+    return this._strings || STRINGS;
+  }
+
+  set strings(value) {
+    this._strings = { ...STRINGS, ...value, tabs: { ...STRINGS.tabs, ...(value && value.tabs) } };
+    this.stringsChanged(value);
+  }
+}
+
+/** <notifyd-inbox>: the feed, with tabs (All, Unread, Archived, and one per name of its
+ * `categories` attribute), counts, pages loaded as it scrolls, "mark all read", a menu per item
+ * (read or unread, archive, snooze) and, on a click, the item read and its actionUrl followed
+ * (a cancelable `notifyd:open` event first). Set `client` to the page's NotifydClient. */
+export class NotifydInbox extends ClientElement {
+  constructor() {
+    super();
+    this.feed = new Feed();
+    this.tab = { state: "all", category: null };
+    this._rows = new Map(); // id -> {li, sig}
+    this._loading = null;
+    this._failed = false;
+    const root = this.attachShadow({ mode: "open" });
+    root.innerHTML = `<style>${INBOX_STYLE}</style>`;
+    this.$title = element("h2", { id: "title", part: "title" });
+    this.$markAll = element("button", { class: "link", part: "mark-all", type: "button",
+      onclick: () => this.markAllRead() });
+    this.$tabs = element("div", { role: "tablist", part: "tabs", "aria-labelledby": "title",
+      onkeydown: (e) => this._tabKeys(e) });
+    this.$list = element("ul", { part: "list", "aria-labelledby": "title",
+      onkeydown: (e) => this._listKeys(e) });
+    this.$status = element("div", { class: "status", part: "status" });
+    this.$sentinel = element("div", { class: "sentinel" });
+    this.$scroller = element("div", { class: "scroller", part: "scroller" },
+      this.$list, this.$status, this.$sentinel);
+    this.$live = element("div", { class: "sr", "aria-live": "polite" });
+    root.append(element("div", { class: "inbox", part: "inbox" },
+      element("div", { class: "header", part: "header" }, this.$title, this.$markAll),
+      this.$tabs, this.$scroller, this.$live));
+    this.addEventListener("click", () => this._closeMenus());
+  }
+
+  stringsChanged() {
+    this.render();
+  }
+
+  listens() {
+    const client = this._client;
+    return {
+      notification: (n) => {
+        const fresh = !this.feed.items.has(n.id);
+        this.feed.upsert(n);
+        if (fresh && client.synced && Feed.passes(n, "all", null)) this._announce(n);
+        this.render();
+      },
+      updated: (n) => { this.feed.upsert(n); this.render(); },
+      read: (answer) => { this.feed.read(answer); this.render(); },
+      deleted: ({ id }) => { this.feed.remove(id); this.render(); },
+      marked: (mark) => { this.feed.mark(mark); this.render(); },
+      reset: (stream) => { this.feed.reset(stream); this.render(); this.ensure(); },
+      counts: () => this.renderTabs(),
+      state: (state) => { if (state === "open" || state === "polling") this.ensure(); },
+    };
+  }
+
+  clientChanged() {
+    this.feed = new Feed();
+    this._rows.clear();
+    this.$list.replaceChildren();
+    this.render();
+    this.ensure();
+  }
+
+  attributeChangedCallback() {
+    this._format = null;
+    this.render();
+  }
+
+  connectedCallback() {
+    this._observer = new IntersectionObserver((entries) => {
+      if (entries.some((e) => e.isIntersecting)) this.more();
+    }, { root: this.$scroller, rootMargin: "200px" });
+    this._observer.observe(this.$sentinel);
+    this._clock = setInterval(() => this._times(), 30000);
+    this.render();
+  }
+
+  disconnectedCallback() {
+    if (this._observer) this._observer.disconnect();
+    clearInterval(this._clock);
+  }
+
+  get categories() {
+    return (this.getAttribute("categories") || "").split(",").map((c) => c.trim()).filter(Boolean);
+  }
+
+  /** The visible items of the current tab, newest first. */
+  items() {
+    return this.feed.list(this.tab.state, this.tab.category);
+  }
+
+  /** Loads the current tab's first page, unless it has one (or failed: then again). */
+  ensure() {
+    if (!this.feed.view(this.tab.state, this.tab.category).started) this.more();
+  }
+
+  /** Loads the current tab's next page when it has one and none is on its way. */
+  async more() {
+    const client = this._client;
+    const { state, category } = this.tab;
+    const view = this.feed.view(state, category);
+    if (!client || this._loading || view.done || client.state === "stopped") return;
+    if (view.started && !view.next) return;
+    this._failed = false;
+    const options = { state, limit: PAGE_SIZE };
+    if (category) options.category = category;
+    if (view.next) options.next = view.next;
+    this._loading = `${state}|${category || ""}`;
+    this.renderStatus();
+    try {
+      const page = await client.page(options);
+      if (client === this._client) this.feed.paged(state, category, page);
+    } catch (err) {
+      this._failed = client.state === "open" || client.state === "polling";
+    } finally {
+      this._loading = null;
+    }
+    this.render();
+    // a short page may leave the sentinel in sight: keep going while it is
+    if (!this._failed && this.tab.state === state && this.tab.category === category) {
+      const box = this.$sentinel.getBoundingClientRect();
+      const frame = this.$scroller.getBoundingClientRect();
+      const shown = frame.height > 0; // (a closed popover loads its first page only)
+      if (shown && box.top <= frame.bottom + 200 && !this.feed.view(state, category).done) this.more();
+    }
+  }
+
+  select(state, category = null) {
+    this.tab = { state, category };
+    this.$scroller.scrollTop = 0;
+    this.render();
+    this.ensure();
+  }
+
+  markAllRead() {
+    const client = this._client;
+    if (!client) return Promise.resolve();
+    const category = this.tab.category;
+    const done = category ? client.change("mark-read", null, { category }) : client.markAllRead();
+    return done.catch((err) => this._error(err));
+  }
+
+  /** Marks the item read, then follows its actionUrl unless a `notifyd:open` listener called
+   * preventDefault(). */
+  open(n) {
+    const client = this._client;
+    const read = !n.read && client ? client.markRead([n.id]).catch((err) => this._error(err)) : null;
+    const url = safeUrl(n.actionUrl);
+    const event = new CustomEvent("notifyd:open", { detail: { notification: n, url },
+      bubbles: true, composed: true, cancelable: true });
+    if (!this.dispatchEvent(event) || !url) return;
+    // leaving the page closes the socket: the read goes first (or a second passes)
+    const left = () => globalThis.location.assign(url);
+    if (read) Promise.race([read, new Promise((r) => setTimeout(r, 1000))]).then(left);
+    else left();
+  }
+
+  _error(err) {
+    this.dispatchEvent(new CustomEvent("notifyd:error", { detail: err, bubbles: true, composed: true }));
+  }
+
+  _announce(n) {
+    this.$live.textContent = this.strings.arrived(n);
+  }
+
+  _relative() {
+    if (!this._format) {
+      const lang = this.getAttribute("lang") || document.documentElement.lang || undefined;
+      this._format = new Intl.RelativeTimeFormat(lang, { numeric: "auto" });
+    }
+    return this._format;
+  }
+
+  _times() {
+    for (const time of this.$list.querySelectorAll("time")) {
+      time.textContent = when(time.dateTime, this._relative());
+    }
+  }
+
+  // -- drawing ------------------------------------------------------------------------------
+
+  render() {
+    if (!this.$list) return;
+    const t = this.strings;
+    this.$title.textContent = t.title;
+    this.$markAll.textContent = t.markAllRead;
+    this.renderTabs();
+    const wanted = this.items();
+    const keep = new Set(wanted.map((n) => n.id));
+    for (const [id, row] of this._rows) {
+      if (!keep.has(id)) {
+        row.li.remove();
+        this._rows.delete(id);
+      }
+    }
+    let at = this.$list.firstElementChild;
+    wanted.forEach((n, i) => {
+      const sig = JSON.stringify([n.title, n.message, n.category, n.read, n.seen, n.archived,
+        n.groupCount, n.actors, n.action, n.actions, n.createdAt, n.priority]);
+      let row = this._rows.get(n.id);
+      if (!row) {
+        row = { li: element("li", { part: "item", "data-id": n.id }), sig: null };
+        this._rows.set(n.id, row);
+      }
+      if (row.sig !== sig) {
+        this._fill(row.li, n);
+        row.sig = sig;
+      }
+      row.li.tabIndex = -1;
+      if (at !== row.li) this.$list.insertBefore(row.li, at);
+      else at = at.nextElementSibling;
+    });
+    const focusable = this.$list.querySelector("li:focus-within") || this.$list.firstElementChild;
+    if (focusable) focusable.tabIndex = 0;
+    this.renderStatus();
+  }
+
+  renderStatus() {
+    const t = this.strings;
+    const view = this.feed.view(this.tab.state, this.tab.category);
+    this.$list.setAttribute("aria-busy", String(Boolean(this._loading)));
+    let text = "";
+    if (this._failed) text = t.loadFailed;
+    else if (this._loading && !this.$list.childElementCount) text = t.loading;
+    else if (view.started && view.done && !this.$list.childElementCount) {
+      text = this.tab.state === "archived" ? t.emptyArchived : t.empty;
+    }
+    this.$status.replaceChildren(text);
+    if (this._failed) {
+      this.$status.append(" ", element("button", { class: "link", type: "button", text: t.retry,
+        onclick: () => this.more() }));
+    }
+  }
+
+  renderTabs() {
+    const t = this.strings;
+    const counts = (this._client && this._client.counts) || null;
+    const per = (counts && counts.categories) || {};
+    const tabs = [
+      ["all", null, t.tabs.all, null],
+      ["unread", null, t.tabs.unread, counts ? counts.count : null],
+      ["archived", null, t.tabs.archived, null],
+      ...this.categories.map((c) => ["all", c, t.categories[c] || c, per[c] ? per[c].unread : 0]),
+    ];
+    const focused = this.shadowRoot.activeElement;
+    const had = focused && focused.getAttribute("role") === "tab" ? focused.dataset.key : null;
+    this.$tabs.replaceChildren(...tabs.map(([state, category, label, count]) => {
+      const selected = this.tab.state === state && this.tab.category === category;
+      const tab = element("button", { role: "tab", type: "button", part: selected ? "tab selected-tab" : "tab",
+        "aria-selected": String(selected), tabindex: selected ? "0" : "-1",
+        "data-key": `${state}|${category || ""}`, onclick: () => this.select(state, category) }, label);
+      if (count) tab.append(element("span", { class: "count", part: "count", text: String(count) }));
+      return tab;
+    }));
+    if (had) {
+      const again = this.$tabs.querySelector(`[data-key="${CSS.escape(had)}"]`);
+      if (again) again.focus();
+    }
+  }
+
+  _fill(li, n) {
+    const t = this.strings;
+    li.className = `${n.read ? "read" : "unread"} ${n.seen ? "seen" : "unseen"}`;
+    li.setAttribute("part", n.read ? "item" : "item unread-item");
+    const body = element("div", { class: "body" });
+    if (!n.read) body.append(element("span", { class: "sr", text: `${t.unreadItem}: ` }));
+    const title = element("div", { class: "title", part: "item-title", text: n.title });
+    if (n.category) title.append(element("span", { class: "tag", part: "category", text: n.category }));
+    body.append(title);
+    if (n.groupCount > 1) body.append(element("div", { class: "group", part: "item-group", text: t.group(n) }));
+    if (n.message) body.append(element("div", { class: "message", part: "item-message", text: n.message }));
+    body.append(element("div", { class: "meta", part: "item-meta" },
+      element("time", { datetime: n.createdAt, text: when(n.createdAt, this._relative()) })));
+    if (n.actions.length) {
+      const row = element("div", { class: "actions" });
+      if (n.action) {
+        const taken = n.actions.find((a) => a.id === n.action);
+        row.append(element("span", { class: "taken", text: t.taken(taken ? taken.label : n.action) }));
+      } else {
+        n.actions.forEach((a, i) => row.append(element("button", {
+          class: i ? "act" : "act primary", part: "action", type: "button", text: a.label,
+          onclick: (e) => { e.stopPropagation(); this._act(n, a); } })));
+      }
+      body.append(row);
+    }
+    const menu = element("div", { role: "menu", part: "menu", hidden: true,
+      onkeydown: (e) => this._menuKeys(e) });
+    const item = (label, run) => element("button", { role: "menuitem", type: "button", tabindex: "-1",
+      part: "menu-item", text: label, onclick: (e) => {
+        e.stopPropagation();
+        this._closeMenus(true);
+        run().catch((err) => this._error(err));
+      } });
+    const change = (op, extra) => () => this._client.change(op, [n.id], extra);
+    const tomorrow = new Date();
+    tomorrow.setDate(tomorrow.getDate() + 1);
+    tomorrow.setHours(9, 0, 0, 0);
+    menu.append(
+      item(n.read ? t.markUnread : t.markRead, change(n.read ? "mark-unread" : "mark-read")),
+      item(n.archived ? t.unarchive : t.archive, change(n.archived ? "unarchive" : "archive")),
+      item(t.snoozeHour, change("snooze", { until: new Date(Date.now() + 3600e3).toISOString() })),
+      item(t.snoozeTomorrow, change("snooze", { until: tomorrow.toISOString() })),
+    );
+    const more = element("button", { class: "more", part: "menu-button", type: "button",
+      "aria-haspopup": "menu", "aria-expanded": "false", "aria-label": t.more(n), text: "⋯",
+      onclick: (e) => { e.stopPropagation(); this._toggleMenu(more, menu); } });
+    // a change that comes while the user is in the item (its menu open, a button focused)
+    // keeps them where they were
+    const active = this.shadowRoot.activeElement;
+    const focusables = (root) => [...root.querySelectorAll("button")];
+    const at = active && li.contains(active) ? focusables(li).indexOf(active) : -1;
+    const wasOpen = Boolean(li.querySelector("[role=menu]:not([hidden])"));
+    li.replaceChildren(element("span", { class: "dot", "aria-hidden": "true" }), body, more, menu);
+    if (wasOpen) {
+      menu.hidden = false;
+      more.setAttribute("aria-expanded", "true");
+    }
+    if (at >= 0) focusables(li)[at]?.focus();
+    li.onclick = () => this.open(this.feed.items.get(n.id) || n);
+  }
+
+  /** Records the action, then follows its url unless a `notifyd:action` listener called
+   * preventDefault(). */
+  _act(n, action) {
+    const done = this._client.act(n.id, action.id).catch((err) => this._error(err));
+    const url = safeUrl(action.url);
+    const event = new CustomEvent("notifyd:action", { detail: { notification: n, action, url },
+      bubbles: true, composed: true, cancelable: true });
+    if (this.dispatchEvent(event) && url) {
+      Promise.race([done, new Promise((r) => setTimeout(r, 1000))]).then(() => globalThis.location.assign(url));
+    }
+    return done;
+  }
+
+  _toggleMenu(button, menu) {
+    const open = menu.hidden;
+    this._closeMenus();
+    if (!open) return;
+    menu.hidden = false;
+    button.setAttribute("aria-expanded", "true");
+    menu.firstElementChild.focus();
+  }
+
+  _closeMenus(refocus = false) {
+    for (const menu of this.$list.querySelectorAll("[role=menu]:not([hidden])")) {
+      menu.hidden = true;
+      const button = menu.previousElementSibling;
+      button.setAttribute("aria-expanded", "false");
+      if (refocus) button.focus();
+    }
+  }
+
+  _menuKeys(e) {
+    const items = [...e.currentTarget.children];
+    const i = items.indexOf(this.shadowRoot.activeElement);
+    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      e.preventDefault();
+      items[(i + (e.key === "ArrowDown" ? 1 : items.length - 1)) % items.length].focus();
+    } else if (e.key === "Escape" || e.key === "Tab") {
+      e.preventDefault(); // handled: closes the menu, not the popover around it
+      this._closeMenus(true);
+    }
+  }
+
+  _listKeys(e) {
+    const li = e.target.closest("li");
+    if (!li || e.target !== li) return;
+    const rows = [...this.$list.children];
+    const i = rows.indexOf(li);
+    const go = { ArrowDown: i + 1, ArrowUp: i - 1, Home: 0, End: rows.length - 1 }[e.key];
+    if (go !== undefined) {
+      e.preventDefault();
+      const next = rows[Math.max(0, Math.min(rows.length - 1, go))];
+      li.tabIndex = -1;
+      next.tabIndex = 0;
+      next.focus();
+      if (go >= rows.length - 1) this.more();
+    } else if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      li.click();
+    }
+  }
+
+  _tabKeys(e) {
+    const tabs = [...this.$tabs.children];
+    const i = tabs.indexOf(this.shadowRoot.activeElement);
+    const go = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
+    if (go === undefined || i < 0) return;
+    e.preventDefault();
+    tabs[(go + tabs.length) % tabs.length].click();
+  }
+
+  /** The focusable elements, in order (for the popover's focus trap). */
+  focusables() {
+    return [...this.shadowRoot.querySelectorAll("button:not([tabindex='-1']), li[tabindex='0'], [role=tab][tabindex='0']")]
+      .filter((el) => !el.closest("[hidden]") && el.getClientRects().length);
+  }
+}
+
+const BELL_STYLE = `${THEME}
+  :host { display: inline-block; position: relative; font-family: var(--notifyd-font);
+    color: var(--notifyd-fg); --notifyd-popover-width: 24rem; --notifyd-popover-height: 34rem; }
+  .bell { position: relative; border: 0; background: none; cursor: pointer; padding: .35rem;
+    border-radius: 50%; line-height: 0; color: inherit; }
+  .bell:hover { background: var(--notifyd-hover); }
+  svg { width: 1.5rem; height: 1.5rem; fill: currentColor; }
+  .badge { position: absolute; top: 0; right: 0; min-width: 1.1rem; padding: 0 .3rem; box-sizing: border-box;
+    border-radius: .6rem; background: var(--notifyd-badge); color: var(--notifyd-badge-fg);
+    font: 600 .7rem/1.1rem var(--notifyd-font); text-align: center; transform: translate(25%, -15%); }
+  .badge[hidden] { display: none; }
+  .popover { position: absolute; right: 0; top: calc(100% + .4rem); z-index: 1000;
+    width: min(var(--notifyd-popover-width), calc(100vw - 1rem)); height: var(--notifyd-popover-height);
+    max-height: calc(100vh - 5rem); display: flex; flex-direction: column;
+    border: 1px solid var(--notifyd-line); border-radius: var(--notifyd-radius);
+    background: var(--notifyd-bg); box-shadow: var(--notifyd-shadow); }
+  .popover[hidden] { display: none; }
+  notifyd-inbox { flex: 1; min-height: 0; max-height: 100%; }
+  .toasts { position: fixed; right: 1rem; bottom: 1rem; z-index: 1001; display: grid; gap: .5rem;
+    width: min(22rem, calc(100vw - 2rem)); }
+  .toast { border: 0; text-align: left; cursor: pointer; padding: .75rem 1rem;
+    border-radius: var(--notifyd-radius); background: var(--notifyd-fg); color: var(--notifyd-bg);
+    box-shadow: var(--notifyd-shadow); font: .88rem/1.4 var(--notifyd-font); overflow-wrap: anywhere; }
+  .toast b, .toast span { display: -webkit-box; -webkit-box-orient: vertical; -webkit-line-clamp: 2;
+    overflow: hidden; }
+  @media (max-width: 480px) {
+    .popover { position: fixed; left: .5rem; right: .5rem; top: 3.5rem; width: auto; height: auto;
+      bottom: .5rem; max-height: none; }
+    .toasts { left: 1rem; width: auto; }
+  }
+`;
+const BELL_ICON = '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M12 22a2.5 2.5 0 0 0 2.45-2h-4.9A2.5 2.5 0 0 0 12 22Zm7-6V11a7 7 0 0 0-5.5-6.84V3.5a1.5 1.5 0 0 0-3 0v.66A7 7 0 0 0 5 11v5l-2 2v1h18v-1l-2-2Z"/></svg>';
+
+/** <notifyd-bell>: a button with the count of unseen items that opens a <notifyd-inbox> in a
+ * popover (a modal dialog: focus stays inside, Escape or a click outside closes it) and marks
+ * everything seen. Attributes: `categories` (passed to the inbox), `toasts` (live arrivals in a
+ * corner), `system-notifications` (through the Notification API while the page is hidden, once
+ * requestSystemNotifications() was allowed), `sound` (a URL played on a live arrival). */
+export class NotifydBell extends ClientElement {
+  constructor() {
+    super();
+    this._known = new Set();
+    const root = this.attachShadow({ mode: "open" });
+    root.innerHTML = `<style>${BELL_STYLE}</style>`;
+    this.$badge = element("span", { class: "badge", part: "badge", hidden: true, "aria-hidden": "true" });
+    this.$button = element("button", { class: "bell", part: "button", type: "button",
+      "aria-haspopup": "dialog", "aria-expanded": "false", onclick: () => this.toggle() });
+    this.$button.innerHTML = BELL_ICON;
+    this.$button.append(this.$badge);
+    this.inbox = element("notifyd-inbox", { exportparts: "inbox, header, title, mark-all, tabs, tab, selected-tab, count, scroller, list, item, unread-item, item-title, item-group, item-message, item-meta, category, action, menu-button, menu, menu-item, status" });
+    this.$popover = element("div", { class: "popover", part: "popover", role: "dialog", "aria-modal": "true",
+      hidden: true, onkeydown: (e) => this._keys(e) }, this.inbox);
+    this.$toasts = element("div", { class: "toasts", part: "toasts" });
+    root.append(this.$button, this.$popover, this.$toasts);
+    this._outside = (e) => {
+      if (!this.$popover.hidden && !e.composedPath().includes(this)) this.close(false);
+    };
+    this._escape = (e) => {
+      if (e.key === "Escape" && this.isOpen && !e.defaultPrevented) this.close();
+    };
+  }
+
+  stringsChanged(value) {
+    this.inbox.strings = value;
+    this._badge();
+  }
+
+  listens() {
+    return { counts: () => this._badge(), notification: (n) => this._arrived(n) };
+  }
+
+  clientChanged() {
+    this.inbox.client = this._client;
+    this._badge();
+  }
+
+  attributeChangedCallback(name, _old, value) {
+    if (value == null) this.inbox.removeAttribute(name);
+    else this.inbox.setAttribute(name, value);
+  }
+
+  connectedCallback() {
+    document.addEventListener("pointerdown", this._outside, true);
+    document.addEventListener("keydown", this._escape);
+    this._badge();
+  }
+
+  disconnectedCallback() {
+    document.removeEventListener("pointerdown", this._outside, true);
+    document.removeEventListener("keydown", this._escape);
+  }
+
+  get isOpen() {
+    return !this.$popover.hidden;
+  }
+
+  toggle() {
+    if (this.isOpen) this.close();
+    else this.open();
+  }
+
+  /** Opens the inbox and marks everything seen (read stays as it is). */
+  open() {
+    this.$toasts.replaceChildren(); // what they said is in the list now
+    this.$popover.hidden = false;
+    this.$popover.setAttribute("aria-label", this.strings.title);
+    this.$button.setAttribute("aria-expanded", "true");
+    const client = this._client;
+    if (client && client.counts && client.counts.unseen) {
+      client.change("mark-seen", null).catch((err) => this.inbox._error(err));
+    }
+    this.inbox.ensure();
+    const first = this.inbox.shadowRoot.querySelector("[role=tab][aria-selected=true]");
+    if (first) first.focus();
+    this.dispatchEvent(new CustomEvent("notifyd:toggle", { detail: { open: true }, bubbles: true }));
+  }
+
+  close(refocus = true) {
+    if (!this.isOpen) return;
+    this.$popover.hidden = true;
+    this.$button.setAttribute("aria-expanded", "false");
+    if (refocus) this.$button.focus();
+    this.dispatchEvent(new CustomEvent("notifyd:toggle", { detail: { open: false }, bubbles: true }));
+  }
+
+  /** Asks the browser for permission to show system notifications (call it from a click). */
+  async requestSystemNotifications() {
+    if (!globalThis.Notification) return "unsupported";
+    return Notification.permission === "default" ? Notification.requestPermission() : Notification.permission;
+  }
+
+  _badge() {
+    const unseen = (this._client && this._client.counts && this._client.counts.unseen) || 0;
+    this.$badge.hidden = !unseen;
+    this.$badge.textContent = unseen > 99 ? "99+" : String(unseen);
+    this.$button.setAttribute("aria-label", this.strings.bell(unseen));
+  }
+
+  _keys(e) {
+    if (e.key !== "Tab") return; // (Escape: _escape, wherever the focus is)
+    const order = this.inbox.focusables();
+    if (!order.length) return;
+    const active = this.inbox.shadowRoot.activeElement;
+    const i = order.indexOf(active);
+    if (e.shiftKey && i <= 0) {
+      e.preventDefault();
+      order[order.length - 1].focus();
+    } else if (!e.shiftKey && (i === order.length - 1 || i < 0)) {
+      e.preventDefault();
+      order[0].focus();
+    }
+  }
+
+  _arrived(n) {
+    const client = this._client;
+    const fresh = !this._known.has(n.id);
+    this._known.add(n.id);
+    if (!fresh || !client.synced || n.read || n.archived || n.snoozedUntil) return;
+    if (this.hasAttribute("toasts") && !this.isOpen) this._toast(n);
+    if (this.hasAttribute("system-notifications") && document.visibilityState === "hidden" &&
+        globalThis.Notification && Notification.permission === "granted") {
+      const shown = new Notification(n.title, { body: n.message || "", tag: `notifyd-${n.id}` });
+      shown.onclick = () => { globalThis.focus(); this.inbox.open(n); };
+    }
+    const sound = this.getAttribute("sound");
+    if (sound) {
+      try {
+        const played = new Audio(sound).play();
+        if (played) played.catch(() => {}); // a page the user has not touched may not play
+      } catch {
+        // no Audio here
+      }
+    }
+  }
+
+  _toast(n) {
+    const toast = element("button", { class: "toast", part: "toast", type: "button",
+      onclick: () => { toast.remove(); this.inbox.open(n); } },
+      element("b", { text: n.title }), element("span", { text: n.message || "" }));
+    this.$toasts.append(toast);
+    while (this.$toasts.childElementCount > 3) this.$toasts.firstElementChild.remove();
+    setTimeout(() => toast.remove(), 6000);
+  }
+}
+
+if (globalThis.customElements) {
+  if (!customElements.get("notifyd-inbox")) customElements.define("notifyd-inbox", NotifydInbox);
+  if (!customElements.get("notifyd-bell")) customElements.define("notifyd-bell", NotifydBell);
+}
+
 export default NotifydClient;

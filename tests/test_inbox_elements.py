@@ -1,0 +1,329 @@
+# The inbox's custom elements (<notifyd-bell>, <notifyd-inbox> in /notifyd.js) in a real
+# Chromium, on a page of the daemon's origin, with rows inserted in PostgreSQL: the badge, the
+# popover and its focus, pages loaded as the list scrolls, tabs and their counts, the menu of an
+# item, a click that reads and follows, groups and actions, strings replaced, toasts, and the
+# layout at phone width, in dark mode and with long unbroken text.
+from __future__ import annotations
+
+import asyncio
+import http.server
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, ClassVar
+
+import pytest
+from playwright.async_api import Browser, Page, expect
+from support import Daemon, running_daemon
+from test_browser import PAGE_ERRORS, TIMEOUT_MS, browser
+
+__all__ = ["browser"]  # the session's Chromium (a fixture of test_browser)
+
+SHOTS = os.environ.get("NOTIFYD_INBOX_SCREENSHOTS")  # a folder for the docs' pictures
+
+
+@pytest.fixture
+async def daemon(fresh_db: str) -> AsyncIterator[Daemon]:
+    async with running_daemon(fresh_db) as d:
+        yield d
+
+
+class AppPages(http.server.BaseHTTPRequestHandler):
+    """The app's own web server, on another origin than the daemon's (as in production): it
+    serves the page set for each path, and a plain page for any other."""
+
+    pages: ClassVar[dict[str, str]] = {}
+
+    def do_GET(self) -> None:
+        body = self.pages.get(self.path, "<!doctype html><title>app</title><p>app page</p>")
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def app_origin() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AppPages)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+  body { margin: 0; font-family: system-ui, sans-serif; }
+  header { display: flex; align-items: center; justify-content: space-between; padding: .6rem 1rem;
+           border-bottom: 1px solid #ddd; }
+  @media (prefers-color-scheme: dark) { body { background: #12151c; color: #e6e9f0; }
+                                        header { border-color: #2a3040; } }
+</style></head>
+<body>
+<header><b>Acme clinic</b> <notifyd-bell %(bell)s></notifyd-bell></header>
+<main><p>Your appointments.</p></main>
+<script type="module">
+import { NotifydClient } from "%(notifyd)s/notifyd.js";
+const client = new NotifydClient({ url: "%(notifyd)s", token: %(token)s, storage: null });
+const bell = document.querySelector("notifyd-bell");
+%(setup)s
+bell.client = client;
+client.start();
+window.notifyd = client;
+window.opened = [];
+document.addEventListener("notifyd:open", (e) => {
+  window.opened.push(e.detail.url);
+  if (window.stayHere) e.preventDefault();
+});
+</script>
+</body></html>
+"""
+
+
+async def open_page(
+    browser: Browser, d: Daemon, app: str, user: str, bell: str = "", setup: str = ""
+) -> Page:
+    """The app's page (on its own origin) with a bell for `user`, fed by the daemon."""
+    page = await (await browser.new_context()).new_page()
+    errors = PAGE_ERRORS.setdefault(page, [])
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    path = f"/{user}.html"
+    AppPages.pages[path] = PAGE % {
+        "bell": bell,
+        "token": f'"{d.token(user)}"',
+        "setup": setup,
+        "notifyd": d.http,
+    }
+    await page.goto(app + path)
+    await page.wait_for_function("window.notifyd && window.notifyd.state === 'open'")
+    return page
+
+
+async def counts_of(d: Daemon, user: str) -> dict[str, Any]:
+    """The counts a new connection of `user` is sent."""
+    client = await d.raw(f"?token={d.token(user)}")
+    await client.next_data("connection-confirmed")
+    counts: dict[str, Any] = await client.next_data("notification:unread-count")
+    await client.close()
+    return counts
+
+
+def inbox_items(page: Page):  # type: ignore[no-untyped-def]
+    return page.locator("notifyd-bell notifyd-inbox li[data-id]")
+
+
+async def insert(d: Daemon, user: str, title: str, **columns: object) -> int:
+    columns.setdefault("message", "message")
+    names = ["user_id", "type", "title", *columns]
+    values = [user, "test", title, *columns.values()]
+    casts = {"actions": "::jsonb"}
+    marks = ", ".join(f"${i + 1}{casts.get(name, '')}" for i, name in enumerate(names))
+    nid: int = await d.sql(
+        f"INSERT INTO notifyd.notifications ({', '.join(names)}) VALUES ({marks}) RETURNING id",
+        *values,
+    )
+    return nid
+
+
+async def test_the_bell_counts_unseen_opens_the_inbox_and_pages_as_it_scrolls(
+    browser: Browser, daemon: Daemon, app_origin: str
+) -> None:
+    d = daemon
+    for i in range(45):
+        await d.notify("ann", f"item {i}")
+    page = await open_page(browser, d, app_origin, "ann")
+    button = page.get_by_role("button", name="Notifications, 45 new")
+    await expect(button).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(page.locator("notifyd-bell").locator("[part=badge]")).to_have_text("45")
+    await button.click()
+    dialog = page.get_by_role("dialog", name="Notifications")
+    await expect(dialog).to_be_visible()
+    # opening saw them all: the badge goes, they stay unread
+    await expect(page.get_by_role("button", name="Notifications", exact=True)).to_be_visible(
+        timeout=TIMEOUT_MS
+    )
+    await expect(page.get_by_role("tab", name="Unread 45")).to_be_visible()
+    await expect(inbox_items(page)).to_have_count(20, timeout=TIMEOUT_MS)
+    await expect(inbox_items(page).first).to_contain_text("item 44")  # newest first
+    for shown in (40, 45):
+        await inbox_items(page).last.scroll_into_view_if_needed()
+        await expect(inbox_items(page)).to_have_count(shown, timeout=TIMEOUT_MS)
+    await expect(inbox_items(page).last).to_contain_text("item 0")
+    assert (await counts_of(d, "ann"))["unseen"] == 0  # for every device, as a fresh one sees
+    # the focus starts on the selected tab, stays in the dialog, and Escape gives it back
+    await expect(page.get_by_role("tab", name="All")).to_be_focused()
+    in_inbox = "document.querySelector('notifyd-bell').shadowRoot.activeElement?.localName"
+    for key in ("Shift+Tab", "Shift+Tab", "Shift+Tab", "Tab", "Tab"):  # round the first one
+        await page.keyboard.press(key)
+        assert await page.evaluate(in_inbox) == "notifyd-inbox", key
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(page.get_by_role("button", name="Notifications", exact=True)).to_be_focused()
+    # a live arrival: counted, listed at the top, announced
+    await button.page.get_by_role("button", name="Notifications", exact=True).click()
+    await d.notify("ann", "a live one")
+    await expect(inbox_items(page).first).to_contain_text("a live one", timeout=TIMEOUT_MS)
+    live = page.locator("notifyd-bell notifyd-inbox [aria-live=polite]")
+    await expect(live).to_have_text("New notification: a live one")
+    assert not PAGE_ERRORS[page]
+
+
+async def test_an_item_click_reads_it_and_follows_only_a_web_link(
+    browser: Browser, daemon: Daemon, app_origin: str
+) -> None:
+    d = daemon
+    await insert(d, "bo", "to the page", action_url="/visits/7?from=inbox")
+    await insert(d, "bo", "a script link", action_url="javascript:alert(1)")
+    page = await open_page(browser, d, app_origin, "bo")
+    await page.get_by_role("button", name="Notifications, 2 new").click()
+    await expect(inbox_items(page)).to_have_count(2, timeout=TIMEOUT_MS)
+    await inbox_items(page).filter(has_text="a script link").click()
+    await expect(page.get_by_role("tab", name="Unread 1")).to_be_visible(timeout=TIMEOUT_MS)
+    assert await page.evaluate("window.opened") == [None]  # read, not followed
+    async with page.expect_navigation():
+        await inbox_items(page).filter(has_text="to the page").click()
+    assert page.url == f"{app_origin}/visits/7?from=inbox"
+    read = await d.sql("SELECT count(*) FROM notifyd.notifications WHERE read_at IS NOT NULL")
+    assert read == 2
+
+
+async def test_an_action_is_recorded_then_its_link_followed(
+    browser: Browser, daemon: Daemon, app_origin: str
+) -> None:
+    d = daemon
+    pay = '[{"id": "pay", "label": "Pay now", "url": "/billing/pay"}, {"id": "no", "label": "No"}]'
+    nid = await insert(d, "ed", "Invoice due", actions=pay)
+    page = await open_page(browser, d, app_origin, "ed")
+    await page.get_by_role("button", name="Notifications, 1 new").click()
+    async with page.expect_navigation():
+        await page.get_by_role("button", name="Pay now").click()
+    assert page.url == f"{app_origin}/billing/pay"
+    row = "SELECT action || ':' || (read_at IS NOT NULL) FROM notifyd.notifications WHERE id = $1"
+    assert await d.sql(row, nid) == "pay:true"
+
+
+async def test_the_menu_reads_archives_and_snoozes_and_the_tabs_follow(
+    browser: Browser, daemon: Daemon, app_origin: str
+) -> None:
+    d = daemon
+    for title in ("keep", "archive me", "snooze me", "read me"):
+        await insert(d, "cy", title, category="billing" if title == "keep" else None)
+    page = await open_page(browser, d, app_origin, "cy", bell='categories="billing"')
+    await page.get_by_role("button", name="Notifications, 4 new").click()
+    await expect(inbox_items(page)).to_have_count(4, timeout=TIMEOUT_MS)
+    await expect(page.get_by_role("tab", name="billing 1")).to_be_visible()
+
+    async def menu(title: str, choice: str) -> None:
+        await page.get_by_role("button", name=f"More actions: {title}").click()
+        await page.get_by_role("menuitem", name=choice).click()
+
+    await menu("archive me", "Archive")
+    await menu("snooze me", "Snooze for 1 hour")
+    await menu("read me", "Mark as read")
+    await expect(inbox_items(page)).to_have_count(2, timeout=TIMEOUT_MS)
+    await expect(page.get_by_role("tab", name="Unread 1")).to_be_visible(timeout=TIMEOUT_MS)
+    await page.get_by_role("tab", name="Unread 1").click()
+    await expect(inbox_items(page)).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(inbox_items(page)).to_contain_text("keep")
+    await page.get_by_role("tab", name="Archived").click()
+    await expect(inbox_items(page)).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(inbox_items(page)).to_contain_text("archive me")
+    await menu("archive me", "Unarchive")
+    await expect(page.locator("notifyd-bell notifyd-inbox [part=status]")).to_have_text(
+        "Nothing archived", timeout=TIMEOUT_MS
+    )
+    await page.get_by_role("tab", name="billing 1").click()
+    await expect(inbox_items(page)).to_have_count(1, timeout=TIMEOUT_MS)
+    # the keyboard: arrows move through the tabs; the menu opens and closes on its button
+    await page.keyboard.press("ArrowLeft")
+    await expect(page.get_by_role("tab", name="Archived")).to_have_attribute(
+        "aria-selected", "true"
+    )
+    await page.get_by_role("tab", name="All").click()
+    await page.get_by_role("button", name="More actions: keep").press("Enter")
+    await expect(page.get_by_role("menuitem", name="Mark as read")).to_be_focused()
+    # a change of the item meanwhile (here by SQL) redraws it, and leaves the menu as it was
+    await d.sql("UPDATE notifyd.notifications SET message = 'changed' WHERE title = 'keep'")
+    await expect(inbox_items(page).filter(has_text="keep")).to_contain_text(
+        "changed", timeout=TIMEOUT_MS
+    )
+    await expect(page.get_by_role("menuitem", name="Mark as read")).to_be_focused()
+    await page.keyboard.press("ArrowDown")
+    await expect(page.get_by_role("menuitem", name="Archive")).to_be_focused()
+    await page.keyboard.press("Escape")
+    await expect(page.get_by_role("button", name="More actions: keep")).to_be_focused()
+    await expect(page.get_by_role("dialog")).to_be_visible()  # Escape closed the menu only
+    states = await d.sql(
+        "SELECT string_agg(title || ':' || (read_at IS NOT NULL) || ':'"
+        " || (archived_at IS NOT NULL) || ':' || (snoozed_until IS NOT NULL), ',' ORDER BY id)"
+        " FROM notifyd.notifications"
+    )
+    assert states == (
+        "keep:false:false:false,archive me:false:false:false,"
+        "snooze me:false:false:true,read me:true:false:false"
+    )
+    await page.get_by_role("button", name="Mark all as read").click()
+    await expect(page.get_by_role("tab", name="Unread")).to_have_text("Unread", timeout=TIMEOUT_MS)
+    assert (await counts_of(d, "cy"))["count"] == 0
+    assert not PAGE_ERRORS[page]
+
+
+async def test_groups_actions_strings_toasts_and_the_layout(
+    browser: Browser, daemon: Daemon, app_origin: str
+) -> None:
+    d = daemon
+    for actor in ("Dr. Lee", "Dr. Kim", "Ana"):
+        await insert(d, "di", "New appointments", group_key="patient:7", actor=actor)
+    actions = '[{"id": "confirm", "label": "Confirm"}, {"id": "decline", "label": "Decline"}]'
+    nid = await insert(d, "di", "Confirm Monday 10:00?", actions=actions)
+    await insert(d, "di", "W" * 300, category="system")
+    strings = """bell.strings = { title: "Mitteilungen", markAllRead: "Alle gelesen",
+        tabs: { all: "Alle", unread: "Ungelesen", archived: "Archiv" },
+        bell: (n) => n ? `Mitteilungen, ${n} neu` : "Mitteilungen" };"""
+    page = await open_page(browser, d, app_origin, "di", bell="toasts", setup=strings)
+    await page.get_by_role("button", name="Mitteilungen, 3 neu").click()
+    await expect(page.get_by_role("dialog", name="Mitteilungen")).to_be_visible()
+    await expect(page.get_by_role("tab", name="Ungelesen 3")).to_be_visible(timeout=TIMEOUT_MS)
+    group = inbox_items(page).filter(has_text="New appointments")
+    await expect(group).to_contain_text("Ana and 2 others")
+    await page.get_by_role("button", name="Confirm", exact=True).click()
+    await expect(inbox_items(page).filter(has_text="Monday")).to_contain_text(
+        "✓ Confirm", timeout=TIMEOUT_MS
+    )
+    assert await d.sql("SELECT action FROM notifyd.notifications WHERE id = $1", nid) == "confirm"
+    for wide, high in ((360, 740), (1100, 760)):
+        await page.set_viewport_size({"width": wide, "height": high})
+        assert await page.evaluate("document.documentElement.scrollWidth") <= wide
+        box = await page.get_by_role("dialog").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= wide, box
+        if SHOTS:
+            await page.screenshot(path=f"{SHOTS}/inbox-{wide}.png")
+    if SHOTS:
+        await page.emulate_media(color_scheme="dark")
+        await page.set_viewport_size({"width": 1100, "height": 760})
+        await page.screenshot(path=f"{SHOTS}/inbox-dark.png")
+    # a live arrival while the popover is closed: a toast, which opens its item
+    await page.keyboard.press("Escape")
+    await d.notify("di", "Lab results ready")
+    toast = page.locator("notifyd-bell [part=toast]")
+    await expect(toast).to_contain_text("Lab results ready", timeout=TIMEOUT_MS)
+    await page.evaluate("window.stayHere = true")
+    await toast.click()
+    await expect(toast).to_have_count(0)
+    for _ in range(200):  # read by the click, through the server
+        read = "SELECT read_at IS NOT NULL FROM notifyd.notifications WHERE title = $1"
+        if await d.sql(read, "Lab results ready"):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the toast's item was not read")
+    assert await page.evaluate("window.opened") == [None]
+    assert not PAGE_ERRORS[page]
