@@ -327,3 +327,103 @@ async def test_groups_actions_strings_toasts_and_the_layout(
         raise AssertionError("the toast's item was not read")
     assert await page.evaluate("window.opened") == [None]
     assert not PAGE_ERRORS[page]
+
+
+INLINE = """<!doctype html>
+<html lang="de"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="margin: 0">
+<notifyd-inbox categories="billing" style="height: 100vh"></notifyd-inbox>
+<script type="module">
+import { NotifydClient } from "%(notifyd)s/notifyd.js";
+const client = new NotifydClient({ url: "%(notifyd)s", token: "%(token)s", storage: null,
+  pollInterval: 300, %(options)s });
+document.querySelector("notifyd-inbox").client = client;
+client.start();
+window.notifyd = client;
+</script>
+</body></html>
+"""
+
+
+async def test_the_inbox_inline_as_a_page_and_over_http_when_no_websocket_connects(
+    browser: Browser, daemon: Daemon, app_origin: str
+) -> None:
+    """<notifyd-inbox> alone, as a whole page, in the page's language; and the same with every
+    WebSocket refused, where the client polls: pages, marks and live arrivals over HTTP."""
+    d = daemon
+    for i in range(25):
+        await insert(d, "fay", f"Rechnung {i}", category="billing" if i % 5 == 0 else None)
+    blocked = 'WebSocket: class { constructor() { throw new Error("blocked"); } }'
+    newest, total = "Rechnung 24", 25
+    for round_, (options, state) in enumerate((("", "open"), (blocked, "polling"))):
+        page = await (await browser.new_context()).new_page()
+        errors = PAGE_ERRORS.setdefault(page, [])
+        page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
+        path = f"/inline-{state}.html"
+        AppPages.pages[path] = INLINE % {
+            "notifyd": d.http,
+            "token": d.token("fay"),
+            "options": options,
+        }
+        await page.goto(app_origin + path)
+        await page.wait_for_function(f"window.notifyd && window.notifyd.state === '{state}'")
+        listed = page.locator("notifyd-inbox li[data-id]")
+        await expect(listed).to_have_count(20, timeout=TIMEOUT_MS)
+        await expect(listed.first).to_contain_text(newest)
+        await expect(listed.first.locator("time")).to_have_text("jetzt")  # lang="de"
+        await listed.last.scroll_into_view_if_needed()
+        await expect(listed).to_have_count(total, timeout=TIMEOUT_MS)
+        await page.get_by_role("tab", name="billing").click()
+        await expect(listed).to_have_count(5, timeout=TIMEOUT_MS)
+        await listed.nth(round_).click()  # read: over HTTP while polling
+        await expect(listed.nth(round_)).not_to_have_class("unread unseen", timeout=TIMEOUT_MS)
+        newest, total = f"live while {state}", total + 1
+        await d.notify("fay", newest)
+        await page.get_by_role("tab", name="All").click()
+        await expect(listed.first).to_contain_text(newest, timeout=TIMEOUT_MS)
+        assert not errors
+    read = "SELECT count(*) FROM notifyd.notifications WHERE read_at IS NOT NULL"
+    assert await d.sql(read) == 2
+
+
+async def test_system_notifications_and_sound_for_live_arrivals_only(
+    browser: Browser, daemon: Daemon, app_origin: str
+) -> None:
+    """While the page is hidden and the user allowed it, a live arrival (not one already there)
+    becomes a system notification, and the sound plays; a click on it opens the item."""
+    d = daemon
+    await d.notify("gus", "already there")
+    stubs = """
+    window.shown = []; window.played = [];
+    Object.defineProperty(document, "visibilityState", { get: () => "hidden" });
+    window.Notification = class {
+      static permission = "granted";
+      static requestPermission() { return Promise.resolve("granted"); }
+      constructor(title, options) { window.shown.push({ title, ...options }); window.last = this; }
+    };
+    window.Audio = class { constructor(src) { this.src = src; }
+      play() { window.played.push(this.src); return Promise.resolve(); } };
+    """
+    page = await open_page(
+        browser, d, app_origin, "gus", bell='system-notifications sound="/ding.mp3"', setup=stubs
+    )
+    assert (
+        await page.evaluate("document.querySelector('notifyd-bell').requestSystemNotifications()")
+        == "granted"
+    )
+    await d.notify("gus", "Lab results ready")
+    await page.wait_for_function("window.shown.length === 1", timeout=TIMEOUT_MS)
+    shown = await page.evaluate("window.shown")
+    assert shown[0]["title"] == "Lab results ready" and shown[0]["body"] == "message"
+    assert await page.evaluate("window.played") == ["/ding.mp3"]
+    await page.evaluate("window.stayHere = true; window.last.onclick()")
+    for _ in range(200):
+        read = "SELECT read_at IS NOT NULL FROM notifyd.notifications WHERE title = $1"
+        if await d.sql(read, "Lab results ready"):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the system notification's click did not read its item")
+    assert [s["title"] for s in await page.evaluate("window.shown")] == ["Lab results ready"]
+    assert not PAGE_ERRORS[page]
