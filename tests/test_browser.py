@@ -96,7 +96,12 @@ async def open_demo(
 
 
 def items(page: Page) -> Locator:
-    return page.locator("#list li[data-id]")
+    """The items of the demo's inline <notifyd-inbox>."""
+    return page.locator("main notifyd-inbox li[data-id]")
+
+
+def badge(page: Page) -> Locator:
+    return page.locator("notifyd-bell [part=badge]")
 
 
 async def test_a_row_inserted_in_postgresql_appears_in_the_page(
@@ -111,15 +116,16 @@ async def test_a_row_inserted_in_postgresql_appears_in_the_page(
         "VALUES ('ann', 'demo', 'From SQL', 'an INSERT', 'high')"
     )
     await expect(items(page)).to_have_count(2, timeout=TIMEOUT_MS)
-    await expect(page.locator("#list li").first).to_contain_text("From SQL")
-    await expect(page.locator("#badge")).to_have_text("2")
-    await expect(page.locator("#toast")).to_contain_text("From SQL")
+    await expect(items(page).first).to_contain_text("From SQL")
+    await expect(items(page).first).to_have_class(re.compile(r"\bhigh\b"))  # its priority
+    await expect(badge(page)).to_have_text("2")
+    await expect(page.locator("notifyd-bell [part=toast]")).to_contain_text("From SQL")
     # the dev form sends one to another user: not shown here
     await page.fill("form#send input[name=user]", "someone-else")
     await page.click("form#send button")
     await d.notify("ann", "after the form")
     await expect(items(page)).to_have_count(3, timeout=TIMEOUT_MS)
-    assert "someone-else" not in await page.inner_text("#list")
+    assert "someone-else" not in await page.inner_text("main notifyd-inbox")
     if SCREENSHOT:
         await page.set_viewport_size({"width": 1000, "height": 520})
         await page.wait_for_timeout(300)
@@ -169,20 +175,21 @@ async def test_the_demo_shows_groups_seen_archive_categories_and_actions(
         "SELECT notifyd.notify('gina', 't', $1, 'a title with no place to break')", "W" * 120
     )
     await expect(items(page)).to_have_count(3, timeout=TIMEOUT_MS)
-    grouped = page.locator("#list li", has_text="Ana Díaz")
+    grouped = items(page).filter(has_text="Ana Díaz")
     await expect(grouped).to_contain_text("Dr. Kim and 1 other")
-    await expect(page.locator("#badge")).to_have_text("3")  # unseen
-    await expect(page.locator("#list li.unseen")).to_have_count(3)
+    await expect(badge(page)).to_have_text("3")  # unseen
+    await expect(page.locator("main notifyd-inbox li.unseen")).to_have_count(3)
     # opening the bell sees them; they stay unread
-    await page.click("#bell")
-    await expect(page.locator("#badge")).to_be_hidden(timeout=TIMEOUT_MS)
-    await expect(page.locator("#list li.unseen")).to_have_count(0)
-    await expect(page.locator("#list li.unread")).to_have_count(3)
+    await page.get_by_role("button", name="Notifications, 3 new").click()
+    await expect(badge(page)).to_be_hidden(timeout=TIMEOUT_MS)
+    await expect(page.locator("main notifyd-inbox li.unseen")).to_have_count(0)
+    await expect(page.locator("main notifyd-inbox li.unread")).to_have_count(3)
+    await page.keyboard.press("Escape")
     # an action: taken, recorded, and the item read
-    invoice = page.locator("#list li", has_text="Invoice due")
+    invoice = items(page).filter(has_text="Invoice due")
     await invoice.get_by_role("button", name="Pay now").click()
     await expect(invoice).to_contain_text("✓ Pay now", timeout=TIMEOUT_MS)
-    await expect(page.locator("#list li.unread")).to_have_count(2)
+    await expect(page.locator("main notifyd-inbox li.unread")).to_have_count(2)
     assert await d.sql("SELECT action FROM notifyd.interactions") == "pay"
     if FEED_SHOTS:
         await page.set_viewport_size({"width": 1100, "height": 760})
@@ -196,16 +203,17 @@ async def test_the_demo_shows_groups_seen_archive_categories_and_actions(
         await page.wait_for_timeout(300)
         await page.screenshot(path=f"{FEED_SHOTS}/demo-dark.png")
         await page.emulate_media(color_scheme="light")
-    # a category chip, then the tabs
-    await page.get_by_role("button", name="billing").click()
-    await expect(items(page)).to_have_count(1)
-    await page.get_by_role("button", name="every category").click()
-    await grouped.get_by_role("button", name="Archive: Ana Díaz: new appointment").click()
+    # a category's tab, then the others
+    await page.get_by_role("tab", name="billing").click()
+    await expect(items(page)).to_have_count(1, timeout=TIMEOUT_MS)
+    await page.get_by_role("tab", name="All").click()
+    await grouped.get_by_role("button", name="More actions: Ana Díaz: new appointment").click()
+    await page.get_by_role("menuitem", name="Archive").click()
     await expect(items(page)).to_have_count(2, timeout=TIMEOUT_MS)
     await page.get_by_role("tab", name="Archived").click()
-    await expect(items(page)).to_have_count(1)
-    await page.get_by_role("tab", name="Unread").click()
-    await expect(items(page)).to_have_count(1)  # the long one
+    await expect(items(page)).to_have_count(1, timeout=TIMEOUT_MS)
+    await page.get_by_role("tab", name="Unread 1").click()
+    await expect(items(page)).to_have_count(1, timeout=TIMEOUT_MS)  # the long one
     await page.get_by_role("tab", name="All").click()
     # a long unbroken title stays in its card
     width = await page.evaluate("document.documentElement.scrollWidth")
@@ -218,23 +226,23 @@ async def test_the_demo_shows_groups_seen_archive_categories_and_actions(
     await page.fill("form#send input[name=title]", "T" * 400)
     await page.fill("form#send input[name=group]", "")  # a new item, not a group's update
     await page.click("form#send button")
-    await expect(page.locator("#toast")).to_contain_text("TTTT", timeout=TIMEOUT_MS)
+    toast = page.locator("notifyd-bell [part=toast]").last
+    await expect(toast).to_contain_text("TTTT", timeout=TIMEOUT_MS)
     for wide, high in ((360, 800), (1100, 760)):
         await page.set_viewport_size({"width": wide, "height": high})
         assert await page.evaluate("document.documentElement.scrollWidth") <= wide, wide
-        toast = await page.evaluate(
-            """() => {
-                const box = document.getElementById("toast").getBoundingClientRect();
-                const text = document.querySelector("#toast span");
+        shape = await toast.evaluate(
+            """(box) => {
+                const text = box.querySelector("b");
                 const line = parseFloat(getComputedStyle(text).lineHeight);
-                const shown = text.getBoundingClientRect();
-                return { lines: shown.height / line, inside: shown.bottom <= box.bottom,
+                const outer = box.getBoundingClientRect(), shown = text.getBoundingClientRect();
+                return { lines: shown.height / line, inside: shown.bottom <= outer.bottom,
                          cut: text.scrollHeight > text.clientHeight,
-                         left: box.left, right: box.right };
+                         left: outer.left, right: outer.right };
             }"""
         )
-        assert round(toast["lines"]) == 3 and toast["inside"] and toast["cut"], toast
-        assert toast["left"] >= 0 and toast["right"] <= wide, toast
+        assert round(shape["lines"]) == 2 and shape["inside"] and shape["cut"], shape
+        assert shape["left"] >= 0 and shape["right"] <= wide, shape
     assert not PAGE_ERRORS[page]
 
 
@@ -248,15 +256,15 @@ async def test_reading_in_one_tab_clears_the_badge_in_the_other(
     one = await open_demo(browser, d, "bea", context)
     two = await open_demo(browser, d, "bea", context)
     for page in (one, two):
-        await expect(page.locator("#badge")).to_have_text("2", timeout=TIMEOUT_MS)
-    await one.locator("#list li.unread").first.click()
+        await expect(badge(page)).to_have_text("2", timeout=TIMEOUT_MS)
+    await one.locator("main notifyd-inbox li.unread").first.click()
     for page in (one, two):
-        await expect(page.locator("#badge")).to_have_text("1", timeout=TIMEOUT_MS)
-        await expect(page.locator("#list li.unread")).to_have_count(1)
-    await two.click("#read-all")
+        await expect(badge(page)).to_have_text("1", timeout=TIMEOUT_MS)
+        await expect(page.locator("main notifyd-inbox li.unread")).to_have_count(1)
+    await two.locator("main notifyd-inbox").get_by_role("button", name="Mark all as read").click()
     for page in (one, two):
-        await expect(page.locator("#badge")).to_be_hidden(timeout=TIMEOUT_MS)
-        await expect(page.locator("#list li.unread")).to_have_count(0)
+        await expect(badge(page)).to_be_hidden(timeout=TIMEOUT_MS)
+        await expect(page.locator("main notifyd-inbox li.unread")).to_have_count(0)
     await context.close()
 
 
@@ -277,10 +285,8 @@ async def test_the_page_catches_up_after_the_daemon_restarts(
         await expect(items(page)).to_have_count(4, timeout=TIMEOUT_MS)
         await d.notify("cat", "live again")
         await expect(items(page)).to_have_count(5, timeout=TIMEOUT_MS)
-        seqs = await page.locator("#list li[data-id]").evaluate_all(
-            "els => els.map(e => e.textContent.match(/#(\\d+)/)[1]).map(Number)"
-        )
-        assert sorted(seqs) == [1, 2, 3, 4, 5]  # each once
+        titles = await items(page).locator("[part=item-title]").all_inner_texts()
+        assert sorted(titles) == ["live", "live again", "missed 0", "missed 1", "missed 2"]
         assert not PAGE_ERRORS[page]
 
 
@@ -303,9 +309,9 @@ async def test_with_websockets_blocked_polling_delivers_and_websocket_returns(
     await expect(page.locator("#state")).to_have_text("polling", timeout=TIMEOUT_MS)
     await d.notify("dan", "by polling")
     await expect(items(page)).to_have_count(1, timeout=TIMEOUT_MS)
-    await expect(page.locator("#badge")).to_have_text("1", timeout=TIMEOUT_MS)
-    await page.locator("#list li.unread").first.click()  # mark-read over HTTP
-    await expect(page.locator("#badge")).to_be_hidden(timeout=TIMEOUT_MS)
+    await expect(badge(page)).to_have_text("1", timeout=TIMEOUT_MS)
+    await page.locator("main notifyd-inbox li.unread").first.click()  # mark-read over HTTP
+    await expect(badge(page)).to_be_hidden(timeout=TIMEOUT_MS)
     assert await d.sql("SELECT count(*) FROM notifyd.notifications WHERE read_at IS NULL") == 0
     blocked = False
     await expect(page.locator("#state")).to_have_text("open", timeout=40_000)

@@ -763,12 +763,12 @@ const THEME = `
   :host { --notifyd-accent: #2962d9; --notifyd-fg: #1d2330; --notifyd-bg: #fff;
     --notifyd-muted: #5d6577; --notifyd-line: #e6e9f2; --notifyd-unread: #eef4ff;
     --notifyd-hover: #f4f6fa; --notifyd-badge: #d33; --notifyd-badge-fg: #fff;
-    --notifyd-done: #1f8a4c; --notifyd-radius: .6rem; --notifyd-shadow: 0 8px 28px #0003;
+    --notifyd-done: #1f8a4c; --notifyd-high: #c62828; --notifyd-radius: .6rem; --notifyd-shadow: 0 8px 28px #0003;
     --notifyd-font: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
   @media (prefers-color-scheme: dark) {
     :host { --notifyd-accent: #7aa5ff; --notifyd-fg: #e6e9f0; --notifyd-bg: #1c212b;
       --notifyd-muted: #9aa3b5; --notifyd-line: #2a3040; --notifyd-unread: #1f2a44;
-      --notifyd-hover: #252b37; --notifyd-done: #5fd38f; --notifyd-shadow: 0 8px 28px #000a; }
+      --notifyd-hover: #252b37; --notifyd-done: #5fd38f; --notifyd-high: #ff8a80; --notifyd-shadow: 0 8px 28px #000a; }
   }
   .sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%);
     white-space: nowrap; }
@@ -808,6 +808,7 @@ const INBOX_STYLE = `${THEME}
   .body { min-width: 0; }
   .title { font-size: .92rem; overflow-wrap: anywhere; }
   li.unread .title { font-weight: 600; }
+  li.high .title { color: var(--notifyd-high); }
   .tag { display: inline-block; margin-left: .35rem; padding: 0 .45rem; border-radius: .6rem;
     background: var(--notifyd-line); color: var(--notifyd-muted); font-size: .72rem; font-weight: 500;
     vertical-align: middle; }
@@ -1125,7 +1126,7 @@ export class NotifydInbox extends ClientElement {
 
   _fill(li, n) {
     const t = this.strings;
-    li.className = `${n.read ? "read" : "unread"} ${n.seen ? "seen" : "unseen"}`;
+    li.className = `${n.read ? "read" : "unread"} ${n.seen ? "seen" : "unseen"}${n.priority === "high" ? " high" : ""}`;
     li.setAttribute("part", n.read ? "item" : "item unread-item");
     const body = element("div", { class: "body" });
     if (!n.read) body.append(element("span", { class: "sr", text: `${t.unreadItem}: ` }));
