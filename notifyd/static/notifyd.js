@@ -652,6 +652,18 @@ export const STRINGS = {
 const PAGE_SIZE = 20;
 const SEVERAL = { day: 86400, hour: 3600, minute: 60 };
 
+/** Whether an item the client reports is one just delivered (at its first place in its stream,
+ * untouched since), not an older one a sync or a poll brings because it changed. */
+function isArrival(n) {
+  return n.seq === n.deliveredSeq && !n.read && !n.archived && !n.snoozedUntil;
+}
+
+/** A polite live region's new text, said again even when it is the same as the last. */
+function announce(region, text) {
+  region.textContent = "";
+  setTimeout(() => (region.textContent = text), 30);
+}
+
 /** Newest first, as the feed's pages are: createdAt, then id. */
 function newestFirst(a, b) {
   return a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : b.id - a.id;
@@ -729,7 +741,9 @@ export class Feed {
 /** Where an item's click leads: its actionUrl when it is http(s) (never javascript: and the
  * like, whatever a row holds), resolved against the page. */
 export function safeUrl(actionUrl, base = globalThis.location && globalThis.location.href) {
-  if (!actionUrl) return null;
+  // as the database's check on actions: a path must not lead to another host ("//x", "/\\x",
+  // or either with a tab or newline inside, which browsers drop)
+  if (!actionUrl || /[\s\u0000-\u001f\u007f]/.test(actionUrl) || /^[\\/][\\/]/.test(actionUrl)) return null;
   try {
     const url = new URL(actionUrl, base);
     return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
@@ -740,6 +754,7 @@ export function safeUrl(actionUrl, base = globalThis.location && globalThis.loca
 
 function when(iso, format) {
   const seconds = (Date.parse(iso) - Date.now()) / 1000;
+  if (!Number.isFinite(seconds)) return ""; // (a year past 9999 parses to nothing)
   for (const [unit, size] of Object.entries(SEVERAL)) {
     if (Math.abs(seconds) >= size) return format.format(Math.round(seconds / size), unit);
   }
@@ -815,7 +830,8 @@ const INBOX_STYLE = `${THEME}
   .group, .message, .meta { font-size: .84rem; color: var(--notifyd-muted); overflow-wrap: anywhere; }
   .group { color: var(--notifyd-fg); }
   .meta { font-size: .76rem; margin-top: .15rem; }
-  .actions { display: flex; flex-wrap: wrap; gap: .4rem; margin-top: .45rem; }
+  .actions { display: flex; flex-wrap: wrap; gap: .4rem; margin-top: .45rem; min-width: 0; }
+  .act, .taken { max-width: 100%; overflow-wrap: anywhere; text-align: left; }
   .act { border: 1px solid var(--notifyd-accent); color: var(--notifyd-accent); background: none;
     border-radius: .35rem; padding: .2rem .7rem; font-size: .8rem; cursor: pointer; }
   .act.primary { background: var(--notifyd-accent); color: var(--notifyd-bg); }
@@ -835,8 +851,9 @@ const INBOX_STYLE = `${THEME}
   .sentinel { height: 1px; }
 `;
 
-/** What both elements share: the `client` property (its events' handlers, from `listens()`,
- * are dropped when another client is set) and the `strings` property (merged over STRINGS). */
+/** What both elements share: the `client` property, whose events' handlers (`listens()`) are
+ * on only while the element is in the document (taken out, it stops; put back, it starts
+ * again from the client's current state), and the `strings` property (merged over STRINGS). */
 class ClientElement extends (globalThis.HTMLElement || class {}) {
   static get observedAttributes() {
     return ["categories", "lang"];
@@ -847,11 +864,31 @@ class ClientElement extends (globalThis.HTMLElement || class {}) {
   }
 
   set client(client) {
-    for (const off of this._off || []) off();
+    this._stopListening();
     this._client = client;
-    const handlers = client ? Object.entries(this.listens()) : [];
-    this._off = handlers.map(([event, handler]) => client.on(event, handler));
+    if (this.isConnected) this._listen();
     this.clientChanged();
+  }
+
+  connectedCallback() {
+    if (this._client && !this._off) {
+      this._listen();
+      this.clientChanged(); // what happened while it was out is not known here
+    }
+  }
+
+  disconnectedCallback() {
+    this._stopListening();
+  }
+
+  _listen() {
+    const client = this._client;
+    this._off = Object.entries(this.listens()).map(([event, handler]) => client.on(event, handler));
+  }
+
+  _stopListening() {
+    for (const off of this._off || []) off();
+    this._off = null;
   }
 
   get strings() {
@@ -887,7 +924,7 @@ export class NotifydInbox extends ClientElement {
       onkeydown: (e) => this._listKeys(e) });
     this.$status = element("div", { class: "status", part: "status" });
     this.$sentinel = element("div", { class: "sentinel" });
-    this.$scroller = element("div", { class: "scroller", part: "scroller" },
+    this.$scroller = element("div", { class: "scroller", part: "scroller", role: "tabpanel", id: "panel" },
       this.$list, this.$status, this.$sentinel);
     this.$live = element("div", { class: "sr", "aria-live": "polite" });
     root.append(element("div", { class: "inbox", part: "inbox" },
@@ -906,7 +943,7 @@ export class NotifydInbox extends ClientElement {
       notification: (n) => {
         const fresh = !this.feed.items.has(n.id);
         this.feed.upsert(n);
-        if (fresh && client.synced && Feed.passes(n, "all", null)) this._announce(n);
+        if (fresh && client.synced && isArrival(n)) this._announce(n);
         this.render();
       },
       updated: (n) => { this.feed.upsert(n); this.render(); },
@@ -921,6 +958,7 @@ export class NotifydInbox extends ClientElement {
 
   clientChanged() {
     this.feed = new Feed();
+    this._loading = null; // (a page of the previous client, on its way, is dropped)
     this._rows.clear();
     this.$list.replaceChildren();
     this.render();
@@ -933,6 +971,7 @@ export class NotifydInbox extends ClientElement {
   }
 
   connectedCallback() {
+    super.connectedCallback();
     this._observer = new IntersectionObserver((entries) => {
       if (entries.some((e) => e.isIntersecting)) this.more();
     }, { root: this.$scroller, rootMargin: "200px" });
@@ -942,6 +981,7 @@ export class NotifydInbox extends ClientElement {
   }
 
   disconnectedCallback() {
+    super.disconnectedCallback();
     if (this._observer) this._observer.disconnect();
     clearInterval(this._clock);
   }
@@ -1026,13 +1066,18 @@ export class NotifydInbox extends ClientElement {
   }
 
   _announce(n) {
-    this.$live.textContent = this.strings.arrived(n);
+    // (inside a bell, the bell says it: its popover may be closed)
+    if (!this.hasAttribute("data-quiet")) announce(this.$live, this.strings.arrived(n));
   }
 
   _relative() {
     if (!this._format) {
       const lang = this.getAttribute("lang") || document.documentElement.lang || undefined;
-      this._format = new Intl.RelativeTimeFormat(lang, { numeric: "auto" });
+      try {
+        this._format = new Intl.RelativeTimeFormat(lang, { numeric: "auto" });
+      } catch {
+        this._format = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" }); // "en_US"
+      }
     }
     return this._format;
   }
@@ -1050,6 +1095,7 @@ export class NotifydInbox extends ClientElement {
     const t = this.strings;
     this.$title.textContent = t.title;
     this.$markAll.textContent = t.markAllRead;
+    this.$markAll.hidden = this.tab.state === "archived"; // (it would read other tabs' items)
     this.renderTabs();
     const wanted = this.items();
     const keep = new Set(wanted.map((n) => n.id));
@@ -1069,7 +1115,12 @@ export class NotifydInbox extends ClientElement {
         this._rows.set(n.id, row);
       }
       if (row.sig !== sig) {
-        this._fill(row.li, n);
+        try {
+          this._fill(row.li, n);
+        } catch (err) {
+          row.li.replaceChildren(element("div", { class: "body", text: String(n.title) }));
+          this._error(err);
+        }
         row.sig = sig;
       }
       row.li.tabIndex = -1;
@@ -1112,10 +1163,13 @@ export class NotifydInbox extends ClientElement {
     const had = focused && focused.getAttribute("role") === "tab" ? focused.dataset.key : null;
     this.$tabs.replaceChildren(...tabs.map(([state, category, label, count]) => {
       const selected = this.tab.state === state && this.tab.category === category;
+      const key = `${state}|${category || ""}`;
       const tab = element("button", { role: "tab", type: "button", part: selected ? "tab selected-tab" : "tab",
-        "aria-selected": String(selected), tabindex: selected ? "0" : "-1",
-        "data-key": `${state}|${category || ""}`, onclick: () => this.select(state, category) }, label);
+        "aria-selected": String(selected), tabindex: selected ? "0" : "-1", "aria-controls": "panel",
+        id: `tab-${[...key].map((c) => c.charCodeAt(0).toString(16)).join("")}`,
+        "data-key": key, onclick: () => this.select(state, category) }, label);
       if (count) tab.append(element("span", { class: "count", part: "count", text: String(count) }));
+      if (selected) this.$scroller.setAttribute("aria-labelledby", tab.id);
       return tab;
     }));
     if (had) {
@@ -1145,6 +1199,7 @@ export class NotifydInbox extends ClientElement {
       } else {
         n.actions.forEach((a, i) => row.append(element("button", {
           class: i ? "act" : "act primary", part: "action", type: "button", text: a.label,
+          "data-key": `action:${a.id}`,
           onclick: (e) => { e.stopPropagation(); this._act(n, a); } })));
       }
       body.append(row);
@@ -1152,7 +1207,7 @@ export class NotifydInbox extends ClientElement {
     const menu = element("div", { role: "menu", part: "menu", hidden: true,
       onkeydown: (e) => this._menuKeys(e) });
     const item = (label, run) => element("button", { role: "menuitem", type: "button", tabindex: "-1",
-      part: "menu-item", text: label, onclick: (e) => {
+      part: "menu-item", text: label, "data-key": `menu:${menu.childElementCount}`, onclick: (e) => {
         e.stopPropagation();
         this._closeMenus(true);
         run().catch((err) => this._error(err));
@@ -1167,21 +1222,23 @@ export class NotifydInbox extends ClientElement {
       item(t.snoozeHour, change("snooze", { until: new Date(Date.now() + 3600e3).toISOString() })),
       item(t.snoozeTomorrow, change("snooze", { until: tomorrow.toISOString() })),
     );
-    const more = element("button", { class: "more", part: "menu-button", type: "button",
+    const more = element("button", { class: "more", part: "menu-button", type: "button", "data-key": "more",
       "aria-haspopup": "menu", "aria-expanded": "false", "aria-label": t.more(n), text: "⋯",
       onclick: (e) => { e.stopPropagation(); this._toggleMenu(more, menu); } });
     // a change that comes while the user is in the item (its menu open, a button focused)
     // keeps them where they were
     const active = this.shadowRoot.activeElement;
-    const focusables = (root) => [...root.querySelectorAll("button")];
-    const at = active && li.contains(active) ? focusables(li).indexOf(active) : -1;
+    const at = active && li.contains(active) ? active.dataset.key : null;
     const wasOpen = Boolean(li.querySelector("[role=menu]:not([hidden])"));
     li.replaceChildren(element("span", { class: "dot", "aria-hidden": "true" }), body, more, menu);
     if (wasOpen) {
       menu.hidden = false;
       more.setAttribute("aria-expanded", "true");
     }
-    if (at >= 0) focusables(li)[at]?.focus();
+    if (at) {
+      const again = li.querySelector(`button[data-key="${CSS.escape(at)}"]`) || (wasOpen ? menu.firstElementChild : more);
+      again.focus();
+    }
     li.onclick = () => this.open(this.feed.items.get(n.id) || n);
   }
 
@@ -1253,7 +1310,10 @@ export class NotifydInbox extends ClientElement {
     const go = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
     if (go === undefined || i < 0) return;
     e.preventDefault();
-    tabs[(go + tabs.length) % tabs.length].click();
+    const next = tabs[(go + tabs.length) % tabs.length];
+    next.click();
+    const again = this.$tabs.querySelector(`[data-key="${CSS.escape(next.dataset.key)}"]`);
+    if (again) again.focus();
   }
 
   /** The focusable elements, in order (for the popover's focus trap). */
@@ -1315,8 +1375,13 @@ export class NotifydBell extends ClientElement {
     this.inbox = element("notifyd-inbox", { exportparts: "inbox, header, title, mark-all, tabs, tab, selected-tab, count, scroller, list, item, unread-item, item-title, item-group, item-message, item-meta, category, action, menu-button, menu, menu-item, status" });
     this.$popover = element("div", { class: "popover", part: "popover", role: "dialog", "aria-modal": "true",
       hidden: true, onkeydown: (e) => this._keys(e) }, this.inbox);
+    this.inbox.setAttribute("data-quiet", "");
     this.$toasts = element("div", { class: "toasts", part: "toasts" });
-    root.append(this.$button, this.$popover, this.$toasts);
+    this.$live = element("div", { class: "sr", "aria-live": "polite" });
+    root.append(this.$button, this.$popover, this.$toasts, this.$live);
+    this._resized = () => {
+      if (this.isOpen) this._place();
+    };
     this._outside = (e) => {
       if (!this.$popover.hidden && !e.composedPath().includes(this)) this.close(false);
     };
@@ -1345,14 +1410,19 @@ export class NotifydBell extends ClientElement {
   }
 
   connectedCallback() {
+    super.connectedCallback();
     document.addEventListener("pointerdown", this._outside, true);
     document.addEventListener("keydown", this._escape);
+    globalThis.addEventListener("resize", this._resized);
     this._badge();
   }
 
   disconnectedCallback() {
+    super.disconnectedCallback();
+    this.close(false);
     document.removeEventListener("pointerdown", this._outside, true);
     document.removeEventListener("keydown", this._escape);
+    globalThis.removeEventListener("resize", this._resized);
   }
 
   get isOpen() {
@@ -1368,6 +1438,7 @@ export class NotifydBell extends ClientElement {
   open() {
     this.$toasts.replaceChildren(); // what they said is in the list now
     this.$popover.hidden = false;
+    this._place();
     this.$popover.setAttribute("aria-label", this.strings.title);
     this.$button.setAttribute("aria-expanded", "true");
     const client = this._client;
@@ -1420,7 +1491,8 @@ export class NotifydBell extends ClientElement {
     const client = this._client;
     const fresh = !this._known.has(n.id);
     this._known.add(n.id);
-    if (!fresh || !client.synced || n.read || n.archived || n.snoozedUntil) return;
+    if (!fresh || !client.synced || !isArrival(n)) return;
+    this._announce(n);
     if (this.hasAttribute("toasts") && !this.isOpen) this._toast(n);
     if (this.hasAttribute("system-notifications") && document.visibilityState === "hidden" &&
         globalThis.Notification && Notification.permission === "granted") {
@@ -1436,6 +1508,23 @@ export class NotifydBell extends ClientElement {
         // no Audio here
       }
     }
+  }
+
+  _announce(n) {
+    announce(this.$live, this.strings.arrived(n));
+  }
+
+  /** Below the bell, right-aligned to it, moved left or right to stay in the window (below
+   * 480 px the stylesheet makes it a sheet across the screen). */
+  _place() {
+    const popover = this.$popover;
+    popover.style.left = popover.style.right = "";
+    if (globalThis.matchMedia && matchMedia("(max-width: 480px)").matches) return;
+    const host = this.getBoundingClientRect();
+    const width = popover.offsetWidth;
+    const left = Math.max(8, Math.min(host.right - width, document.documentElement.clientWidth - width - 8));
+    popover.style.left = `${left - host.left}px`;
+    popover.style.right = "auto";
   }
 
   _toast(n) {
