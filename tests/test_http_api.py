@@ -1,6 +1,7 @@
 # The plain-HTTP side of the port: the polling API (/v1/...) answering like a sync-response,
-# its errors and CORS, the browser client at /notifyd.js, and the dev-only demo routes, which
-# answer only their own address and pages, with the run's key.
+# its errors and CORS, the browser client at /notifyd.js (and its declarations at /notifyd.d.ts),
+# and the dev-only demo routes, which answer only their own address and pages, with the run's
+# key.
 from __future__ import annotations
 
 from typing import Any
@@ -165,6 +166,10 @@ async def test_client_script_is_served_and_demo_routes_only_in_dev(fresh_db: str
         assert status == 200 and headers["content-type"].startswith("text/javascript")
         assert headers["access-control-allow-origin"] == "*"
         assert b"export class NotifydClient" in body
+        assert b'customElements.define("notifyd-bell"' in body
+        status, headers, body = await http_request(d.app.port, "GET", "/notifyd.d.ts")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        assert b"export class NotifydClient {" in body and b'"notifyd-bell": NotifydBell' in body
         for method, path in (("GET", "/"), ("GET", "/dev/token"), ("POST", "/dev/notify")):
             status, _, _ = await http_request(d.app.port, method, path)
             assert status in (404, 405), path

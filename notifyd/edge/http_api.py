@@ -133,6 +133,7 @@ class HttpApi:
         self.dev = DevAccess(dev_key or new_dev_key(), port) if dev else None
         self.requests = UserRequests()
         self.client_js = _static("notifyd.js")
+        self.client_types = _static("notifyd.d.ts")
         self.demo = _static("demo.html") if dev else b""
 
     async def answer(
@@ -181,6 +182,13 @@ class HttpApi:
                 200,
                 self.client_js,
                 "text/javascript; charset=utf-8",
+                [("Access-Control-Allow-Origin", "*"), ("Cache-Control", "no-cache")],
+            )
+        if route == "/notifyd.d.ts":  # its TypeScript declarations
+            return HttpAnswer(
+                200,
+                self.client_types,
+                "text/plain; charset=utf-8",
                 [("Access-Control-Allow-Origin", "*"), ("Cache-Control", "no-cache")],
             )
         return HttpAnswer(404, b"not found\n", TEXT)
