@@ -486,3 +486,39 @@ async def test_system_notifications_and_sound_for_live_arrivals_only(
     assert [s["title"] for s in await page.evaluate("window.shown")][1:] == ["Second result"]
     assert await page.evaluate("window.played") == ["/ding.mp3", "/ding.mp3"]
     assert not PAGE_ERRORS[page]
+
+
+async def test_a_page_asked_for_before_a_live_change_does_not_undo_it(
+    browser: Browser, daemon: Daemon, app_origin: str
+) -> None:
+    """The inbox's Feed (pure, run here in the page): what came live while a page was on its
+    way (an item changed, read, deleted, a mark) wins over the page's older copy of it, and a
+    page asked for before a reset is not used."""
+    d = daemon
+    page = await open_page(browser, d, app_origin, "hal")
+    got = await page.evaluate(
+        """async (base) => {
+            const { Feed } = await import(`${base}/notifyd.js`);
+            const item = (id, extra = {}) => ({ id, stream: "user:1", seq: id, deliveredSeq: id,
+                category: null, read: false, seen: false, archived: false, snoozedUntil: null,
+                createdAt: `2026-01-0${id}T00:00:00Z`, ...extra });
+            const feed = new Feed();
+            const since = feed.clock;  // the page is asked for here
+            feed.upsert(item(3, { read: true }));  // read on another device
+            feed.read({ ids: [2], readAt: "2026-02-01T00:00:00Z" });  // read here
+            feed.remove(4);  // deleted
+            feed.mark({ stream: "user:1", seq: 9, state: "seen", category: null,
+                        target: "user:1", upto: 100, at: "2026-02-02T00:00:00Z" });
+            feed.paged("all", null, { notifications: [4, 3, 2, 1].map((id) => item(id)),
+                                      next: null }, since);
+            const shown = feed.list("all", null).map((n) => [n.id, n.read, n.seen]);
+            const later = feed.clock;
+            feed.paged("unread", null, { notifications: [item(5)], next: null }, later);
+            const fresh = feed.list("unread", null).map((n) => n.id);
+            return { shown, fresh };
+        }""",
+        d.http,
+    )
+    assert got["shown"] == [[3, True, True], [2, True, True], [1, False, True]]
+    assert got["fresh"] == [5, 1]  # a page asked for after them: as it is
+    assert not PAGE_ERRORS[page]

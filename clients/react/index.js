@@ -69,7 +69,9 @@ export function useNotifications({ state = "all", category = null, limit = 20 } 
       const options = { state, limit };
       if (category) options.category = category;
       if (view.next) options.next = view.next;
-      feed.paged(state, category, await client.page(options));
+      const [since, resets] = [feed.clock, feed.resets]; // what comes meanwhile is newer
+      const page = await client.page(options);
+      if (feed.resets === resets) feed.paged(state, category, page, since);
       setError(null);
     } catch (err) {
       setError(err);

@@ -166,7 +166,10 @@ export class Feed {
     done: boolean;
     started: boolean;
   };
-  paged(state: FeedState, category: string | null, page: Page): void;
+  /** `since`: the clock when the page was asked for (what came live after it wins). */
+  paged(state: FeedState, category: string | null, page: Page, since?: number): void;
+  readonly clock: number;
+  readonly resets: number;
   list(state: FeedState, category?: string | null): Notification[];
   upsert(n: Notification): void;
   read(answer: { ids: number[]; readAt: string }): void;

@@ -677,6 +677,12 @@ export class Feed {
   constructor() {
     this.items = new Map();
     this.views = new Map(); // "state|category" -> {next, done, oldest, started}
+    // What came live, so that a page asked for before it cannot bring back an older state: a
+    // clock, the last change per id ([at, "upsert" | "read" | "removed", readAt]), the marks
+    this.clock = 0;
+    this.changes = new Map();
+    this.marks = [];
+    this.resets = 0; // a page asked for before a reset is dropped
   }
 
   view(state, category) {
@@ -693,10 +699,24 @@ export class Feed {
     return !n.archived && (state !== "unread" || !n.read);
   }
 
-  /** A page of a view arrived: its items are kept and the view reaches down to its last. */
-  paged(state, category, page) {
+  /** A page of a view arrived, asked for at `since` (the clock then): its items are kept,
+   * unless something newer about them came meanwhile, and the view reaches down to its last. */
+  paged(state, category, page, since = this.clock) {
     const v = this.view(state, category);
-    for (const n of page.notifications) this.items.set(n.id, n);
+    const later = this.marks.filter(([at]) => at > since).map(([, mark]) => mark);
+    for (let n of page.notifications) {
+      const [at, kind, readAt] = this.changes.get(n.id) || [0];
+      if (at > since) {
+        if (kind === "removed" || this.items.has(n.id)) continue; // gone, or newer here
+        if (kind === "read") n = { ...n, read: true, readAt, seen: true, seenAt: n.seenAt || readAt };
+      }
+      if (later.length) {
+        const one = new Map([[n.id, { ...n }]]);
+        for (const mark of later) applyMark(one, mark);
+        n = one.get(n.id);
+      }
+      this.items.set(n.id, n);
+    }
     const last = page.notifications[page.notifications.length - 1];
     if (last) v.oldest = last;
     v.next = page.next;
@@ -714,27 +734,33 @@ export class Feed {
 
   upsert(n) {
     this.items.set(n.id, n);
+    this.changes.set(n.id, [++this.clock, "upsert"]);
   }
 
   read({ ids, readAt }) {
     for (const id of ids) {
       const n = this.items.get(id);
       if (n) this.items.set(id, { ...n, read: true, readAt, seen: true, seenAt: n.seenAt || readAt });
+      this.changes.set(id, [++this.clock, "read", readAt]);
     }
   }
 
   remove(id) {
     this.items.delete(id);
+    this.changes.set(id, [++this.clock, "removed"]);
   }
 
   mark(mark) {
     applyMark(this.items, mark);
+    this.marks.push([++this.clock, mark]);
+    if (this.marks.length > 100) this.marks.shift(); // (pages take less than 100 marks)
   }
 
   /** A stream's items can no longer be trusted (a cursor too old, a role lost): read again. */
   reset(stream) {
     for (const [id, n] of this.items) if (n.stream === stream) this.items.delete(id);
     this.views.clear();
+    this.resets += 1;
   }
 }
 
@@ -1013,9 +1039,12 @@ export class NotifydInbox extends ClientElement {
     if (view.next) options.next = view.next;
     this._loading = `${state}|${category || ""}`;
     this.renderStatus();
+    const feed = this.feed;
+    const [since, resets] = [feed.clock, feed.resets];
     try {
       const page = await client.page(options);
-      if (client === this._client) this.feed.paged(state, category, page);
+      const current = client === this._client && feed === this.feed && feed.resets === resets;
+      if (current) feed.paged(state, category, page, since);
     } catch (err) {
       this._failed = client.state === "open" || client.state === "polling";
     } finally {
