@@ -331,6 +331,8 @@ async def test_groups_actions_strings_toasts_and_the_layout(
     assert await d.sql("SELECT action FROM notifyd.notifications WHERE id = $1", nid) == "confirm"
     for wide, high in ((360, 740), (1100, 760)):
         await page.set_viewport_size({"width": wide, "height": high})
+        # (the window's resize event, which places the popover again, comes before a frame)
+        await page.evaluate("new Promise((r) => requestAnimationFrame(() => r()))")
         assert await page.evaluate("document.documentElement.scrollWidth") <= wide
         box = await page.get_by_role("dialog").bounding_box()
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= wide, box

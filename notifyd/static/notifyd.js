@@ -1363,7 +1363,8 @@ const BELL_STYLE = `${THEME}
     border-radius: .6rem; background: var(--notifyd-badge); color: var(--notifyd-badge-fg);
     font: 600 .7rem/1.1rem var(--notifyd-font); text-align: center; transform: translate(25%, -15%); }
   .badge[hidden] { display: none; }
-  .popover { position: absolute; right: 0; top: calc(100% + .4rem); z-index: 1000;
+  .popover { position: absolute; right: 0; left: var(--placed-left, auto); top: calc(100% + .4rem);
+    z-index: 1000;
     width: min(var(--notifyd-popover-width), calc(100vw - 1rem)); height: var(--notifyd-popover-height);
     max-height: calc(100vh - 5rem); display: flex; flex-direction: column;
     border: 1px solid var(--notifyd-line); border-radius: var(--notifyd-radius);
@@ -1546,14 +1547,14 @@ export class NotifydBell extends ClientElement {
   /** Below the bell, right-aligned to it, moved left or right to stay in the window (below
    * 480 px the stylesheet makes it a sheet across the screen). */
   _place() {
+    // (a custom property, not `left`: the narrow sheet's own left wins over it at any moment,
+    // before a resize event has come)
     const popover = this.$popover;
-    popover.style.left = popover.style.right = "";
-    if (globalThis.matchMedia && matchMedia("(max-width: 480px)").matches) return;
+    popover.style.removeProperty("--placed-left");
     const host = this.getBoundingClientRect();
     const width = popover.offsetWidth;
     const left = Math.max(8, Math.min(host.right - width, document.documentElement.clientWidth - width - 8));
-    popover.style.left = `${left - host.left}px`;
-    popover.style.right = "auto";
+    popover.style.setProperty("--placed-left", `${left - host.left}px`);
   }
 
   _toast(n) {
