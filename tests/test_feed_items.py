@@ -466,3 +466,32 @@ async def test_pages_reach_items_dated_before_1970(daemon: Daemon) -> None:
     client = await daemon.connect("old")
     ids, sizes = await _pages(client, {}, 2)
     assert len(ids) == 5 and sizes == [2, 2, 1]
+
+
+async def test_a_created_at_the_daemon_cannot_page_from_is_refused(daemon: Daemon) -> None:
+    """A feed page's cursor carries created_at, read as a Python datetime (years 1 to 9999, the
+    two very ends of which the driver sends back as infinities): an INSERT of a row outside the
+    open range between them, which would break every page of its stream, is refused; the edges
+    inside it are taken, and paged through one by one."""
+    for when in (
+        "10000-01-01 00:00:00Z",
+        "20260-06-01Z",
+        "0044-03-15 BC",
+        "9999-12-31 23:59:59.999999Z",
+        "0001-01-01 00:00:00Z",
+    ):
+        with pytest.raises(asyncpg.CheckViolationError, match="notifications_created_at_check"):
+            await daemon.sql(
+                "INSERT INTO notifyd.notifications (stream, type, title, created_at) "
+                "VALUES ('all', 't', 'x', $1::text::timestamptz)",
+                when,
+            )
+    await daemon.sql(
+        "INSERT INTO notifyd.notifications (user_id, type, title, created_at) "
+        "SELECT 'edge', 't', 'n', at FROM unnest(ARRAY["
+        "'9999-12-31 23:59:59.999998Z', '9999-12-31 23:59:59.999998Z',"
+        "'0001-01-01 00:00:00.000001Z', '0001-01-01 00:00:00.000001Z']::timestamptz[]) at"
+    )
+    client = await daemon.connect("edge")
+    ids, sizes = await _pages(client, {}, 1)
+    assert len(set(ids)) == 4 and sizes == [1, 1, 1, 1]
