@@ -246,6 +246,31 @@ async def test_the_menu_reads_archives_and_snoozes_and_the_tabs_follow(
     await page.get_by_role("button", name="Notifications, 4 new").click()
     await expect(inbox_items(page)).to_have_count(4, timeout=TIMEOUT_MS)
     await expect(page.get_by_role("tab", name="billing 1")).to_be_visible()
+    # Tab: the selected tab, the list's current row and its menu button, then round again;
+    # arrow keys choose the current row
+    focused = (
+        "(() => { const e = document.querySelector('notifyd-bell').inbox.shadowRoot"
+        ".activeElement; return e.localName + ':' + (e.getAttribute('aria-label')"
+        " || e.querySelector('[part=item-title]')?.textContent || e.textContent); })()"
+    )
+    await expect(page.get_by_role("tab", name="All")).to_be_focused()
+    stops = []
+    for key in ("Tab", "Tab", "Tab", "Tab", "ArrowDown", "Tab"):
+        await page.keyboard.press(key)
+        stops.append(await page.evaluate(focused))
+    assert stops == [
+        "li:read me",
+        "button:More actions: read me",
+        "button:Mark all as read",
+        "button:All",
+        "button:All",  # (arrows on the tabs choose a tab: this one stays)
+        "li:read me",
+    ], stops
+    await page.keyboard.press("ArrowDown")
+    assert await page.evaluate(focused) == "li:snooze me"
+    await page.keyboard.press("Tab")
+    assert await page.evaluate(focused) == "button:More actions: snooze me"
+    await page.get_by_role("tab", name="All").click()
 
     async def menu(title: str, choice: str) -> None:
         await page.get_by_role("button", name=f"More actions: {title}").click()

@@ -787,6 +787,13 @@ function when(iso, format) {
   return format.format(Math.min(0, Math.round(seconds)), "second");
 }
 
+/** One row of the list in the Tab order, with its buttons, or none of it: Tab goes to the
+ * current row and its buttons, then on; arrow keys choose the current row. */
+function tabbing(li, current) {
+  li.tabIndex = current ? 0 : -1;
+  for (const button of li.querySelectorAll(".act, .more")) button.tabIndex = current ? 0 : -1;
+}
+
 function element(tag, props = {}, ...children) {
   const el = document.createElement(tag);
   for (const [name, value] of Object.entries(props)) {
@@ -1152,12 +1159,12 @@ export class NotifydInbox extends ClientElement {
         }
         row.sig = sig;
       }
-      row.li.tabIndex = -1;
+      tabbing(row.li, false);
       if (at !== row.li) this.$list.insertBefore(row.li, at);
       else at = at.nextElementSibling;
     });
     const focusable = this.$list.querySelector("li:focus-within") || this.$list.firstElementChild;
-    if (focusable) focusable.tabIndex = 0;
+    if (focusable) tabbing(focusable, true);
     this.renderStatus();
   }
 
@@ -1323,8 +1330,8 @@ export class NotifydInbox extends ClientElement {
     if (go !== undefined) {
       e.preventDefault();
       const next = rows[Math.max(0, Math.min(rows.length - 1, go))];
-      li.tabIndex = -1;
-      next.tabIndex = 0;
+      tabbing(li, false);
+      tabbing(next, true);
       next.focus();
       if (go >= rows.length - 1) this.more();
     } else if (e.key === "Enter" || e.key === " ") {
