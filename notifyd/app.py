@@ -24,7 +24,7 @@ from notifyd.edge.http_api import HttpApi
 from notifyd.edge.server import Connection, connection_factory, tune_listener
 from notifyd.hub import TICK_SECONDS, Hub
 from notifyd.operations import Operations
-from notifyd.ops import logs
+from notifyd.ops import logs, looplag
 from notifyd.ops.metrics import Metrics
 from notifyd.storage.listener import Listener
 from notifyd.storage.pipeline import EventPipeline
@@ -103,6 +103,7 @@ class App:
         self._ticker: asyncio.Task[None] | None = None
         self._pruning: asyncio.Task[None] | None = None
         self._scheduling: asyncio.Task[None] | None = None
+        self._probing: asyncio.Task[None] | None = None
         self.reloads = 0
         self.port = 0
         self.admin_port: int | None = None
@@ -158,6 +159,9 @@ class App:
         self._ticker = loop.create_task(self.hub.tick_forever(), name="notifyd-tick")
         self._pruning = loop.create_task(self.retention.run_forever(), name="notifyd-retention")
         self._scheduling = loop.create_task(self.scheduler.run_forever(), name="notifyd-scheduler")
+        self._probing = loop.create_task(
+            looplag.probe_forever(self.metrics.loop_lag.observe), name="notifyd-loop-lag"
+        )
         log.info("serving on %s:%d", self.settings.host, self.port)
 
     @property
@@ -214,7 +218,7 @@ class App:
             )
             for conn in stuck:
                 conn.reset()
-        for background in (self._ticker, self._pruning, self._scheduling):
+        for background in (self._ticker, self._pruning, self._scheduling, self._probing):
             if background is not None:
                 background.cancel()
         for task in list(self._tasks):

@@ -52,6 +52,10 @@ LATENCY_BUCKETS = (
 )
 
 
+# The event loop's lag buckets, in seconds: a healthy loop stays in the first few
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 class LatencyHistogram:
     """A histogram observed once per notification published: a list of counts bumped without
     the lock (and the per-bucket loop) of prometheus-client's Histogram, a tenth of the CPU a
@@ -92,6 +96,7 @@ class Metrics(Collector):
         # -- read from their owners at scrape time (see watch()) --
         self._live: dict[str, Callable[[], float]] = {}
         self.latency = LatencyHistogram()
+        self.loop_lag = LatencyHistogram(LAG_BUCKETS)  # (notifyd.ops.looplag observes it)
         self.redis_up = Gauge(
             "notifyd_presence_redis_up",
             "1 while presence is cluster-wide through Redis, 0 while NOTIFYD_REDIS_URL is set "
@@ -241,6 +246,11 @@ class Metrics(Collector):
             self.pruned,
         )
         yield counter("notifyd_config_reloads", "Successful SIGHUP reloads", owned("reloads"))
+        yield self.loop_lag.family(
+            "notifyd_event_loop_lag_seconds",
+            "How late the event loop woke a timer set every 50 ms: what everything on the loop "
+            "waited too (up to about 1 ms is the timers' resolution)",
+        )
         yield self.latency.family(
             "notifyd_delivery_latency_seconds",
             "From the end of the inserting statement in PostgreSQL to the notification written "
