@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-# Checks the TLS proxy configurations shipped in systemd/ (nginx.conf, Caddyfile) as the README
-# tells operators to use them: a self-signed certificate, `notifyd dev` behind each proxy, and
-# a real client over wss:// that gets a notification, the polling API over https://, and the
-# internal routes (/metrics, /readyz) kept off the public side. Needs nginx and caddy (.ci/run
-# installs them). Run: .venv/bin/python .ci/proxy_check.py
+# Checks the TLS proxy configurations shipped in systemd/ (nginx.conf, Caddyfile) as
+# docs/operations.md tells operators to use them: a self-signed certificate, `notifyd dev`
+# behind each proxy, and a real client over wss:// that gets a notification, the polling API
+# over https://, and the internal routes (/metrics, /readyz) kept off the public side. Needs
+# nginx and caddy (.ci/run installs them). Run: .venv/bin/python .ci/proxy_check.py
 from __future__ import annotations
 
 import asyncio

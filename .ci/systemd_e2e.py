@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # End-to-end check of the shipped systemd units (systemd/) under a real systemd: a Debian
 # bookworm guest booted with systemd-nspawn (sharing the host network), notifyd installed in it
-# as the README tells an operator (wheel into a venv at /opt/notifyd), the units copied
+# as docs/operations.md tells an operator (wheel into a venv at /opt/notifyd), the units copied
 # unchanged but for a WatchdogSec=4s drop-in, the database a fresh one on the host's PostgreSQL.
 # It checks: notifyd-migrate succeeds; notifyd starts (Type=notify, ExecStartPre check-config)
 # and serves WebSocket, /readyz and /metrics; the hardening took effect (NoNewPrivs, seccomp,

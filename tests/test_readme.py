@@ -1,14 +1,18 @@
-"""The README is part of the product: its test command is the one CI runs, its settings table
-and the example settings file are generated from the settings' declarations, its SQL examples
-run against a migrated database (the grants for an app's role included), its JSON examples
-parse, and what it links to exists."""
+"""The README and the documentation site (docs/, built with MkDocs) are part of the product:
+the README's test command is the one CI runs; the settings table and the example settings file
+are generated from the settings' declarations; every SQL example runs against a migrated
+database (the grants for an app's role included); the JSON examples parse; what they link to
+exists; and the site builds with warnings as errors."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import orjson
 from faults_support import http_get
@@ -18,6 +22,12 @@ from notifyd import config
 from notifyd.core import settings_docs
 
 README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
+# every page the site serves, and the README: (path, text)
+PAGES = [(ROOT / "README.md", README)] + [
+    (page, page.read_text()) for page in sorted(DOCS.glob("*.md"))
+]
+EVERYTHING = "\n".join(text for _, text in PAGES)
 
 
 def shell_blocks(text: str) -> list[str]:
@@ -36,11 +46,13 @@ def test_the_two_commands_come_first_and_ci_runs_the_test_command() -> None:
 def test_the_settings_table_and_the_example_file_are_the_declarations() -> None:
     """The README's settings table and systemd/notifyd.toml are what the declarations in
     notifyd/core/settings.py generate, exactly; and the example file loads."""
-    table = re.search(r"^\| variable \|.*?\n(?!\|)", README, re.M | re.S)
-    assert table is not None, "the README has no settings table"
+    table = re.search(
+        r"^\| variable \|.*?\n(?!\|)", (DOCS / "configuration.md").read_text(), re.M | re.S
+    )
+    assert table is not None, "docs/configuration.md has no settings table"
     assert table.group(0) == settings_docs.markdown_table(), (
-        "README.md's settings table differs from the declarations: replace it with the output "
-        "of `python -m notifyd.core.settings_docs --markdown`"
+        "docs/configuration.md's settings table differs from the declarations: replace it "
+        "with the output of `python -m notifyd.core.settings_docs --markdown`"
     )
     example_file = ROOT / "systemd" / "notifyd.toml"
     assert example_file.read_text() == settings_docs.toml_example(), (
@@ -54,7 +66,8 @@ def test_the_settings_table_and_the_example_file_are_the_declarations() -> None:
 async def test_readme_sql_examples_run(daemon: Daemon) -> None:
     """Every SQL block runs; the grants of "Database roles" (given to a role of this test's
     own) are all an app's role needs to notify, mark read, archive, count and delete."""
-    blocks = re.findall(r"```sql\n(.*?)```", README, re.S)
+    blocks = re.findall(r"```sql\n(.*?)```", EVERYTHING, re.S)
+    assert len(blocks) >= 6
     pool = await daemon.pool()
     role = f"notifyd_app_{os.getpid()}_{time.monotonic_ns()}"
     await pool.execute(f"CREATE ROLE {role}")
@@ -129,24 +142,47 @@ async def test_readme_sql_examples_run(daemon: Daemon) -> None:
         await pool.execute(f"DROP ROLE {role}")
 
 
-def test_every_image_and_file_the_readme_links_to_exists() -> None:
-    targets = re.findall(r"\]\(((?!https?:|#)[^)\s]+)\)", README)
-    assert "bench/figures/latency-cdf.png" in targets  # the benchmark plots are shown
-    assert "bench/figures/memory-per-connection.png" in targets
-    missing = [t for t in targets if not (ROOT / t.split("#")[0]).exists()]
+def test_every_image_and_file_the_pages_link_to_exists() -> None:
+    linked = [
+        (page.parent / target.split("#")[0]).resolve()
+        for page, text in PAGES
+        for target in re.findall(r"\]\(((?!https?:|#)[^)\s]+)\)", text)
+    ]
+    assert (ROOT / "bench/figures/latency-cdf.png").resolve() in linked  # the plots are shown
+    assert (ROOT / "bench/figures/memory-per-connection.png").resolve() in linked
+    missing = [str(t) for t in linked if not t.exists()]
     assert not missing, missing
-    for image in (t for t in targets if t.endswith(".png")):
-        assert (ROOT / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+    for image in (t for t in linked if t.suffix == ".png"):
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
 
 
-def test_readme_json_lines_parse() -> None:
-    for block in re.findall(r"```json\n(.*?)```", README, re.S):
+def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
+    """mkdocs.yml is strict (broken links and anchors are warnings, and fail the build), and
+    every page of docs/ is in its nav."""
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    assert "WARNING" not in built.stderr, built.stderr
+    nav = (ROOT / "mkdocs.yml").read_text()
+    assert all(f" {page.name}" in nav for page in DOCS.glob("*.md")), nav
+    assert (tmp_path / "browser" / "index.html").exists()
+
+
+def test_the_pages_json_lines_parse() -> None:
+    for block in re.findall(r"```json\n(.*?)```", EVERYTHING, re.S):
         for line in block.splitlines():
             if line.strip():
                 json.loads(line)
 
 
-async def test_every_metric_is_in_the_readme(daemon: Daemon) -> None:
+async def test_every_metric_is_in_the_operations_page(daemon: Daemon) -> None:
     """The metrics table names every family /metrics serves (process_* as a group)."""
     _, body = await http_get(daemon.app.port, "/metrics")
     families = re.findall(r"^# TYPE (\S+) ", body.decode(), re.M)
@@ -155,4 +191,4 @@ async def test_every_metric_is_in_the_readme(daemon: Daemon) -> None:
         # prometheus-client adds a `<family>_created` timestamp beside each counter/histogram
         name = name.removesuffix("_created")
         shown = "process_*" if name.startswith("process_") else name
-        assert f"`{shown}" in README, name
+        assert f"`{shown}" in (DOCS / "operations.md").read_text(), name

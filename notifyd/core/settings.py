@@ -5,8 +5,9 @@ name is the key in the TOML file (`NOTIFYD_<KEY>` in the environment), its annot
 type, and the declaration carries its default, bounds, help, whether it is a secret (never in
 `repr()`, `***` in `check-config`) and whether SIGHUP reloads it. `DECLARATIONS` is derived from
 those fields; from it come the casting and bounds checks here, `notifyd check-config`, the
-README's settings table and the example settings file (notifyd.core.settings_docs; a test holds
-the README and systemd/notifyd.toml to them). Adding a setting is one field here plus its use.
+settings table of docs/configuration.md and the example settings file
+(notifyd.core.settings_docs; a test holds the page and systemd/notifyd.toml to them). Adding a
+setting is one field here plus its use.
 
 Also here, pure as well: the checks between settings (`check`), the key files' contents
 (`with_key_files`), what SIGHUP applies (`reloaded`) and what `serve` needs

@@ -1,6 +1,6 @@
-"""The documents derived from the settings' declarations (notifyd.core.settings): the README's
-settings table and the example settings file systemd/notifyd.toml. `python -m
-notifyd.core.settings_docs --markdown | --toml` prints them; tests/test_readme.py holds the README
+"""The documents derived from the settings' declarations (notifyd.core.settings): the settings
+table of docs/configuration.md and the example settings file systemd/notifyd.toml. `python -m
+notifyd.core.settings_docs --markdown | --toml` prints them; tests/test_readme.py holds the page
 and the example to them, so a setting added to the declarations shows up in both.
 
 Pure like the declarations: imports no asyncio, asyncpg, redis or socket, and writes nothing but
@@ -51,7 +51,7 @@ def _shown_default(value: object) -> str:
 
 
 def markdown_table() -> str:
-    """The README's settings table (section "Configuration")."""
+    """The settings table of docs/configuration.md."""
     lines = [
         "| variable | type | default | bounds | reloads | meaning |",
         "|---|---|---|---|---|---|",
@@ -69,8 +69,8 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-# The example deployment of systemd/notifyd.toml (README, "Deploy on a Debian host with
-# systemd"): the settings it sets, with why. Every other setting is shown commented out.
+# The example deployment of systemd/notifyd.toml (docs/operations.md, "Deploy on a Debian host
+# with systemd"): the settings it sets, with why. Every other setting is shown commented out.
 EXAMPLE_DEPLOYMENT: Mapping[str, tuple[object, str]] = {
     "dsn": (
         "postgresql://notifyd@/app?host=/var/run/postgresql",
@@ -84,7 +84,7 @@ EXAMPLE_DEPLOYMENT: Mapping[str, tuple[object, str]] = {
 }
 
 _TOML_HEADER = """\
-# /etc/notifyd/notifyd.toml: settings for notifyd serve (README.md, "Configuration").
+# /etc/notifyd/notifyd.toml: settings for notifyd serve (docs/configuration.md).
 # The environment (NOTIFYD_<KEY>) wins over this file. Keep secrets out of it: the JWT secret
 # comes from the systemd credential jwt_secret, and a DSN with a password from the credential
 # dsn. Every setting is here with its meaning; one commented out shows its default (or, when
@@ -128,8 +128,8 @@ def toml_example() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m notifyd.core.settings_docs --markdown | --toml`: print the README's settings table
-    or the example settings file, as the declarations have them."""
+    """`python -m notifyd.core.settings_docs --markdown | --toml`: print the settings table of
+    docs/configuration.md or the example settings file, as the declarations have them."""
     args = sys.argv[1:] if argv is None else list(argv)
     documents = {"--markdown": markdown_table, "--toml": toml_example}
     if len(args) != 1 or args[0] not in documents:

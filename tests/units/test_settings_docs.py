@@ -1,5 +1,5 @@
-"""The documents generated from the settings' declarations: the README's table, the example
-settings file, and the command that prints them."""
+"""The documents generated from the settings' declarations: the Configuration page's table,
+the example settings file, and the command that prints them."""
 
 from __future__ import annotations
 
