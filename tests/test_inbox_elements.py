@@ -9,6 +9,7 @@ import asyncio
 import http.server
 import json
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ClassVar
@@ -548,4 +549,58 @@ async def test_a_page_asked_for_before_a_live_change_does_not_undo_it(
     )
     assert got["shown"] == [[3, True, True], [2, True, True], [1, False, True]]
     assert got["fresh"] == [5, 1]  # a page asked for after them: as it is
+    assert not PAGE_ERRORS[page]
+
+
+async def test_the_inbox_as_the_docs_show_it(
+    browser: Browser, daemon: Daemon, app_origin: str
+) -> None:
+    """A clinic's inbox: a group, an invoice with actions, a high-priority result, an
+    announcement to everyone; light, dark and at phone width (the pictures of
+    docs/browser.md, saved when NOTIFYD_INBOX_SCREENSHOTS names a folder)."""
+    d = daemon
+    for actor in ("Dr. Lee", "Dr. Kim"):
+        await d.sql(
+            "SELECT notifyd.notify('ivy', 'appointment', 'Ana Díaz: new appointment', "
+            "'Monday 10:00, room 4', category => 'appointments', group_key => 'patient:7', "
+            "actor => $1)",
+            actor,
+        )
+    await d.sql(
+        "SELECT notifyd.notify('ivy', 'invoice', 'Invoice #2041 is due', 'April: 120 EUR', "
+        "category => 'billing', actions => $1::jsonb)",
+        json.dumps([{"id": "pay", "label": "Pay now"}, {"id": "later", "label": "Later"}]),
+    )
+    await d.sql(
+        "SELECT notifyd.notify('ivy', 'lab', 'Lab results ready', 'Blood panel: 3 values', "
+        "'{}', 'high')"
+    )
+    await d.sql(
+        "SELECT notifyd.broadcast('system', 'Maintenance tonight', '22:00 to 23:00: the "
+        "portal is read-only', category => 'system')"
+    )
+    page = await open_page(browser, d, app_origin, "ivy", bell='categories="appointments,billing"')
+    await page.get_by_role("button", name="Notifications, 4 new").click()
+    listed = inbox_items(page)
+    await expect(listed).to_have_count(4, timeout=TIMEOUT_MS)
+    await expect(listed.first).to_contain_text("Maintenance tonight")
+    await expect(listed.filter(has_text="Ana Díaz")).to_contain_text("Dr. Kim and 1 other")
+    await expect(page.get_by_role("tab", name="Unread 4")).to_be_visible()
+    await expect(page.get_by_role("tab", name="appointments 1")).to_be_visible()
+    await expect(page.get_by_role("tab", name="billing 1")).to_be_visible()
+    await expect(listed.filter(has_text="Lab results")).to_have_class(re.compile(r"\bhigh\b"))
+    for name, scheme, wide, high in (
+        ("inbox-light", "light", 1000, 620),
+        ("inbox-dark", "dark", 1000, 620),
+        ("inbox-phone", "light", 360, 720),
+    ):
+        await page.emulate_media(color_scheme=scheme)
+        await page.set_viewport_size({"width": wide, "height": high})
+        await page.evaluate("new Promise((r) => requestAnimationFrame(() => r()))")
+        box = await page.get_by_role("dialog").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= wide, (name, box)
+        if wide == 360:
+            assert box["width"] >= 340, box  # a sheet across the screen
+        if SHOTS:
+            await page.screenshot(path=f"{SHOTS}/{name}.png")
     assert not PAGE_ERRORS[page]

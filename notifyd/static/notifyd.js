@@ -833,8 +833,8 @@ const INBOX_STYLE = `${THEME}
   .link { border: 0; background: none; color: var(--notifyd-accent); cursor: pointer;
     font-size: .85rem; padding: .25rem .35rem; border-radius: .3rem; }
   .link:hover { text-decoration: underline; }
-  [role=tablist] { display: flex; gap: .25rem; padding: 0 1rem; border-bottom: 1px solid var(--notifyd-line);
-    overflow-x: auto; scrollbar-width: none; }
+  [role=tablist] { display: flex; flex-wrap: wrap; column-gap: .15rem; padding: 0 .75rem;
+    border-bottom: 1px solid var(--notifyd-line); }
   [role=tab] { display: inline-flex; align-items: center; border: 0; background: none;
     padding: .55rem .6rem; font-size: .88rem; cursor: pointer;
     color: var(--notifyd-muted); border-bottom: 2px solid transparent; white-space: nowrap; }
