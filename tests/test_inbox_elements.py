@@ -12,7 +12,7 @@ import os
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pytest
 from playwright.async_api import Browser, Error, Page, expect
@@ -589,11 +589,12 @@ async def test_the_inbox_as_the_docs_show_it(
     await expect(page.get_by_role("tab", name="appointments 1")).to_be_visible()
     await expect(page.get_by_role("tab", name="billing 1")).to_be_visible()
     await expect(listed.filter(has_text="Lab results")).to_have_class(re.compile(r"\bhigh\b"))
-    for name, scheme, wide, high in (
+    shots: list[tuple[str, Literal["light", "dark"], int, int]] = [
         ("inbox-light", "light", 1000, 620),
         ("inbox-dark", "dark", 1000, 620),
         ("inbox-phone", "light", 360, 720),
-    ):
+    ]
+    for name, scheme, wide, high in shots:
         await page.emulate_media(color_scheme=scheme)
         await page.set_viewport_size({"width": wide, "height": high})
         await page.evaluate("new Promise((r) => requestAnimationFrame(() => r()))")
