@@ -66,12 +66,7 @@ export function useNotifications({ state = "all", category = null, limit = 20 } 
     if (loading.current || view.done) return;
     loading.current = true;
     try {
-      const options = { state, limit };
-      if (category) options.category = category;
-      if (view.next) options.next = view.next;
-      const [since, resets] = [feed.clock, feed.resets]; // what comes meanwhile is newer
-      const page = await client.page(options);
-      if (feed.resets === resets) feed.paged(state, category, page, since);
+      await feed.load(client, state, category, limit);
       setError(null);
     } catch (err) {
       setError(err);

@@ -170,6 +170,8 @@ export class Feed {
   paged(state: FeedState, category: string | null, page: Page, since?: number): void;
   readonly clock: number;
   readonly resets: number;
+  /** A view's next page from `client`, kept unless a reset came meanwhile: whether it was. */
+  load(client: NotifydClient, state: FeedState, category: string | null, limit: number): Promise<boolean>;
   list(state: FeedState, category?: string | null): Notification[];
   upsert(n: Notification): void;
   read(answer: { ids: number[]; readAt: string }): void;

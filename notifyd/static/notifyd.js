@@ -724,6 +724,21 @@ export class Feed {
     v.started = true;
   }
 
+  /** A view's next page from `client` (notification:page), kept unless a reset came while it
+   * was on its way (what came live meanwhile wins over it: paged()'s `since`). Resolves to
+   * whether it was kept. */
+  async load(client, state, category, limit) {
+    const view = this.view(state, category);
+    const options = { state, limit };
+    if (category) options.category = category;
+    if (view.next) options.next = view.next;
+    const [since, resets] = [this.clock, this.resets];
+    const page = await client.page(options);
+    if (this.resets !== resets) return false;
+    this.paged(state, category, page, since);
+    return true;
+  }
+
   list(state, category) {
     const v = this.view(state, category);
     if (!v.started) return [];
@@ -1039,19 +1054,12 @@ export class NotifydInbox extends ClientElement {
     const { state, category } = this.tab;
     const view = this.feed.view(state, category);
     if (!client || this._loading || view.done || client.state === "stopped") return;
-    if (view.started && !view.next) return;
     this._failed = false;
-    const options = { state, limit: PAGE_SIZE };
-    if (category) options.category = category;
-    if (view.next) options.next = view.next;
     this._loading = `${state}|${category || ""}`;
     this.renderStatus();
-    const feed = this.feed;
-    const [since, resets] = [feed.clock, feed.resets];
     try {
-      const page = await client.page(options);
-      const current = client === this._client && feed === this.feed && feed.resets === resets;
-      if (current) feed.paged(state, category, page, since);
+      // (a page for a client or feed replaced meanwhile lands in the discarded feed)
+      await this.feed.load(client, state, category, PAGE_SIZE);
     } catch (err) {
       this._failed = client.state === "open" || client.state === "polling";
     } finally {
