@@ -124,6 +124,17 @@ async def counts_of(d: Daemon, user: str) -> dict[str, Any]:
     return counts
 
 
+async def read_soon(d: Daemon, title: str, by: str) -> None:
+    """Wait until the item titled `title` is read in the table: a click reads it through the
+    server, after the test's next step may have begun."""
+    for _ in range(200):
+        read = "SELECT read_at IS NOT NULL FROM notifyd.notifications WHERE title = $1"
+        if await d.sql(read, title):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{by} did not read its item")
+
+
 def inbox_items(page: Page):  # type: ignore[no-untyped-def]
     return page.locator("notifyd-bell notifyd-inbox li[data-id]")
 
@@ -388,13 +399,7 @@ async def test_groups_actions_strings_toasts_and_the_layout(
     await page.evaluate("window.stayHere = true")
     await toast.click()
     await expect(toast).to_have_count(0)
-    for _ in range(200):  # read by the click, through the server
-        read = "SELECT read_at IS NOT NULL FROM notifyd.notifications WHERE title = $1"
-        if await d.sql(read, "Lab results ready"):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the toast's item was not read")
+    await read_soon(d, "Lab results ready", "the toast's click")
     assert await page.evaluate("window.opened") == [None]
     assert not PAGE_ERRORS[page]
 
@@ -488,13 +493,7 @@ async def test_system_notifications_and_sound_for_live_arrivals_only(
     assert shown[0]["title"] == "Lab results ready" and shown[0]["body"] == "message"
     assert await page.evaluate("window.played") == ["/ding.mp3"]
     await page.evaluate("window.stayHere = true; window.last.onclick()")
-    for _ in range(200):
-        read = "SELECT read_at IS NOT NULL FROM notifyd.notifications WHERE title = $1"
-        if await d.sql(read, "Lab results ready"):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the system notification's click did not read its item")
+    await read_soon(d, "Lab results ready", "the system notification's click")
     assert [s["title"] for s in await page.evaluate("window.shown")] == ["Lab results ready"]
     # the app replaces its bell (a route change): the old one, out of the page, is silent
     await page.evaluate(
