@@ -31,6 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from notifyd.core.settings import without_password
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG = 1
 ADMIN_TIMEOUT = 60.0
@@ -319,7 +321,7 @@ def bench_database() -> Iterator[str]:
     with contextlib.ExitStack() as stack:
         server = os.environ.get("NOTIFYD_BENCH_DSN")
         if server:
-            say(f"using the PostgreSQL server of NOTIFYD_BENCH_DSN ({_redact(server)})")
+            say(f"using the PostgreSQL server of NOTIFYD_BENCH_DSN ({without_password(server)})")
         else:
             tmp = Path(tempfile.mkdtemp(prefix="notifyd-bench-pg-"))
             tmp.chmod(0o755)  # when run as root, the embedded server runs as another user
@@ -331,7 +333,7 @@ def bench_database() -> Iterator[str]:
             url = fresh_database(server, name)
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise BenchError(
-                f"cannot create database {name} on {_redact(server)}: {exc!r}"
+                f"cannot create database {name} on {without_password(server)}: {exc!r}"
             ) from None
         stack.callback(quietly, f"dropping database {name}", drop_database, server, name)
         postmaster = _local_postmaster(url)
@@ -391,13 +393,6 @@ def start_embedded(data_dir: Path, timeout: float) -> tuple[Any, str]:
         raise BenchError(f"cannot start the embedded PostgreSQL: {box['error']!r}")
     handle, dsn, _psql = box["server"]
     return handle, dsn
-
-
-def _redact(dsn: str) -> str:
-    parts = urlsplit(dsn)
-    if parts.password:
-        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-    return urlunsplit(parts)
 
 
 def quietly(what: str, fn: Callable[..., object], *args: Any) -> None:
